@@ -1,0 +1,358 @@
+"""The farm's overheads, measured side by side in one run on this machine's Redis and PostgreSQL.
+
+Run:  python bench/farm_overhead.py [--jobs 300] [--redis redis://127.0.0.1:6379/14]
+      [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+
+Prints:
+1. Per-job overhead of the farm with the no-op method. One job at a time: the latency from its message sent
+   to its result committed, against a bare Celery task's from sent to counted in Redis. And in bulk: N jobs
+   sent at once to one `farm worker -c 1`,
+   each claimed in PostgreSQL, "run" and its result committed; the wall time until all N are committed,
+   divided by N. Against it, in the same run on the same Redis, the bare Celery round trip: N no-op tasks
+   sent at once to one `celery worker -c 1`, each counting itself in Redis. Target: farm <= 3x bare.
+   Three rounds, alternating, the median quoted.
+2. Throughput on CPU-bound jobs (qat fine-tuning of farm:digits-cnn, ~1-2 s each) with 1 and then 2 worker
+   processes on this 2-core machine: jobs per second, and the ratio. Target >= 1.8x.
+3. `farm sweep submit` of a 10,000-job spec, as a user runs it (a new process: interpreter start, plan,
+   database, messages). Target <= 5 s. Twice: a new sweep (only its fp32 references can be sent yet), and
+   the same spec once its references are measured (all 10,000 trial messages sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_until(check, timeout_s: float, what: str, poll_s: float = 0.005) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(poll_s)
+
+
+def noop_jobs(db, n: int, queue: str) -> tuple[list[int], list]:  # type: ignore[no-untyped-def]
+    """n new no-op jobs, routed to ``queue`` and queued; returns their ids and messages."""
+    from farm.jobs import JobSpec
+    from farm.quant.config import NoopConfig
+    from farm.spec import Plan, PlannedJob, SweepSpec
+    from farm.store import queries
+
+    tag = uuid.uuid4().hex[:8]
+    jobs = []
+    for i in range(n):
+        spec = JobSpec("farm:digits-cnn", "sklearn:digits", NoopConfig(), seed=i)
+        key = f"{tag}{i:056d}"[:64]
+        jobs.append(PlannedJob(key, "trial", spec, "cpu", None, None))
+    structure = SweepSpec.model_validate({"name": f"noop-{tag}", "models": ["farm:digits-cnn"], "methods": ["noop"]})
+    with db.session() as s:
+        record = queries.create_sweep(s, Plan(structure, f"name: noop-{tag}", jobs), "bench")
+        queries.set_routes(s, {i: (queue, "all", None) for i in record.to_run})
+        messages = queries.queue_ready(s, record.to_run)
+    return record.to_run, messages
+
+
+def _succeeded(db, ids: list[int]) -> int:  # type: ignore[no-untyped-def]
+    from farm.store import queries
+
+    with db.session(write=False) as s:
+        return int(
+            s.scalar(
+                sa.select(sa.func.count())
+                .select_from(queries.Job)
+                .where(queries.Job.id.in_(ids), queries.Job.state == "succeeded")
+            )
+            or 0
+        )
+
+
+def farm_noop_round(db, app, n: int, queue: str) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per job: n no-op jobs sent at once until all are committed."""
+    from workers import dispatch
+
+    ids, messages = noop_jobs(db, n, queue)
+    started = time.perf_counter()
+    dispatch.send(app, messages)
+    wait_until(lambda: _succeeded(db, ids) == n, 300, "the farm's no-op jobs")
+    return (time.perf_counter() - started) / n
+
+
+def farm_noop_latency(db, app, n: int, queue: str) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds from one job's message sent to its result committed, one job at a time, n times."""
+    from workers import dispatch
+
+    ids, messages = noop_jobs(db, n, queue)
+    times = []
+    for job_id, message in zip(ids, messages, strict=True):
+        started = time.perf_counter()
+        dispatch.send(app, [message])
+        wait_until(lambda job_id=job_id: _succeeded(db, [job_id]) == 1, 60, "a no-op job", poll_s=0.0005)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def bare_round(n: int) -> float:
+    from bare_celery import app as bare_app
+
+    key = f"bare-{uuid.uuid4().hex[:8]}"
+    counter = redis.Redis.from_url(os.environ["FARM_BROKER_URL"])
+    started = time.perf_counter()
+    with bare_app.producer_or_acquire() as producer:
+        for _ in range(n):
+            bare_app.send_task("bare.noop", args=[key], queue="bare", producer=producer)
+    wait_until(lambda: int(counter.get(key) or 0) >= n, 300, "the bare no-op tasks")
+    return (time.perf_counter() - started) / n
+
+
+def bare_latency(n: int) -> list[float]:
+    """Seconds from one bare task sent to its count in Redis, one at a time, n times."""
+    from bare_celery import app as bare_app
+
+    key = f"bare-{uuid.uuid4().hex[:8]}"
+    counter = redis.Redis.from_url(os.environ["FARM_BROKER_URL"])
+    times = []
+    for i in range(1, n + 1):
+        started = time.perf_counter()
+        bare_app.send_task("bare.noop", args=[key], queue="bare")
+        wait_until(lambda i=i: int(counter.get(key) or 0) >= i, 60, "a bare no-op task", poll_s=0.0005)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def cpu_bound_sweep(env: dict[str, str], home: Path, tag: str, n: int, queue: str) -> float:
+    """Wall seconds for n qat jobs whose fp32 reference already succeeded."""
+    lrs = ", ".join(f"{0.001 + i * 1e-6:.6f}" for i in range(n))
+    spec = home / f"cpu-{tag}.yaml"
+    spec.write_text(
+        f"name: cpu-bound-{tag}\nmodels: [farm:digits-cnn]\nmethods:\n  - qat:\n      steps: 30\n      lr: [{lrs}]\n"
+        "benchmark: {batch_size: [1], max_time_s: 0.3, min_reps: 5, warmup_s: 0}\n"
+    )
+    started = time.perf_counter()
+    subprocess.run(
+        ["farm", "sweep", "submit", str(spec), "--wait", "--cpu-queue", queue], env=env, check=True, capture_output=True
+    )
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=300, help="no-op jobs per round")
+    parser.add_argument("--latency-jobs", type=int, default=50, help="one-at-a-time jobs per side and round")
+    parser.add_argument("--cpu-jobs", type=int, default=8)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="farm-bench-"))
+    admin = sa.create_engine(args.postgres, isolation_level="AUTOCOMMIT")
+    dbname = f"farm_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{dbname}"'))
+    db_url = sa.engine.make_url(args.postgres).set(database=dbname).render_as_string(hide_password=False)
+    redis.Redis.from_url(args.redis).flushdb()
+    env = {
+        **os.environ,
+        "FARM_HOME": str(home),
+        "FARM_DATABASE_URL": db_url,
+        "FARM_BROKER_URL": args.redis,
+        "FARM_ARTIFACTS_URL": str(home / "artifacts"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")]),
+    }
+    os.environ.update({k: env[k] for k in ("FARM_HOME", "FARM_DATABASE_URL", "FARM_BROKER_URL", "FARM_ARTIFACTS_URL")})
+    sys.path.insert(0, str(ROOT / "bench"))
+    from farm.store.db import Database
+    from farm.store.migrate import ensure_schema
+    from workers.app import make_app
+
+    db = Database(db_url)
+    ensure_schema(db)
+    app = make_app(args.redis)
+    procs = []
+    try:
+        print(f"== 1. per-job overhead, no-op method, {args.jobs} jobs at once, 1 worker process (target <= 3x bare)")
+        procs.append(
+            start(["farm", "worker", "-Q", "noop", "-c", "1", "--loglevel", "warning"], env, home / "farm.log")
+        )
+        procs.append(
+            start(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "bare_celery",
+                    "worker",
+                    "-Q",
+                    "bare",
+                    "-c",
+                    "1",
+                    "--loglevel",
+                    "warning",
+                ],
+                env,
+                home / "bare.log",
+            )
+        )
+        farm_noop_round(db, app, 20, "noop")  # warm both: pool processes started, imports done
+        bare_round(20)
+        farm_s, bare_s = [], []
+        for i in range(3):
+            if i % 2 == 0:
+                farm_s.append(farm_noop_round(db, app, args.jobs, "noop"))
+                bare_s.append(bare_round(args.jobs))
+            else:
+                bare_s.append(bare_round(args.jobs))
+                farm_s.append(farm_noop_round(db, app, args.jobs, "noop"))
+        # One job at a time: message sent -> claimed -> result committed, the latency a single job pays.
+        farm_lat, bare_lat = [], []
+        for i in range(2):
+            if i % 2 == 0:
+                farm_lat += farm_noop_latency(db, app, args.latency_jobs, "noop")
+                bare_lat += bare_latency(args.latency_jobs)
+            else:
+                bare_lat += bare_latency(args.latency_jobs)
+                farm_lat += farm_noop_latency(db, app, args.latency_jobs, "noop")
+        for p in procs:
+            stop(p)
+        procs.clear()
+        fl, bl = statistics.median(farm_lat), statistics.median(bare_lat)
+        print(
+            f"one job at a time, sent -> committed: farm median {fl * 1000:.2f} ms "
+            f"(p90 {statistics.quantiles(farm_lat, n=10)[-1] * 1000:.2f}), bare median {bl * 1000:.2f} ms "
+            f"(p90 {statistics.quantiles(bare_lat, n=10)[-1] * 1000:.2f}): ratio {fl / bl:.2f}x  "
+            f"{'PASS' if fl / bl <= 3 else 'MISS'}"
+        )
+        f, b = statistics.median(farm_s), statistics.median(bare_s)
+        print("farm ms/job by round: " + ", ".join(f"{x * 1000:.2f}" for x in farm_s))
+        print("bare ms/job by round: " + ", ".join(f"{x * 1000:.2f}" for x in bare_s))
+        print(
+            f"median farm {f * 1000:.2f} ms, bare {b * 1000:.2f} ms: ratio {f / b:.2f}x  "
+            f"{'PASS' if f / b <= 3 else 'MISS'}"
+        )
+
+        print(f"\n== 2. throughput, {args.cpu_jobs} CPU-bound qat jobs, 1 vs 2 worker processes (target >= 1.8x)")
+        ref = home / "ref.yaml"
+        ref.write_text(
+            "name: ref\nmodels: [farm:digits-cnn]\nmethods: [fp32]\n"
+            "benchmark: {batch_size: [1], max_time_s: 0.3, min_reps: 5, warmup_s: 0}\n"
+        )
+        times = {}
+        for workers in (1, 2):
+            proc = start(
+                ["farm", "worker", "-Q", f"cpu{workers}", "-c", str(workers), "--loglevel", "warning"],
+                env,
+                home / "cpu.log",
+            )
+            procs.append(proc)
+            subprocess.run(
+                ["farm", "sweep", "submit", str(ref), "--wait", "--cpu-queue", f"cpu{workers}"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            cpu_bound_sweep(env, home, f"warm{workers}", workers, f"cpu{workers}")  # every pool process warm
+            times[workers] = cpu_bound_sweep(env, home, f"run{workers}", args.cpu_jobs, f"cpu{workers}")
+            stop(proc)
+            procs.remove(proc)
+        ratio = times[1] / times[2]
+        print(
+            f"1 process: {times[1]:.1f} s ({args.cpu_jobs / times[1]:.2f} jobs/s); 2 processes: {times[2]:.1f} s "
+            f"({args.cpu_jobs / times[2]:.2f} jobs/s): {ratio:.2f}x  {'PASS' if ratio >= 1.8 else 'MISS'}"
+        )
+
+        print("\n== 3. farm sweep submit of a 10,000-job spec, a new process as a user runs it (target <= 5 s)")
+        from sweep_bookkeeping import SPEC_10K
+
+        spec = home / "10k.yaml"
+        spec.write_text(SPEC_10K)
+        runs, warm_runs, sent = [], [], []
+        broker = redis.Redis.from_url(args.redis)
+        for i in range(3):
+            # A fresh database each round: every job is new, nothing cached. Only the fp32 references can be
+            # sent at once (the trials wait on them), so a second submit follows with the references measured:
+            # then every trial's message goes out, 10,000 of them.
+            name = f"{dbname}_s{i}"
+            with admin.connect() as c:
+                c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            url = sa.engine.make_url(args.postgres).set(database=name).render_as_string(hide_password=False)
+            sub_env = {**env, "FARM_DATABASE_URL": url}
+            subprocess.run(["farm", "db", "upgrade"], env=sub_env, check=True, capture_output=True)
+            broker.delete("bench-void")
+            started = time.perf_counter()
+            done = subprocess.run(
+                ["farm", "sweep", "submit", str(spec), "--force", "--cpu-queue", "bench-void"],
+                env=sub_env,
+                capture_output=True,
+                text=True,
+            )
+            runs.append(time.perf_counter() - started)
+            assert done.returncode == 0, done.stderr
+            engine = sa.create_engine(url)
+            with engine.begin() as c:
+                c.execute(sa.text("UPDATE jobs SET state = 'succeeded' WHERE role = 'reference'"))
+            engine.dispose()
+            broker.delete("bench-void")
+            started = time.perf_counter()
+            warm = subprocess.run(
+                ["farm", "sweep", "submit", str(spec), "--force", "--cpu-queue", "bench-void"],
+                env=sub_env,
+                capture_output=True,
+                text=True,
+            )
+            warm_runs.append(time.perf_counter() - started)
+            assert warm.returncode == 0, warm.stderr
+            sent.append(int(broker.llen("bench-void")))
+            broker.delete("bench-void")
+            with admin.connect() as c:
+                c.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        print("new sweep, seconds by round: " + ", ".join(f"{r:.2f}" for r in runs))
+        med = statistics.median(runs)
+        print(f"median {med:.2f} s  {'PASS' if med <= 5 else 'MISS'}  ({done.stderr.strip().splitlines()[-1]})")
+        print(
+            "references measured, every trial sent, seconds by round: "
+            + ", ".join(f"{r:.2f}" for r in warm_runs)
+            + f"  (messages on the queue: {', '.join(map(str, sent))})"
+        )
+        med = statistics.median(warm_runs)
+        print(f"median {med:.2f} s  {'PASS' if med <= 5 else 'MISS'}  ({warm.stderr.strip().splitlines()[-1]})")
+    finally:
+        for p in procs:
+            stop(p)
+        db.dispose()
+        redis.Redis.from_url(args.redis).flushdb()
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

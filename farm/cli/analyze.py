@@ -1,0 +1,224 @@
+"""``farm results pareto / best / compare``: the configurations worth deploying."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from farm.cli.output import TEXT_FORMATS, write_rows
+from farm.cli.render import cell, out
+
+_X_DIRECTIONS = click.Choice(["min", "max"])
+
+
+def _rows(sweeps: list[int], where: str | None) -> tuple[Any, list[dict[str, Any]]]:
+    from farm.cli.sweep import open_db
+    from farm.store.results import ResultsQuery, query_results
+
+    query = ResultsQuery.parse(sweep=sweeps, where=where, cli=True)
+    db = open_db()
+    with db.session(write=False) as s:
+        return db, query_results(s, query)
+
+
+def _label(r: dict[str, Any]) -> str:
+    parts = [r["method"]]
+    if r.get("bits") is not None:
+        parts.append(f"int{r['bits']}" + (" (sim)" if r.get("simulated") else ""))
+    for c in ("observer", "granularity"):
+        if r.get(c):
+            parts.append(str(r[c]))
+    if r.get("calibration_size") is not None:
+        parts.append(f"n={r['calibration_size']}")
+    return " ".join(parts)
+
+
+@click.command()
+@click.option("--sweep", "sweep_ids", type=int, multiple=True, required=True, help="Sweep(s) to search.")
+@click.option("--x", "x", default="latency_p50_ms", show_default=True, help="First figure (a results_flat column).")
+@click.option("--y", "y", default="accuracy", show_default=True, help="Second figure.")
+@click.option("--x-direction", type=_X_DIRECTIONS, default="min", show_default=True)
+@click.option("--y-direction", type=_X_DIRECTIONS, default="max", show_default=True)
+@click.option("--where", help='Filter first (docs/query.md), e.g. "batch_size = 8".')
+@click.option("--format", "fmt", type=click.Choice(TEXT_FORMATS), default="table", show_default=True)
+def pareto(
+    sweep_ids: tuple[int, ...], x: str, y: str, x_direction: str, y_direction: str, where: str | None, fmt: str
+) -> None:
+    """The non-dominated configurations per model (and per batch size for latency figures)."""
+    from farm.analysis import pareto_front
+    from farm.store.columns import COLUMN_KINDS, is_numeric, resolve_column
+
+    x, y = resolve_column(x, source="--x"), resolve_column(y, source="--y")
+    for option, name in (("--x", x), ("--y", y)):
+        if not is_numeric(COLUMN_KINDS[name]):
+            from farm.errors import ConfigError
+
+            raise ConfigError(f"{option}: {name} is not a numeric column")
+    _, rows = _rows(list(sweep_ids), where)
+    fronts = pareto_front(rows, x, y, maximize_x=x_direction == "max", maximize_y=y_direction == "max")
+    flat = [{"group": " ".join(map(str, k)), **r, "config": _label(r)} for k, front in fronts.items() for r in front]
+    if fmt != "table":
+        write_rows(flat, ["model", "batch_size", "job_id", "config", x, y, "artifact_uri"], fmt)
+        return
+    if not flat:
+        out.print(f"no succeeded job has both {x} and {y}")
+    for key, front in fronts.items():
+        title = f"{key[0]}" + (f", batch {key[1]}" if len(key) > 1 else "")
+        table = Table(title=f"Pareto front: {escape(title)} ({x} {x_direction}, {y} {y_direction})", show_edge=False)
+        for col in ("job", "config", x, y, "size ratio", "artifact"):
+            table.add_column(col)
+        for r in front:
+            table.add_row(
+                str(r["job_id"]),
+                escape(_label(r)),
+                cell(r[x]),
+                cell(r[y]),
+                cell(r.get("size_ratio")),
+                escape(r.get("artifact_uri") or "-"),
+            )
+        out.print(table)
+
+
+@click.command()
+@click.option("--sweep", "sweep_ids", type=int, multiple=True, required=True, help="Sweep(s) to search.")
+@click.option("--max-accuracy-drop", type=float, required=True, help="Accuracy budget, a fraction: 0.01 is 1 point.")
+@click.option(
+    "--by", default="latency_p50_ms", show_default=True, help="What to optimise: latency_p50_ms, size_bytes, ..."
+)
+@click.option("--where", help="Filter first (docs/query.md), e.g. \"batch_size = 8 AND device = 'cpu'\".")
+@click.option("--format", "fmt", type=click.Choice(TEXT_FORMATS), default="table", show_default=True)
+def best(sweep_ids: tuple[int, ...], max_accuracy_drop: float, by: str, where: str | None, fmt: str) -> None:
+    """Per model, the best configuration within the accuracy budget, with its artifact URI."""
+    from farm.analysis import MAXIMISE, best_configs
+    from farm.errors import ConfigError
+    from farm.store.columns import COLUMN_KINDS, is_numeric, resolve_column
+
+    if not 0 <= max_accuracy_drop < 1:
+        raise ConfigError(f"--max-accuracy-drop: a fraction between 0 and 1, got {max_accuracy_drop}")
+    by = resolve_column(by, source="--by")
+    if not is_numeric(COLUMN_KINDS[by]):
+        raise ConfigError(f"--by: {by} is not a numeric column")
+    _, rows = _rows(list(sweep_ids), where)
+    choices = best_configs(rows, max_accuracy_drop=max_accuracy_drop, by=by)
+    direction = "highest" if by in MAXIMISE else "lowest"
+    records = []
+    for c in choices:
+        r = c.best or c.closest_miss or {}
+        records.append(
+            {
+                "model": c.group[0],
+                "batch_size": c.group[1] if len(c.group) > 1 else None,
+                "found": c.best is not None,
+                "config": _label(r) if r else None,
+                "job_id": r.get("job_id"),
+                "accuracy": r.get("accuracy"),
+                "accuracy_drop": r.get("accuracy_drop"),
+                by: r.get(by),
+                "artifact_uri": r.get("artifact_uri"),
+            }
+        )
+    if fmt != "table":
+        write_rows(records, list(records[0]) if records else ["model"], fmt)
+        return
+    if not choices:
+        out.print("no succeeded jobs match")
+    for c, rec in zip(choices, records, strict=True):
+        where_ = f"{rec['model']}" + (f", batch {rec['batch_size']}" if rec["batch_size"] is not None else "")
+        if c.best is not None:
+            out.print(
+                f"[bold]{escape(where_)}[/]: {escape(rec['config'])} (job {rec['job_id']}): {by} {cell(rec[by])}, "
+                f"accuracy {cell(rec['accuracy'])} (drop {rec['accuracy_drop']:+.4f}), {direction} {by} of "
+                f"{c.candidates} within {max_accuracy_drop:g}\n  artifact: {escape(rec['artifact_uri'] or '-')}"
+            )
+        elif c.closest_miss is not None:
+            out.print(
+                f"[bold]{escape(where_)}[/]: [yellow]no configuration is within an accuracy drop of "
+                f"{max_accuracy_drop:g}[/]; closest: {escape(rec['config'])} (job {rec['job_id']}) with a drop of "
+                f"{rec['accuracy_drop']:.4f}, {by} {cell(rec[by])}"
+            )
+        else:
+            out.print(f"[bold]{escape(where_)}[/]: [yellow]no job has both an accuracy drop and {by}[/]")
+        for note in c.notes:
+            out.print(f"  note: {escape(note)}")
+
+
+@click.command()
+@click.argument("sweep_a", type=int)
+@click.argument("sweep_b", type=int)
+@click.option("--where", help="Filter both sweeps first (docs/query.md).")
+@click.option("--format", "fmt", type=click.Choice(TEXT_FORMATS), default="table", show_default=True)
+def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:
+    """The same recipes in two sweeps side by side (two hardware pools, two releases), with deltas."""
+    from farm.analysis import compare as match
+    from farm.store import queries
+
+    db, rows_a = _rows([sweep_a], where)
+    _, rows_b = _rows([sweep_b], where)
+    with db.session(write=False) as s:
+        configs = queries.method_configs(s, [r["job_id"] for r in rows_a + rows_b])
+    pairs = match(rows_a, rows_b, configs)
+    records = []
+    for p in pairs:
+        a, b = p.a or {}, p.b or {}
+        records.append(
+            {
+                **{k: v for k, v in p.recipe.items() if k != "config"},
+                "config": _label(p.a or p.b or {}),
+                "accuracy_a": a.get("accuracy"),
+                "accuracy_b": b.get("accuracy"),
+                "accuracy_delta": p.delta("accuracy"),
+                "latency_p50_ms_a": a.get("latency_p50_ms"),
+                "latency_p50_ms_b": b.get("latency_p50_ms"),
+                "latency_ratio_b_over_a": p.ratio("latency_p50_ms"),
+                "speedup_a": a.get("speedup"),
+                "speedup_b": b.get("speedup"),
+                "size_bytes_delta": p.delta("size_bytes"),
+                "hardware_a": a.get("hardware"),
+                "hardware_b": b.get("hardware"),
+                "in": "both" if p.a and p.b else ("a only" if p.a else "b only"),
+            }
+        )
+    if fmt != "table":
+        write_rows(records, list(records[0]) if records else ["model"], fmt)
+        return
+    both = sum(1 for r in records if r["in"] == "both")
+    out.print(f"sweep {sweep_a} vs sweep {sweep_b}: {both} matching rows, {len(records) - both} in one sweep only")
+    hw = {(r["hardware_a"], r["hardware_b"]) for r in records if r["in"] == "both"}
+    for ha, hb in sorted(hw, key=str):
+        out.print(f"  hardware: a = {escape(str(ha))}; b = {escape(str(hb))}")
+    table = Table(show_edge=False, header_style="bold")
+    cols = [
+        "model",
+        "config",
+        "batch",
+        "acc a",
+        "acc b",
+        "Δ acc",
+        "p50 a",
+        "p50 b",
+        "b/a",
+        "speedup a",
+        "speedup b",
+        "in",
+    ]
+    for c in cols:
+        table.add_column(c)
+    for r in records:
+        table.add_row(
+            escape(str(r["model"])),
+            escape(r["config"]),
+            cell(r["batch_size"]),
+            cell(r["accuracy_a"]),
+            cell(r["accuracy_b"]),
+            "-" if r["accuracy_delta"] is None else f"{r['accuracy_delta']:+.4f}",
+            cell(r["latency_p50_ms_a"]),
+            cell(r["latency_p50_ms_b"]),
+            "-" if r["latency_ratio_b_over_a"] is None else f"{r['latency_ratio_b_over_a']:.2f}x",
+            cell(r["speedup_a"]),
+            cell(r["speedup_b"]),
+            r["in"],
+        )
+    out.print(table)

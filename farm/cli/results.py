@@ -1,0 +1,57 @@
+"""``farm results ...``: read the results view."""
+
+from __future__ import annotations
+
+import click
+
+from farm.cli import LazyGroup
+from farm.cli.output import FORMATS
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={"pareto": "analyze:pareto", "best": "analyze:best", "compare": "analyze:compare"},
+)
+def results() -> None:
+    """Query results (the view results_flat)."""
+
+
+@results.command()
+@click.option("--sweep", "sweep_ids", type=int, multiple=True, help="Only these sweeps (repeatable).")
+@click.option(
+    "--where",
+    metavar="EXPR",
+    help="Filter, e.g. \"method = 'static' AND accuracy_drop < 0.01 AND bits IN (8, 4)\" (docs/query.md).",
+)
+@click.option(
+    "--order-by",
+    "order_by",
+    metavar="'COL [asc|desc]'",
+    multiple=True,
+    help="Sort key (repeatable; NULLs last). Then sweep_id, job_id, batch_size.",
+)
+@click.option("--columns", metavar="A,B,...", help="Comma-separated columns to show (default: all).")
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many rows.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+def query(
+    sweep_ids: tuple[int, ...],
+    where: str | None,
+    order_by: tuple[str, ...],
+    columns: str | None,
+    limit: int | None,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """Rows of results_flat: one per sweep, job and batch size."""
+    from farm.cli.output import check_output, write_rows
+    from farm.cli.sweep import open_db
+    from farm.store.results import ResultsQuery, query_results
+
+    # Every check that needs no database comes first: bad input never opens it, nor writes a file.
+    q = ResultsQuery.parse(sweep=sweep_ids, where=where, order_by=order_by, columns=columns, limit=limit, cli=True)
+    check_output(fmt, output)
+    db = open_db()
+    with db.session() as s:
+        rows = query_results(s, q)
+    write_rows(rows, q.columns, fmt, output)

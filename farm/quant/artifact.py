@@ -1,0 +1,231 @@
+"""Saving and loading quantized models as files another process runs without the original Python class.
+
+Format choice (docs/methods.md says why): a frozen TorchScript module. torch.export cannot serialize
+torch.ao's quantized modules (their packed parameters are TorchScript custom classes), so TorchScript is
+what round-trips every method here. If a model can't be traced or scripted, its state dict is saved and
+the manifest says the original class is needed to load it.
+
+An artifact is a directory: ``model.pt`` and ``manifest.json`` (method config, metrics, fingerprint,
+sha256 of the model file, the quantized engine to load it with).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from farm.errors import ArtifactError
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "model_state.pt"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A model file written by :func:`save_model`."""
+
+    path: Path
+    format: str  # "torchscript" or "state_dict"
+    sha256: str
+    size_bytes: int
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def to_torchscript(model: nn.Module, example_input: torch.Tensor, *, autocast: torch.dtype | None = None) -> Any:
+    """Trace (or script) and freeze ``model``; None when neither works."""
+    from farm.quant.registry import quiet_torch_ao
+
+    with quiet_torch_ao(), torch.inference_mode(False), torch.no_grad():
+        if isinstance(model, torch.jit.ScriptModule):
+            return model
+        scripted = None
+        try:
+            if autocast is not None:
+                with torch.autocast(device_type=example_input.device.type, dtype=autocast):
+                    scripted = torch.jit.trace(model, example_input, check_trace=False)
+            else:
+                scripted = torch.jit.trace(model, example_input, check_trace=False)
+        except Exception:  # noqa: BLE001 - tracing failures are expected for some models; try scripting
+            try:
+                scripted = torch.jit.script(model)
+            except Exception:  # noqa: BLE001
+                return None
+        try:
+            return torch.jit.freeze(scripted.eval())
+        except Exception:  # noqa: BLE001 - freezing is an optimisation; unfrozen still loads and runs
+            return scripted
+
+
+def deployable(
+    model: nn.Module, example_input: torch.Tensor, *, autocast: torch.dtype | None = None
+) -> tuple[Any, bool]:
+    """The form an artifact ships in, which is also the form that is evaluated and timed.
+
+    Frozen TorchScript when tracing works and the traced module reproduces the eager one on a batch of two
+    (a trace that baked in the batch size, or a data-dependent branch, fails that check). Measuring the
+    frozen module matters: an FX GraphModule pays ~1 ms of Python per call that a deployment does not.
+
+    Returns:
+        (module, True) for verified TorchScript, else (the eager model, False). Autocast models stay eager.
+    """
+    if autocast is not None:
+        return model, False
+    scripted = to_torchscript(model, example_input)
+    if scripted is None:
+        return model, False
+    from farm.quant.registry import quiet_torch_ao
+
+    batch = torch.cat([example_input, example_input.flip(0) if len(example_input) > 1 else example_input * 0.5])
+    try:
+        with quiet_torch_ao(), torch.inference_mode():
+            want, got = _first_tensor(model(batch)).float(), _first_tensor(scripted(batch)).float()
+    except Exception:  # noqa: BLE001 - a trace that can't run on another batch size is not deployable
+        return model, False
+    tolerance = 1e-3 * float(want.abs().max()) + 1e-5
+    if want.shape != got.shape or float((want - got).abs().max()) > tolerance:
+        return model, False
+    return scripted, True
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        return _first_tensor(next(iter(out.values())))
+    return out
+
+
+def save_model(
+    model: nn.Module, example_input: torch.Tensor, directory: Path, *, autocast: torch.dtype | None = None
+) -> SavedModel:
+    """Write ``model`` into ``directory`` as frozen TorchScript (or a state dict when that fails).
+
+    Raises:
+        ArtifactError: the file could not be written.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    scripted = to_torchscript(model, example_input, autocast=autocast)
+    buf = io.BytesIO()
+    from farm.quant.registry import quiet_torch_ao
+
+    with quiet_torch_ao():
+        if scripted is not None:
+            torch.jit.save(scripted, buf)
+            name, fmt = MODEL_FILE, "torchscript"
+        else:
+            torch.save(model.state_dict(), buf)
+            name, fmt = STATE_FILE, "state_dict"
+    path = directory / name
+    _atomic_write(path, buf.getvalue())
+    return SavedModel(path, fmt, hashlib.sha256(buf.getvalue()).hexdigest(), len(buf.getvalue()))
+
+
+def model_size_bytes(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Size the model would have as an artifact file, without writing it."""
+    scripted = to_torchscript(model, example_input)
+    buf = io.BytesIO()
+    from farm.quant.registry import quiet_torch_ao
+
+    with quiet_torch_ao():
+        if scripted is not None:
+            torch.jit.save(scripted, buf)
+        else:
+            torch.save(model.state_dict(), buf)
+    return len(buf.getvalue())
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` (atomically) and return its path."""
+    path = directory / MANIFEST_FILE
+    data = {"manifest_version": MANIFEST_VERSION, **manifest}
+    _atomic_write(path, (json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+    return path
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read and check an artifact's manifest.
+
+    Raises:
+        ArtifactError: missing, unreadable, or written by a newer version.
+    """
+    path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{directory} is not an artifact: it has no {MANIFEST_FILE}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is unreadable: {e}") from None
+    if manifest.get("manifest_version", 0) > MANIFEST_VERSION:
+        raise ArtifactError(f"{path} was written by a newer QuantFarm (manifest {manifest['manifest_version']})")
+    return manifest
+
+
+def load_artifact(
+    directory: str | Path, *, map_location: str = "cpu", verify: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """Load an artifact written by a trial: ``(module, manifest)``.
+
+    Sets ``torch.backends.quantized.engine`` to the engine the model was converted for, so its int8
+    kernels run as they did when it was measured.
+
+    Raises:
+        ArtifactError: missing files, sha256 mismatch, or a state-dict artifact (needs the original class).
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    model_info = manifest.get("artifact", {})
+    path = directory / model_info.get("file", MODEL_FILE)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {directory} is missing its model file {path.name}")
+    if verify and model_info.get("sha256") and sha256_file(path) != model_info["sha256"]:
+        raise ArtifactError(f"artifact {path} does not match the sha256 in its manifest: corrupted or altered")
+    if model_info.get("format", "torchscript") != "torchscript":
+        raise ArtifactError(
+            f"artifact {directory} holds a state dict: load it into the original model class ({manifest.get('model')})"
+        )
+    engine = manifest.get("quantized_engine")
+    if engine and engine in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = engine
+    from farm.quant.registry import quiet_torch_ao
+
+    with quiet_torch_ao():
+        module = torch.jit.load(str(path), map_location=map_location)
+    return module.eval(), manifest
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ArtifactError(f"could not write {path}: {e}") from e
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

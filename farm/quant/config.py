@@ -1,0 +1,471 @@
+"""Method configurations: frozen, versioned, JSON round-trippable, validated with errors that name the field.
+
+This module imports nothing but the standard library, so the producer (which never imports torch) can
+validate sweep specs with the same rules the workers apply. The handlers that apply a config live in
+sibling modules (``fp``, ``dynamic``, ``static``, ``qat``) and register themselves in ``registry``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from farm.errors import ConfigError, Problem
+
+OBSERVERS = ("minmax", "moving_average", "histogram", "percentile")
+GRANULARITIES = ("per_tensor", "per_channel")
+ACTIVATIONS = ("affine", "symmetric")
+BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
+LOSSES = ("auto", "ce", "kd")
+HALF_MODES = ("cast", "autocast")
+STATIC_MODES = ("fx", "eager")
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def _param(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+) -> Any:
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config. Subclasses are frozen dataclasses whose fields are the parameters."""
+
+    method: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    summary: ClassVar[str] = ""
+    #: Has a bit-width (the sweep's ``bits`` axis applies).
+    integer: ClassVar[bool] = False
+    #: Consumes calibration samples (the sweep's ``calibration_size`` axis applies).
+    calibrated: ClassVar[bool] = False
+    #: Not listed by ``farm methods`` (internal benchmarking aids).
+    hidden: ClassVar[bool] = False
+    #: Bit-widths an integer method accepts (a sweep's bits axis applies only these).
+    supported_bits: ClassVar[tuple[int, ...]] = ()
+
+    def problems(self) -> list[Problem]:
+        """Cross-field checks beyond each field's own type and range."""
+        return []
+
+    @property
+    def simulated(self) -> bool:
+        """True when the figures come from fake quantization rather than real low-bit kernels."""
+        return self.integer and int(getattr(self, "bits", 8)) < 8
+
+    def params(self) -> dict[str, Any]:
+        """The parameters as a plain dict (no method name or version)."""
+        return dict(self._params)
+
+    @functools.cached_property
+    def _params(self) -> dict[str, Any]:
+        # Every field is a scalar, so a shallow read is exact (dataclasses.asdict deep-copies: 20x slower).
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``{"method": ..., "version": ..., <params>}``."""
+        return {"method": self.method, "version": self.version, **self._params}
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): equal configs give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def replace(self, **changes: Any) -> MethodConfig:
+        """A validated copy with ``changes`` applied."""
+        return parse_method(self.method, {**self.params(), **changes})
+
+    def label(self) -> str:
+        """A short human label such as ``static int8 minmax per_channel``."""
+        return self.method
+
+
+@dataclass(frozen=True)
+class Fp32Config(MethodConfig):
+    method: ClassVar[str] = "fp32"
+    summary: ClassVar[str] = "the fp32 reference: the model as given, eager mode"
+
+
+@dataclass(frozen=True)
+class HalfConfig(MethodConfig):
+    mode: str = _param("cast", "cast the weights and inputs, or run under torch.autocast", choices=HALF_MODES)
+
+    def label(self) -> str:
+        return f"{self.method} ({self.mode})"
+
+
+@dataclass(frozen=True)
+class Fp16Config(HalfConfig):
+    method: ClassVar[str] = "fp16"
+    summary: ClassVar[str] = "float16 inference; needs a CUDA device"
+
+
+@dataclass(frozen=True)
+class Bf16Config(HalfConfig):
+    method: ClassVar[str] = "bf16"
+    summary: ClassVar[str] = "bfloat16 inference on CPU or CUDA"
+
+
+@dataclass(frozen=True)
+class DynamicConfig(MethodConfig):
+    method: ClassVar[str] = "dynamic"
+    summary: ClassVar[str] = (
+        "int8 dynamic quantization of Linear/LSTM/GRU weights; activations quantized on the fly. "
+        "Leaves Conv2d in fp32: check coverage"
+    )
+    integer: ClassVar[bool] = True
+    supported_bits: ClassVar[tuple[int, ...]] = (8,)
+
+    bits: int = _param(8, "weight bit-width; dynamic quantization has int8 kernels only")
+    backend: str = _param("x86", "quantized engine the kernels run on", choices=BACKENDS)
+
+    def problems(self) -> list[Problem]:
+        if self.bits != 8:
+            return [Problem("bits", f"dynamic quantization runs int8 kernels only; bits must be 8, got {self.bits}")]
+        return []
+
+    def label(self) -> str:
+        return "dynamic int8"
+
+
+@dataclass(frozen=True)
+class _IntegerConfig(MethodConfig):
+    """Fields shared by static PTQ and QAT."""
+
+    integer: ClassVar[bool] = True
+    calibrated: ClassVar[bool] = True
+    supported_bits: ClassVar[tuple[int, ...]] = tuple(range(MIN_BITS, MAX_BITS + 1))
+
+    bits: int = _param(8, "8 runs real int8 kernels; 2-7 are simulated with fake quantization", min=2, max=8)
+    calibration_size: int = _param(256, "calibration samples drawn deterministically from the calibration split", min=1)
+    observer: str = _param("minmax", "activation range observer", choices=OBSERVERS)
+    percentile: float = _param(99.99, "percentile of |activation| kept by the percentile observer", min=50, max=100)
+    granularity: str = _param(
+        "per_channel", "weight scales per output channel or one per tensor", choices=GRANULARITIES
+    )
+    activation: str = _param("affine", "activation quantization scheme", choices=ACTIVATIONS)
+    backend: str = _param("x86", "quantized engine the converted model runs on", choices=BACKENDS)
+    reduce_range: bool | None = _param(
+        None, "7-bit activations, against int16 saturation on CPUs without VNNI; default: on, except on qnnpack"
+    )
+
+    def label(self) -> str:
+        kind = f"int{self.bits}" + (" (simulated)" if self.simulated else "")
+        return f"{self.method} {kind} {self.observer} {self.granularity} n={self.calibration_size}"
+
+
+@dataclass(frozen=True)
+class StaticConfig(_IntegerConfig):
+    method: ClassVar[str] = "static"
+    summary: ClassVar[str] = "post-training static quantization with calibration (torch.ao FX graph mode, or eager)"
+
+    mode: str = _param(
+        "fx", "fx: trace the model; eager: the model carries QuantStub/DeQuantStub", choices=STATIC_MODES
+    )
+
+    def problems(self) -> list[Problem]:
+        out: list[Problem] = []
+        if self.mode == "eager" and self.bits < 8:
+            out.append(Problem("mode", "eager mode runs real int8 kernels only; use mode fx for bits below 8"))
+        return out
+
+
+@dataclass(frozen=True)
+class QATConfig(_IntegerConfig):
+    method: ClassVar[str] = "qat"
+    summary: ClassVar[str] = "quantization-aware fine-tuning with fake quantization, then convert"
+
+    observer: str = _param("moving_average", "activation range observer", choices=OBSERVERS)
+    epochs: int | None = _param(1, "passes over the train split (ignored when steps is set)", min=1)
+    steps: int | None = _param(None, "optimizer steps; overrides epochs", min=1)
+    lr: float = _param(1e-3, "learning rate", min=0, min_exclusive=True)
+    optimizer: str = _param("sgd", "optimizer", choices=OPTIMIZERS)
+    momentum: float = _param(0.9, "SGD momentum", min=0, max=1)
+    weight_decay: float = _param(0.0, "weight decay", min=0)
+    batch_size: int = _param(32, "training batch size", min=1)
+    freeze_observers_after: int | None = _param(None, "stop updating quantization ranges after this many steps", min=0)
+    freeze_bn_after: int | None = _param(None, "freeze batch-norm statistics after this many steps", min=0)
+    device: str = _param("auto", "where to fine-tune: cuda when present (auto), or cpu / cuda", choices=TRAIN_DEVICES)
+    loss: str = _param(
+        "auto", "ce on labels, kd to distil the fp32 model's outputs; auto: ce when labels exist", choices=LOSSES
+    )
+
+    def label(self) -> str:
+        budget = f"{self.steps} steps" if self.steps else f"{self.epochs} ep"
+        return f"{super().label()} {budget}"
+
+
+@dataclass(frozen=True)
+class NoopConfig(MethodConfig):
+    method: ClassVar[str] = "noop"
+    summary: ClassVar[str] = "does nothing: measures the bookkeeping around a job"
+    hidden: ClassVar[bool] = True
+
+
+METHODS: dict[str, type[MethodConfig]] = {
+    c.method: c for c in (Fp32Config, Fp16Config, Bf16Config, DynamicConfig, StaticConfig, QATConfig, NoopConfig)
+}
+FLOAT_METHODS = tuple(name for name, c in METHODS.items() if not c.integer and not c.hidden)
+INTEGER_METHODS = tuple(name for name, c in METHODS.items() if c.integer)
+
+
+def public_methods() -> list[type[MethodConfig]]:
+    """The method config classes a user may ask for, in a stable order."""
+    return [c for c in METHODS.values() if not c.hidden]
+
+
+def parameter_specs(cls: type[MethodConfig]) -> list[dict[str, Any]]:
+    """Describe each parameter of ``cls``: name, type, default, choices, range and help."""
+    hints = _hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        out.append(
+            {
+                "name": f.name,
+                "type": _type_name(hints[f.name]),
+                "default": f.default,
+                "choices": meta.get("choices"),
+                "min": meta.get("min"),
+                "max": meta.get("max"),
+                "help": meta.get("help", ""),
+            }
+        )
+    return out
+
+
+def parse_method(method: str, params: Mapping[str, Any] | None = None, *, path: str = "") -> MethodConfig:
+    """Build and validate a method config.
+
+    Args:
+        method: a method name such as ``"static"``.
+        params: parameter values; unknown names, wrong types and out-of-range values are all reported.
+        path: prefix for the problem paths (e.g. ``"methods[2].static"``).
+
+    Returns:
+        The frozen config.
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    params = dict(params or {})
+    cls = METHODS.get(method)
+    if cls is None:
+        names = ", ".join(c.method for c in public_methods())
+        raise ConfigError(Problem(path, f"unknown method {method!r}; choose one of {names}"))
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in ("method", "version"):
+            continue
+        f = fields.get(name)
+        if f is None:
+            valid = ", ".join(fields) or "none"
+            problems.append(Problem(_at(path, name), f"unknown parameter for method {method}; valid: {valid}"))
+            continue
+        coerced, problem = _check_value(value, hints[name], f.metadata)
+        if problem:
+            problems.append(Problem(_at(path, name), problem))
+        else:
+            values[name] = coerced
+    if problems:
+        raise ConfigError(problems)
+    config = cls(**values)
+    cross = config.problems()
+    if cross:
+        raise ConfigError([Problem(_at(path, p.path), p.message) for p in cross])
+    return config
+
+
+def config_from_dict(data: Mapping[str, Any], *, path: str = "") -> MethodConfig:
+    """Inverse of :meth:`MethodConfig.to_dict`.
+
+    Raises:
+        ConfigError: when the method is unknown, the version is newer than this code, or a parameter is bad.
+    """
+    method = data.get("method")
+    if not isinstance(method, str):
+        raise ConfigError(Problem(_at(path, "method"), "missing method name"))
+    version = data.get("version", 1)
+    cls = METHODS.get(method)
+    if cls is not None and isinstance(version, int) and version > cls.version:
+        raise ConfigError(
+            Problem(_at(path, "version"), f"{method} config version {version} is newer than this code's {cls.version}")
+        )
+    return parse_method(method, {k: v for k, v in data.items() if k not in ("method", "version")}, path=path)
+
+
+def config_from_json(text: str) -> MethodConfig:
+    """Parse :meth:`MethodConfig.to_json` output."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"method config is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("method config must be a JSON object")
+    return config_from_dict(data)
+
+
+_HINTS: dict[str, dict[str, Any]] = {}
+
+
+def _hints(cls: type[MethodConfig]) -> dict[str, Any]:
+    # get_type_hints re-evaluates every annotation string on each call; a sweep validates thousands of configs.
+    if cls.method not in _HINTS:
+        _HINTS[cls.method] = typing.get_type_hints(cls)
+    return _HINTS[cls.method]
+
+
+def _at(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if args:
+        inner = [a for a in args if a is not type(None)]
+        name = " | ".join(_type_name(a) for a in inner)
+        return f"{name} | None" if type(None) in args else name
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp: Any, meta: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """Coerce ``value`` to ``tp`` where that is lossless; return (value, problem)."""
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), tp) if args else tp
+    if value is None:
+        return (None, None) if optional else (None, f"must be a {_type_name(base)}, not null")
+    if base is bool:
+        if isinstance(value, bool):
+            return value, None
+        return None, f"must be true or false, got {value!r}"
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                return None, f"must be an integer, got {value!r}"
+    elif base is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-4 as a string; accept numbers written that way.
+            try:
+                value = float(value)
+            except ValueError:
+                return None, f"must be a number, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None, f"must be a number, got {value!r}"
+        value = float(value)
+        if not math.isfinite(value):
+            return None, f"must be finite, got {value!r}"
+    elif base is str:
+        if not isinstance(value, str):
+            return None, f"must be a string, got {value!r}"
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            return None, f"{value!r} is not one of {', '.join(choices)}"
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+        word = "greater than" if meta.get("min_exclusive") else "at least"
+        if lo == hi:
+            return None, f"must be {_fmt(lo)}, got {value!r}"
+        return None, f"must be {word} {_fmt(lo)}, got {value!r}"
+    if hi is not None and value > hi:
+        if lo == hi:
+            return None, f"must be {_fmt(hi)}, got {value!r}"
+        return None, f"must be at most {_fmt(hi)}, got {value!r}"
+    return value, None
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+BENCH_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """How a job measures latency. ``device`` auto: cuda for fp16, cpu otherwise.
+
+    Attributes:
+        batch_sizes: one latency figure per batch size.
+        threads: torch intra-op threads for the whole job (one per worker process by default).
+        device: where the model is evaluated and timed.
+        warmup_s: untimed warm-up per batch size.
+        max_time_s: timed budget per batch size; repetitions stop earlier once the median is stable.
+        min_reps: repetitions before the median may be called stable.
+        rel_tol: the median is stable when it moved less than this fraction over the last blocks.
+    """
+
+    batch_sizes: tuple[int, ...] = (1, 8)
+    threads: int = 1
+    device: str = "auto"
+    warmup_s: float = 0.2
+    max_time_s: float = 3.0
+    min_reps: int = 20
+    rel_tol: float = 0.02
+
+    def problems(self) -> list[Problem]:
+        out = []
+        if not self.batch_sizes:
+            out.append(Problem("batch_size", "at least one batch size is needed"))
+        for b in self.batch_sizes:
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                out.append(Problem("batch_size", f"batch sizes must be positive integers, got {b!r}"))
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            out.append(Problem("batch_size", "batch sizes repeat"))
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            out.append(Problem("threads", f"must be a positive integer, got {self.threads!r}"))
+        if self.device not in BENCH_DEVICES:
+            out.append(Problem("device", f"{self.device!r} is not one of {', '.join(BENCH_DEVICES)}"))
+        if self.warmup_s < 0 or self.max_time_s <= 0 or self.min_reps < 1 or not 0 < self.rel_tol < 1:
+            out.append(Problem("", "warmup_s >= 0, max_time_s > 0, min_reps >= 1 and 0 < rel_tol < 1 are required"))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["batch_sizes"] = list(self.batch_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkConfig:
+        d = dict(data)
+        if "batch_sizes" in d:
+            d["batch_sizes"] = tuple(d["batch_sizes"])
+        return cls(**d)
+
+
+def resolve_device(config: MethodConfig, requested: str) -> str:
+    """Where a job evaluates and benchmarks its model.
+
+    Raises:
+        ConfigError: an integer method asked to run on CUDA (torch.ao's int8 kernels are CPU kernels).
+    """
+    if requested == "auto":
+        return "cuda" if config.method == "fp16" else "cpu"
+    if requested == "cuda" and config.integer:
+        raise ConfigError(
+            Problem(
+                "device",
+                f"{config.method} models run torch.ao's int8 CPU kernels: benchmark them on cpu "
+                "(qat still fine-tunes on CUDA when present: see its device parameter)",
+            )
+        )
+    return requested

@@ -1,0 +1,164 @@
+"""The trade-off charts: accuracy against latency and against size, with each model's Pareto front.
+
+A model's colour is the same in every chart; a method's marker too. Simulated (fake-quantization) results
+are hollow and never appear where latency is plotted: their latency measures fake-quantization overhead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from farm.analysis import pareto_front
+from farm.report.fmt import byte_unit
+from farm.report.model import measured, ordered, per_job
+from farm.report.svg import (
+    MARKERS,
+    Chart,
+    figure,
+    legend,
+    line_handle,
+    log_if_wide,
+    marker_handle,
+    model_colours,
+    pick,
+    style,
+    to_svg,
+)
+
+#: Most batch sizes the latency chart draws a panel for.
+MAX_BATCH_PANELS = 4
+_ACCURACY = "top-1 accuracy (fraction)"
+
+
+def accuracy_vs_latency(rows: Sequence[dict[str, Any]]) -> Chart:
+    """Accuracy against p50 latency, one panel per batch size, the Pareto front of each model as a step line.
+
+    Args:
+        rows: the sweep's rows of results_flat.
+
+    Returns:
+        The chart (``svg`` None when no succeeded job has both figures).
+    """
+    title = "Accuracy vs p50 latency"
+    usable = [r for r in measured(rows, "accuracy", "latency_p50_ms") if not r.get("simulated")]
+    notes = _simulated_note(rows, "left out: their latency measures fake-quantization overhead, not a deployment")
+    if not usable:
+        return Chart("latency", title, None, ("No succeeded job has both an accuracy and a latency.", *notes))
+    batches = ordered(r["batch_size"] for r in usable)
+    shown = pick(batches, MAX_BATCH_PANELS)
+    if len(shown) < len(batches):
+        hidden = ", ".join(str(b) for b in batches if b not in shown)
+        notes += (f"Batch sizes {hidden} are not drawn (the table has them).",)
+    fronts = pareto_front(usable, "latency_p50_ms", "accuracy")
+    colours = model_colours([r["model"] for r in rows])
+    with style("latency"):
+        fig, axes = figure(len(shown))
+        for ax, batch in zip(axes, shown, strict=True):
+            at = [r for r in usable if r["batch_size"] == batch]
+            _scatter(ax, at, "latency_p50_ms", colours)
+            for model in ordered(r["model"] for r in at):
+                front = fronts.get((model, batch), [])
+                _front(ax, front, "latency_p50_ms", 1.0, colours[model])
+            ax.set_title(f"batch size {batch}")
+            ax.set_xlabel("p50 latency per call (ms)")
+            ax.set_ylabel(_ACCURACY)
+            log_if_wide(ax, "x", [r["latency_p50_ms"] for r in at])
+        fig.suptitle(f"{title} (Pareto front per model)")
+        legend(fig, _handles(usable, colours))
+        svg = to_svg(fig, title, "latency")
+    notes = (
+        "Each point is one job at one batch size; the line through a model's points is its Pareto front "
+        "(no other configuration of that model is both faster and more accurate).",
+        *notes,
+    )
+    return Chart("latency", title, svg, notes)
+
+
+def accuracy_vs_size(rows: Sequence[dict[str, Any]]) -> Chart:
+    """Accuracy against serialized model size, one point per job, the Pareto front of each model.
+
+    Args:
+        rows: the sweep's rows of results_flat.
+
+    Returns:
+        The chart (``svg`` None when no succeeded job has both figures).
+    """
+    title = "Accuracy vs model size"
+    usable = per_job(measured(rows, "accuracy", "size_bytes"))
+    if not usable:
+        return Chart("size", title, None, ("No succeeded job has both an accuracy and a size.",))
+    unit, scale = byte_unit(max(r["size_bytes"] for r in usable))
+    fronts = pareto_front(usable, "size_bytes", "accuracy")
+    colours = model_colours([r["model"] for r in rows])
+    with style("size"):
+        fig, (ax,) = figure(1, panel_height=4.2)
+        _scatter(ax, usable, "size_bytes", colours, scale=scale)
+        for (model,), front in fronts.items():
+            _front(ax, front, "size_bytes", scale, colours[model])
+        ax.set_xlabel(f"serialized model size ({unit})")
+        ax.set_ylabel(_ACCURACY)
+        log_if_wide(ax, "x", [r["size_bytes"] / scale for r in usable])
+        fig.suptitle(f"{title} (Pareto front per model)")
+        legend(fig, _handles(usable, colours))
+        svg = to_svg(fig, title, "size")
+    notes = [
+        "Each point is one job; the line through a model's points is its Pareto front (no other configuration "
+        "of that model is both smaller and more accurate)."
+    ]
+    if any(r.get("simulated") for r in usable):
+        notes.append("Hollow points are simulated (fake quantization): their size is a packed estimate.")
+    return Chart("size", title, svg, tuple(notes))
+
+
+def _scatter(ax: Any, rows: Sequence[dict[str, Any]], x: str, colours: dict[str, str], scale: float = 1.0) -> None:
+    for model in ordered(r["model"] for r in rows):
+        for method in ordered(r["method"] for r in rows if r["model"] == model):
+            for simulated in (False, True):
+                pts = [
+                    r
+                    for r in rows
+                    if r["model"] == model and r["method"] == method and bool(r.get("simulated")) == simulated
+                ]
+                if not pts:
+                    continue
+                marker = MARKERS.get(method, "o")
+                ax.scatter(
+                    [p[x] / scale for p in pts],
+                    [p["accuracy"] for p in pts],
+                    marker=marker,
+                    s=70 if marker == "*" else 30,
+                    facecolors="none" if simulated else colours[model],
+                    edgecolors=colours[model],
+                    linewidths=1.1,
+                    alpha=0.9,
+                    zorder=3,
+                )
+
+
+def _front(ax: Any, front: Sequence[dict[str, Any]], x: str, scale: float, colour: str) -> None:
+    # Best (smallest) x first and accuracy rising: a step that holds each accuracy until a larger x buys more.
+    if front:
+        ax.step(
+            [r[x] / scale for r in front],
+            [r["accuracy"] for r in front],
+            where="post",
+            color=colour,
+            linewidth=1.3,
+            alpha=0.8,
+            zorder=2,
+        )
+
+
+def _handles(rows: Sequence[dict[str, Any]], colours: dict[str, str]) -> list[Any]:
+    models = ordered(r["model"] for r in rows)
+    handles = [line_handle(colours[m], f"{m} (front)") for m in models]
+    handles += [marker_handle(MARKERS.get(m, "o"), m) for m in ordered(r["method"] for r in rows)]
+    if any(r.get("simulated") for r in rows):
+        handles.append(marker_handle("o", "(simulated)", hollow=True))
+    return handles
+
+
+def _simulated_note(rows: Sequence[dict[str, Any]], why: str) -> tuple[str, ...]:
+    jobs = {r["job_id"] for r in measured(rows, "accuracy") if r.get("simulated")}
+    return (f"{len(jobs)} simulated job(s) {why}.",) if jobs else ()

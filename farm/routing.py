@@ -1,0 +1,49 @@
+"""Which queue a job goes to, from what it needs. Pure: the producer routes without torch or Celery.
+
+- a job evaluated on CUDA (fp16, or fp methods with benchmark device cuda) goes to the GPU pool;
+- a qat job asked to fine-tune on CUDA is a chain: "train" on the GPU pool, then "finish" (convert,
+  evaluate, benchmark on int8 CPU kernels) on the CPU pool, the checkpoint passing through the artifact store;
+- everything else (int8 CPU kernels) goes to the CPU pool.
+Pools default to the queues "cpu" and "gpu"; a team names its own (e.g. "cpu-avx512") at submit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from farm.quant.config import MethodConfig
+
+
+@dataclass(frozen=True)
+class Pools:
+    cpu: str = "cpu"
+    gpu: str = "gpu"
+
+
+@dataclass(frozen=True)
+class Route:
+    queue: str
+    stage: str = "all"
+    finish_queue: str | None = None
+
+
+def route(config: MethodConfig, device: str, pools: Pools = Pools()) -> Route:  # noqa: B008 - frozen default
+    """The queue (and stage) for a job with ``config`` evaluated on ``device``."""
+    if config.method == "qat" and getattr(config, "device", "auto") == "cuda":
+        return Route(pools.gpu, "train", pools.cpu)
+    if device.startswith("cuda"):
+        return Route(pools.gpu)
+    return Route(pools.cpu)
+
+
+def requires_cuda(queue: str) -> bool:
+    """Queues named gpu or gpu-* are served only by workers with CUDA."""
+    return queue == "gpu" or queue.startswith("gpu-")
+
+
+def required_isa(queue: str) -> str | None:
+    """A CPU pool named after an ISA feature (cpu-avx512, cpu-amx, cpu-avx2) needs a CPU that has it."""
+    if not queue.startswith("cpu-"):
+        return None
+    feature = queue[len("cpu-") :]
+    return feature if feature in ("avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx", "vnni") else None

@@ -1,0 +1,246 @@
+"""One job from the database to a recorded result: claim -> run_job -> upload -> record.
+
+Shared by the local runner (worker processes on this machine) and the Celery tasks (a farm). The
+database decides who runs what: the claim is a conditional update, and a result is recorded only by the
+worker still holding the claim, so a duplicate message never runs a job twice or writes two results.
+While a job runs, a heartbeat thread renews its lease and watches for cancellation; a worker that dies
+stops renewing, and a reaper hands the job to another worker once the lease has run out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from farm.errors import ArtifactError, Cancelled, FarmError, QuantizationError, TransientError
+from farm.settings import cache_dir
+
+log = logging.getLogger("farm.runner")
+
+DEFAULT_LEASE_S = 120.0
+_KINDS = {"model.pt": "model", "model_state.pt": "model", "manifest.json": "manifest", "reference.pt": "reference"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt at a job ended.
+
+    Attributes:
+        state: succeeded, failed, cancelled, skipped (someone else has it, or it is finished), or handoff (the
+            train stage is done and the finish stage must be sent to ``queue``).
+    """
+
+    job_id: int
+    state: str
+    error: str | None = None
+    duration_s: float = 0.0
+    queue: str | None = None
+    role: str | None = None
+
+
+class ReferenceNotReady(TransientError):
+    """The fp32 reference this job compares with has not succeeded yet."""
+
+
+class JobHeartbeat:
+    """Renews a running job's lease every ``interval_s`` and raises the stop flag when the job is no longer
+    this worker's to run (cancelled, or taken over after a lost lease)."""
+
+    def __init__(self, db: Any, job_id: int, worker: str, lease_s: float, interval_s: float):
+        self._db, self._job_id, self._worker = db, job_id, worker
+        self._lease_s, self._interval_s = lease_s, interval_s
+        self._done = threading.Event()
+        self.stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"farm-heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> JobHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self._done.set()
+        self._thread.join(timeout=self._interval_s + 5)
+
+    def should_stop(self) -> bool:
+        return self.stopped.is_set()
+
+    def _run(self) -> None:
+        from farm.store import queries
+
+        while not self._done.wait(self._interval_s):
+            try:
+                with self._db.session() as s:
+                    state = queries.extend_lease(s, self._job_id, self._worker, self._lease_s)
+            except FarmError as e:  # a database blip: the lease is long enough to ride it out
+                log.warning("job %s: heartbeat failed: %s", self._job_id, e)
+                continue
+            if state != "running":
+                self.stopped.set()
+                return
+
+
+def execute_job(
+    job_id: int,
+    *,
+    db: Any,
+    store: Any,
+    worker: str,
+    lease_s: float = DEFAULT_LEASE_S,
+    heartbeat_s: float | None = None,
+    max_losses: int | None = None,
+) -> Outcome:
+    """Claim and run one job (or its current stage), then record the result.
+
+    Args:
+        job_id: the job's id.
+        db: a :class:`farm.store.db.Database`.
+        store: the artifact store results are uploaded to.
+        worker: this worker's name (recorded on the job).
+        lease_s: how long the claim holds without a renewal.
+        heartbeat_s: how often the lease is renewed and cancellation checked (default: lease_s / 12).
+        max_losses: refuse to take over an expired lease once the job's worker died under it this many times
+            (the reaper fails it instead).
+
+    Returns:
+        The outcome. Deterministic errors (bad config, untraceable model, missing bucket) end the job as
+        failed here and are not retried.
+
+    Raises:
+        TransientError: the database or object store was unreachable, or the reference is not ready; the
+            job has been handed back to the queue and the caller should retry later.
+    """
+    from farm.store import queries
+
+    started = time.perf_counter()
+    with db.session() as s:
+        job = queries.claim_job(s, job_id, worker, lease_s, max_losses=max_losses)
+        if job is None:
+            return Outcome(job_id, "skipped")
+        key, spec_data, reference_id, stage, role = job.key, dict(job.spec), job.reference_job_id, job.stage, job.role
+        checkpoint = queries.artifact_of(s, job_id, "checkpoint") if stage == "finish" else None
+        checkpoint_ref = (checkpoint.uri, checkpoint.sha256) if checkpoint is not None else None
+    interval = heartbeat_s if heartbeat_s is not None else max(0.2, min(10.0, lease_s / 12))
+    try:
+        with JobHeartbeat(db, job_id, worker, lease_s, interval) as beat:
+            spec = _job_spec(spec_data)
+            if stage == "train":
+                return _train_stage(job_id, key, spec, db=db, store=store, worker=worker, beat=beat, started=started)
+            reference = _load_reference(reference_id, db, store) if reference_id is not None else None
+            ckpt_path = _fetch(store, *checkpoint_ref, "checkpoint.pt") if checkpoint_ref else None
+            from farm.jobs import run_job
+
+            with tempfile.TemporaryDirectory(prefix="farm-job-") as tmp:
+                result = run_job(
+                    spec, Path(tmp), reference=reference, should_stop=beat.should_stop, checkpoint=ckpt_path
+                )
+                uploaded = store.put_dir(Path(tmp), f"jobs/{key}")
+        stored = [(_KINDS.get(obj.key.rsplit("/", 1)[-1], "other"), obj) for obj in uploaded]
+        model = next((obj for kind, obj in stored if kind == "model"), None)
+        result.artifact_uri = model.uri if model is not None else None
+        with db.session() as s:
+            recorded = queries.finish_job(s, job_id, worker, result.to_dict(), stored)
+            state = "succeeded" if recorded else (queries.job_state(s, job_id) or "cancelled")
+            queries.settle_sweeps(s, job_id)
+        return Outcome(job_id, state, None, time.perf_counter() - started, role=role)
+    except Cancelled:
+        return _end(db, job_id, worker, "cancelled", "cancelled while running", started, role)
+    except TransientError as e:
+        with db.session() as s:
+            queries.release_job(s, job_id, worker, f"retrying: {e}")
+        raise
+    except FarmError as e:
+        return _end(db, job_id, worker, "failed", str(e), started, role)
+    except Exception as e:  # a bug, or a time limit: the traceback goes to the log, one line to the job
+        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+        return _end(db, job_id, worker, "failed", _describe(e), started, role)
+
+
+def _train_stage(
+    job_id: int, key: str, spec: Any, *, db: Any, store: Any, worker: str, beat: JobHeartbeat, started: float
+) -> Outcome:
+    """Fine-tune (on this GPU worker), upload the checkpoint, and queue the finish stage."""
+    from farm.jobs import train_job
+    from farm.store import queries
+
+    with tempfile.TemporaryDirectory(prefix="farm-train-") as tmp:
+        path = train_job(spec, Path(tmp), should_stop=beat.should_stop)
+        stored = store.put_file(path, f"jobs/{key}/checkpoint.pt")
+    with db.session() as s:
+        message = queries.hand_off(s, job_id, worker, stored)
+    if message is None:
+        return Outcome(job_id, "cancelled", None, time.perf_counter() - started)
+    return Outcome(job_id, "handoff", None, time.perf_counter() - started, queue=message.queue)
+
+
+def _end(db: Any, job_id: int, worker: str, state: str, error: str, started: float, role: str | None) -> Outcome:
+    from farm.store import queries
+
+    with db.session() as s:
+        queries.fail_job(s, job_id, error, worker=worker, state=state)
+        final = queries.job_state(s, job_id) or state
+        queries.settle_sweeps(s, job_id)
+    return Outcome(job_id, final, error, time.perf_counter() - started, role=role)
+
+
+def _describe(e: BaseException) -> str:
+    name = type(e).__name__
+    if name == "SoftTimeLimitExceeded":
+        return "the job ran past its soft time limit (FARM_TASK_SOFT_TIME_LIMIT_S) and was stopped"
+    return f"{name}: {e}"
+
+
+def _job_spec(data: dict[str, Any]) -> Any:
+    from farm.jobs import JobSpec
+
+    spec = JobSpec.from_dict(data)
+    if spec.weights and spec.weights.startswith("s3://"):
+        from farm.artifacts import fetch_uri
+
+        spec = dataclasses.replace(spec, weights=str(fetch_uri(spec.weights, cache_dir() / "weights")))
+    return spec
+
+
+def _fetch(store: Any, uri: str, sha256: str, name: str) -> Path:
+    """A stored artifact in the local content-addressed cache (downloaded once, sha256 verified)."""
+    local = cache_dir() / "artifacts" / sha256[:2] / sha256 / name
+    if local.exists():
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        key = store.key_for(uri)
+    except ArtifactError:
+        # Stored under another artifact URL (FARM_ARTIFACTS_URL changed since): fetch it from there.
+        from farm.artifacts import fetch_uri
+        from farm.artifacts.files import sha256_file
+
+        fetched = fetch_uri(uri, cache_dir() / "artifacts" / "foreign")
+        if sha256_file(fetched) != sha256:
+            raise ArtifactError(f"{uri} does not match the sha256 recorded for it: corrupted or altered") from None
+        return fetched
+    store.get_file(key, local, sha256=sha256)
+    return local
+
+
+def _load_reference(reference_id: int, db: Any, store: Any) -> Any:
+    from farm.jobs import Reference
+    from farm.store import queries
+
+    with db.session(write=False) as s:
+        state = queries.job_state(s, reference_id)
+        artifact = queries.artifact_of(s, reference_id, "reference")
+        ref_job = s.get(queries.Job, reference_id)
+        error = ref_job.error if ref_job is not None else None
+        uri, sha256 = (artifact.uri, artifact.sha256) if artifact is not None else (None, None)
+    if state in ("failed", "cancelled"):
+        raise QuantizationError(f"the fp32 reference (job {reference_id}) {state}: {error}")
+    if state != "succeeded" or uri is None or sha256 is None:
+        raise ReferenceNotReady(f"the fp32 reference (job {reference_id}) has not finished")
+    return Reference.load(_fetch(store, uri, sha256, "reference.pt"))

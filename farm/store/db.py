@@ -1,0 +1,351 @@
+"""The results database's engines and sessions: the ONE module that owns SQLAlchemy engines.
+
+Everything that talks to the database goes through a :class:`Database`; its :meth:`Database.session` commits
+on success, rolls back on failure and turns "cannot reach the database" into
+:class:`~farm.errors.StoreUnavailable`, one line that names the URL without its password. The schema functions
+(``ensure_schema``, ``upgrade``, ...) live in :mod:`farm.store.migrate` and are re-exported here.
+
+SQLite is the zero-setup default and is written by several processes at once (the local runner's workers), so
+every connection gets foreign keys, WAL (readers never block the writer), a 30 s busy timeout, and write
+sessions start with ``BEGIN IMMEDIATE``: a transaction that reads then writes takes the write lock up front
+and waits for it, instead of failing with "database is locked" when it tries to upgrade its read lock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import sys
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from farm.errors import ConfigError, StoreUnavailable
+from farm.settings import Settings
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent first runs there rely on SQLite's own locking.
+    fcntl = None  # type: ignore[assignment]
+
+#: How long an SQLite writer waits for another process's write lock before giving up.
+BUSY_TIMEOUT_S = 30.0
+#: How long a PostgreSQL connection attempt may take (unless the URL sets connect_timeout).
+CONNECT_TIMEOUT_S = 10
+#: Key of the PostgreSQL advisory lock that serialises migrations ("QFMI").
+PG_MIGRATION_LOCK = 0x51464D49
+# Execution option read by the SQLite "begin" hook: "IMMEDIATE" for write transactions, else deferred.
+_BEGIN_OPTION = "farm_sqlite_begin"
+# sqlite3 reports every failure as OperationalError, bugs included ("no such table", syntax errors); only
+# these mean "the file cannot be used right now".
+_SQLITE_UNAVAILABLE = (
+    "database is locked",
+    "unable to open database",
+    "disk i/o error",
+    "database or disk is full",
+    "readonly database",
+)
+
+
+def redact_url(url: str | URL) -> str:
+    """A database URL safe to print: its password replaced by ``***``.
+
+    Args:
+        url: any database URL, parseable or not.
+
+    Returns:
+        The URL with the password hidden.
+    """
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; ``postgres://`` and ``postgresql://`` mean psycopg 3 (``postgresql+psycopg://``).
+
+    Args:
+        url: the URL as the user wrote it.
+
+    Returns:
+        The parsed URL.
+
+    Raises:
+        ConfigError: ``url`` is not a database URL.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as e:
+        raise ConfigError(f"not a database URL: {redact_url(url)}", source="FARM_DATABASE_URL") from e
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class Database:
+    """One results database: an engine, its sessions, and the per-process "schema checked" flag.
+
+    Args:
+        url: database URL; default ``Settings.from_env().database_url`` (FARM_DATABASE_URL or the SQLite file
+            under FARM_HOME). The parent directory of an SQLite file is created.
+
+    Raises:
+        ConfigError: the URL cannot be parsed, or names a database that has no driver installed.
+        StoreUnavailable: the SQLite file's directory cannot be created.
+    """
+
+    def __init__(self, url: str | URL | None = None) -> None:
+        #: The parsed URL, password included: hand this (not ``str(url)``, which shows ``***``) to another
+        #: process. Print :attr:`redacted_url`.
+        self.url: URL = normalize_url(url or Settings.from_env().database_url)
+        self.redacted_url: str = self.url.render_as_string(hide_password=True)
+        self.dialect: str = self.url.get_backend_name()
+        #: Set by farm.store.migrate.ensure_schema once the schema is known to be at head.
+        self.schema_checked = False
+        self.engine: Engine = self._create_engine()
+        writer = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        # expire_on_commit=False: rows returned from a session stay readable after it is closed.
+        self._write_sessions = sessionmaker(bind=writer, expire_on_commit=False)
+        self._read_sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"Database({self.redacted_url!r})"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, or None (PostgreSQL, in-memory SQLite, ``file:`` URIs)."""
+        name = self.url.database
+        if self.dialect != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+            return None
+        return Path(name)
+
+    @contextmanager
+    def session(self, *, write: bool = True) -> Iterator[Session]:
+        """A session in one transaction: committed when the block ends, rolled back if it raises.
+
+        Args:
+            write: on SQLite, take the write lock when the transaction starts (``BEGIN IMMEDIATE``). Pass
+                False for read-only work so that it never waits for writers.
+
+        Yields:
+            The session.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached (or stays locked past the busy timeout).
+        """
+        factory = self._write_sessions if write else self._read_sessions
+        with self.translate_errors(), factory.begin() as session:
+            yield session
+
+    @contextmanager
+    def connect(self, *, write: bool = False) -> Iterator[Connection]:
+        """A Core connection in one transaction, committed when the block ends, rolled back if it raises.
+
+        Args:
+            write: as for :meth:`session` (default False here: most Core use is reading).
+
+        Yields:
+            The connection, its transaction begun.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        with self.translate_errors(), self.engine.connect() as conn:
+            if write:
+                conn = conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def migration_connection(self) -> Iterator[Connection]:
+        """A write connection that holds the migration lock: one migrator at a time, across processes.
+
+        SQLite: an exclusive ``flock`` on ``<file>.lock`` (so a second process waits rather than racing to
+        create the tables) and ``BEGIN IMMEDIATE``. PostgreSQL: ``pg_advisory_xact_lock`` in the transaction.
+
+        Yields:
+            The connection; its transaction commits when the block ends.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        with self._file_lock(), self.connect(write=True) as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
+            yield conn
+
+    @contextmanager
+    def translate_errors(self) -> Iterator[None]:
+        """Turn a connectivity error raised in the block into :class:`StoreUnavailable`; others propagate.
+
+        Raises:
+            StoreUnavailable: the block failed because the database cannot be reached.
+        """
+        try:
+            yield
+        except DBAPIError as e:
+            reason = self._unavailable_reason(e)
+            if reason is None:
+                raise
+            raise StoreUnavailable(f"database {self.redacted_url} is unreachable: {reason}") from e
+        except Exception as e:
+            psycopg = sys.modules.get("psycopg")
+            if psycopg is None or not isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
+                raise
+            raise StoreUnavailable(f"database {self.redacted_url} is unreachable: {self._one_line(e)}") from e
+
+    def dispose(self) -> None:
+        """Close every pooled connection (the Database stays usable: new connections open on demand)."""
+        self.engine.dispose()
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _create_engine(self) -> Engine:
+        connect_args: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            connect_args["timeout"] = BUSY_TIMEOUT_S
+            path = self.sqlite_path
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise StoreUnavailable(
+                        f"database {self.redacted_url} is unreachable: cannot create {path.parent}: {e.strerror}"
+                    ) from e
+        elif self.dialect == "postgresql" and "connect_timeout" not in self.url.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        try:
+            engine = create_engine(self.url, pool_pre_ping=True, connect_args=connect_args)
+        except (ArgumentError, ImportError) as e:  # an unknown scheme, or its driver is not installed
+            problem = f"no database driver for {self.redacted_url} ({e}); use sqlite:/// or postgresql://"
+            raise ConfigError(problem, source="FARM_DATABASE_URL") from e
+        if self.dialect == "sqlite":
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
+        _dispose_in_forked_children(engine)
+        return engine
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        path = self.sqlite_path
+        if path is None or fcntl is None:
+            yield
+            return
+        try:
+            lock = open(path.with_name(path.name + ".lock"), "a")
+        except OSError as e:
+            raise StoreUnavailable(f"database {self.redacted_url} is unreachable: {self._one_line(e)}") from e
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _unavailable_reason(self, e: BaseException) -> str | None:
+        """Why ``e`` means "the database cannot be used now", or None when it is some other failure."""
+        if isinstance(e, DBAPIError):
+            if e.connection_invalidated:
+                return self._one_line(e.orig or e)
+            if not isinstance(e, OperationalError | InterfaceError):
+                return None
+            reason = self._one_line(e.orig or e)
+            if self.dialect == "sqlite" and not any(s in reason.lower() for s in _SQLITE_UNAVAILABLE):
+                return None
+            return reason
+        return None
+
+    def _one_line(self, e: BaseException) -> str:
+        # Drivers write multi-line messages (psycopg lists every address it tried); the CLI prints one line.
+        reason = " ".join(str(e).split()) or type(e).__name__
+        if self.url.password:
+            reason = reason.replace(str(self.url.password), "***")
+        return reason[:500]
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # sqlite3 must not emit BEGIN itself (it skips it before SELECT and DDL): _sqlite_on_begin does.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        _enable_wal(cursor)
+        # In WAL mode NORMAL syncs at checkpoints, not at every commit: a crash of the process loses nothing,
+        # a power cut may lose the last commits (the jobs then rerun), and each commit costs no fsync.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    # Turning a new file to WAL takes a lock that SQLite does not wait for (the busy timeout does not apply):
+    # when several processes open a brand-new database at once, one may fail at once with "database is locked".
+    # Retry until the busy timeout instead. On a file already in WAL mode this is a no-op.
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get(_BEGIN_OPTION) == "IMMEDIATE"
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _dispose_in_forked_children(engine: Engine) -> None:
+    # A forked worker must not reuse its parent's sockets or SQLite handles: drop them (without closing
+    # them, which would close the parent's) so that the child opens its own.
+    if not hasattr(os, "register_at_fork"):
+        return
+    ref = weakref.ref(engine)
+
+    def after_fork() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.dispose(close=False)
+
+    os.register_at_fork(after_in_child=after_fork)
+
+
+# The schema functions, importable from here as the one entry point to the database layer.
+from farm.store.migrate import (  # noqa: E402
+    SchemaStatus,
+    current_revision,
+    downgrade,
+    ensure_schema,
+    head_revision,
+    migrations_dir,
+    schema_status,
+    upgrade,
+)
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "Database",
+    "SchemaStatus",
+    "current_revision",
+    "downgrade",
+    "ensure_schema",
+    "head_revision",
+    "migrations_dir",
+    "normalize_url",
+    "redact_url",
+    "schema_status",
+    "upgrade",
+]

@@ -1,0 +1,736 @@
+"""What the runners and the CLI ask of the results database. Every function takes an open Session.
+
+State changes are conditional updates (``UPDATE ... WHERE state = ...``): a job is claimed only if it is
+queued (or running with an expired lease), and results are recorded only by the worker holding the
+claim. A duplicate delivery or a worker that lost its lease therefore never writes a second result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Table, and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy.orm import Session, aliased
+
+from farm.errors import NotFound
+from farm.store.models import FINISHED_STATES, Artifact, Job, Metric, Sweep, SweepJob, Worker
+
+_CHUNK = 500
+_JOBS: Table = Job.__table__  # type: ignore[assignment]
+_SWEEP_JOBS: Table = SweepJob.__table__  # type: ignore[assignment]
+_OUTER = aliased(SweepJob)
+# Engine figures that have typed columns in metrics; everything else goes to metrics.extra.
+_JOB_FIGURES = (
+    "accuracy",
+    "accuracy_fp32",
+    "accuracy_drop",
+    "top5",
+    "agreement",
+    "sqnr_db",
+    "cosine",
+    "size_bytes",
+    "size_fp32_bytes",
+    "size_ratio",
+    "coverage",
+    "coverage_macs",
+    "peak_memory_bytes",
+    "hardware_id",
+)
+_BATCH_FIGURES = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "speedup")
+_EXTRA_JOB_KEYS = (
+    "accuracy_kind",
+    "top5_fp32",
+    "size_kind",
+    "coverage_layers",
+    "coverage_layers_total",
+    "peak_gpu_memory_bytes",
+    "timings_s",
+    "warnings",
+    "fingerprint",
+    "quantized_engine",
+    "threads",
+    "engine_version",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """The outcome of :func:`create_sweep`."""
+
+    sweep_id: int
+    created: bool
+    total: int
+    cached: int
+    to_run: list[int]
+    ids: dict[str, int]
+
+
+def create_sweep(session: Session, plan: Any, submitter: str | None) -> SweepRecord:
+    """Persist a plan: the sweep (reused when the same name and spec were run before) and its jobs.
+
+    Jobs are unique by key across the database: a job that already succeeded (in any sweep) is linked,
+    not re-created, and counts as cached; failed or cancelled ones are reset to pending to run again.
+
+    Args:
+        session: an open session (the caller commits).
+        plan: a :class:`farm.spec.Plan`.
+        submitter: who asked.
+
+    Returns:
+        The sweep id, whether it is new, and which jobs must run.
+    """
+    now = utcnow()
+    sweep = session.scalar(select(Sweep).where(Sweep.name == plan.spec.name, Sweep.spec_hash == plan.spec_hash))
+    created = sweep is None
+    if sweep is None:
+        sweep = Sweep(
+            name=plan.spec.name,
+            spec_text=plan.text,
+            spec_hash=plan.spec_hash,
+            submitter=submitter,
+            created_at=now,
+            state="pending",
+        )
+        session.add(sweep)
+        session.flush()
+    sweep_id = sweep.id
+
+    ids = _ids_by_key(session, [j.key for j in plan.jobs])
+    for role in ("reference", "trial"):
+        new = [j for j in plan.jobs if j.role == role and j.key not in ids]
+        rows = [
+            {
+                "key": j.key,
+                "sweep_id": sweep_id,
+                "role": j.role,
+                "reference_job_id": ids.get(j.reference_key) if j.reference_key else None,
+                "spec": j.spec.to_dict(),
+                "state": "pending",
+                "attempts": 0,
+                "created_at": now,
+                **j.columns(),
+            }
+            for j in new
+        ]
+        # Core executemany with RETURNING (batched by SQLAlchemy's insertmanyvalues), not ORM saves or a
+        # second SELECT by key: 10,000 jobs must persist in well under 3 s on SQLite and PostgreSQL.
+        stmt = insert(_JOBS).returning(_JOBS.c.key, _JOBS.c.id)
+        for chunk in _chunks(rows, 2000):
+            ids.update({row[0]: row[1] for row in session.connection().execute(stmt, chunk)})
+
+    job_ids = [ids[j.key] for j in plan.jobs]
+    # Re-running a sweep runs again what failed or was cancelled, with a fresh attempt budget.
+    for chunk in _chunks(job_ids):
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(chunk), Job.state.in_(("failed", "cancelled")))
+            .values(state="pending", attempts=0, worker_losses=0, error=None, worker=None, lease_expires_at=None)
+        )
+    linked = set(session.scalars(select(SweepJob.job_id).where(SweepJob.sweep_id == sweep_id)))
+    stale = sorted(linked - set(job_ids))  # the same spec text now means other jobs (e.g. new weights)
+    for chunk in _chunks(stale):
+        session.execute(delete(SweepJob).where(SweepJob.sweep_id == sweep_id, SweepJob.job_id.in_(chunk)))
+    links = [{"sweep_id": sweep_id, "job_id": i} for i in dict.fromkeys(job_ids) if i not in linked]
+    for chunk in _chunks(links, 2000):
+        session.connection().execute(insert(_SWEEP_JOBS), chunk)
+
+    states = _states(session, job_ids)
+    cached = sum(1 for i in job_ids if states.get(i) == "succeeded")
+    to_run = [i for i in job_ids if states.get(i) == "pending"]
+    sweep.state = "running" if to_run or any(states.get(i) in ("queued", "running") for i in job_ids) else "succeeded"
+    sweep.finished_at = None if sweep.state == "running" else now
+    return SweepRecord(sweep_id, created, len(job_ids), cached, to_run, ids)
+
+
+def mark_queued(session: Session, job_ids: Sequence[int], queue: str | None = None, owner: str | None = None) -> int:
+    """pending -> queued for the given jobs; returns how many moved.
+
+    Args:
+        owner: the process that will hand the jobs to a worker (a local run), recorded in ``worker`` until one
+            claims them, so that a later run can tell that jobs left queued by a dead one are abandoned.
+    """
+    moved = 0
+    now = utcnow()
+    for chunk in _chunks(list(job_ids)):
+        result = session.execute(
+            update(Job)
+            .where(Job.id.in_(chunk), Job.state == "pending")
+            .values(state="queued", queued_at=now, queue=queue, worker=owner)
+            .execution_options(synchronize_session=False)
+        )
+        moved += result.rowcount  # type: ignore[attr-defined]
+    return moved
+
+
+def reset_abandoned(
+    session: Session, job_ids: Sequence[int], is_gone: Callable[[str | None], bool], max_losses: int
+) -> list[int]:
+    """Local jobs among ``job_ids`` left queued or running by a process that is gone: back to pending.
+
+    A running one counts a worker loss (its worker died under it), and fails once that is its
+    ``max_losses``-th. Returns the ids reset to pending.
+    """
+    reset: list[int] = []
+    for chunk in _chunks(list(job_ids)):
+        rows = session.execute(
+            select(Job.id, Job.state, Job.worker, Job.worker_losses).where(
+                Job.id.in_(chunk), Job.queue == "local", Job.state.in_(("queued", "running"))
+            )
+        ).all()
+        for row in rows:
+            if not is_gone(row.worker):
+                continue
+            losses = (row.worker_losses or 0) + (1 if row.state == "running" else 0)
+            if losses >= max_losses:
+                fail_job(
+                    session,
+                    row.id,
+                    f"its worker process died {losses} times while running it (last: {row.worker}); not retried again",
+                )
+                continue
+            moved = session.execute(
+                update(Job)
+                .where(Job.id == row.id, Job.state == row.state, Job.worker == row.worker)
+                .values(state="pending", worker=None, lease_expires_at=None, worker_losses=losses)
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount == 1:  # type: ignore[attr-defined]
+                reset.append(row.id)
+    return reset
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now holds (what running it needs, read in the claiming statement itself)."""
+
+    id: int
+    key: str
+    spec: dict[str, Any]
+    reference_job_id: int | None
+    stage: str
+    role: str
+    attempts: int
+    worker: str
+    state: str = "running"
+
+
+def claim_job(
+    session: Session, job_id: int, worker: str, lease_s: float, *, max_losses: int | None = None
+) -> Claim | None:
+    """Take a queued job (or a running one whose lease expired) for ``worker``: one conditional UPDATE.
+
+    Only queued jobs are claimable, never pending ones: a stray message must not start a job whose reference
+    has not succeeded. Taking over an expired lease counts a worker loss, and is refused once that would be
+    the ``max_losses``-th (the reaper then fails the job with the reason).
+
+    Returns:
+        The claim, or None when someone else has the job, it is finished, or it is not queued yet.
+    """
+    now = utcnow()
+    expired = and_(Job.state == "running", Job.lease_expires_at < now)
+    if max_losses is not None:
+        expired = and_(expired, Job.worker_losses + 1 < max_losses)
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, or_(Job.state == "queued", expired))
+        .values(
+            state="running",
+            worker=worker,
+            started_at=now,
+            finished_at=None,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            attempts=Job.attempts + 1,
+            worker_losses=case((Job.state == "running", Job.worker_losses + 1), else_=Job.worker_losses),
+        )
+        .returning(Job.key, Job.spec, Job.reference_job_id, Job.stage, Job.role, Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    return Claim(job_id, row.key, row.spec, row.reference_job_id, row.stage, row.role, row.attempts, worker)
+
+
+def extend_lease(session: Session, job_id: int, worker: str, lease_s: float) -> str | None:
+    """Renew ``worker``'s lease on a running job.
+
+    Returns:
+        The job's state ("running" means: carry on), or "lost" when another worker holds it now.
+    """
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+        .values(lease_expires_at=now + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(select(Job.state, Job.worker).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        return None
+    state, owner = row
+    return state if owner == worker or state != "running" else "lost"
+
+
+def finish_job(
+    session: Session,
+    job_id: int,
+    worker: str,
+    result: dict[str, Any],
+    artifacts: Iterable[tuple[str, Any]] = (),
+) -> bool:
+    """Record a successful result, if ``worker`` still holds the job.
+
+    Args:
+        result: ``JobResult.to_dict()``.
+        artifacts: (kind, StoredObject) pairs, already uploaded and verified.
+
+    Returns:
+        False when the job was cancelled or taken over meanwhile (nothing is written).
+    """
+    now = utcnow()
+    attempts = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+        .values(
+            state="succeeded",
+            finished_at=now,
+            lease_expires_at=None,
+            error=None,
+            duration_s=result.get("duration_s"),
+            hardware=result.get("hardware"),
+        )
+        .returning(Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if attempts is None:
+        return False
+    stored_artifacts = list(artifacts)
+    kinds = [kind for kind, _ in stored_artifacts]
+    if attempts > 1 or "checkpoint" not in kinds:  # rows of an earlier, interrupted run may be there
+        session.execute(delete(Metric).where(Metric.job_id == job_id))
+        if kinds:
+            session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind.in_(kinds)))
+    rows = metric_rows(job_id, result)
+    if rows:
+        session.execute(insert(Metric), rows)
+    stored = [
+        {
+            "job_id": job_id,
+            "kind": kind,
+            "uri": obj.uri,
+            "sha256": obj.sha256,
+            "size_bytes": obj.size_bytes,
+            "created_at": now,
+        }
+        for kind, obj in stored_artifacts
+    ]
+    if stored:
+        session.execute(insert(Artifact), stored)
+    return True
+
+
+def metric_rows(job_id: int, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One metrics row per batch size from a ``JobResult.to_dict()``."""
+    job_part = {k: result.get(k) for k in _JOB_FIGURES}
+    job_part["simulated"] = bool(result.get("simulated"))
+    extra = {k: result.get(k) for k in _EXTRA_JOB_KEYS if result.get(k) is not None}
+    rows = []
+    for lat in result.get("latency") or []:
+        batch = {k: lat.get(k) for k in _BATCH_FIGURES}
+        spread = {k: v for k, v in lat.items() if k not in _BATCH_FIGURES and k != "batch_size"}
+        rows.append(
+            {
+                "job_id": job_id,
+                "batch_size": lat["batch_size"],
+                **job_part,
+                **batch,
+                "extra": {**extra, "latency": spread},
+            }
+        )
+    return rows
+
+
+def fail_job(session: Session, job_id: int, error: str, *, worker: str | None = None, state: str = "failed") -> bool:
+    """End a job as failed (or cancelled) with a reason; with ``worker``, only if it still holds the job."""
+    conditions = [Job.id == job_id, Job.state.not_in(FINISHED_STATES)]
+    if worker is not None:
+        conditions.append(Job.worker == worker)
+    moved = session.execute(
+        update(Job)
+        .where(*conditions)
+        .values(state=state, error=error[:4000], finished_at=utcnow(), lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
+def release_job(session: Session, job_id: int, worker: str, error: str) -> bool:
+    """Hand a running job back to the queue (a transient failure that will be retried)."""
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+        .values(state="queued", error=error[:4000], lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
+def job_state(session: Session, job_id: int) -> str | None:
+    return session.scalar(select(Job.state).where(Job.id == job_id))
+
+
+def cancel_jobs(session: Session, job_ids: Sequence[int], reason: str = "cancelled") -> int:
+    """Cancel every unfinished job among ``job_ids``; running ones stop at their next check."""
+    count = 0
+    for chunk in _chunks(list(job_ids)):
+        result = session.execute(
+            update(Job)
+            .where(Job.id.in_(chunk), Job.state.not_in(FINISHED_STATES))
+            .values(state="cancelled", error=reason, finished_at=utcnow(), lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        count += result.rowcount  # type: ignore[attr-defined]
+    return count
+
+
+def sweep_job_ids(session: Session, sweep_id: int, states: Sequence[str] | None = None) -> list[int]:
+    stmt = select(SweepJob.job_id).join(Job, Job.id == SweepJob.job_id).where(SweepJob.sweep_id == sweep_id)
+    if states is not None:
+        stmt = stmt.where(Job.state.in_(states))
+    return list(session.scalars(stmt.order_by(SweepJob.job_id)))
+
+
+def sweep_counts(session: Session, sweep_id: int) -> dict[str, int]:
+    """Number of the sweep's jobs in each state."""
+    rows = session.execute(
+        select(Job.state, func.count())
+        .join(SweepJob, SweepJob.job_id == Job.id)
+        .where(SweepJob.sweep_id == sweep_id)
+        .group_by(Job.state)
+    ).all()
+    return {state: int(n) for state, n in rows}
+
+
+def refresh_sweep_state(session: Session, sweep_id: int) -> str:
+    """Derive the sweep's state from its jobs' (fan-in is tracked here, in the database)."""
+    counts = sweep_counts(session, sweep_id)
+    if any(counts.get(s) for s in ("pending", "queued", "running")):
+        state = "running"
+    elif counts.get("failed"):
+        state = "failed"
+    elif counts.get("cancelled"):
+        state = "cancelled"
+    else:
+        state = "succeeded"
+    sweep = get_sweep(session, sweep_id)
+    if sweep.state != state:
+        sweep.state = state
+        sweep.finished_at = None if state == "running" else utcnow()
+    return state
+
+
+def settle_sweeps(session: Session, job_id: int) -> list[int]:
+    """After a job ended: re-derive the state of each sweep of the job that has no unfinished job left.
+
+    One query in the usual case (other jobs still unfinished): fan-in costs nothing per job until the last.
+    """
+    unfinished = (
+        select(SweepJob.job_id)
+        .join(Job, Job.id == SweepJob.job_id)
+        .where(SweepJob.sweep_id == _OUTER.sweep_id, Job.state.in_(("pending", "queued", "running")))
+        .exists()
+    )
+    done = list(session.scalars(select(_OUTER.sweep_id).where(_OUTER.job_id == job_id, ~unfinished)))
+    for sweep_id in done:
+        refresh_sweep_state(session, sweep_id)
+    return done
+
+
+def get_sweep(session: Session, sweep_id: int) -> Sweep:
+    """Raises: NotFound."""
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise NotFound(f"no sweep with id {sweep_id}")
+    return sweep
+
+
+def list_sweeps(session: Session, limit: int = 50) -> list[tuple[Sweep, dict[str, int]]]:
+    sweeps = list(session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit)))
+    return [(s, sweep_counts(session, s.id)) for s in sweeps]
+
+
+def artifact_of(session: Session, job_id: int, kind: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind))
+
+
+def _ids_by_key(session: Session, keys: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for chunk in _chunks(list(keys)):
+        out.update({row[0]: row[1] for row in session.execute(select(Job.key, Job.id).where(Job.key.in_(chunk)))})
+    return out
+
+
+def _states(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for chunk in _chunks(list(job_ids)):
+        out.update({row[0]: row[1] for row in session.execute(select(Job.id, Job.state).where(Job.id.in_(chunk)))})
+    return out
+
+
+def _chunks(items: list[Any], size: int = _CHUNK) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# --- the farm ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """A job to send to the broker: its id, the queue, and the stage (which task name)."""
+
+    job_id: int
+    queue: str
+    stage: str
+
+
+def set_routes(session: Session, routes: dict[int, tuple[str, str, str | None]]) -> None:
+    """Set (queue, stage, finish_queue) of pending jobs before they are queued."""
+    for job_id, (queue, stage, finish_queue) in routes.items():
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "pending")
+            .values(queue=queue, stage=stage, finish_queue=finish_queue)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def queue_ready(session: Session, job_ids: Sequence[int]) -> list[Message]:
+    """pending -> queued for the jobs among ``job_ids`` that can start now (their fp32 reference succeeded,
+    or they are references); returns the messages to send."""
+    reference = aliased(Job)
+    ready: list[Message] = []
+    now = utcnow()
+    for chunk in _chunks(list(job_ids)):
+        rows = session.execute(
+            select(Job.id, Job.queue, Job.stage)
+            .outerjoin(reference, reference.id == Job.reference_job_id)
+            .where(
+                Job.id.in_(chunk),
+                Job.state == "pending",
+                or_(Job.reference_job_id.is_(None), reference.state == "succeeded"),
+            )
+        ).all()
+        ids = [r.id for r in rows]
+        if ids:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(ids), Job.state == "pending")
+                .values(state="queued", queued_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        ready += [Message(r.id, r.queue or "cpu", r.stage) for r in rows]
+    return ready
+
+
+def dependents(session: Session, reference_id: int, states: Sequence[str] = ("pending",)) -> list[int]:
+    """Jobs that compare with ``reference_id`` and are in ``states``."""
+    return list(session.scalars(select(Job.id).where(Job.reference_job_id == reference_id, Job.state.in_(states))))
+
+
+def fail_dependents(session: Session, reference_id: int) -> list[int]:
+    """End the unfinished jobs of a reference that failed (or was cancelled): they can never compare with it."""
+    ref = session.get(Job, reference_id)
+    if ref is None or ref.state not in ("failed", "cancelled"):
+        return []
+    ids = dependents(session, reference_id, ("pending", "queued"))
+    state = "cancelled" if ref.state == "cancelled" else "failed"
+    reason = f"the fp32 reference (job {reference_id}) {ref.state}: {ref.error or ''}".strip()
+    for job_id in ids:
+        fail_job(session, job_id, reason, state=state)
+    return ids
+
+
+def hand_off(session: Session, job_id: int, worker: str, checkpoint: Any) -> Message | None:
+    """After the "train" stage: record the checkpoint and queue the "finish" stage on ``finish_queue``."""
+    job = session.get(Job, job_id)
+    if job is None or job.state != "running" or job.worker != worker:
+        return None
+    now = utcnow()
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint"))
+    session.add(
+        Artifact(
+            job_id=job_id,
+            kind="checkpoint",
+            uri=checkpoint.uri,
+            sha256=checkpoint.sha256,
+            size_bytes=checkpoint.size_bytes,
+            created_at=now,
+        )
+    )
+    queue = job.finish_queue or "cpu"
+    job.state, job.stage, job.queue, job.worker = "queued", "finish", queue, None
+    job.lease_expires_at, job.queued_at, job.attempts, job.worker_losses = None, now, 0, 0
+    return Message(job_id, queue, "finish")
+
+
+def expired_jobs(session: Session, sweep_id: int | None = None) -> list[Job]:
+    """Running jobs whose lease ran out: their worker stopped heart-beating (died, or lost the database)."""
+    stmt = select(Job).where(Job.state == "running", Job.lease_expires_at < utcnow())
+    if sweep_id is not None:
+        stmt = stmt.join(SweepJob, SweepJob.job_id == Job.id).where(SweepJob.sweep_id == sweep_id)
+    return list(session.scalars(stmt))
+
+
+def requeue_expired(session: Session, job: Job, max_attempts: int) -> Message | None:
+    """Put an expired job back in the queue, or fail it once its worker died under it ``max_attempts`` times.
+
+    Only worker losses count here: the claims a transient error (S3 or the database away) used up do not.
+    """
+    now = utcnow()
+    losses = (job.worker_losses or 0) + 1
+    if losses >= max_attempts:
+        fail_job(
+            session,
+            job.id,
+            f"its worker died {losses} times while running it (last: {job.worker}); not retried again "
+            f"(FARM_MAX_ATTEMPTS={max_attempts})",
+        )
+        return None
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == "running", Job.lease_expires_at < now)
+        .values(state="queued", worker=None, lease_expires_at=None, queued_at=now, worker_losses=losses)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        return None  # another reaper got there first
+    return Message(job.id, job.queue or "cpu", job.stage)
+
+
+def queued_messages(session: Session, sweep_id: int) -> list[Message]:
+    """A message for every queued job of the sweep (to re-send after messages were lost)."""
+    rows = session.execute(
+        select(Job.id, Job.queue, Job.stage)
+        .join(SweepJob, SweepJob.job_id == Job.id)
+        .where(SweepJob.sweep_id == sweep_id, Job.state == "queued")
+    ).all()
+    return [Message(r.id, r.queue or "cpu", r.stage) for r in rows]
+
+
+def reset_for_retry(session: Session, sweep_id: int, *, failed_only: bool) -> list[int]:
+    """failed (and cancelled, unless ``failed_only``) -> pending with a fresh attempt budget."""
+    states = ("failed",) if failed_only else ("failed", "cancelled")
+    ids = sweep_job_ids(session, sweep_id, states)
+    for chunk in _chunks(ids):
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(chunk), Job.state.in_(states))
+            .values(
+                state="pending",
+                attempts=0,
+                worker_losses=0,
+                error=None,
+                worker=None,
+                lease_expires_at=None,
+                finished_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    if ids:
+        get_sweep(session, sweep_id).state = "running"
+    return ids
+
+
+def delete_new_sweep(session: Session, sweep_id: int) -> None:
+    """Undo a sweep created moments ago (its messages could not be sent): its own jobs and links go too."""
+    shared = select(SweepJob.job_id).where(SweepJob.sweep_id != sweep_id)
+    own = list(session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.id.not_in(shared))))
+    session.execute(delete(SweepJob).where(SweepJob.sweep_id == sweep_id))
+    for chunk in _chunks(own):
+        session.execute(delete(Job).where(Job.id.in_(chunk), Job.reference_job_id.is_not(None)))
+    for chunk in _chunks(own):
+        session.execute(delete(Job).where(Job.id.in_(chunk)))
+    session.execute(delete(Sweep).where(Sweep.id == sweep_id))
+
+
+def heartbeat(
+    session: Session,
+    name: str,
+    *,
+    hostname: str,
+    pid: int,
+    queues: list[str],
+    capabilities: dict[str, Any],
+    current_job_id: int | None,
+    state: str,
+) -> None:
+    """Insert or refresh a worker's row."""
+    now = utcnow()
+    worker = session.scalar(select(Worker).where(Worker.name == name))
+    if worker is None:
+        session.add(
+            Worker(
+                name=name,
+                hostname=hostname,
+                pid=pid,
+                queues=queues,
+                capabilities=capabilities,
+                started_at=now,
+                last_heartbeat=now,
+                current_job_id=current_job_id,
+                state=state,
+            )
+        )
+        return
+    worker.last_heartbeat, worker.current_job_id, worker.state = now, current_job_id, state
+    worker.pid, worker.queues, worker.capabilities = pid, queues, capabilities
+
+
+def list_workers(session: Session) -> list[Worker]:
+    return list(session.scalars(select(Worker).order_by(Worker.hostname, Worker.name)))
+
+
+def method_configs(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
+    """Each job's full method config as canonical JSON (what identifies a recipe across sweeps)."""
+    out: dict[int, str] = {}
+    for chunk in _chunks(list(dict.fromkeys(job_ids))):
+        for job_id, spec in session.execute(select(Job.id, Job.spec).where(Job.id.in_(chunk))):
+            out[job_id] = json.dumps(spec.get("method", {}), sort_keys=True, separators=(",", ":"))
+    return out
+
+
+RECOMPUTE_STORED_FIGURES = (
+    "UPDATE metrics SET accuracy_drop = accuracy_fp32 - accuracy",
+    """UPDATE metrics SET speedup = (
+        SELECT CASE
+            WHEN metrics.simulated OR metrics.latency_p50_ms IS NULL OR metrics.latency_p50_ms = 0
+                OR r.latency_p50_ms IS NULL
+            THEN NULL
+            ELSE r.latency_p50_ms / metrics.latency_p50_ms
+        END
+        FROM jobs j
+        JOIN metrics r
+            ON r.job_id = COALESCE(j.reference_job_id, j.id)
+            AND r.batch_size = metrics.batch_size
+            AND r.hardware_id = metrics.hardware_id
+        WHERE j.id = metrics.job_id
+    )""",
+)
+
+
+def recompute_stored_figures(session: Session) -> None:
+    """Recompute metrics.accuracy_drop and metrics.speedup from the other figures, for every row.
+
+    Workers store both with each result; this is for rows written by other means (imports, fixtures).
+    Speedup compares with the fp32 reference at the same batch size on the same hardware, NULL when simulated.
+    """
+    for statement in RECOMPUTE_STORED_FIGURES:
+        session.execute(text(statement))

@@ -1,0 +1,261 @@
+"""Dataset references to train / calibration / test splits.
+
+Every split yields ``(input, label)`` pairs; unlabelled data (synthetic inputs, label-free entrypoints)
+carries the label -1, and :attr:`DatasetSplits.labelled` says which is which. Splits are deterministic:
+the same reference gives the same samples in the same order on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from farm.errors import ConfigError
+from farm.zoo.refs import Ref, check_entrypoint_allowed, parse_dataset_ref
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SYNTHETIC_SEED = 1234
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+class TensorSplit(Dataset):
+    """A split held in memory as tensors; label -1 where there are none."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        self.x = x
+        self.y = y if y is not None else torch.full((len(x),), -1, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+    def take(self, indices: torch.Tensor) -> TensorSplit:
+        return TensorSplit(self.x[indices], self.y[indices])
+
+
+class _Pairs(Dataset):
+    """Wraps a user dataset so that every item is an ``(input, label)`` pair."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        item = self.inner[i]
+        if isinstance(item, (tuple, list)):
+            return item[0], (item[1] if len(item) > 1 else -1)
+        return item, -1
+
+
+@dataclass
+class DatasetSplits:
+    """The three splits of a dataset.
+
+    Attributes:
+        ref: the reference string.
+        train: samples QAT fine-tunes on (None: QAT can't run on this dataset).
+        calibration: samples static PTQ and QAT draw their calibration set from.
+        test: samples every metric is computed on.
+        labelled: whether the labels are real (accuracy is then reported).
+        num_classes: number of classes when known.
+        synthetic: True for random inputs (accuracy is then relative to fp32 only).
+        notes: things the user should know about these numbers.
+    """
+
+    ref: str
+    train: Dataset | None
+    calibration: Dataset
+    test: Dataset
+    labelled: bool
+    num_classes: int | None = None
+    synthetic: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def load_dataset(ref: str | Ref, *, allowed: Sequence[str] | None = None) -> DatasetSplits:
+    """Open the dataset a reference names.
+
+    Raises:
+        ConfigError: unknown dataset, missing or empty image folder, entrypoint outside the allowlist.
+    """
+    parsed = parse_dataset_ref(ref) if isinstance(ref, str) else ref
+    if parsed.scheme == "sklearn":
+        return _digits(parsed)
+    if parsed.scheme == "imagefolder":
+        return _imagefolder(parsed)
+    if parsed.scheme == "synthetic":
+        return _synthetic(parsed)
+    return _entrypoint(parsed, allowed)
+
+
+def _digits(ref: Ref) -> DatasetSplits:
+    from farm.zoo.digits import digits_data
+
+    d = digits_data()
+    return DatasetSplits(
+        str(ref),
+        train=TensorSplit(d.x_train, d.y_train),
+        calibration=TensorSplit(d.x_calibration, d.y_calibration),
+        test=TensorSplit(d.x_test, d.y_test),
+        labelled=True,
+        num_classes=10,
+    )
+
+
+def _synthetic(ref: Ref) -> DatasetSplits:
+    shape = tuple(int(s) for s in ref.body.split("x"))
+    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    sizes = {k: ref.int_option(k, d) for k, d in (("n_test", 64), ("n_calibration", 256), ("n_train", 256))}
+    test = TensorSplit(torch.randn((sizes["n_test"], *shape), generator=gen))
+    calibration = TensorSplit(torch.randn((sizes["n_calibration"], *shape), generator=gen))
+    train = TensorSplit(torch.randn((sizes["n_train"], *shape), generator=gen))
+    notes = [
+        "synthetic inputs: no labels, accuracy is reported only as agreement with fp32; "
+        "calibration on random tensors does not reflect real activation ranges"
+    ]
+    return DatasetSplits(str(ref), train, calibration, test, labelled=False, synthetic=True, notes=notes)
+
+
+def _imagefolder(ref: Ref) -> DatasetSplits:
+    root = Path(ref.body).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"imagefolder path {root} does not exist or is not a directory")
+    size = ref.int_option("image_size", 224)
+    from torchvision import transforms
+
+    transform = transforms.Compose(
+        [
+            transforms.Resize(int(round(size / 0.875))),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    subdirs = {p.name: p for p in root.iterdir() if p.is_dir()}
+    held_out = subdirs.get("val") or subdirs.get("test")
+    if "train" in subdirs and held_out is not None:
+        train = _image_folder(subdirs["train"], transform)
+        test = _image_folder(held_out, transform)
+        if train.class_to_idx != test.class_to_idx:
+            raise ConfigError(f"imagefolder {root}: train/ and {held_out.name}/ hold different class folders")
+        calibration: Dataset = train
+        num_classes = len(train.classes)
+        test_split: Dataset = test
+    else:
+        full = _image_folder(root, transform)
+        if len(full) < 2:
+            raise ConfigError(f"imagefolder {root} holds {len(full)} image; at least 2 are needed to split it")
+        fraction = ref.float_option("calibration_fraction", 0.5)
+        perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(0)).tolist()
+        k = min(len(full) - 1, max(1, int(math.floor(len(full) * fraction))))
+        calibration = Subset(full, perm[:k])
+        test_split = Subset(full, perm[k:])
+        num_classes = len(full.classes)
+    limit = ref.option("test_size")
+    if limit is not None and int(limit) < len(test_split):  # type: ignore[arg-type]
+        test_split = Subset(test_split, list(range(int(limit))))
+    return DatasetSplits(str(ref), calibration, calibration, test_split, labelled=True, num_classes=num_classes)
+
+
+def _image_folder(path: Path, transform: Any) -> Any:
+    from torchvision.datasets import ImageFolder
+
+    has_images = any(p.suffix.lower() in _IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file())
+    if not has_images:
+        raise ConfigError(f"imagefolder {path} holds no images (expected CLASS/IMAGE files such as cat/001.jpg)")
+    try:
+        return ImageFolder(str(path), transform=transform)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise ConfigError(f"imagefolder {path} holds no usable images: {e}") from None
+
+
+def _entrypoint(ref: Ref, allowed: Sequence[str] | None) -> DatasetSplits:
+    from farm.zoo.models import _literal, import_entrypoint
+
+    module_name, function_name = check_entrypoint_allowed(ref, allowed)
+    function = import_entrypoint(module_name, function_name, str(ref))
+    result = function(**{k: _literal(v) for k, v in ref.options})
+    if isinstance(result, DatasetSplits):
+        result.ref = str(ref)
+        return result
+    if not isinstance(result, Mapping) or "calibration" not in result or "test" not in result:
+        raise ConfigError(
+            f"dataset entrypoint {str(ref)!r} must return DatasetSplits or a mapping with 'calibration' and "
+            "'test' datasets (and optionally 'train', 'num_classes', 'labelled')"
+        )
+    train = result.get("train")
+    return DatasetSplits(
+        str(ref),
+        train=_Pairs(train) if train is not None else None,
+        calibration=_Pairs(result["calibration"]),
+        test=_Pairs(result["test"]),
+        labelled=bool(result.get("labelled", True)),
+        num_classes=result.get("num_classes"),
+    )
+
+
+def calibration_subset(splits: DatasetSplits, n: int, seed: int) -> Dataset:
+    """``n`` samples drawn deterministically (by ``seed``) from the calibration split.
+
+    Subsets of one seed nest: the first 32 of 256 are the 32-sample set.
+
+    Raises:
+        ConfigError: ``n`` is larger than the split (the message gives the split's size).
+    """
+    size = len(splits.calibration)  # type: ignore[arg-type]
+    if n > size:
+        raise ConfigError(f"calibration size {n} is larger than the calibration split of {splits.ref} ({size} samples)")
+    idx = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
+    if isinstance(splits.calibration, TensorSplit):
+        return splits.calibration.take(idx)
+    return Subset(splits.calibration, idx.tolist())
+
+
+def iterate(
+    dataset: Dataset, batch_size: int, *, shuffle_seed: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``(inputs, labels)``; shuffled with ``shuffle_seed`` when given."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if isinstance(dataset, TensorSplit):
+        order = (
+            torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+            if shuffle_seed is not None
+            else None
+        )
+        for i in range(0, n, batch_size):
+            if order is None:
+                yield dataset.x[i : i + batch_size], dataset.y[i : i + batch_size]
+            else:
+                idx = order[i : i + batch_size]
+                yield dataset.x[idx], dataset.y[idx]
+        return
+    generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator)
+    for x, y in loader:
+        yield x, torch.as_tensor(y, dtype=torch.int64)
+
+
+def first_batch(dataset: Dataset, batch_size: int) -> torch.Tensor:
+    """``batch_size`` real inputs for benchmarking, repeating the split if it is smaller."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ConfigError("the test split is empty")
+    if isinstance(dataset, TensorSplit):
+        idx = torch.arange(batch_size) % n
+        return dataset.x[idx]
+    items = [dataset[i % n][0] for i in range(min(batch_size, n))]
+    x = torch.stack([torch.as_tensor(t) for t in items])
+    if len(x) < batch_size:
+        x = x.repeat((math.ceil(batch_size / len(x)),) + (1,) * (x.dim() - 1))[:batch_size]
+    return x

@@ -1,0 +1,153 @@
+"""run_job on the built-in digits models: the figures the engine promises on real data, and job bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from farm.errors import ConfigError, QuantizationError
+from farm.jobs import REFERENCE_FILE, JobResult, JobSpec, Reference, evaluate, jsonable, run_job
+from farm.quant.config import BenchmarkConfig, parse_method
+from farm.quant.registry import QuantOutcome
+from farm.zoo.data import TensorSplit
+from tests import toys
+from tests.conftest import fast_benchmark
+
+CNN, MLP, DIGITS = "farm:digits-cnn", "farm:digits-mlp", "sklearn:digits"
+
+# The first use of each digits model in a session trains it (5-10 s with its fp32 reference): those tests
+# are marked slow, whichever of them runs first pays.
+
+
+@pytest.fixture(scope="module")
+def cnn_reference(reference_for: Callable[[str, str], Any]) -> Any:
+    return reference_for(CNN, DIGITS)
+
+
+@pytest.fixture(scope="module")
+def mlp_reference(reference_for: Callable[[str, str], Any]) -> Any:
+    return reference_for(MLP, DIGITS)
+
+
+@pytest.mark.slow
+def test_fp32_digits_cnn_is_accurate(run_trial: Callable[..., Any], cnn_reference: Reference) -> None:
+    result, out = run_trial(CNN, DIGITS, "fp32", reference=cnn_reference)
+    assert result.accuracy >= 0.97
+    assert result.accuracy == cnn_reference.accuracy == result.accuracy_fp32
+    assert result.accuracy_drop == 0.0 and result.accuracy_kind == "labels"
+    assert result.top5 is not None and result.top5 >= result.accuracy
+    assert len(cnn_reference.outputs) == len(cnn_reference.labels) == 360
+
+
+@pytest.mark.slow
+def test_fp32_digits_mlp_is_accurate(mlp_reference: Reference) -> None:
+    assert mlp_reference.accuracy is not None and mlp_reference.accuracy >= 0.95
+
+
+@pytest.mark.slow
+def test_static_int8_on_digits_cnn_meets_the_targets(run_trial: Callable[..., Any], cnn_reference: Reference) -> None:
+    result, out = run_trial(CNN, DIGITS, "static", reference=cnn_reference)
+    assert result.simulated is False and result.quantized_engine == "x86"
+    assert result.accuracy_drop <= 0.01
+    assert result.size_ratio <= 0.30
+    assert result.size_kind == "artifact"
+    assert result.coverage == 1.0 and result.coverage_macs == 1.0
+    assert result.latency[0]["speedup"] is not None
+    assert not any("low coverage" in w for w in result.warnings)
+
+
+@pytest.mark.slow
+def test_four_bit_qat_beats_four_bit_static_ptq(run_trial: Callable[..., Any], cnn_reference: Reference) -> None:
+    # Both runs use the same quantizer settings (per_channel weights, minmax observers, affine activations,
+    # the same 256 calibration samples, seed 0), so the only difference is QAT's fine-tuning. The fp32 model
+    # gets 359/360 test digits right, so there is little room: measured on this machine, 4-bit PTQ gets
+    # 356/360 with these settings and QAT with 68 steps (two epochs of the 1,077-sample train split) gets
+    # 359/360; over seeds 0-3 the gap stayed >= 2 samples at 34, 68 and 136 steps. per_tensor weights were
+    # measured too and are not robust here: the gap was 0-1 sample and flipped sign with the seed. Every
+    # step is seeded and run_job uses one thread, so the comparison repeats exactly on a given machine.
+    common = {"bits": 4, "granularity": "per_channel", "observer": "minmax", "activation": "affine", "seed": 0}
+    ptq, _ = run_trial(CNN, DIGITS, "static", reference=cnn_reference, **common)
+    qat, _ = run_trial(CNN, DIGITS, "qat", reference=cnn_reference, steps=68, device="cpu", **common)
+    assert ptq.simulated and qat.simulated
+    assert qat.accuracy > ptq.accuracy
+    assert qat.sqnr_db > ptq.sqnr_db
+    assert qat.accuracy_drop <= 0.01
+
+
+@pytest.mark.slow
+def test_dynamic_barely_touches_the_cnn(run_trial: Callable[..., Any], cnn_reference: Reference) -> None:
+    result, _ = run_trial(CNN, DIGITS, "dynamic", reference=cnn_reference)
+    assert result.coverage < 0.05
+    assert result.coverage_macs < 0.05
+    (warning,) = [w for w in result.warnings if w.startswith("low coverage")]
+    assert "dynamic" in warning and "Conv2d" in warning
+
+
+@pytest.mark.slow
+def test_dynamic_covers_the_mlp(run_trial: Callable[..., Any], mlp_reference: Reference) -> None:
+    result, _ = run_trial(MLP, DIGITS, "dynamic", reference=mlp_reference)
+    assert result.coverage > 0.95 and result.coverage_macs > 0.95
+    assert not any(w.startswith("low coverage") for w in result.warnings)
+    assert result.accuracy_drop <= 0.01
+
+
+@pytest.mark.slow
+def test_calibration_size_larger_than_the_split_names_its_size(tmp_path: Path) -> None:
+    spec = JobSpec(CNN, DIGITS, parse_method("static", {"calibration_size": 361}), benchmark=fast_benchmark())
+    with pytest.raises(ConfigError) as e:
+        run_job(spec, tmp_path / "out")
+    assert "361" in str(e.value) and "(360 samples)" in str(e.value)
+
+
+def test_reference_file_round_trips(cnn_reference: Reference, tmp_path: Path) -> None:
+    path = tmp_path / REFERENCE_FILE
+    cnn_reference.save(path)
+    back = Reference.load(path)
+    assert torch.equal(back.outputs, cnn_reference.outputs) and torch.equal(back.labels, cnn_reference.labels)
+    assert back.accuracy == cnn_reference.accuracy
+    assert back.latency.keys() == cnn_reference.latency.keys()
+    assert back.latency[1]["latency_p50_ms"] == cnn_reference.latency[1]["latency_p50_ms"]
+    assert (back.size_bytes, back.device, back.hardware_id) == (
+        cnn_reference.size_bytes,
+        cnn_reference.device,
+        cnn_reference.hardware_id,
+    )
+
+
+def test_job_spec_round_trips() -> None:
+    spec = JobSpec(
+        CNN,
+        DIGITS,
+        parse_method("qat", {"bits": 4, "steps": 5}),
+        weights="/w.pt",
+        seed=3,
+        benchmark=BenchmarkConfig(batch_sizes=(1, 4), threads=2),
+    )
+    assert JobSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_noop_returns_without_loading_anything(tmp_path: Path) -> None:
+    spec = JobSpec("farm:digits-cnn", "sklearn:digits", parse_method("noop"))
+    result = run_job(spec, tmp_path / "never")
+    assert isinstance(result, JobResult) and result.method == "noop"
+    assert result.accuracy is None and result.latency == []
+    assert not (tmp_path / "never").exists()
+
+
+def test_jsonable_replaces_non_finite_floats() -> None:
+    data = {"a": math.inf, "b": [math.nan, 1.5], "c": {"d": -math.inf}, 2: "x"}
+    assert jsonable(data) == {"a": None, "b": [None, 1.5], "c": {"d": None}, "2": "x"}
+
+
+def test_a_method_that_produces_nan_is_a_quantization_error() -> None:
+    split = TensorSplit(torch.randn(4, *toys.SHAPE))
+    with pytest.raises(QuantizationError, match="NaN/Inf"):
+        evaluate(QuantOutcome(toys.nan_model()), split, lambda *_: None, lambda: False, label="static int8")
+    outputs = evaluate(QuantOutcome(toys.tiny_mlp()), split, lambda *_: None, lambda: False, label="static int8")
+    assert outputs.shape == (4, 10)

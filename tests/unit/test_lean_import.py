@@ -1,0 +1,54 @@
+"""The engine imports none of the farm's outside systems, and the spec-side modules import no torch.
+
+Checked in a fresh interpreter, since this test process has long since imported everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+ENGINE_MODULES = (
+    "farm.quant",
+    "farm.quant.config",
+    "farm.zoo.refs",
+    "farm.jobs",
+    "farm.quant.static",
+    "farm.quant.qat",
+    "farm.zoo.models",
+    "farm.zoo.data",
+)
+OUTSIDE_SYSTEMS = ("celery", "kombu", "sqlalchemy", "boto3", "botocore", "click", "redis")
+
+
+def loaded_after_import(modules: tuple[str, ...], env: dict[str, str]) -> set[str]:
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {list(modules)!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout))
+
+
+def top_level(names: set[str]) -> set[str]:
+    return {name.partition(".")[0] for name in names}
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch (a few seconds)
+def test_engine_imports_no_queue_database_object_store_or_cli(subprocess_env: dict[str, str]) -> None:
+    loaded = loaded_after_import(ENGINE_MODULES, subprocess_env)
+    assert set(ENGINE_MODULES) <= loaded
+    assert "torch" in loaded  # the check is real: the engine modules did load their heavy dependency
+    assert top_level(loaded) & set(OUTSIDE_SYSTEMS) == set()
+
+
+def test_config_and_refs_import_no_torch(subprocess_env: dict[str, str]) -> None:
+    loaded = loaded_after_import(("farm.quant.config", "farm.zoo.refs"), subprocess_env)
+    assert {"farm.quant.config", "farm.zoo.refs"} <= loaded
+    assert top_level(loaded) & {"torch", "numpy", "torchvision", "sklearn", *OUTSIDE_SYSTEMS} == set()

@@ -1,0 +1,105 @@
+"""Sending jobs to the broker, by task name and queue. Used by the producer, the tasks and the reaper.
+
+The database decides what is runnable; this module only turns database decisions into messages. A
+message is a hint: sending one twice, or one for a job that has finished, is harmless (the claim fails).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kombu.exceptions import KombuError, OperationalError
+
+from farm.errors import TransientError
+from farm.store import queries
+from workers.app import QAT_TRAIN, RUN_JOB
+
+
+class BrokerUnavailable(TransientError):
+    """The broker (Redis) cannot be reached."""
+
+
+def redact_broker(url: str) -> str:
+    """The broker URL without its password."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
+
+
+def check_broker(app: Any, timeout_s: float = 5.0) -> None:
+    """Raise BrokerUnavailable (one line, URL without password) unless the broker answers."""
+    url = redact_broker(app.conf.broker_url)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+    except (OSError, KombuError, OperationalError) as e:
+        raise BrokerUnavailable(f"broker {url} is unreachable: {_reason(e)}") from None
+
+
+def send(app: Any, messages: Iterable[queries.Message]) -> int:
+    """Publish one task message per job; returns how many were sent.
+
+    Raises:
+        BrokerUnavailable: the broker went away (messages sent before that stay sent).
+    """
+    count = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for m in messages:
+                name = QAT_TRAIN if m.stage == "train" else RUN_JOB
+                app.send_task(name, args=[m.job_id], queue=m.queue, routing_key=m.queue, producer=producer)
+                count += 1
+    except (OSError, KombuError, OperationalError) as e:
+        raise BrokerUnavailable(f"broker {redact_broker(app.conf.broker_url)} is unreachable: {_reason(e)}") from None
+    return count
+
+
+def dispatch_ready(db: Any, app: Any, job_ids: Sequence[int]) -> int:
+    """Queue and send the jobs among ``job_ids`` that can start now (references, or their reference succeeded)."""
+    with db.session() as s:
+        messages = queries.queue_ready(s, job_ids)
+    return send(app, messages)
+
+
+def after_job(db: Any, app: Any, job_id: int, state: str, role: str | None) -> None:
+    """Fan-out tracked in the database: a reference that succeeded releases its jobs; one that failed ends them."""
+    if role != "reference":
+        return
+    with db.session() as s:
+        if state == "succeeded":
+            messages = queries.queue_ready(s, queries.dependents(s, job_id))
+        else:
+            queries.fail_dependents(s, job_id)
+            messages = []
+            for sweep in s.get(queries.Job, job_id).sweeps:  # type: ignore[union-attr]
+                queries.refresh_sweep_state(s, sweep.id)
+    send(app, messages)
+
+
+def reap(db: Any, app: Any, max_attempts: int, sweep_id: int | None = None) -> tuple[int, int]:
+    """Re-queue running jobs whose lease expired (their worker died); fail those past ``max_attempts``.
+
+    Returns:
+        (re-queued, failed).
+    """
+    requeued: list[queries.Message] = []
+    failed = 0
+    with db.session() as s:
+        for job in queries.expired_jobs(s, sweep_id):
+            message = queries.requeue_expired(s, job, max_attempts)
+            if message is not None:
+                requeued.append(message)
+            elif queries.job_state(s, job.id) == "failed":
+                failed += 1
+                if job.role == "reference":
+                    queries.fail_dependents(s, job.id)
+                for sweep in job.sweeps:
+                    queries.refresh_sweep_state(s, sweep.id)
+    send(app, requeued)
+    return len(requeued), failed
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200]

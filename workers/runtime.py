@@ -1,0 +1,181 @@
+"""``farm worker``: serve queues on this machine.
+
+It checks what the machine has, refuses queues it can't serve, then runs Celery workers as child
+processes: one for the CPU queues (``--concurrency`` pool processes), and one per GPU for the GPU queues
+with CUDA_VISIBLE_DEVICES set to that GPU. This process never initialises CUDA (the children fork their
+pools), restarts a child that dies, and reaps jobs whose worker stopped heart-beating.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from farm.errors import ConfigError
+from farm.routing import required_isa, requires_cuda
+
+log = logging.getLogger("farm.worker")
+RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+
+
+@dataclass
+class Child:
+    """One Celery worker process this runtime supervises."""
+
+    name: str
+    queues: list[str]
+    concurrency: int
+    env: dict[str, str]
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started: float = field(default=0.0)
+
+
+def plan(
+    queues: list[str],
+    caps: dict[str, Any],
+    *,
+    concurrency: int | None,
+    gpus: list[int] | None,
+    threads: int,
+    loglevel: str,
+) -> list[Child]:
+    """The Celery workers to run for ``queues`` on a machine with ``caps``.
+
+    Raises:
+        ConfigError: a GPU queue on a machine without CUDA, a GPU index it doesn't have, or a CPU pool named
+            after an ISA feature this CPU lacks.
+    """
+    from workers.capabilities import has_isa
+
+    if not queues:
+        raise ConfigError("--queues: name at least one queue")
+    available = [g["index"] for g in caps.get("gpus", [])]
+    gpu_queues = [q for q in queues if requires_cuda(q)]
+    cpu_queues = [q for q in queues if not requires_cuda(q)]
+    if gpu_queues and not available:
+        raise ConfigError(
+            f"queue {gpu_queues[0]} needs CUDA, and this machine has no CUDA device (nvidia-smi lists none); "
+            "serve cpu queues here"
+        )
+    for q in cpu_queues:
+        feature = required_isa(q)
+        if feature and not has_isa(caps, feature):
+            raise ConfigError(
+                f"queue {q} needs a CPU with {feature}; this one ({caps.get('cpu_model')}) has "
+                f"{' '.join(caps.get('isa', [])) or 'no such flags'}"
+            )
+    chosen = list(dict.fromkeys(gpus)) if gpus is not None else available  # --gpus 0,0: one worker on GPU 0
+    missing = [g for g in chosen if g not in available]
+    if missing:
+        raise ConfigError(f"--gpus: this machine has no GPU {missing[0]} (it has {available or 'none'})")
+    if gpus is not None and not gpu_queues:
+        raise ConfigError("--gpus given, but no gpu queue in --queues")
+    host = socket.gethostname()
+    base = {
+        "FARM_WORKER_CAPABILITIES": json.dumps(caps),
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        # Busy-waiting OpenMP threads collapse when jobs share the cores.
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
+    children = []
+    if cpu_queues:
+        cores = int(caps.get("cpus") or os.cpu_count() or 1)
+        n = concurrency or max(1, cores // max(1, threads))
+        env = {**base, "FARM_WORKER_QUEUES": ",".join(cpu_queues), "CUDA_VISIBLE_DEVICES": ""}
+        children.append(Child(f"cpu@{host}", cpu_queues, n, env))
+    for g in chosen if gpu_queues else []:
+        env = {**base, "FARM_WORKER_QUEUES": ",".join(gpu_queues), "CUDA_VISIBLE_DEVICES": str(g)}
+        children.append(Child(f"gpu{g}@{host}", gpu_queues, 1, env))
+    for child in children:
+        child.args = _celery_args(child, loglevel)
+    return children
+
+
+def _celery_args(child: Child, loglevel: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        ",".join(child.queues),
+        "-c",
+        str(child.concurrency),
+        "-P",
+        "prefork",
+        "-n",
+        child.name,
+        "--loglevel",
+        loglevel,
+        "-E",
+    ]
+
+
+def run(children: list[Child], *, reap_every_s: float) -> int:
+    """Start the children, supervise them and reap expired jobs until SIGTERM / SIGINT; returns an exit status."""
+    from farm.settings import FarmSettings
+    from farm.store.db import Database
+    from farm.store.migrate import ensure_schema
+    from workers import dispatch
+    from workers.app import app
+
+    farm = FarmSettings.from_env()
+    db = Database()
+    ensure_schema(db)
+    dispatch.check_broker(app)
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        _start(child)
+    last_reap = 0.0
+    while not stopping:
+        time.sleep(0.5)
+        for child in children:
+            if child.proc is not None and child.proc.poll() is not None and not stopping:
+                delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
+                log.warning("%s exited with %s; restarting in %ss", child.name, child.proc.returncode, delay)
+                time.sleep(delay)
+                child.restarts += 1
+                _start(child)
+        if time.monotonic() - last_reap >= reap_every_s:
+            last_reap = time.monotonic()
+            try:
+                requeued, failed = dispatch.reap(db, app, farm.max_attempts)
+                if requeued or failed:
+                    log.warning("reaper: %d job(s) re-queued, %d failed after too many attempts", requeued, failed)
+            except Exception as e:  # noqa: BLE001 - the reaper retries next round; the workers go on
+                log.warning("reaper: %s", e)
+    for child in children:  # warm shutdown: running jobs finish, queued messages go back to the broker
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    for child in children:
+        if child.proc is not None:
+            try:
+                child.proc.wait(timeout=farm.time_limit_s)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+    return 0
+
+
+def _start(child: Child) -> None:
+    child.proc = subprocess.Popen(child.args, env={**os.environ, **child.env})
+    child.started = time.monotonic()

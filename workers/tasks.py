@@ -1,0 +1,150 @@
+"""The Celery tasks: thin. Decode the payload, claim the job, run it, record, map errors to retry or fail.
+
+Registered under explicit names (``farm.run_job``, ``farm.qat_train``) so that the producer sends them
+by name without importing this module (or torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import cache
+from typing import Any
+
+from celery import Task
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import task_failure, worker_init
+
+from farm.errors import TransientError
+from workers import heartbeat  # noqa: F401 - connects the heartbeat to the pool processes' signals
+from workers.app import QAT_TRAIN, RUN_JOB, app
+
+log = logging.getLogger("farm.worker")
+
+
+@worker_init.connect
+def _preload(**_: Any) -> None:
+    """Import the engine and the store in the master process, before it forks its pool.
+
+    Pool processes are recycled (worker_max_tasks_per_child); a fresh one would otherwise spend seconds
+    importing torch and SQLAlchemy before its first job. Importing torch does not initialise CUDA (GPUs are
+    counted through NVML), so the forked processes start clean.
+    """
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import farm.runner  # noqa: F401
+    import farm.store.queries  # noqa: F401
+
+    try:
+        import farm.jobs  # noqa: F401
+        import farm.quant.methods  # noqa: F401 - torch and the method handlers
+        import farm.zoo.models  # noqa: F401
+    except ImportError:  # a worker without the engine extra can still run no-op jobs
+        pass
+
+
+@cache
+def _runtime() -> dict[str, Any]:
+    """This pool process's database, artifact store and name (created on first use, after the fork)."""
+    from farm.artifacts import open_store
+    from farm.settings import FarmSettings
+    from farm.store.db import Database
+
+    return {
+        "db": Database(),
+        "store": open_store(),
+        "farm": FarmSettings.from_env(),
+        "name": f"{socket.gethostname()}:{os.getpid()}",
+    }
+
+
+def _run(task: Task, job_id: int) -> str:
+    from farm.runner import execute_job
+    from farm.store import queries
+    from workers import dispatch
+
+    rt = _runtime()
+    heartbeat.current_job = job_id
+    try:
+        outcome = execute_job(
+            job_id,
+            db=rt["db"],
+            store=rt["store"],
+            worker=rt["name"],
+            lease_s=rt["farm"].lease_s,
+            heartbeat_s=min(rt["farm"].heartbeat_s, rt["farm"].lease_s / 3),
+            max_losses=rt["farm"].max_attempts,
+        )
+    except TransientError as e:
+        retries = task.request.retries
+        if retries >= rt["farm"].transient_retries:
+            with rt["db"].session() as s:
+                queries.fail_job(s, job_id, f"gave up after {retries + 1} attempts: {e}")
+                role = s.get(queries.Job, job_id).role  # type: ignore[union-attr]
+                # Fan-in: the job may have been its sweeps' last (after_job below only handles references).
+                queries.settle_sweeps(s, job_id)
+            dispatch.after_job(rt["db"], task.app, job_id, "failed", role)
+            return "failed"
+        log.warning("job %s: %s; retrying in %ss", job_id, e, min(300, 5 * 2**retries))
+        raise task.retry(exc=e, countdown=min(300, 5 * 2**retries), max_retries=None) from None
+    finally:
+        heartbeat.current_job = None
+    if outcome.state == "handoff" and outcome.queue:
+        dispatch.send(task.app, [queries.Message(job_id, outcome.queue, "finish")])
+    elif outcome.state != "skipped":
+        dispatch.after_job(rt["db"], task.app, job_id, outcome.state, outcome.role)
+    return outcome.state
+
+
+@task_failure.connect
+def _on_hard_time_limit(sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any) -> None:
+    """A job whose pool process was killed at the hard time limit ends failed, saying so.
+
+    Celery acknowledges such a message (no re-delivery), but the killed process can't record anything: left
+    alone, the job would sit running until its lease ran out and the reaper re-ran it, hours each time, to
+    end as "its worker died". This runs in the worker's main process, which holds no database connection of
+    its own (its pool forks from it), so it opens one for the purpose and closes it.
+    """
+    if not isinstance(exception, TimeLimitExceeded) or getattr(sender, "name", None) not in (RUN_JOB, QAT_TRAIN):
+        return
+    if not args:
+        return
+    from farm.errors import FarmError
+    from farm.settings import FarmSettings
+    from farm.store import queries
+    from farm.store.db import Database
+    from workers import dispatch
+
+    job_id = int(args[0])
+    limit_s = FarmSettings.from_env().time_limit_s
+    db = Database()
+    try:
+        with db.session() as s:
+            job = s.get(queries.Job, job_id)
+            if job is None or job.state != "running":
+                return
+            role = job.role
+            queries.fail_job(
+                s,
+                job_id,
+                f"the job ran past its hard time limit of {limit_s:g} s (FARM_TASK_TIME_LIMIT_S) and its worker "
+                "process was killed",
+            )
+            queries.settle_sweeps(s, job_id)
+        dispatch.after_job(db, sender.app, job_id, "failed", role)
+    except FarmError as e:  # the reaper ends it later, as a lost worker
+        log.error("job %s: could not record its time limit: %s", job_id, e)
+    finally:
+        db.dispose()
+
+
+@app.task(name=RUN_JOB, bind=True)
+def run_job_task(self: Task, job_id: int) -> str:
+    """Run a job (or its finish stage)."""
+    return _run(self, job_id)
+
+
+@app.task(name=QAT_TRAIN, bind=True)
+def qat_train_task(self: Task, job_id: int) -> str:
+    """Fine-tune a qat job on this (GPU) worker, then hand the finish stage to the CPU pool."""
+    return _run(self, job_id)
