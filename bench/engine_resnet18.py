@@ -1,32 +1,32 @@
 """ResNet-18 static int8 from QuantFarm's engine vs fp32 eager and vs onnxruntime's own static int8 recipe.
 
-Run:  python bench/engine_resnet18.py [--json figures.json] [--quick] [--graphmodule]
+Run:  python bench/engine_resnet18.py [--json figures.json] [--quick] [--graphmodule] [--backends x86,onednn]
 
 What it measures, side by side in one run on one machine (one harness: farm.quant.latency.measure_latency):
 - torchvision ResNet-18 (random init, seeded; nothing is downloaded) at batch 1 and 8, with 1 thread and with
   torch's default thread count;
-- fp32 eager vs static int8 from farm.quant.registry.apply_method (StaticConfig x86 / minmax / per_channel) in
-  the form the engine evaluates, times and ships (farm.quant.artifact.deployable: frozen TorchScript), calibrated
-  on random crops of scikit-learn's bundled sample photos (china.jpg, flower.jpg), ImageNet-normalised;
+- fp32 eager vs static int8 from farm.quant.registry.apply_method (StaticConfig minmax / per_channel) on each
+  engine backend asked for (default: x86, the default of a spec, and onednn), in the form the engine evaluates,
+  times and ships (farm.quant.artifact.deployable: frozen TorchScript), calibrated on random crops of
+  scikit-learn's bundled sample photos (china.jpg, flower.jpg), ImageNet-normalised;
 - when onnxruntime imports: the same fp32 model exported to ONNX and quantized by onnxruntime's quantize_static
   (QDQ, per-channel, u8 activations / s8 weights, MinMax) on the SAME calibration crops, run by an
-  InferenceSession with matching thread counts;
+  InferenceSession with matching thread counts and its default settings;
 - artifact size ratios: int8 / fp32 frozen TorchScript (farm.quant.artifact.model_size_bytes) and ORT int8 / fp32;
-- with --graphmodule, also the int8 FX GraphModule before scripting (~1 ms of Python per call more).
+- with --graphmodule, also the x86 int8 FX GraphModule before scripting (~1 ms of Python per call more).
 Contenders are interleaved per (threads, batch) cell, in alternating order over rounds, so drift hits all alike.
-It is a report, not a test: it always exits 0. Targets are printed with PASS / MISS and the measured figure.
+Each runtime keeps its default thread-pool behaviour (OpenMP's and onnxruntime's brief spin, then sleep), as a
+user deploying one model gets it; OMP_WAIT_POLICY=PASSIVE (what farm workers set so that parallel jobs don't
+spin against each other) costs torch about 2x at 2 threads, batch 1, here, and ACTIVE starves the peer.
+It is a report, not a test: it always exits 0. Targets are printed with PASS / MISS and the measured figure, for
+each backend of ours.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-
-# Run torch as the farm's workers do (farm/local.py, workers/runtime.py): OpenMP threads that spin-wait
-# collapse whenever another process shares the cores. Must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics
 import sys
 import tempfile
@@ -141,34 +141,34 @@ def measure_cell(fns: dict[str, Callable[[], object]], batch: int, s: LatencySet
     }
 
 
-def ratios(res: dict) -> dict[str, float | None]:
+def ratios(res: dict, backends: list[str]) -> dict[str, float | None]:
     """Speed ratios of one cell (each > 1 means the second-named contender is faster), and round-to-round noise."""
-    out: dict[str, float | None] = {"speedup": res["fp32"]["p50_ms"] / res["int8"]["p50_ms"]}
-    if "ort_int8" in res:
-        out["ort_over_ours"] = res["ort_int8"]["p50_ms"] / res["int8"]["p50_ms"]
-        if "int8_fx" in res:
-            out["ort_over_fx"] = res["ort_int8"]["p50_ms"] / res["int8_fx"]["p50_ms"]
+    out: dict[str, float | None] = {}
+    for b in backends:
+        out[f"speedup_{b}"] = res["fp32"]["p50_ms"] / res[f"int8_{b}"]["p50_ms"]
+        if "ort_int8" in res:
+            out[f"ort_over_{b}"] = res["ort_int8"]["p50_ms"] / res[f"int8_{b}"]["p50_ms"]
+    if "ort_int8" in res and "int8_fx" in res:
+        out["ort_over_fx"] = res["ort_int8"]["p50_ms"] / res["int8_fx"]["p50_ms"]
     single = all(len(r["p50_rounds_ms"]) < 2 for r in res.values())
     out["noise"] = None if single else max(max(r["p50_rounds_ms"]) / min(r["p50_rounds_ms"]) - 1 for r in res.values())
     return out
 
 
-COLUMNS = [  # (key, header, is a ratio)
-    ("fp32", "fp32", False),
-    ("int8", "int8 (ours)", False),
-    ("speedup", "fp32/int8", True),
-    ("ort_fp32", "ORT fp32", False),
-    ("ort_int8", "ORT int8", False),
-    ("ort_over_ours", "ORT/ours", True),
-    ("int8_fx", "int8 FX module", False),
-    ("ort_over_fx", "ORT/FX", True),
-]
+def columns(backends: list[str]) -> list[tuple[str, str, bool]]:
+    """(key, header, is a ratio) of the table."""
+    cols = [("fp32", "fp32", False)]
+    cols += [(f"int8_{b}", f"int8 {b}", False) for b in backends]
+    cols += [(f"speedup_{b}", f"fp32/{b}"[:9], True) for b in backends]
+    cols += [("ort_fp32", "ORT fp32", False), ("ort_int8", "ORT int8", False)]
+    cols += [(f"ort_over_{b}", f"ORT/{b}"[:9], True) for b in backends]
+    return cols + [("int8_fx", "int8 FX module", False), ("ort_over_fx", "ORT/FX", True)]
 
 
-def print_table(cells: list[dict]) -> None:
-    cols = [c for c in COLUMNS if c[0] in cells[0]]
+def print_table(cells: list[dict], backends: list[str]) -> None:
+    cols = [c for c in columns(backends) if c[0] in cells[0]]
     print("\nlatency ms: p50 (p90), median over rounds; X/Y = p50 of X / p50 of Y (> 1: Y is faster)")
-    print("noise: worst round-to-round p50 change in the row; ours = frozen TorchScript, what the engine ships")
+    print("noise: worst round-to-round p50 change in the row; int8 = ours, frozen TorchScript, what the engine ships")
     head = f"{'thr':>3} {'bat':>3} |" + "".join(f" {h:>9}" if r else f" {h:>18}" for _, h, r in cols) + "  noise"
     print(head + "\n" + "-" * len(head))
     for c in cells:
@@ -177,20 +177,39 @@ def print_table(cells: list[dict]) -> None:
         print(f"{c['threads']:>3} {c['batch']:>3} |{row} {noise}")
 
 
-def check_targets(cells: list[dict], size: dict, skipped: str | None) -> list[tuple[str, bool | None, str]]:
+def check_targets(
+    cells: list[dict], size: dict, skipped: str | None, backends: list[str]
+) -> list[tuple[str, bool | None, str]]:
     out: list[tuple[str, bool | None, str]] = []
-    for c in cells:
-        if c["batch"] == max(BATCHES):
-            name = f"int8 >= {SPEEDUP_TARGET:.1f}x faster than fp32, batch {c['batch']}, {c['threads']} thread(s)"
-            out.append((name, c["speedup"] >= SPEEDUP_TARGET, f"{c['speedup']:.2f}x"))
-    if skipped is None:
+    for b in backends:
         for c in cells:
-            name = f"int8 no slower than ORT int8 (ORT/ours >= 1.0), {c['threads']} thread(s), batch {c['batch']}"
-            out.append((name, c["ort_over_ours"] >= PEER_TARGET, f"{c['ort_over_ours']:.3f}x"))
-    else:
-        out.append(("int8 no slower than ORT int8", None, f"skipped: {skipped}"))
-    out.append((f"size ratio int8/fp32 <= {SIZE_TARGET}", size["ratio"] <= SIZE_TARGET, f"{size['ratio']:.3f}"))
+            if c["batch"] == max(BATCHES):
+                name = (
+                    f"{b}: int8 >= {SPEEDUP_TARGET:.1f}x faster than fp32, batch {c['batch']}, {c['threads']} thread(s)"
+                )
+                out.append((name, c[f"speedup_{b}"] >= SPEEDUP_TARGET, f"{c[f'speedup_{b}']:.2f}x"))
+        if skipped is None:
+            for c in cells:
+                name = (
+                    f"{b}: int8 no slower than ORT int8 (ORT/ours >= 1.0), {c['threads']} thread(s), batch {c['batch']}"
+                )
+                out.append((name, c[f"ort_over_{b}"] >= PEER_TARGET, f"{c[f'ort_over_{b}']:.3f}x"))
+        else:
+            out.append((f"{b}: int8 no slower than ORT int8", None, f"skipped: {skipped}"))
+        ratio = size[f"ratio_{b}"]
+        out.append((f"{b}: size ratio int8/fp32 <= {SIZE_TARGET}", ratio <= SIZE_TARGET, f"{ratio:.3f}"))
     return out
+
+
+def _on_engine(outcome: Any, x: torch.Tensor) -> object:
+    """Run one of our int8 models on the engine it was converted for (each contender sets its own)."""
+    torch.backends.quantized.engine = outcome.engine
+    return outcome.forward(x)
+
+
+def _on_engine_fx(graph: tuple[Any, str], x: torch.Tensor) -> object:
+    torch.backends.quantized.engine = graph[1]
+    return graph[0](x)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="shortened run (smoke test); figures are rough")
     ap.add_argument("--graphmodule", action="store_true", help="also time the int8 FX GraphModule before scripting")
     ap.add_argument("--calibration-size", type=int, default=48, help="calibration crops (default 48)")
+    ap.add_argument("--backends", default="x86,onednn", help="engine backends of ours to time (default x86,onednn)")
     args = ap.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
 
     torch.manual_seed(SEED)
     all_threads = torch.get_num_threads()
@@ -224,19 +245,24 @@ def main(argv: list[str] | None = None) -> int:
 
     calib, inputs = photo_crops(n_calib, SEED), photo_crops(max(BATCHES), SEED + 1)
     model = torchvision.models.resnet18(weights=None).eval()
-    cfg = StaticConfig(backend="x86", observer="minmax", granularity="per_channel", calibration_size=n_calib)
-    ctx = QuantContext(model_ref="torchvision:resnet18", example_input=calib[:1], calibration=TensorSplit(calib))
-    ours = apply_method(model, cfg, ctx)
-    print(f"ours      {cfg.label()}: calibrate {ours.timings_s.get('calibrate', 0):.1f}s")
-
-    with torch.inference_mode(), ours.active():
+    with torch.inference_mode():
         ref = model(inputs)
-        fidelity = {"ours_int8_cosine": cosine(ref, ours.forward(ours.prepare_input(inputs)))}
-    with ours.active():
-        size = {"fp32_bytes": model_size_bytes(model, calib[:1]), "int8_bytes": model_size_bytes(ours.model, calib[:1])}
-        graph = ours.model if args.graphmodule else None
-        ours.model, _ = deployable(ours.model, calib[:1])
-    size["ratio"] = size["int8_bytes"] / size["fp32_bytes"]
+    ours, fidelity, graph = {}, {}, None
+    size: dict[str, Any] = {"fp32_bytes": model_size_bytes(model, calib[:1])}
+    for b in backends:
+        cfg = StaticConfig(backend=b, observer="minmax", granularity="per_channel", calibration_size=n_calib)
+        ctx = QuantContext(model_ref="torchvision:resnet18", example_input=calib[:1], calibration=TensorSplit(calib))
+        outcome = apply_method(model, cfg, ctx)
+        print(f"ours      {b}: {cfg.label()}: calibrate {outcome.timings_s.get('calibrate', 0):.1f}s")
+        with torch.inference_mode(), outcome.active():
+            fidelity[f"{b}_int8_cosine"] = cosine(ref, outcome.forward(outcome.prepare_input(inputs)))
+        with outcome.active():
+            size[f"int8_{b}_bytes"] = model_size_bytes(outcome.model, calib[:1])
+            if args.graphmodule and graph is None:
+                graph = (outcome.model, b)
+            outcome.model, _ = deployable(outcome.model, calib[:1])
+        size[f"ratio_{b}"] = size[f"int8_{b}_bytes"] / size["fp32_bytes"]
+        ours[b] = outcome
 
     ort_paths: tuple[Path, Path] | None = None
     skipped = None
@@ -261,26 +287,31 @@ def main(argv: list[str] | None = None) -> int:
         sessions = [ort_session(p, threads) for p in ort_paths] if ort_paths else []
         for batch in BATCHES:
             x = inputs[:batch].contiguous()
-            xq, feed = ours.prepare_input(x), {"input": x.numpy()}
-            fns: dict[str, Callable[[], object]] = {"fp32": lambda x=x: model(x), "int8": lambda x=xq: ours.forward(x)}
+            feed = {"input": x.numpy()}
+            fns: dict[str, Callable[[], object]] = {"fp32": lambda x=x: model(x)}
+            for b, outcome in ours.items():
+                xq = outcome.prepare_input(x)
+                fns[f"int8_{b}"] = lambda o=outcome, x=xq: _on_engine(o, x)
             if sessions:
                 fns["ort_fp32"] = lambda s=sessions[0], f=feed: s.run(None, f)
                 fns["ort_int8"] = lambda s=sessions[1], f=feed: s.run(None, f)
             if graph is not None:
-                fns["int8_fx"] = lambda x=xq: graph(x)
-            with torch_threads(threads), ours.active():
+                fns["int8_fx"] = lambda g=graph, x=x: _on_engine_fx(g, x)
+            with torch_threads(threads):
                 res = measure_cell(fns, batch, settings, rounds)
-            cells.append({"threads": threads, "batch": batch, **res, **ratios(res)})
+            cells.append({"threads": threads, "batch": batch, **res, **ratios(res, backends)})
             print(f"  measured threads={threads} batch={batch}", file=sys.stderr, flush=True)
         del sessions
     workdir.cleanup()
 
     load["end"] = os.getloadavg()[0]
-    print_table(cells)
-    print(
-        f"\nsize      ours: int8 {size['int8_bytes'] / 1e6:.2f} MB / fp32 {size['fp32_bytes'] / 1e6:.2f} MB"
-        f" = {size['ratio']:.3f} (frozen TorchScript)"
-    )
+    print_table(cells, backends)
+    for b in backends:
+        print(
+            f"\nsize      ours {b}: int8 {size[f'int8_{b}_bytes'] / 1e6:.2f} MB"
+            f" / fp32 {size['fp32_bytes'] / 1e6:.2f} MB"
+            f" = {size[f'ratio_{b}']:.3f} (frozen TorchScript)"
+        )
     if ort_paths:
         print(
             f"          ORT:  int8 {size['ort_int8_bytes'] / 1e6:.2f} MB / fp32 {size['ort_fp32_bytes'] / 1e6:.2f} MB"
@@ -295,14 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         if slower:  # more threads yet slower: the CPUs are shared, throttled or spin-waiting against each other
             print(f"note      {threads} threads slower than 1 at batch {batch} for: {', '.join(slower)}")
 
-    targets = check_targets(cells, size, skipped)
+    targets = check_targets(cells, size, skipped, backends)
     print("\ntargets" + (" (--quick: rough figures)" if args.quick else ""))
     for name, ok, figure in targets:
         verdict = "SKIP" if ok is None else ("PASS" if ok else "MISS")
         print(f"  {verdict}  {name:<72} {figure}")
 
     if args.json:
-        doc = dict(fingerprint=fp, hardware=hardware_label(fp), config=cfg.to_dict(), settings=settings.__dict__)
+        configs = {b: StaticConfig(backend=b, calibration_size=n_calib).to_dict() for b in backends}
+        doc = dict(fingerprint=fp, hardware=hardware_label(fp), configs=configs, settings=settings.__dict__)
         doc.update(rounds=rounds, quick=args.quick, cells=cells, size=size, fidelity=fidelity, load=load)
         doc["peer_skipped"] = skipped
         doc["targets"] = [{"name": n, "pass": ok, "figure": f} for n, ok, f in targets]

@@ -206,7 +206,8 @@ def run_local(
     def ended(outcome: Outcome) -> None:
         _count(stats, outcome)
         dependents = waiting.pop(outcome.job_id, [])
-        if outcome.state in ("succeeded", "skipped") and _state(db, outcome.job_id) == "succeeded":
+        # "skipped": another run holds the job or it finished meanwhile; only the database knows whether it succeeded.
+        if outcome.state == "succeeded" or (outcome.state == "skipped" and _state(db, outcome.job_id) == "succeeded"):
             submit(dependents)
         elif dependents:
             _fail_dependents(db, dependents, outcome.job_id, stats, notify)

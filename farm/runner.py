@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -52,39 +53,100 @@ class ReferenceNotReady(TransientError):
 
 class JobHeartbeat:
     """Renews a running job's lease every ``interval_s`` and raises the stop flag when the job is no longer
-    this worker's to run (cancelled, or taken over after a lost lease)."""
+    this worker's to run (cancelled, or taken over after a lost lease).
+
+    The renewals run on one long-lived thread per process (:class:`_LeaseKeeper`), not a thread per job:
+    starting and joining a thread for every job cost about 2 ms of a no-op job's 7.
+    """
 
     def __init__(self, db: Any, job_id: int, worker: str, lease_s: float, interval_s: float):
-        self._db, self._job_id, self._worker = db, job_id, worker
-        self._lease_s, self._interval_s = lease_s, interval_s
-        self._done = threading.Event()
+        self.db, self.job_id, self.worker = db, job_id, worker
+        self.lease_s, self.interval_s = lease_s, interval_s
         self.stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"farm-heartbeat-{job_id}", daemon=True)
+        self.due = 0.0
 
     def __enter__(self) -> JobHeartbeat:
-        self._thread.start()
+        self.due = time.monotonic() + self.interval_s
+        _keeper().add(self)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        self._done.set()
-        self._thread.join(timeout=self._interval_s + 5)
+        _keeper().remove(self)
 
     def should_stop(self) -> bool:
         return self.stopped.is_set()
 
-    def _run(self) -> None:
+    def renew(self) -> None:
+        """One renewal: extend the lease; raise the stop flag when the job is no longer ours to run."""
         from farm.store import queries
 
-        while not self._done.wait(self._interval_s):
-            try:
-                with self._db.session() as s:
-                    state = queries.extend_lease(s, self._job_id, self._worker, self._lease_s)
-            except FarmError as e:  # a database blip: the lease is long enough to ride it out
-                log.warning("job %s: heartbeat failed: %s", self._job_id, e)
-                continue
-            if state != "running":
-                self.stopped.set()
-                return
+        try:
+            with self.db.session() as s:
+                state = queries.extend_lease(s, self.job_id, self.worker, self.lease_s)
+        except FarmError as e:  # a database blip: the lease is long enough to ride it out
+            log.warning("job %s: heartbeat failed: %s", self.job_id, e)
+            return
+        if state != "running":
+            self.stopped.set()
+
+
+class _LeaseKeeper:
+    """The thread that renews the leases of the jobs this process runs, each on its own schedule."""
+
+    def __init__(self) -> None:
+        self._beats: dict[int, JobHeartbeat] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, beat: JobHeartbeat) -> None:
+        with self._lock:
+            self._beats[id(beat)] = beat
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="farm-leases", daemon=True)
+                self._thread.start()
+        self._changed.set()
+
+    def remove(self, beat: JobHeartbeat) -> None:
+        with self._lock:
+            self._beats.pop(id(beat), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                beats = list(self._beats.values())
+            now = time.monotonic()
+            for beat in beats:
+                if beat.due <= now and not beat.stopped.is_set():
+                    beat.renew()
+                    beat.due = time.monotonic() + beat.interval_s
+            with self._lock:
+                pending = [b.due for b in self._beats.values() if not b.stopped.is_set()]
+            wait_s = max(0.0, min(pending) - time.monotonic()) if pending else 3600.0
+            self._changed.wait(wait_s)
+            self._changed.clear()
+
+
+_KEEPER: _LeaseKeeper | None = None
+_KEEPER_LOCK = threading.Lock()
+
+
+def _keeper() -> _LeaseKeeper:
+    global _KEEPER
+    with _KEEPER_LOCK:
+        if _KEEPER is None:
+            _KEEPER = _LeaseKeeper()
+        return _KEEPER
+
+
+def _forget_keeper() -> None:
+    """In a forked child (a Celery pool process), the parent's keeper thread does not exist: start afresh."""
+    global _KEEPER, _KEEPER_LOCK
+    _KEEPER, _KEEPER_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_keeper)
 
 
 def execute_job(

@@ -17,12 +17,14 @@ from sqlalchemy import Table, and_, case, delete, func, insert, or_, select, tex
 from sqlalchemy.orm import Session, aliased
 
 from farm.errors import NotFound
+from farm.store import bulk
 from farm.store.models import FINISHED_STATES, Artifact, Job, Metric, Sweep, SweepJob, Worker
 
-_CHUNK = 500
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _SWEEP_JOBS: Table = SweepJob.__table__  # type: ignore[assignment]
-_OUTER = aliased(SweepJob)
+_METRICS: Table = Metric.__table__  # type: ignore[assignment]
+_ARTIFACTS: Table = Artifact.__table__  # type: ignore[assignment]
+_OUTER_LINKS, _INNER_LINKS = _SWEEP_JOBS.alias("outer_links"), _SWEEP_JOBS.alias("inner_links")
 # Engine figures that have typed columns in metrics; everything else goes to metrics.extra.
 _JOB_FIGURES = (
     "accuracy",
@@ -120,27 +122,27 @@ def create_sweep(session: Session, plan: Any, submitter: str | None) -> SweepRec
             }
             for j in new
         ]
-        # Core executemany with RETURNING (batched by SQLAlchemy's insertmanyvalues), not ORM saves or a
-        # second SELECT by key: 10,000 jobs must persist in well under 3 s on SQLite and PostgreSQL.
-        stmt = insert(_JOBS).returning(_JOBS.c.key, _JOBS.c.id)
-        for chunk in _chunks(rows, 2000):
-            ids.update({row[0]: row[1] for row in session.connection().execute(stmt, chunk)})
+        # Bulk INSERT ... RETURNING (farm.store.bulk), not ORM saves or a second SELECT by key: 10,000 jobs
+        # must persist in well under 3 s on SQLite and PostgreSQL.
+        for job_key, job_id in bulk.insert_rows(session, _JOBS, rows, returning=("key", "id")):
+            ids[job_key] = job_id
 
     job_ids = [ids[j.key] for j in plan.jobs]
     # Re-running a sweep runs again what failed or was cancelled, with a fresh attempt budget.
-    for chunk in _chunks(job_ids):
+    jobs = _JOBS.c
+    for condition in bulk.in_values(session, jobs.id, job_ids):
         session.execute(
-            update(Job)
-            .where(Job.id.in_(chunk), Job.state.in_(("failed", "cancelled")))
+            update(_JOBS)
+            .where(condition, jobs.state.in_(("failed", "cancelled")))
             .values(state="pending", attempts=0, worker_losses=0, error=None, worker=None, lease_expires_at=None)
         )
-    linked = set(session.scalars(select(SweepJob.job_id).where(SweepJob.sweep_id == sweep_id)))
+    links_c = _SWEEP_JOBS.c
+    linked = set(session.scalars(select(links_c.job_id).where(links_c.sweep_id == sweep_id)))
     stale = sorted(linked - set(job_ids))  # the same spec text now means other jobs (e.g. new weights)
-    for chunk in _chunks(stale):
-        session.execute(delete(SweepJob).where(SweepJob.sweep_id == sweep_id, SweepJob.job_id.in_(chunk)))
+    for condition in bulk.in_values(session, links_c.job_id, stale):
+        session.execute(delete(_SWEEP_JOBS).where(links_c.sweep_id == sweep_id, condition))
     links = [{"sweep_id": sweep_id, "job_id": i} for i in dict.fromkeys(job_ids) if i not in linked]
-    for chunk in _chunks(links, 2000):
-        session.connection().execute(insert(_SWEEP_JOBS), chunk)
+    bulk.insert_rows(session, _SWEEP_JOBS, links)
 
     states = _states(session, job_ids)
     cached = sum(1 for i in job_ids if states.get(i) == "succeeded")
@@ -159,10 +161,10 @@ def mark_queued(session: Session, job_ids: Sequence[int], queue: str | None = No
     """
     moved = 0
     now = utcnow()
-    for chunk in _chunks(list(job_ids)):
+    for condition in bulk.in_values(session, Job.id, list(job_ids)):
         result = session.execute(
             update(Job)
-            .where(Job.id.in_(chunk), Job.state == "pending")
+            .where(condition, Job.state == "pending")
             .values(state="queued", queued_at=now, queue=queue, worker=owner)
             .execution_options(synchronize_session=False)
         )
@@ -179,10 +181,10 @@ def reset_abandoned(
     ``max_losses``-th. Returns the ids reset to pending.
     """
     reset: list[int] = []
-    for chunk in _chunks(list(job_ids)):
+    for condition in bulk.in_values(session, Job.id, list(job_ids)):
         rows = session.execute(
             select(Job.id, Job.state, Job.worker, Job.worker_losses).where(
-                Job.id.in_(chunk), Job.queue == "local", Job.state.in_(("queued", "running"))
+                condition, Job.queue == "local", Job.state.in_(("queued", "running"))
             )
         ).all()
         for row in rows:
@@ -235,23 +237,25 @@ def claim_job(
         The claim, or None when someone else has the job, it is finished, or it is not queued yet.
     """
     now = utcnow()
-    expired = and_(Job.state == "running", Job.lease_expires_at < now)
+    # Core statements on the table, not ORM-enabled ones: this runs once per job, and the ORM's bulk-update
+    # machinery costs more than the UPDATE itself.
+    jobs = _JOBS.c
+    expired = and_(jobs.state == "running", jobs.lease_expires_at < now)
     if max_losses is not None:
-        expired = and_(expired, Job.worker_losses + 1 < max_losses)
+        expired = and_(expired, jobs.worker_losses + 1 < max_losses)
     row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, or_(Job.state == "queued", expired))
+        update(_JOBS)
+        .where(jobs.id == job_id, or_(jobs.state == "queued", expired))
         .values(
             state="running",
             worker=worker,
             started_at=now,
             finished_at=None,
             lease_expires_at=now + timedelta(seconds=lease_s),
-            attempts=Job.attempts + 1,
-            worker_losses=case((Job.state == "running", Job.worker_losses + 1), else_=Job.worker_losses),
+            attempts=jobs.attempts + 1,
+            worker_losses=case((jobs.state == "running", jobs.worker_losses + 1), else_=jobs.worker_losses),
         )
-        .returning(Job.key, Job.spec, Job.reference_job_id, Job.stage, Job.role, Job.attempts)
-        .execution_options(synchronize_session=False)
+        .returning(jobs.key, jobs.spec, jobs.reference_job_id, jobs.stage, jobs.role, jobs.attempts)
     ).one_or_none()
     if row is None:
         return None
@@ -265,13 +269,13 @@ def extend_lease(session: Session, job_id: int, worker: str, lease_s: float) -> 
         The job's state ("running" means: carry on), or "lost" when another worker holds it now.
     """
     now = utcnow()
+    jobs = _JOBS.c
     session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+        update(_JOBS)
+        .where(jobs.id == job_id, jobs.state == "running", jobs.worker == worker)
         .values(lease_expires_at=now + timedelta(seconds=lease_s))
-        .execution_options(synchronize_session=False)
     )
-    row = session.execute(select(Job.state, Job.worker).where(Job.id == job_id)).one_or_none()
+    row = session.execute(select(jobs.state, jobs.worker).where(jobs.id == job_id)).one_or_none()
     if row is None:
         return None
     state, owner = row
@@ -295,9 +299,10 @@ def finish_job(
         False when the job was cancelled or taken over meanwhile (nothing is written).
     """
     now = utcnow()
+    jobs = _JOBS.c
     attempts = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+        update(_JOBS)
+        .where(jobs.id == job_id, jobs.state == "running", jobs.worker == worker)
         .values(
             state="succeeded",
             finished_at=now,
@@ -306,20 +311,21 @@ def finish_job(
             duration_s=result.get("duration_s"),
             hardware=result.get("hardware"),
         )
-        .returning(Job.attempts)
-        .execution_options(synchronize_session=False)
+        .returning(jobs.attempts)
     ).scalar_one_or_none()
     if attempts is None:
         return False
     stored_artifacts = list(artifacts)
     kinds = [kind for kind, _ in stored_artifacts]
-    if attempts > 1 or "checkpoint" not in kinds:  # rows of an earlier, interrupted run may be there
+    # Only a successful run writes metrics and artifact rows, and a succeeded job is never claimed again; the
+    # rows of another attempt can only be there after a takeover, so a first attempt skips the two DELETEs.
+    if attempts > 1:
         session.execute(delete(Metric).where(Metric.job_id == job_id))
         if kinds:
             session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind.in_(kinds)))
     rows = metric_rows(job_id, result)
     if rows:
-        session.execute(insert(Metric), rows)
+        session.execute(insert(_METRICS), rows)
     stored = [
         {
             "job_id": job_id,
@@ -332,7 +338,7 @@ def finish_job(
         for kind, obj in stored_artifacts
     ]
     if stored:
-        session.execute(insert(Artifact), stored)
+        session.execute(insert(_ARTIFACTS), stored)
     return True
 
 
@@ -389,10 +395,10 @@ def job_state(session: Session, job_id: int) -> str | None:
 def cancel_jobs(session: Session, job_ids: Sequence[int], reason: str = "cancelled") -> int:
     """Cancel every unfinished job among ``job_ids``; running ones stop at their next check."""
     count = 0
-    for chunk in _chunks(list(job_ids)):
+    for condition in bulk.in_values(session, Job.id, list(job_ids)):
         result = session.execute(
             update(Job)
-            .where(Job.id.in_(chunk), Job.state.not_in(FINISHED_STATES))
+            .where(condition, Job.state.not_in(FINISHED_STATES))
             .values(state="cancelled", error=reason, finished_at=utcnow(), lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )
@@ -441,13 +447,14 @@ def settle_sweeps(session: Session, job_id: int) -> list[int]:
 
     One query in the usual case (other jobs still unfinished): fan-in costs nothing per job until the last.
     """
+    outer, inner = _OUTER_LINKS, _INNER_LINKS
     unfinished = (
-        select(SweepJob.job_id)
-        .join(Job, Job.id == SweepJob.job_id)
-        .where(SweepJob.sweep_id == _OUTER.sweep_id, Job.state.in_(("pending", "queued", "running")))
+        select(inner.c.job_id)
+        .join(_JOBS, _JOBS.c.id == inner.c.job_id)
+        .where(inner.c.sweep_id == outer.c.sweep_id, _JOBS.c.state.in_(("pending", "queued", "running")))
         .exists()
     )
-    done = list(session.scalars(select(_OUTER.sweep_id).where(_OUTER.job_id == job_id, ~unfinished)))
+    done = list(session.scalars(select(outer.c.sweep_id).where(outer.c.job_id == job_id, ~unfinished)))
     for sweep_id in done:
         refresh_sweep_state(session, sweep_id)
     return done
@@ -472,21 +479,16 @@ def artifact_of(session: Session, job_id: int, kind: str) -> Artifact | None:
 
 def _ids_by_key(session: Session, keys: Sequence[str]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for chunk in _chunks(list(keys)):
-        out.update({row[0]: row[1] for row in session.execute(select(Job.key, Job.id).where(Job.key.in_(chunk)))})
+    for condition in bulk.in_values(session, _JOBS.c.key, list(keys)):
+        out.update({row[0]: row[1] for row in session.execute(select(_JOBS.c.key, _JOBS.c.id).where(condition))})
     return out
 
 
 def _states(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
     out: dict[int, str] = {}
-    for chunk in _chunks(list(job_ids)):
-        out.update({row[0]: row[1] for row in session.execute(select(Job.id, Job.state).where(Job.id.in_(chunk)))})
+    for condition in bulk.in_values(session, _JOBS.c.id, list(job_ids)):
+        out.update({row[0]: row[1] for row in session.execute(select(_JOBS.c.id, _JOBS.c.state).where(condition))})
     return out
-
-
-def _chunks(items: list[Any], size: int = _CHUNK) -> Iterable[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 # --- the farm ---------------------------------------------------------------------------------------------
@@ -503,13 +505,17 @@ class Message:
 
 def set_routes(session: Session, routes: dict[int, tuple[str, str, str | None]]) -> None:
     """Set (queue, stage, finish_queue) of pending jobs before they are queued."""
-    for job_id, (queue, stage, finish_queue) in routes.items():
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == "pending")
-            .values(queue=queue, stage=stage, finish_queue=finish_queue)
-            .execution_options(synchronize_session=False)
-        )
+    by_route: dict[tuple[str, str, str | None], list[int]] = {}
+    for job_id, route in routes.items():
+        by_route.setdefault(route, []).append(job_id)
+    for (queue, stage, finish_queue), ids in by_route.items():  # one UPDATE per route, not per job
+        for condition in bulk.in_values(session, Job.id, ids):
+            session.execute(
+                update(Job)
+                .where(condition, Job.state == "pending")
+                .values(queue=queue, stage=stage, finish_queue=finish_queue)
+                .execution_options(synchronize_session=False)
+            )
 
 
 def queue_ready(session: Session, job_ids: Sequence[int]) -> list[Message]:
@@ -518,21 +524,21 @@ def queue_ready(session: Session, job_ids: Sequence[int]) -> list[Message]:
     reference = aliased(Job)
     ready: list[Message] = []
     now = utcnow()
-    for chunk in _chunks(list(job_ids)):
+    for condition in bulk.in_values(session, Job.id, list(job_ids)):
         rows = session.execute(
             select(Job.id, Job.queue, Job.stage)
             .outerjoin(reference, reference.id == Job.reference_job_id)
             .where(
-                Job.id.in_(chunk),
+                condition,
                 Job.state == "pending",
                 or_(Job.reference_job_id.is_(None), reference.state == "succeeded"),
             )
         ).all()
         ids = [r.id for r in rows]
-        if ids:
+        for moving in bulk.in_values(session, Job.id, ids):
             session.execute(
                 update(Job)
-                .where(Job.id.in_(ids), Job.state == "pending")
+                .where(moving, Job.state == "pending")
                 .values(state="queued", queued_at=now)
                 .execution_options(synchronize_session=False)
             )
@@ -629,10 +635,10 @@ def reset_for_retry(session: Session, sweep_id: int, *, failed_only: bool) -> li
     """failed (and cancelled, unless ``failed_only``) -> pending with a fresh attempt budget."""
     states = ("failed",) if failed_only else ("failed", "cancelled")
     ids = sweep_job_ids(session, sweep_id, states)
-    for chunk in _chunks(ids):
+    for condition in bulk.in_values(session, Job.id, ids):
         session.execute(
             update(Job)
-            .where(Job.id.in_(chunk), Job.state.in_(states))
+            .where(condition, Job.state.in_(states))
             .values(
                 state="pending",
                 attempts=0,
@@ -654,10 +660,10 @@ def delete_new_sweep(session: Session, sweep_id: int) -> None:
     shared = select(SweepJob.job_id).where(SweepJob.sweep_id != sweep_id)
     own = list(session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.id.not_in(shared))))
     session.execute(delete(SweepJob).where(SweepJob.sweep_id == sweep_id))
-    for chunk in _chunks(own):
-        session.execute(delete(Job).where(Job.id.in_(chunk), Job.reference_job_id.is_not(None)))
-    for chunk in _chunks(own):
-        session.execute(delete(Job).where(Job.id.in_(chunk)))
+    for condition in bulk.in_values(session, Job.id, own):
+        session.execute(delete(Job).where(condition, Job.reference_job_id.is_not(None)))
+    for condition in bulk.in_values(session, Job.id, own):
+        session.execute(delete(Job).where(condition))
     session.execute(delete(Sweep).where(Sweep.id == sweep_id))
 
 
@@ -701,8 +707,8 @@ def list_workers(session: Session) -> list[Worker]:
 def method_configs(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
     """Each job's full method config as canonical JSON (what identifies a recipe across sweeps)."""
     out: dict[int, str] = {}
-    for chunk in _chunks(list(dict.fromkeys(job_ids))):
-        for job_id, spec in session.execute(select(Job.id, Job.spec).where(Job.id.in_(chunk))):
+    for condition in bulk.in_values(session, Job.id, list(dict.fromkeys(job_ids))):
+        for job_id, spec in session.execute(select(Job.id, Job.spec).where(condition)):
             out[job_id] = json.dumps(spec.get("method", {}), sort_keys=True, separators=(",", ":"))
     return out
 

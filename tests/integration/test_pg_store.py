@@ -99,3 +99,61 @@ def test_alembic_cli_never_prints_the_password(fresh_pg_db: Database) -> None:
         assert done.returncode == 0, done.stderr
         assert "pw-must-not-show" not in done.stdout + done.stderr
     assert current_revision(fresh_pg_db) is None
+
+
+def _bulk_rows(sweep_id: int, now: datetime) -> list[dict]:
+    odd = ["plain", 'it\'s "quoted" \\ back\\slash', "ünïcødé ✓ 量子", "line\nbreak\ttab", "{braces,commas}", "NULL"]
+    return [
+        {
+            "key": f"{i:064d}",
+            "sweep_id": sweep_id,
+            "role": "trial",
+            "reference_job_id": None,  # a column that is NULL in every row
+            "spec": {"model": odd[i % len(odd)], "nested": {"list": [1, None, 2.5], "flag": True}, "none": None},
+            "state": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "model": odd[i % len(odd)],
+            "dataset": "sklearn:digits",
+            "method": "static",
+            "bits": None if i % 2 else 8,
+            "calibration_size": 32,
+            "backend": None,
+            "observer": "minmax",
+            "granularity": None,
+            "device": "cpu",
+        }
+        for i in range(12)
+    ]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_bulk_inserts_round_trip_every_value_on_both_databases(
+    backend: str, fresh_pg_db: Database, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL takes the rows as one JSON document (farm.store.bulk); SQLite as plain executemany."""
+    from farm.store import bulk
+    from farm.store.models import Job
+
+    db = fresh_pg_db if backend == "postgresql" else Database(f"sqlite:///{tmp_path / 'bulk.db'}")
+    upgrade(db)
+    now = datetime(2026, 12, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
+    with db.session() as s:
+        s.add(Sweep(name="bulk", spec_text="name: bulk", spec_hash="0" * 64, created_at=now, state="pending"))
+        s.flush()
+        sweep_id = s.scalar(select(Sweep.id))
+        rows = _bulk_rows(sweep_id, now)
+        returned = bulk.insert_rows(s, Job.__table__, rows, returning=("key", "id"))
+        assert [k for k, _ in returned] == [r["key"] for r in rows]  # in the rows' order
+        ids = [i for _, i in returned]
+        got = {j.key: j for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
+        for row in rows:
+            job = got[row["key"]]
+            assert (job.spec, job.model, job.bits, job.backend) == (row["spec"], row["model"], row["bits"], None)
+            assert job.created_at.replace(tzinfo=timezone.utc) == now
+        conditions = list(bulk.in_values(s, Job.__table__.c.id, ids[:7]))
+        assert len(conditions) == 1
+        assert sorted(s.scalars(select(Job.id).where(conditions[0]))) == sorted(ids[:7])
+        assert bulk.insert_rows(s, Job.__table__, []) == [] and list(bulk.in_values(s, Job.id, [])) == []
+    if backend == "sqlite":
+        db.dispose()

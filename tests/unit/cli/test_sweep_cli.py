@@ -298,3 +298,30 @@ def test_run_refuses_zero_worker_processes(sweep_home: Path, tmp_path: Path) -> 
     (line,) = result.stderr.splitlines()
     assert line.startswith("Error: Invalid value for '--jobs' / '-j': 0 is not in the range x>=1")
     assert sweep_count(sweep_home) == (0, 0)
+
+
+def test_status_watch_follows_the_sweep_until_it_ends(sweep_home: Path) -> None:
+    import threading
+    import time
+
+    db = Database()
+    ensure_schema(db)
+    spec = f"name: watched\nmodels: ['{TOY_MLP}']\ndataset: '{TOY_DATA}'\nmethods: [fp32, dynamic]\n"
+    with db.session() as s:
+        record = queries.create_sweep(s, load_spec(spec), None)
+
+    def end_it() -> None:  # what workers elsewhere would do, 1.5 s in
+        time.sleep(1.5)
+        with db.session() as s:
+            queries.cancel_jobs(s, record.to_run, "cancelled by the test")
+
+    ender = threading.Thread(target=end_it)
+    ender.start()
+    started = time.monotonic()
+    result = farm("sweep", "status", str(record.sweep_id), "--watch")
+    ender.join()
+    assert result.exit_code == 0, describe(result)
+    assert time.monotonic() - started >= 1.4  # it waited for the sweep, reading the database
+    assert f"sweep {record.sweep_id}: cancelled" in result.stderr
+    assert result.stdout.startswith(f"sweep {record.sweep_id} watched: cancelled; 2 jobs: 2 cancelled")
+    db.dispose()
