@@ -182,13 +182,16 @@ def execute_job(
     from farm.store import queries
 
     started = time.perf_counter()
-    with db.session() as s:
-        job = queries.claim_job(s, job_id, worker, lease_s, max_losses=max_losses)
-        if job is None:
-            return Outcome(job_id, "skipped")
-        key, spec_data, reference_id, stage, role = job.key, dict(job.spec), job.reference_job_id, job.stage, job.role
-        checkpoint = queries.artifact_of(s, job_id, "checkpoint") if stage == "finish" else None
-        checkpoint_ref = (checkpoint.uri, checkpoint.sha256) if checkpoint is not None else None
+    with db.autocommit() as conn:  # one conditional UPDATE: atomic on its own, no transaction around it
+        job = queries.claim_job(conn, job_id, worker, lease_s, max_losses=max_losses)
+    if job is None:
+        return Outcome(job_id, "skipped")
+    key, spec_data, reference_id, stage, role = job.key, dict(job.spec), job.reference_job_id, job.stage, job.role
+    checkpoint_ref = None
+    if stage == "finish":
+        with db.session(write=False) as s:
+            checkpoint = queries.artifact_of(s, job_id, "checkpoint")
+            checkpoint_ref = (checkpoint.uri, checkpoint.sha256) if checkpoint is not None else None
     interval = heartbeat_s if heartbeat_s is not None else max(0.2, min(10.0, lease_s / 12))
     try:
         with JobHeartbeat(db, job_id, worker, lease_s, interval) as beat:

@@ -148,6 +148,19 @@ class Database:
             yield session
 
     @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A Core connection without a transaction: each statement commits on its own.
+
+        For single statements on the hot path (claiming a job): no BEGIN and COMMIT round trips around the one
+        conditional UPDATE, which is atomic by itself.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        with self.translate_errors(), self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextmanager
     def connect(self, *, write: bool = False) -> Iterator[Connection]:
         """A Core connection in one transaction, committed when the block ends, rolled back if it raises.
 
@@ -304,8 +317,10 @@ def _enable_wal(cursor: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
-    immediate = conn.get_execution_options().get(_BEGIN_OPTION) == "IMMEDIATE"
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    options = conn.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":  # Database.autocommit: each statement on its own
+        return
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_BEGIN_OPTION) == "IMMEDIATE" else "BEGIN")
 
 
 def _dispose_in_forked_children(engine: Engine) -> None:

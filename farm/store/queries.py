@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Table, and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, aliased
 
 from farm.errors import NotFound
@@ -225,7 +226,7 @@ class Claim:
 
 
 def claim_job(
-    session: Session, job_id: int, worker: str, lease_s: float, *, max_losses: int | None = None
+    session: Session | Connection, job_id: int, worker: str, lease_s: float, *, max_losses: int | None = None
 ) -> Claim | None:
     """Take a queued job (or a running one whose lease expired) for ``worker``: one conditional UPDATE.
 

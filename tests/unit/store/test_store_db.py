@@ -91,6 +91,22 @@ def test_session_commits_on_success_and_rolls_back_on_failure(migrated_db: Datab
         assert s.scalars(select(Sweep.name)).all() == ["kept"]
 
 
+def test_autocommit_statements_commit_on_their_own(migrated_db: Database) -> None:
+    from sqlalchemy import insert, update
+
+    row = _sweep("claimed")
+    values = {c.name: getattr(row, c.name) for c in Sweep.__table__.columns if getattr(row, c.name) is not None}
+    with migrated_db.autocommit() as conn:
+        conn.execute(insert(Sweep.__table__).values(**values))
+        # No transaction is held open: another writer gets the lock at once, and sees the row.
+        with migrated_db.session() as s:
+            assert s.scalars(select(Sweep.name)).all() == ["claimed"]
+            s.execute(update(Sweep).values(state="running"))
+        conn.execute(update(Sweep.__table__).values(state="succeeded"))
+    with migrated_db.session(write=False) as s:
+        assert s.scalars(select(Sweep.state)).all() == ["succeeded"]  # nothing rolled back at the end
+
+
 def test_integrity_errors_propagate_unchanged(migrated_db: Database) -> None:
     job = dict(model="m", dataset="d", method="fp32", device="cpu", spec={}, created_at=NOW)
     with migrated_db.session() as s:
