@@ -50,6 +50,10 @@ def tradeoff_plots(rows: Sequence[dict[str, Any]], directory: Path, *, batch_siz
                     facecolors="none" if simulated else f"C{color}",
                     edgecolors=f"C{color}",
                 )
+        values = [r[x] for r in at_batch if r[x] and (x != "latency_p50_ms" or not r["simulated"])]
+        if values and max(values) > 10 * min(values):  # e.g. bf16 without native support: 25x fp32's latency
+            ax.set_xscale("log")
+            xlabel += " (log scale)"
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 accuracy")
         ax.grid(alpha=0.3)
