@@ -25,6 +25,7 @@ from farm.errors import TransientError
 from farm.runner import Outcome
 
 RETRIES = 3
+FINISHED = ("succeeded", "failed", "cancelled")
 #: A job whose worker process dies under it this many times (killed by the OS, a crash in native code) fails.
 MAX_WORKER_LOSSES = 3
 GRACE_S = 20.0
@@ -102,8 +103,10 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(database_url: str, artifacts_url: str, threads: int) -> None:
-    # The parent handles Ctrl-C and cancels through the database; workers finish or stop cleanly.
+    # The parent handles Ctrl-C (and a closed terminal) and cancels through the database; workers finish or
+    # stop cleanly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     # Busy-waiting OpenMP threads collapse when jobs share the cores (measured: 2-thread batches 5x slower).
@@ -180,9 +183,12 @@ def run_local(
         else:
             waiting.setdefault(ref, []).append(r.id)
     # Dependents of a reference that is not part of this run and not succeeded can never start.
-    orphans = [rid for rid in waiting if rid not in {r.id for r in rows} and ref_states.get(rid) != "succeeded"]
-    for rid in orphans:
-        _fail_dependents(db, waiting.pop(rid), rid, stats, notify)
+    in_run = {r.id for r in rows}
+    for rid in [rid for rid in waiting if rid not in in_run]:
+        if ref_states.get(rid) in ("failed", "cancelled"):
+            _fail_dependents(db, waiting.pop(rid), rid, stats, notify)
+        else:  # held by another live run: its jobs stay pending for a run after it (not ours to fail)
+            stats.cached += len(waiting.pop(rid))
 
     ctx = multiprocessing.get_context("spawn")
 
@@ -204,11 +210,15 @@ def run_local(
                 futures[executor.submit(_run_one, job_id)] = job_id
 
     def ended(outcome: Outcome) -> None:
+        if outcome.state == "skipped":  # another run holds it, or it ended meanwhile: the database says how
+            state = _state(db, outcome.job_id) or "cancelled"
+            outcome = Outcome(outcome.job_id, state if state in FINISHED else "skipped", role=outcome.role)
         _count(stats, outcome)
         dependents = waiting.pop(outcome.job_id, [])
-        # "skipped": another run holds the job or it finished meanwhile; only the database knows whether it succeeded.
-        if outcome.state == "succeeded" or (outcome.state == "skipped" and _state(db, outcome.job_id) == "succeeded"):
+        if outcome.state == "succeeded":
             submit(dependents)
+        elif outcome.state == "skipped":  # still running elsewhere: its dependents stay pending, not failed
+            stats.cached += len(dependents)
         elif dependents:
             _fail_dependents(db, dependents, outcome.job_id, stats, notify)
 
@@ -278,11 +288,11 @@ def _recover(db: Any, job_ids: list[int]) -> tuple[list[int], list[Outcome]]:
                     f"its worker process died {losses} times while running it (killed by the OS, out of memory, "
                     "or a crash in native code); not retried again"
                 )
-                queries.fail_job(s, job_id, error)
-                outcomes.append(Outcome(job_id, "failed", error, role=job.role))
+                if queries.fail_job(s, job_id, error, worker=job.worker):
+                    outcomes.append(Outcome(job_id, "failed", error, role=job.role))
                 continue
-            job.state, job.worker, job.lease_expires_at, job.worker_losses = "pending", None, None, losses
-            again.append(job_id)
+            if queries.requeue_lost(s, job_id, job.state, job.worker, losses):
+                again.append(job_id)
     return again, outcomes
 
 
@@ -297,7 +307,9 @@ def _sigint_blocked() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # SIGHUP too (a closed terminal reaches the whole group): workers inherit both blocked, and the parent
+    # alone stops the run, cancelling through the database. SIGTERM stays deliverable: _cancel terminates.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
     try:
         yield
     finally:

@@ -9,6 +9,7 @@ stops renewing, and a reaper hands the job to another worker once the lease has 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -118,7 +119,10 @@ class _LeaseKeeper:
             now = time.monotonic()
             for beat in beats:
                 if beat.due <= now and not beat.stopped.is_set():
-                    beat.renew()
+                    try:
+                        beat.renew()
+                    except Exception:  # noqa: BLE001 - one bad renewal must not stop every job's renewals
+                        log.exception("job %s: lease renewal failed", beat.job_id)
                     beat.due = time.monotonic() + beat.interval_s
             with self._lock:
                 pending = [b.due for b in self._beats.values() if not b.stopped.is_set()]
@@ -189,9 +193,14 @@ def execute_job(
     key, spec_data, reference_id, stage, role = job.key, dict(job.spec), job.reference_job_id, job.stage, job.role
     checkpoint_ref = None
     if stage == "finish":
-        with db.session(write=False) as s:
-            checkpoint = queries.artifact_of(s, job_id, "checkpoint")
-            checkpoint_ref = (checkpoint.uri, checkpoint.sha256) if checkpoint is not None else None
+        try:
+            with db.session(write=False) as s:
+                checkpoint = queries.artifact_of(s, job_id, "checkpoint")
+                checkpoint_ref = (checkpoint.uri, checkpoint.sha256) if checkpoint is not None else None
+        except TransientError as e:  # hand the claim back, or the job would sit running until its lease ran out
+            with contextlib.suppress(FarmError), db.session() as s:
+                queries.release_job(s, job_id, worker, f"retrying: {e}")
+            raise
     interval = heartbeat_s if heartbeat_s is not None else max(0.2, min(10.0, lease_s / 12))
     try:
         with JobHeartbeat(db, job_id, worker, lease_s, interval) as beat:

@@ -44,22 +44,39 @@ def check_broker(app: Any, timeout_s: float = 5.0) -> None:
 def send(app: Any, messages: Iterable[queries.Message]) -> int:
     """Publish one task message per job; returns how many were sent.
 
+    Messages go out in pipelined batches where kombu can (>= 5.7, Redis); if a batch fails part way (the
+    broker blinked, the connection was replaced mid-batch), everything is sent again one by one with
+    Celery's own publish retries. Sending a message twice is harmless: the claim drops the second.
+
     Raises:
         BrokerUnavailable: the broker went away (messages sent before that stay sent).
     """
-    count = 0
+    pending = list(messages)
+    if not pending:
+        return 0
     try:
-        with app.producer_or_acquire() as producer:
-            # kombu >= 5.7 pipelines the publishes of a batch (one Redis round trip per BATCH_SIZE messages
-            # instead of one each): a 10,000-job submit spent most of its time in round trips without it.
-            batch = producer.batch(BATCH_SIZE) if hasattr(producer, "batch") else contextlib.nullcontext()
-            with batch:
-                for m in messages:
-                    name = QAT_TRAIN if m.stage == "train" else RUN_JOB
-                    app.send_task(name, args=[m.job_id], queue=m.queue, routing_key=m.queue, producer=producer)
-                    count += 1
+        return _publish(app, pending, batched=True)
+    except (OSError, KombuError, OperationalError, RuntimeError):
+        pass
+    try:
+        return _publish(app, pending, batched=False)
     except (OSError, KombuError, OperationalError) as e:
         raise BrokerUnavailable(f"broker {redact_broker(app.conf.broker_url)} is unreachable: {_reason(e)}") from None
+
+
+def _publish(app: Any, messages: list[queries.Message], *, batched: bool) -> int:
+    count = 0
+    with app.producer_or_acquire() as producer:
+        # kombu >= 5.7 pipelines the publishes of a batch (one Redis round trip per BATCH_SIZE messages instead
+        # of one each): a 10,000-job submit spent most of its time in round trips without it. Inside a batch,
+        # publish retries cannot help (a reconnect would change the batch's channel): the caller retries.
+        use_batch = batched and hasattr(producer, "batch")
+        with producer.batch(BATCH_SIZE) if use_batch else contextlib.nullcontext():
+            for m in messages:
+                name = QAT_TRAIN if m.stage == "train" else RUN_JOB
+                options: dict[str, Any] = {"retry": False} if use_batch else {}
+                app.send_task(name, args=[m.job_id], queue=m.queue, routing_key=m.queue, producer=producer, **options)
+                count += 1
     return count
 
 

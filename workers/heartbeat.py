@@ -68,7 +68,10 @@ def _loop(interval_s: float) -> None:
 def _start(**_: Any) -> None:
     from farm.settings import FarmSettings
 
-    _set_torch_threads()
+    try:
+        _set_torch_threads()
+    except Exception as e:  # noqa: BLE001 - the heartbeat must start whatever happens here
+        log.warning("could not set torch threads: %s", e)
     threading.Thread(
         target=_loop, args=(FarmSettings.from_env().heartbeat_s,), name="farm-heartbeat", daemon=True
     ).start()

@@ -121,14 +121,15 @@ def _on_hard_time_limit(sender: Any = None, exception: BaseException | None = No
     try:
         with db.session() as s:
             job = s.get(queries.Job, job_id)
-            if job is None or job.state != "running":
-                return
+            if job is None or job.state != "running" or not _ran_here_past(job, limit_s):
+                return  # finished meanwhile, or another worker took it over after a lost lease: not ours
             role = job.role
             queries.fail_job(
                 s,
                 job_id,
                 f"the job ran past its hard time limit of {limit_s:g} s (FARM_TASK_TIME_LIMIT_S) and its worker "
                 "process was killed",
+                worker=job.worker,
             )
             queries.settle_sweeps(s, job_id)
         dispatch.after_job(db, sender.app, job_id, "failed", role)
@@ -136,6 +137,17 @@ def _on_hard_time_limit(sender: Any = None, exception: BaseException | None = No
         log.error("job %s: could not record its time limit: %s", job_id, e)
     finally:
         db.dispose()
+
+
+def _ran_here_past(job: Any, limit_s: float) -> bool:
+    """Whether ``job`` is held by a pool process of this host that has run it for (about) ``limit_s``."""
+    from datetime import datetime, timezone
+
+    host = (job.worker or "").rpartition(":")[0]
+    if host != socket.gethostname() or job.started_at is None:
+        return False
+    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - started).total_seconds() >= 0.9 * limit_s
 
 
 @app.task(name=RUN_JOB, bind=True)

@@ -148,7 +148,8 @@ def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
     with db.session() as s:
         record = queries.create_sweep(s, p, submitter())
     # Jobs a killed `farm sweep run` left queued or running go again.
-    abandoned = reclaim_abandoned(db, [i for i in record.ids.values() if i not in set(record.to_run)])
+    to_run_now = set(record.to_run)
+    abandoned = reclaim_abandoned(db, [i for i in record.ids.values() if i not in to_run_now])
     to_run = record.to_run + abandoned
     if abandoned:
         err.print(f"{len(abandoned)} job(s) left unfinished by an earlier run that stopped will run again")
@@ -190,6 +191,8 @@ def _stop_on_termination() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the cancellation short
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}

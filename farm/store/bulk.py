@@ -40,7 +40,8 @@ def in_values(session: Session, column: Any, values: Sequence[Any]) -> Iterable[
 def insert_rows(
     session: Session, table: Table, rows: Sequence[Mapping[str, Any]], returning: Sequence[str] = ()
 ) -> list[tuple[Any, ...]]:
-    """INSERT ``rows`` (dicts with the same keys) into ``table``; the ``returning`` columns of each, in order.
+    """INSERT ``rows`` (dicts with the same keys) into ``table``; the ``returning`` columns of each row inserted,
+    in no guaranteed order (match them by a unique column).
 
     Columns the rows leave out get the table's defaults on the portable path only: give every column that
     has a Python-side default a value.
@@ -73,7 +74,7 @@ def insert_rows(
     )
     if returning:
         sql += f" RETURNING {', '.join(quote(n) for n in returning)}"
-    doc = json.dumps([{n: row[n] for n in names} for row in rows], default=_json_default)
+    doc = json.dumps([{n: row[n] for n in names} for row in rows], default=_json_default, allow_nan=False)
     result = session.connection().execute(text(sql), {"rows": doc})
     return [tuple(r) for r in result] if returning else []
 

@@ -158,7 +158,13 @@ class Database:
             StoreUnavailable: the database cannot be reached.
         """
         with self.translate_errors(), self.engine.connect() as conn:
-            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "sqlite":
+                # The sqlite3 connection already runs without implicit transactions (see _sqlite_on_connect); an
+                # AUTOCOMMIT isolation level would be reset when the connection goes back to the pool, turning
+                # sqlite3's own implicit BEGIN back on. Skipping our explicit BEGIN is all it takes here.
+                yield conn.execution_options(**{_BEGIN_OPTION: "NONE"})
+            else:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
     def connect(self, *, write: bool = False) -> Iterator[Connection]:
@@ -318,7 +324,7 @@ def _enable_wal(cursor: Any) -> None:
 
 def _sqlite_on_begin(conn: Connection) -> None:
     options = conn.get_execution_options()
-    if options.get("isolation_level") == "AUTOCOMMIT":  # Database.autocommit: each statement on its own
+    if options.get(_BEGIN_OPTION) == "NONE":  # Database.autocommit: each statement on its own
         return
     conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_BEGIN_OPTION) == "IMMEDIATE" else "BEGIN")
 

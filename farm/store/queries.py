@@ -60,6 +60,11 @@ _EXTRA_JOB_KEYS = (
 )
 
 
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive UTC datetimes; PostgreSQL aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -184,12 +189,15 @@ def reset_abandoned(
     reset: list[int] = []
     for condition in bulk.in_values(session, Job.id, list(job_ids)):
         rows = session.execute(
-            select(Job.id, Job.state, Job.worker, Job.worker_losses).where(
+            select(Job.id, Job.state, Job.worker, Job.worker_losses, Job.lease_expires_at).where(
                 condition, Job.queue == "local", Job.state.in_(("queued", "running"))
             )
         ).all()
+        now = utcnow()
         for row in rows:
-            if not is_gone(row.worker):
+            lease = row.lease_expires_at
+            expired = row.state == "running" and lease is not None and _aware(lease) < now
+            if not (expired or is_gone(row.worker)):
                 continue
             losses = (row.worker_losses or 0) + (1 if row.state == "running" else 0)
             if losses >= max_losses:
@@ -197,6 +205,7 @@ def reset_abandoned(
                     session,
                     row.id,
                     f"its worker process died {losses} times while running it (last: {row.worker}); not retried again",
+                    worker=row.worker,
                 )
                 continue
             moved = session.execute(
@@ -208,6 +217,17 @@ def reset_abandoned(
             if moved.rowcount == 1:  # type: ignore[attr-defined]
                 reset.append(row.id)
     return reset
+
+
+def requeue_lost(session: Session, job_id: int, state: str, worker: str | None, losses: int) -> bool:
+    """A job whose local worker process died: back to pending, if it is still as it was read (``state``, held by
+    ``worker``). Returns whether it moved."""
+    moved = session.execute(
+        update(_JOBS)
+        .where(_JOBS.c.id == job_id, _JOBS.c.state == state, _JOBS.c.worker.is_not_distinct_from(worker))
+        .values(state="pending", worker=None, lease_expires_at=None, worker_losses=losses)
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -609,6 +629,7 @@ def requeue_expired(session: Session, job: Job, max_attempts: int) -> Message | 
             job.id,
             f"its worker died {losses} times while running it (last: {job.worker}); not retried again "
             f"(FARM_MAX_ATTEMPTS={max_attempts})",
+            worker=job.worker,  # not if a late message took it over meanwhile
         )
         return None
     moved = session.execute(

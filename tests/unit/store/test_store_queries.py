@@ -287,6 +287,40 @@ def test_a_late_duplicate_message_cannot_take_over_past_the_loss_budget(migrated
         assert job is not None and (job.worker, job.worker_losses) == ("w3", 2)
 
 
+def test_local_jobs_of_a_gone_process_or_an_expired_lease_go_back_to_pending(migrated_db: Database) -> None:
+    queued_dead, running_expired, running_live, queued_live, *_ = persist(migrated_db, plan()).to_run
+    with migrated_db.session() as s:
+        queries.mark_queued(s, [queued_dead], queue="local", owner="local:h:1")
+        queries.mark_queued(s, [queued_live, running_expired, running_live], queue="local", owner="local:h:2")
+        assert queries.claim_job(s, running_expired, "local:h:3", lease_s=-1) is not None  # lease already over
+        assert queries.claim_job(s, running_live, "local:h:4", lease_s=60) is not None
+    gone = {"local:h:1"}  # only process 1 has exited; 3 still runs, but its job's lease ran out
+    ids = [queued_dead, running_expired, running_live, queued_live]
+    with migrated_db.session() as s:
+        reset = queries.reset_abandoned(s, ids, lambda w: w in gone, max_losses=3)
+    assert sorted(reset) == sorted([queued_dead, running_expired])
+    with migrated_db.session(write=False) as s:
+        states = {i: (s.get(Job, i).state, s.get(Job, i).worker_losses) for i in ids}  # type: ignore[union-attr]
+    assert states == {
+        queued_dead: ("pending", 0),
+        running_expired: ("pending", 1),  # a running job whose worker is gone counts a loss
+        running_live: ("running", 0),
+        queued_live: ("queued", 0),
+    }
+
+
+def test_requeue_lost_moves_a_job_only_as_it_was_read(migrated_db: Database) -> None:
+    job_id = persist(migrated_db, plan()).to_run[0]
+    with migrated_db.session() as s:
+        queries.mark_queued(s, [job_id], queue="local")
+        assert queries.claim_job(s, job_id, "w1", lease_s=60) is not None
+        assert not queries.requeue_lost(s, job_id, "running", "w2", 1)  # someone else's now
+        assert queries.requeue_lost(s, job_id, "running", "w1", 1)
+        assert not queries.requeue_lost(s, job_id, "running", "w1", 1)  # already moved
+        job = s.get(Job, job_id)
+        assert job is not None and (job.state, job.worker, job.worker_losses) == ("pending", None, 1)
+
+
 def test_a_cancelled_job_keeps_no_result_from_its_worker(migrated_db: Database) -> None:
     record = persist(migrated_db, plan())
     job_id, other = record.to_run[:2]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from datetime import timedelta
 from pathlib import Path
 
 from celery.exceptions import TimeLimitExceeded
@@ -17,13 +19,13 @@ SPEC = (
 )
 
 
-def _running_trials(db: Database) -> tuple[int, list[int]]:
+def _running_trials(db: Database, worker: str | None = None) -> tuple[int, list[int]]:
     with db.session() as s:
         record = queries.create_sweep(s, load_spec(SPEC), "tester@host")
         ref, *trials = record.to_run
         queries.mark_queued(s, trials, queue="cpu")
         for job_id in trials:
-            assert queries.claim_job(s, job_id, "host:123", lease_s=3600) is not None
+            assert queries.claim_job(s, job_id, worker or f"{socket.gethostname()}:123", lease_s=3600) is not None
     return record.sweep_id, trials
 
 
@@ -34,6 +36,11 @@ def test_a_hard_time_limit_fails_the_job_with_the_reason(sweep_home: Path, monke
     db = Database()
     ensure_schema(db)
     sweep_id, (killed, other) = _running_trials(db)
+    # Both have run for 95 s, on this host (the claims name host:123).
+    with db.session() as s:
+        for job_id in (killed, other):
+            job = s.get(queries.Job, job_id)
+            job.started_at = queries.utcnow() - timedelta(seconds=95)
 
     tasks._on_hard_time_limit(sender=tasks.run_job_task, exception=TimeLimitExceeded(90), args=[killed])
     # Other failures, and other tasks' time limits, are not this hook's business.
@@ -65,4 +72,22 @@ def test_a_job_already_finished_is_left_as_it_ended(sweep_home: Path) -> None:
     with db.session(write=False) as s:
         job = s.get(queries.Job, done)
         assert job is not None and (job.state, job.error) == ("cancelled", "cancelled while running")
+    db.dispose()
+
+
+def test_a_job_taken_over_since_is_not_failed_by_the_old_holders_limit(sweep_home: Path, monkeypatch) -> None:
+    from workers import tasks
+
+    monkeypatch.setenv("FARM_TASK_TIME_LIMIT_S", "90")
+    db = Database()
+    ensure_schema(db)
+    _, (elsewhere, recent) = _running_trials(db, worker="other-host:77")
+    with db.session() as s:
+        s.get(queries.Job, elsewhere).started_at = queries.utcnow() - timedelta(seconds=95)  # type: ignore[union-attr]
+        job = s.get(queries.Job, recent)
+        job.worker, job.started_at = f"{socket.gethostname()}:5", queries.utcnow() - timedelta(seconds=3)  # type: ignore[union-attr]
+    for job_id in (elsewhere, recent):  # held by another host; claimed here 3 s ago (a takeover)
+        tasks._on_hard_time_limit(sender=tasks.run_job_task, exception=TimeLimitExceeded(90), args=[job_id])
+    with db.session(write=False) as s:
+        assert [queries.job_state(s, i) for i in (elsewhere, recent)] == ["running", "running"]
     db.dispose()
