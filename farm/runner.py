@@ -220,9 +220,10 @@ def execute_job(
         model = next((obj for kind, obj in stored if kind == "model"), None)
         result.artifact_uri = model.uri if model is not None else None
         with db.session() as s:
-            recorded = queries.finish_job(s, job_id, worker, result.to_dict(), stored)
+            recorded = queries.finish_job(s, job_id, worker, result.to_dict(), stored)  # settles when last
             state = "succeeded" if recorded else (queries.job_state(s, job_id) or "cancelled")
-            queries.settle_sweeps(s, job_id)
+            if not recorded:
+                queries.settle_sweeps(s, job_id)
         return Outcome(job_id, state, None, time.perf_counter() - started, role=role)
     except Cancelled:
         return _end(db, job_id, worker, "cancelled", "cancelled while running", started, role)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Table, and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import Table, and_, case, delete, func, insert, literal_column, or_, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, aliased
 
@@ -26,6 +26,12 @@ _SWEEP_JOBS: Table = SweepJob.__table__  # type: ignore[assignment]
 _METRICS: Table = Metric.__table__  # type: ignore[assignment]
 _ARTIFACTS: Table = Artifact.__table__  # type: ignore[assignment]
 _OUTER_LINKS, _INNER_LINKS = _SWEEP_JOBS.alias("outer_links"), _SWEEP_JOBS.alias("inner_links")
+# finish_job's RETURNING on PostgreSQL: is there a sweep of this job with no other unfinished job?
+_MAY_SETTLE: Any = literal_column(
+    "EXISTS (SELECT 1 FROM sweep_jobs AS o WHERE o.job_id = jobs.id AND NOT EXISTS ("
+    "SELECT 1 FROM sweep_jobs AS i JOIN jobs AS other ON other.id = i.job_id WHERE i.sweep_id = o.sweep_id "
+    "AND other.id <> jobs.id AND other.state IN ('pending', 'queued', 'running')))"
+)
 # Engine figures that have typed columns in metrics; everything else goes to metrics.extra.
 _JOB_FIGURES = (
     "accuracy",
@@ -310,7 +316,7 @@ def finish_job(
     result: dict[str, Any],
     artifacts: Iterable[tuple[str, Any]] = (),
 ) -> bool:
-    """Record a successful result, if ``worker`` still holds the job.
+    """Record a successful result, if ``worker`` still holds the job, and settle the sweeps it was the last of.
 
     Args:
         result: ``JobResult.to_dict()``.
@@ -321,7 +327,7 @@ def finish_job(
     """
     now = utcnow()
     jobs = _JOBS.c
-    attempts = session.execute(
+    stmt = (
         update(_JOBS)
         .where(jobs.id == job_id, jobs.state == "running", jobs.worker == worker)
         .values(
@@ -332,8 +338,15 @@ def finish_job(
             duration_s=result.get("duration_s"),
             hardware=result.get("hardware"),
         )
-        .returning(jobs.attempts)
-    ).scalar_one_or_none()
+    )
+    postgresql = bulk.is_postgresql(session)
+    if postgresql:
+        # Whether some sweep of this job has no other unfinished job, asked in the same statement (a round trip
+        # less per job); the subquery sees the other rows as they were when the statement began.
+        row = session.execute(stmt.returning(jobs.attempts, _MAY_SETTLE)).one_or_none()
+        attempts, may_settle = (None, False) if row is None else (row[0], bool(row[1]))
+    else:
+        attempts, may_settle = session.execute(stmt.returning(jobs.attempts)).scalar_one_or_none(), True
     if attempts is None:
         return False
     stored_artifacts = list(artifacts)
@@ -360,6 +373,8 @@ def finish_job(
     ]
     if stored:
         session.execute(insert(_ARTIFACTS), stored)
+    if may_settle:
+        settle_sweeps(session, job_id)
     return True
 
 
