@@ -1,5 +1,9 @@
 """The bare Celery baseline for bench/farm_overhead.py: a no-op task that counts itself in Redis, on an app
-with exactly the farm's Celery settings (late acks, prefetch 1, events, ...) but none of its bookkeeping."""
+with exactly the farm's Celery settings (late acks, prefetch 1, events, ...) but none of its bookkeeping.
+
+The task pushes onto a Redis list that the bench waits on with BLPOP (as it waits on the farm's commits with
+LISTEN): each side is observed when its work is done, not polled.
+"""
 
 from __future__ import annotations
 
@@ -18,4 +22,4 @@ _counter = redis.Redis.from_url(os.environ["FARM_BROKER_URL"])
 
 @app.task(name="bare.noop")
 def noop(key: str) -> None:
-    _counter.incr(key)
+    _counter.rpush(key, 1)

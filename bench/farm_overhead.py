@@ -5,11 +5,12 @@ Run:  python bench/farm_overhead.py [--jobs 300] [--redis redis://127.0.0.1:6379
 
 Prints:
 1. Per-job overhead of the farm with the no-op method. One job at a time: the latency from its message sent
-   to its result committed, against a bare Celery task's from sent to counted in Redis. And in bulk: N jobs
+   to its result committed, against a bare Celery task's from sent to marked in Redis. And in bulk: N jobs
    sent at once to one `farm worker -c 1`,
    each claimed in PostgreSQL, "run" and its result committed; the wall time until all N are committed,
    divided by N. Against it, in the same run on the same Redis, the bare Celery round trip: N no-op tasks
-   sent at once to one `celery worker -c 1`, each counting itself in Redis. Target: farm <= 3x bare.
+   sent at once to one `celery worker -c 1`, each marking itself done in Redis. Target: farm <= 3x bare.
+   Each side is observed as an event (LISTEN for the commits, BLPOP for the marks), neither is polled.
    Five rounds, alternating; each round's farm / bare ratio is taken back to back, and the median ratio quoted.
 2. Throughput on CPU-bound jobs (qat fine-tuning of farm:digits-cnn, ~1-2 s each) with 1 and then 2 worker
    processes on this 2-core machine: the span from the first job's start to the last one's end (from the
@@ -55,14 +56,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             pass
 
 
-def wait_until(check, timeout_s: float, what: str, poll_s: float = 0.005) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(poll_s)
-
-
 def noop_jobs(db, n: int, queue: str) -> tuple[list[int], list]:  # type: ignore[no-untyped-def]
     """n new no-op jobs, routed to ``queue`` and queued; returns their ids and messages."""
     from farm.jobs import JobSpec
@@ -84,34 +77,56 @@ def noop_jobs(db, n: int, queue: str) -> tuple[list[int], list]:  # type: ignore
     return record.to_run, messages
 
 
-_POLL: dict[str, object] = {}
+# Both sides are observed as events, not polled: the bench blocks on a socket until the database (NOTIFY, which
+# PostgreSQL delivers when the result's transaction commits) or Redis (BLPOP on the bare task's RPUSH) says a job is
+# done. Polling the database every millisecond cost the machine a fifth of a core the bare side's Redis GET didn't,
+# on the two cores the worker runs on; that went into the farm's figure as if it were the farm's own overhead.
+_NOTIFY_SQL = """
+CREATE FUNCTION bench_job_done() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('bench_job_done', NEW.id::text); RETURN NEW; END $$;
+CREATE TRIGGER bench_job_done AFTER UPDATE OF state ON jobs FOR EACH ROW
+WHEN (NEW.state = 'succeeded' AND OLD.state IS DISTINCT FROM 'succeeded') EXECUTE FUNCTION bench_job_done();
+"""
 
 
-def _succeeded(db, ids: list[int]) -> int:  # type: ignore[no-untyped-def]
-    """How many of ``ids`` succeeded: one raw query on a connection kept open, so that polling the database
-    costs the machine about what the bare side's Redis GET does."""
-    conn = _POLL.get("conn")
-    if conn is None:
-        conn = _POLL["conn"] = db.engine.raw_connection()
-    cur = conn.cursor()  # type: ignore[attr-defined]
-    cur.execute("SELECT count(*) FROM jobs WHERE id = ANY(%s) AND state = 'succeeded'", (ids,))
-    (count,) = cur.fetchone()
-    conn.commit()  # type: ignore[attr-defined]
-    return int(count)
+class Committed:
+    """Jobs whose success has been committed, as PostgreSQL announces them (a trigger in the bench's database)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        libpq = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(libpq, autocommit=True) as setup:
+            setup.execute(_NOTIFY_SQL)
+        self.conn = psycopg.connect(libpq, autocommit=True)
+        self.conn.execute("LISTEN bench_job_done")
+
+    def wait(self, ids: list[int], timeout_s: float, what: str) -> None:
+        want = set(ids)
+        deadline = time.monotonic() + timeout_s
+        while want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SystemExit(f"timed out waiting for {what}")
+            for note in self.conn.notifies(timeout=left, stop_after=len(want)):
+                want.discard(int(note.payload))
+
+    def close(self) -> None:
+        self.conn.close()
 
 
-def farm_noop_round(db, app, n: int, queue: str) -> float:  # type: ignore[no-untyped-def]
+def farm_noop_round(db, app, committed: Committed, n: int, queue: str) -> float:  # type: ignore[no-untyped-def]
     """Seconds per job: n no-op jobs sent at once until all are committed."""
     from workers import dispatch
 
     ids, messages = noop_jobs(db, n, queue)
     started = time.perf_counter()
     dispatch.send(app, messages)
-    wait_until(lambda: _succeeded(db, ids) == n, 300, "the farm's no-op jobs")
+    committed.wait(ids, 300, "the farm's no-op jobs")
     return (time.perf_counter() - started) / n
 
 
-def farm_noop_latency(db, app, n: int, queue: str) -> list[float]:  # type: ignore[no-untyped-def]
+def farm_noop_latency(db, app, committed: Committed, n: int, queue: str) -> list[float]:  # type: ignore[no-untyped-def]
     """Seconds from one job's message sent to its result committed, one job at a time, n times."""
     from workers import dispatch
 
@@ -120,7 +135,7 @@ def farm_noop_latency(db, app, n: int, queue: str) -> list[float]:  # type: igno
     for job_id, message in zip(ids, messages, strict=True):
         started = time.perf_counter()
         dispatch.send(app, [message])
-        wait_until(lambda job_id=job_id: _succeeded(db, [job_id]) == 1, 60, "a no-op job", poll_s=0.001)
+        committed.wait([job_id], 60, "a no-op job")
         times.append(time.perf_counter() - started)
     return times
 
@@ -129,26 +144,29 @@ def bare_round(n: int) -> float:
     from bare_celery import app as bare_app
 
     key = f"bare-{uuid.uuid4().hex[:8]}"
-    counter = redis.Redis.from_url(os.environ["FARM_BROKER_URL"])
+    done = redis.Redis.from_url(os.environ["FARM_BROKER_URL"])
     started = time.perf_counter()
     with bare_app.producer_or_acquire() as producer:
         for _ in range(n):
             bare_app.send_task("bare.noop", args=[key], queue="bare", producer=producer)
-    wait_until(lambda: int(counter.get(key) or 0) >= n, 300, "the bare no-op tasks")
+    for _ in range(n):
+        if done.blpop([key], timeout=300) is None:
+            raise SystemExit("timed out waiting for the bare no-op tasks")
     return (time.perf_counter() - started) / n
 
 
 def bare_latency(n: int) -> list[float]:
-    """Seconds from one bare task sent to its count in Redis, one at a time, n times."""
+    """Seconds from one bare task sent to its mark in Redis, one at a time, n times."""
     from bare_celery import app as bare_app
 
     key = f"bare-{uuid.uuid4().hex[:8]}"
-    counter = redis.Redis.from_url(os.environ["FARM_BROKER_URL"])
+    done = redis.Redis.from_url(os.environ["FARM_BROKER_URL"])
     times = []
-    for i in range(1, n + 1):
+    for _ in range(n):
         started = time.perf_counter()
         bare_app.send_task("bare.noop", args=[key], queue="bare")
-        wait_until(lambda i=i: int(counter.get(key) or 0) >= i, 60, "a bare no-op task", poll_s=0.001)
+        if done.blpop([key], timeout=60) is None:
+            raise SystemExit("timed out waiting for a bare no-op task")
         times.append(time.perf_counter() - started)
     return times
 
@@ -266,31 +284,33 @@ def main() -> int:
                     home / "bare.log",
                 )
             )
-            farm_noop_round(db, app, 20, "noop")  # warm both: pool processes started, imports done
+            committed = Committed(db_url)
+            farm_noop_round(db, app, committed, 20, "noop")  # warm both: pool processes started, imports done
             bare_round(20)
             farm_s, bare_s = [], []
             for i in range(args.rounds):
                 if i % 2 == 0:
-                    farm_s.append(farm_noop_round(db, app, args.jobs, "noop"))
+                    farm_s.append(farm_noop_round(db, app, committed, args.jobs, "noop"))
                     bare_s.append(bare_round(args.jobs))
                 else:
                     bare_s.append(bare_round(args.jobs))
-                    farm_s.append(farm_noop_round(db, app, args.jobs, "noop"))
+                    farm_s.append(farm_noop_round(db, app, committed, args.jobs, "noop"))
             # One job at a time: message sent -> claimed -> result committed, the latency a single job pays.
             farm_lat, bare_lat, lat_ratios = [], [], []
             for i in range(args.rounds):
                 if i % 2 == 0:
-                    farm_round = farm_noop_latency(db, app, args.latency_jobs, "noop")
+                    farm_round = farm_noop_latency(db, app, committed, args.latency_jobs, "noop")
                     bare_round_ = bare_latency(args.latency_jobs)
                 else:
                     bare_round_ = bare_latency(args.latency_jobs)
-                    farm_round = farm_noop_latency(db, app, args.latency_jobs, "noop")
+                    farm_round = farm_noop_latency(db, app, committed, args.latency_jobs, "noop")
                 farm_lat += farm_round
                 bare_lat += bare_round_
                 lat_ratios.append(statistics.median(farm_round) / statistics.median(bare_round_))
             for p in procs:
                 stop(p)
             procs.clear()
+            committed.close()
             fl, bl = statistics.median(farm_lat), statistics.median(bare_lat)
             ratio = statistics.median(lat_ratios)
             print(

@@ -1,0 +1,366 @@
+"""A job's life in the results database: claimed, its lease renewed, finished or failed, and the fan-in that
+settles a sweep when its last job ends. The runners do this for every job, so the statements are built once.
+
+State changes are conditional updates (``UPDATE ... WHERE state = ...``): a job is claimed only if it is
+queued (or running with an expired lease), and results are recorded only by the worker holding the
+claim. A duplicate delivery or a worker that lost its lease therefore never writes a second result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from farm.errors import NotFound
+from farm.store import bulk
+from farm.store.models import FINISHED_STATES, Artifact, Job, Metric, Sweep, SweepJob
+
+_JOBS: Table = Job.__table__  # type: ignore[assignment]
+_SWEEP_JOBS: Table = SweepJob.__table__  # type: ignore[assignment]
+_METRICS: Table = Metric.__table__  # type: ignore[assignment]
+_ARTIFACTS: Table = Artifact.__table__  # type: ignore[assignment]
+_OUTER_LINKS, _INNER_LINKS = _SWEEP_JOBS.alias("outer_links"), _SWEEP_JOBS.alias("inner_links")
+
+# finish_job's RETURNING on PostgreSQL: is there a sweep of this job with no other unfinished job? It asks for
+# the sweep's newest unfinished job, newest first: jobs mostly end in the order they were queued, so the first
+# one probed is usually unfinished. A NOT EXISTS is planned as an anti-join that walks the sweep from its
+# oldest jobs, finished by then, at a cost growing with the sweep for every job that ends; a scalar subquery
+# with ORDER BY ... LIMIT 1 runs as written.
+_MAY_SETTLE: Any = literal_column(
+    "EXISTS (SELECT 1 FROM sweep_jobs AS o WHERE o.job_id = jobs.id AND ("
+    "SELECT i.job_id FROM sweep_jobs AS i JOIN jobs AS other ON other.id = i.job_id WHERE i.sweep_id = o.sweep_id "
+    "AND other.id <> jobs.id AND other.state IN ('pending', 'queued', 'running') "
+    "ORDER BY i.job_id DESC LIMIT 1) IS NULL)"
+)
+# Engine figures that have typed columns in metrics; everything else goes to metrics.extra.
+_JOB_FIGURES = (
+    "accuracy",
+    "accuracy_fp32",
+    "accuracy_drop",
+    "top5",
+    "agreement",
+    "sqnr_db",
+    "cosine",
+    "size_bytes",
+    "size_fp32_bytes",
+    "size_ratio",
+    "coverage",
+    "coverage_macs",
+    "peak_memory_bytes",
+    "hardware_id",
+)
+_BATCH_FIGURES = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "speedup")
+_EXTRA_JOB_KEYS = (
+    "accuracy_kind",
+    "top5_fp32",
+    "size_kind",
+    "coverage_layers",
+    "coverage_layers_total",
+    "peak_gpu_memory_bytes",
+    "timings_s",
+    "warnings",
+    "fingerprint",
+    "quantized_engine",
+    "threads",
+    "engine_version",
+)
+
+
+# --- the statements of a job's life, built once ----------------------------------------------------------
+# Every job runs these; building an UPDATE with its WHERE clause costs more than a round trip to the database,
+# so they are built at import with bound parameters (``p_*``), and each call only binds values.
+_NO_LIMIT = 2**31 - 1
+
+
+def _claim_statement() -> Any:
+    jobs = _JOBS.c
+    expired = and_(
+        jobs.state == "running",
+        jobs.lease_expires_at < bindparam("p_now"),
+        jobs.worker_losses + 1 < bindparam("p_max_losses"),
+    )
+    return (
+        update(_JOBS)
+        .where(jobs.id == bindparam("p_job"), or_(jobs.state == "queued", expired))
+        .values(
+            state="running",
+            worker=bindparam("p_worker"),
+            started_at=bindparam("p_now"),
+            finished_at=None,
+            lease_expires_at=bindparam("p_lease_until"),
+            attempts=jobs.attempts + 1,
+            worker_losses=case((jobs.state == "running", jobs.worker_losses + 1), else_=jobs.worker_losses),
+        )
+        .returning(jobs.key, jobs.spec, jobs.reference_job_id, jobs.stage, jobs.role, jobs.attempts)
+    )
+
+
+def _finish_statement() -> Any:
+    jobs = _JOBS.c
+    return (
+        update(_JOBS)
+        .where(jobs.id == bindparam("p_job"), jobs.state == "running", jobs.worker == bindparam("p_worker"))
+        .values(
+            state="succeeded",
+            finished_at=bindparam("p_now"),
+            lease_expires_at=None,
+            error=None,
+            duration_s=bindparam("p_duration"),
+            hardware=bindparam("p_hardware"),
+        )
+    )
+
+
+def _settled_statement() -> Any:
+    # As _MAY_SETTLE: the sweep's newest unfinished job, newest first.
+    outer, inner = _OUTER_LINKS, _INNER_LINKS
+    newest_unfinished = (
+        select(inner.c.job_id)
+        .join(_JOBS, _JOBS.c.id == inner.c.job_id)
+        .where(inner.c.sweep_id == outer.c.sweep_id, _JOBS.c.state.in_(("pending", "queued", "running")))
+        .order_by(inner.c.job_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return select(outer.c.sweep_id).where(outer.c.job_id == bindparam("p_job"), newest_unfinished.is_(None))
+
+
+_CLAIM = _claim_statement()
+_EXTEND_LEASE = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("p_job"), _JOBS.c.state == "running", _JOBS.c.worker == bindparam("p_worker"))
+    .values(lease_expires_at=bindparam("p_lease_until"))
+    .returning(_JOBS.c.id)
+)
+_FINISH = _finish_statement().returning(_JOBS.c.attempts)
+_FINISH_PG = _finish_statement().returning(_JOBS.c.attempts, _MAY_SETTLE)
+_SETTLED = _settled_statement()
+_INSERT_METRICS = insert(_METRICS)
+_INSERT_ARTIFACTS = insert(_ARTIFACTS)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now holds (what running it needs, read in the claiming statement itself)."""
+
+    id: int
+    key: str
+    spec: dict[str, Any]
+    reference_job_id: int | None
+    stage: str
+    role: str
+    attempts: int
+    worker: str
+    state: str = "running"
+
+
+def claim_job(
+    session: Session | Connection, job_id: int, worker: str, lease_s: float, *, max_losses: int | None = None
+) -> Claim | None:
+    """Take a queued job (or a running one whose lease expired) for ``worker``: one conditional UPDATE.
+
+    Only queued jobs are claimable, never pending ones: a stray message must not start a job whose reference
+    has not succeeded. Taking over an expired lease counts a worker loss, and is refused once that would be
+    the ``max_losses``-th (the reaper then fails the job with the reason).
+
+    Returns:
+        The claim, or None when someone else has the job, it is finished, or it is not queued yet.
+    """
+    now = utcnow()
+    params = {
+        "p_job": job_id,
+        "p_now": now,
+        "p_worker": worker,
+        "p_lease_until": now + timedelta(seconds=lease_s),
+        "p_max_losses": _NO_LIMIT if max_losses is None else max_losses,
+    }
+    row = session.execute(_CLAIM, params).one_or_none()
+    if row is None:
+        return None
+    return Claim(job_id, row.key, row.spec, row.reference_job_id, row.stage, row.role, row.attempts, worker)
+
+
+def extend_lease(session: Session, job_id: int, worker: str, lease_s: float) -> str | None:
+    """Renew ``worker``'s lease on a running job.
+
+    Returns:
+        The job's state ("running" means: carry on), or "lost" when another worker holds it now.
+    """
+    params = {"p_job": job_id, "p_worker": worker, "p_lease_until": utcnow() + timedelta(seconds=lease_s)}
+    if session.execute(_EXTEND_LEASE, params).first() is not None:
+        return "running"
+    row = session.execute(select(_JOBS.c.state, _JOBS.c.worker).where(_JOBS.c.id == job_id)).one_or_none()
+    if row is None:
+        return None
+    state, owner = row
+    return state if owner == worker or state != "running" else "lost"
+
+
+def finish_job(
+    session: Session,
+    job_id: int,
+    worker: str,
+    result: dict[str, Any],
+    artifacts: Iterable[tuple[str, Any]] = (),
+) -> bool:
+    """Record a successful result, if ``worker`` still holds the job, and settle the sweeps it was the last of.
+
+    Args:
+        result: ``JobResult.to_dict()``.
+        artifacts: (kind, StoredObject) pairs, already uploaded and verified.
+
+    Returns:
+        False when the job was cancelled or taken over meanwhile (nothing is written).
+    """
+    now = utcnow()
+    params = {
+        "p_job": job_id,
+        "p_worker": worker,
+        "p_now": now,
+        "p_duration": result.get("duration_s"),
+        "p_hardware": result.get("hardware"),
+    }
+    if bulk.is_postgresql(session):
+        # Whether some sweep of this job has no other unfinished job, asked in the same statement (a round trip
+        # less per job); the subquery sees the other rows as they were when the statement began.
+        row = session.execute(_FINISH_PG, params).one_or_none()
+        attempts, may_settle = (None, False) if row is None else (row[0], bool(row[1]))
+    else:
+        attempts, may_settle = session.execute(_FINISH, params).scalar_one_or_none(), True
+    if attempts is None:
+        return False
+    stored_artifacts = list(artifacts)
+    kinds = [kind for kind, _ in stored_artifacts]
+    # Only a successful run writes metrics and artifact rows, and a succeeded job is never claimed again; the
+    # rows of another attempt can only be there after a takeover, so a first attempt skips the two DELETEs.
+    if attempts > 1:
+        session.execute(delete(Metric).where(Metric.job_id == job_id))
+        if kinds:
+            session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind.in_(kinds)))
+    rows = metric_rows(job_id, result)
+    if rows:
+        session.execute(_INSERT_METRICS, rows)
+    stored = [
+        {
+            "job_id": job_id,
+            "kind": kind,
+            "uri": obj.uri,
+            "sha256": obj.sha256,
+            "size_bytes": obj.size_bytes,
+            "created_at": now,
+        }
+        for kind, obj in stored_artifacts
+    ]
+    if stored:
+        session.execute(_INSERT_ARTIFACTS, stored)
+    if may_settle:
+        settle_sweeps(session, job_id)
+    return True
+
+
+def metric_rows(job_id: int, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One metrics row per batch size from a ``JobResult.to_dict()``."""
+    job_part = {k: result.get(k) for k in _JOB_FIGURES}
+    job_part["simulated"] = bool(result.get("simulated"))
+    extra = {k: result.get(k) for k in _EXTRA_JOB_KEYS if result.get(k) is not None}
+    rows = []
+    for lat in result.get("latency") or []:
+        batch = {k: lat.get(k) for k in _BATCH_FIGURES}
+        spread = {k: v for k, v in lat.items() if k not in _BATCH_FIGURES and k != "batch_size"}
+        rows.append(
+            {
+                "job_id": job_id,
+                "batch_size": lat["batch_size"],
+                **job_part,
+                **batch,
+                "extra": {**extra, "latency": spread},
+            }
+        )
+    return rows
+
+
+def fail_job(session: Session, job_id: int, error: str, *, worker: str | None = None, state: str = "failed") -> bool:
+    """End a job as failed (or cancelled) with a reason; with ``worker``, only if it still holds the job."""
+    conditions = [Job.id == job_id, Job.state.not_in(FINISHED_STATES)]
+    if worker is not None:
+        conditions.append(Job.worker == worker)
+    moved = session.execute(
+        update(Job)
+        .where(*conditions)
+        .values(state=state, error=error[:4000], finished_at=utcnow(), lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
+def release_job(session: Session, job_id: int, worker: str, error: str) -> bool:
+    """Hand a running job back to the queue (a transient failure that will be retried)."""
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+        .values(state="queued", error=error[:4000], lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
+def job_state(session: Session, job_id: int) -> str | None:
+    return session.scalar(select(Job.state).where(Job.id == job_id))
+
+
+def sweep_counts(session: Session, sweep_id: int) -> dict[str, int]:
+    """Number of the sweep's jobs in each state."""
+    rows = session.execute(
+        select(Job.state, func.count())
+        .join(SweepJob, SweepJob.job_id == Job.id)
+        .where(SweepJob.sweep_id == sweep_id)
+        .group_by(Job.state)
+    ).all()
+    return {state: int(n) for state, n in rows}
+
+
+def refresh_sweep_state(session: Session, sweep_id: int) -> str:
+    """Derive the sweep's state from its jobs' (fan-in is tracked here, in the database)."""
+    counts = sweep_counts(session, sweep_id)
+    if any(counts.get(s) for s in ("pending", "queued", "running")):
+        state = "running"
+    elif counts.get("failed"):
+        state = "failed"
+    elif counts.get("cancelled"):
+        state = "cancelled"
+    else:
+        state = "succeeded"
+    sweep = get_sweep(session, sweep_id)
+    if sweep.state != state:
+        sweep.state = state
+        sweep.finished_at = None if state == "running" else utcnow()
+    return state
+
+
+def settle_sweeps(session: Session, job_id: int) -> list[int]:
+    """After a job ended: re-derive the state of each sweep of the job that has no unfinished job left.
+
+    One query in the usual case (other jobs still unfinished): fan-in costs nothing per job until the last.
+    """
+    done = list(session.scalars(_SETTLED, {"p_job": job_id}))
+    for sweep_id in done:
+        refresh_sweep_state(session, sweep_id)
+    return done
+
+
+def get_sweep(session: Session, sweep_id: int) -> Sweep:
+    """Raises: NotFound."""
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise NotFound(f"no sweep with id {sweep_id}")
+    return sweep
