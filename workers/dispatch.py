@@ -67,6 +67,10 @@ def send(app: Any, messages: Iterable[queries.Message]) -> int:
 def _publish(app: Any, messages: list[queries.Message], *, batched: bool) -> int:
     count = 0
     with app.producer_or_acquire() as producer:
+        # Each queue is declared once here, not once per message: send_task's own declaration re-binds the queue
+        # to the channel for every message before finding it declared, a fifth of a 10,000-message submit.
+        for name in dict.fromkeys(m.queue for m in messages):
+            producer.maybe_declare(app.amqp.queues[name], retry=not batched)
         # kombu >= 5.7 pipelines the publishes of a batch (one Redis round trip per BATCH_SIZE messages instead
         # of one each): a 10,000-job submit spent most of its time in round trips without it. Inside a batch,
         # publish retries cannot help (a reconnect would change the batch's channel): the caller retries.
@@ -75,7 +79,15 @@ def _publish(app: Any, messages: list[queries.Message], *, batched: bool) -> int
             for m in messages:
                 name = QAT_TRAIN if m.stage == "train" else RUN_JOB
                 options: dict[str, Any] = {"retry": False} if use_batch else {}
-                app.send_task(name, args=[m.job_id], queue=m.queue, routing_key=m.queue, producer=producer, **options)
+                app.send_task(
+                    name,
+                    args=[m.job_id],
+                    queue=m.queue,
+                    routing_key=m.queue,
+                    producer=producer,
+                    declare=[],  # declared above
+                    **options,
+                )
                 count += 1
     return count
 
