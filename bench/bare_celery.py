@@ -1,8 +1,9 @@
 """The bare Celery baseline for bench/farm_overhead.py: a no-op task that counts itself in Redis, on an app
 with exactly the farm's Celery settings (late acks, prefetch 1, events, ...) but none of its bookkeeping.
 
-The task pushes onto a Redis list that the bench waits on with BLPOP (as it waits on the farm's commits with
-LISTEN): each side is observed when its work is done, not polled.
+The task publishes on a Redis channel the bench subscribes to (as it listens for the farm's commits with
+LISTEN): each side is told when its work is done, neither is polled. The bench sends these tasks the way the
+farm sends its jobs (bench/farm_overhead.py:bare_send mirrors workers.dispatch).
 """
 
 from __future__ import annotations
@@ -22,4 +23,4 @@ _counter = redis.Redis.from_url(os.environ["FARM_BROKER_URL"])
 
 @app.task(name="bare.noop")
 def noop(key: str) -> None:
-    _counter.rpush(key, 1)
+    _counter.publish(key, 1)

@@ -219,11 +219,7 @@ def execute_job(
         stored = [(_KINDS.get(obj.key.rsplit("/", 1)[-1], "other"), obj) for obj in uploaded]
         model = next((obj for kind, obj in stored if kind == "model"), None)
         result.artifact_uri = model.uri if model is not None else None
-        with db.session() as s:
-            recorded = queries.finish_job(s, job_id, worker, result.to_dict(), stored)  # settles when last
-            state = "succeeded" if recorded else (queries.job_state(s, job_id) or "cancelled")
-            if not recorded:
-                queries.settle_sweeps(s, job_id)
+        state = _record(db, job_id, worker, result.to_dict(), stored)
         return Outcome(job_id, state, None, time.perf_counter() - started, role=role)
     except Cancelled:
         return _end(db, job_id, worker, "cancelled", "cancelled while running", started, role)
@@ -253,6 +249,31 @@ def _train_stage(
     if message is None:
         return Outcome(job_id, "cancelled", None, time.perf_counter() - started)
     return Outcome(job_id, "handoff", None, time.perf_counter() - started, queue=message.queue)
+
+
+def _record(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[tuple[str, Any]]) -> str:
+    """Record a success (settling the sweeps it was the last of); returns the job's state.
+
+    Tried twice when the database connection is lost: pooled connections are pinged only after sitting idle, so
+    one closed by a database restart moments ago fails here first, and the pool replaces it for the second try.
+    Losing a result that took an hour to a dead socket would be worse than the round trip. The conditional
+    UPDATE records nothing twice: had the first COMMIT landed, the second finds the job succeeded already.
+    """
+    from farm.errors import StoreUnavailable
+    from farm.store import queries
+
+    for attempt in (1, 2):
+        try:
+            with db.session() as s:
+                recorded = queries.finish_job(s, job_id, worker, result, stored)  # settles when last
+                state = "succeeded" if recorded else (queries.job_state(s, job_id) or "cancelled")
+                if not recorded:
+                    queries.settle_sweeps(s, job_id)
+            return state
+        except StoreUnavailable:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _end(db: Any, job_id: int, worker: str, state: str, error: str, started: float, role: str | None) -> Outcome:

@@ -70,7 +70,7 @@ def _publish(app: Any, messages: list[queries.Message], *, batched: bool) -> int
         # Each queue is declared once here, not once per message: send_task's own declaration re-binds the queue
         # to the channel for every message before finding it declared, a fifth of a 10,000-message submit.
         for name in dict.fromkeys(m.queue for m in messages):
-            producer.maybe_declare(app.amqp.queues[name], retry=not batched)
+            producer.maybe_declare(app.amqp.queues[name], retry=not batched, **app.conf.task_publish_retry_policy)
         # kombu >= 5.7 pipelines the publishes of a batch (one Redis round trip per BATCH_SIZE messages instead
         # of one each): a 10,000-job submit spent most of its time in round trips without it. Inside a batch,
         # publish retries cannot help (a reconnect would change the batch's channel): the caller retries.
@@ -133,6 +133,9 @@ def reap(db: Any, app: Any, max_attempts: int, sweep_id: int | None = None) -> t
                     queries.fail_dependents(s, job.id)
                 for sweep in job.sweeps:
                     queries.refresh_sweep_state(s, sweep.id)
+        # Two jobs of a sweep ending at the same moment on PostgreSQL each see the other still running (their
+        # statements' snapshots), so neither settles the sweep: this round does.
+        queries.settle_stale_sweeps(s)
     send(app, requeued)
     return len(requeued), failed
 

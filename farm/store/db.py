@@ -348,14 +348,19 @@ def _ping_after_idle(engine: Engine) -> None:
     def _idle_from(_dbapi_connection: Any, record: Any) -> None:
         record.info[_IDLE_SINCE] = time.monotonic()
 
+    dialect = engine.dialect  # not the engine: a listener holding it would keep it alive past disposal
+
     @event.listens_for(engine, "checkout")
     def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         since = record.info.get(_IDLE_SINCE)
         if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:  # new, or used moments ago
             return
         try:
-            engine.dialect.do_ping(dbapi_connection)
-        except Exception as e:  # a restart closed them all: the pool drops every one and connects afresh
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as e:
+            if not dialect.is_disconnect(e, dbapi_connection, None):
+                raise
+            # Closed under us: a restart closes them all, so the pool drops every one and connects afresh.
             raise InvalidatePoolError(f"pooled connection is dead: {e}") from e
 
 

@@ -364,3 +364,25 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep:
     if sweep is None:
         raise NotFound(f"no sweep with id {sweep_id}")
     return sweep
+
+
+def settle_stale_sweeps(session: Session) -> list[int]:
+    """Re-derive the state of every sweep still marked running that has no unfinished job left.
+
+    The safety net for :func:`settle_sweeps`: on PostgreSQL, the last two jobs of a sweep ending at the same
+    moment each see the other still running, and neither settles the sweep. The reaper calls this each round.
+
+    Returns:
+        The ids of the sweeps settled.
+    """
+    links = _INNER_LINKS
+    unfinished = (
+        select(links.c.job_id)
+        .join(_JOBS, _JOBS.c.id == links.c.job_id)
+        .where(links.c.sweep_id == Sweep.id, _JOBS.c.state.in_(("pending", "queued", "running")))
+        .exists()
+    )
+    stale = list(session.scalars(select(Sweep.id).where(Sweep.state == "running", ~unfinished)))
+    for sweep_id in stale:
+        refresh_sweep_state(session, sweep_id)
+    return stale

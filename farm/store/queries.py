@@ -29,6 +29,7 @@ from farm.store.lifecycle import job_state as job_state
 from farm.store.lifecycle import metric_rows as metric_rows
 from farm.store.lifecycle import refresh_sweep_state as refresh_sweep_state
 from farm.store.lifecycle import release_job as release_job
+from farm.store.lifecycle import settle_stale_sweeps as settle_stale_sweeps
 from farm.store.lifecycle import settle_sweeps as settle_sweeps
 from farm.store.lifecycle import sweep_counts as sweep_counts
 from farm.store.lifecycle import utcnow as utcnow

@@ -4,6 +4,7 @@ and the pool's check of connections a database restart may have closed."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -14,7 +15,7 @@ from farm.errors import StoreUnavailable
 from farm.spec import load_spec
 from farm.store import queries
 from farm.store.db import Database, upgrade
-from farm.store.models import Job, Sweep
+from farm.store.models import Sweep
 
 pytestmark = pytest.mark.integration
 
@@ -25,43 +26,103 @@ methods: [fp32, dynamic, {static: {observer: [minmax, histogram, percentile]}}]
 """  # the fp32 reference + 4 trials
 
 
-def _database(backend: str, fresh_pg_db: Database, tmp_path) -> Database:  # type: ignore[no-untyped-def]
-    db = fresh_pg_db if backend == "postgresql" else Database(f"sqlite:///{tmp_path / 'life.db'}")
-    upgrade(db)
-    return db
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db(request: pytest.FixtureRequest, tmp_path) -> Iterator[Database]:  # type: ignore[no-untyped-def]
+    """A migrated database of each kind (PostgreSQL only where the test asks for it: SQLite needs no server)."""
+    if request.param == "postgresql":
+        database = request.getfixturevalue("fresh_pg_db")
+        upgrade(database)
+        yield database
+        return
+    database = Database(f"sqlite:///{tmp_path / 'life.db'}")
+    upgrade(database)
+    yield database
+    database.dispose()
 
 
-def _run_to_the_end(db: Database, job_id: int) -> bool:
+def _start(db: Database, job_id: int, worker: str = "w1") -> None:
     with db.session() as s:
         queries.mark_queued(s, [job_id], queue="cpu")
     with db.autocommit() as conn:
-        assert queries.claim_job(conn, job_id, "w1", lease_s=60) is not None
+        assert queries.claim_job(conn, job_id, worker, lease_s=60) is not None
+
+
+def _result(job_id: int) -> tuple[dict, list]:
     obj = StoredObject(key=f"jobs/{job_id}/model.pt", uri=f"file:///a/{job_id}", sha256="0" * 64, size_bytes=3)
-    with db.session() as s:
-        assert queries.finish_job(s, job_id, "w1", {"duration_s": 0.1, "latency": []}, [("model", obj)])
+    return {"duration_s": 0.1, "latency": []}, [("model", obj)]
+
+
+def _sweep_state(db: Database, sweep_id: int) -> str:
     with db.session(write=False) as s:
-        return s.get(Sweep, s.get(Job, job_id).sweep_id).state == "succeeded"  # type: ignore[union-attr]
+        return s.get(Sweep, sweep_id).state  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def _run_to_the_end(db: Database, job_id: int) -> None:
+    _start(db, job_id)
+    with db.session() as s:
+        assert queries.finish_job(s, job_id, "w1", *_result(job_id))
+
+
 @pytest.mark.parametrize("order", ["oldest first", "newest first", "shuffled"])
-def test_a_sweep_settles_when_its_last_job_ends_and_not_before(
-    backend: str, order: str, fresh_pg_db: Database, tmp_path
-) -> None:
+def test_a_sweep_settles_when_its_last_job_ends_and_not_before(db: Database, order: str) -> None:
     """The fan-in looks for the newest unfinished job first; whatever order the jobs end in, the sweep settles on
     the last one and on no other."""
-    db = _database(backend, fresh_pg_db, tmp_path)
-    plan = load_spec(SPEC)
     with db.session() as s:
-        ids = queries.create_sweep(s, plan, "tester").to_run
+        record = queries.create_sweep(s, load_spec(SPEC), "tester")
+    ids = record.to_run
     assert len(ids) == 5
     ids = sorted(ids) if order == "oldest first" else sorted(ids, reverse=True)
     if order == "shuffled":
         random.Random(0).shuffle(ids)
-    settled = [_run_to_the_end(db, job_id) for job_id in ids]
+    settled = []
+    for job_id in ids:
+        _run_to_the_end(db, job_id)
+        settled.append(_sweep_state(db, record.sweep_id) == "succeeded")
     assert settled == [False, False, False, False, True]
-    if backend == "sqlite":
-        db.dispose()
+
+
+def test_a_job_shared_by_two_sweeps_settles_each_only_when_its_own_jobs_are_done(db: Database) -> None:
+    """Jobs are unique by key across sweeps: a second spec with one more method links the first's jobs. Ending
+    the shared ones settles the first sweep, not the second, which waits for its own extra job."""
+    with db.session() as s:
+        first = queries.create_sweep(s, load_spec(SPEC), "tester")
+        second = queries.create_sweep(
+            s,
+            load_spec(
+                SPEC.replace("name: lifecycle", "name: wider") + "bits: [8]\n"
+                "include: [{method: static, observer: moving_average}]\n"
+            ),
+            "tester",
+        )
+    extra = sorted(set(second.to_run) - set(first.to_run))
+    assert len(extra) == 1 and set(first.to_run) <= set(second.to_run)
+    for job_id in first.to_run:
+        _run_to_the_end(db, job_id)
+    assert (_sweep_state(db, first.sweep_id), _sweep_state(db, second.sweep_id)) == ("succeeded", "running")
+    _run_to_the_end(db, extra[0])
+    assert _sweep_state(db, second.sweep_id) == "succeeded"
+
+
+def test_two_last_jobs_ending_at_once_leave_the_sweep_to_the_reaper(fresh_pg_db: Database) -> None:
+    """On PostgreSQL each of two concurrent finishes sees the other job still running, so neither settles the
+    sweep; the reaper's round does."""
+    from workers import dispatch
+
+    db = fresh_pg_db
+    upgrade(db)
+    with db.session() as s:
+        record = queries.create_sweep(s, load_spec(SPEC), "tester")
+    *early, a, b = sorted(record.to_run)
+    for job_id in early:
+        _run_to_the_end(db, job_id)
+    _start(db, a)
+    _start(db, b)
+    with db.session() as first, db.session() as second:  # two workers' transactions, open at the same time
+        assert queries.finish_job(first, a, "w1", *_result(a))
+        assert queries.finish_job(second, b, "w1", *_result(b))
+    assert _sweep_state(db, record.sweep_id) == "running"  # the race: nobody settled it
+    assert dispatch.reap(db, None, max_attempts=3) == (0, 0)
+    assert _sweep_state(db, record.sweep_id) == "succeeded"
 
 
 def _backend_pid(db: Database) -> int:
@@ -79,7 +140,7 @@ def test_a_pooled_connection_closed_while_idle_is_replaced_unseen(
     try:
         first = _backend_pid(db)
         with pg_admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+            conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": first})
         assert _backend_pid(db) != first
     finally:
         db.dispose()
@@ -93,9 +154,31 @@ def test_a_connection_used_moments_ago_is_not_pinged(fresh_pg_db: Database, pg_a
     try:
         first = _backend_pid(db)
         with pg_admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+            conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": first})
         with pytest.raises(StoreUnavailable):
             _backend_pid(db)
         assert _backend_pid(db) != first
+    finally:
+        db.dispose()
+
+
+def test_a_result_survives_a_connection_closed_moments_ago(fresh_pg_db: Database, pg_admin, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A connection used moments ago is not pinged; if the database closed it meanwhile, recording the result
+    fails on it once and goes through on the connection the pool opens instead: the job's work is not lost."""
+    from farm import runner
+
+    monkeypatch.setattr(store_db, "PING_AFTER_IDLE_S", 3600.0)
+    db = Database(fresh_pg_db.url)
+    try:
+        upgrade(db)
+        with db.session() as s:
+            record = queries.create_sweep(s, load_spec(SPEC), "tester")
+        job_id = record.to_run[0]
+        _start(db, job_id)
+        with pg_admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": _backend_pid(db)})
+        assert runner._record(db, job_id, "w1", *_result(job_id)) == "succeeded"
+        with db.session(write=False) as s:
+            assert queries.job_state(s, job_id) == "succeeded"
     finally:
         db.dispose()
