@@ -6,11 +6,11 @@ message is a hint: sending one twice, or one for a job that has finished, is har
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kombu.exceptions import KombuError, OperationalError
+from kombu.utils.uuid import uuid
 
 from farm.errors import TransientError
 from farm.store import queries
@@ -75,21 +75,53 @@ def _publish(app: Any, messages: list[queries.Message], *, batched: bool) -> int
         # of one each): a 10,000-job submit spent most of its time in round trips without it. Inside a batch,
         # publish retries cannot help (a reconnect would change the batch's channel): the caller retries.
         use_batch = batched and hasattr(producer, "batch")
-        with producer.batch(BATCH_SIZE) if use_batch else contextlib.nullcontext():
-            for m in messages:
-                name = QAT_TRAIN if m.stage == "train" else RUN_JOB
-                options: dict[str, Any] = {"retry": False} if use_batch else {}
-                app.send_task(
-                    name,
-                    args=[m.job_id],
-                    queue=m.queue,
-                    routing_key=m.queue,
-                    producer=producer,
-                    declare=[],  # declared above
-                    **options,
-                )
-                count += 1
+        if use_batch:
+            with producer.batch(BATCH_SIZE):
+                return _publish_routed(app, producer, messages)
+        for m in messages:
+            app.send_task(
+                QAT_TRAIN if m.stage == "train" else RUN_JOB,
+                args=[m.job_id],
+                queue=m.queue,
+                routing_key=m.queue,
+                producer=producer,
+                declare=[],  # declared above
+            )
+            count += 1
     return count
+
+
+def _publish_routed(app: Any, producer: Any, messages: list[queries.Message]) -> int:
+    """What ``app.send_task`` does for each message, with the routing worked out once per (task, queue).
+
+    send_task looks up the task registry, routes the message and builds an AsyncResult every time: half of a
+    10,000-message submit. The messages are the same (Celery's own create_task_message and send_task_message
+    write them), linked to the task sending them as send_task links them.
+    """
+    amqp = app.amqp
+    parent = app.current_worker_task
+    root_id = (parent.request.root_id or parent.request.id) if parent else None
+    parent_id = parent.request.id if parent else None
+    routed: dict[tuple[str, str], dict[str, Any]] = {}
+    for m in messages:
+        name = QAT_TRAIN if m.stage == "train" else RUN_JOB
+        options = routed.get((name, m.queue))
+        if options is None:
+            options = routed[(name, m.queue)] = amqp.router.route({"queue": m.queue, "routing_key": m.queue}, name)
+        message = amqp.create_task_message(
+            uuid(),
+            name,
+            [m.job_id],
+            {},
+            reply_to=app.thread_oid,
+            root_id=root_id,
+            parent_id=parent_id,
+            ignore_result=None,
+            argsrepr=f"[{m.job_id}]",  # what Celery's safe repr would write, without its cost
+            kwargsrepr="{}",
+        )
+        amqp.send_task_message(producer, name, message, declare=[], retry=False, **options)
+    return len(messages)
 
 
 def dispatch_ready(db: Any, app: Any, job_ids: Sequence[int]) -> int:

@@ -6,6 +6,7 @@ The producer imports neither torch nor the engine: these commands run from a lap
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -35,16 +36,13 @@ def submit(spec_path: str, wait: bool, force: bool, cpu_queue: str, gpu_queue: s
     plan = load_plan(spec_path, force, pools)
     dispatch.check_broker(app)
     db = open_db()
+
+    def route_of(job: Any) -> tuple[str, str, str | None]:
+        r = route(job.method, job.device, pools)
+        return r.queue, r.stage, r.finish_queue
+
     with db.session() as s:
-        record = queries.create_sweep(s, plan, submitter())
-        to_run = set(record.to_run)
-        routes = {}
-        for job in plan.jobs:
-            job_id = record.ids[job.key]
-            if job_id in to_run:
-                r = route(job.method, job.device, pools)
-                routes[job_id] = (r.queue, r.stage, r.finish_queue)
-        queries.set_routes(s, routes)
+        record = queries.create_sweep(s, plan, submitter(), route=route_of)
         messages = queries.queue_ready(s, record.to_run)
     try:
         dispatch.send(app, messages)

@@ -59,7 +59,12 @@ class SweepRecord:
     ids: dict[str, int]
 
 
-def create_sweep(session: Session, plan: Any, submitter: str | None) -> SweepRecord:
+def create_sweep(
+    session: Session,
+    plan: Any,
+    submitter: str | None,
+    route: Callable[[Any], tuple[str, str, str | None]] | None = None,
+) -> SweepRecord:
     """Persist a plan: the sweep (reused when the same name and spec were run before) and its jobs.
 
     Jobs are unique by key across the database: a job that already succeeded (in any sweep) is linked,
@@ -69,6 +74,8 @@ def create_sweep(session: Session, plan: Any, submitter: str | None) -> SweepRec
         session: an open session (the caller commits).
         plan: a :class:`farm.spec.Plan`.
         submitter: who asked.
+        route: for the farm, (queue, stage, finish_queue) of a planned job: written with the new jobs as they
+            are inserted, and set on the ones that will run again (as :func:`set_routes` does).
 
     Returns:
         The sweep id, whether it is new, and which jobs must run.
@@ -90,6 +97,7 @@ def create_sweep(session: Session, plan: Any, submitter: str | None) -> SweepRec
     sweep_id = sweep.id
 
     ids = _ids_by_key(session, [j.key for j in plan.jobs])
+    existing = set(ids.values())
     for role in ("reference", "trial"):
         new = [j for j in plan.jobs if j.role == role and j.key not in ids]
         rows = [
@@ -103,6 +111,7 @@ def create_sweep(session: Session, plan: Any, submitter: str | None) -> SweepRec
                 "attempts": 0,
                 "created_at": now,
                 **j.columns(),
+                **(dict(zip(("queue", "stage", "finish_queue"), route(j), strict=True)) if route else {}),
             }
             for j in new
         ]
@@ -131,6 +140,9 @@ def create_sweep(session: Session, plan: Any, submitter: str | None) -> SweepRec
     states = _states(session, job_ids)
     cached = sum(1 for i in job_ids if states.get(i) == "succeeded")
     to_run = [i for i in job_ids if states.get(i) == "pending"]
+    if route is not None:  # the new jobs have theirs already; those that run again get the current pools'
+        again = set(to_run) & existing
+        set_routes(session, {ids[j.key]: route(j) for j in plan.jobs if ids[j.key] in again})
     sweep.state = "running" if to_run or any(states.get(i) in ("queued", "running") for i in job_ids) else "succeeded"
     sweep.finished_at = None if sweep.state == "running" else now
     return SweepRecord(sweep_id, created, len(job_ids), cached, to_run, ids)

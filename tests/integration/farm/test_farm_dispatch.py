@@ -51,3 +51,27 @@ def test_every_message_reaches_its_queue_and_each_queue_is_declared(broker: str,
     finally:
         client.close()
         app.close()
+
+
+def test_a_batched_message_is_the_one_send_task_writes(broker: str) -> None:
+    """dispatch builds batched messages with Celery's create_task_message and send_task_message, routing once
+    per queue; what lands on the broker matches app.send_task's message field for field (ids aside)."""
+    app = make_app(broker)
+    client = redis.Redis.from_url(broker)
+    try:
+        app.send_task("farm.run_job", args=[7], queue="same", routing_key="same")
+        assert dispatch.send(app, [Message(7, "same", "all"), Message(8, "same", "all")]) == 2
+        reference, batched, _ = (json.loads(m) for m in reversed(client.lrange("same", 0, -1)))
+
+        def shape(message: dict) -> dict:
+            headers = {k: v for k, v in message["headers"].items() if k not in ("id", "root_id", "origin")}
+            props = {k: v for k, v in message["properties"].items() if k not in ("correlation_id", "delivery_tag")}
+            props.pop("reply_to")
+            return {"headers": headers, "properties": props, "body": message["body"], "type": message["content-type"]}
+
+        assert shape(batched) == shape(reference)
+        assert batched["headers"]["id"] != reference["headers"]["id"]
+        assert batched["headers"]["root_id"] == batched["headers"]["id"]  # a root task, as send_task makes it
+    finally:
+        client.close()
+        app.close()

@@ -369,3 +369,29 @@ def test_the_sweep_state_follows_its_jobs(migrated_db: Database) -> None:
         queries.cancel_jobs(s, [second])  # a finished job stays as it ended
         assert s.get(Job, second).state == "failed"  # type: ignore[union-attr]
     assert states == ["running", "failed"]
+
+
+def test_routes_are_written_with_new_jobs_and_reset_on_jobs_that_run_again(migrated_db: Database) -> None:
+    """farm sweep submit routes jobs as create_sweep inserts them; a re-run moves failed jobs to today's pools and
+    leaves the ones that succeeded where they ran."""
+
+    def pool(name: str):  # type: ignore[no-untyped-def]
+        return lambda job: (name, "all", None)
+
+    first = persist_routed(migrated_db, plan(), pool("cpu-old"))
+    failed_id, done_id = first.to_run[0], first.to_run[1]
+    with migrated_db.session() as s:
+        queues = dict(s.execute(select(Job.id, Job.queue).where(Job.id.in_(first.to_run))).all())
+    assert set(queues.values()) == {"cpu-old"}
+    set_state(migrated_db, failed_id, "failed", "boom")
+    set_state(migrated_db, done_id, "succeeded")
+    again = persist_routed(migrated_db, plan(), pool("cpu-new"))
+    assert failed_id in again.to_run and done_id not in again.to_run
+    with migrated_db.session() as s:
+        queues = dict(s.execute(select(Job.id, Job.queue).where(Job.id.in_(first.to_run))).all())
+    assert queues[failed_id] == "cpu-new" and queues[done_id] == "cpu-old"
+
+
+def persist_routed(db: Database, p: Plan, route) -> queries.SweepRecord:  # type: ignore[no-untyped-def]
+    with db.session() as s:
+        return queries.create_sweep(s, p, "tester@host", route=route)
