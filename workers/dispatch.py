@@ -103,24 +103,32 @@ def _publish_routed(app: Any, producer: Any, messages: list[queries.Message]) ->
     root_id = (parent.request.root_id or parent.request.id) if parent else None
     parent_id = parent.request.id if parent else None
     routed: dict[tuple[str, str], dict[str, Any]] = {}
-    for m in messages:
-        name = QAT_TRAIN if m.stage == "train" else RUN_JOB
-        options = routed.get((name, m.queue))
-        if options is None:
-            options = routed[(name, m.queue)] = amqp.router.route({"queue": m.queue, "routing_key": m.queue}, name)
-        message = amqp.create_task_message(
-            uuid(),
-            name,
-            [m.job_id],
-            {},
-            reply_to=app.thread_oid,
-            root_id=root_id,
-            parent_id=parent_id,
-            ignore_result=None,
-            argsrepr=f"[{m.job_id}]",  # what Celery's safe repr would write, without its cost
-            kwargsrepr="{}",
-        )
-        amqp.send_task_message(producer, name, message, declare=[], retry=False, **options)
+    limits: dict[str, tuple[Any, Any]] = {}
+    with producer.connection._reraise_as_library_errors():  # as send_task: redis errors as kombu's
+        for m in messages:
+            name = QAT_TRAIN if m.stage == "train" else RUN_JOB
+            options = routed.get((name, m.queue))
+            if options is None:
+                options = routed[(name, m.queue)] = amqp.router.route({"queue": m.queue, "routing_key": m.queue}, name)
+            if name not in limits:  # a worker has the task registered, with its time limits; a laptop has neither
+                task = app._tasks.get(name)
+                limits[name] = (getattr(task, "time_limit", None), getattr(task, "soft_time_limit", None))
+            message = amqp.create_task_message(
+                uuid(),
+                name,
+                [m.job_id],
+                {},
+                reply_to=app.thread_oid,
+                time_limit=limits[name][0],
+                soft_time_limit=limits[name][1],
+                create_sent_event=app.conf.task_send_sent_event,
+                root_id=root_id,
+                parent_id=parent_id,
+                ignore_result=None,
+                argsrepr=f"[{m.job_id}]",  # what Celery's safe repr would write, without its cost
+                kwargsrepr="{}",
+            )
+            amqp.send_task_message(producer, name, message, declare=[], retry=False, **options)
     return len(messages)
 
 

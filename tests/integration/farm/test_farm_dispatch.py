@@ -53,25 +53,55 @@ def test_every_message_reaches_its_queue_and_each_queue_is_declared(broker: str,
         app.close()
 
 
-def test_a_batched_message_is_the_one_send_task_writes(broker: str) -> None:
+def test_a_batched_message_is_the_one_send_task_writes(broker: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """dispatch builds batched messages with Celery's create_task_message and send_task_message, routing once
     per queue; what lands on the broker matches app.send_task's message field for field (ids aside)."""
     app = make_app(broker)
     client = redis.Redis.from_url(broker)
     try:
         app.send_task("farm.run_job", args=[7], queue="same", routing_key="same")
+
+        def no_fallback(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise AssertionError("the batched path fell back to send_task")
+
+        monkeypatch.setattr(app, "send_task", no_fallback)
         assert dispatch.send(app, [Message(7, "same", "all"), Message(8, "same", "all")]) == 2
         reference, batched, _ = (json.loads(m) for m in reversed(client.lrange("same", 0, -1)))
 
         def shape(message: dict) -> dict:
-            headers = {k: v for k, v in message["headers"].items() if k not in ("id", "root_id", "origin")}
+            headers = {k: v for k, v in message["headers"].items() if k not in ("id", "root_id")}
             props = {k: v for k, v in message["properties"].items() if k not in ("correlation_id", "delivery_tag")}
-            props.pop("reply_to")
             return {"headers": headers, "properties": props, "body": message["body"], "type": message["content-type"]}
 
         assert shape(batched) == shape(reference)
         assert batched["headers"]["id"] != reference["headers"]["id"]
         assert batched["headers"]["root_id"] == batched["headers"]["id"]  # a root task, as send_task makes it
+    finally:
+        client.close()
+        app.close()
+
+
+def test_inside_a_worker_task_batched_messages_carry_its_links_and_limits(broker: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Sent from a running task (a reference releasing its dependents), a message names that task as its parent
+    and root, and carries the registered task's time limits, as send_task writes them."""
+    app = make_app(broker)
+
+    @app.task(name="farm.run_job", time_limit=600, soft_time_limit=540)
+    def run_job(job_id: int) -> None:  # registered as a worker has it
+        pass
+
+    app.finalize()
+    request = type("Request", (), {"id": "parent-task", "root_id": "root-task", "delivery_info": {}})()
+    running = type("Task", (), {"request": request, "add_trail": lambda self, result: None})()
+    monkeypatch.setattr(type(app), "current_worker_task", property(lambda self: running))
+    client = redis.Redis.from_url(broker)
+    try:
+        app.send_task("farm.run_job", args=[1], queue="linked", routing_key="linked")
+        assert dispatch.send(app, [Message(1, "linked", "all"), Message(2, "linked", "all")]) == 2
+        reference, batched, _ = (json.loads(m)["headers"] for m in reversed(client.lrange("linked", 0, -1)))
+        expected = ("parent-task", "root-task", [600, 540])
+        assert (reference["parent_id"], reference["root_id"], reference["timelimit"]) == expected
+        assert (batched["parent_id"], batched["root_id"], batched["timelimit"]) == expected
     finally:
         client.close()
         app.close()

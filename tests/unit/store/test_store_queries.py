@@ -372,24 +372,28 @@ def test_the_sweep_state_follows_its_jobs(migrated_db: Database) -> None:
 
 
 def test_routes_are_written_with_new_jobs_and_reset_on_jobs_that_run_again(migrated_db: Database) -> None:
-    """farm sweep submit routes jobs as create_sweep inserts them; a re-run moves failed jobs to today's pools and
-    leaves the ones that succeeded where they ran."""
+    """farm sweep submit routes jobs as create_sweep inserts them; a re-run moves the jobs that will run (failed
+    ones reset to pending, pending ones an interrupted submit left) to today's pools, and leaves the ones that
+    succeeded where they ran."""
 
-    def pool(name: str):  # type: ignore[no-untyped-def]
-        return lambda job: (name, "all", None)
+    def pool(route: tuple[str, str, str | None]):  # type: ignore[no-untyped-def]
+        return lambda job: route
 
-    first = persist_routed(migrated_db, plan(), pool("cpu-old"))
-    failed_id, done_id = first.to_run[0], first.to_run[1]
-    with migrated_db.session() as s:
-        queues = dict(s.execute(select(Job.id, Job.queue).where(Job.id.in_(first.to_run))).all())
-    assert set(queues.values()) == {"cpu-old"}
+    def routes(ids: list[int]) -> dict[int, tuple]:
+        with migrated_db.session() as s:
+            rows = s.execute(select(Job.id, Job.queue, Job.stage, Job.finish_queue).where(Job.id.in_(ids))).all()
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    old, new = ("cpu-old", "all", None), ("gpu", "train", "cpu")
+    first = persist_routed(migrated_db, plan(), pool(old))
+    failed_id, done_id, left_id = first.to_run[:3]
+    assert set(routes(first.to_run).values()) == {old}
     set_state(migrated_db, failed_id, "failed", "boom")
-    set_state(migrated_db, done_id, "succeeded")
-    again = persist_routed(migrated_db, plan(), pool("cpu-new"))
-    assert failed_id in again.to_run and done_id not in again.to_run
-    with migrated_db.session() as s:
-        queues = dict(s.execute(select(Job.id, Job.queue).where(Job.id.in_(first.to_run))).all())
-    assert queues[failed_id] == "cpu-new" and queues[done_id] == "cpu-old"
+    set_state(migrated_db, done_id, "succeeded")  # left_id stays pending, as an interrupted submit leaves it
+    again = persist_routed(migrated_db, plan(), pool(new))
+    assert {failed_id, left_id} <= set(again.to_run) and done_id not in again.to_run
+    now = routes(first.to_run)
+    assert (now[failed_id], now[left_id], now[done_id]) == (new, new, old)
 
 
 def persist_routed(db: Database, p: Plan, route) -> queries.SweepRecord:  # type: ignore[no-untyped-def]
