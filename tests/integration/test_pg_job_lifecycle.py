@@ -130,6 +130,12 @@ def _backend_pid(db: Database) -> int:
         return int(s.scalar(text("SELECT pg_backend_pid()")))
 
 
+def _terminate(pg_admin, pid: int) -> None:  # type: ignore[no-untyped-def]
+    """Close a server connection as a restart or an idle timeout would (waiting until it is gone)."""
+    with pg_admin.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+
+
 def test_a_pooled_connection_closed_while_idle_is_replaced_unseen(
     fresh_pg_db: Database, pg_admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,8 +145,7 @@ def test_a_pooled_connection_closed_while_idle_is_replaced_unseen(
     db = Database(fresh_pg_db.url)
     try:
         first = _backend_pid(db)
-        with pg_admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": first})
+        _terminate(pg_admin, first)
         assert _backend_pid(db) != first
     finally:
         db.dispose()
@@ -153,8 +158,7 @@ def test_a_connection_used_moments_ago_is_not_pinged(fresh_pg_db: Database, pg_a
     db = Database(fresh_pg_db.url)
     try:
         first = _backend_pid(db)
-        with pg_admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": first})
+        _terminate(pg_admin, first)
         with pytest.raises(StoreUnavailable):
             _backend_pid(db)
         assert _backend_pid(db) != first
@@ -175,8 +179,7 @@ def test_a_result_survives_a_connection_closed_moments_ago(fresh_pg_db: Database
             record = queries.create_sweep(s, load_spec(SPEC), "tester")
         job_id = record.to_run[0]
         _start(db, job_id)
-        with pg_admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": _backend_pid(db)})
+        _terminate(pg_admin, _backend_pid(db))
         assert runner._record(db, job_id, "w1", *_result(job_id)) == "succeeded"
         with db.session(write=False) as s:
             assert queries.job_state(s, job_id) == "succeeded"
