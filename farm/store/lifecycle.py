@@ -117,18 +117,21 @@ def _finish_statement() -> Any:
     )
 
 
-def _settled_statement() -> Any:
-    # As _MAY_SETTLE: the sweep's newest unfinished job, newest first.
-    outer, inner = _OUTER_LINKS, _INNER_LINKS
-    newest_unfinished = (
-        select(inner.c.job_id)
-        .join(_JOBS, _JOBS.c.id == inner.c.job_id)
-        .where(inner.c.sweep_id == outer.c.sweep_id, _JOBS.c.state.in_(("pending", "queued", "running")))
-        .order_by(inner.c.job_id.desc())
+_UNFINISHED = ("pending", "queued", "running")
+
+
+def _newest_unfinished(sweep_id: Any) -> Any:
+    """The newest unfinished job of the sweep ``sweep_id`` (a column of the enclosing query), NULL when none:
+    as _MAY_SETTLE, newest first, so that the first job probed usually answers."""
+    links = _INNER_LINKS
+    return (
+        select(links.c.job_id)
+        .join(_JOBS, _JOBS.c.id == links.c.job_id)
+        .where(links.c.sweep_id == sweep_id, _JOBS.c.state.in_(_UNFINISHED))
+        .order_by(links.c.job_id.desc())
         .limit(1)
         .scalar_subquery()
     )
-    return select(outer.c.sweep_id).where(outer.c.job_id == bindparam("p_job"), newest_unfinished.is_(None))
 
 
 _CLAIM = _claim_statement()
@@ -140,7 +143,9 @@ _EXTEND_LEASE = (
 )
 _FINISH = _finish_statement().returning(_JOBS.c.attempts)
 _FINISH_PG = _finish_statement().returning(_JOBS.c.attempts, _MAY_SETTLE)
-_SETTLED = _settled_statement()
+_SETTLED = select(_OUTER_LINKS.c.sweep_id).where(
+    _OUTER_LINKS.c.job_id == bindparam("p_job"), _newest_unfinished(_OUTER_LINKS.c.sweep_id).is_(None)
+)
 _INSERT_METRICS = insert(_METRICS)
 _INSERT_ARTIFACTS = insert(_ARTIFACTS)
 
@@ -332,7 +337,7 @@ def sweep_counts(session: Session, sweep_id: int) -> dict[str, int]:
 def refresh_sweep_state(session: Session, sweep_id: int) -> str:
     """Derive the sweep's state from its jobs' (fan-in is tracked here, in the database)."""
     counts = sweep_counts(session, sweep_id)
-    if any(counts.get(s) for s in ("pending", "queued", "running")):
+    if any(counts.get(s) for s in _UNFINISHED):
         state = "running"
     elif counts.get("failed"):
         state = "failed"
@@ -375,14 +380,8 @@ def settle_stale_sweeps(session: Session) -> list[int]:
     Returns:
         The ids of the sweeps settled.
     """
-    links = _INNER_LINKS
-    unfinished = (
-        select(links.c.job_id)
-        .join(_JOBS, _JOBS.c.id == links.c.job_id)
-        .where(links.c.sweep_id == Sweep.id, _JOBS.c.state.in_(("pending", "queued", "running")))
-        .exists()
-    )
-    stale = list(session.scalars(select(Sweep.id).where(Sweep.state == "running", ~unfinished)))
+    done = _newest_unfinished(Sweep.id).is_(None)
+    stale = list(session.scalars(select(Sweep.id).where(Sweep.state == "running", done)))
     for sweep_id in stale:
         refresh_sweep_state(session, sweep_id)
     return stale
