@@ -47,17 +47,17 @@ def results(
             installed.
         NotFound: a sweep id that names no sweep.
         StoreUnavailable: the database cannot be reached.
-        SchemaOutOfDate: the database's schema is behind this QuantFarm.
+        SchemaOutOfDate: the database has no QuantFarm schema, or it is behind this QuantFarm.
     """
     from farm.frames import require, results_frame
-    from farm.store.db import Database, ensure_schema
+    from farm.store.db import Database, require_schema
     from farm.store.results import ResultsQuery, query_results
 
     query = ResultsQuery.parse(sweep=sweep, where=where, order_by=order_by, columns=columns, limit=limit)
     require("pandas", what="farm.client.results")
-    db = Database(database_url)
+    db = Database(database_url, read_only=True)  # reading never changes the database, nor creates its schema
     try:
-        ensure_schema(db)
+        require_schema(db)
         with db.session() as session:
             rows = query_results(session, query)
     finally:

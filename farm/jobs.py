@@ -175,8 +175,19 @@ class Reference:
 
     @classmethod
     def load(cls, path: Path) -> Reference:
+        """Read a ``reference.pt`` (tensors and JSON only: inspected, then ``weights_only=True``).
+
+        Raises:
+            QuantizationError: the file holds something a weights-only load refuses.
+        """
         import torch
 
+        from farm.zoo.safe_load import PROMISE, UnsafeFile, check_torch_file
+
+        try:
+            check_torch_file(path, path.name)
+        except UnsafeFile as e:
+            raise QuantizationError(f"fp32 reference {path} refused: {e} ({PROMISE})") from None
         data = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(data["meta"])
         meta["latency"] = {int(k): v for k, v in meta["latency"].items()}
@@ -404,6 +415,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
     import torch
 
+    from farm.zoo.safe_load import PROMISE, UnsafeFile, check_torch_file
+
+    try:
+        check_torch_file(path, path.name)
+    except UnsafeFile as e:
+        raise QuantizationError(f"qat: checkpoint {path.name} refused: {e} ({PROMISE})") from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
         state, meta = data["state"], json.loads(data["meta"])

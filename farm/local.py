@@ -330,13 +330,17 @@ def _count(stats: RunStats, outcome: Outcome) -> None:
 
 
 def _fail_dependents(db: Any, ids: list[int], ref_id: int, stats: RunStats, notify: Callable[[RunStats], None]) -> None:
-    from farm.store import queries
+    """The reference ``ref_id`` ended without succeeding: the farm's one decision (scheduling.job_ended) ends its
+    dependents with its reason and settles their sweeps; ``ids`` are the ones this run was waiting to start."""
+    from farm.store import queries, scheduling
 
     with db.session() as s:
-        error = s.get(queries.Job, ref_id).error or "it did not succeed"
-        for job_id in ids:
-            queries.fail_job(s, job_id, f"the fp32 reference (job {ref_id}) failed: {error}")
-    stats.failed += len(ids)
+        ended = set(scheduling.job_ended(s, ref_id).ended) & set(ids)
+        cancelled = queries.job_state(s, ref_id) == "cancelled"
+    if cancelled:
+        stats.cancelled += len(ended)
+    else:
+        stats.failed += len(ended)
     notify(stats)
 
 
@@ -349,12 +353,13 @@ def _cancel(
     stats: RunStats,
 ) -> None:
     """Ctrl-C: cancel every unfinished job, let running ones notice, then make sure no worker is left."""
-    from farm.store import queries
+    from farm.store import queries, scheduling
 
     for fut in futures:
         fut.cancel()
     with db.session() as s:
         queries.cancel_jobs(s, job_ids, "cancelled (Ctrl-C)")
+        scheduling.jobs_ended(s, job_ids)  # a reference shared with another sweep: that sweep's dependents end too
         queries.refresh_sweep_state(s, sweep_id)
     deadline = time.monotonic() + GRACE_S
     pending = [f for f in futures if not f.cancelled()]

@@ -9,15 +9,46 @@ Pools default to the queues "cpu" and "gpu"; a team names its own (e.g. "cpu-avx
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from farm.errors import ConfigError
 from farm.quant.config import MethodConfig
+
+#: A queue (pool) name: what the producer sends to and a worker serves. Letters, digits, ".", "_" and "-",
+#: starting with a letter or digit, at most 63 characters (the jobs table's queue column holds 64).
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def check_queue_name(name: str, *, source: str | None = None) -> str:
+    """Refuse a queue name that no worker could serve (spaces, slashes, "..", too long).
+
+    Args:
+        name: the queue name.
+        source: the option it came from (``--cpu-queue``, ``--queues``), put in front of the message.
+
+    Returns:
+        The name.
+
+    Raises:
+        ConfigError: the name does not match :data:`QUEUE_NAME`.
+    """
+    if not isinstance(name, str) or not QUEUE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a queue name: 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+            source=source,
+        )
+    return name
 
 
 @dataclass(frozen=True)
 class Pools:
     cpu: str = "cpu"
     gpu: str = "gpu"
+
+    def __post_init__(self) -> None:
+        check_queue_name(self.cpu, source="cpu queue")
+        check_queue_name(self.gpu, source="gpu queue")
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,15 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from farm.artifacts.attempts import attempt_prefix, new_attempt
 from farm.errors import ArtifactError, Cancelled, FarmError, QuantizationError, TransientError
+from farm.outage import Patience
 from farm.settings import cache_dir
 
 log = logging.getLogger("farm.runner")
@@ -65,6 +68,7 @@ class JobHeartbeat:
         self.lease_s, self.interval_s = lease_s, interval_s
         self.stopped = threading.Event()
         self.due = 0.0
+        self.failing = False  # the last renewal could not reach the database
 
     def __enter__(self) -> JobHeartbeat:
         self.due = time.monotonic() + self.interval_s
@@ -84,9 +88,17 @@ class JobHeartbeat:
         try:
             with self.db.session() as s:
                 state = queries.extend_lease(s, self.job_id, self.worker, self.lease_s)
-        except FarmError as e:  # a database blip: the lease is long enough to ride it out
-            log.warning("job %s: heartbeat failed: %s", self.job_id, e)
+        except FarmError as e:
+            # A database outage: the claim stays ours (the job is running under this worker whatever its lease
+            # says, until another worker or the reaper takes it), so the job goes on and the next renewal tries
+            # again. Said once per outage, not every beat.
+            if not self.failing:
+                log.warning("job %s: cannot renew its lease, still running: %s", self.job_id, e)
+            self.failing = True
             return
+        if self.failing:
+            log.warning("job %s: lease renewed again (database reachable)", self.job_id)
+            self.failing = False
         if state != "running":
             self.stopped.set()
 
@@ -162,6 +174,7 @@ def execute_job(
     lease_s: float = DEFAULT_LEASE_S,
     heartbeat_s: float | None = None,
     max_losses: int | None = None,
+    record_retry_s: float | None = None,
 ) -> Outcome:
     """Claim and run one job (or its current stage), then record the result.
 
@@ -174,6 +187,8 @@ def execute_job(
         heartbeat_s: how often the lease is renewed and cancellation checked (default: lease_s / 12).
         max_losses: refuse to take over an expired lease once the job's worker died under it this many times
             (the reaper fails it instead).
+        record_retry_s: while the database is unreachable, keep the computed result and retry recording it (or
+            ending the job, or handing it back) with backoff for this long (default FARM_RECORD_RETRY_S).
 
     Returns:
         The outcome. Deterministic errors (bad config, untraceable model, missing bucket) end the job as
@@ -198,15 +213,22 @@ def execute_job(
                 checkpoint = queries.artifact_of(s, job_id, "checkpoint")
                 checkpoint_ref = (checkpoint.uri, checkpoint.sha256) if checkpoint is not None else None
         except TransientError as e:  # hand the claim back, or the job would sit running until its lease ran out
-            with contextlib.suppress(FarmError), db.session() as s:
-                queries.release_job(s, job_id, worker, f"retrying: {e}")
+            reason = str(e)
+            with contextlib.suppress(FarmError):
+                _patience(job_id, record_retry_s).call(lambda: _release(db, job_id, worker, reason))
             raise
+    patience = _patience(job_id, record_retry_s)
     interval = heartbeat_s if heartbeat_s is not None else max(0.2, min(10.0, lease_s / 12))
+    # This claim's own keys: a worker that lost the job (stalled past its lease) never writes over the objects
+    # of the attempt that recorded it, and deletes its own when its record finds the job no longer its own.
+    upload = AttemptUpload(store, attempt_prefix(key, new_attempt(job.attempts, worker)))
     try:
         with JobHeartbeat(db, job_id, worker, lease_s, interval) as beat:
             spec = _job_spec(spec_data)
             if stage == "train":
-                return _train_stage(job_id, key, spec, db=db, store=store, worker=worker, beat=beat, started=started)
+                return _train_stage(
+                    job_id, spec, db=db, upload=upload, worker=worker, beat=beat, started=started, patience=patience
+                )
             reference = _load_reference(reference_id, db, store) if reference_id is not None else None
             ckpt_path = _fetch(store, *checkpoint_ref, "checkpoint.pt") if checkpoint_ref else None
             from farm.jobs import run_job
@@ -215,74 +237,194 @@ def execute_job(
                 result = run_job(
                     spec, Path(tmp), reference=reference, should_stop=beat.should_stop, checkpoint=ckpt_path
                 )
-                uploaded = store.put_dir(Path(tmp), f"jobs/{key}")
+                uploaded = upload.put_dir(Path(tmp))
         stored = [(_KINDS.get(obj.key.rsplit("/", 1)[-1], "other"), obj) for obj in uploaded]
         model = next((obj for kind, obj in stored if kind == "model"), None)
         result.artifact_uri = model.uri if model is not None else None
-        state = _record(db, job_id, worker, result.to_dict(), stored)
+        upload.recording = True  # from here a failure may hide a COMMIT that landed: keep the objects (gc decides)
+        # The result is kept through a database outage: recording is retried until the database is back.
+        record = result.to_dict()
+        state = patience.call(lambda: _record(db, job_id, worker, record, stored))
+        upload.settle(db, job_id, state, stored)
         return Outcome(job_id, state, None, time.perf_counter() - started, role=role)
+    # Each ending is recorded first, and the attempt's objects deleted after: a slow store must not hold the job.
     except Cancelled:
-        return _end(db, job_id, worker, "cancelled", "cancelled while running", started, role)
+        with upload.discarding():
+            return _end(db, job_id, worker, "cancelled", "cancelled while running", started, role, patience)
     except TransientError as e:
-        with db.session() as s:
-            queries.release_job(s, job_id, worker, f"retrying: {e}")
+        reason = str(e)
+        with upload.discarding():
+            patience.call(lambda: _release(db, job_id, worker, reason))
         raise
     except FarmError as e:
-        return _end(db, job_id, worker, "failed", str(e), started, role)
+        with upload.discarding():
+            return _end(db, job_id, worker, "failed", str(e), started, role, patience)
     except Exception as e:  # a bug, or a time limit: the traceback goes to the log, one line to the job
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-        return _end(db, job_id, worker, "failed", _describe(e), started, role)
+        with upload.discarding():
+            return _end(db, job_id, worker, "failed", _describe(e), started, role, patience)
 
 
 def _train_stage(
-    job_id: int, key: str, spec: Any, *, db: Any, store: Any, worker: str, beat: JobHeartbeat, started: float
+    job_id: int,
+    spec: Any,
+    *,
+    db: Any,
+    upload: AttemptUpload,
+    worker: str,
+    beat: JobHeartbeat,
+    started: float,
+    patience: Patience,
 ) -> Outcome:
-    """Fine-tune (on this GPU worker), upload the checkpoint, and queue the finish stage."""
+    """Fine-tune (on this GPU worker), upload the checkpoint under this attempt's keys, and queue the finish
+    stage; a train stage that finds the job no longer its own deletes the checkpoint it uploaded."""
     from farm.jobs import train_job
     from farm.store import queries
 
     with tempfile.TemporaryDirectory(prefix="farm-train-") as tmp:
         path = train_job(spec, Path(tmp), should_stop=beat.should_stop)
-        stored = store.put_file(path, f"jobs/{key}/checkpoint.pt")
-    with db.session() as s:
-        message = queries.hand_off(s, job_id, worker, stored)
+        stored = upload.put_file(path, "checkpoint.pt")
+    upload.recording = True
+
+    def hand_off() -> Any:
+        with db.session() as s:
+            return queries.hand_off(s, job_id, worker, stored)
+
+    message = patience.call(hand_off)
     if message is None:
+        # Cancelled or taken over, or a retry after a COMMIT that landed unseen: the rows decide whether the
+        # checkpoint is recorded (kept) or not (deleted).
+        upload.settle(db, job_id, "succeeded", [("checkpoint", stored)])
         return Outcome(job_id, "cancelled", None, time.perf_counter() - started)
     return Outcome(job_id, "handoff", None, time.perf_counter() - started, queue=message.queue)
+
+
+class AttemptUpload:
+    """What one claim uploads, below its own prefix ``jobs/<job_key>/<attempt>`` (farm.artifacts.attempts), and
+    how it goes away when the attempt does not end recorded.
+
+    Deleting is best-effort: a store that cannot be reached keeps the objects, and ``farm artifacts gc`` removes
+    them later (no row points at them, and their attempt no longer holds the job).
+    """
+
+    def __init__(self, store: Any, prefix: str):
+        self.store, self.prefix = store, prefix
+        self.started = False  # something may have been written below the prefix
+        self.recording = False  # the result is being recorded: a failure no longer proves no row points here
+
+    def put_dir(self, local_dir: Path) -> list[Any]:
+        self.started = True
+        return list(self.store.put_dir(local_dir, self.prefix))
+
+    def put_file(self, path: Path, name: str) -> Any:
+        self.started = True
+        return self.store.put_file(path, f"{self.prefix}/{name}")
+
+    @contextlib.contextmanager
+    def discarding(self) -> Iterator[None]:
+        """Run the block (recording how the attempt ended), then :meth:`discard`, even when the block fails."""
+        try:
+            yield
+        finally:
+            self.discard()
+
+    def discard(self, *, force: bool = False) -> None:
+        """Delete what this attempt uploaded, unless a row may point at it (the record was under way)."""
+        if not self.started or (self.recording and not force):
+            return
+        try:
+            self.store.delete_prefix(self.prefix)
+        except FarmError as e:
+            log.warning("could not delete the lost attempt's objects %s (farm artifacts gc will): %s", self.prefix, e)
+
+    def settle(self, db: Any, job_id: int, state: str, stored: list[tuple[str, Any]]) -> None:
+        """After the record: a loser (the job was cancelled, taken over, or recorded by another attempt) deletes
+        its objects. "succeeded" alone does not say whose result was recorded (another attempt's, or this one's
+        in a COMMIT whose answer was lost), so the rows are asked."""
+        if not self.started or not stored:
+            return
+        if state == "succeeded":
+            from farm.store import artifact_refs
+
+            try:
+                with db.session(write=False) as s:
+                    ours = artifact_refs.points_at(s, job_id, [obj.uri for _, obj in stored])
+            except FarmError as e:  # can't tell: keep them (gc decides once the job's rows are readable)
+                log.warning("job %s: could not check whose artifacts were recorded: %s", job_id, e)
+                return
+            if ours:
+                # The winner: earlier attempts that died mid-upload, or a stalled one that lost its claim, may have
+                # left objects below the job's key. None may outlive the settled sweep without a row.
+                from farm.artifact_gc import collect_job
+
+                collect_job(db, self.store, self.prefix.split("/")[1])
+                return
+        self.discard(force=True)
 
 
 def _record(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[tuple[str, Any]]) -> str:
     """Record a success (settling the sweeps it was the last of); returns the job's state.
 
-    Tried twice when the database connection is lost: pooled connections are pinged only after sitting idle, so
-    one closed by a database restart moments ago fails here first, and the pool replaces it for the second try.
-    Losing a result that took an hour to a dead socket would be worse than the round trip. The conditional
-    UPDATE records nothing twice: had the first COMMIT landed, the second finds the job succeeded already.
+    One try: the caller retries it while the database is unreachable (:class:`_Patience`). The conditional UPDATE
+    records nothing twice: had an earlier COMMIT landed unseen, the retry finds the job succeeded already.
     """
-    from farm.errors import StoreUnavailable
-    from farm.store import queries
-
-    for attempt in (1, 2):
-        try:
-            with db.session() as s:
-                recorded = queries.finish_job(s, job_id, worker, result, stored)  # settles when last
-                state = "succeeded" if recorded else (queries.job_state(s, job_id) or "cancelled")
-                if not recorded:
-                    queries.settle_sweeps(s, job_id)
-            return state
-        except StoreUnavailable:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _end(db: Any, job_id: int, worker: str, state: str, error: str, started: float, role: str | None) -> Outcome:
     from farm.store import queries
 
     with db.session() as s:
-        queries.fail_job(s, job_id, error, worker=worker, state=state)
-        final = queries.job_state(s, job_id) or state
-        queries.settle_sweeps(s, job_id)
+        recorded = queries.finish_job(s, job_id, worker, result, stored)  # settles when last
+        state = "succeeded" if recorded else (queries.job_state(s, job_id) or "cancelled")
+        if not recorded:
+            queries.settle_sweeps(s, job_id)
+    return state
+
+
+def _release(db: Any, job_id: int, worker: str, reason: str) -> None:
+    """Hand the job back to the queue (a transient failure the task retries), if this worker still holds it."""
+    from farm.store import queries
+
+    with db.session() as s:
+        queries.release_job(s, job_id, worker, f"retrying: {reason}")
+
+
+def _patience(job_id: int, retry_s: float | None) -> Patience:
+    """How a job's database steps ride out an outage (FARM_RECORD_RETRY_S): recording a computed result, ending the
+    job, handing it back. Losing such a step would cost the job's work, or leave it running under a worker that
+    gave it up, until the reaper re-ran it as a worker loss. Each is a conditional statement that writes nothing
+    twice, so a retry after a COMMIT that landed unseen is harmless."""
+    if retry_s is None:
+        from farm.settings import FarmSettings
+
+        retry_s = FarmSettings.from_env().record_retry_s
+
+    def waiting(e: Exception, left_s: float) -> None:
+        log.warning("job %s: %s; keeping its state and retrying for up to %.0f s", job_id, e, left_s)
+
+    def back() -> None:
+        log.warning("job %s: database reachable again", job_id)
+
+    return Patience(retry_s, setting="FARM_RECORD_RETRY_S", on_wait=waiting, on_back=back)
+
+
+def _end(
+    db: Any,
+    job_id: int,
+    worker: str,
+    state: str,
+    error: str,
+    started: float,
+    role: str | None,
+    patience: Patience | None = None,
+) -> Outcome:
+    from farm.store import queries
+
+    def end() -> str:
+        with db.session() as s:
+            queries.fail_job(s, job_id, error, worker=worker, state=state)
+            final = queries.job_state(s, job_id) or state
+            queries.settle_sweeps(s, job_id)
+        return final
+
+    final = (patience or _patience(job_id, None)).call(end)
     return Outcome(job_id, final, error, time.perf_counter() - started, role=role)
 
 

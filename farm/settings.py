@@ -22,6 +22,9 @@ The farm's reliability knobs (docs/farm.md says why each default):
 | FARM_WORKER_MAX_TASKS_PER_CHILD| 500     |
 | FARM_WORKER_MAX_MEMORY_MB      | 4096    |
 | FARM_TRANSIENT_RETRIES         | 5       |
+| FARM_REQUEUE_AFTER_S           | 600     |
+| FARM_RECORD_RETRY_S            | 300     |
+| FARM_WAIT_RETRY_S              | 600     |
 """
 
 from __future__ import annotations
@@ -76,6 +79,14 @@ class FarmSettings:
     max_tasks_per_child: int
     max_memory_mb: int
     transient_retries: int
+    #: A queued job sent longer ago than this, in a queue the broker holds fewer messages of than the database has
+    #: queued jobs, lost its message (a broker restarted without persistence): the reaper sends it again.
+    requeue_after_s: float = 600.0
+    #: How long a worker keeps a computed result and retries recording it (or ending / handing back its job) while
+    #: the database is unreachable: longer than a database failover, so that an outage costs no work.
+    record_retry_s: float = 300.0
+    #: How long ``--wait`` / ``sweep status --watch`` keep reconnecting to an unreachable database before giving up.
+    wait_retry_s: float = 600.0
 
     @classmethod
     def from_env(cls) -> FarmSettings:
@@ -94,6 +105,11 @@ class FarmSettings:
             max_tasks_per_child=int(_number("FARM_WORKER_MAX_TASKS_PER_CHILD", 500)),
             max_memory_mb=int(_number("FARM_WORKER_MAX_MEMORY_MB", 4096)),
             transient_retries=int(_number("FARM_TRANSIENT_RETRIES", 5)),
+            # Longer than the longest transient retry's countdown (5 min), whose message a worker holds out of the
+            # broker's queue.
+            requeue_after_s=_number("FARM_REQUEUE_AFTER_S", 600),
+            record_retry_s=_number("FARM_RECORD_RETRY_S", 300),
+            wait_retry_s=_number("FARM_WAIT_RETRY_S", 600),
         )
 
 

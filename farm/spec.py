@@ -28,6 +28,9 @@ from farm.errors import ConfigError, Problem
 from farm.jobs import ENGINE_VERSION, JobSpec
 from farm.quant.config import (
     BACKENDS,
+    MAX_BATCH_SIZE,
+    MAX_CALIBRATION_SIZE,
+    MAX_THREADS,
     METHODS,
     BenchmarkConfig,
     Fp32Config,
@@ -53,7 +56,7 @@ class _Strict(BaseModel):
 
 class BenchmarkSpec(_Strict):
     batch_size: list[int] = Field(default_factory=lambda: [1, 8])
-    threads: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, le=MAX_THREADS)
     device: str = "auto"
     warmup_s: float = Field(0.2, ge=0)
     max_time_s: float = Field(3.0, gt=0)
@@ -73,6 +76,9 @@ class BenchmarkSpec(_Strict):
         bad = [b for b in v if b < 1]
         if bad:
             raise ValueError(f"batch sizes must be at least 1, got {bad[0]}")
+        bad = [b for b in v if b > MAX_BATCH_SIZE]
+        if bad:
+            raise ValueError(f"batch sizes must be at most {MAX_BATCH_SIZE}, got {bad[0]}")
         if len(set(v)) != len(v):
             raise ValueError("batch sizes repeat")
         return v
@@ -110,7 +116,7 @@ class SweepSpec(_Strict):
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     include: list[dict[str, Any]] = Field(default_factory=list)
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**63), le=2**63 - 1)
 
     @field_validator("bits", "calibration_size", "backend", mode="before")
     @classmethod
@@ -131,6 +137,8 @@ class SweepSpec(_Strict):
         for n in v or []:
             if n < 1:
                 raise ValueError(f"must be at least 1, got {n}")
+            if n > MAX_CALIBRATION_SIZE:
+                raise ValueError(f"must be at most {MAX_CALIBRATION_SIZE}, got {n}")
         return v
 
     @field_validator("backend")

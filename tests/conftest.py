@@ -30,8 +30,17 @@ def farm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["FARM_HOME"] = previous
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run the tests marked slow")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``gpu``-marked tests on a machine without CUDA."""
+    """Skip ``slow`` tests unless CI=true or --runslow; skip ``gpu``-marked tests on a machine without CUDA."""
+    if not (config.getoption("--runslow") or os.environ.get("CI") == "true"):
+        skip_slow = pytest.mark.skip(reason="slow: runs under CI=true or with --runslow")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(skip_slow)
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return

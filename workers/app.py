@@ -12,10 +12,32 @@ from typing import Any
 
 from celery import Celery
 
+from farm.errors import ConfigError
 from farm.settings import FarmSettings, Settings
 
 RUN_JOB = "farm.run_job"
 QAT_TRAIN = "farm.qat_train"
+#: The broker transports the farm runs on: it relies on Redis (the visibility timeout, pipelined publishes).
+BROKER_SCHEMES = ("redis", "rediss", "sentinel")
+
+
+def check_broker_url(url: str) -> None:
+    """Refuse a broker URL whose transport the farm does not run on, before kombu fails on it with a traceback.
+
+    Args:
+        url: the broker URL (FARM_BROKER_URL).
+
+    Raises:
+        ConfigError: an unknown or unsupported scheme; the message names it, the URL shown without its password.
+    """
+    from kombu.utils.url import maybe_sanitize_url
+
+    scheme = url.partition("://")[0].strip().lower() if "://" in url else ""
+    if scheme not in BROKER_SCHEMES:
+        shown = maybe_sanitize_url(url)
+        supported = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
+        what = f"unsupported broker transport {scheme!r} in {shown}" if scheme else f"{shown} is not a broker URL"
+        raise ConfigError(f"{what}; supported: {supported}", source="FARM_BROKER_URL")
 
 
 def make_app(broker_url: str | None = None) -> Celery:
@@ -48,9 +70,11 @@ def celery_settings(farm: FarmSettings) -> dict[str, Any]:
         # Recycle pool processes: torch keeps memory it has freed, and leaks in user models add up.
         worker_max_tasks_per_child=farm.max_tasks_per_child,
         worker_max_memory_per_child=(farm.max_memory_mb * 1024) or None,
-        # A broker connection lost mid-task means the message will be re-delivered: stop the task rather than
-        # finish it twice (the database claim makes the second run a no-op anyway).
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A broker connection lost mid-task: let the task finish and record its result. Cancelling it (Celery's
+        # option) threw the computed work away and left the job running under a dead process until the reaper
+        # re-ran it as a worker loss. The message may be re-delivered (its ack was lost): the claim drops it, the
+        # job being running or succeeded by then.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         # Events for Flower: the workers' (received, started, succeeded, ...). Not a task-sent event per message

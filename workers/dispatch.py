@@ -7,14 +7,15 @@ message is a hint: sending one twice, or one for a job that has finished, is har
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from kombu.exceptions import KombuError, OperationalError
 from kombu.utils.uuid import uuid
 
 from farm.errors import TransientError
-from farm.store import queries
-from workers.app import QAT_TRAIN, RUN_JOB
+from farm.store import queries, scheduling
+from workers.app import QAT_TRAIN, RUN_JOB, check_broker_url
 
 #: Messages buffered per pipelined publish.
 BATCH_SIZE = 1000
@@ -32,7 +33,13 @@ def redact_broker(url: str) -> str:
 
 
 def check_broker(app: Any, timeout_s: float = 5.0) -> None:
-    """Raise BrokerUnavailable (one line, URL without password) unless the broker answers."""
+    """Raise BrokerUnavailable (one line, URL without password) unless the broker answers.
+
+    Raises:
+        ConfigError: the URL names a transport the farm does not run on (see workers.app.check_broker_url).
+        BrokerUnavailable: the broker does not answer.
+    """
+    check_broker_url(str(app.conf.broker_url))
     url = redact_broker(app.conf.broker_url)
     try:
         with app.connection_for_write() as conn:
@@ -133,51 +140,102 @@ def _publish_routed(app: Any, producer: Any, messages: list[queries.Message]) ->
 
 
 def dispatch_ready(db: Any, app: Any, job_ids: Sequence[int]) -> int:
-    """Queue and send the jobs among ``job_ids`` that can start now (references, or their reference succeeded)."""
+    """Decide the pending jobs among ``job_ids`` (see :func:`farm.store.scheduling.schedule_pending`): send those
+    that can start now, end those whose reference failed or was cancelled; returns how many were sent."""
     with db.session() as s:
-        messages = queries.queue_ready(s, job_ids)
-    return send(app, messages)
+        decision = scheduling.schedule_pending(s, job_ids)
+    return send(app, decision.messages)
 
 
 def after_job(db: Any, app: Any, job_id: int, state: str, role: str | None) -> None:
-    """Fan-out tracked in the database: a reference that succeeded releases its jobs; one that failed ends them."""
-    if role != "reference":
+    """A job ended: ask the one scheduling decision (:func:`farm.store.scheduling.job_ended`) what it releases or
+    ends, and send the released jobs.
+
+    ``state`` is the caller's view; the decision reads the job's own from the database. A trial has no dependents,
+    and the statement that ended it settled its sweeps already: nothing to do for one.
+    """
+    if role is not None and role != "reference":
         return
     with db.session() as s:
-        if state == "succeeded":
-            messages = queries.queue_ready(s, queries.dependents(s, job_id))
-        else:
-            queries.fail_dependents(s, job_id)
-            messages = []
-            for sweep in s.get(queries.Job, job_id).sweeps:  # type: ignore[union-attr]
-                queries.refresh_sweep_state(s, sweep.id)
-    send(app, messages)
+        decision = scheduling.job_ended(s, job_id)
+    send(app, decision.messages)
 
 
-def reap(db: Any, app: Any, max_attempts: int, sweep_id: int | None = None) -> tuple[int, int]:
-    """Re-queue running jobs whose lease expired (their worker died); fail those past ``max_attempts``.
+def reap(db: Any, app: Any, max_attempts: int, sweep_id: int | None = None, store: Any = None) -> tuple[int, int]:
+    """Re-queue running jobs whose lease expired (their worker died); fail those past ``max_attempts``, ending
+    their dependents and settling their sweeps as any other end of a job does.
+
+    Args:
+        store: the artifact store; given, the objects the dead attempts of a job failed here left behind are
+            deleted (no object outlives a settled sweep without a row).
 
     Returns:
         (re-queued, failed).
     """
-    requeued: list[queries.Message] = []
-    failed = 0
+    messages: list[queries.Message] = []
+    requeued = failed = 0
+    ended_keys: list[str] = []
     with db.session() as s:
         for job in queries.expired_jobs(s, sweep_id):
             message = queries.requeue_expired(s, job, max_attempts)
             if message is not None:
-                requeued.append(message)
-            elif queries.job_state(s, job.id) == "failed":
+                messages.append(message)
+                requeued += 1
+                continue
+            if queries.job_state(s, job.id) == "failed":
                 failed += 1
-                if job.role == "reference":
-                    queries.fail_dependents(s, job.id)
-                for sweep in job.sweeps:
-                    queries.refresh_sweep_state(s, sweep.id)
+                ended_keys.append(job.key)
+            messages += scheduling.job_ended(s, job.id).messages
         # Two jobs of a sweep ending at the same moment on PostgreSQL each see the other still running (their
         # statements' snapshots), so neither settles the sweep: this round does.
         queries.settle_stale_sweeps(s)
-    send(app, requeued)
-    return len(requeued), failed
+    if store is not None and ended_keys:
+        from farm.artifact_gc import collect_job
+
+        for key in ended_keys:
+            collect_job(db, store, key)
+    send(app, messages)
+    return requeued, failed
+
+
+def resend_lost(db: Any, app: Any, requeue_after_s: float) -> int:
+    """Send again the queued jobs whose message the broker lost (a Redis restarted without persistence).
+
+    Only a queue that holds fewer messages than it has queued jobs lost any, and only jobs sent more than
+    ``requeue_after_s`` ago are sent again (see :func:`farm.store.scheduling.take_lost`): a long backlog is left
+    alone. A duplicate is harmless: the claim drops it.
+
+    Returns:
+        How many messages were sent.
+
+    Raises:
+        BrokerUnavailable: the broker did not answer.
+    """
+    cutoff = queries.utcnow() - timedelta(seconds=requeue_after_s)
+    with db.session(write=False) as s:
+        stale = scheduling.stale_queues(s, cutoff)
+    if not stale:
+        return 0
+    lengths = queue_lengths(app, stale)  # before the database's count: a job claimed meanwhile can't look lost
+    with db.session() as s:
+        messages = scheduling.take_lost(s, lengths, cutoff)
+    return send(app, messages)
+
+
+def queue_lengths(app: Any, queues: Sequence[str]) -> dict[str, int]:
+    """Messages waiting in each of the broker's ``queues`` (on Redis, the LLEN of the queue's lists, through
+    kombu's channel). Messages a worker holds (reserved, or waiting for a retry's countdown) are not counted.
+
+    Raises:
+        BrokerUnavailable: the broker did not answer.
+    """
+    try:
+        with app.connection_for_read() as conn, conn._reraise_as_library_errors():
+            channel = conn.default_channel
+            # Not passive: on Redis a passive declare of an empty queue (no key) fails; this one creates nothing.
+            return {q: int(channel.queue_declare(queue=q, passive=False).message_count) for q in queues}
+    except (OSError, KombuError, OperationalError) as e:
+        raise BrokerUnavailable(f"broker {redact_broker(app.conf.broker_url)} is unreachable: {_reason(e)}") from None
 
 
 def _reason(e: BaseException) -> str:

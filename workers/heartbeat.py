@@ -55,11 +55,18 @@ def _loop(interval_s: float) -> None:
 
     rt = _runtime()
     identity = _identity()
+    failing = False
     while True:
         try:
             beat_once(rt["db"], rt["name"], identity)
-        except FarmError as e:
-            log.warning("heartbeat failed: %s", e)
+        except FarmError as e:  # a database outage: said once, not every beat; the jobs run on
+            if not failing:
+                log.warning("heartbeat failed (retrying every %g s): %s", interval_s, e)
+            failing = True
+        else:
+            if failing:
+                log.warning("heartbeat: database reachable again")
+            failing = False
         if _stop.wait(interval_s):
             return
 

@@ -126,6 +126,7 @@ def _celery_args(child: Child, loglevel: str) -> list[str]:
 
 def run(children: list[Child], *, reap_every_s: float) -> int:
     """Start the children, supervise them and reap expired jobs until SIGTERM / SIGINT; returns an exit status."""
+    from farm.artifacts import open_store
     from farm.settings import FarmSettings
     from farm.store.db import Database
     from farm.store.migrate import ensure_schema
@@ -136,6 +137,8 @@ def run(children: list[Child], *, reap_every_s: float) -> int:
     db = Database()
     ensure_schema(db)
     dispatch.check_broker(app)
+    store = open_store()
+    hold = _ReapHold(farm.lease_s)
     stopping = False
 
     def stop(signum: int, _frame: Any) -> None:
@@ -158,12 +161,7 @@ def run(children: list[Child], *, reap_every_s: float) -> int:
                 _start(child)
         if time.monotonic() - last_reap >= reap_every_s:
             last_reap = time.monotonic()
-            try:
-                requeued, failed = dispatch.reap(db, app, farm.max_attempts)
-                if requeued or failed:
-                    log.warning("reaper: %d job(s) re-queued, %d failed after too many attempts", requeued, failed)
-            except Exception as e:  # noqa: BLE001 - the reaper retries next round; the workers go on
-                log.warning("reaper: %s", e)
+            _reap_round(db, app, farm, store, hold)
     for child in children:  # warm shutdown: running jobs finish, queued messages go back to the broker
         if child.proc is not None and child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
@@ -174,6 +172,52 @@ def run(children: list[Child], *, reap_every_s: float) -> int:
             except subprocess.TimeoutExpired:
                 child.proc.kill()
     return 0
+
+
+class _ReapHold:
+    """After the database was unreachable, hold off reaping leases for one lease.
+
+    During an outage no worker can renew its lease, so every running job looks expired the moment the database
+    is back: reaping then would charge live workers a loss and re-run their jobs. One lease after the outage,
+    every live worker has renewed (it renews every FARM_HEARTBEAT_S), and what is still expired is really dead.
+    """
+
+    def __init__(self, lease_s: float) -> None:
+        self.lease_s = lease_s
+        self.until = 0.0
+
+    def outage(self) -> None:
+        self.until = time.monotonic() + self.lease_s
+
+    def holding(self) -> bool:
+        return time.monotonic() < self.until
+
+
+def _reap_round(db: Any, app: Any, farm: Any, store: Any = None, hold: _ReapHold | None = None) -> None:
+    """One round of the reaper: expired leases (dead workers), then queued jobs whose message the broker lost.
+
+    Each part retries next round on its own: a broker that is down doesn't stop the leases being reaped.
+    """
+    from farm.errors import StoreUnavailable
+    from workers import dispatch
+
+    try:
+        if hold is None or not hold.holding():
+            requeued, failed = dispatch.reap(db, app, farm.max_attempts, store=store)
+            if requeued or failed:
+                log.warning("reaper: %d job(s) re-queued, %d failed after too many attempts", requeued, failed)
+    except StoreUnavailable as e:
+        if hold is not None:
+            hold.outage()
+        log.warning("reaper: %s; leases are left alone until one lease after the database is back", e)
+    except Exception as e:  # noqa: BLE001 - the reaper retries next round; the workers go on
+        log.warning("reaper: %s", e)
+    try:
+        resent = dispatch.resend_lost(db, app, farm.requeue_after_s)
+        if resent:
+            log.warning("reaper: %d queued job(s) had lost their message (a broker restart?); sent again", resent)
+    except Exception as e:  # noqa: BLE001 - as above
+        log.warning("reaper: %s", e)
 
 
 def _start(child: Child) -> None:

@@ -74,6 +74,7 @@ def _run(task: Task, job_id: int) -> str:
             lease_s=rt["farm"].lease_s,
             heartbeat_s=min(rt["farm"].heartbeat_s, rt["farm"].lease_s / 3),
             max_losses=rt["farm"].max_attempts,
+            record_retry_s=rt["farm"].record_retry_s,
         )
     except TransientError as e:
         retries = task.request.retries

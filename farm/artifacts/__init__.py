@@ -21,6 +21,7 @@ __all__ = [
     "ArtifactStore",
     "LocalStore",
     "StoredObject",
+    "check_store_url",
     "fetch_uri",
     "file_uri_path",
     "object_digest",
@@ -59,3 +60,33 @@ def open_store(url: str | None = None) -> ArtifactStore:
     if not scheme or (len(scheme) == 1 and url[1:2] == ":"):  # a path (a Windows drive letter is no scheme)
         return LocalStore(Path(url))
     raise ConfigError(f"unsupported artifact store URL scheme {scheme!r}; expected {ACCEPTED_FORMS}")
+
+
+def check_store_url(url: str | None = None) -> str:
+    """Refuse a malformed artifact store URL at start-up, connecting to nothing and importing no boto3.
+
+    A command that runs jobs (``sweep run``, ``demo``, ``farm worker``) calls this before it writes anything:
+    a bad FARM_ARTIFACTS_URL found only when the first job uploads would fail every job, over and over.
+
+    Args:
+        url: the URL; None reads ``FARM_ARTIFACTS_URL`` (default ``$FARM_HOME/artifacts``).
+
+    Returns:
+        The URL checked.
+
+    Raises:
+        ConfigError: an unknown scheme, or an ``s3://`` URL with an invalid bucket name, credentials, a query,
+            or an empty, ``.`` or ``..`` segment in its prefix. The message starts with ``FARM_ARTIFACTS_URL``.
+    """
+    if url is None:
+        url = Settings.from_env().artifacts_url
+    try:
+        if urlsplit(url.strip()).scheme.lower() == "s3":
+            from farm.artifacts.s3url import parse_s3_url
+
+            parse_s3_url(url.strip())
+        else:
+            open_store(url)
+    except ConfigError as e:
+        raise ConfigError(e.problems, source="FARM_ARTIFACTS_URL") from None
+    return url

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from farm.artifacts.files import regular_files
@@ -41,6 +43,23 @@ class StoredObject:
     uri: str
     sha256: str
     size_bytes: int
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object as a listing shows it (nothing is downloaded or verified).
+
+    Attributes:
+        key: the key relative to the store's root (no prefix).
+        uri: the object's URI, as :meth:`ArtifactStore.uri_for` gives it (what a database row holds).
+        size_bytes: its size.
+        modified_at: when it was last written (timezone-aware, UTC).
+    """
+
+    key: str
+    uri: str
+    size_bytes: int
+    modified_at: datetime
 
 
 def safe_key(key: str) -> str:
@@ -188,6 +207,23 @@ class ArtifactStore(ABC):
 
         Raises:
             ArtifactError: unsafe or empty prefix, or the store refused a deletion.
+            TransientError: the store could not be reached; retry later.
+        """
+
+    @abstractmethod
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]:
+        """Every object ``prefix`` names or holds below ``prefix/``, in no promised order.
+
+        As with :meth:`delete_prefix`, the prefix is a path: ``jobs/ab`` never lists ``jobs/abc/...``.
+
+        Args:
+            prefix: a non-empty key prefix.
+
+        Yields:
+            One :class:`ListedObject` per object.
+
+        Raises:
+            ArtifactError: unsafe or empty prefix, a missing bucket, refused credentials.
             TransientError: the store could not be reached; retry later.
         """
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from farm.artifacts.base import ArtifactMissing, ArtifactStore, StoredObject, safe_key
+from farm.artifacts.base import ArtifactMissing, ArtifactStore, ListedObject, StoredObject, safe_key
 from farm.artifacts.files import copy_atomic
 from farm.errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class LocalStore(ArtifactStore):
@@ -92,6 +98,56 @@ class LocalStore(ArtifactStore):
             pass
         except OSError as e:
             raise ArtifactError(f"cannot delete {self.uri_for(prefix)}: {e.strerror or e}") from e
+        self._prune(path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        """Remove ``directory`` and its parents while they are empty, up to (not including) the root: an object
+        store has no directories, and a deleted attempt must not leave ``jobs/<key>/<attempt>/`` behind."""
+        while directory != self.root and directory.is_relative_to(self.root) and not directory.is_symlink():
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (another object, a concurrent write), or gone already
+                return
+            directory = directory.parent
+
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]:
+        """See :meth:`ArtifactStore.list_objects`. Symlinks are skipped, never followed; a writer's temp file
+        (``.<name>.<random>.part``) is listed like any other file, so a crashed writer's leftovers can be found.
+        """
+        if not prefix:
+            raise ArtifactError("refusing to list an empty prefix; name one (for example 'jobs')")
+        prefix = safe_key(prefix)
+        top = self.root.joinpath(*prefix.split("/"))
+        if not top.parent.resolve().is_relative_to(self.root):
+            raise ArtifactError(f"prefix {prefix!r} resolves outside the store {self.url}")
+        if top.is_symlink() or not top.exists():
+            return
+        if top.is_file():
+            yield self._listed(prefix, top)
+            return
+
+        def fail(e: OSError) -> None:
+            raise ArtifactError(f"cannot list {self.uri_for(prefix)}: {e.strerror or e}") from e
+
+        for dirpath, dirnames, filenames in os.walk(top, onerror=fail):  # os.walk never follows symlinked dirs
+            here = Path(dirpath)
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = here / name
+                if path.is_symlink():
+                    continue
+                rel = path.relative_to(self.root).as_posix()
+                try:
+                    yield self._listed(safe_key(rel), path)
+                except FileNotFoundError:  # deleted since the walk saw it
+                    continue
+                except ArtifactError as e:  # a file no key can name (a control character): not ours to touch
+                    log.warning("skipping %s: %s", path, e)
+
+    def _listed(self, key: str, path: Path) -> ListedObject:
+        st = path.stat()
+        modified = datetime.fromtimestamp(st.st_mtime, timezone.utc)
+        return ListedObject(key=key, uri=self.uri_for(key), size_bytes=st.st_size, modified_at=modified)
 
     def uri_for(self, key: str) -> str:
         """``file:///root/key``, percent-encoded as :meth:`pathlib.Path.as_uri` does.

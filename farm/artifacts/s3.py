@@ -58,7 +58,7 @@ from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.utils import ChunksizeAdjuster
 
-from farm.artifacts.base import ArtifactMissing, ArtifactStore, StoredObject, safe_key
+from farm.artifacts.base import ArtifactMissing, ArtifactStore, ListedObject, StoredObject, safe_key
 from farm.artifacts.files import b64_digest, check_sha256, multipart_digests, sha256_file
 from farm.artifacts.s3url import parse_s3_url
 from farm.errors import ArtifactError, FarmError, TransientError
@@ -415,6 +415,29 @@ class S3Store(ArtifactStore):
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full + "/")
             for page in pages:
                 self._delete_batch([obj["Key"] for obj in page.get("Contents", [])], action)
+
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]:
+        """See :meth:`ArtifactStore.list_objects`. Pages through ListObjectsV2 (1,000 keys a request); an object
+        whose key is not a safe key (written by other means) is skipped with a warning."""
+        if not prefix:
+            raise ArtifactError("refusing to list an empty prefix; name one (for example 'jobs')")
+        full = self._full(prefix)
+        root = f"{self.prefix}/" if self.prefix else ""
+        with self._errors(f"listing of {self.uri_for(prefix)}"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = str(obj["Key"])
+                    if name != full and not name.startswith(full + "/"):
+                        continue  # jobs/abc/... under the string prefix jobs/ab
+                    try:
+                        key = safe_key(name[len(root) :])
+                    except ArtifactError as e:
+                        log.warning("skipping s3://%s/%s: %s", self.bucket, name, e)
+                        continue
+                    yield ListedObject(
+                        key=key, uri=self.uri_for(key), size_bytes=int(obj["Size"]), modified_at=obj["LastModified"]
+                    )
 
     def _delete_batch(self, keys: list[str], action: str) -> None:
         if not keys:

@@ -9,6 +9,7 @@ from farm.artifacts.base import safe_key
 from farm.errors import ArtifactError, ConfigError
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -34,9 +35,12 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if parts.query or parts.fragment:
         raise ConfigError(f"s3 URL {url!r} must not have a query or fragment")
     bucket = parts.netloc
-    if not _BUCKET.match(bucket) or ".." in bucket:
+    if not _BUCKET.match(bucket) or ".." in bucket or _IP_ADDRESS.match(bucket):
         raise ConfigError(f"s3 URL {url!r}: {bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
-    key = parts.path.strip("/")
+    # One leading "/" separates the bucket, one trailing "/" may end a prefix; any other empty segment
+    # ("s3://bucket//x", "s3://bucket/a//b") is refused by safe_key, as are "." and "..".
+    key = parts.path.removeprefix("/")
+    key = key[:-1] if key.endswith("/") else key
     if key:
         try:
             key = safe_key(key)

@@ -19,6 +19,7 @@ COMMANDS = {
     "methods": "catalog:methods",
     "models": "catalog:models",
     "db": "db:db",
+    "artifacts": "artifacts:artifacts",
     "sweep": "sweep:sweep",
     "results": "results:results",
     "report": "report:report",

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from farm.cli.output import TEXT_FORMATS, write_rows
+from farm.cli.params import ID
 from farm.cli.render import cell, out
 
 _X_DIRECTIONS = click.Choice(["min", "max"])
@@ -19,7 +20,7 @@ def _rows(sweeps: list[int], where: str | None) -> tuple[Any, list[dict[str, Any
     from farm.store.results import ResultsQuery, query_results
 
     query = ResultsQuery.parse(sweep=sweeps, where=where, cli=True)
-    db = open_db()
+    db = open_db(read_only=True)
     with db.session(write=False) as s:
         return db, query_results(s, query)
 
@@ -37,7 +38,7 @@ def _label(r: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.option("--sweep", "sweep_ids", type=int, multiple=True, required=True, help="Sweep(s) to search.")
+@click.option("--sweep", "sweep_ids", type=ID, multiple=True, required=True, help="Sweep(s) to search.")
 @click.option("--x", "x", default="latency_p50_ms", show_default=True, help="First figure (a results_flat column).")
 @click.option("--y", "y", default="accuracy", show_default=True, help="Second figure.")
 @click.option("--x-direction", type=_X_DIRECTIONS, default="min", show_default=True)
@@ -83,7 +84,7 @@ def pareto(
 
 
 @click.command()
-@click.option("--sweep", "sweep_ids", type=int, multiple=True, required=True, help="Sweep(s) to search.")
+@click.option("--sweep", "sweep_ids", type=ID, multiple=True, required=True, help="Sweep(s) to search.")
 @click.option("--max-accuracy-drop", type=float, required=True, help="Accuracy budget, a fraction: 0.01 is 1 point.")
 @click.option(
     "--by", default="latency_p50_ms", show_default=True, help="What to optimise: latency_p50_ms, size_bytes, ..."
@@ -146,8 +147,8 @@ def best(sweep_ids: tuple[int, ...], max_accuracy_drop: float, by: str, where: s
 
 
 @click.command()
-@click.argument("sweep_a", type=int)
-@click.argument("sweep_b", type=int)
+@click.argument("sweep_a", type=ID)
+@click.argument("sweep_b", type=ID)
 @click.option("--where", help="Filter both sweeps first (docs/query.md).")
 @click.option("--format", "fmt", type=click.Choice(TEXT_FORMATS), default="table", show_default=True)
 def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:

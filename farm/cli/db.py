@@ -42,4 +42,4 @@ def current() -> None:
     """Print the database's schema revision and whether it is this QuantFarm's head."""
     from farm.store import db as store
 
-    click.echo(store.schema_status(store.Database()).describe())
+    click.echo(store.schema_status(store.Database(read_only=True)).describe())

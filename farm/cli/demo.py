@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from farm.cli.params import PROCESSES
 from farm.cli.render import out
 
 
 @click.command()
-@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Jobs at once (default: one per core).")
+@click.option("--jobs", "-j", type=PROCESSES, help="Jobs at once (default: one per core).")
 @click.option(
     "--plots", "plots_dir", type=click.Path(file_okay=False), help="Where to write the PNGs. [FARM_HOME/demo]"
 )

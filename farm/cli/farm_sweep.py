@@ -11,16 +11,19 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from farm.cli.params import ID, QUEUE
 from farm.cli.render import err, out
-from farm.cli.sweep import load_plan, open_db, print_status, submitter, watch_sweep
+from farm.cli.sweep import load_plan, open_db, outage_patience, print_status, submitter, watch_sweep
 
 
 @click.command()
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--wait", is_flag=True, help="Show live progress; exit 0 if every job succeeded, 1 otherwise.")
 @click.option("--force", is_flag=True, help="Allow a spec past the job limit (FARM_JOB_LIMIT, default 10,000).")
-@click.option("--cpu-queue", default="cpu", show_default=True, help="Queue (pool) for CPU jobs, e.g. cpu-avx512.")
-@click.option("--gpu-queue", default="gpu", show_default=True, help="Queue (pool) for GPU jobs.")
+@click.option(
+    "--cpu-queue", type=QUEUE, default="cpu", show_default=True, help="Queue (pool) for CPU jobs, e.g. cpu-avx512."
+)
+@click.option("--gpu-queue", type=QUEUE, default="gpu", show_default=True, help="Queue (pool) for GPU jobs.")
 def submit(spec_path: str, wait: bool, force: bool, cpu_queue: str, gpu_queue: str) -> None:
     """Create the sweep in the database and send its runnable jobs to the broker; print the sweep ID.
 
@@ -28,7 +31,7 @@ def submit(spec_path: str, wait: bool, force: bool, cpu_queue: str, gpu_queue: s
     succeeded (in any sweep) are reused. A broker that can't be reached leaves no sweep behind.
     """
     from farm.routing import Pools, route
-    from farm.store import queries
+    from farm.store import queries, scheduling
     from workers import dispatch
     from workers.app import app
 
@@ -51,7 +54,10 @@ def submit(spec_path: str, wait: bool, force: bool, cpu_queue: str, gpu_queue: s
             if record.created:
                 queries.delete_new_sweep(s, record.sweep_id)
             else:
-                queries.cancel_jobs(s, [m.job_id for m in messages], "not sent: the broker was unreachable")
+                unsent = [m.job_id for m in messages]
+                queries.cancel_jobs(s, unsent, "not sent: the broker was unreachable")
+                scheduling.jobs_ended(s, unsent)  # their dependents end too, and the sweep settles
+                queries.refresh_sweep_state(s, record.sweep_id)
         raise
     waiting = len(record.to_run) - len(messages)
     err.print(
@@ -60,64 +66,73 @@ def submit(spec_path: str, wait: bool, force: bool, cpu_queue: str, gpu_queue: s
     )
     click.echo(record.sweep_id)
     if wait:
-        state = watch_sweep(db, record.sweep_id)
-        print_status(db, record.sweep_id)
+        patience = outage_patience()  # a database outage meanwhile: said once, ridden out (FARM_WAIT_RETRY_S)
+        state = watch_sweep(db, record.sweep_id, patience=patience)
+        print_status(db, record.sweep_id, patience=patience)
         sys.exit(0 if state == "succeeded" else 1)
 
 
 @click.command()
-@click.argument("sweep_id", type=int)
+@click.argument("sweep_id", type=ID)
 def cancel(sweep_id: int) -> None:
     """Cancel a sweep: queued jobs never start, running ones stop at their next check."""
-    from farm.store import queries
+    from farm.store import queries, scheduling
 
-    db = open_db()
+    db = open_db(create=False)
     with db.session() as s:
         queries.get_sweep(s, sweep_id)
-        n = queries.cancel_jobs(s, queries.sweep_job_ids(s, sweep_id), "cancelled by farm sweep cancel")
+        job_ids = queries.sweep_job_ids(s, sweep_id)
+        n = queries.cancel_jobs(s, job_ids, "cancelled by farm sweep cancel")
+        scheduling.jobs_ended(s, job_ids)  # a reference shared with another sweep: that sweep's dependents end too
         queries.refresh_sweep_state(s, sweep_id)
     out.print(f"sweep {sweep_id}: {n} job(s) cancelled")
 
 
 @click.command()
-@click.argument("sweep_id", type=int)
+@click.argument("sweep_id", type=ID)
 @click.option("--failed-only", is_flag=True, help="Retry failed jobs only, not cancelled ones.")
 def retry(sweep_id: int, failed_only: bool) -> None:
     """Run a sweep's failed (and cancelled) jobs again, with a fresh attempt budget."""
-    from farm.store import queries
+    from farm.store import queries, scheduling
     from workers import dispatch
     from workers.app import app
 
     dispatch.check_broker(app)
-    db = open_db()
+    db = open_db(create=False)
     with db.session() as s:
         queries.get_sweep(s, sweep_id)
         ids = queries.reset_for_retry(s, sweep_id, failed_only=failed_only)
-    sent = dispatch.dispatch_ready(db, app, ids)
+        # Released if their reference succeeded; failed again at once if it stays failed (not retried here).
+        decision = scheduling.schedule_pending(s, ids)
+        queries.refresh_sweep_state(s, sweep_id)
+    sent = dispatch.send(app, decision.messages)
+    ended = len(set(decision.ended) & set(ids))
+    waiting = len(ids) - len(decision.messages) - ended
     out.print(
-        f"sweep {sweep_id}: {len(ids)} job(s) to retry, {sent} sent, {len(ids) - sent} waiting for their reference"
+        f"sweep {sweep_id}: {len(ids)} job(s) to retry, {sent} sent, {waiting} waiting for their reference"
+        + (f", {ended} ended again with their reference" if ended else "")
     )
 
 
 @click.command()
-@click.argument("sweep_id", type=int)
+@click.argument("sweep_id", type=ID)
 def resume(sweep_id: int) -> None:
     """Re-send a sweep's jobs whose messages were lost (a broker restart, a worker killed with its host)."""
     from farm.settings import FarmSettings
-    from farm.store import queries
+    from farm.store import queries, scheduling
     from workers import dispatch
     from workers.app import app
 
     dispatch.check_broker(app)
-    db = open_db()
+    db = open_db(create=False)
     with db.session() as s:
         queries.get_sweep(s, sweep_id)
-    requeued, failed = dispatch.reap(db, app, FarmSettings.from_env().max_attempts, sweep_id)
+    from farm.artifacts import open_store
+
+    requeued, failed = dispatch.reap(db, app, FarmSettings.from_env().max_attempts, sweep_id, store=open_store())
     with db.session() as s:
-        for ref_id in queries.sweep_job_ids(s, sweep_id, ("failed", "cancelled")):
-            queries.fail_dependents(s, ref_id)
-        queued = queries.queued_messages(s, sweep_id)
-        ready = queries.queue_ready(s, queries.sweep_job_ids(s, sweep_id, ("pending",)))
+        queued = scheduling.resend_queued(s, sweep_id)
+        ready = scheduling.schedule_pending(s, queries.sweep_job_ids(s, sweep_id, ("pending",))).messages
         queries.refresh_sweep_state(s, sweep_id)
     sent = dispatch.send(app, queued + ready)
     out.print(

@@ -8,6 +8,7 @@ from datetime import timezone
 import click
 from rich.table import Table
 
+from farm.cli.params import PROCESSES
 from farm.cli.render import out
 
 
@@ -15,9 +16,9 @@ from farm.cli.render import out
 @click.option(
     "--queues", "-Q", default="cpu", show_default=True, help="Comma-separated queues: cpu, gpu, cpu-avx512, ..."
 )
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="CPU pool processes (default: cores / threads).")
+@click.option("--concurrency", "-c", type=PROCESSES, help="CPU pool processes (default: cores / threads).")
 @click.option("--gpus", help="Comma-separated GPU indices for the gpu queues (default: all).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per process.")
+@click.option("--threads", type=PROCESSES, default=1, show_default=True, help="torch threads per process.")
 @click.option("--loglevel", default="info", show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print what would run and exit.")
 def worker(queues: str, concurrency: int | None, gpus: str | None, threads: int, loglevel: str, dry_run: bool) -> None:
@@ -27,12 +28,18 @@ def worker(queues: str, concurrency: int | None, gpus: str | None, threads: int,
     process with CUDA_VISIBLE_DEVICES set. A queue this machine can't serve (gpu without CUDA, cpu-avx512
     without AVX-512) is refused.
     """
+    from farm.artifacts import check_store_url
     from farm.errors import ConfigError
-    from farm.settings import FarmSettings
+    from farm.routing import check_queue_name
+    from farm.settings import FarmSettings, Settings
+    from workers.app import check_broker_url
     from workers.capabilities import detect
     from workers.runtime import plan, run
 
-    names = [q.strip() for q in queues.split(",") if q.strip()]
+    settings = Settings.from_env()
+    check_broker_url(settings.broker_url)
+    check_store_url(settings.artifacts_url)  # a bad one would fail every job it takes, over and over
+    names = [check_queue_name(q.strip(), source="--queues") for q in queues.split(",") if q.strip()]
     try:
         gpu_ids = [int(g) for g in gpus.split(",") if g.strip()] if gpus else None
     except ValueError:
@@ -60,7 +67,7 @@ def workers(show_all: bool) -> None:
     from farm.store import queries
 
     farm = FarmSettings.from_env()
-    db = open_db()
+    db = open_db(read_only=True)
     now = queries.utcnow()
     with db.session(write=False) as s:
         rows = queries.list_workers(s)

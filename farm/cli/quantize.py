@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from farm.cli.params import SEED
 from farm.errors import ConfigError, Problem
 from farm.quant.config import (
     ACTIVATIONS,
@@ -98,7 +99,7 @@ class BatchSizes(click.ParamType):
     type=click.Choice(["cpu", "cuda"]),
     help="Where to evaluate and time (fp methods; default cuda for fp16, else cpu); for qat, where to fine-tune.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Calibration sampling and fine-tuning seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Calibration sampling and fine-tuning seed.")
 @click.option("--output", type=click.Path(file_okay=False), help="Artifact directory. [FARM_HOME/trials/...]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 def quantize(

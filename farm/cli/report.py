@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from farm.cli.params import ID
+
 
 @click.command()
-@click.argument("sweep_id", metavar="SWEEP_ID", type=int)
+@click.argument("sweep_id", metavar="SWEEP_ID", type=ID)
 @click.option(
     "--output",
     "-o",
@@ -26,7 +28,7 @@ def report(sweep_id: int, output: Path | None) -> None:
 
     require_matplotlib()
     path = check_output(output or Path(f"report-{sweep_id}.html"))  # before the database: nothing done on a bad path
-    db = open_db()
+    db = open_db(read_only=True)
     try:
         written = write_report(db, sweep_id, path)
     finally:

@@ -6,6 +6,7 @@ import click
 
 from farm.cli import LazyGroup
 from farm.cli.output import FORMATS
+from farm.cli.params import COUNT, ID
 
 
 @click.group(
@@ -17,7 +18,7 @@ def results() -> None:
 
 
 @results.command()
-@click.option("--sweep", "sweep_ids", type=int, multiple=True, help="Only these sweeps (repeatable).")
+@click.option("--sweep", "sweep_ids", type=ID, multiple=True, help="Only these sweeps (repeatable).")
 @click.option(
     "--where",
     metavar="EXPR",
@@ -31,7 +32,7 @@ def results() -> None:
     help="Sort key (repeatable; NULLs last). Then sweep_id, job_id, batch_size.",
 )
 @click.option("--columns", metavar="A,B,...", help="Comma-separated columns to show (default: all).")
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many rows.")
+@click.option("--limit", type=COUNT, help="At most this many rows.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
 def query(
@@ -51,7 +52,7 @@ def query(
     # Every check that needs no database comes first: bad input never opens it, nor writes a file.
     q = ResultsQuery.parse(sweep=sweep_ids, where=where, order_by=order_by, columns=columns, limit=limit, cli=True)
     check_output(fmt, output)
-    db = open_db()
+    db = open_db(read_only=True)
     with db.session() as s:
         rows = query_results(s, q)
     write_rows(rows, q.columns, fmt, output)

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from farm.cli import LazyGroup
+from farm.cli.params import ID, POSITIVE_COUNT, PROCESSES
 from farm.cli.render import cell, err, out
 
 
@@ -31,13 +32,28 @@ def sweep() -> None:
     """Plan, run (here) or submit (to a farm), and operate sweeps."""
 
 
-def open_db() -> Any:
-    """The results database from FARM_DATABASE_URL (default: SQLite under FARM_HOME), schema checked."""
-    from farm.store.db import Database
-    from farm.store.migrate import ensure_schema
+def open_db(*, read_only: bool = False, create: bool = True) -> Any:
+    """The results database from FARM_DATABASE_URL (default: SQLite under FARM_HOME), schema checked.
 
+    Args:
+        read_only: for the read commands: the database is opened read-only and never changed, and one without
+            QuantFarm's schema is refused with the command that makes it (``farm db upgrade``).
+        create: create the schema in an empty database (``sweep run``, ``demo``, ``submit``); when False such a
+            database is refused as for ``read_only``.
+    """
+    from farm.store.db import Database
+    from farm.store.migrate import ensure_schema, require_schema
+
+    if read_only or not create:
+        # Checked on a read-only connection even when writes follow: connecting for writes may already change
+        # a foreign SQLite file (it is switched to WAL).
+        checked = Database(read_only=True)
+        require_schema(checked)
+        if read_only:
+            return checked
+        checked.dispose()
     db = Database()
-    ensure_schema(db)
+    ensure_schema(db)  # at head already when create is False: nothing to create
     return db
 
 
@@ -57,6 +73,42 @@ def load_plan(spec_path: str, force: bool, pools: Any = None) -> Any:
     return load_spec(text, source=spec_path, limit=None if force else job_limit(), pools=pools)
 
 
+def check_calibration_sizes(p: Any, source: str) -> None:
+    """Where the engine is installed, refuse a calibration size past its dataset's calibration split.
+
+    The check is ``farm quantize``'s (farm.zoo.data.check_calibration_size); without torch (a producer) the jobs
+    find out on the workers.
+
+    Raises:
+        ConfigError: every calibration size too large for its dataset, each with the split's size.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return
+    from farm.errors import ConfigError, Problem
+    from farm.zoo.data import check_calibration_size, load_dataset
+
+    sizes: dict[str, set[int]] = {}
+    for j in p.jobs:
+        n = j.columns()["calibration_size"]
+        if n is not None:
+            sizes.setdefault(j.spec.dataset, set()).add(n)
+    problems = []
+    for dataset, wanted in sizes.items():
+        try:
+            splits = load_dataset(dataset)
+        except Exception:  # noqa: BLE001 - a dataset that does not load here (on the workers' disks) is their job
+            continue
+        for n in sorted(wanted):
+            try:
+                check_calibration_size(splits, n)
+            except ConfigError as e:
+                problems.append(Problem("calibration_size", str(e)))
+    if problems:
+        raise ConfigError(problems, source=source)
+
+
 @sweep.command()
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--force", is_flag=True, help="Allow a spec past the job limit (FARM_JOB_LIMIT, default 10,000).")
@@ -65,6 +117,7 @@ def load_plan(spec_path: str, force: bool, pools: Any = None) -> Any:
 def plan(spec_path: str, force: bool, show_all: bool, as_json: bool) -> None:
     """Validate SPEC and show the jobs it expands to, without running anything."""
     p = load_plan(spec_path, force)
+    check_calibration_sizes(p, spec_path)
     if as_json:
         data = {
             "name": p.spec.name,
@@ -119,7 +172,7 @@ def plan(spec_path: str, force: bool, show_all: bool, as_json: bool) -> None:
 
 @sweep.command()
 @click.argument("spec_path", metavar="SPEC")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Jobs at once (default: cores / threads per job).")
+@click.option("--jobs", "-j", type=PROCESSES, help="Jobs at once (default: cores / threads per job).")
 @click.option("--force", is_flag=True, help="Allow a spec past the job limit (FARM_JOB_LIMIT, default 10,000).")
 def run(spec_path: str, jobs: int | None, force: bool) -> None:
     """Run SPEC on this machine: SQLite and local artifacts unless FARM_* settings say otherwise.
@@ -138,12 +191,14 @@ def run(spec_path: str, jobs: int | None, force: bool) -> None:
 
 def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
     """Persist and run a plan on this machine, then print the results table. Exits 130 on Ctrl-C."""
+    from farm.artifacts import check_store_url
     from farm.cli.progress import SweepProgress
     from farm.local import RunStats, default_jobs, reclaim_abandoned, run_local
     from farm.settings import Settings
     from farm.store import queries
 
     settings = Settings.from_env()
+    check_store_url(settings.artifacts_url)  # before anything is written: every job would fail to upload
     db = open_db()
     with db.session() as s:
         record = queries.create_sweep(s, p, submitter())
@@ -204,12 +259,12 @@ def _stop_on_termination() -> Iterator[None]:
 
 
 @sweep.command("list")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=POSITIVE_COUNT, default=50, show_default=True)
 def list_sweeps(limit: int) -> None:
     """List sweeps, newest first, with their job counts."""
     from farm.store import queries
 
-    db = open_db()
+    db = open_db(read_only=True)
     with db.session() as s:
         rows = [
             (sw.id, sw.name, sw.state, sw.submitter, sw.created_at, counts)
@@ -234,25 +289,45 @@ def list_sweeps(limit: int) -> None:
 
 
 @sweep.command()
-@click.argument("sweep_id", type=int)
+@click.argument("sweep_id", type=ID)
 @click.option("--watch", is_flag=True, help="A live progress bar until the sweep ends.")
 def status(sweep_id: int, watch: bool) -> None:
     """Show a sweep's progress and its failed jobs."""
-    db = open_db()
+    db = open_db(read_only=not watch, create=False)  # --watch settles the sweep's state as it goes
+    patience = outage_patience() if watch else None
     if watch:
-        state = watch_sweep(db, sweep_id)
+        state = watch_sweep(db, sweep_id, patience=patience)
         err.print(f"sweep {sweep_id}: {state}")
-    print_status(db, sweep_id)
+    print_status(db, sweep_id, patience=patience)
 
 
-def print_status(db: Any, sweep_id: int) -> None:
+def outage_patience() -> Any:
+    """How ``--wait`` and ``sweep status --watch`` ride out a database outage: one line on stderr when it starts and
+    one when it ends, reconnecting with backoff meanwhile; after FARM_WAIT_RETRY_S (10 min) one line and exit 2.
+    The sweep goes on without the watcher, whose exit status would otherwise lie about it."""
+    from farm.outage import Patience
+    from farm.settings import FarmSettings
+
+    def waiting(e: Exception, retry_s: float) -> None:
+        err.print(f"database unreachable, retrying… (for up to {retry_s:g} s, FARM_WAIT_RETRY_S): {escape(str(e))}")
+
+    def back() -> None:
+        err.print("database reachable again")
+
+    return Patience(FarmSettings.from_env().wait_retry_s, setting="FARM_WAIT_RETRY_S", on_wait=waiting, on_back=back)
+
+
+def print_status(db: Any, sweep_id: int, patience: Any = None) -> None:
     from farm.store import queries
 
-    with db.session(write=False) as s:
-        sw = queries.get_sweep(s, sweep_id)
-        counts = queries.sweep_counts(s, sweep_id)
-        failed = [(j.id, j.method, j.model, j.error) for j in sw.jobs if j.state == "failed"]
-        name, state = sw.name, sw.state
+    def read() -> tuple[Any, ...]:
+        with db.session(write=False) as s:
+            sw = queries.get_sweep(s, sweep_id)
+            counts = queries.sweep_counts(s, sweep_id)
+            failed = [(j.id, j.method, j.model, j.error) for j in sw.jobs if j.state == "failed"]
+            return sw.name, sw.state, counts, failed
+
+    name, state, counts, failed = patience.call(read) if patience is not None else read()
     total = sum(counts.values())
     order = ("succeeded", "failed", "running", "queued", "pending", "cancelled")
     parts = ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k))
@@ -261,14 +336,26 @@ def print_status(db: Any, sweep_id: int) -> None:
         out.print(f"  [red]failed[/] job {job_id} {escape(method)} {escape(model)}: {escape(error or '')}")
 
 
-def watch_sweep(db: Any, sweep_id: int, poll_s: float = 1.0) -> str:
-    """Show live progress read from the database until the sweep is no longer running; returns its state."""
+def watch_sweep(db: Any, sweep_id: int, poll_s: float = 1.0, patience: Any = None) -> str:
+    """Show live progress read from the database until the sweep is no longer running; returns its state.
+
+    A database outage meanwhile is ridden out (``patience``, default :func:`outage_patience`).
+
+    Raises:
+        StoreUnavailable: the database stayed unreachable past FARM_WAIT_RETRY_S.
+    """
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from farm.cli.render import interactive
     from farm.store import queries
+
+    patience = patience if patience is not None else outage_patience()
+
+    def poll() -> tuple[str, dict[str, int]]:
+        with db.session() as s:
+            return queries.refresh_sweep_state(s, sweep_id), queries.sweep_counts(s, sweep_id)
 
     with Progress(
         TextColumn(f"[bold]sweep {sweep_id}[/]"),
@@ -281,9 +368,7 @@ def watch_sweep(db: Any, sweep_id: int, poll_s: float = 1.0) -> str:
     ) as progress:
         task = progress.add_task("watch", total=1, detail="")
         while True:
-            with db.session() as s:
-                state = queries.refresh_sweep_state(s, sweep_id)
-                counts = queries.sweep_counts(s, sweep_id)
+            state, counts = patience.call(poll)
             done = sum(counts.get(k, 0) for k in ("succeeded", "failed", "cancelled"))
             active = ", ".join(f"{counts[k]} {k}" for k in ("running", "queued", "pending") if counts.get(k))
             failed = f"[red]{counts['failed']} failed[/] " if counts.get("failed") else ""

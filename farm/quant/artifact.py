@@ -206,7 +206,13 @@ def load_artifact(
     if engine and engine in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = engine
     from farm.quant.registry import quiet_torch_ao
+    from farm.zoo.safe_load import PROMISE, UnsafeFile, check_torchscript
 
+    try:
+        # A manifest's sha256 is no guard: whoever wrote the file wrote the manifest too.
+        check_torchscript(path)
+    except UnsafeFile as e:
+        raise ArtifactError(f"artifact {path} refused: {e} ({PROMISE})") from None
     with quiet_torch_ao():
         module = torch.jit.load(str(path), map_location=map_location)
     return module.eval(), manifest

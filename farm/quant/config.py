@@ -28,6 +28,10 @@ LOSSES = ("auto", "ce", "kd")
 HALF_MODES = ("cast", "autocast")
 STATIC_MODES = ("fx", "eager")
 MIN_BITS, MAX_BITS = 2, 8
+#: Bounds on the integers a job stores in its database row (32-bit columns) and that a machine can honour.
+MAX_CALIBRATION_SIZE = 10_000_000
+MAX_BATCH_SIZE = 1_000_000
+MAX_THREADS = 1024
 
 
 def _param(
@@ -151,7 +155,9 @@ class _IntegerConfig(MethodConfig):
     supported_bits: ClassVar[tuple[int, ...]] = tuple(range(MIN_BITS, MAX_BITS + 1))
 
     bits: int = _param(8, "8 runs real int8 kernels; 2-7 are simulated with fake quantization", min=2, max=8)
-    calibration_size: int = _param(256, "calibration samples drawn deterministically from the calibration split", min=1)
+    calibration_size: int = _param(
+        256, "calibration samples drawn deterministically from the calibration split", min=1, max=MAX_CALIBRATION_SIZE
+    )
     observer: str = _param("minmax", "activation range observer", choices=OBSERVERS)
     percentile: float = _param(99.99, "percentile of |activation| kept by the percentile observer", min=50, max=100)
     granularity: str = _param(
@@ -429,10 +435,12 @@ class BenchmarkConfig:
         for b in self.batch_sizes:
             if isinstance(b, bool) or not isinstance(b, int) or b < 1:
                 out.append(Problem("batch_size", f"batch sizes must be positive integers, got {b!r}"))
+            elif b > MAX_BATCH_SIZE:
+                out.append(Problem("batch_size", f"batch sizes must be at most {MAX_BATCH_SIZE}, got {b!r}"))
         if len(set(self.batch_sizes)) != len(self.batch_sizes):
             out.append(Problem("batch_size", "batch sizes repeat"))
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
-            out.append(Problem("threads", f"must be a positive integer, got {self.threads!r}"))
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS:
+            out.append(Problem("threads", f"must be an integer from 1 to {MAX_THREADS}, got {self.threads!r}"))
         if self.device not in BENCH_DEVICES:
             out.append(Problem("device", f"{self.device!r} is not one of {', '.join(BENCH_DEVICES)}"))
         if self.warmup_s < 0 or self.max_time_s <= 0 or self.min_reps < 1 or not 0 < self.rel_tol < 1:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -101,22 +102,27 @@ class Database:
     Args:
         url: database URL; default ``Settings.from_env().database_url`` (FARM_DATABASE_URL or the SQLite file
             under FARM_HOME). The parent directory of an SQLite file is created.
+        read_only: never change the database (the read commands): an SQLite file is opened ``mode=ro`` with
+            ``query_only`` (nothing created, not even the file or its directory, and no switch to WAL); a
+            PostgreSQL session has ``default_transaction_read_only`` on.
 
     Raises:
         ConfigError: the URL cannot be parsed, or names a database that has no driver installed.
         StoreUnavailable: the SQLite file's directory cannot be created.
     """
 
-    def __init__(self, url: str | URL | None = None) -> None:
+    def __init__(self, url: str | URL | None = None, *, read_only: bool = False) -> None:
         #: The parsed URL, password included: hand this (not ``str(url)``, which shows ``***``) to another
         #: process. Print :attr:`redacted_url`.
         self.url: URL = normalize_url(url or Settings.from_env().database_url)
         self.redacted_url: str = self.url.render_as_string(hide_password=True)
         self.dialect: str = self.url.get_backend_name()
+        self.read_only = read_only
         #: Set by farm.store.migrate.ensure_schema once the schema is known to be at head.
         self.schema_checked = False
         self.engine: Engine = self._create_engine()
-        writer = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        # A read-only SQLite connection cannot take the write lock (BEGIN IMMEDIATE): every session reads.
+        writer = self.engine if read_only else self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         # expire_on_commit=False: rows returned from a session stay readable after it is closed.
         self._write_sessions = sessionmaker(bind=writer, expire_on_commit=False)
         self._read_sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
@@ -237,6 +243,8 @@ class Database:
         if self.dialect == "sqlite":
             connect_args["timeout"] = BUSY_TIMEOUT_S
             path = self.sqlite_path
+            if self.read_only:
+                return self._create_read_only_sqlite_engine(path)
             if path is not None:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,8 +252,11 @@ class Database:
                     raise StoreUnavailable(
                         f"database {self.redacted_url} is unreachable: cannot create {path.parent}: {e.strerror}"
                     ) from e
-        elif self.dialect == "postgresql" and "connect_timeout" not in self.url.query:
-            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        elif self.dialect == "postgresql":
+            if "connect_timeout" not in self.url.query:
+                connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+            if self.read_only and "options" not in self.url.query:
+                connect_args["options"] = "-c default_transaction_read_only=on"
         try:
             engine = create_engine(self.url, connect_args=connect_args)
         except (ArgumentError, ImportError) as e:  # an unknown scheme, or its driver is not installed
@@ -256,6 +267,22 @@ class Database:
             event.listen(engine, "begin", _sqlite_on_begin)
         else:
             _ping_after_idle(engine)
+        _dispose_in_forked_children(engine)
+        return engine
+
+    def _create_read_only_sqlite_engine(self, path: Path | None) -> Engine:
+        # mode=ro: a missing file is an error, not a new empty database; query_only: no statement may write.
+        # No WAL switch (it rewrites the file's header): a database already in WAL mode is read as such.
+        if path is not None:
+            uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+            engine = create_engine(
+                self.url,
+                creator=lambda: sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False),
+            )
+        else:
+            engine = create_engine(self.url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        event.listen(engine, "connect", _sqlite_on_connect_read_only)
+        event.listen(engine, "begin", _sqlite_on_begin)
         _dispose_in_forked_children(engine)
         return engine
 
@@ -308,6 +335,16 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         # In WAL mode NORMAL syncs at checkpoints, not at every commit: a crash of the process loses nothing,
         # a power cut may lose the last commits (the jobs then rerun), and each commit costs no fsync.
         cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_connect_read_only(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA query_only = ON")
     finally:
         cursor.close()
 
@@ -387,6 +424,7 @@ from farm.store.migrate import (  # noqa: E402
     ensure_schema,
     head_revision,
     migrations_dir,
+    require_schema,
     schema_status,
     upgrade,
 )
@@ -402,6 +440,7 @@ __all__ = [
     "migrations_dir",
     "normalize_url",
     "redact_url",
+    "require_schema",
     "schema_status",
     "upgrade",
 ]

@@ -309,11 +309,15 @@ def fail_job(session: Session, job_id: int, error: str, *, worker: str | None = 
 
 
 def release_job(session: Session, job_id: int, worker: str, error: str) -> bool:
-    """Hand a running job back to the queue (a transient failure that will be retried)."""
+    """Hand a running job back to the queue (a transient failure that will be retried).
+
+    Its retry message goes out now (held by the worker until its countdown ends, where the broker's queue length
+    does not show it): ``queued_at`` says so, and the reaper leaves it alone for ``FARM_REQUEUE_AFTER_S``.
+    """
     moved = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
-        .values(state="queued", error=error[:4000], lease_expires_at=None)
+        .values(state="queued", error=error[:4000], lease_expires_at=None, queued_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return moved.rowcount == 1  # type: ignore[attr-defined]

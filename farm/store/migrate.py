@@ -148,8 +148,32 @@ def schema_status(db: Database) -> SchemaStatus:
     Raises:
         StoreUnavailable: the database cannot be reached.
     """
+    path = db.sqlite_path
+    if db.read_only and path is not None and not path.exists():  # opening it read-only would fail: nothing there
+        return SchemaStatus(db.redacted_url, None, head_revision(), "empty")
     with db.connect() as conn:
         return _status(conn, db.redacted_url)
+
+
+def require_schema(db: Database) -> None:
+    """Check that the database's schema is at head, changing nothing: what the read commands do.
+
+    Unlike :func:`ensure_schema` it never creates the schema, takes no migration lock and writes no file, so a
+    read command pointed at an empty or foreign database leaves it exactly as it was.
+
+    Args:
+        db: the database (open it with ``read_only=True`` to have the connection refuse writes too).
+
+    Raises:
+        SchemaOutOfDate: the schema is missing, behind, unknown or unversioned; the message says what to run.
+        StoreUnavailable: the database cannot be reached.
+    """
+    if db.schema_checked:
+        return
+    status = schema_status(db)
+    if status.state != "head":
+        raise SchemaOutOfDate(status.problem())
+    db.schema_checked = True
 
 
 def ensure_schema(db: Database, *, auto_create: bool = True) -> None:

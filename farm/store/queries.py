@@ -59,6 +59,10 @@ class SweepRecord:
     ids: dict[str, int]
 
 
+#: Key of the PostgreSQL advisory lock that serialises sweep creation ("QFSW").
+CREATE_SWEEP_LOCK = 0x51465357
+
+
 def create_sweep(
     session: Session,
     plan: Any,
@@ -81,6 +85,11 @@ def create_sweep(
         The sweep id, whether it is new, and which jobs must run.
     """
     now = utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        # One creator at a time: two submits of one spec (or of specs sharing jobs) would each find no sweep and
+        # no job, insert their own, and the second would fail on the first's job keys. Waiting here, the second
+        # sees the first's sweep and jobs once it commits. (SQLite's BEGIN IMMEDIATE serialises writers already.)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_SWEEP_LOCK})
     sweep = session.scalar(select(Sweep).where(Sweep.name == plan.spec.name, Sweep.spec_hash == plan.spec_hash))
     created = sweep is None
     if sweep is None:
@@ -325,16 +334,13 @@ def dependents(session: Session, reference_id: int, states: Sequence[str] = ("pe
 
 
 def fail_dependents(session: Session, reference_id: int) -> list[int]:
-    """End the unfinished jobs of a reference that failed (or was cancelled): they can never compare with it."""
-    ref = session.get(Job, reference_id)
-    if ref is None or ref.state not in ("failed", "cancelled"):
-        return []
-    ids = dependents(session, reference_id, ("pending", "queued"))
-    state = "cancelled" if ref.state == "cancelled" else "failed"
-    reason = f"the fp32 reference (job {reference_id}) {ref.state}: {ref.error or ''}".strip()
-    for job_id in ids:
-        fail_job(session, job_id, reason, state=state)
-    return ids
+    """End the unfinished jobs of a reference that failed (or was cancelled), and settle their sweeps.
+
+    :func:`farm.store.scheduling.job_ended` decides; this is its answer's list of the jobs it ended.
+    """
+    from farm.store.scheduling import job_ended  # it builds on this module
+
+    return job_ended(session, reference_id).ended
 
 
 def hand_off(session: Session, job_id: int, worker: str, checkpoint: Any) -> Message | None:
@@ -360,18 +366,38 @@ def hand_off(session: Session, job_id: int, worker: str, checkpoint: Any) -> Mes
     return Message(job_id, queue, "finish")
 
 
-def expired_jobs(session: Session, sweep_id: int | None = None) -> list[Job]:
+@dataclass(frozen=True)
+class ExpiredJob:
+    """A running job whose lease ran out, as it was read (a plain copy: an ORM row would go stale the moment a
+    bulk UPDATE changes the job, and a decision taken on it would be wrong)."""
+
+    id: int
+    role: str
+    queue: str | None
+    stage: str
+    worker: str | None
+    worker_losses: int
+    key: str = ""
+
+
+def expired_jobs(session: Session, sweep_id: int | None = None) -> list[ExpiredJob]:
     """Running jobs whose lease ran out: their worker stopped heart-beating (died, or lost the database)."""
-    stmt = select(Job).where(Job.state == "running", Job.lease_expires_at < utcnow())
+    stmt = select(Job.id, Job.role, Job.queue, Job.stage, Job.worker, Job.worker_losses, Job.key).where(
+        Job.state == "running", Job.lease_expires_at < utcnow()
+    )
     if sweep_id is not None:
         stmt = stmt.join(SweepJob, SweepJob.job_id == Job.id).where(SweepJob.sweep_id == sweep_id)
-    return list(session.scalars(stmt))
+    return [
+        ExpiredJob(r.id, r.role, r.queue, r.stage, r.worker, r.worker_losses or 0, r.key) for r in session.execute(stmt)
+    ]
 
 
-def requeue_expired(session: Session, job: Job, max_attempts: int) -> Message | None:
+def requeue_expired(session: Session, job: ExpiredJob, max_attempts: int) -> Message | None:
     """Put an expired job back in the queue, or fail it once its worker died under it ``max_attempts`` times.
 
-    Only worker losses count here: the claims a transient error (S3 or the database away) used up do not.
+    Only worker losses count here: the claims a transient error (S3 or the database away) used up do not. A job
+    failed here has ended: the caller hands it to :func:`farm.store.scheduling.job_ended` (its dependents, its
+    sweeps).
     """
     now = utcnow()
     losses = (job.worker_losses or 0) + 1
@@ -393,16 +419,6 @@ def requeue_expired(session: Session, job: Job, max_attempts: int) -> Message | 
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         return None  # another reaper got there first
     return Message(job.id, job.queue or "cpu", job.stage)
-
-
-def queued_messages(session: Session, sweep_id: int) -> list[Message]:
-    """A message for every queued job of the sweep (to re-send after messages were lost)."""
-    rows = session.execute(
-        select(Job.id, Job.queue, Job.stage)
-        .join(SweepJob, SweepJob.job_id == Job.id)
-        .where(SweepJob.sweep_id == sweep_id, Job.state == "queued")
-    ).all()
-    return [Message(r.id, r.queue or "cpu", r.stage) for r in rows]
 
 
 def reset_for_retry(session: Session, sweep_id: int, *, failed_only: bool) -> list[int]:

@@ -215,6 +215,8 @@ def _integer(value: object, what: str, source: str) -> int:
     # numpy's integers are Integral too: ids taken from a DataFrame work.
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise ConfigError(f"expected {what}, got {value!r}", source=source)
+    if not -(2**63) <= int(value) < 2**63:  # what SQLite and PostgreSQL (bigint) store; past it the driver fails
+        raise ConfigError(f"expected {what}, got {value!r}: out of range (at most 2**63 - 1)", source=source)
     return int(value)
 
 

@@ -205,6 +205,21 @@ def _entrypoint(ref: Ref, allowed: Sequence[str] | None) -> DatasetSplits:
     )
 
 
+def check_calibration_size(splits: DatasetSplits, n: int) -> int:
+    """Refuse a calibration size larger than the dataset's calibration split (``quantize``, ``sweep plan``).
+
+    Returns:
+        The split's size.
+
+    Raises:
+        ConfigError: ``n`` is larger than the split (the message gives the split's size).
+    """
+    size = len(splits.calibration)  # type: ignore[arg-type]
+    if n > size:
+        raise ConfigError(f"calibration size {n} is larger than the calibration split of {splits.ref} ({size} samples)")
+    return size
+
+
 def calibration_subset(splits: DatasetSplits, n: int, seed: int) -> Dataset:
     """``n`` samples drawn deterministically (by ``seed``) from the calibration split.
 
@@ -213,9 +228,7 @@ def calibration_subset(splits: DatasetSplits, n: int, seed: int) -> Dataset:
     Raises:
         ConfigError: ``n`` is larger than the split (the message gives the split's size).
     """
-    size = len(splits.calibration)  # type: ignore[arg-type]
-    if n > size:
-        raise ConfigError(f"calibration size {n} is larger than the calibration split of {splits.ref} ({size} samples)")
+    size = check_calibration_size(splits, n)
     idx = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
     if isinstance(splits.calibration, TensorSplit):
         return splits.calibration.take(idx)

@@ -128,15 +128,44 @@ def import_entrypoint(module_name: str, function_name: str, label: str) -> Any:
     return function
 
 
+class ExportedModule(nn.Module):
+    """The module of a loaded ``.pt2``, made to behave like any other model.
+
+    ``ExportedProgram.module()`` returns a GraphModule whose ``eval()`` and ``train()`` raise: the graph
+    was captured in one mode and stays in it. This wrapper records the mode without touching the graph,
+    so ``.eval()``, ``.to(dtype)`` and ``.to(device)`` work as for any module.
+    """
+
+    def __init__(self, graph_module: nn.Module) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.graph_module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        self.training = mode
+        return self
+
+
 def _graph_file(path: Path) -> nn.Module:
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
+    from farm.zoo.safe_load import PROMISE, Unreadable, UnsafeFile, check_pt2, check_torchscript
+
+    kind = "torch.export (.pt2)" if path.suffix == ".pt2" else "TorchScript"
+    try:
+        # Inspected before any torch loader sees it: torch.export.load runs pickles and code from the file.
+        check_pt2(path, path.name) if path.suffix == ".pt2" else check_torchscript(path, path.name)
+    except Unreadable as e:
+        raise ConfigError(f"model file {path} is not a readable {kind} file: {e}") from None
+    except UnsafeFile as e:
+        raise ConfigError(f"model file {path} refused: {e} ({PROMISE})") from None
     try:
         if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module()
+            return ExportedModule(torch.export.load(str(path)).module())
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        kind = "torch.export (.pt2)" if path.suffix == ".pt2" else "TorchScript"
         raise ConfigError(f"model file {path} is not a readable {kind} file: {_first_line(e)}") from e
 
 
@@ -149,6 +178,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"weights file {path} does not exist")
+    from farm.zoo.safe_load import PROMISE, Unreadable, UnsafeFile, check_torch_file
+
+    try:
+        check_torch_file(path, path.name)
+    except Unreadable as e:
+        raise ConfigError(f"weights file {path} is corrupted or not a PyTorch file: {e}") from None
+    except UnsafeFile as e:
+        raise ConfigError(
+            f"weights file {path} is not a plain state dict: it holds Python objects that a weights-only load "
+            f"refuses ({e}; {PROMISE})"
+        ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
@@ -153,3 +154,43 @@ def s3_bucket(s3_client) -> str:
     name = f"farm-test-{secrets.token_hex(6)}"
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+# --- faults: a TCP proxy in front of PostgreSQL, a Redis of the test's own ----------------------------------
+
+
+@pytest.fixture
+def pg_proxy(fresh_pg_url: str) -> Iterator[tuple[Any, str]]:
+    """(proxy, url): a :class:`tests.integration.faults.TcpProxy` in front of the server of a fresh database, and
+    that database's URL through the proxy. ``proxy.drop()`` / ``proxy.restore()`` make a database outage."""
+    from tests.integration.faults import TcpProxy, host_port
+
+    host, port = host_port(fresh_pg_url, 5432)
+    proxy = TcpProxy(host, port).start()
+    try:
+        yield proxy, proxy.url(fresh_pg_url)
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Any]:
+    """A :class:`tests.integration.faults.OwnRedis` (no persistence) on a free port, started; killed at teardown.
+
+    ``own_redis.restart()`` is a broker crash: it comes back on the same port with every message lost.
+    """
+    from tests.integration.faults import OwnRedis
+
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = OwnRedis(workdir=workdir)
+    try:
+        server.start()
+    except RuntimeError as e:
+        server.kill()
+        reason = f"could not start a redis-server of the test's own: {e}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield server
+    server.stop()

@@ -305,6 +305,26 @@ def test_delete_prefix_deletes_a_path_not_a_string_prefix(s3_bucket: str, s3_cli
     store.delete_prefix("jobs/never-there")
 
 
+def test_list_objects_lists_a_path_with_sizes_and_times(s3_bucket: str, s3_client: Any, tmp_path: Path) -> None:
+    import time
+
+    store = S3Store(s3_bucket, "farm")
+    for key, size in [("jobs/ab/model.pt", 3), ("jobs/ab/x/y", 5), ("jobs/abc/model.pt", 7), ("other/z", 1)]:
+        store.put_file(_write(tmp_path / "f", b"b" * size), key)
+    s3_client.put_object(Bucket=s3_bucket, Key="farm/jobs/ab//odd", Body=b"?")  # no safe key names it: skipped
+
+    listed = sorted(store.list_objects("jobs/ab"), key=lambda o: o.key)
+    assert [(o.key, o.size_bytes) for o in listed] == [("jobs/ab/model.pt", 3), ("jobs/ab/x/y", 5)]
+    assert listed[0].uri == f"s3://{s3_bucket}/farm/jobs/ab/model.pt"
+    assert abs(listed[0].modified_at.timestamp() - time.time()) < 300
+    assert {o.key for o in store.list_objects("jobs")} == {"jobs/ab/model.pt", "jobs/ab/x/y", "jobs/abc/model.pt"}
+    assert list(store.list_objects("jobs/never")) == []
+    with pytest.raises(ArtifactError):
+        list(store.list_objects(""))
+    with pytest.raises(ArtifactError, match="does not exist"):
+        list(S3Store(f"{s3_bucket}-missing", "farm").list_objects("jobs"))
+
+
 def test_fetch_uri_of_s3_objects(s3_bucket: str, s3_client: Any, tmp_path: Path) -> None:
     data = os.urandom(5000)
     obj = S3Store(s3_bucket, "weights").put_file(_write(tmp_path / "w.pt", data), "resnet/w.pt")

@@ -116,7 +116,7 @@ def test_a_sweep_runs_once_and_every_result_and_artifact_is_recorded(sweep_home:
     keys = {j["id"]: j["key"] for j in jobs}
     for a in artifacts:
         path = file_uri_path(a["uri"])
-        assert path.parent == sweep_home / "artifacts" / "jobs" / keys[a["job_id"]]
+        assert path.parent.parent == sweep_home / "artifacts" / "jobs" / keys[a["job_id"]]  # jobs/<key>/<attempt>/
         assert sha256_of(path) == a["sha256"] and path.stat().st_size == a["size_bytes"]
 
     # The summary table: one row per job.

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,8 +22,6 @@ from tests.integration.farm.farm_support import (
     ALLOWED_MODULES,
     REPO_ROOT,
     Farm,
-    free_port,
-    wait_for,
 )
 
 SHARED_REDIS = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -102,82 +98,6 @@ class SharedRedisDb:
         finally:
             self._client.close()
             self._client = None
-
-
-@dataclass
-class OwnRedis:
-    """A redis-server of the test's own (no persistence), so that the test can kill and restart it."""
-
-    port: int
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        argv = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(self.workdir),
-        ]
-        with open(self.workdir / "redis.log", "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        client = _redis_client(self.url)
-
-        def answers() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"redis-server exited: {(self.workdir / 'redis.log').read_text()[-2000:]}")
-            try:
-                return bool(client.ping())
-            except Exception:  # noqa: BLE001 - not up yet
-                return False
-
-        try:
-            wait_for(answers, 20, f"redis-server on port {self.port}", interval_s=0.05)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no save; every message it held is gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def queue_length(self, queue: str = "cpu") -> int:
-        client = _redis_client(self.url)
-        try:
-            return int(client.llen(queue))
-        finally:
-            client.close()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    """A redis-server on a free port, started; killed at teardown."""
-    if shutil.which("redis-server") is None:
-        unreachable("redis-server is not installed")
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = OwnRedis(free_port(), workdir)
-    try:
-        server.start()
-    except AssertionError as e:
-        server.kill()
-        unreachable(f"could not start redis-server: {e}")
-    yield server
-    server.kill()
 
 
 @dataclass(frozen=True)

@@ -296,7 +296,7 @@ def test_run_refuses_zero_worker_processes(sweep_home: Path, tmp_path: Path) -> 
     result = farm("sweep", "run", str(spec), "--jobs", "0")
     assert result.exit_code == 2, describe(result)
     (line,) = result.stderr.splitlines()
-    assert line.startswith("Error: Invalid value for '--jobs' / '-j': 0 is not in the range x>=1")
+    assert line.startswith("Error: Invalid value for '--jobs' / '-j': 0 is not in the range 1<=x<=1024")
     assert sweep_count(sweep_home) == (0, 0)
 
 
