@@ -67,14 +67,17 @@ def plan_gc(
     objects = list(store.list_objects(prefix))
     parsed = {o.key: parse_key(o.key) for o in objects}
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=grace_s)
+    job_keys = {p.job_key for p in parsed.values() if p is not None}
     with db.session(write=False) as s:
-        held = artifact_refs.holders(s, {p.job_key for p in parsed.values() if p is not None})
+        held = artifact_refs.holders(s, job_keys)
         referenced = artifact_refs.referenced(s, [o.uri for o in objects])
+        recorded = artifact_refs.uris_of_jobs(s, job_keys)
+    referenced_keys = _referenced_keys(store, recorded)
     plan = GcPlan(listed=len(objects), listed_bytes=sum(o.size_bytes for o in objects))
     for obj in objects:
         attempt = parsed[obj.key]
         holder = held.get(attempt.job_key) if attempt is not None else None
-        if obj.uri in referenced:
+        if obj.uri in referenced or obj.key in referenced_keys:
             plan.referenced += 1
         elif (
             attempt is not None
@@ -87,6 +90,29 @@ def plan_gc(
         else:
             plan.orphans.append(obj)
     return plan
+
+
+def _referenced_keys(store: Any, recorded: dict[str, list[str]]) -> set[str]:
+    """The store keys the recorded rows of the listed jobs point at, compared by key rather than URI string (the
+    same volume mounted at another path gives other file:// URIs).
+
+    Raises:
+        ArtifactError: a row of a listed job points outside this store: the store this command opened is not
+            the one the workers wrote to (FARM_ARTIFACTS_URL or FARM_HOME differ), and deleting would be a guess.
+    """
+    from farm.errors import ArtifactError
+
+    keys: set[str] = set()
+    for uris in recorded.values():
+        for uri in uris:
+            try:
+                keys.add(store.key_for(uri))
+            except ArtifactError:
+                raise ArtifactError(
+                    f"a recorded artifact ({uri}) lies outside the store {store.url} whose objects it would judge: "
+                    "set FARM_ARTIFACTS_URL (and FARM_HOME) as the workers have them; nothing was deleted"
+                ) from None
+    return keys
 
 
 def collect(store: Any, plan: GcPlan, on_deleted: Callable[[ListedObject], None] | None = None) -> int:

@@ -50,7 +50,8 @@ def results(
         SchemaOutOfDate: the database has no QuantFarm schema, or it is behind this QuantFarm.
     """
     from farm.frames import require, results_frame
-    from farm.store.db import Database, require_schema
+    from farm.store.db import Database
+    from farm.store.migrate import require_schema
     from farm.store.results import ResultsQuery, query_results
 
     query = ResultsQuery.parse(sweep=sweep, where=where, order_by=order_by, columns=columns, limit=limit)

@@ -180,15 +180,18 @@ class Reference:
         Raises:
             QuantizationError: the file holds something a weights-only load refuses.
         """
+        import io
+
         import torch
 
         from farm.zoo.safe_load import PROMISE, UnsafeFile, check_torch_file
 
+        raw = path.read_bytes()  # once: torch.load gets the very bytes inspected, not the path again
         try:
-            check_torch_file(path, path.name)
+            check_torch_file(raw, path.name)
         except UnsafeFile as e:
             raise QuantizationError(f"fp32 reference {path} refused: {e} ({PROMISE})") from None
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         meta = json.loads(data["meta"])
         meta["latency"] = {int(k): v for k, v in meta["latency"].items()}
         return cls(outputs=data["outputs"], labels=data["labels"], **meta)
@@ -411,6 +414,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     Raises:
         QuantizationError: the file is not such a checkpoint (corrupted, or something else).
     """
+    import io
     import pickle
 
     import torch
@@ -418,11 +422,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     from farm.zoo.safe_load import PROMISE, UnsafeFile, check_torch_file
 
     try:
-        check_torch_file(path, path.name)
+        raw = path.read_bytes()  # once: torch.load gets the very bytes inspected, not the path again
+    except OSError as e:
+        raise QuantizationError(f"qat: could not read checkpoint {path.name} ({e.strerror or e})") from None
+    try:
+        check_torch_file(raw, path.name)
     except UnsafeFile as e:
         raise QuantizationError(f"qat: checkpoint {path.name} refused: {e} ({PROMISE})") from None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         state, meta = data["state"], json.loads(data["meta"])
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
         detail = " ".join(str(e).split())[:200] or type(e).__name__

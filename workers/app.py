@@ -18,7 +18,7 @@ from farm.settings import FarmSettings, Settings
 RUN_JOB = "farm.run_job"
 QAT_TRAIN = "farm.qat_train"
 #: The broker transports the farm runs on: it relies on Redis (the visibility timeout, pipelined publishes).
-BROKER_SCHEMES = ("redis", "rediss", "sentinel")
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
 
 
 def check_broker_url(url: str) -> None:

@@ -189,12 +189,12 @@ def reap(db: Any, app: Any, max_attempts: int, sweep_id: int | None = None, stor
         # Two jobs of a sweep ending at the same moment on PostgreSQL each see the other still running (their
         # statements' snapshots), so neither settles the sweep: this round does.
         queries.settle_stale_sweeps(s)
+    send(app, messages)  # first: released dependents must not wait behind the store
     if store is not None and ended_keys:
         from farm.artifact_gc import collect_job
 
         for key in ended_keys:
             collect_job(db, store, key)
-    send(app, messages)
     return requeued, failed
 
 

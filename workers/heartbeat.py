@@ -51,9 +51,9 @@ def beat_once(db: Any, name: str, identity: dict[str, Any], state: str | None = 
 
 def _loop(interval_s: float) -> None:
     from farm.errors import FarmError
-    from workers.tasks import _runtime
+    from workers.process import resources
 
-    rt = _runtime()
+    rt = resources()
     identity = _identity()
     failing = False
     while True:
@@ -105,9 +105,9 @@ def _set_torch_threads() -> None:
 def _shutdown(**_: Any) -> None:
     _stop.set()
     try:
-        from workers.tasks import _runtime
+        from workers.process import resources
 
-        rt = _runtime()
+        rt = resources()
         beat_once(rt["db"], rt["name"], _identity(), state="stopped")
     except Exception:  # noqa: BLE001 - best effort on the way out; a stale heartbeat says the same
         pass

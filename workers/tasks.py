@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from functools import cache
 from typing import Any
 
 from celery import Task
@@ -19,6 +18,7 @@ from celery.signals import task_failure, worker_init
 from farm.errors import TransientError
 from workers import heartbeat  # noqa: F401 - connects the heartbeat to the pool processes' signals
 from workers.app import QAT_TRAIN, RUN_JOB, app
+from workers.process import resources
 
 log = logging.getLogger("farm.worker")
 
@@ -37,25 +37,10 @@ def _preload(**_: Any) -> None:
 
     try:
         import farm.jobs  # noqa: F401
-        import farm.quant.methods  # noqa: F401 - torch and the method handlers
+        import farm.quant.registry  # noqa: F401 - torch and the method handlers
         import farm.zoo.models  # noqa: F401
     except ImportError:  # a worker without the engine extra can still run no-op jobs
         pass
-
-
-@cache
-def _runtime() -> dict[str, Any]:
-    """This pool process's database, artifact store and name (created on first use, after the fork)."""
-    from farm.artifacts import open_store
-    from farm.settings import FarmSettings
-    from farm.store.db import Database
-
-    return {
-        "db": Database(),
-        "store": open_store(),
-        "farm": FarmSettings.from_env(),
-        "name": f"{socket.gethostname()}:{os.getpid()}",
-    }
 
 
 def _run(task: Task, job_id: int) -> str:
@@ -63,7 +48,7 @@ def _run(task: Task, job_id: int) -> str:
     from farm.store import queries
     from workers import dispatch
 
-    rt = _runtime()
+    rt = resources()
     heartbeat.current_job = job_id
     try:
         outcome = execute_job(
@@ -124,7 +109,7 @@ def _on_hard_time_limit(sender: Any = None, exception: BaseException | None = No
             job = s.get(queries.Job, job_id)
             if job is None or job.state != "running" or not _ran_here_past(job, limit_s):
                 return  # finished meanwhile, or another worker took it over after a lost lease: not ours
-            role = job.role
+            role, key = job.role, job.key
             queries.fail_job(
                 s,
                 job_id,
@@ -134,6 +119,11 @@ def _on_hard_time_limit(sender: Any = None, exception: BaseException | None = No
             )
             queries.settle_sweeps(s, job_id)
         dispatch.after_job(db, sender.app, job_id, "failed", role)
+        # The killed process could not delete what its attempt uploaded: no object may outlive the job's row.
+        from farm.artifact_gc import collect_job
+        from farm.artifacts import open_store
+
+        collect_job(db, open_store(), key)
     except FarmError as e:  # the reaper ends it later, as a lost worker
         log.error("job %s: could not record its time limit: %s", job_id, e)
     finally:

@@ -14,11 +14,12 @@ def db() -> None:
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
     """Migrate the database up to REVISION (default: head). Creates the schema in an empty database."""
-    from farm.store import db as store
+    from farm.store import migrate
+    from farm.store.db import Database
 
-    database = store.Database()
-    before = store.current_revision(database)
-    after = store.upgrade(database, revision)
+    database = Database()
+    before = migrate.current_revision(database)
+    after = migrate.upgrade(database, revision)
     if before == after:
         click.echo(f"{database.redacted_url}: already at revision {after}")
     else:
@@ -29,17 +30,19 @@ def upgrade(revision: str) -> None:
 @click.argument("revision")
 def downgrade(revision: str) -> None:
     """Migrate the database down to REVISION ('base' drops every QuantFarm table and its data)."""
-    from farm.store import db as store
+    from farm.store import migrate
+    from farm.store.db import Database
 
-    database = store.Database()
-    before = store.current_revision(database)
-    after = store.downgrade(database, revision)
+    database = Database()
+    before = migrate.current_revision(database)
+    after = migrate.downgrade(database, revision)
     click.echo(f"{database.redacted_url}: downgraded from {before or 'empty'} to {after or 'base'}")
 
 
 @db.command()
 def current() -> None:
     """Print the database's schema revision and whether it is this QuantFarm's head."""
-    from farm.store import db as store
+    from farm.store import migrate
+    from farm.store.db import Database
 
-    click.echo(store.schema_status(store.Database(read_only=True)).describe())
+    click.echo(migrate.schema_status(Database(read_only=True)).describe())

@@ -52,7 +52,7 @@ def sha256_file(path: Path) -> str:
 
 def to_torchscript(model: nn.Module, example_input: torch.Tensor, *, autocast: torch.dtype | None = None) -> Any:
     """Trace (or script) and freeze ``model``; None when neither works."""
-    from farm.quant.registry import quiet_torch_ao
+    from farm.quant.context import quiet_torch_ao
 
     with quiet_torch_ao(), torch.inference_mode(False), torch.no_grad():
         if isinstance(model, torch.jit.ScriptModule):
@@ -92,7 +92,7 @@ def deployable(
     scripted = to_torchscript(model, example_input)
     if scripted is None:
         return model, False
-    from farm.quant.registry import quiet_torch_ao
+    from farm.quant.context import quiet_torch_ao
 
     batch = torch.cat([example_input, example_input.flip(0) if len(example_input) > 1 else example_input * 0.5])
     try:
@@ -125,7 +125,7 @@ def save_model(
     directory.mkdir(parents=True, exist_ok=True)
     scripted = to_torchscript(model, example_input, autocast=autocast)
     buf = io.BytesIO()
-    from farm.quant.registry import quiet_torch_ao
+    from farm.quant.context import quiet_torch_ao
 
     with quiet_torch_ao():
         if scripted is not None:
@@ -143,7 +143,7 @@ def model_size_bytes(model: nn.Module, example_input: torch.Tensor) -> int:
     """Size the model would have as an artifact file, without writing it."""
     scripted = to_torchscript(model, example_input)
     buf = io.BytesIO()
-    from farm.quant.registry import quiet_torch_ao
+    from farm.quant.context import quiet_torch_ao
 
     with quiet_torch_ao():
         if scripted is not None:
@@ -196,7 +196,12 @@ def load_artifact(
     path = directory / model_info.get("file", MODEL_FILE)
     if not path.is_file():
         raise ArtifactError(f"artifact {directory} is missing its model file {path.name}")
-    if verify and model_info.get("sha256") and sha256_file(path) != model_info["sha256"]:
+    try:
+        # read once: the sha256, the inspection and torch.jit.load all see these bytes, not a later file
+        data = path.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"could not read artifact {path}: {e.strerror or e}") from None
+    if verify and model_info.get("sha256") and hashlib.sha256(data).hexdigest() != model_info["sha256"]:
         raise ArtifactError(f"artifact {path} does not match the sha256 in its manifest: corrupted or altered")
     if model_info.get("format", "torchscript") != "torchscript":
         raise ArtifactError(
@@ -205,16 +210,16 @@ def load_artifact(
     engine = manifest.get("quantized_engine")
     if engine and engine in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = engine
-    from farm.quant.registry import quiet_torch_ao
+    from farm.quant.context import quiet_torch_ao
     from farm.zoo.safe_load import PROMISE, UnsafeFile, check_torchscript
 
     try:
         # A manifest's sha256 is no guard: whoever wrote the file wrote the manifest too.
-        check_torchscript(path)
+        check_torchscript(data, str(path))
     except UnsafeFile as e:
         raise ArtifactError(f"artifact {path} refused: {e} ({PROMISE})") from None
     with quiet_torch_ao():
-        module = torch.jit.load(str(path), map_location=map_location)
+        module = torch.jit.load(io.BytesIO(data), map_location=map_location)
     return module.eval(), manifest
 
 

@@ -2,7 +2,7 @@
 
 This module imports nothing but the standard library, so the producer (which never imports torch) can
 validate sweep specs with the same rules the workers apply. The handlers that apply a config live in
-sibling modules (``fp``, ``dynamic``, ``static``, ``qat``) and register themselves in ``registry``.
+sibling modules (``fp``, ``dynamic``, ``static``, ``qat``); ``registry`` maps each config type to its handler.
 """
 
 from __future__ import annotations

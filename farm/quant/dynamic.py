@@ -13,12 +13,11 @@ import torch
 from torch import nn
 
 from farm.quant.config import DynamicConfig
-from farm.quant.registry import QuantContext, QuantOutcome, quantized_engine, register, require_module
+from farm.quant.context import QuantContext, QuantOutcome, quantized_engine, require_module
 
 DYNAMIC_LAYERS = {nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell}
 
 
-@register("dynamic")
 def apply_dynamic(model: nn.Module, cfg: DynamicConfig, ctx: QuantContext) -> QuantOutcome:
     from torch.ao.quantization import quantize_dynamic
 

@@ -9,12 +9,11 @@ from torch import nn
 
 from farm.errors import ConfigError
 from farm.quant.config import Fp32Config, HalfConfig
-from farm.quant.registry import QuantContext, QuantOutcome, register
+from farm.quant.context import QuantContext, QuantOutcome
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@register("fp32")
 def apply_fp32(model: nn.Module, cfg: Fp32Config, ctx: QuantContext) -> QuantOutcome:
     return QuantOutcome(model.to(ctx.device), device=ctx.device)
 
@@ -33,8 +32,6 @@ def check_half_device(method: str, device: str) -> None:
         raise ConfigError("fp16 needs a CUDA device and this machine has none; use bf16 on CPU")
 
 
-@register("fp16")
-@register("bf16")
 def apply_half(model: nn.Module, cfg: HalfConfig, ctx: QuantContext) -> QuantOutcome:
     check_half_device(cfg.method, ctx.device)
     dtype = _DTYPES[cfg.method]

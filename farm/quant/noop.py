@@ -5,9 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from farm.quant.config import NoopConfig
-from farm.quant.registry import QuantContext, QuantOutcome, register
+from farm.quant.context import QuantContext, QuantOutcome
 
 
-@register("noop")
 def apply_noop(model: nn.Module, cfg: NoopConfig, ctx: QuantContext) -> QuantOutcome:
     return QuantOutcome(model, device=ctx.device)

@@ -17,8 +17,8 @@ from torch import nn
 
 from farm.errors import ConfigError, QuantizationError
 from farm.quant.config import QATConfig
+from farm.quant.context import QuantContext, QuantOutcome, quantized_engine, require_module
 from farm.quant.qconfig import backend_config
-from farm.quant.registry import QuantContext, QuantOutcome, quantized_engine, register, require_module
 from farm.quant.size import packed_size_bytes
 from farm.quant.static import calibrate, engine_warnings, prepare_fake_quant
 from farm.zoo.data import iterate
@@ -157,7 +157,6 @@ def finish(prepared: Any, cfg: QATConfig, timings: dict[str, float]) -> QuantOut
     return QuantOutcome(converted, device="cpu", engine=cfg.backend, timings_s=timings, warnings=engine_warnings(cfg))
 
 
-@register("qat")
 def apply_qat(model: nn.Module, cfg: QATConfig, ctx: QuantContext) -> QuantOutcome:
     if ctx.checkpoint is not None:  # fine-tuned elsewhere (a GPU worker): convert what it trained
         trained_for = ctx.checkpoint.get("method")

@@ -18,6 +18,9 @@ from torch.ao.quantization import (
 )
 from torch.ao.quantization.observer import UniformQuantizationObserverBase
 
+from farm.errors import ConfigError
+from farm.quant.config import OBSERVERS
+
 # Backends whose default int8 activation range is 7 bits. x86 / fbgemm / onednn multiply u8 x s8 pairs with
 # VPMADDUBSW on CPUs without VNNI, which saturates int16 sums when activations use all 8 bits: measured on an
 # AVX2 EPYC, a toy MLP fell from 30.6 dB to 15.2 dB SQNR. torch.ao's own onednn default is 8 bits (it only
@@ -90,6 +93,28 @@ class PercentileObserver(UniformQuantizationObserverBase):
         return f"percentile={self.percentile}, min_val={self.min_val}, max_val={self.max_val}"
 
 
+#: The activation observer class of each name in :data:`farm.quant.config.OBSERVERS` (the names config
+#: validation accepts); a test checks that the two agree.
+ACTIVATION_OBSERVERS: dict[str, type[UniformQuantizationObserverBase]] = {
+    "minmax": MinMaxObserver,
+    "moving_average": MovingAverageMinMaxObserver,
+    "histogram": BitsHistogramObserver,
+    "percentile": PercentileObserver,
+}
+
+
+def activation_observer(name: str) -> type[UniformQuantizationObserverBase]:
+    """The observer class for an activation observer name.
+
+    Raises:
+        ConfigError: the name is not one of :data:`farm.quant.config.OBSERVERS`.
+    """
+    try:
+        return ACTIVATION_OBSERVERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown activation observer {name!r}; expected one of: {', '.join(OBSERVERS)}") from None
+
+
 def activation_range(bits: int, backend: str, reduce_range: bool | None) -> tuple[int, int]:
     """quint8 (quant_min, quant_max) for activations of ``bits`` bits on ``backend``."""
     if bits == 8:
@@ -139,15 +164,8 @@ def build_qconfig(cfg: Any, *, fake_quant: bool) -> QConfig:
     a_min, a_max = activation_range(cfg.bits, cfg.backend, cfg.reduce_range)
     a_scheme = torch.per_tensor_symmetric if cfg.activation == "symmetric" else torch.per_tensor_affine
     act_kwargs: dict[str, Any] = {"dtype": torch.quint8, "qscheme": a_scheme, "quant_min": a_min, "quant_max": a_max}
-    act_observer: Any
-    if cfg.observer == "minmax":
-        act_observer = MinMaxObserver
-    elif cfg.observer == "moving_average":
-        act_observer = MovingAverageMinMaxObserver
-    elif cfg.observer == "histogram":
-        act_observer = BitsHistogramObserver
-    else:
-        act_observer = PercentileObserver
+    act_observer = activation_observer(cfg.observer)
+    if act_observer is PercentileObserver:
         act_kwargs["percentile"] = cfg.percentile
 
     w_min, w_max = weight_range(cfg.bits)

@@ -1,128 +1,65 @@
-"""One handler per method config type, registered by name (torchao's ``quantize_(model, config)`` shape)."""
+"""The table of method handlers, one per config type, and :func:`apply_method` (torchao's ``quantize_`` shape).
+
+Registration is explicit: :data:`HANDLERS` below names every handler, keyed by the config type it applies.
+Nothing registers itself by being imported, and nothing imports this module back.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from farm.errors import Cancelled, ConfigError, QuantizationError
-from farm.quant.config import MethodConfig
-from farm.quant.coverage import Coverage
-
-ProgressFn = Callable[[str, float | None], None]
-
-
-def _no_progress(step: str, fraction: float | None) -> None:
-    return None
-
-
-def _never() -> bool:
-    return False
-
-
-@dataclass
-class QuantContext:
-    """What a handler may use besides the model and its config.
-
-    Attributes:
-        model_ref: the model's reference, for error messages.
-        example_input: one real input batch (CPU, fp32) for tracing.
-        device: where the quantized model will be evaluated and benchmarked ("cpu" or "cuda").
-        calibration: the calibration subset (already drawn), or None when the method needs none.
-        train: the train split (QAT), or None.
-        labelled: whether the splits carry real labels.
-        teacher: the fp32 model, for distillation when there are no labels.
-        seed: the job's seed.
-        graph: the model is a serialized graph that torch.ao cannot rewrite.
-        progress: called with (phase, fraction done).
-        should_stop: polled in long loops; True cancels the job.
-    """
-
-    model_ref: str
-    example_input: torch.Tensor
-    device: str = "cpu"
-    calibration: Dataset | None = None
-    train: Dataset | None = None
-    labelled: bool = True
-    teacher: nn.Module | None = None
-    seed: int = 0
-    graph: bool = False
-    batch_size: int = 32
-    #: A QAT fine-tuning checkpoint from another worker: {"state": state_dict, "timings": {...}}.
-    checkpoint: dict[str, Any] | None = None
-    progress: ProgressFn = _no_progress
-    should_stop: Callable[[], bool] = _never
-
-    def check_stop(self) -> None:
-        if self.should_stop():
-            raise Cancelled("cancelled")
-
-
-@dataclass
-class QuantOutcome:
-    """A model ready to evaluate, and what the method learned about it.
-
-    Attributes:
-        model: the model to evaluate.
-        device: where it runs.
-        input_dtype: dtype its inputs must be cast to.
-        autocast_dtype: run under torch.autocast with this dtype, or None.
-        engine: torch.backends.quantized.engine to set while it runs (int8 models).
-        simulated: figures come from fake quantization, not real low-bit kernels.
-        coverage: the fraction of parameters and MACs that ended up quantized or reduced.
-        packed_size_bytes: for simulated models, bits x parameters / 8 plus scales and zero points.
-        timings_s: wall time of the method's own steps (calibrate, train, convert).
-        warnings: things the user must see next to the numbers.
-    """
-
-    model: nn.Module
-    device: str = "cpu"
-    input_dtype: torch.dtype = torch.float32
-    autocast_dtype: torch.dtype | None = None
-    engine: str | None = None
-    simulated: bool = False
-    coverage: Coverage | None = None
-    packed_size_bytes: int | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Place and cast a CPU fp32 batch the way the model expects it (done once, outside timing)."""
-        return x.to(device=self.device, dtype=self.input_dtype)
-
-    def forward(self, x: torch.Tensor) -> Any:
-        """Run the model on a prepared batch, under autocast when the method asks for it."""
-        if self.autocast_dtype is not None:
-            with torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype):
-                return self.model(x)
-        return self.model(x)
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Set the quantized engine the model was built for while it runs."""
-        with quantized_engine(self.engine):
-            yield
-
+from farm.errors import ConfigError
+from farm.quant.config import (
+    Bf16Config,
+    DynamicConfig,
+    Fp16Config,
+    Fp32Config,
+    MethodConfig,
+    NoopConfig,
+    QATConfig,
+    StaticConfig,
+)
+from farm.quant.context import (
+    ProgressFn,
+    QuantContext,
+    QuantOutcome,
+    quantized_engine,
+    quiet_torch_ao,
+    require_module,
+)
+from farm.quant.dynamic import apply_dynamic
+from farm.quant.fp import apply_fp32, apply_half
+from farm.quant.noop import apply_noop
+from farm.quant.qat import apply_qat
+from farm.quant.static import apply_static
 
 Handler = Callable[[nn.Module, Any, QuantContext], QuantOutcome]
-_HANDLERS: dict[str, Handler] = {}
+
+#: The one place a method is wired to the code that applies it.
+HANDLERS: dict[type[MethodConfig], Handler] = {
+    Fp32Config: apply_fp32,
+    Fp16Config: apply_half,
+    Bf16Config: apply_half,
+    DynamicConfig: apply_dynamic,
+    StaticConfig: apply_static,
+    QATConfig: apply_qat,
+    NoopConfig: apply_noop,
+}
 
 
-def register(method: str) -> Callable[[Handler], Handler]:
-    """Register ``handler`` as the way to apply configs of ``method``."""
+def handler_for(config: MethodConfig) -> Handler:
+    """The handler registered for ``config``'s type.
 
-    def wrap(handler: Handler) -> Handler:
-        _HANDLERS[method] = handler
-        return handler
-
-    return wrap
+    Raises:
+        ConfigError: no handler is registered for that config type.
+    """
+    handler = HANDLERS.get(type(config))
+    if handler is None:
+        raise ConfigError(f"no handler for method config {type(config).__name__} (method {config.method!r})")
+    return handler
 
 
 def apply_method(model: nn.Module, config: MethodConfig, ctx: QuantContext) -> QuantOutcome:
@@ -130,52 +67,22 @@ def apply_method(model: nn.Module, config: MethodConfig, ctx: QuantContext) -> Q
 
     Raises:
         QuantizationError: the method cannot be applied to this model.
-        ConfigError: the config cannot run on this machine (e.g. fp16 without CUDA).
+        ConfigError: the config cannot run on this machine (e.g. fp16 without CUDA), or has no handler.
     """
-    import farm.quant.methods  # noqa: F401 - registers the handlers
-
-    handler = _HANDLERS.get(config.method)
-    if handler is None:
-        raise ConfigError(f"no handler for method {config.method!r}")
+    handler = handler_for(config)
     with quiet_torch_ao():
         return handler(model, config, ctx)
 
 
-@contextlib.contextmanager
-def quantized_engine(engine: str | None) -> Iterator[None]:
-    """Temporarily set ``torch.backends.quantized.engine``."""
-    if engine is None:
-        yield
-        return
-    if engine not in torch.backends.quantized.supported_engines:
-        supported = ", ".join(e for e in torch.backends.quantized.supported_engines if e != "none")
-        raise QuantizationError(f"quantized engine {engine!r} is not available in this torch build (has: {supported})")
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = previous
-
-
-@contextlib.contextmanager
-def quiet_torch_ao() -> Iterator[None]:
-    """Silence torch.ao's deprecation chatter; our own docs say which APIs we use and why."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        yield
-
-
-def require_module(ctx: QuantContext, method: str) -> None:
-    """Refuse serialized graphs, which torch.ao's module-rewriting flows cannot quantize."""
-    if ctx.graph:
-        raise QuantizationError(
-            f"{method}: {ctx.model_ref} is a serialized graph (TorchScript or torch.export), which torch.ao "
-            "quantization cannot rewrite; give the model as an nn.Module instead (torchvision:NAME with weights, "
-            "or entrypoint:package.module:function). fp32, bf16 and fp16 work on graph files."
-        )
+__all__ = [
+    "HANDLERS",
+    "Handler",
+    "ProgressFn",
+    "QuantContext",
+    "QuantOutcome",
+    "apply_method",
+    "handler_for",
+    "quantized_engine",
+    "quiet_torch_ao",
+    "require_module",
+]

@@ -17,8 +17,8 @@ from torch import nn
 
 from farm.errors import QuantizationError
 from farm.quant.config import StaticConfig
+from farm.quant.context import QuantContext, QuantOutcome, quantized_engine, require_module
 from farm.quant.qconfig import backend_config, build_qconfig, qconfig_mapping, saturation_warning
-from farm.quant.registry import QuantContext, QuantOutcome, quantized_engine, register, require_module
 from farm.quant.size import packed_size_bytes
 from farm.zoo.data import iterate
 
@@ -64,7 +64,6 @@ def calibrate(model: nn.Module, ctx: QuantContext, phase: str = "calibrate") -> 
     return seen
 
 
-@register("static")
 def apply_static(model: nn.Module, cfg: StaticConfig, ctx: QuantContext) -> QuantOutcome:
     require_module(ctx, "static")
     timings: dict[str, float] = {}

@@ -38,34 +38,20 @@ def load_report_input(db: Any, sweep_id: int) -> ReportInput:
         NotFound: no sweep has that id.
         StoreUnavailable: the database cannot be reached.
     """
-    from sqlalchemy import select
+    from farm.store.sweep_report import read_sweep_report
 
-    from farm.store.models import Metric, SweepJob
-    from farm.store.queries import get_sweep
-    from farm.store.results import fetch_results
-
-    with db.session(write=False) as s:
-        record = get_sweep(s, sweep_id)
-        sweep = SweepInfo(
-            id=record.id,
-            name=record.name,
-            state=record.state,
-            submitter=record.submitter,
-            created_at=record.created_at,
-            finished_at=record.finished_at,
-        )
-        rows = fetch_results(s, sweep_ids=[sweep_id])
-        # The job-wide parts of metrics.extra repeat on every batch-size row: the first row of a job is enough.
-        extras = s.execute(
-            select(Metric.job_id, Metric.extra)
-            .join(SweepJob, SweepJob.job_id == Metric.job_id)
-            .where(SweepJob.sweep_id == sweep_id)
-            .order_by(Metric.job_id, Metric.batch_size)
-        ).all()
-    data = ReportInput(sweep, rows)
-    for job_id, extra in extras:
-        if job_id in data.fingerprints or job_id in data.warnings or not isinstance(extra, dict):
-            continue
+    stored = read_sweep_report(db, sweep_id)
+    record = stored.sweep
+    sweep = SweepInfo(
+        id=record.id,
+        name=record.name,
+        state=record.state,
+        submitter=record.submitter,
+        created_at=record.created_at,
+        finished_at=record.finished_at,
+    )
+    data = ReportInput(sweep, stored.rows)
+    for job_id, extra in stored.extras.items():
         if isinstance(extra.get("fingerprint"), dict):
             data.fingerprints[job_id] = extra["fingerprint"]
         if isinstance(extra.get("warnings"), list):

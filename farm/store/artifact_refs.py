@@ -50,3 +50,14 @@ def holders(session: Session, keys: Iterable[str]) -> dict[str, JobHolder]:
         for key, state, attempts, worker in rows:
             found[key] = JobHolder(state, attempts or 0, worker)
     return found
+
+
+def uris_of_jobs(session: Session, keys: Iterable[str]) -> dict[str, list[str]]:
+    """Every artifact URI recorded for the jobs of ``keys`` (their deterministic keys), by key."""
+    wanted = sorted(set(keys))
+    found: dict[str, list[str]] = {}
+    for condition in bulk.in_values(session, Job.key, wanted):
+        rows = session.execute(select(Job.key, Artifact.uri).join(Artifact, Artifact.job_id == Job.id).where(condition))
+        for key, uri in rows:
+            found.setdefault(key, []).append(uri)
+    return found

@@ -3,7 +3,7 @@
 Everything that talks to the database goes through a :class:`Database`; its :meth:`Database.session` commits
 on success, rolls back on failure and turns "cannot reach the database" into
 :class:`~farm.errors.StoreUnavailable`, one line that names the URL without its password. The schema functions
-(``ensure_schema``, ``upgrade``, ...) live in :mod:`farm.store.migrate` and are re-exported here.
+(``ensure_schema``, ``upgrade``, ...) live in :mod:`farm.store.migrate`, which builds on this module.
 
 SQLite is the zero-setup default and is written by several processes at once (the local runner's workers), so
 every connection gets foreign keys, WAL (readers never block the writer), a 30 s busy timeout, and write
@@ -255,8 +255,6 @@ class Database:
         elif self.dialect == "postgresql":
             if "connect_timeout" not in self.url.query:
                 connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-            if self.read_only and "options" not in self.url.query:
-                connect_args["options"] = "-c default_transaction_read_only=on"
         try:
             engine = create_engine(self.url, connect_args=connect_args)
         except (ArgumentError, ImportError) as e:  # an unknown scheme, or its driver is not installed
@@ -267,6 +265,8 @@ class Database:
             event.listen(engine, "begin", _sqlite_on_begin)
         else:
             _ping_after_idle(engine)
+            if self.read_only:
+                event.listen(engine, "connect", _postgresql_read_only)
         _dispose_in_forked_children(engine)
         return engine
 
@@ -401,6 +401,18 @@ def _ping_after_idle(engine: Engine) -> None:
             raise InvalidatePoolError(f"pooled connection is dead: {e}") from e
 
 
+def _postgresql_read_only(dbapi_connection: Any, _record: Any) -> None:
+    """Every transaction of this connection is READ ONLY: the server refuses any write. A session setting, not a
+    startup parameter (poolers such as PgBouncer refuse ``options``, and a URL's own ``options`` would drop it)."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    finally:
+        dbapi_connection.autocommit = autocommit
+
+
 def _dispose_in_forked_children(engine: Engine) -> None:
     # A forked worker must not reuse its parent's sockets or SQLite handles: drop them (without closing
     # them, which would close the parent's) so that the child opens its own.
@@ -416,31 +428,9 @@ def _dispose_in_forked_children(engine: Engine) -> None:
     os.register_at_fork(after_in_child=after_fork)
 
 
-# The schema functions, importable from here as the one entry point to the database layer.
-from farm.store.migrate import (  # noqa: E402
-    SchemaStatus,
-    current_revision,
-    downgrade,
-    ensure_schema,
-    head_revision,
-    migrations_dir,
-    require_schema,
-    schema_status,
-    upgrade,
-)
-
 __all__ = [
     "BUSY_TIMEOUT_S",
     "Database",
-    "SchemaStatus",
-    "current_revision",
-    "downgrade",
-    "ensure_schema",
-    "head_revision",
-    "migrations_dir",
     "normalize_url",
     "redact_url",
-    "require_schema",
-    "schema_status",
-    "upgrade",
 ]

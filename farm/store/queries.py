@@ -333,19 +333,17 @@ def dependents(session: Session, reference_id: int, states: Sequence[str] = ("pe
     return list(session.scalars(select(Job.id).where(Job.reference_job_id == reference_id, Job.state.in_(states))))
 
 
-def fail_dependents(session: Session, reference_id: int) -> list[int]:
-    """End the unfinished jobs of a reference that failed (or was cancelled), and settle their sweeps.
-
-    :func:`farm.store.scheduling.job_ended` decides; this is its answer's list of the jobs it ended.
-    """
-    from farm.store.scheduling import job_ended  # it builds on this module
-
-    return job_ended(session, reference_id).ended
-
-
 def hand_off(session: Session, job_id: int, worker: str, checkpoint: Any) -> Message | None:
     """After the "train" stage: record the checkpoint and queue the "finish" stage on ``finish_queue``."""
     job = session.get(Job, job_id)
+    if job is not None and job.state == "queued" and job.stage == "finish":
+        # Done already, by this very hand-off whose COMMIT landed unseen (a retry after a lost answer): the same
+        # message again, or the finish stage would never be sent.
+        recorded = session.scalar(
+            select(Artifact.uri).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint").limit(1)
+        )
+        if recorded == checkpoint.uri:
+            return Message(job_id, job.queue or job.finish_queue or "cpu", "finish")
     if job is None or job.state != "running" or job.worker != worker:
         return None
     now = utcnow()

@@ -7,6 +7,7 @@ given, and state dicts load with ``weights_only=True``.
 from __future__ import annotations
 
 import importlib
+import io
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -148,23 +149,32 @@ class ExportedModule(nn.Module):
         return self
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} file {path} could not be read: {e.strerror or e}") from None
+
+
 def _graph_file(path: Path) -> nn.Module:
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
     from farm.zoo.safe_load import PROMISE, Unreadable, UnsafeFile, check_pt2, check_torchscript
 
     kind = "torch.export (.pt2)" if path.suffix == ".pt2" else "TorchScript"
+    data = _read_bytes(path, "model")
     try:
         # Inspected before any torch loader sees it: torch.export.load runs pickles and code from the file.
-        check_pt2(path, path.name) if path.suffix == ".pt2" else check_torchscript(path, path.name)
+        # The loader gets the very bytes inspected, never the path again (the file could change in between).
+        check_pt2(data, path.name) if path.suffix == ".pt2" else check_torchscript(data, path.name)
     except Unreadable as e:
         raise ConfigError(f"model file {path} is not a readable {kind} file: {e}") from None
     except UnsafeFile as e:
         raise ConfigError(f"model file {path} refused: {e} ({PROMISE})") from None
     try:
         if path.suffix == ".pt2":
-            return ExportedModule(torch.export.load(str(path)).module())
-        return torch.jit.load(str(path), map_location="cpu")
+            return ExportedModule(torch.export.load(io.BytesIO(data)).module())
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as e:
         raise ConfigError(f"model file {path} is not a readable {kind} file: {_first_line(e)}") from e
 
@@ -180,8 +190,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"weights file {path} does not exist")
     from farm.zoo.safe_load import PROMISE, Unreadable, UnsafeFile, check_torch_file
 
+    data = _read_bytes(path, "weights")
     try:
-        check_torch_file(path, path.name)
+        check_torch_file(data, path.name)
     except Unreadable as e:
         raise ConfigError(f"weights file {path} is corrupted or not a PyTorch file: {e}") from None
     except UnsafeFile as e:
@@ -190,7 +201,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"refuses ({e}; {PROMISE})"
         ) from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch raises UnpicklingError both for objects weights_only refuses ("Unsupported global") and for
         # bytes that are no pickle at all ("Unsupported operand"): only the first is a Python object.

@@ -20,194 +20,76 @@ reason; callers turn it into their own one-line error.
 from __future__ import annotations
 
 import ast
-import io
 import json
 import math
-import pickle
-import pickletools
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-#: What a refusal says about why: QuantFarm's promise, once.
-PROMISE = "QuantFarm never runs code from a file"
+from farm.zoo.safe_pickle import (
+    PROMISE,
+    Unreadable,
+    UnsafeFile,
+    archive_root,
+    check_pickle,
+    check_torch_file,
+    check_weights_only_load,
+    looks_like_pickle,
+    open_zip,
+    torchscript_global,
+    weights_only_global,
+)
+
+__all__ = [
+    "PROMISE",
+    "Unreadable",
+    "UnsafeFile",
+    "check_graph_json",
+    "check_pickle",
+    "check_pt2",
+    "check_torch_file",
+    "check_torchscript",
+    "read_once",
+    "weights_only_global",
+]
 
 
-class UnsafeFile(Exception):
-    """A file holds something a weights-only load would refuse (or that could run code)."""
+def read_once(source: str | Path | bytes) -> bytes:
+    """The file's bytes, read once: check these and hand these same bytes (``io.BytesIO``) to torch's loader.
 
-
-class Unreadable(UnsafeFile):
-    """Not the kind of file expected at all (not a zip archive, a broken pickle, bad JSON): refused as well."""
-
-
-# --- pickles ---------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _weights_only_opcodes() -> frozenset[str]:
-    """The opcodes torch's weights-only unpickler implements (everything else it refuses)."""
-    import torch._weights_only_unpickler as wou
-
-    names = {
-        name
-        for name in dir(wou)
-        if name.isupper()
-        and isinstance(getattr(wou, name), bytes)
-        and getattr(pickle, name, None) == getattr(wou, name)
-    }
-    by_code = {op.code: op.name for op in pickletools.opcodes}
-    return frozenset(by_code[getattr(pickle, n).decode("latin-1")] for n in names)
-
-
-@lru_cache(maxsize=1)
-def _weights_only_globals() -> frozenset[str]:
-    import torch._weights_only_unpickler as wou
-
-    return frozenset(wou._get_allowed_globals())
-
-
-def _global_name(arg: str) -> str:
-    """``module name`` as pickletools gives a GLOBAL, mapped the way torch's unpickler maps Python 2 names."""
-    from torch._utils import IMPORT_MAPPING, NAME_MAPPING
-
-    module, _, name = arg.partition(" ")
-    if (module, name) in NAME_MAPPING:
-        module, name = NAME_MAPPING[(module, name)]
-    elif module in IMPORT_MAPPING:
-        module = IMPORT_MAPPING[module]
-    return f"{module}.{name}"
-
-
-def weights_only_global(name: str) -> bool:
-    """True when torch's weights-only unpickler accepts this global by default."""
-    return name in _weights_only_globals()
-
-
-def torchscript_global(name: str) -> bool:
-    """Globals a TorchScript pickle may name: weights-only ones and TorchScript's own types and helpers."""
-    return weights_only_global(name) or name.startswith("__torch__.") or name.startswith("torch.jit._pickle.")
-
-
-def check_pickle(data: bytes, member: str, allowed: Callable[[str], bool] = weights_only_global) -> int:
-    """Check one pickle without unpickling it: opcodes and globals must be ones a weights-only load accepts.
-
-    The weights-only unpickler reads a global only through GLOBAL (whose names are literal in the stream),
-    so the names seen here are every callable the pickle can reach.
-
-    Returns:
-        The offset just past the pickle's STOP.
-
-    Raises:
-        UnsafeFile: the pickle uses another opcode or global, or is not a complete pickle.
+    Checking a path and then letting torch open it again would leave a window to swap the file in between.
     """
-    opcodes = _weights_only_opcodes()
-    try:
-        for op, arg, pos in pickletools.genops(io.BytesIO(data)):
-            if op.name not in opcodes:
-                raise UnsafeFile(f"{member} uses the pickle opcode {op.name}, which a weights-only load refuses")
-            if op.name == "GLOBAL":
-                name = _global_name(str(arg))
-                if not allowed(name):
-                    raise UnsafeFile(f"{member} names the Python global {name}, which a weights-only load refuses")
-            if op.name == "STOP":
-                return (pos or 0) + 1
-    except UnsafeFile:
-        raise
-    except Exception as e:  # noqa: BLE001 - pickletools raises ValueError and friends on garbage
-        raise Unreadable(f"{member} is not a readable pickle ({type(e).__name__})") from None
-    raise Unreadable(f"{member} is not a complete pickle")
-
-
-# --- torch.save files (state dicts, references, checkpoints, payloads inside archives) ------------------
-
-
-def check_torch_file(source: str | Path | bytes, label: str, *, require_zip: bool = False) -> None:
-    """Check a ``torch.save`` file before ``torch.load`` reads it.
-
-    A zip-format file (torch >= 1.6) must have only weights-only pickles. A legacy (pre-zip) file starts
-    with five pickles, each checked; ``require_zip`` refuses it instead (inside archives torch unpickles
-    such payloads without the weights-only guard, so only the modern format is accepted there).
-
-    Raises:
-        UnsafeFile: a pickle a weights-only load would refuse.
-    """
-    opened: Any = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
-    if zipfile.is_zipfile(opened):  # read member by member: a state dict may be larger than memory allows twice
-        with zipfile.ZipFile(opened) as z:
-            for info in z.infolist():
-                if info.filename.endswith(".pkl"):
-                    check_pickle(z.read(info), f"{label}:{info.filename}")
-        return
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    if not data:
-        return
-    if require_zip:
-        raise Unreadable(f"{label} is not a zip-format torch.save payload")
-    offset = 0
-    for index in range(5):  # magic number, protocol, sys info, the object, storage keys
-        if data[offset : offset + 1] != b"\x80":  # not (or no longer) a pickle: torch.load says what it is
-            return
-        offset += check_pickle(data[offset:], f"{label} (pickle {index + 1})")
+    return source if isinstance(source, bytes) else Path(source).read_bytes()
 
 
 # --- TorchScript -----------------------------------------------------------------------------------------
 
 
-def check_torchscript(path: str | Path, label: str | None = None) -> None:
-    """Check a TorchScript archive before ``torch.jit.load`` reads it.
+def check_torchscript(source: str | Path | bytes, label: str | None = None) -> None:
+    """Check a TorchScript archive before ``torch.jit.load`` reads it (give it these same bytes).
 
     Its ``code/`` is TorchScript, run by TorchScript's interpreter (which can't reach Python); its pickles
     must name only weights-only globals and TorchScript types. Extra files that are pickles are held to the
-    weights-only rule too, although torch never unpickles them.
+    weights-only rule too, although torch never unpickles them. Names are matched ignoring case, as torch's
+    reader matches them.
 
     Raises:
         UnsafeFile: not a zip archive, or a member a weights-only load would refuse.
     """
-    label = label or str(path)
-    with _open_zip(path, label) as z:
+    label = label or str(source)
+    with open_zip(read_once(source), label) as z:
         for info in z.infolist():
-            name = info.filename
-            if name.endswith((".pkl", ".debug_pkl")):
-                check_pickle(z.read(info), name, torchscript_global)
-            elif "/extra/" in f"/{name}" and _looks_like_pickle(data := z.read(info)):
+            name, lowered = info.filename, info.filename.lower()
+            data = z.read(info)
+            if lowered.endswith((".pkl", ".debug_pkl")):
+                check_pickle(data, name, torchscript_global)
+            elif data[:4] == b"PK\x03\x04":
+                check_torch_file(data, name, require_zip=True)
+            elif looks_like_pickle(data):
                 check_pickle(data, name)
-            elif _nested_zip(z, info):
-                check_torch_file(z.read(info), name, require_zip=True)
-
-
-def _looks_like_pickle(data: bytes) -> bool:
-    """A member that parses as one pickle; other bytes are opaque data no loader unpickles."""
-    if data[:1] != b"\x80" or len(data) < 3:
-        return False
-    try:
-        for op, _, pos in pickletools.genops(io.BytesIO(data)):
-            if op.name == "STOP":
-                return (pos or 0) + 1 == len(data)
-    except Exception:  # noqa: BLE001
-        return False
-    return False
-
-
-def _nested_zip(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
-    with z.open(info) as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
-def _open_zip(path: str | Path, label: str) -> zipfile.ZipFile:
-    try:
-        z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise Unreadable(f"{label} is not a zip archive ({e})") from None
-    names = z.namelist()
-    if len(set(names)) != len(names):
-        # torch's C++ reader and Python's zipfile may pick different copies of a duplicated name
-        z.close()
-        raise UnsafeFile(f"{label} holds two members of the same name")
-    return z
 
 
 # --- .pt2 (torch.export) ---------------------------------------------------------------------------------
@@ -216,49 +98,48 @@ _PT2_FIXED = {"archive_format", "archive_version", "byteorder", ".data/version",
 _PT2_PAYLOAD = re.compile(r"data/(weights|constants)/([A-Za-z0-9_.-]+)")
 
 
-def check_pt2(path: str | Path, label: str | None = None) -> None:
-    """Check a ``torch.export.save`` archive before ``torch.export.load`` reads it.
+def check_pt2(source: str | Path | bytes, label: str | None = None) -> None:
+    """Check a ``torch.export.save`` archive before ``torch.export.load`` reads it (give it these same bytes).
 
-    Accepted: the archive's version files, ``models/*.json`` (graph targets must be torch operators; every
-    symbolic expression and guard plain arithmetic), ``data/sample_inputs/*.pt`` and pickled payloads
-    (zip-format, weights-only pickles), raw tensor payloads named by the payload configs, ``extra/`` files
-    (read as text). Refused: anything else, notably AOTInductor binaries, custom or opaque objects and the
-    legacy (torch < 2.7) layout.
+    Accepted: the archive's version files, ``models/*.json`` (graph targets and operator arguments must be
+    torch operators; every symbolic expression and guard plain arithmetic), ``data/sample_inputs/*.pt``
+    (zip-format, weights-only pickles that a weights-only load accepts), raw tensor payloads named by the
+    payload configs, ``extra/`` files (read as text). Refused: anything else, notably pickled payloads,
+    AOTInductor binaries, custom or opaque objects and the legacy (torch < 2.7) layout.
 
     Raises:
         UnsafeFile: the first member that is not part of a plain exported program.
     """
-    label = label or str(path)
-    with _open_zip(path, label) as z:
+    label = label or str(source)
+    with open_zip(read_once(source), label) as z:
         names = z.namelist()
-        roots = {n.split("/", 1)[0] for n in names}
-        if len(roots) != 1 or any("/" not in n for n in names):
-            raise UnsafeFile(f"{label} is not a torch.export archive (expected one top-level folder)")
-        root = roots.pop() + "/"
+        root = archive_root(z, label)
         payloads = _pt2_payloads(z, root, names)
         for name in names:
             inner = name[len(root) :]
-            if inner in _PT2_FIXED or inner.startswith("extra/") or name.endswith("/"):
+            if inner in _PT2_FIXED or inner.startswith("extra/") or name.endswith("/") or inner in payloads:
                 continue
             if re.fullmatch(r"models/[A-Za-z0-9_.-]+\.json", inner):
                 check_graph_json(_read_json(z, name), name)
             elif re.fullmatch(r"data/sample_inputs/[A-Za-z0-9_.-]+\.pt", inner):
-                check_torch_file(z.read(name), name, require_zip=True)
-            elif re.fullmatch(r"data/(weights|constants)/[A-Za-z0-9_.-]+_config\.json", inner):
-                continue  # read by _pt2_payloads
-            elif inner in payloads:
-                if payloads[inner]:
-                    check_torch_file(z.read(name), name, require_zip=True)
-            else:
+                # torch.export retries a failed weights-only load of these without the guard: never let it fail
+                check_torch_file(data := z.read(name), name, require_zip=True)
+                check_weights_only_load(data, name)
+            elif not re.fullmatch(r"data/(weights|constants)/[A-Za-z0-9_.-]+_config\.json", inner):
                 raise UnsafeFile(
                     f"{name} is not part of a plain exported program (AOTInductor binaries, custom objects and "
                     "the legacy .pt2 layout are refused)"
                 )
 
 
-def _pt2_payloads(z: zipfile.ZipFile, root: str, names: list[str]) -> dict[str, bool]:
-    """``data/<kind>/<file>`` -> whether torch unpickles it, from the weights and constants configs."""
-    payloads: dict[str, bool] = {}
+def _pt2_payloads(z: zipfile.ZipFile, root: str, names: list[str]) -> set[str]:
+    """The raw tensor payloads (``data/<kind>/<file>``) the weights and constants configs name.
+
+    Raises:
+        UnsafeFile: a payload torch would unpickle (``use_pickle``: without the weights-only guard), or a
+            constant that is a Python object.
+    """
+    payloads: set[str] = set()
     for name in names:
         inner = name[len(root) :]
         found = re.fullmatch(r"data/(weights|constants)/[A-Za-z0-9_.-]+_config\.json", inner)
@@ -276,7 +157,12 @@ def _pt2_payloads(z: zipfile.ZipFile, root: str, names: list[str]) -> dict[str, 
                     f"{name}: constant {fqn!r} is a pickled Python object ({path_name}), which a weights-only "
                     "load refuses"
                 )
-            payloads[f"data/{found.group(1)}/{path_name}"] = bool(meta.get("use_pickle"))
+            if meta.get("use_pickle"):
+                raise UnsafeFile(
+                    f"{name}: payload {fqn!r} is pickled, which torch.export.load unpickles without the "
+                    "weights-only guard"
+                )
+            payloads.add(f"data/{found.group(1)}/{path_name}")
     return payloads
 
 
@@ -297,13 +183,14 @@ def _read_json(z: zipfile.ZipFile, name: str) -> dict[str, Any]:
 
 
 def check_graph_json(program: dict[str, Any], member: str) -> None:
-    """Check a serialized ExportedProgram: operator targets, symbolic expressions and guards.
+    """Check a serialized ExportedProgram: operator targets and arguments, symbolic expressions and guards.
 
     Raises:
         UnsafeFile: a target that is not a torch operator, or an expression that is not plain arithmetic.
     """
     for key, value in _walk(program):
-        if key == "target" and isinstance(value, str):
+        # node targets and operator arguments: torch.export's deserialize_operator resolves both by name
+        if key in ("target", "as_operator") and isinstance(value, str):
             if not _safe_target(value):
                 raise UnsafeFile(f"{member} calls {value[:80]!r}, which is not a torch operator")
         elif key == "expr_str":

@@ -22,8 +22,9 @@ from sqlalchemy.exc import DBAPIError
 
 from farm import client
 from farm.errors import ConfigError
-from farm.store.db import Database, upgrade
+from farm.store.db import Database
 from farm.store.filters import parse_where
+from farm.store.migrate import upgrade
 from farm.store.models import Job, Metric
 from farm.store.results import ResultsQuery, query_results
 from tests import filterkit as fs

@@ -14,7 +14,8 @@ from farm.artifacts import StoredObject
 from farm.errors import StoreUnavailable
 from farm.spec import load_spec
 from farm.store import queries
-from farm.store.db import Database, upgrade
+from farm.store.db import Database
+from farm.store.migrate import upgrade
 from farm.store.models import Sweep
 
 pytestmark = pytest.mark.integration

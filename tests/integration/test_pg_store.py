@@ -14,7 +14,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
 from farm.errors import StoreUnavailable
-from farm.store.db import Database, current_revision, downgrade, ensure_schema, head_revision, migrations_dir, upgrade
+from farm.store.db import Database
+from farm.store.migrate import current_revision, downgrade, ensure_schema, head_revision, migrations_dir, upgrade
 from farm.store.models import Sweep
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,8 @@ def test_a_missing_database_is_store_unavailable(fresh_pg_url: str) -> None:
 CHECKER = """
 import sys, time
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
-from farm.store.db import Database, ensure_schema
+from farm.store.db import Database
+from farm.store.migrate import ensure_schema
 ensure_schema(Database(sys.argv[1]))
 """
 

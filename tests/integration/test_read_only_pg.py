@@ -71,3 +71,22 @@ def test_a_read_only_postgresql_session_refuses_writes(fresh_pg_url: str) -> Non
                 s.execute(text("DELETE FROM sweeps"))
     finally:
         reader.dispose()
+
+
+def test_read_only_holds_with_options_in_the_url_and_in_autocommit(fresh_pg_url: str) -> None:
+    """The URL's own ``options`` used to switch read-only off (it was a startup parameter); autocommit statements
+    are refused too."""
+    db = Database(fresh_pg_url)
+    ensure_schema(db)
+    db.dispose()
+    sep = "&" if "?" in fresh_pg_url else "?"
+    reader = Database(f"{fresh_pg_url}{sep}options=-c%20statement_timeout%3D60000", read_only=True)
+    try:
+        with pytest.raises(Exception, match="read-only transaction"):
+            with reader.session() as s:
+                s.execute(text("DELETE FROM sweeps"))
+        with pytest.raises(Exception, match="read-only transaction"):
+            with reader.autocommit() as conn:
+                conn.execute(text("DELETE FROM sweeps"))
+    finally:
+        reader.dispose()

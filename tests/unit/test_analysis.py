@@ -18,7 +18,8 @@ from click.testing import CliRunner, Result
 
 from farm.analysis import Pair, best_configs, compare, pareto_front, recipe_key
 from farm.cli import cli
-from farm.store.db import Database, upgrade
+from farm.store.db import Database
+from farm.store.migrate import upgrade
 from farm.store.models import Artifact, Job, Metric, Sweep, SweepJob
 from farm.store.queries import method_configs, recompute_stored_figures
 from farm.store.results import fetch_results

@@ -26,7 +26,8 @@ from farm.errors import ArtifactError
 from farm.jobs import JobResult
 from farm.spec import load_spec
 from farm.store import queries
-from farm.store.db import Database, upgrade
+from farm.store.db import Database
+from farm.store.migrate import upgrade
 from tests.sweeps import describe, farm
 
 SPEC = """\
@@ -401,3 +402,47 @@ def test_the_reaper_deletes_the_leftovers_of_a_job_it_fails(db: Database, store:
     assert dispatch.reap(db, app, max_attempts=3, store=store) == (0, 1)
     assert not leftover.exists()
     assert _files(store) == set()
+
+
+def test_a_hand_off_whose_commit_landed_unseen_sends_the_finish_stage_on_the_retry(
+    db: Database, store: LocalStore, tmp_path: Path
+) -> None:
+    """The retry of a hand-off (its first COMMIT landed, the answer was lost) gets the same message back, not
+    None: the finish stage would otherwise never be sent."""
+    job_id = _queued_job(db)
+    with db.session() as s:
+        s.execute(text("UPDATE jobs SET stage = 'train', finish_queue = 'cpu' WHERE id = :id"), {"id": job_id})
+    with db.autocommit() as conn:
+        assert queries.claim_job(conn, job_id, "gpu:1", lease_s=60) is not None
+    src = tmp_path / "checkpoint.pt"
+    src.write_bytes(b"weights")
+    stored = store.put_file(src, "jobs/k/1-gpu_1-0000000a/checkpoint.pt")
+    with db.session() as s:
+        first = queries.hand_off(s, job_id, "gpu:1", stored)
+    with db.session() as s:
+        again = queries.hand_off(s, job_id, "gpu:1", stored)
+    assert first is not None and again == first and first.stage == "finish"
+    other = store.put_file(src, "jobs/k/2-gpu_2-0000000b/checkpoint.pt")
+    with db.session() as s:  # another attempt's checkpoint is not this hand-off's: nothing to send
+        assert queries.hand_off(s, job_id, "gpu:2", other) is None
+
+
+def test_gc_refuses_when_the_rows_point_at_another_store(
+    db: Database, store: LocalStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A gc run with the wrong FARM_ARTIFACTS_URL / FARM_HOME would see every recorded object as an orphan: it
+    refuses, deleting nothing."""
+    from farm.artifact_gc import plan_gc
+    from farm.errors import ArtifactError
+
+    job_id = _queued_job(db)
+    _fake_run_job(monkeypatch)
+    assert runner.execute_job(job_id, db=db, store=store, worker="host:1", heartbeat_s=5).state == "succeeded"
+    elsewhere = LocalStore(tmp_path / "elsewhere")
+    for path in _files(store):  # the same objects, seen through another root
+        target = elsewhere.root / path.relative_to(store.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    with pytest.raises(ArtifactError, match="lies outside the store"):
+        plan_gc(db, elsewhere, grace_s=0)
+    assert len(_files(elsewhere)) == 2

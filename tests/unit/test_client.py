@@ -13,7 +13,8 @@ import pytest
 
 from farm import client
 from farm.errors import ConfigError, NotFound
-from farm.store.db import Database, upgrade
+from farm.store.db import Database
+from farm.store.migrate import upgrade
 from tests import filterkit as fs
 
 

@@ -23,7 +23,8 @@ from farm.jobs import JobResult
 from farm.outage import Patience
 from farm.spec import load_spec
 from farm.store import queries
-from farm.store.db import Database, upgrade
+from farm.store.db import Database
+from farm.store.migrate import upgrade
 
 SPEC = "name: outage\nmodels: [farm:digits-mlp]\nmethods: [fp32]\n"
 

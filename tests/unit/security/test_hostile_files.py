@@ -56,24 +56,32 @@ def rewrite_zip(src: Path, dst: Path, edit: Callable[[str, bytes], bytes | None]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A valid ``.pt2`` of the tiny MLP, with a dynamic batch dimension (so its graph holds expressions)."""
-    path = tmp_path_factory.mktemp("pt2") / "model.pt2"
-    torch.manual_seed(0)
-    model = toys.TinyMLP().eval()
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(model, (torch.randn(2, *toys.SHAPE),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ts") / "model.pt"
     torch.manual_seed(0)
     module = torch.jit.trace(toys.TinyMLP().eval(), torch.randn(2, *toys.SHAPE))
     torch.jit.save(module, str(path))
     return path
+
+
+def _empty_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w"):
+        pass
+    return buf.getvalue()
+
+
+EMPTY_ZIP = _empty_zip()
+
+
+def upper_case_pickle(torch_file: bytes) -> bytes:
+    """The same torch.save zip with ``archive/data.pkl`` renamed ``archive/DATA.PKL``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(torch_file)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for name in zin.namelist():
+            renamed = name[: -len("data.pkl")] + "DATA.PKL" if name.endswith("/data.pkl") else name
+            zout.writestr(renamed, zin.read(name))
+    return out.getvalue()
 
 
 def hostile_pt2(exported: Path, tmp: Path, where: str, marker: Path) -> Path:
@@ -89,12 +97,18 @@ def hostile_pt2(exported: Path, tmp: Path, where: str, marker: Path) -> Path:
             return saved((Marker(marker),))
         if where == "sample_inputs_protocol4" and inner.startswith("data/sample_inputs/"):
             return saved((Marker(marker),), protocol=4)
-        if where == "pickled_weight" and inner.endswith("_weights_config.json"):
+        if where == "sample_inputs_upper_case" and inner.startswith("data/sample_inputs/"):
+            # torch's zip reader finds data.pkl ignoring case, then retries without the weights-only guard
+            return upper_case_pickle(saved((Marker(marker),)))
+        if where.startswith("pickled_weight") and inner.endswith("_weights_config.json"):
             config = json.loads(data)
             next(iter(config["config"].values()))["use_pickle"] = True
             return json.dumps(config).encode()
         if where == "pickled_weight" and inner == f"data/weights/{first_weight}":
             return saved(Marker(marker))
+        if where == "pickled_weight_polyglot" and inner == f"data/weights/{first_weight}":
+            # a plain pickle followed by an empty zip: Python's zipfile sees a zip, torch (byte 0) a legacy file
+            return pickle.dumps(Marker(marker), protocol=2) + EMPTY_ZIP
         if where in ("pickled_constant", "opaque_constant") and inner.endswith("_constants_config.json"):
             from torch.export.pt2_archive.constants import OPAQUE_OBJ_FILENAME_PREFIX, TENSOR_CONSTANT_FILENAME_PREFIX
 
@@ -128,7 +142,9 @@ def hostile_pt2(exported: Path, tmp: Path, where: str, marker: Path) -> Path:
 PT2_PLACES = [
     "sample_inputs",
     "sample_inputs_protocol4",
+    "sample_inputs_upper_case",
     "pickled_weight",
+    "pickled_weight_polyglot",
     "pickled_constant",
     "opaque_constant",
     "sympy",
@@ -153,10 +169,11 @@ def assert_refused(result: Result, *words: str) -> str:
     return lines[0]
 
 
-def test_torchs_own_pt2_loader_runs_the_sample_inputs_pickle(exported: Path, tmp_path: Path) -> None:
-    """Why the inspection exists: torch.export.load itself unpickles sample inputs without the guard."""
+@pytest.mark.parametrize("where", ["sample_inputs", "sample_inputs_upper_case", "pickled_weight_polyglot"])
+def test_torchs_own_pt2_loader_runs_the_pickle(exported: Path, tmp_path: Path, where: str) -> None:
+    """Why the inspection exists: torch.export.load itself unpickles these members without the guard."""
     marker = tmp_path / "MARKER"
-    path = hostile_pt2(exported, tmp_path, "sample_inputs", marker)
+    path = hostile_pt2(exported, tmp_path, where, marker)
     try:
         torch.export.load(str(path))
     except Exception:  # noqa: BLE001 - it may fail after running the pickle; what matters is the marker

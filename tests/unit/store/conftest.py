@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.store.db import Database, head_revision, migrations_dir, upgrade
+from farm.store.db import Database
+from farm.store.migrate import head_revision, migrations_dir, upgrade
 
 
 @pytest.fixture(autouse=True)

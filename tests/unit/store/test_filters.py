@@ -14,10 +14,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from farm.errors import ConfigError, NotFound
 from farm.store.columns import RESULT_COLUMNS, RESULTS_FLAT, parse_columns
-from farm.store.db import Database, upgrade
+from farm.store.db import Database
 from farm.store.filter_ast import And, ColumnRef, Compare, InList, IsNull, IsTrue, Like, Not, Or
 from farm.store.filter_parser import MAX_CONDITIONS, MAX_DEPTH, MAX_VALUES
 from farm.store.filters import OrderKey, parse_order_by, parse_where, where_clause
+from farm.store.migrate import upgrade
 from farm.store.models import Job
 from farm.store.results import ResultsQuery, fetch_results, query_results
 from tests import filterkit as fs

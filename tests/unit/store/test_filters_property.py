@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 
 from farm.errors import ConfigError
 from farm.store.columns import COLUMN_KINDS
-from farm.store.db import Database, upgrade
+from farm.store.db import Database
 from farm.store.filters import parse_where
+from farm.store.migrate import upgrade
 from farm.store.models import Job, Metric, Sweep
 from farm.store.results import ResultsQuery, query_results
 from tests import filterkit as fs

@@ -37,8 +37,8 @@ from sqlalchemy.exc import DBAPIError
 from store_support import seed
 
 from farm.store.columns import COLUMN_KINDS, RESULT_COLUMNS
-from farm.store.db import Database, upgrade
-from farm.store.migrate import alembic_config
+from farm.store.db import Database
+from farm.store.migrate import alembic_config, upgrade
 from farm.store.models import Base
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "schema.md"

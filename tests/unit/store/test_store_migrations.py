@@ -20,7 +20,8 @@ from store_support import (
     view_rows,
 )
 
-from farm.store.db import Database, current_revision, downgrade, head_revision, migrations_dir, upgrade
+from farm.store.db import Database
+from farm.store.migrate import current_revision, downgrade, head_revision, migrations_dir, upgrade
 from farm.store.models import NAMING, Base
 
 

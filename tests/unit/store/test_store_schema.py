@@ -12,8 +12,8 @@ from alembic import command
 from store_support import FARM_TABLES, schema_objects
 
 from farm.errors import SchemaOutOfDate
-from farm.store.db import Database, current_revision, ensure_schema, head_revision, schema_status, upgrade
-from farm.store.migrate import alembic_config
+from farm.store.db import Database
+from farm.store.migrate import alembic_config, current_revision, ensure_schema, head_revision, schema_status, upgrade
 
 
 def test_an_empty_database_is_created_on_first_use(sqlite_db: Database) -> None:
@@ -74,7 +74,8 @@ def test_the_check_runs_once_per_database_object(migrated_db: Database, make_db)
 CHECKER = """
 import sys, time
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
-from farm.store.db import Database, ensure_schema
+from farm.store.db import Database
+from farm.store.migrate import ensure_schema
 ensure_schema(Database(sys.argv[1]))
 """
 
