@@ -221,7 +221,7 @@ def execute_job(
     interval = heartbeat_s if heartbeat_s is not None else max(0.2, min(10.0, lease_s / 12))
     # This claim's own keys: a worker that lost the job (stalled past its lease) never writes over the objects
     # of the attempt that recorded it, and deletes its own when its record finds the job no longer its own.
-    upload = AttemptUpload(store, attempt_prefix(key, new_attempt(job.attempts, worker)))
+    upload = AttemptUpload(store, attempt_prefix(key, new_attempt(job.attempts, worker)), claims=job.attempts)
     try:
         with JobHeartbeat(db, job_id, worker, lease_s, interval) as beat:
             spec = _job_spec(spec_data)
@@ -307,8 +307,9 @@ class AttemptUpload:
     them later (no row points at them, and their attempt no longer holds the job).
     """
 
-    def __init__(self, store: Any, prefix: str):
+    def __init__(self, store: Any, prefix: str, claims: int = 0):
         self.store, self.prefix = store, prefix
+        self.claims = claims  # the job's claim counter at this claim: 1 means no earlier attempt left anything
         self.started = False  # something may have been written below the prefix
         self.recording = False  # the result is being recorded: a failure no longer proves no row points here
 
@@ -354,10 +355,12 @@ class AttemptUpload:
                 return
             if ours:
                 # The winner: earlier attempts that died mid-upload, or a stalled one that lost its claim, may have
-                # left objects below the job's key. None may outlive the settled sweep without a row.
-                from farm.artifact_gc import collect_job
+                # left objects below the job's key. None may outlive the settled sweep without a row. The first
+                # claim has no earlier attempt: it skips the listing (a no-op job's bookkeeping is milliseconds).
+                if self.claims != 1:
+                    from farm.artifact_gc import collect_job
 
-                collect_job(db, self.store, self.prefix.split("/")[1])
+                    collect_job(db, self.store, self.prefix.split("/")[1])
                 return
         self.discard(force=True)
 

@@ -175,11 +175,13 @@ def run(children: list[Child], *, reap_every_s: float) -> int:
 
 
 class _ReapHold:
-    """After the database was unreachable, hold off reaping leases for one lease.
+    """After the database was unreachable, hold off reaping leases until one lease after it is back.
 
     During an outage no worker can renew its lease, so every running job looks expired the moment the database
-    is back: reaping then would charge live workers a loss and re-run their jobs. One lease after the outage,
-    every live worker has renewed (it renews every FARM_HEARTBEAT_S), and what is still expired is really dead.
+    is back: reaping then would charge live workers a loss and re-run their jobs. One lease after the outage
+    ends, every live worker has renewed (it renews every FARM_HEARTBEAT_S), and what is still expired is really
+    dead. While holding, each round pings the database: the hold runs from the last failed round, so an outage
+    longer than a lease is still held off once it ends.
     """
 
     def __init__(self, lease_s: float) -> None:
@@ -202,7 +204,9 @@ def _reap_round(db: Any, app: Any, farm: Any, store: Any = None, hold: _ReapHold
     from workers import dispatch
 
     try:
-        if hold is None or not hold.holding():
+        if hold is not None and hold.holding():
+            db.ping()  # still away: the hold goes on from now
+        else:
             requeued, failed = dispatch.reap(db, app, farm.max_attempts, store=store)
             if requeued or failed:
                 log.warning("reaper: %d job(s) re-queued, %d failed after too many attempts", requeued, failed)

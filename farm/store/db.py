@@ -156,6 +156,15 @@ class Database:
         with self.translate_errors(), factory.begin() as session:
             yield session
 
+    def ping(self) -> None:
+        """One round trip (``SELECT 1``).
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        with self.autocommit() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:
         """A Core connection without a transaction: each statement commits on its own.

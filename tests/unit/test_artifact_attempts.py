@@ -377,9 +377,12 @@ def test_the_winner_deletes_what_dead_attempts_left_below_its_job(
     """A worker SIGKILLed mid-upload can't delete its objects; the attempt that records the job does, so no object
     outlives the settled sweep without a row (before, they stayed until someone ran gc)."""
     job_id = _queued_job(db)
+    with db.autocommit() as conn:  # attempt 1: its worker dies mid-upload, its lease runs out
+        assert queries.claim_job(conn, job_id, "dead-host:9", 0.01) is not None
     leftover = _dead_attempt_leftover(store, db, job_id)
+    time.sleep(0.05)
     _fake_run_job(monkeypatch)
-    outcome = runner.execute_job(job_id, db=db, store=store, worker="host:1", lease_s=30)
+    outcome = runner.execute_job(job_id, db=db, store=store, worker="host:1", lease_s=30)  # attempt 2 takes over
     assert outcome.state == "succeeded"
     assert not leftover.exists()
     assert len(_assert_rows_true_and_no_orphans(db, store)) >= 2
