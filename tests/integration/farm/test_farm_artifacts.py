@@ -119,10 +119,18 @@ def test_a_worker_stalled_mid_upload_past_its_lease_changes_no_recorded_object(m
         (job,) = farm.jobs(sweep_id)
 
         assert gate.held.wait(120), f"the worker never began its upload\n{farm.logs()}"
+        # Its claim first: the held request must be the upload of a job it runs, whose lease then runs out.
+        wait_for(
+            lambda: farm.jobs(sweep_id)[0]["state"] == "running" and stalled.owns(farm.jobs(sweep_id)[0]["worker"]),
+            60,
+            "the stalled worker to hold the job",
+            logs=farm.logs,
+        )
         os.killpg(stalled.pgid, signal.SIGSTOP)  # mid-upload: its first request to S3 is held at the gate
         try:
             rescuer = farm.start_worker("-Q", "cpu", "-c", "1", name="rescuer")
-            assert farm.wait_sweep_done(sweep_id, timeout_s=120) == "succeeded"
+            state = farm.wait_sweep_done(sweep_id, timeout_s=120)
+            assert state == "succeeded", f"{state}: {dict(farm.jobs(sweep_id)[0])}"
             (done,) = farm.jobs(sweep_id)
             assert rescuer.owns(done["worker"]) and done["attempts"] == 2
             recorded = assert_artifacts_true(farm, s3_artifacts)

@@ -152,9 +152,12 @@ def test_a_duplicate_hand_off_records_one_checkpoint(migrated_db: Database) -> N
     qat_id, _, _ = submit(migrated_db)
     train_claim(migrated_db, qat_id)
     with migrated_db.session() as s:
-        assert queries.hand_off(s, qat_id, "gpu0", checkpoint(qat_id)) is not None
-    with migrated_db.session() as s:  # the same train message delivered twice: the job is no longer running
-        assert queries.hand_off(s, qat_id, "gpu0", checkpoint(qat_id)) is None
+        first = queries.hand_off(s, qat_id, "gpu0", checkpoint(qat_id))
+    assert first is not None
+    with migrated_db.session() as s:  # the same hand-off again (its answer was lost): the same message, no new row
+        assert queries.hand_off(s, qat_id, "gpu0", checkpoint(qat_id)) == first
+    with migrated_db.session() as s:  # another attempt's checkpoint: the job is no longer running, nothing to send
+        assert queries.hand_off(s, qat_id, "gpu1", checkpoint(qat_id, "gpu1")) is None
     assert len(checkpoints(migrated_db, qat_id)) == 1
 
 
