@@ -244,8 +244,8 @@ def execute_job(
         upload.recording = True  # from here a failure may hide a COMMIT that landed: keep the objects (gc decides)
         # The result is kept through a database outage: recording is retried until the database is back.
         record = result.to_dict()
-        state = patience.call(lambda: _record(db, job_id, worker, record, stored))
-        upload.settle(db, job_id, state, stored)
+        state, recorded = patience.call(lambda: _record_result(db, job_id, worker, record, stored))
+        upload.settle(db, job_id, state, stored, recorded=recorded)
         return Outcome(job_id, state, None, time.perf_counter() - started, role=role)
     # Each ending is recorded first, and the attempt's objects deleted after: a slow store must not hold the job.
     except Cancelled:
@@ -338,7 +338,7 @@ class AttemptUpload:
         except FarmError as e:
             log.warning("could not delete the lost attempt's objects %s (farm artifacts gc will): %s", self.prefix, e)
 
-    def settle(self, db: Any, job_id: int, state: str, stored: list[tuple[str, Any]]) -> None:
+    def settle(self, db: Any, job_id: int, state: str, stored: list[tuple[str, Any]], recorded: bool = False) -> None:
         """After the record: a loser (the job was cancelled, taken over, or recorded by another attempt) deletes
         its objects. "succeeded" alone does not say whose result was recorded (another attempt's, or this one's
         in a COMMIT whose answer was lost), so the rows are asked."""
@@ -348,8 +348,11 @@ class AttemptUpload:
             from farm.store import artifact_refs
 
             try:
-                with db.session(write=False) as s:
-                    ours = artifact_refs.points_at(s, job_id, [obj.uri for _, obj in stored])
+                if recorded:  # this attempt's own COMMIT recorded it: no need to ask the rows
+                    ours = True
+                else:
+                    with db.session(write=False) as s:
+                        ours = artifact_refs.points_at(s, job_id, [obj.uri for _, obj in stored])
             except FarmError as e:  # can't tell: keep them (gc decides once the job's rows are readable)
                 log.warning("job %s: could not check whose artifacts were recorded: %s", job_id, e)
                 return
@@ -371,6 +374,13 @@ def _record(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: l
     One try: the caller retries it while the database is unreachable (:class:`_Patience`). The conditional UPDATE
     records nothing twice: had an earlier COMMIT landed unseen, the retry finds the job succeeded already.
     """
+    return _record_result(db, job_id, worker, result, stored)[0]
+
+
+def _record_result(
+    db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[tuple[str, Any]]
+) -> tuple[str, bool]:
+    """:func:`_record`, and whether this very call recorded the result (then the rows are this attempt's)."""
     from farm.store import queries
 
     with db.session() as s:
@@ -378,7 +388,7 @@ def _record(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: l
         state = "succeeded" if recorded else (queries.job_state(s, job_id) or "cancelled")
         if not recorded:
             queries.settle_sweeps(s, job_id)
-    return state
+    return state, recorded
 
 
 def _release(db: Any, job_id: int, worker: str, reason: str) -> None:

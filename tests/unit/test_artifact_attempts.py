@@ -344,17 +344,18 @@ def test_a_record_whose_commit_landed_unseen_keeps_its_objects(
 
     job_id = _queued_job(db)
     _fake_run_job(monkeypatch)
-    real_record = runner._record
+    real_record = runner._record_result
     calls = []
 
-    def record(*args: Any) -> str:
-        state = real_record(*args)
+    def record(*args: Any) -> tuple[str, bool]:
+        state, recorded = real_record(*args)
         calls.append(state)
         if len(calls) == 1:
             raise StoreUnavailable("the connection was closed during COMMIT")
-        return state
+        assert not recorded  # the retry did not record it: the rows must say whose it is
+        return state, recorded
 
-    monkeypatch.setattr(runner, "_record", record)
+    monkeypatch.setattr(runner, "_record_result", record)
     monkeypatch.setattr("farm.outage.time.sleep", lambda s: None)
     outcome = runner.execute_job(job_id, db=db, store=store, worker="host:1", heartbeat_s=5, record_retry_s=60)
     assert outcome.state == "succeeded" and calls == ["succeeded", "succeeded"]
