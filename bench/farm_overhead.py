@@ -60,7 +60,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def noop_jobs(db, n: int, queue: str) -> tuple[list[int], list]:  # type: ignore[no-untyped-def]
     """n new no-op jobs, routed to ``queue`` and queued; returns their ids and messages."""
-    from farm.jobs import JobSpec
+    from farm.jobs.contract import JobSpec
     from farm.quant.config import NoopConfig
     from farm.spec import Plan, PlannedJob, SweepSpec
     from farm.store import queries

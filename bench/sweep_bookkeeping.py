@@ -62,8 +62,8 @@ def persist(url: str) -> tuple[int, float]:
 
 def overhead(url: str, jobs: int, artifacts: str) -> list[float]:
     """Per-job wall time of noop sweeps (several sweeps, so the median has a spread)."""
-    from farm.jobs import JobSpec
-    from farm.local import RunStats, run_local
+    from farm.jobs.contract import JobSpec
+    from farm.jobs.local import RunStats, run_local
     from farm.quant.config import BenchmarkConfig, NoopConfig
     from farm.spec import Plan, PlannedJob, SweepSpec
     from farm.store import queries

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from farm.errors import ConfigError, Problem
-from farm.jobs import ENGINE_VERSION, JobSpec
+from farm.jobs.contract import ENGINE_VERSION, JobSpec
 from farm.quant.config import (
     BACKENDS,
     MAX_BATCH_SIZE,

@@ -102,10 +102,11 @@ def fast_benchmark(*batch_sizes: int) -> Any:
 def run_trial(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
     """``run_trial(model, dataset, method, reference=None, seed=0, **params)`` -> (JobResult, artifact dir).
 
-    Runs :func:`farm.jobs.run_job` with a short benchmark, each trial in a fresh directory. Entrypoint
+    Runs :func:`farm.jobs.steps.run_job` with a short benchmark, each trial in a fresh directory. Entrypoint
     references to the toys are allowed for the duration of the call.
     """
-    from farm.jobs import JobSpec, run_job
+    from farm.jobs.contract import JobSpec
+    from farm.jobs.steps import run_job
     from farm.quant.config import parse_method
 
     def run(model: str, dataset: str, method: str, *, reference: Any = None, seed: int = 0, **params: Any) -> Any:
@@ -125,7 +126,7 @@ def reference_for(run_trial: Callable[..., Any]) -> Callable[[str, str], Any]:
     It comes from a real fp32 trial (which writes ``reference.pt``), loaded back with ``Reference.load``,
     so every trial that shares it is compared with the same fp32 outputs.
     """
-    from farm.jobs import REFERENCE_FILE, Reference
+    from farm.jobs.steps import REFERENCE_FILE, Reference
 
     cache: dict[tuple[str, str], Any] = {}
 

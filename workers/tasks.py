@@ -32,11 +32,11 @@ def _preload(**_: Any) -> None:
     counted through NVML), so the forked processes start clean.
     """
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    import farm.runner  # noqa: F401
+    import farm.jobs.execute  # noqa: F401
     import farm.store.queries  # noqa: F401
 
     try:
-        import farm.jobs  # noqa: F401
+        import farm.jobs.steps  # noqa: F401
         import farm.quant.registry  # noqa: F401 - torch and the method handlers
         import farm.zoo.models  # noqa: F401
     except ImportError:  # a worker without the engine extra can still run no-op jobs
@@ -44,7 +44,7 @@ def _preload(**_: Any) -> None:
 
 
 def _run(task: Task, job_id: int) -> str:
-    from farm.runner import execute_job
+    from farm.jobs.execute import execute_job
     from farm.store import queries
     from workers import dispatch
 

@@ -144,7 +144,7 @@ def quantize(
 
     target = Path(output) if output else _default_output(model_ref, config)
     _check_output(target)
-    from farm.jobs import JobSpec
+    from farm.jobs.contract import JobSpec
 
     spec = JobSpec(model_ref, dataset_ref, config, weights=weights, seed=seed, benchmark=bench)
     result = _run(spec, target, show_progress=not as_json)
@@ -233,7 +233,7 @@ def _check_output(target: Path) -> None:
 def _run(spec: Any, target: Path, *, show_progress: bool) -> dict[str, Any]:
     """Run the trial in a scratch directory beside ``target``; move it into place only on success."""
     from farm.cli.render import interactive
-    from farm.jobs import run_job
+    from farm.jobs.steps import run_job
 
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -193,7 +193,7 @@ def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
     """Persist and run a plan on this machine, then print the results table. Exits 130 on Ctrl-C."""
     from farm.artifacts import check_store_url
     from farm.cli.progress import SweepProgress
-    from farm.local import RunStats, default_jobs, reclaim_abandoned, run_local
+    from farm.jobs.local import RunStats, default_jobs, reclaim_abandoned, run_local
     from farm.settings import Settings
     from farm.store import queries
 

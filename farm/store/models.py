@@ -85,7 +85,7 @@ class Job(Base):
     #: (convert + evaluate + benchmark on ``finish_queue``), the checkpoint passing through the artifact store.
     stage: Mapped[str] = mapped_column(String(16), default="all", server_default="all")
     finish_queue: Mapped[str | None] = mapped_column(String(64))
-    #: The job's full spec (farm.jobs.JobSpec.to_dict()), the payload a worker runs.
+    #: The job's full spec (farm.jobs.contract.JobSpec.to_dict()), the payload a worker runs.
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     #: Claims of the job (each retry of a transient error is one more).

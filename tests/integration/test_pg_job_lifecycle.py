@@ -171,7 +171,7 @@ def test_a_result_survives_a_connection_closed_moments_ago(fresh_pg_db: Database
     """A connection used moments ago is not pinged; if the database closed it meanwhile, recording the result
     fails on it once and goes through at once on the connection the pool opens instead: the job's work is not
     lost (the runner's patience with an unreachable database, farm.outage)."""
-    from farm import runner
+    from farm.jobs import execute as runner
 
     monkeypatch.setattr(store_db, "PING_AFTER_IDLE_S", 3600.0)
     db = Database(fresh_pg_db.url)

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from farm import runner
 from farm.artifacts import LocalStore, file_uri_path
 from farm.artifacts.attempts import attempt_prefix, is_live, new_attempt, parse_key, worker_slug
 from farm.errors import ArtifactError
-from farm.jobs import JobResult
+from farm.jobs import execute as runner
+from farm.jobs.contract import JobResult
 from farm.spec import load_spec
 from farm.store import queries
 from farm.store.db import Database
@@ -82,7 +82,7 @@ def _fake_run_job(monkeypatch: pytest.MonkeyPatch, during: Callable[[bytes], Non
             observer=None, granularity=None, device="cpu", seed=0, threads=1, duration_s=0.01,
         )  # fmt: skip
 
-    monkeypatch.setattr("farm.jobs.run_job", run_job)
+    monkeypatch.setattr("farm.jobs.steps.run_job", run_job)
 
 
 def _files(store: LocalStore) -> set[Path]:
@@ -181,7 +181,7 @@ def test_a_train_stage_that_lost_its_job_deletes_its_checkpoint(
         path.write_bytes(b"weights")
         return path
 
-    monkeypatch.setattr("farm.jobs.train_job", train_job)
+    monkeypatch.setattr("farm.jobs.steps.train_job", train_job)
     outcome = runner.execute_job(job_id, db=db, store=store, worker="gpu:1", heartbeat_s=5)
     assert outcome.state == "cancelled" and _files(store) == set()
 
@@ -197,7 +197,7 @@ def test_a_train_stage_hands_off_a_checkpoint_under_its_attempt(
         (out_dir / "checkpoint.pt").write_bytes(b"weights")
         return out_dir / "checkpoint.pt"
 
-    monkeypatch.setattr("farm.jobs.train_job", train_job)
+    monkeypatch.setattr("farm.jobs.steps.train_job", train_job)
     assert runner.execute_job(job_id, db=db, store=store, worker="gpu:1", heartbeat_s=5).state == "handoff"
     (row,) = _assert_rows_true_and_no_orphans(db, store)
     parsed = parse_key(store.key_for(row["uri"]))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from farm.errors import ConfigError, QuantizationError
-from farm.jobs import REFERENCE_FILE, JobResult, JobSpec, Reference, evaluate, jsonable, run_job
+from farm.jobs.contract import JobResult, JobSpec, jsonable
+from farm.jobs.steps import REFERENCE_FILE, Reference, evaluate, run_job
 from farm.quant.config import BenchmarkConfig, parse_method
 from farm.quant.registry import QuantOutcome
 from farm.zoo.data import TensorSplit

@@ -15,7 +15,7 @@ ENGINE_MODULES = (
     "farm.quant",
     "farm.quant.config",
     "farm.zoo.refs",
-    "farm.jobs",
+    "farm.jobs.contract",
     "farm.quant.static",
     "farm.quant.qat",
     "farm.zoo.models",

@@ -1,4 +1,4 @@
-"""``farm sweep run`` on this machine (farm.local): worker processes, references first, cached re-runs, failures
+"""``farm sweep run`` on this machine (farm.jobs.local): worker processes, references first, cached re-runs, failures
 and Ctrl-C. SQLite and a local artifact store under a FARM_HOME of each test's own (fixture ``sweep_home``).
 
 Kept short: farm:digits-mlp and the toys, synthetic or digits data, one or two tiny batch sizes.
@@ -392,7 +392,7 @@ def _dead_pid() -> int:
 
 
 def test_jobs_a_killed_run_left_queued_or_running_run_again(sweep_home: Path, tmp_path: Path) -> None:
-    from farm.local import local_name
+    from farm.jobs.local import local_name
     from farm.spec import load_spec
     from farm.store import queries
 

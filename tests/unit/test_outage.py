@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from farm import runner
 from farm.artifacts import LocalStore
 from farm.errors import StoreUnavailable
-from farm.jobs import JobResult
+from farm.jobs import execute as runner
+from farm.jobs.contract import JobResult
 from farm.outage import Patience
 from farm.spec import load_spec
 from farm.store import queries
@@ -160,7 +160,7 @@ def _fake_run_job(monkeypatch: pytest.MonkeyPatch, outage: OutageDb, restore_aft
             accuracy=0.97,
         )  # fmt: skip
 
-    monkeypatch.setattr("farm.jobs.run_job", run_job)
+    monkeypatch.setattr("farm.jobs.steps.run_job", run_job)
 
 
 def test_a_result_computed_during_a_database_outage_is_recorded_when_it_comes_back(
@@ -204,7 +204,7 @@ def test_a_lease_renewal_that_cannot_reach_the_database_keeps_the_job_running(
             observer=None, granularity=None, device="cpu", seed=0, threads=1, duration_s=0.01,
         )  # fmt: skip
 
-    monkeypatch.setattr("farm.jobs.run_job", run_job)
+    monkeypatch.setattr("farm.jobs.steps.run_job", run_job)
     outcome = runner.execute_job(
         job_id, db=outage, store=LocalStore(tmp_path / "artifacts"), worker="host:1", lease_s=60, heartbeat_s=0.1
     )

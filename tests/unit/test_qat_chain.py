@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from farm.errors import ConfigError, FarmError, QuantizationError
-from farm.jobs import CHECKPOINT_FILE, JobResult, JobSpec, Reference, read_checkpoint, run_job, train_job
+from farm.jobs.contract import JobResult, JobSpec
+from farm.jobs.steps import CHECKPOINT_FILE, Reference, read_checkpoint, run_job, train_job
 from farm.quant import qat
 from farm.quant.config import QATConfig, parse_method
 from farm.quant.registry import QuantContext, apply_method, quiet_torch_ao

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from farm.jobs import JobSpec, run_job
+from farm.jobs.contract import JobSpec
+from farm.jobs.steps import run_job
 from farm.quant.config import BenchmarkConfig, parse_method
 from farm.quant.latency import LatencySettings, measure_latency
 from farm.quant.registry import QuantContext, apply_method

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from farm.errors import Cancelled, ConfigError, QuantizationError
-from farm.jobs import JobSpec, run_job
+from farm.jobs.contract import JobSpec
+from farm.jobs.steps import run_job
 from farm.quant.config import BACKENDS, parse_method
 from farm.quant.registry import QuantContext, QuantOutcome, apply_method
 from farm.zoo.data import TensorSplit

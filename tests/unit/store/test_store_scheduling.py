@@ -142,7 +142,7 @@ def _give_up(db: Database, app: Celery, ref: int) -> None:
 
 
 def _deterministic(db: Database, app: Celery, ref: int) -> None:
-    """farm.runner: a deterministic error, recorded by the worker holding the claim."""
+    """farm.jobs.execute: a deterministic error, recorded by the worker holding the claim."""
     with db.session() as s:
         assert queries.claim_job(s, ref, "w1", lease_s=60) is not None
         queries.fail_job(s, ref, "the model does not load", worker="w1")

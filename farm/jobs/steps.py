@@ -10,126 +10,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError, QuantizationError
-from farm.quant.config import BenchmarkConfig, MethodConfig, config_from_dict, resolve_device
+from farm.jobs.contract import ENGINE_VERSION, JobResult, JobSpec, jsonable
+from farm.quant.config import BenchmarkConfig, MethodConfig, resolve_device
 
-ENGINE_VERSION = "1"
 REFERENCE_FILE = "reference.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 EVAL_BATCH_SIZE = 64
 
 ProgressFn = Callable[[str, float | None], None]
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything one trial needs.
-
-    Attributes:
-        model: model reference.
-        dataset: dataset reference.
-        method: the method config (bits, calibration size, observer ... live in it).
-        weights: a local state-dict file for the model, if any.
-        seed: drives calibration sampling and fine-tuning.
-        benchmark: batch sizes, threads, device and timing rules.
-        pool: the named worker pool that measures the job (e.g. "cpu-avx512"); None for the default pools and
-            local runs. Timings belong to the hardware, so the same recipe on two pools is two jobs.
-    """
-
-    model: str
-    dataset: str
-    method: MethodConfig
-    weights: str | None = None
-    seed: int = 0
-    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
-    pool: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            "model": self.model,
-            "dataset": self.dataset,
-            "method": self.method.to_dict(),
-            "weights": self.weights,
-            "seed": self.seed,
-            "benchmark": self.benchmark.to_dict(),
-        }
-        if self.pool is not None:
-            data["pool"] = self.pool
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(
-            model=data["model"],
-            dataset=data["dataset"],
-            method=config_from_dict(data["method"]),
-            weights=data.get("weights"),
-            seed=int(data.get("seed", 0)),
-            benchmark=BenchmarkConfig.from_dict(data.get("benchmark", {})),
-            pool=data.get("pool"),
-        )
-
-
-@dataclass
-class JobResult:
-    """A trial's figures, named as in the results view (docs/schema.md)."""
-
-    model: str
-    dataset: str
-    method: str
-    config: dict[str, Any]
-    bits: int | None
-    calibration_size: int | None
-    backend: str | None
-    observer: str | None
-    granularity: str | None
-    device: str
-    seed: int
-    threads: int
-    accuracy: float | None = None
-    accuracy_fp32: float | None = None
-    accuracy_drop: float | None = None
-    accuracy_kind: str = "labels"
-    top5: float | None = None
-    top5_fp32: float | None = None
-    agreement: float | None = None
-    sqnr_db: float | None = None
-    cosine: float | None = None
-    size_bytes: int | None = None
-    size_fp32_bytes: int | None = None
-    size_ratio: float | None = None
-    size_kind: str = "artifact"
-    coverage: float | None = None
-    coverage_macs: float | None = None
-    coverage_layers: int | None = None
-    coverage_layers_total: int | None = None
-    simulated: bool = False
-    latency: list[dict[str, Any]] = field(default_factory=list)
-    peak_memory_bytes: int | None = None
-    peak_gpu_memory_bytes: int | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
-    duration_s: float | None = None
-    hardware: str | None = None
-    hardware_id: str | None = None
-    fingerprint: dict[str, Any] = field(default_factory=dict)
-    quantized_engine: str | None = None
-    #: "torchscript": the frozen TorchScript artifact is what was evaluated and timed; "eager": the module itself.
-    deployed_as: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    artifact: dict[str, Any] | None = None
-    artifact_uri: str | None = None
-    engine_version: str = ENGINE_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: infinities and NaNs become null."""
-        return jsonable(asdict(self))
 
 
 @dataclass
@@ -689,14 +584,3 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def jsonable(obj: Any) -> Any:
-    """A copy of ``obj`` where non-finite floats are None (JSON has no Infinity or NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj

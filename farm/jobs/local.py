@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm.errors import TransientError
-from farm.runner import Outcome
+from farm.jobs.execute import Outcome
 
 RETRIES = 3
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -120,7 +120,7 @@ def _init_worker(database_url: str, artifacts_url: str, threads: int) -> None:
 
 
 def _run_one(job_id: int) -> Outcome:
-    from farm.runner import execute_job
+    from farm.jobs.execute import execute_job
     from farm.store import queries
 
     delay = 1.0

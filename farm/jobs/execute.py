@@ -28,7 +28,7 @@ from farm.errors import ArtifactError, Cancelled, FarmError, QuantizationError, 
 from farm.outage import Patience
 from farm.settings import cache_dir
 
-log = logging.getLogger("farm.runner")
+log = logging.getLogger("farm.jobs.execute")
 
 DEFAULT_LEASE_S = 120.0
 _KINDS = {"model.pt": "model", "model_state.pt": "model", "manifest.json": "manifest", "reference.pt": "reference"}
@@ -231,7 +231,7 @@ def execute_job(
                 )
             reference = _load_reference(reference_id, db, store) if reference_id is not None else None
             ckpt_path = _fetch(store, *checkpoint_ref, "checkpoint.pt") if checkpoint_ref else None
-            from farm.jobs import run_job
+            from farm.jobs.steps import run_job
 
             with tempfile.TemporaryDirectory(prefix="farm-job-") as tmp:
                 result = run_job(
@@ -278,7 +278,7 @@ def _train_stage(
 ) -> Outcome:
     """Fine-tune (on this GPU worker), upload the checkpoint under this attempt's keys, and queue the finish
     stage; a train stage that finds the job no longer its own deletes the checkpoint it uploaded."""
-    from farm.jobs import train_job
+    from farm.jobs.steps import train_job
     from farm.store import queries
 
     with tempfile.TemporaryDirectory(prefix="farm-train-") as tmp:
@@ -449,7 +449,7 @@ def _describe(e: BaseException) -> str:
 
 
 def _job_spec(data: dict[str, Any]) -> Any:
-    from farm.jobs import JobSpec
+    from farm.jobs.contract import JobSpec
 
     spec = JobSpec.from_dict(data)
     if spec.weights and spec.weights.startswith("s3://"):
@@ -481,7 +481,7 @@ def _fetch(store: Any, uri: str, sha256: str, name: str) -> Path:
 
 
 def _load_reference(reference_id: int, db: Any, store: Any) -> Any:
-    from farm.jobs import Reference
+    from farm.jobs.steps import Reference
     from farm.store import queries
 
     with db.session(write=False) as s:
