@@ -14,6 +14,7 @@ from kombu.exceptions import KombuError, OperationalError
 from kombu.utils.uuid import uuid
 
 from farm.errors import TransientError
+from farm.jobs.policy import Message
 from farm.store import queries, scheduling
 from workers.app import QAT_TRAIN, RUN_JOB, check_broker_url
 
@@ -48,7 +49,7 @@ def check_broker(app: Any, timeout_s: float = 5.0) -> None:
         raise BrokerUnavailable(f"broker {url} is unreachable: {_reason(e)}") from None
 
 
-def send(app: Any, messages: Iterable[queries.Message]) -> int:
+def send(app: Any, messages: Iterable[Message]) -> int:
     """Publish one task message per job; returns how many were sent.
 
     Messages go out in pipelined batches where kombu can (>= 5.7, Redis); if a batch fails part way (the
@@ -71,7 +72,7 @@ def send(app: Any, messages: Iterable[queries.Message]) -> int:
         raise BrokerUnavailable(f"broker {redact_broker(app.conf.broker_url)} is unreachable: {_reason(e)}") from None
 
 
-def _publish(app: Any, messages: list[queries.Message], *, batched: bool) -> int:
+def _publish(app: Any, messages: list[Message], *, batched: bool) -> int:
     count = 0
     with app.producer_or_acquire() as producer:
         # Each queue is declared once here, not once per message: send_task's own declaration re-binds the queue
@@ -98,7 +99,7 @@ def _publish(app: Any, messages: list[queries.Message], *, batched: bool) -> int
     return count
 
 
-def _publish_routed(app: Any, producer: Any, messages: list[queries.Message]) -> int:
+def _publish_routed(app: Any, producer: Any, messages: list[Message]) -> int:
     """What ``app.send_task`` does for each message, with the routing worked out once per (task, queue).
 
     send_task looks up the task registry, routes the message and builds an AsyncResult every time: half of a
@@ -172,7 +173,7 @@ def reap(db: Any, app: Any, max_attempts: int, sweep_id: int | None = None, stor
     Returns:
         (re-queued, failed).
     """
-    messages: list[queries.Message] = []
+    messages: list[Message] = []
     requeued = failed = 0
     ended_keys: list[str] = []
     with db.session() as s:

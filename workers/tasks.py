@@ -16,6 +16,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_init
 
 from farm.errors import TransientError
+from farm.jobs.policy import Message
 from workers import heartbeat  # noqa: F401 - connects the heartbeat to the pool processes' signals
 from workers.app import QAT_TRAIN, RUN_JOB, app
 from workers.process import resources
@@ -76,7 +77,7 @@ def _run(task: Task, job_id: int) -> str:
     finally:
         heartbeat.current_job = None
     if outcome.state == "handoff" and outcome.queue:
-        dispatch.send(task.app, [queries.Message(job_id, outcome.queue, "finish")])
+        dispatch.send(task.app, [Message(job_id, outcome.queue, "finish")])
     elif outcome.state != "skipped":
         dispatch.after_job(rt["db"], task.app, job_id, outcome.state, outcome.role)
     return outcome.state

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Table, delete, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
+from farm.jobs.policy import Message
 from farm.store import bulk
 
 # A job's life (claim, lease, finish, fan-in) lives in farm.store.lifecycle; callers ask this module for both.
@@ -274,15 +275,6 @@ def _states(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
 
 
 # --- the farm ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Message:
-    """A job to send to the broker: its id, the queue, and the stage (which task name)."""
-
-    job_id: int
-    queue: str
-    stage: str
 
 
 def set_routes(session: Session, routes: dict[int, tuple[str, str, str | None]]) -> None:

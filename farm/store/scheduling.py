@@ -19,41 +19,16 @@ The broker only carries hints, and a Redis restarted without persistence loses t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from farm.jobs.policy import LOCAL_QUEUE, Decision, Message
 from farm.store import bulk
 from farm.store.lifecycle import refresh_sweep_state, settle_sweeps, utcnow
 from farm.store.models import FINISHED_STATES, Job, SweepJob
-from farm.store.queries import Message, dependents, queue_ready
-
-#: The queue of a local run's jobs (``farm sweep run``): no broker carries them, so none is ever lost.
-LOCAL_QUEUE = "local"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What a job's end (or a batch of pending jobs' reference) decided.
-
-    Attributes:
-        messages: dependents released (now queued): the caller sends them once its transaction commits.
-        ended: dependents ended with their reference (failed, or cancelled with it).
-        settled: sweeps whose state was re-derived because nothing is left to run in them.
-    """
-
-    messages: list[Message] = field(default_factory=list)
-    ended: list[int] = field(default_factory=list)
-    settled: list[int] = field(default_factory=list)
-
-    def __add__(self, other: Decision) -> Decision:
-        return Decision(
-            self.messages + other.messages,
-            self.ended + other.ended,
-            list(dict.fromkeys(self.settled + other.settled)),
-        )
+from farm.store.queries import dependents, queue_ready
 
 
 def job_ended(session: Session, job_id: int) -> Decision:
