@@ -1,6 +1,6 @@
 """Garbage collection of the artifact store: objects under ``jobs/`` that no artifacts row points at.
 
-A worker deletes what its attempt uploaded when the attempt does not end recorded (farm.jobs.execute.AttemptUpload),
+A worker deletes what its attempt uploaded when the attempt does not end recorded (farm.jobs.attempt.AttemptUpload),
 but a worker killed mid-upload, a store that was away when it tried, or rows deleted since (a re-run, a QAT
 hand-off done again) leave objects behind. ``farm artifacts gc`` finds them and removes them.
 

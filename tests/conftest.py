@@ -126,7 +126,7 @@ def reference_for(run_trial: Callable[..., Any]) -> Callable[[str, str], Any]:
     It comes from a real fp32 trial (which writes ``reference.pt``), loaded back with ``Reference.load``,
     so every trial that shares it is compared with the same fp32 outputs.
     """
-    from farm.jobs.steps import REFERENCE_FILE, Reference
+    from farm.quant.reference import REFERENCE_FILE, Reference
 
     cache: dict[tuple[str, str], Any] = {}
 

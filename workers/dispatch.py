@@ -7,7 +7,7 @@ message is a hint: sending one twice, or one for a job that has finished, is har
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from kombu.exceptions import KombuError, OperationalError
@@ -15,7 +15,7 @@ from kombu.utils.uuid import uuid
 
 from farm.errors import TransientError
 from farm.jobs.policy import Message
-from farm.store import queries, scheduling
+from farm.store import scheduling
 from workers.app import QAT_TRAIN, RUN_JOB, check_broker_url
 
 #: Messages buffered per pipelined publish.
@@ -142,29 +142,27 @@ def _publish_routed(app: Any, producer: Any, messages: list[Message]) -> int:
 
 def dispatch_ready(db: Any, app: Any, job_ids: Sequence[int]) -> int:
     """Decide the pending jobs among ``job_ids`` (see :func:`farm.store.scheduling.schedule_pending`): send those
-    that can start now, end those whose reference failed or was cancelled; returns how many were sent."""
-    with db.session() as s:
-        decision = scheduling.schedule_pending(s, job_ids)
-    return send(app, decision.messages)
+    that can start now, end those whose dependency failed or was cancelled; returns how many were sent."""
+    return send(app, scheduling.decide_pending(db, job_ids).messages)
 
 
-def after_job(db: Any, app: Any, job_id: int, state: str, role: str | None) -> None:
+def after_job(db: Any, app: Any, job_id: int, state: str, role: str | None, has_dependents: bool = True) -> None:
     """A job ended: ask the one scheduling decision (:func:`farm.store.scheduling.job_ended`) what it releases or
     ends, and send the released jobs.
 
-    ``state`` is the caller's view; the decision reads the job's own from the database. A trial has no dependents,
-    and the statement that ended it settled its sweeps already: nothing to do for one.
+    ``state`` is the caller's view; the decision reads the job's own from the database. A trial nobody waits for
+    (``has_dependents``, read with its claim) has nothing to decide, and the statement that ended it settled its
+    sweeps already: nothing to do for one. References and stages are always decided (a job may have come to wait
+    for one after it was claimed).
     """
-    if role is not None and role != "reference":
+    if role not in (None, "reference", "stage") and not has_dependents:
         return
-    with db.session() as s:
-        decision = scheduling.job_ended(s, job_id)
-    send(app, decision.messages)
+    send(app, scheduling.decide_ended(db, job_id).messages)
 
 
 def reap(db: Any, app: Any, max_attempts: int, sweep_id: int | None = None, store: Any = None) -> tuple[int, int]:
     """Re-queue running jobs whose lease expired (their worker died); fail those past ``max_attempts``, ending
-    their dependents and settling their sweeps as any other end of a job does.
+    their dependents and settling their sweeps as any other end of a job does (:func:`farm.store.scheduling.reap`).
 
     Args:
         store: the artifact store; given, the objects the dead attempts of a job failed here left behind are
@@ -173,30 +171,14 @@ def reap(db: Any, app: Any, max_attempts: int, sweep_id: int | None = None, stor
     Returns:
         (re-queued, failed).
     """
-    messages: list[Message] = []
-    requeued = failed = 0
-    ended_keys: list[str] = []
-    with db.session() as s:
-        for job in queries.expired_jobs(s, sweep_id):
-            message = queries.requeue_expired(s, job, max_attempts)
-            if message is not None:
-                messages.append(message)
-                requeued += 1
-                continue
-            if queries.job_state(s, job.id) == "failed":
-                failed += 1
-                ended_keys.append(job.key)
-            messages += scheduling.job_ended(s, job.id).messages
-        # Two jobs of a sweep ending at the same moment on PostgreSQL each see the other still running (their
-        # statements' snapshots), so neither settles the sweep: this round does.
-        queries.settle_stale_sweeps(s)
-    send(app, messages)  # first: released dependents must not wait behind the store
-    if store is not None and ended_keys:
+    reaped = scheduling.reap(db, max_attempts, sweep_id)
+    send(app, reaped.messages)  # first: released dependents must not wait behind the store
+    if store is not None and reaped.failed_keys:
         from farm.artifact_gc import collect_job
 
-        for key in ended_keys:
+        for key in reaped.failed_keys:
             collect_job(db, store, key)
-    return requeued, failed
+    return reaped.requeued, reaped.failed
 
 
 def resend_lost(db: Any, app: Any, requeue_after_s: float) -> int:
@@ -212,15 +194,12 @@ def resend_lost(db: Any, app: Any, requeue_after_s: float) -> int:
     Raises:
         BrokerUnavailable: the broker did not answer.
     """
-    cutoff = queries.utcnow() - timedelta(seconds=requeue_after_s)
-    with db.session(write=False) as s:
-        stale = scheduling.stale_queues(s, cutoff)
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=requeue_after_s)
+    stale = scheduling.find_stale_queues(db, cutoff)
     if not stale:
         return 0
     lengths = queue_lengths(app, stale)  # before the database's count: a job claimed meanwhile can't look lost
-    with db.session() as s:
-        messages = scheduling.take_lost(s, lengths, cutoff)
-    return send(app, messages)
+    return send(app, scheduling.take_lost_messages(db, lengths, cutoff))
 
 
 def queue_lengths(app: Any, queues: Sequence[str]) -> dict[str, int]:

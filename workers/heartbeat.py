@@ -39,14 +39,9 @@ def _identity() -> dict[str, Any]:
 def beat_once(db: Any, name: str, identity: dict[str, Any], state: str | None = None) -> None:
     from farm.store import queries
 
-    with db.session() as s:
-        queries.heartbeat(
-            s,
-            name,
-            current_job_id=current_job,
-            state=state or ("busy" if current_job is not None else "idle"),
-            **identity,
-        )
+    queries.record_heartbeat(
+        db, name, current_job_id=current_job, state=state or ("busy" if current_job is not None else "idle"), **identity
+    )
 
 
 def _loop(interval_s: float) -> None:

@@ -46,7 +46,7 @@ def _preload(**_: Any) -> None:
 
 def _run(task: Task, job_id: int) -> str:
     from farm.jobs.execute import execute_job
-    from farm.store import queries
+    from farm.store import scheduling
     from workers import dispatch
 
     rt = resources()
@@ -65,12 +65,9 @@ def _run(task: Task, job_id: int) -> str:
     except TransientError as e:
         retries = task.request.retries
         if retries >= rt["farm"].transient_retries:
-            with rt["db"].session() as s:
-                queries.fail_job(s, job_id, f"gave up after {retries + 1} attempts: {e}")
-                role = s.get(queries.Job, job_id).role  # type: ignore[union-attr]
-                # Fan-in: the job may have been its sweeps' last (after_job below only handles references).
-                queries.settle_sweeps(s, job_id)
-            dispatch.after_job(rt["db"], task.app, job_id, "failed", role)
+            # Failed, its dependents decided and its sweeps settled (it may have been their last) in one go.
+            decision = scheduling.give_up(rt["db"], job_id, f"gave up after {retries + 1} attempts: {e}")
+            dispatch.send(task.app, decision.messages)
             return "failed"
         log.warning("job %s: %s; retrying in %ss", job_id, e, min(300, 5 * 2**retries))
         raise task.retry(exc=e, countdown=min(300, 5 * 2**retries), max_retries=None) from None
@@ -79,7 +76,7 @@ def _run(task: Task, job_id: int) -> str:
     if outcome.state == "handoff" and outcome.queue:
         dispatch.send(task.app, [Message(job_id, outcome.queue, "finish")])
     elif outcome.state != "skipped":
-        dispatch.after_job(rt["db"], task.app, job_id, outcome.state, outcome.role)
+        dispatch.after_job(rt["db"], task.app, job_id, outcome.state, outcome.role, outcome.has_dependents)
     return outcome.state
 
 
@@ -98,28 +95,25 @@ def _on_hard_time_limit(sender: Any = None, exception: BaseException | None = No
         return
     from farm.errors import FarmError
     from farm.settings import FarmSettings
-    from farm.store import queries
+    from farm.store import scheduling
     from farm.store.db import Database
     from workers import dispatch
 
     job_id = int(args[0])
     limit_s = FarmSettings.from_env().time_limit_s
+    reason = (
+        f"the job ran past its hard time limit of {limit_s:g} s (FARM_TASK_TIME_LIMIT_S) and its worker process "
+        "was killed"
+    )
     db = Database()
     try:
-        with db.session() as s:
-            job = s.get(queries.Job, job_id)
-            if job is None or job.state != "running" or not _ran_here_past(job, limit_s):
-                return  # finished meanwhile, or another worker took it over after a lost lease: not ours
-            role, key = job.role, job.key
-            queries.fail_job(
-                s,
-                job_id,
-                f"the job ran past its hard time limit of {limit_s:g} s (FARM_TASK_TIME_LIMIT_S) and its worker "
-                "process was killed",
-                worker=job.worker,
-            )
-            queries.settle_sweeps(s, job_id)
-        dispatch.after_job(db, sender.app, job_id, "failed", role)
+        # Only a job a pool process of this host has run for about the limit: one finished meanwhile, or taken
+        # over by another worker after a lost lease, is not ours.
+        ended = scheduling.fail_past_time_limit(db, job_id, reason, socket.gethostname(), limit_s)
+        if ended is None:
+            return
+        decision, key = ended
+        dispatch.send(sender.app, decision.messages)
         # The killed process could not delete what its attempt uploaded: no object may outlive the job's row.
         from farm.artifact_gc import collect_job
         from farm.artifacts import open_store
@@ -129,17 +123,6 @@ def _on_hard_time_limit(sender: Any = None, exception: BaseException | None = No
         log.error("job %s: could not record its time limit: %s", job_id, e)
     finally:
         db.dispose()
-
-
-def _ran_here_past(job: Any, limit_s: float) -> bool:
-    """Whether ``job`` is held by a pool process of this host that has run it for (about) ``limit_s``."""
-    from datetime import datetime, timezone
-
-    host = (job.worker or "").rpartition(":")[0]
-    if host != socket.gethostname() or job.started_at is None:
-        return False
-    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
-    return (datetime.now(timezone.utc) - started).total_seconds() >= 0.9 * limit_s
 
 
 @app.task(name=RUN_JOB, bind=True)

@@ -24,8 +24,8 @@ COMMANDS = {
     "results": "results:results",
     "report": "report:report",
     "demo": "demo:demo",
-    "worker": "farm_worker:worker",
-    "workers": "farm_worker:workers",
+    "worker": "worker:worker",
+    "workers": "worker:workers",
 }
 
 

@@ -18,17 +18,16 @@ from farm.cli.render import out
 )
 def demo(jobs: int | None, plots_dir: str | None) -> None:
     """Run the built-in demo sweep on farm:digits-cnn and plot accuracy against size and latency."""
-    from farm.cli.sweep import run_plan
+    from farm.cli.local_run import run_plan
     from farm.demo import DEMO_SPEC
     from farm.plots import tradeoff_plots
     from farm.settings import Settings, farm_home
     from farm.spec import load_spec
-    from farm.store.results import fetch_results
+    from farm.store.result_reads import sweep_rows
 
     plan = load_spec(DEMO_SPEC, source="demo")
     db, sweep_id, stats = run_plan(plan, jobs)
-    with db.session() as s:
-        rows = fetch_results(s, sweep_ids=[sweep_id])
+    rows = sweep_rows(db, sweep_id)
     directory = Path(plots_dir) if plots_dir else farm_home() / "demo"
     paths = tradeoff_plots(rows, directory)
     settings = Settings.from_env()

@@ -22,13 +22,13 @@ def report(sweep_id: int, output: Path | None) -> None:
 
     The page is self-contained (no network needed to open it). Prints the path written.
     """
-    from farm.cli.sweep import open_db
     from farm.report.svg import require_matplotlib
     from farm.report.writer import check_output, write_report
+    from farm.store.connect import open_database
 
     require_matplotlib()
     path = check_output(output or Path(f"report-{sweep_id}.html"))  # before the database: nothing done on a bad path
-    db = open_db(read_only=True)
+    db = open_database(read_only=True)
     try:
         written = write_report(db, sweep_id, path)
     finally:

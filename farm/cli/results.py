@@ -46,13 +46,12 @@ def query(
 ) -> None:
     """Rows of results_flat: one per sweep, job and batch size."""
     from farm.cli.output import check_output, write_rows
-    from farm.cli.sweep import open_db
-    from farm.store.results import ResultsQuery, query_results
+    from farm.store import result_reads
+    from farm.store.connect import open_database
+    from farm.store.results import ResultsQuery
 
     # Every check that needs no database comes first: bad input never opens it, nor writes a file.
     q = ResultsQuery.parse(sweep=sweep_ids, where=where, order_by=order_by, columns=columns, limit=limit, cli=True)
     check_output(fmt, output)
-    db = open_db(read_only=True)
-    with db.session() as s:
-        rows = query_results(s, q)
+    rows = result_reads.query(open_database(read_only=True), q)
     write_rows(rows, q.columns, fmt, output)

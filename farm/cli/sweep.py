@@ -1,13 +1,14 @@
-"""``farm sweep ...``: plan, run, list and inspect sweeps."""
+"""``farm sweep ...``: plan, run (here) or submit (to a farm), list, inspect and operate sweeps.
+
+Each command parses, calls one operation (farm.jobs.sweeps) or read (farm.store.sweeps), and renders. The farm
+commands (submit, cancel, retry, resume) import neither torch nor the engine: they run from a laptop with the
+base install.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import getpass
 import json
-import socket
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -15,98 +16,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from farm.cli import LazyGroup
-from farm.cli.params import ID, POSITIVE_COUNT, PROCESSES
+from farm.cli.params import ID, POSITIVE_COUNT, PROCESSES, QUEUE
 from farm.cli.render import cell, err, out
 
 
-@click.group(
-    cls=LazyGroup,
-    lazy={
-        "submit": "farm_sweep:submit",
-        "cancel": "farm_sweep:cancel",
-        "retry": "farm_sweep:retry",
-        "resume": "farm_sweep:resume",
-    },
-)
+@click.group(cls=LazyGroup)
 def sweep() -> None:
     """Plan, run (here) or submit (to a farm), and operate sweeps."""
-
-
-def open_db(*, read_only: bool = False, create: bool = True) -> Any:
-    """The results database from FARM_DATABASE_URL (default: SQLite under FARM_HOME), schema checked.
-
-    Args:
-        read_only: for the read commands: the database is opened read-only and never changed, and one without
-            QuantFarm's schema is refused with the command that makes it (``farm db upgrade``).
-        create: create the schema in an empty database (``sweep run``, ``demo``, ``submit``); when False such a
-            database is refused as for ``read_only``.
-    """
-    from farm.store.db import Database
-    from farm.store.migrate import ensure_schema, require_schema
-
-    if read_only or not create:
-        # Checked on a read-only connection even when writes follow: connecting for writes may already change
-        # a foreign SQLite file (it is switched to WAL).
-        checked = Database(read_only=True)
-        require_schema(checked)
-        if read_only:
-            return checked
-        checked.dispose()
-    db = Database()
-    ensure_schema(db)  # at head already when create is False: nothing to create
-    return db
-
-
-def submitter() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name is not an error
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
-def load_plan(spec_path: str, force: bool, pools: Any = None) -> Any:
-    from farm.settings import job_limit
-    from farm.spec import load_spec, read_spec_text
-
-    text = read_spec_text(spec_path)
-    return load_spec(text, source=spec_path, limit=None if force else job_limit(), pools=pools)
-
-
-def check_calibration_sizes(p: Any, source: str) -> None:
-    """Where the engine is installed, refuse a calibration size past its dataset's calibration split.
-
-    The check is ``farm quantize``'s (farm.zoo.data.check_calibration_size); without torch (a producer) the jobs
-    find out on the workers.
-
-    Raises:
-        ConfigError: every calibration size too large for its dataset, each with the split's size.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return
-    from farm.errors import ConfigError, Problem
-    from farm.zoo.data import check_calibration_size, load_dataset
-
-    sizes: dict[str, set[int]] = {}
-    for j in p.jobs:
-        n = j.columns()["calibration_size"]
-        if n is not None:
-            sizes.setdefault(j.spec.dataset, set()).add(n)
-    problems = []
-    for dataset, wanted in sizes.items():
-        try:
-            splits = load_dataset(dataset)
-        except Exception:  # noqa: BLE001 - a dataset that does not load here (on the workers' disks) is their job
-            continue
-        for n in sorted(wanted):
-            try:
-                check_calibration_size(splits, n)
-            except ConfigError as e:
-                problems.append(Problem("calibration_size", str(e)))
-    if problems:
-        raise ConfigError(problems, source=source)
 
 
 @sweep.command()
@@ -116,6 +32,8 @@ def check_calibration_sizes(p: Any, source: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(spec_path: str, force: bool, show_all: bool, as_json: bool) -> None:
     """Validate SPEC and show the jobs it expands to, without running anything."""
+    from farm.jobs.sweeps import check_calibration_sizes, load_plan
+
     p = load_plan(spec_path, force)
     check_calibration_sizes(p, spec_path)
     if as_json:
@@ -180,6 +98,9 @@ def run(spec_path: str, jobs: int | None, force: bool) -> None:
     Jobs that already succeeded (in this or any sweep) are reused, not run again. Ctrl-C stops
     cleanly: unfinished jobs end as cancelled.
     """
+    from farm.cli.local_run import run_plan
+    from farm.jobs.sweeps import load_plan
+
     p = load_plan(spec_path, force)
     db, sweep_id, stats = run_plan(p, jobs)
     from farm.settings import Settings
@@ -189,101 +110,29 @@ def run(spec_path: str, jobs: int | None, force: bool) -> None:
         sys.exit(1)
 
 
-def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
-    """Persist and run a plan on this machine, then print the results table. Exits 130 on Ctrl-C."""
-    from farm.artifacts import check_store_url
-    from farm.cli.progress import SweepProgress
-    from farm.jobs.local import RunStats, default_jobs, reclaim_abandoned, run_local
-    from farm.settings import Settings
-    from farm.store import queries
-
-    settings = Settings.from_env()
-    check_store_url(settings.artifacts_url)  # before anything is written: every job would fail to upload
-    db = open_db()
-    with db.session() as s:
-        record = queries.create_sweep(s, p, submitter())
-    # Jobs a killed `farm sweep run` left queued or running go again.
-    to_run_now = set(record.to_run)
-    abandoned = reclaim_abandoned(db, [i for i in record.ids.values() if i not in to_run_now])
-    to_run = record.to_run + abandoned
-    if abandoned:
-        err.print(f"{len(abandoned)} job(s) left unfinished by an earlier run that stopped will run again")
-    threads = p.spec.benchmark.threads
-    workers = jobs or default_jobs(threads)
-    stats = RunStats(total=record.total, cached=record.cached)
-    verb = "created" if record.created else "resumed"
-    err.print(
-        f"sweep {record.sweep_id} [bold]{escape(p.spec.name)}[/] {verb}: {record.total} jobs, {record.cached} cached, "
-        f"{len(to_run)} to run on {workers} worker process(es) x {threads} thread(s)"
-    )
-    try:
-        with _stop_on_termination(), SweepProgress(stats) as progress:
-            run_local(
-                db,
-                record.sweep_id,
-                to_run,
-                artifacts_url=settings.artifacts_url,
-                jobs=workers,
-                threads=threads,
-                on_update=progress.update,
-                stats=stats,
-            )
-    except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted:[/] {stats.cancelled} job(s) cancelled, none left running")
-        sys.exit(130)
-    print_sweep_summary(db, record.sweep_id)
-    return db, record.sweep_id, stats
-
-
-@contextlib.contextmanager
-def _stop_on_termination() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a closed terminal) stop a local run the way Ctrl-C does: jobs end as cancelled."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the cancellation short
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 @sweep.command("list")
 @click.option("--limit", type=POSITIVE_COUNT, default=50, show_default=True)
 def list_sweeps(limit: int) -> None:
     """List sweeps, newest first, with their job counts."""
-    from farm.store import queries
+    from farm.store import sweeps
+    from farm.store.connect import open_database
 
-    db = open_db(read_only=True)
-    with db.session() as s:
-        rows = [
-            (sw.id, sw.name, sw.state, sw.submitter, sw.created_at, counts)
-            for sw, counts in queries.list_sweeps(s, limit)
-        ]
+    rows = sweeps.list_sweeps(open_database(read_only=True), limit)
     table = Table(show_edge=False, header_style="bold")
     for col in ("id", "name", "state", "jobs", "succeeded", "failed", "running", "submitter", "created"):
         table.add_column(col)
-    for sweep_id, name, state, who, created, counts in rows:
+    for row in rows:
+        counts = row.counts
         table.add_row(
-            str(sweep_id),
-            name,
-            state,
+            str(row.id),
+            row.name,
+            row.state,
             str(sum(counts.values())),
             str(counts.get("succeeded", 0)),
             str(counts.get("failed", 0)),
             str(counts.get("running", 0) + counts.get("queued", 0)),
-            who or "-",
-            f"{created:%Y-%m-%d %H:%M}",
+            row.submitter or "-",
+            f"{row.created_at:%Y-%m-%d %H:%M}",
         )
     out.print(table)
 
@@ -293,7 +142,10 @@ def list_sweeps(limit: int) -> None:
 @click.option("--watch", is_flag=True, help="A live progress bar until the sweep ends.")
 def status(sweep_id: int, watch: bool) -> None:
     """Show a sweep's progress and its failed jobs."""
-    db = open_db(read_only=not watch, create=False)  # --watch settles the sweep's state as it goes
+    from farm.cli.sweep_views import outage_patience, print_status, watch_sweep
+    from farm.store.connect import open_database
+
+    db = open_database(read_only=not watch, create=False)  # --watch settles the sweep's state as it goes
     patience = outage_patience() if watch else None
     if watch:
         state = watch_sweep(db, sweep_id, patience=patience)
@@ -301,144 +153,93 @@ def status(sweep_id: int, watch: bool) -> None:
     print_status(db, sweep_id, patience=patience)
 
 
-def outage_patience() -> Any:
-    """How ``--wait`` and ``sweep status --watch`` ride out a database outage: one line on stderr when it starts and
-    one when it ends, reconnecting with backoff meanwhile; after FARM_WAIT_RETRY_S (10 min) one line and exit 2.
-    The sweep goes on without the watcher, whose exit status would otherwise lie about it."""
-    from farm.outage import Patience
-    from farm.settings import FarmSettings
+@sweep.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--wait", is_flag=True, help="Show live progress; exit 0 if every job succeeded, 1 otherwise.")
+@click.option("--force", is_flag=True, help="Allow a spec past the job limit (FARM_JOB_LIMIT, default 10,000).")
+@click.option(
+    "--cpu-queue", type=QUEUE, default="cpu", show_default=True, help="Queue (pool) for CPU jobs, e.g. cpu-avx512."
+)
+@click.option("--gpu-queue", type=QUEUE, default="gpu", show_default=True, help="Queue (pool) for GPU jobs.")
+def submit(spec_path: str, wait: bool, force: bool, cpu_queue: str, gpu_queue: str) -> None:
+    """Create the sweep in the database and send its runnable jobs to the broker; print the sweep ID.
 
-    def waiting(e: Exception, retry_s: float) -> None:
-        err.print(f"database unreachable, retrying… (for up to {retry_s:g} s, FARM_WAIT_RETRY_S): {escape(str(e))}")
+    fp32 references go first; the jobs that compare with one are sent when it succeeds. Jobs that already
+    succeeded (in any sweep) are reused. A broker that can't be reached leaves no sweep behind.
+    """
+    from farm.cli.sweep_views import outage_patience, print_status, watch_sweep
+    from farm.jobs import sweeps
+    from farm.routing import Pools
+    from farm.store.connect import open_database
 
-    def back() -> None:
-        err.print("database reachable again")
-
-    return Patience(FarmSettings.from_env().wait_retry_s, setting="FARM_WAIT_RETRY_S", on_wait=waiting, on_back=back)
-
-
-def print_status(db: Any, sweep_id: int, patience: Any = None) -> None:
-    from farm.store import queries
-
-    def read() -> tuple[Any, ...]:
-        with db.session(write=False) as s:
-            sw = queries.get_sweep(s, sweep_id)
-            counts = queries.sweep_counts(s, sweep_id)
-            failed = [(j.id, j.method, j.model, j.error) for j in sw.jobs if j.state == "failed"]
-            return sw.name, sw.state, counts, failed
-
-    name, state, counts, failed = patience.call(read) if patience is not None else read()
-    total = sum(counts.values())
-    order = ("succeeded", "failed", "running", "queued", "pending", "cancelled")
-    parts = ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k))
-    out.print(f"sweep {sweep_id} [bold]{escape(name)}[/]: {state}; {total} jobs: {parts or 'none'}")
-    for job_id, method, model, error in failed[:20]:
-        out.print(f"  [red]failed[/] job {job_id} {escape(method)} {escape(model)}: {escape(error or '')}")
+    pools = Pools(cpu=cpu_queue, gpu=gpu_queue)
+    plan = sweeps.load_plan(spec_path, force, pools)
+    broker = _checked_broker()  # before the database: an unreachable broker leaves nothing behind
+    db = open_database()
+    done = sweeps.submit(db, broker, plan, pools)
+    err.print(
+        f"sweep {done.sweep_id} [bold]{escape(done.name)}[/] submitted: {done.total} jobs, "
+        f"{done.cached} cached, {done.sent} sent, {done.waiting} waiting for their fp32 reference"
+    )
+    click.echo(done.sweep_id)
+    if wait:
+        patience = outage_patience()  # a database outage meanwhile: said once, ridden out (FARM_WAIT_RETRY_S)
+        state = watch_sweep(db, done.sweep_id, patience=patience)
+        print_status(db, done.sweep_id, patience=patience)
+        sys.exit(0 if state == "succeeded" else 1)
 
 
-def watch_sweep(db: Any, sweep_id: int, poll_s: float = 1.0, patience: Any = None) -> str:
-    """Show live progress read from the database until the sweep is no longer running; returns its state.
+@sweep.command()
+@click.argument("sweep_id", type=ID)
+def cancel(sweep_id: int) -> None:
+    """Cancel a sweep: queued jobs never start, running ones stop at their next check."""
+    from farm.jobs import sweeps
+    from farm.store.connect import open_database
 
-    A database outage meanwhile is ridden out (``patience``, default :func:`outage_patience`).
+    n = sweeps.cancel(open_database(create=False), sweep_id)
+    out.print(f"sweep {sweep_id}: {n} job(s) cancelled")
+
+
+@sweep.command()
+@click.argument("sweep_id", type=ID)
+@click.option("--failed-only", is_flag=True, help="Retry failed jobs only, not cancelled ones.")
+def retry(sweep_id: int, failed_only: bool) -> None:
+    """Run a sweep's failed (and cancelled) jobs again, with a fresh attempt budget."""
+    from farm.jobs import sweeps
+    from farm.store.connect import open_database
+
+    broker = _checked_broker()
+    r = sweeps.retry(open_database(create=False), broker, sweep_id, failed_only=failed_only)
+    out.print(
+        f"sweep {sweep_id}: {r.to_retry} job(s) to retry, {r.sent} sent, {r.waiting} waiting for their reference"
+        + (f", {r.ended} ended again with their reference" if r.ended else "")
+    )
+
+
+@sweep.command()
+@click.argument("sweep_id", type=ID)
+def resume(sweep_id: int) -> None:
+    """Re-send a sweep's jobs whose messages were lost (a broker restart, a worker killed with its host)."""
+    from farm.jobs import sweeps
+    from farm.store.connect import open_database
+
+    broker = _checked_broker()
+    r = sweeps.resume(open_database(create=False), broker, sweep_id)
+    out.print(
+        f"sweep {sweep_id}: {r.sent} message(s) sent ({r.queued} queued job(s), {r.released} released), "
+        f"{r.requeued} expired job(s) re-queued, {r.failed} failed after too many attempts"
+    )
+
+
+def _checked_broker() -> Any:
+    """The farm's broker (FARM_BROKER_URL), checked to answer.
 
     Raises:
-        StoreUnavailable: the database stayed unreachable past FARM_WAIT_RETRY_S.
+        ConfigError: a transport the farm does not run on.
+        BrokerUnavailable: the broker does not answer.
     """
-    import time
+    from workers.broker import CeleryBroker
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from farm.cli.render import interactive
-    from farm.store import queries
-
-    patience = patience if patience is not None else outage_patience()
-
-    def poll() -> tuple[str, dict[str, int]]:
-        with db.session() as s:
-            return queries.refresh_sweep_state(s, sweep_id), queries.sweep_counts(s, sweep_id)
-
-    with Progress(
-        TextColumn(f"[bold]sweep {sweep_id}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=not interactive(),
-    ) as progress:
-        task = progress.add_task("watch", total=1, detail="")
-        while True:
-            state, counts = patience.call(poll)
-            done = sum(counts.get(k, 0) for k in ("succeeded", "failed", "cancelled"))
-            active = ", ".join(f"{counts[k]} {k}" for k in ("running", "queued", "pending") if counts.get(k))
-            failed = f"[red]{counts['failed']} failed[/] " if counts.get("failed") else ""
-            progress.update(task, total=max(sum(counts.values()), 1), completed=done, detail=f"{failed}{active}")
-            if state != "running":
-                return state
-            time.sleep(poll_s)
-
-
-def print_sweep_summary(db: Any, sweep_id: int) -> None:
-    """The results table at the end of a run: one row per job, latency per batch size side by side."""
-    from farm.store.results import fetch_results
-
-    with db.session() as s:
-        rows = fetch_results(s, sweep_ids=[sweep_id])
-    by_job: dict[int, dict[str, Any]] = {}
-    batches: list[int] = sorted({r["batch_size"] for r in rows if r["batch_size"] is not None})
-    for r in rows:
-        job = by_job.setdefault(r["job_id"], {**r, "lat": {}, "spd": {}})
-        if r["batch_size"] is not None:
-            job["lat"][r["batch_size"]] = r["latency_p50_ms"]
-            job["spd"][r["batch_size"]] = r["speedup"]
-    table = Table(show_edge=False, header_style="bold", title=f"sweep {sweep_id}")
-    cols = [
-        "model",
-        "method",
-        "bits",
-        "cal",
-        "observer",
-        "gran",
-        "accuracy",
-        "drop",
-        "sqnr dB",
-        "size ratio",
-        "coverage",
-    ]
-    cols += [f"p50 ms b{b}" for b in batches] + ([f"speedup b{batches[-1]}"] if batches else []) + ["state"]
-    for c in cols:
-        table.add_column(c, justify="right" if c not in ("model", "method", "observer", "gran", "state") else "left")
-    for job in sorted(
-        by_job.values(), key=lambda j: (j["model"], j["method"], j["bits"] or 0, j["calibration_size"] or 0)
-    ):
-        sim = " (sim)" if job["simulated"] else ""
-        row = [
-            job["model"],
-            job["method"] + sim,
-            cell(job["bits"]),
-            cell(job["calibration_size"]),
-            cell(job["observer"]),
-            cell(job["granularity"]),
-            _fmt(job["accuracy"], ".4f"),
-            _fmt(job["accuracy_drop"], "+.4f"),
-            _fmt(job["sqnr_db"], ".1f"),
-            _fmt(job["size_ratio"], ".3f"),
-            _fmt(job["coverage"], ".1%"),
-        ]
-        row += [_fmt(job["lat"].get(b), ".3f") for b in batches]
-        if batches:
-            row.append(_fmt(job["spd"].get(batches[-1]), ".2f", "x"))
-        state = job["state"]
-        row.append(f"[red]{state}[/]" if state == "failed" else state)
-        table.add_row(*row)
-    out.print(table)
-    failures = [j for j in by_job.values() if j["state"] == "failed"]
-    for j in failures[:10]:
-        out.print(
-            f"[red]failed[/] job {j['job_id']} ({escape(j['method'])}, {escape(j['model'])}): "
-            f"{escape(j['error'] or '')}"
-        )
-
-
-def _fmt(value: Any, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
+    broker = CeleryBroker()
+    broker.check()
+    return broker

@@ -1,10 +1,13 @@
-"""One job from the database to a recorded result: claim -> run_job -> upload -> record.
+"""One claimed job on a worker: claim -> run -> record.
 
-Shared by the local runner (worker processes on this machine) and the Celery tasks (a farm). The
-database decides who runs what: the claim is a conditional update, and a result is recorded only by the
-worker still holding the claim, so a duplicate message never runs a job twice or writes two results.
-While a job runs, a heartbeat thread renews its lease and watches for cancellation; a worker that dies
-stops renewing, and a reaper hands the job to another worker once the lease has run out.
+Shared by the local runner (worker processes on this machine) and the Celery tasks (a farm). The database decides
+who runs what: the claim is a conditional update, and a result is recorded only by the worker still holding the
+claim, so a duplicate message never runs a job twice or writes two results. While a job runs, its lease is renewed
+(:mod:`farm.jobs.lease`); what it uploads lives below its own attempt's keys (:mod:`farm.jobs.attempt`). Every read
+and write goes through :mod:`farm.store.execution`, one transaction each.
+
+What a job's end releases or ends (its dependents, the sweeps it settles) is not decided here: the executor that
+called :func:`execute_job` asks the scheduling policy (farm.store.scheduling) with the returned :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -12,26 +15,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import tempfile
-import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from farm.artifacts.attempts import attempt_prefix, new_attempt
 from farm.errors import ArtifactError, Cancelled, FarmError, QuantizationError, TransientError
+from farm.jobs.attempt import AttemptUpload, Stored
+from farm.jobs.lease import DEFAULT_LEASE_S, JobHeartbeat, heartbeat_interval
 from farm.outage import Patience
 from farm.settings import cache_dir
 
 log = logging.getLogger("farm.jobs.execute")
 
-DEFAULT_LEASE_S = 120.0
-_KINDS = {"model.pt": "model", "model_state.pt": "model", "manifest.json": "manifest", "reference.pt": "reference"}
+__all__ = ["DEFAULT_LEASE_S", "Outcome", "ReferenceNotReady", "execute_job"]
 
 
 @dataclass(frozen=True)
@@ -49,120 +49,31 @@ class Outcome:
     duration_s: float = 0.0
     queue: str | None = None
     role: str | None = None
+    #: Some job waits for this one (read with the claim): its end must be decided (farm.store.scheduling.job_ended).
+    has_dependents: bool = False
 
 
 class ReferenceNotReady(TransientError):
     """The fp32 reference this job compares with has not succeeded yet."""
 
 
-class JobHeartbeat:
-    """Renews a running job's lease every ``interval_s`` and raises the stop flag when the job is no longer
-    this worker's to run (cancelled, or taken over after a lost lease).
+@dataclass(frozen=True)
+class _Attempt:
+    """This worker's claim of one job, and what ending it needs."""
 
-    The renewals run on one long-lived thread per process (:class:`_LeaseKeeper`), not a thread per job:
-    starting and joining a thread for every job cost about 2 ms of a no-op job's 7.
-    """
+    job_id: int
+    role: str | None
+    worker: str
+    db: Any
+    store: Any
+    upload: AttemptUpload
+    patience: Patience
+    started: float
+    has_dependents: bool = False
 
-    def __init__(self, db: Any, job_id: int, worker: str, lease_s: float, interval_s: float):
-        self.db, self.job_id, self.worker = db, job_id, worker
-        self.lease_s, self.interval_s = lease_s, interval_s
-        self.stopped = threading.Event()
-        self.due = 0.0
-        self.failing = False  # the last renewal could not reach the database
-
-    def __enter__(self) -> JobHeartbeat:
-        self.due = time.monotonic() + self.interval_s
-        _keeper().add(self)
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        _keeper().remove(self)
-
-    def should_stop(self) -> bool:
-        return self.stopped.is_set()
-
-    def renew(self) -> None:
-        """One renewal: extend the lease; raise the stop flag when the job is no longer ours to run."""
-        from farm.store import queries
-
-        try:
-            with self.db.session() as s:
-                state = queries.extend_lease(s, self.job_id, self.worker, self.lease_s)
-        except FarmError as e:
-            # A database outage: the claim stays ours (the job is running under this worker whatever its lease
-            # says, until another worker or the reaper takes it), so the job goes on and the next renewal tries
-            # again. Said once per outage, not every beat.
-            if not self.failing:
-                log.warning("job %s: cannot renew its lease, still running: %s", self.job_id, e)
-            self.failing = True
-            return
-        if self.failing:
-            log.warning("job %s: lease renewed again (database reachable)", self.job_id)
-            self.failing = False
-        if state != "running":
-            self.stopped.set()
-
-
-class _LeaseKeeper:
-    """The thread that renews the leases of the jobs this process runs, each on its own schedule."""
-
-    def __init__(self) -> None:
-        self._beats: dict[int, JobHeartbeat] = {}
-        self._lock = threading.Lock()
-        self._changed = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def add(self, beat: JobHeartbeat) -> None:
-        with self._lock:
-            self._beats[id(beat)] = beat
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="farm-leases", daemon=True)
-                self._thread.start()
-        self._changed.set()
-
-    def remove(self, beat: JobHeartbeat) -> None:
-        with self._lock:
-            self._beats.pop(id(beat), None)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                beats = list(self._beats.values())
-            now = time.monotonic()
-            for beat in beats:
-                if beat.due <= now and not beat.stopped.is_set():
-                    try:
-                        beat.renew()
-                    except Exception:  # noqa: BLE001 - one bad renewal must not stop every job's renewals
-                        log.exception("job %s: lease renewal failed", beat.job_id)
-                    beat.due = time.monotonic() + beat.interval_s
-            with self._lock:
-                pending = [b.due for b in self._beats.values() if not b.stopped.is_set()]
-            wait_s = max(0.0, min(pending) - time.monotonic()) if pending else 3600.0
-            self._changed.wait(wait_s)
-            self._changed.clear()
-
-
-_KEEPER: _LeaseKeeper | None = None
-_KEEPER_LOCK = threading.Lock()
-
-
-def _keeper() -> _LeaseKeeper:
-    global _KEEPER
-    with _KEEPER_LOCK:
-        if _KEEPER is None:
-            _KEEPER = _LeaseKeeper()
-        return _KEEPER
-
-
-def _forget_keeper() -> None:
-    """In a forked child (a Celery pool process), the parent's keeper thread does not exist: start afresh."""
-    global _KEEPER, _KEEPER_LOCK
-    _KEEPER, _KEEPER_LOCK = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_keeper)
+    def outcome(self, state: str, error: str | None = None) -> Outcome:
+        duration_s = time.perf_counter() - self.started
+        return Outcome(self.job_id, state, error, duration_s, role=self.role, has_dependents=self.has_dependents)
 
 
 def execute_job(
@@ -198,59 +109,36 @@ def execute_job(
         TransientError: the database or object store was unreachable, or the reference is not ready; the
             job has been handed back to the queue and the caller should retry later.
     """
-    from farm.store import queries
+    from farm.store import execution
 
     started = time.perf_counter()
-    with db.autocommit() as conn:  # one conditional UPDATE: atomic on its own, no transaction around it
-        job = queries.claim_job(conn, job_id, worker, lease_s, max_losses=max_losses)
-    if job is None:
+    claim = execution.claim(db, job_id, worker, lease_s, max_losses=max_losses)
+    if claim is None:
         return Outcome(job_id, "skipped")
-    key, spec_data, reference_id, stage, role = job.key, dict(job.spec), job.reference_job_id, job.stage, job.role
-    checkpoint_ref = None
-    if stage == "finish":
-        try:
-            with db.session(write=False) as s:
-                checkpoint = queries.artifact_of(s, job_id, "checkpoint")
-                checkpoint_ref = (checkpoint.uri, checkpoint.sha256) if checkpoint is not None else None
-        except TransientError as e:  # hand the claim back, or the job would sit running until its lease ran out
-            reason = str(e)
-            with contextlib.suppress(FarmError):
-                _patience(job_id, record_retry_s).call(lambda: _release(db, job_id, worker, reason))
-            raise
     patience = _patience(job_id, record_retry_s)
-    interval = heartbeat_s if heartbeat_s is not None else max(0.2, min(10.0, lease_s / 12))
+    checkpoint = _checkpoint_of(db, job_id, worker, patience) if claim.stage == "finish" else None
     # This claim's own keys: a worker that lost the job (stalled past its lease) never writes over the objects
     # of the attempt that recorded it, and deletes its own when its record finds the job no longer its own.
-    upload = AttemptUpload(store, attempt_prefix(key, new_attempt(job.attempts, worker)), claims=job.attempts)
+    upload = AttemptUpload.for_claim(store, claim.key, claim.attempts, worker)
+    attempt = _Attempt(job_id, claim.role, worker, db, store, upload, patience, started, claim.has_dependents)
     try:
-        with JobHeartbeat(db, job_id, worker, lease_s, interval) as beat:
-            spec = _job_spec(spec_data)
-            if stage == "train":
-                return _train_stage(
-                    job_id, spec, db=db, upload=upload, worker=worker, beat=beat, started=started, patience=patience
-                )
-            reference = _load_reference(reference_id, db, store) if reference_id is not None else None
-            ckpt_path = _fetch(store, *checkpoint_ref, "checkpoint.pt") if checkpoint_ref else None
-            from farm.jobs.steps import run_job
+        with JobHeartbeat(db, job_id, worker, lease_s, heartbeat_interval(lease_s, heartbeat_s)) as beat:
+            if claim.role == "stage":  # no engine work: it adds the next stage's jobs, with its own success
+                from farm.jobs.stages import run_stage
 
-            with tempfile.TemporaryDirectory(prefix="farm-job-") as tmp:
-                result = run_job(
-                    spec, Path(tmp), reference=reference, should_stop=beat.should_stop, checkpoint=ckpt_path
-                )
-                uploaded = upload.put_dir(Path(tmp))
-        stored = [(_KINDS.get(obj.key.rsplit("/", 1)[-1], "other"), obj) for obj in uploaded]
-        model = next((obj for kind, obj in stored if kind == "model"), None)
-        result.artifact_uri = model.uri if model is not None else None
-        upload.recording = True  # from here a failure may hide a COMMIT that landed: keep the objects (gc decides)
-        # The result is kept through a database outage: recording is retried until the database is back.
-        record = result.to_dict()
-        state, recorded = patience.call(lambda: _record_result(db, job_id, worker, record, stored))
-        upload.settle(db, job_id, state, stored, recorded=recorded)
-        return Outcome(job_id, state, None, time.perf_counter() - started, role=role)
+                return attempt.outcome(run_stage(db, job_id, worker, claim.spec, claim.key))
+            spec = _job_spec(dict(claim.spec))
+            if claim.stage == "train":
+                return _train_stage(attempt, spec, beat.should_stop)
+            reference = (
+                _load_reference(claim.reference_job_id, db, store) if claim.reference_job_id is not None else None
+            )
+            result, stored = _run_trial(attempt, spec, reference, checkpoint, beat.should_stop)
+        return _record_success(attempt, result, stored)
     # Each ending is recorded first, and the attempt's objects deleted after: a slow store must not hold the job.
     except Cancelled:
         with upload.discarding():
-            return _end(db, job_id, worker, "cancelled", "cancelled while running", started, role, patience)
+            return _end(attempt, "cancelled", "cancelled while running")
     except TransientError as e:
         reason = str(e)
         with upload.discarding():
@@ -258,145 +146,99 @@ def execute_job(
         raise
     except FarmError as e:
         with upload.discarding():
-            return _end(db, job_id, worker, "failed", str(e), started, role, patience)
+            return _end(attempt, "failed", str(e))
     except Exception as e:  # a bug, or a time limit: the traceback goes to the log, one line to the job
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
         with upload.discarding():
-            return _end(db, job_id, worker, "failed", _describe(e), started, role, patience)
+            return _end(attempt, "failed", _describe(e))
 
 
-def _train_stage(
-    job_id: int,
+def _checkpoint_of(db: Any, job_id: int, worker: str, patience: Patience) -> tuple[str, str] | None:
+    """The (uri, sha256) of the checkpoint a finish stage converts; a transient failure hands the claim back first,
+    or the job would sit running until its lease ran out."""
+    from farm.store import execution
+
+    try:
+        found = execution.checkpoint_of(db, job_id)
+    except TransientError as e:
+        reason = str(e)
+        with contextlib.suppress(FarmError):
+            patience.call(lambda: _release(db, job_id, worker, reason))
+        raise
+    return (found.uri, found.sha256) if found is not None else None
+
+
+def _run_trial(
+    attempt: _Attempt,
     spec: Any,
-    *,
-    db: Any,
-    upload: AttemptUpload,
-    worker: str,
-    beat: JobHeartbeat,
-    started: float,
-    patience: Patience,
-) -> Outcome:
+    reference: Any,
+    checkpoint: tuple[str, str] | None,
+    should_stop: Callable[[], bool],
+) -> tuple[Any, list[Stored]]:
+    """Run the job's steps in a scratch directory and upload what they wrote under this attempt's keys."""
+    from farm.jobs.steps import run_job  # looked up per call: tests replace the engine with a fake
+
+    ckpt_path = _fetch(attempt.store, *checkpoint, "checkpoint.pt") if checkpoint else None
+    with tempfile.TemporaryDirectory(prefix="farm-job-") as tmp:
+        result = run_job(spec, Path(tmp), reference=reference, should_stop=should_stop, checkpoint=ckpt_path)
+        stored = attempt.upload.put_dir(Path(tmp))
+    result.artifact_uri = next((obj.uri for kind, obj in stored if kind == "model"), None)
+    return result, stored
+
+
+def _record_success(attempt: _Attempt, result: Any, stored: list[Stored]) -> Outcome:
+    """Record the result (kept through a database outage: retried until the database is back), then settle what
+    this attempt uploaded: kept when its record won, deleted otherwise."""
+    attempt.upload.recording = True  # from here a failure may hide a COMMIT that landed: keep the objects
+    record = result.to_dict()
+    db, job_id, worker = attempt.db, attempt.job_id, attempt.worker
+    state, recorded = attempt.patience.call(lambda: _record_result(db, job_id, worker, record, stored))
+    attempt.upload.settle(db, job_id, state, stored, recorded=recorded)
+    return attempt.outcome(state)
+
+
+def _train_stage(attempt: _Attempt, spec: Any, should_stop: Callable[[], bool]) -> Outcome:
     """Fine-tune (on this GPU worker), upload the checkpoint under this attempt's keys, and queue the finish
     stage; a train stage that finds the job no longer its own deletes the checkpoint it uploaded."""
     from farm.jobs.steps import train_job
-    from farm.store import queries
+    from farm.store import execution
 
     with tempfile.TemporaryDirectory(prefix="farm-train-") as tmp:
-        path = train_job(spec, Path(tmp), should_stop=beat.should_stop)
-        stored = upload.put_file(path, "checkpoint.pt")
-    upload.recording = True
-
-    def hand_off() -> Any:
-        with db.session() as s:
-            return queries.hand_off(s, job_id, worker, stored)
-
-    message = patience.call(hand_off)
+        path = train_job(spec, Path(tmp), should_stop=should_stop)
+        stored = attempt.upload.put_file(path, "checkpoint.pt")
+    attempt.upload.recording = True
+    db, job_id, worker = attempt.db, attempt.job_id, attempt.worker
+    message = attempt.patience.call(lambda: execution.hand_off(db, job_id, worker, stored))
     if message is None:
         # Cancelled or taken over, or a retry after a COMMIT that landed unseen: the rows decide whether the
         # checkpoint is recorded (kept) or not (deleted).
-        upload.settle(db, job_id, "succeeded", [("checkpoint", stored)])
-        return Outcome(job_id, "cancelled", None, time.perf_counter() - started)
-    return Outcome(job_id, "handoff", None, time.perf_counter() - started, queue=message.queue)
+        attempt.upload.settle(db, job_id, "succeeded", [("checkpoint", stored)])
+        return Outcome(job_id, "cancelled", None, time.perf_counter() - attempt.started)
+    return Outcome(job_id, "handoff", None, time.perf_counter() - attempt.started, queue=message.queue)
 
 
-class AttemptUpload:
-    """What one claim uploads, below its own prefix ``jobs/<job_key>/<attempt>`` (farm.artifacts.attempts), and
-    how it goes away when the attempt does not end recorded.
-
-    Deleting is best-effort: a store that cannot be reached keeps the objects, and ``farm artifacts gc`` removes
-    them later (no row points at them, and their attempt no longer holds the job).
-    """
-
-    def __init__(self, store: Any, prefix: str, claims: int = 0):
-        self.store, self.prefix = store, prefix
-        self.claims = claims  # the job's claim counter at this claim: 1 means no earlier attempt left anything
-        self.started = False  # something may have been written below the prefix
-        self.recording = False  # the result is being recorded: a failure no longer proves no row points here
-
-    def put_dir(self, local_dir: Path) -> list[Any]:
-        self.started = True
-        return list(self.store.put_dir(local_dir, self.prefix))
-
-    def put_file(self, path: Path, name: str) -> Any:
-        self.started = True
-        return self.store.put_file(path, f"{self.prefix}/{name}")
-
-    @contextlib.contextmanager
-    def discarding(self) -> Iterator[None]:
-        """Run the block (recording how the attempt ended), then :meth:`discard`, even when the block fails."""
-        try:
-            yield
-        finally:
-            self.discard()
-
-    def discard(self, *, force: bool = False) -> None:
-        """Delete what this attempt uploaded, unless a row may point at it (the record was under way)."""
-        if not self.started or (self.recording and not force):
-            return
-        try:
-            self.store.delete_prefix(self.prefix)
-        except FarmError as e:
-            log.warning("could not delete the lost attempt's objects %s (farm artifacts gc will): %s", self.prefix, e)
-
-    def settle(self, db: Any, job_id: int, state: str, stored: list[tuple[str, Any]], recorded: bool = False) -> None:
-        """After the record: a loser (the job was cancelled, taken over, or recorded by another attempt) deletes
-        its objects. "succeeded" alone does not say whose result was recorded (another attempt's, or this one's
-        in a COMMIT whose answer was lost), so the rows are asked."""
-        if not self.started or not stored:
-            return
-        if state == "succeeded":
-            from farm.store import artifact_refs
-
-            try:
-                if recorded:  # this attempt's own COMMIT recorded it: no need to ask the rows
-                    ours = True
-                else:
-                    with db.session(write=False) as s:
-                        ours = artifact_refs.points_at(s, job_id, [obj.uri for _, obj in stored])
-            except FarmError as e:  # can't tell: keep them (gc decides once the job's rows are readable)
-                log.warning("job %s: could not check whose artifacts were recorded: %s", job_id, e)
-                return
-            if ours:
-                # The winner: earlier attempts that died mid-upload, or a stalled one that lost its claim, may have
-                # left objects below the job's key. None may outlive the settled sweep without a row. The first
-                # claim has no earlier attempt: it skips the listing (a no-op job's bookkeeping is milliseconds).
-                if self.claims != 1:
-                    from farm.artifact_gc import collect_job
-
-                    collect_job(db, self.store, self.prefix.split("/")[1])
-                return
-        self.discard(force=True)
-
-
-def _record(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[tuple[str, Any]]) -> str:
+def _record(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[Stored]) -> str:
     """Record a success (settling the sweeps it was the last of); returns the job's state.
 
-    One try: the caller retries it while the database is unreachable (:class:`_Patience`). The conditional UPDATE
+    One try: the caller retries it while the database is unreachable (:func:`_patience`). The conditional UPDATE
     records nothing twice: had an earlier COMMIT landed unseen, the retry finds the job succeeded already.
     """
     return _record_result(db, job_id, worker, result, stored)[0]
 
 
-def _record_result(
-    db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[tuple[str, Any]]
-) -> tuple[str, bool]:
+def _record_result(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[Stored]) -> tuple[str, bool]:
     """:func:`_record`, and whether this very call recorded the result (then the rows are this attempt's)."""
-    from farm.store import queries
+    from farm.store import execution
 
-    with db.session() as s:
-        recorded = queries.finish_job(s, job_id, worker, result, stored)  # settles when last
-        state = "succeeded" if recorded else (queries.job_state(s, job_id) or "cancelled")
-        if not recorded:
-            queries.settle_sweeps(s, job_id)
-    return state, recorded
+    recorded = execution.record_result(db, job_id, worker, result, stored)
+    return recorded.state, recorded.recorded
 
 
 def _release(db: Any, job_id: int, worker: str, reason: str) -> None:
     """Hand the job back to the queue (a transient failure the task retries), if this worker still holds it."""
-    from farm.store import queries
+    from farm.store import execution
 
-    with db.session() as s:
-        queries.release_job(s, job_id, worker, f"retrying: {reason}")
+    execution.release(db, job_id, worker, reason)
 
 
 def _patience(job_id: int, retry_s: float | None) -> Patience:
@@ -418,27 +260,13 @@ def _patience(job_id: int, retry_s: float | None) -> Patience:
     return Patience(retry_s, setting="FARM_RECORD_RETRY_S", on_wait=waiting, on_back=back)
 
 
-def _end(
-    db: Any,
-    job_id: int,
-    worker: str,
-    state: str,
-    error: str,
-    started: float,
-    role: str | None,
-    patience: Patience | None = None,
-) -> Outcome:
-    from farm.store import queries
+def _end(attempt: _Attempt, state: str, error: str) -> Outcome:
+    """End the job as ``state`` with ``error`` (if this worker still holds it), riding out an outage."""
+    from farm.store import execution
 
-    def end() -> str:
-        with db.session() as s:
-            queries.fail_job(s, job_id, error, worker=worker, state=state)
-            final = queries.job_state(s, job_id) or state
-            queries.settle_sweeps(s, job_id)
-        return final
-
-    final = (patience or _patience(job_id, None)).call(end)
-    return Outcome(job_id, final, error, time.perf_counter() - started, role=role)
+    db, job_id, worker = attempt.db, attempt.job_id, attempt.worker
+    final = attempt.patience.call(lambda: execution.end_job(db, job_id, worker, state, error))
+    return attempt.outcome(final, error)
 
 
 def _describe(e: BaseException) -> str:
@@ -481,17 +309,18 @@ def _fetch(store: Any, uri: str, sha256: str, name: str) -> Path:
 
 
 def _load_reference(reference_id: int, db: Any, store: Any) -> Any:
-    from farm.jobs.steps import Reference
-    from farm.store import queries
+    """The fp32 reference a trial compares with, loaded from its recorded ``reference.pt``.
 
-    with db.session(write=False) as s:
-        state = queries.job_state(s, reference_id)
-        artifact = queries.artifact_of(s, reference_id, "reference")
-        ref_job = s.get(queries.Job, reference_id)
-        error = ref_job.error if ref_job is not None else None
-        uri, sha256 = (artifact.uri, artifact.sha256) if artifact is not None else (None, None)
-    if state in ("failed", "cancelled"):
-        raise QuantizationError(f"the fp32 reference (job {reference_id}) {state}: {error}")
-    if state != "succeeded" or uri is None or sha256 is None:
+    Raises:
+        QuantizationError: the reference failed or was cancelled (the trial can never run).
+        ReferenceNotReady: it has not succeeded yet (the trial goes back to the queue).
+    """
+    from farm.quant.reference import Reference
+    from farm.store import execution
+
+    ref = execution.reference_of(db, reference_id)
+    if ref.state in ("failed", "cancelled"):
+        raise QuantizationError(f"the fp32 reference (job {reference_id}) {ref.state}: {ref.error}")
+    if ref.state != "succeeded" or ref.file is None:
         raise ReferenceNotReady(f"the fp32 reference (job {reference_id}) has not finished")
-    return Reference.load(_fetch(store, uri, sha256, "reference.pt"))
+    return Reference.load(_fetch(store, ref.file.uri, ref.file.sha256, "reference.pt"))

@@ -1,9 +1,10 @@
 """The local runner: a sweep on this machine, no services, up to N jobs at once in worker processes.
 
 Each worker process claims its job in the database, runs it and records the result itself, exactly as
-a farm worker does; this process only schedules (fp32 references first, then the jobs that compare
-with them) and reports progress. Ctrl-C cancels through the database: queued jobs never start, running
-ones stop at their next check, and no worker process is left behind.
+a farm worker does. This process is an executor of the one scheduling policy, as the Celery workers are: it
+holds no dependency logic of its own, but asks the store (farm.store.local_runs) which jobs are released,
+submits those of the local queue to the pool, reports each end back, and counts. Ctrl-C cancels through the
+database: queued jobs never start, running ones stop at their next check, and no worker process is left behind.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm.errors import TransientError
 from farm.jobs.execute import Outcome
+from farm.jobs.policy import FINISHED_STATES, LOCAL_QUEUE
+
+if TYPE_CHECKING:
+    from farm.store.local_runs import LocalDecision
 
 RETRIES = 3
-FINISHED = ("succeeded", "failed", "cancelled")
 #: A job whose worker process dies under it this many times (killed by the OS, a crash in native code) fails.
 MAX_WORKER_LOSSES = 3
 GRACE_S = 20.0
@@ -91,10 +95,9 @@ def reclaim_abandoned(db: Any, job_ids: list[int]) -> list[int]:
     Returns:
         The ids now pending again.
     """
-    from farm.store import queries
+    from farm.store import local_runs
 
-    with db.session() as s:
-        return queries.reset_abandoned(s, job_ids, is_gone, MAX_WORKER_LOSSES)
+    return local_runs.reclaim_abandoned(db, job_ids, is_gone, MAX_WORKER_LOSSES)
 
 
 # --- worker process side -------------------------------------------------------------------------------
@@ -121,7 +124,7 @@ def _init_worker(database_url: str, artifacts_url: str, threads: int) -> None:
 
 def _run_one(job_id: int) -> Outcome:
     from farm.jobs.execute import execute_job
-    from farm.store import queries
+    from farm.store import execution
 
     delay = 1.0
     for attempt in range(RETRIES + 1):
@@ -135,9 +138,8 @@ def _run_one(job_id: int) -> Outcome:
                 max_losses=MAX_WORKER_LOSSES,
             )
         except TransientError as e:
-            if attempt == RETRIES:
-                with _worker["db"].session() as s:
-                    queries.fail_job(s, job_id, f"gave up after {RETRIES + 1} attempts: {e}")
+            if attempt == RETRIES:  # the run's process decides what its end releases or ends
+                execution.end_job(_worker["db"], job_id, None, "failed", f"gave up after {RETRIES + 1} attempts: {e}")
                 return Outcome(job_id, "failed", str(e))
             time.sleep(delay)
             delay *= 2
@@ -160,35 +162,15 @@ def run_local(
 ) -> RunStats:
     """Run ``job_ids`` of sweep ``sweep_id`` in ``jobs`` worker processes.
 
-    References run first; a trial is submitted once its reference succeeded, and fails at once (without
-    running) when its reference failed.
+    The store decides what runs when (farm.jobs.policy, through farm.store.local_runs): a job starts once every
+    job it waits for succeeded (an fp32 reference before the trials that compare with it), and ends without
+    running when one of them failed or was cancelled. This process submits what is released, reports each end
+    back, and counts; a job a stage adds to the sweep joins the run when it is released.
 
     Raises:
         KeyboardInterrupt: after cancelling the unfinished jobs and stopping the workers.
     """
-    from farm.store import queries
-    from farm.store.models import Job
-
-    notify = on_update or (lambda s: None)
-    with db.session() as s:
-        rows = s.query(Job.id, Job.role, Job.reference_job_id).filter(Job.id.in_(job_ids)).all() if job_ids else []
-        ref_ids = {r.reference_job_id for r in rows if r.reference_job_id is not None}
-        ref_states = dict(s.query(Job.id, Job.state).filter(Job.id.in_(ref_ids)).all()) if ref_ids else {}
-    waiting: dict[int, list[int]] = {}
-    ready: list[int] = []
-    for r in rows:
-        ref = r.reference_job_id
-        if ref is None or ref_states.get(ref) == "succeeded":
-            ready.append(r.id)
-        else:
-            waiting.setdefault(ref, []).append(r.id)
-    # Dependents of a reference that is not part of this run and not succeeded can never start.
-    in_run = {r.id for r in rows}
-    for rid in [rid for rid in waiting if rid not in in_run]:
-        if ref_states.get(rid) in ("failed", "cancelled"):
-            _fail_dependents(db, waiting.pop(rid), rid, stats, notify)
-        else:  # held by another live run: its jobs stay pending for a run after it (not ours to fail)
-            stats.cached += len(waiting.pop(rid))
+    from farm.store import local_runs
 
     ctx = multiprocessing.get_context("spawn")
 
@@ -196,104 +178,103 @@ def run_local(
         init_args = (db.url, artifacts_url, threads)
         return ProcessPoolExecutor(max(1, jobs), mp_context=ctx, initializer=_init_worker, initargs=init_args)
 
-    executor = new_executor()
-    futures: dict[Future[Outcome], int] = {}
-    owner = local_name()
-
-    def submit(ids: list[int]) -> None:
-        if not ids:
-            return
-        with db.session() as s:
-            queries.mark_queued(s, ids, queue="local", owner=owner)
-        for job_id in ids:
-            with _sigint_blocked():  # submit may start a worker process
-                futures[executor.submit(_run_one, job_id)] = job_id
-
-    def ended(outcome: Outcome) -> None:
-        if outcome.state == "skipped":  # another run holds it, or it ended meanwhile: the database says how
-            state = _state(db, outcome.job_id) or "cancelled"
-            outcome = Outcome(outcome.job_id, state if state in FINISHED else "skipped", role=outcome.role)
-        _count(stats, outcome)
-        dependents = waiting.pop(outcome.job_id, [])
-        if outcome.state == "succeeded":
-            submit(dependents)
-        elif outcome.state == "skipped":  # still running elsewhere: its dependents stay pending, not failed
-            stats.cached += len(dependents)
-        elif dependents:
-            _fail_dependents(db, dependents, outcome.job_id, stats, notify)
-
+    run = _Run(db, stats, on_update or (lambda s: None), new_executor, set(job_ids))
     try:
-        # References first so that their dependents can start as soon as possible.
-        submit(sorted(ready, key=lambda i: i not in waiting))
-        notify(stats)
-        while futures:
-            finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-            lost: list[int] = []
-            for fut in finished:
-                job_id = futures.pop(fut)
-                try:
-                    ended(fut.result())
-                except BrokenProcessPool:
-                    lost.append(job_id)
-                notify(stats)
-            if lost:
-                # A worker process died (the OOM killer, a crash in native code): the pool is broken and every
-                # job it held is lost. Start a new pool; the jobs go again, up to MAX_WORKER_LOSSES each.
-                lost += [futures.pop(f) for f in list(futures)]
-                executor.shutdown(wait=True, cancel_futures=True)
-                executor = new_executor()
-                again, outcomes = _recover(db, lost)
-                for outcome in outcomes:
-                    ended(outcome)
-                submit(again)
-                notify(stats)
-        with db.session() as s:
-            queries.refresh_sweep_state(s, sweep_id)
+        run.execute(local_runs.start(db, job_ids, run.owner))
+        run.notify(stats)
+        run.drain()
+        local_runs.settle(db, sweep_id)
     except KeyboardInterrupt:
-        _cancel(db, sweep_id, job_ids, executor, futures, stats)
+        _cancel(db, sweep_id, sorted(run.job_ids), run.executor, run.futures, stats)
         raise
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        run.executor.shutdown(wait=True, cancel_futures=True)
+    # Jobs still waiting now wait for a job another live run holds, or are held by it: that run runs them.
+    stats.cached += max(0, stats.to_run - stats.done)
     return stats
 
 
-def _state(db: Any, job_id: int) -> str | None:
-    from farm.store import queries
+class _Run:
+    """A local run in progress: the pool, the jobs in flight, and the run's jobs (those it was given, and those
+    released to it since: a stage's new jobs)."""
 
-    with db.session(write=False) as s:
-        return queries.job_state(s, job_id)
+    def __init__(
+        self,
+        db: Any,
+        stats: RunStats,
+        notify: Callable[[RunStats], None],
+        new_executor: Callable[[], ProcessPoolExecutor],
+        job_ids: set[int],
+    ) -> None:
+        self.db, self.stats, self.notify, self.new_executor = db, stats, notify, new_executor
+        self.job_ids = job_ids
+        self.owner = local_name()
+        self.executor = new_executor()
+        self.futures: dict[Future[Outcome], int] = {}
 
-
-def _recover(db: Any, job_ids: list[int]) -> tuple[list[int], list[Outcome]]:
-    """After a worker process died: which lost jobs run again, and how the others ended.
-
-    A job the dead pool still held counts a worker loss (it may be the one that killed the process, or a
-    bystander that shared the pool); at MAX_WORKER_LOSSES it fails with the reason instead.
-    """
-    from farm.store import queries
-
-    again: list[int] = []
-    outcomes: list[Outcome] = []
-    with db.session() as s:
-        for job_id in job_ids:
-            job = s.get(queries.Job, job_id)
-            if job is None:
+    def execute(self, decided: LocalDecision) -> None:
+        """Carry out a store decision: count the run's jobs it ended, submit every job it released here."""
+        decision = decided.decision
+        added = set(decision.added) - self.job_ids
+        self.job_ids |= added
+        self.stats.total += len(added)
+        for job_id in decision.ended:
+            if job_id in self.job_ids:
+                if job_id in decided.cancelled:
+                    self.stats.cancelled += 1
+                else:
+                    self.stats.failed += 1
+        for message in decision.messages:
+            if message.queue != LOCAL_QUEUE:  # a farm's job released by a local one: the farm's reaper sends it
                 continue
-            if job.state in ("succeeded", "failed", "cancelled"):
-                outcomes.append(Outcome(job_id, job.state, job.error, role=job.role))
-                continue
-            losses = (job.worker_losses or 0) + (1 if job.state == "running" else 0)
-            if losses >= MAX_WORKER_LOSSES:
-                error = (
-                    f"its worker process died {losses} times while running it (killed by the OS, out of memory, "
-                    "or a crash in native code); not retried again"
-                )
-                if queries.fail_job(s, job_id, error, worker=job.worker):
-                    outcomes.append(Outcome(job_id, "failed", error, role=job.role))
-                continue
-            if queries.requeue_lost(s, job_id, job.state, job.worker, losses):
-                again.append(job_id)
-    return again, outcomes
+            if message.job_id not in self.job_ids:  # another run's job that waited for ours: it runs here
+                self.job_ids.add(message.job_id)
+                self.stats.total += 1
+            with _sigint_blocked():  # submit may start a worker process
+                self.futures[self.executor.submit(_run_one, message.job_id)] = message.job_id
+
+    def ended(self, outcome: Outcome) -> None:
+        """Count a job's end and carry out what it decided. A trial nobody waits for decides nothing (the statement
+        that ended it settled its sweeps): it costs no round trip."""
+        from farm.store import local_runs
+
+        if outcome.state != "skipped" and outcome.role == "trial" and not outcome.has_dependents:
+            _count(self.stats, outcome)
+            return
+        end = local_runs.job_ended(self.db, outcome.job_id, self.owner)
+        if outcome.state == "skipped":  # another run holds it, or it ended meanwhile: the database says how
+            state = end.state if end.state is not None and end.state in FINISHED_STATES else "skipped"
+            outcome = Outcome(outcome.job_id, state, role=outcome.role)
+        _count(self.stats, outcome)
+        self.execute(end.decided)
+
+    def drain(self) -> None:
+        """Wait for the jobs in flight, and for those their ends release, until none is left."""
+        while self.futures:
+            finished, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)
+            lost: list[int] = []
+            for fut in finished:
+                job_id = self.futures.pop(fut)
+                try:
+                    self.ended(fut.result())
+                except BrokenProcessPool:
+                    lost.append(job_id)
+                self.notify(self.stats)
+            if lost:
+                self.recover(lost + [self.futures.pop(f) for f in list(self.futures)])
+
+    def recover(self, lost: list[int]) -> None:
+        """A worker process died (the OOM killer, a crash in native code): the pool is broken and every job it held
+        is lost. A new pool runs them again, up to MAX_WORKER_LOSSES deaths each (farm.jobs.policy.worker_lost)."""
+        from farm.store import local_runs
+
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = self.new_executor()
+        recovery = local_runs.recover(self.db, lost, self.owner, MAX_WORKER_LOSSES)
+        for job in recovery.finished:
+            _count(self.stats, Outcome(job.id, job.state, job.error, role=job.role))
+        self.execute(recovery.decided)
+        self.notify(self.stats)
 
 
 @contextlib.contextmanager
@@ -329,21 +310,6 @@ def _count(stats: RunStats, outcome: Outcome) -> None:
             stats.errors[outcome.job_id] = outcome.error
 
 
-def _fail_dependents(db: Any, ids: list[int], ref_id: int, stats: RunStats, notify: Callable[[RunStats], None]) -> None:
-    """The reference ``ref_id`` ended without succeeding: the farm's one decision (scheduling.job_ended) ends its
-    dependents with its reason and settles their sweeps; ``ids`` are the ones this run was waiting to start."""
-    from farm.store import queries, scheduling
-
-    with db.session() as s:
-        ended = set(scheduling.job_ended(s, ref_id).ended) & set(ids)
-        cancelled = queries.job_state(s, ref_id) == "cancelled"
-    if cancelled:
-        stats.cancelled += len(ended)
-    else:
-        stats.failed += len(ended)
-    notify(stats)
-
-
 def _cancel(
     db: Any,
     sweep_id: int,
@@ -353,14 +319,12 @@ def _cancel(
     stats: RunStats,
 ) -> None:
     """Ctrl-C: cancel every unfinished job, let running ones notice, then make sure no worker is left."""
-    from farm.store import queries, scheduling
+    from farm.store import sweeps
 
     for fut in futures:
         fut.cancel()
-    with db.session() as s:
-        queries.cancel_jobs(s, job_ids, "cancelled (Ctrl-C)")
-        scheduling.jobs_ended(s, job_ids)  # a reference shared with another sweep: that sweep's dependents end too
-        queries.refresh_sweep_state(s, sweep_id)
+    # The jobs waiting for them end too (in any sweep: a reference shared with another), and the sweep settles.
+    sweeps.cancel_jobs(db, sweep_id, job_ids, "cancelled (Ctrl-C)")
     deadline = time.monotonic() + GRACE_S
     pending = [f for f in futures if not f.cancelled()]
     while pending and time.monotonic() < deadline:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from farm.errors import ConfigError, Problem
+from farm.quant.params import check_value, param, problem_path, type_hints, type_name
 
 OBSERVERS = ("minmax", "moving_average", "histogram", "percentile")
 GRANULARITIES = ("per_tensor", "per_channel")
@@ -32,19 +31,6 @@ MIN_BITS, MAX_BITS = 2, 8
 MAX_CALIBRATION_SIZE = 10_000_000
 MAX_BATCH_SIZE = 1_000_000
 MAX_THREADS = 1024
-
-
-def _param(
-    default: Any,
-    help: str,
-    *,
-    choices: tuple[str, ...] | None = None,
-    min: float | None = None,
-    max: float | None = None,
-    min_exclusive: bool = False,
-) -> Any:
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -106,7 +92,7 @@ class Fp32Config(MethodConfig):
 
 @dataclass(frozen=True)
 class HalfConfig(MethodConfig):
-    mode: str = _param("cast", "cast the weights and inputs, or run under torch.autocast", choices=HALF_MODES)
+    mode: str = param("cast", "cast the weights and inputs, or run under torch.autocast", choices=HALF_MODES)
 
     def label(self) -> str:
         return f"{self.method} ({self.mode})"
@@ -134,8 +120,8 @@ class DynamicConfig(MethodConfig):
     integer: ClassVar[bool] = True
     supported_bits: ClassVar[tuple[int, ...]] = (8,)
 
-    bits: int = _param(8, "weight bit-width; dynamic quantization has int8 kernels only")
-    backend: str = _param("x86", "quantized engine the kernels run on", choices=BACKENDS)
+    bits: int = param(8, "weight bit-width; dynamic quantization has int8 kernels only")
+    backend: str = param("x86", "quantized engine the kernels run on", choices=BACKENDS)
 
     def problems(self) -> list[Problem]:
         if self.bits != 8:
@@ -154,18 +140,16 @@ class _IntegerConfig(MethodConfig):
     calibrated: ClassVar[bool] = True
     supported_bits: ClassVar[tuple[int, ...]] = tuple(range(MIN_BITS, MAX_BITS + 1))
 
-    bits: int = _param(8, "8 runs real int8 kernels; 2-7 are simulated with fake quantization", min=2, max=8)
-    calibration_size: int = _param(
+    bits: int = param(8, "8 runs real int8 kernels; 2-7 are simulated with fake quantization", min=2, max=8)
+    calibration_size: int = param(
         256, "calibration samples drawn deterministically from the calibration split", min=1, max=MAX_CALIBRATION_SIZE
     )
-    observer: str = _param("minmax", "activation range observer", choices=OBSERVERS)
-    percentile: float = _param(99.99, "percentile of |activation| kept by the percentile observer", min=50, max=100)
-    granularity: str = _param(
-        "per_channel", "weight scales per output channel or one per tensor", choices=GRANULARITIES
-    )
-    activation: str = _param("affine", "activation quantization scheme", choices=ACTIVATIONS)
-    backend: str = _param("x86", "quantized engine the converted model runs on", choices=BACKENDS)
-    reduce_range: bool | None = _param(
+    observer: str = param("minmax", "activation range observer", choices=OBSERVERS)
+    percentile: float = param(99.99, "percentile of |activation| kept by the percentile observer", min=50, max=100)
+    granularity: str = param("per_channel", "weight scales per output channel or one per tensor", choices=GRANULARITIES)
+    activation: str = param("affine", "activation quantization scheme", choices=ACTIVATIONS)
+    backend: str = param("x86", "quantized engine the converted model runs on", choices=BACKENDS)
+    reduce_range: bool | None = param(
         None, "7-bit activations, against int16 saturation on CPUs without VNNI; default: on, except on qnnpack"
     )
 
@@ -179,9 +163,7 @@ class StaticConfig(_IntegerConfig):
     method: ClassVar[str] = "static"
     summary: ClassVar[str] = "post-training static quantization with calibration (torch.ao FX graph mode, or eager)"
 
-    mode: str = _param(
-        "fx", "fx: trace the model; eager: the model carries QuantStub/DeQuantStub", choices=STATIC_MODES
-    )
+    mode: str = param("fx", "fx: trace the model; eager: the model carries QuantStub/DeQuantStub", choices=STATIC_MODES)
 
     def problems(self) -> list[Problem]:
         out: list[Problem] = []
@@ -195,18 +177,18 @@ class QATConfig(_IntegerConfig):
     method: ClassVar[str] = "qat"
     summary: ClassVar[str] = "quantization-aware fine-tuning with fake quantization, then convert"
 
-    observer: str = _param("moving_average", "activation range observer", choices=OBSERVERS)
-    epochs: int | None = _param(1, "passes over the train split (ignored when steps is set)", min=1)
-    steps: int | None = _param(None, "optimizer steps; overrides epochs", min=1)
-    lr: float = _param(1e-3, "learning rate", min=0, min_exclusive=True)
-    optimizer: str = _param("sgd", "optimizer", choices=OPTIMIZERS)
-    momentum: float = _param(0.9, "SGD momentum", min=0, max=1)
-    weight_decay: float = _param(0.0, "weight decay", min=0)
-    batch_size: int = _param(32, "training batch size", min=1)
-    freeze_observers_after: int | None = _param(None, "stop updating quantization ranges after this many steps", min=0)
-    freeze_bn_after: int | None = _param(None, "freeze batch-norm statistics after this many steps", min=0)
-    device: str = _param("auto", "where to fine-tune: cuda when present (auto), or cpu / cuda", choices=TRAIN_DEVICES)
-    loss: str = _param(
+    observer: str = param("moving_average", "activation range observer", choices=OBSERVERS)
+    epochs: int | None = param(1, "passes over the train split (ignored when steps is set)", min=1)
+    steps: int | None = param(None, "optimizer steps; overrides epochs", min=1)
+    lr: float = param(1e-3, "learning rate", min=0, min_exclusive=True)
+    optimizer: str = param("sgd", "optimizer", choices=OPTIMIZERS)
+    momentum: float = param(0.9, "SGD momentum", min=0, max=1)
+    weight_decay: float = param(0.0, "weight decay", min=0)
+    batch_size: int = param(32, "training batch size", min=1)
+    freeze_observers_after: int | None = param(None, "stop updating quantization ranges after this many steps", min=0)
+    freeze_bn_after: int | None = param(None, "freeze batch-norm statistics after this many steps", min=0)
+    device: str = param("auto", "where to fine-tune: cuda when present (auto), or cpu / cuda", choices=TRAIN_DEVICES)
+    loss: str = param(
         "auto", "ce on labels, kd to distil the fp32 model's outputs; auto: ce when labels exist", choices=LOSSES
     )
 
@@ -236,14 +218,14 @@ def public_methods() -> list[type[MethodConfig]]:
 
 def parameter_specs(cls: type[MethodConfig]) -> list[dict[str, Any]]:
     """Describe each parameter of ``cls``: name, type, default, choices, range and help."""
-    hints = _hints(cls)
+    hints = type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         meta = f.metadata
         out.append(
             {
                 "name": f.name,
-                "type": _type_name(hints[f.name]),
+                "type": type_name(hints[f.name]),
                 "default": f.default,
                 "choices": meta.get("choices"),
                 "min": meta.get("min"),
@@ -273,7 +255,7 @@ def parse_method(method: str, params: Mapping[str, Any] | None = None, *, path: 
     if cls is None:
         names = ", ".join(c.method for c in public_methods())
         raise ConfigError(Problem(path, f"unknown method {method!r}; choose one of {names}"))
-    hints = _hints(cls)
+    hints = type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     problems: list[Problem] = []
     values: dict[str, Any] = {}
@@ -283,11 +265,11 @@ def parse_method(method: str, params: Mapping[str, Any] | None = None, *, path: 
         f = fields.get(name)
         if f is None:
             valid = ", ".join(fields) or "none"
-            problems.append(Problem(_at(path, name), f"unknown parameter for method {method}; valid: {valid}"))
+            problems.append(Problem(problem_path(path, name), f"unknown parameter for method {method}; valid: {valid}"))
             continue
-        coerced, problem = _check_value(value, hints[name], f.metadata)
+        coerced, problem = check_value(value, hints[name], f.metadata)
         if problem:
-            problems.append(Problem(_at(path, name), problem))
+            problems.append(Problem(problem_path(path, name), problem))
         else:
             values[name] = coerced
     if problems:
@@ -295,7 +277,7 @@ def parse_method(method: str, params: Mapping[str, Any] | None = None, *, path: 
     config = cls(**values)
     cross = config.problems()
     if cross:
-        raise ConfigError([Problem(_at(path, p.path), p.message) for p in cross])
+        raise ConfigError([Problem(problem_path(path, p.path), p.message) for p in cross])
     return config
 
 
@@ -307,12 +289,15 @@ def config_from_dict(data: Mapping[str, Any], *, path: str = "") -> MethodConfig
     """
     method = data.get("method")
     if not isinstance(method, str):
-        raise ConfigError(Problem(_at(path, "method"), "missing method name"))
+        raise ConfigError(Problem(problem_path(path, "method"), "missing method name"))
     version = data.get("version", 1)
     cls = METHODS.get(method)
     if cls is not None and isinstance(version, int) and version > cls.version:
         raise ConfigError(
-            Problem(_at(path, "version"), f"{method} config version {version} is newer than this code's {cls.version}")
+            Problem(
+                problem_path(path, "version"),
+                f"{method} config version {version} is newer than this code's {cls.version}",
+            )
         )
     return parse_method(method, {k: v for k, v in data.items() if k not in ("method", "version")}, path=path)
 
@@ -326,81 +311,6 @@ def config_from_json(text: str) -> MethodConfig:
     if not isinstance(data, dict):
         raise ConfigError("method config must be a JSON object")
     return config_from_dict(data)
-
-
-_HINTS: dict[str, dict[str, Any]] = {}
-
-
-def _hints(cls: type[MethodConfig]) -> dict[str, Any]:
-    # get_type_hints re-evaluates every annotation string on each call; a sweep validates thousands of configs.
-    if cls.method not in _HINTS:
-        _HINTS[cls.method] = typing.get_type_hints(cls)
-    return _HINTS[cls.method]
-
-
-def _at(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _type_name(tp: Any) -> str:
-    args = typing.get_args(tp)
-    if args:
-        inner = [a for a in args if a is not type(None)]
-        name = " | ".join(_type_name(a) for a in inner)
-        return f"{name} | None" if type(None) in args else name
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_value(value: Any, tp: Any, meta: Mapping[str, Any]) -> tuple[Any, str | None]:
-    """Coerce ``value`` to ``tp`` where that is lossless; return (value, problem)."""
-    args = typing.get_args(tp)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), tp) if args else tp
-    if value is None:
-        return (None, None) if optional else (None, f"must be a {_type_name(base)}, not null")
-    if base is bool:
-        if isinstance(value, bool):
-            return value, None
-        return None, f"must be true or false, got {value!r}"
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                return None, f"must be an integer, got {value!r}"
-    elif base is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads 1e-4 as a string; accept numbers written that way.
-            try:
-                value = float(value)
-            except ValueError:
-                return None, f"must be a number, got {value!r}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None, f"must be a number, got {value!r}"
-        value = float(value)
-        if not math.isfinite(value):
-            return None, f"must be finite, got {value!r}"
-    elif base is str:
-        if not isinstance(value, str):
-            return None, f"must be a string, got {value!r}"
-        choices = meta.get("choices")
-        if choices and value not in choices:
-            return None, f"{value!r} is not one of {', '.join(choices)}"
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
-        word = "greater than" if meta.get("min_exclusive") else "at least"
-        if lo == hi:
-            return None, f"must be {_fmt(lo)}, got {value!r}"
-        return None, f"must be {word} {_fmt(lo)}, got {value!r}"
-    if hi is not None and value > hi:
-        if lo == hi:
-            return None, f"must be {_fmt(hi)}, got {value!r}"
-        return None, f"must be at most {_fmt(hi)}, got {value!r}"
-    return value, None
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 BENCH_DEVICES = ("auto", "cpu", "cuda")

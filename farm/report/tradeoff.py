@@ -31,6 +31,10 @@ MAX_BATCH_PANELS = 4
 _ACCURACY = "top-1 accuracy (fraction)"
 
 
+LATENCY_TITLE = "Accuracy vs p50 latency"
+SIZE_TITLE = "Accuracy vs model size"
+
+
 def accuracy_vs_latency(rows: Sequence[dict[str, Any]]) -> Chart:
     """Accuracy against p50 latency, one panel per batch size, the Pareto front of each model as a step line.
 
@@ -40,39 +44,10 @@ def accuracy_vs_latency(rows: Sequence[dict[str, Any]]) -> Chart:
     Returns:
         The chart (``svg`` None when no succeeded job has both figures).
     """
-    title = "Accuracy vs p50 latency"
-    usable = [r for r in measured(rows, "accuracy", "latency_p50_ms") if not r.get("simulated")]
-    notes = _simulated_note(rows, "left out: their latency measures fake-quantization overhead, not a deployment")
-    if not usable:
-        return Chart("latency", title, None, ("No succeeded job has both an accuracy and a latency.", *notes))
-    batches = ordered(r["batch_size"] for r in usable)
-    shown = pick(batches, MAX_BATCH_PANELS)
-    if len(shown) < len(batches):
-        hidden = ", ".join(str(b) for b in batches if b not in shown)
-        notes += (f"Batch sizes {hidden} are not drawn (the table has them).",)
-    fronts = pareto_front(usable, "latency_p50_ms", "accuracy")
-    colours = model_colours([r["model"] for r in rows])
     with style("latency"):
-        fig, axes = figure(len(shown))
-        for ax, batch in zip(axes, shown, strict=True):
-            at = [r for r in usable if r["batch_size"] == batch]
-            _scatter(ax, at, "latency_p50_ms", colours)
-            for model in ordered(r["model"] for r in at):
-                front = fronts.get((model, batch), [])
-                _front(ax, front, "latency_p50_ms", 1.0, colours[model])
-            ax.set_title(f"batch size {batch}")
-            ax.set_xlabel("p50 latency per call (ms)")
-            ax.set_ylabel(_ACCURACY)
-            log_if_wide(ax, "x", [r["latency_p50_ms"] for r in at])
-        fig.suptitle(f"{title} (Pareto front per model)")
-        legend(fig, _handles(usable, colours))
-        svg = to_svg(fig, title, "latency")
-    notes = (
-        "Each point is one job at one batch size; the line through a model's points is its Pareto front "
-        "(no other configuration of that model is both faster and more accurate).",
-        *notes,
-    )
-    return Chart("latency", title, svg, notes)
+        fig, notes = latency_figure(rows)
+        svg = to_svg(fig, LATENCY_TITLE, "latency") if fig is not None else None
+    return Chart("latency", LATENCY_TITLE, svg, notes)
 
 
 def accuracy_vs_size(rows: Sequence[dict[str, Any]]) -> Chart:
@@ -84,31 +59,86 @@ def accuracy_vs_size(rows: Sequence[dict[str, Any]]) -> Chart:
     Returns:
         The chart (``svg`` None when no succeeded job has both figures).
     """
-    title = "Accuracy vs model size"
+    with style("size"):
+        fig, notes = size_figure(rows)
+        svg = to_svg(fig, SIZE_TITLE, "size") if fig is not None else None
+    return Chart("size", SIZE_TITLE, svg, notes)
+
+
+def latency_figure(rows: Sequence[dict[str, Any]]) -> tuple[Any | None, tuple[str, ...]]:
+    """The accuracy-vs-latency figure (drawn under the caller's :func:`~farm.report.svg.style`) and its caption.
+
+    The report renders it as SVG, ``farm demo`` as PNG: one drawing of each chart.
+
+    Args:
+        rows: the sweep's rows of results_flat.
+
+    Returns:
+        (a matplotlib Figure, or None when no succeeded job has both figures; the caption's sentences).
+    """
+    usable = [r for r in measured(rows, "accuracy", "latency_p50_ms") if not r.get("simulated")]
+    notes = _simulated_note(rows, "left out: their latency measures fake-quantization overhead, not a deployment")
+    if not usable:
+        return None, ("No succeeded job has both an accuracy and a latency.", *notes)
+    batches = ordered(r["batch_size"] for r in usable)
+    shown = pick(batches, MAX_BATCH_PANELS)
+    if len(shown) < len(batches):
+        hidden = ", ".join(str(b) for b in batches if b not in shown)
+        notes += (f"Batch sizes {hidden} are not drawn (the table has them).",)
+    fronts = pareto_front(usable, "latency_p50_ms", "accuracy")
+    colours = model_colours([r["model"] for r in rows])
+    fig, axes = figure(len(shown))
+    for ax, batch in zip(axes, shown, strict=True):
+        at = [r for r in usable if r["batch_size"] == batch]
+        _scatter(ax, at, "latency_p50_ms", colours)
+        for model in ordered(r["model"] for r in at):
+            front = fronts.get((model, batch), [])
+            _front(ax, front, "latency_p50_ms", 1.0, colours[model])
+        ax.set_title(f"batch size {batch}")
+        ax.set_xlabel("p50 latency per call (ms)")
+        ax.set_ylabel(_ACCURACY)
+        log_if_wide(ax, "x", [r["latency_p50_ms"] for r in at])
+    fig.suptitle(f"{LATENCY_TITLE} (Pareto front per model)")
+    legend(fig, _handles(usable, colours))
+    notes = (
+        "Each point is one job at one batch size; the line through a model's points is its Pareto front "
+        "(no other configuration of that model is both faster and more accurate).",
+        *notes,
+    )
+    return fig, notes
+
+
+def size_figure(rows: Sequence[dict[str, Any]]) -> tuple[Any | None, tuple[str, ...]]:
+    """The accuracy-vs-size figure (drawn under the caller's :func:`~farm.report.svg.style`) and its caption.
+
+    Args:
+        rows: the sweep's rows of results_flat.
+
+    Returns:
+        (a matplotlib Figure, or None when no succeeded job has both figures; the caption's sentences).
+    """
     usable = per_job(measured(rows, "accuracy", "size_bytes"))
     if not usable:
-        return Chart("size", title, None, ("No succeeded job has both an accuracy and a size.",))
+        return None, ("No succeeded job has both an accuracy and a size.",)
     unit, scale = byte_unit(max(r["size_bytes"] for r in usable))
     fronts = pareto_front(usable, "size_bytes", "accuracy")
     colours = model_colours([r["model"] for r in rows])
-    with style("size"):
-        fig, (ax,) = figure(1, panel_height=4.2)
-        _scatter(ax, usable, "size_bytes", colours, scale=scale)
-        for (model,), front in fronts.items():
-            _front(ax, front, "size_bytes", scale, colours[model])
-        ax.set_xlabel(f"serialized model size ({unit})")
-        ax.set_ylabel(_ACCURACY)
-        log_if_wide(ax, "x", [r["size_bytes"] / scale for r in usable])
-        fig.suptitle(f"{title} (Pareto front per model)")
-        legend(fig, _handles(usable, colours))
-        svg = to_svg(fig, title, "size")
+    fig, (ax,) = figure(1, panel_height=4.2)
+    _scatter(ax, usable, "size_bytes", colours, scale=scale)
+    for (model,), front in fronts.items():
+        _front(ax, front, "size_bytes", scale, colours[model])
+    ax.set_xlabel(f"serialized model size ({unit})")
+    ax.set_ylabel(_ACCURACY)
+    log_if_wide(ax, "x", [r["size_bytes"] / scale for r in usable])
+    fig.suptitle(f"{SIZE_TITLE} (Pareto front per model)")
+    legend(fig, _handles(usable, colours))
     notes = [
         "Each point is one job; the line through a model's points is its Pareto front (no other configuration "
         "of that model is both smaller and more accurate)."
     ]
     if any(r.get("simulated") for r in usable):
         notes.append("Hollow points are simulated (fake quantization): their size is a packed estimate.")
-    return Chart("size", title, svg, tuple(notes))
+    return fig, tuple(notes)
 
 
 def _scatter(ax: Any, rows: Sequence[dict[str, Any]], x: str, colours: dict[str, str], scale: float = 1.0) -> None:

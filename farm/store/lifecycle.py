@@ -13,18 +13,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, exists, func, insert, literal_column, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from farm.errors import NotFound
 from farm.store import bulk
-from farm.store.models import FINISHED_STATES, Artifact, Job, Metric, Sweep, SweepJob
+from farm.store.models import FINISHED_STATES, Artifact, Job, JobDependency, Metric, Sweep, SweepJob
 
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _SWEEP_JOBS: Table = SweepJob.__table__  # type: ignore[assignment]
 _METRICS: Table = Metric.__table__  # type: ignore[assignment]
 _ARTIFACTS: Table = Artifact.__table__  # type: ignore[assignment]
+_DEPENDENCIES: Table = JobDependency.__table__  # type: ignore[assignment]
 _OUTER_LINKS, _INNER_LINKS = _SWEEP_JOBS.alias("outer_links"), _SWEEP_JOBS.alias("inner_links")
 
 # finish_job's RETURNING on PostgreSQL: is there a sweep of this job with no other unfinished job? It asks for
@@ -97,7 +98,17 @@ def _claim_statement() -> Any:
             attempts=jobs.attempts + 1,
             worker_losses=case((jobs.state == "running", jobs.worker_losses + 1), else_=jobs.worker_losses),
         )
-        .returning(jobs.key, jobs.spec, jobs.reference_job_id, jobs.stage, jobs.role, jobs.attempts)
+        .returning(
+            jobs.key,
+            jobs.spec,
+            jobs.reference_job_id,
+            jobs.stage,
+            jobs.role,
+            jobs.attempts,
+            # Whether some job waits for this one, read in the claim itself: ending a job nobody waits for (most
+            # trials) then asks for no decision, and costs no round trip more.
+            exists().where(_DEPENDENCIES.c.depends_on_id == jobs.id).label("has_dependents"),
+        )
     )
 
 
@@ -167,6 +178,8 @@ class Claim:
     attempts: int
     worker: str
     state: str = "running"
+    #: Some job waits for this one (a reference's trials, a stage's inputs): its end must be decided.
+    has_dependents: bool = False
 
 
 def claim_job(
@@ -192,7 +205,17 @@ def claim_job(
     row = session.execute(_CLAIM, params).one_or_none()
     if row is None:
         return None
-    return Claim(job_id, row.key, row.spec, row.reference_job_id, row.stage, row.role, row.attempts, worker)
+    return Claim(
+        job_id,
+        row.key,
+        row.spec,
+        row.reference_job_id,
+        row.stage,
+        row.role,
+        row.attempts,
+        worker,
+        has_dependents=bool(row.has_dependents),
+    )
 
 
 def extend_lease(session: Session, job_id: int, worker: str, lease_s: float) -> str | None:

@@ -67,7 +67,8 @@ class Job(Base):
     key: Mapped[str] = mapped_column(String(64), unique=True)
     #: The sweep that first created the job (later sweeps that reuse it are linked via sweep_jobs).
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
-    #: "reference" for the fp32 job every other job of the same model is compared with, else "trial".
+    #: "reference" for the fp32 job every other job of the same model is compared with, "stage" for a job that adds
+    #: the next stage's jobs from its dependencies' results (farm.jobs.stages), else "trial".
     role: Mapped[str] = mapped_column(String(16), default="trial")
     reference_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     model: Mapped[str] = mapped_column(String(500))
@@ -118,6 +119,19 @@ class SweepJob(Base):
 
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
+class JobDependency(Base):
+    """A job waits for another: it is runnable once every job it depends on succeeded (farm.jobs.policy).
+
+    The scheduling truth (migration 0005): a trial depends on its fp32 reference (``jobs.reference_job_id`` still
+    says which reference it compares with), a stage job on the jobs whose results it reads.
+    """
+
+    __tablename__ = "job_dependencies"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True, index=True)
 
 
 class Metric(Base):

@@ -3,10 +3,11 @@
 A job ends in many places: its worker records it, a deterministic error or a cancel stops it, the worker's main
 process fails it at the hard time limit, the task gives up after transient errors, the reaper fails it when its
 worker died under it ``FARM_MAX_ATTEMPTS`` times, ``farm sweep cancel`` cancels it. Each must leave the same
-database behind, so each asks :func:`job_ended`, the one copy of the decision: a reference that succeeded
-releases the jobs that compare with it (pending -> queued, returned as messages to send); one that failed or
-was cancelled ends them with its reason; every sweep of the job, or of a job it ended, that has nothing left
-to run is settled. Nobody has to run ``farm sweep resume`` for a sweep to finish.
+database behind, so each asks :func:`job_ended`, the one copy of the decision, taken by the policy
+(farm.jobs.policy.verdict, applied by farm.store.graph): a job that succeeded releases the jobs waiting for it
+once all their dependencies succeeded (pending -> queued, returned as messages to send); one that failed or was
+cancelled ends them with its reason; every sweep of the job, or of a job it ended, that has nothing left to run
+is settled. Nobody has to run ``farm sweep resume`` for a sweep to finish.
 
 It reads the job's state with a statement of its own: never through an ORM object, which an earlier bulk UPDATE
 in the same session leaves stale (the reaper once read "running" after failing a job, and left its dependents
@@ -18,22 +19,26 @@ The broker only carries hints, and a Redis restarted without persistence loses t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import ColumnElement, func, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
-from farm.jobs.policy import LOCAL_QUEUE, Decision, Message
+from farm.jobs.policy import LOCAL_QUEUE, WAITING_STATES, Decision, Message, worker_lost
 from farm.store import bulk
-from farm.store.lifecycle import refresh_sweep_state, settle_sweeps, utcnow
-from farm.store.models import FINISHED_STATES, Job, SweepJob
-from farm.store.queries import dependents, queue_ready
+from farm.store.graph import decide, dependents, stale_waiters
+from farm.store.lifecycle import fail_job, job_state, refresh_sweep_state, settle_stale_sweeps, settle_sweeps, utcnow
+from farm.store.models import FINISHED_STATES, Job, JobDependency, SweepJob
 
 
 def job_ended(session: Session, job_id: int) -> Decision:
-    """A job has ended, however it ended: release or end its dependents, and settle the sweeps left with nothing
-    to run (the job's own, and those of the dependents it ended).
+    """A job has ended, however it ended: decide the jobs waiting for it (:func:`farm.store.graph.decide`:
+    released, or ended with its reason), and settle the sweeps left with nothing to run (the job's own, and
+    those of the jobs it ended).
 
     Harmless to call twice, or for a job that has not ended (a reaper that lost the race, a claim that was
     refused): the job's state is read here, and only a finished job decides anything.
@@ -45,71 +50,57 @@ def job_ended(session: Session, job_id: int) -> Decision:
     Returns:
         The decision.
     """
-    row = session.execute(select(Job.state, Job.role, Job.error).where(Job.id == job_id)).one_or_none()
-    if row is None or row.state not in FINISHED_STATES:
+    state = session.scalar(select(Job.state).where(Job.id == job_id))
+    if state not in FINISHED_STATES:
         return Decision()
-    messages: list[Message] = []
-    ended: list[int] = []
-    if row.role == "reference":  # only references have dependents (jobs.reference_job_id points at them)
-        if row.state == "succeeded":
-            messages = queue_ready(session, dependents(session, job_id))
-        else:
-            ended = end_dependents(session, job_id, row.state, row.error)
+    waiting = dependents(session, job_id, WAITING_STATES)
+    decision = decide(session, waiting) if waiting else Decision()
     settled = settle_sweeps(session, job_id)
-    for sweep_id in sorted(_sweeps_of(session, ended) - set(settled)):
+    for sweep_id in sorted(_sweeps_of(session, decision.ended) - set(settled)):
         if refresh_sweep_state(session, sweep_id) != "running":
             settled.append(sweep_id)
-    return Decision(messages, ended, settled)
+    return Decision(decision.messages, decision.ended, settled, decision.added)
 
 
 def jobs_ended(session: Session, job_ids: Sequence[int]) -> Decision:
-    """:func:`job_ended` for every reference among ``job_ids`` that has ended (after ending many jobs at once, as
-    a cancel does: a reference shared with another sweep ends that sweep's jobs that compare with it too). The
-    caller settles the sweeps of the trials it ended itself."""
+    """:func:`job_ended` for every job among ``job_ids`` that has ended and is waited for (after ending many jobs
+    at once, as a cancel does: a reference shared with another sweep ends that sweep's jobs that compare with it
+    too). The caller settles the sweeps of the jobs it ended itself."""
     decision = Decision()
     for condition in bulk.in_values(session, Job.id, list(job_ids)):
-        ended = select(Job.id).where(condition, Job.role == "reference", Job.state.in_(FINISHED_STATES))
-        for ref_id in session.scalars(ended).all():
-            decision += job_ended(session, ref_id)
+        waited_for = (
+            select(Job.id)
+            .distinct()
+            .join(JobDependency, JobDependency.depends_on_id == Job.id)
+            .where(condition, Job.state.in_(FINISHED_STATES))
+        )
+        for ended_id in session.scalars(waited_for).all():
+            decision += job_ended(session, ended_id)
     return decision
 
 
-def end_dependents(session: Session, reference_id: int, state: str, error: str | None) -> list[int]:
-    """End the unfinished jobs of a reference that ``state`` ("failed" or "cancelled") with ``error``: they can
-    never compare with it. Returns their ids."""
-    ids = dependents(session, reference_id, ("pending", "queued"))
-    reason = f"the fp32 reference (job {reference_id}) {state}: {error or ''}".strip()[:4000]
-    ending = "cancelled" if state == "cancelled" else "failed"
-    now = utcnow()
-    for condition in bulk.in_values(session, Job.id, ids):
-        session.execute(
-            update(Job)
-            .where(condition, Job.state.in_(("pending", "queued")))
-            .values(state=ending, error=reason, finished_at=now, lease_expires_at=None)
-            .execution_options(synchronize_session=False)
-        )
-    return ids
+def end_dependents(session: Session, job_id: int) -> list[int]:
+    """End the waiting jobs of ``job_id`` (which ended without succeeding) with its reason; returns their ids."""
+    return decide(session, dependents(session, job_id, WAITING_STATES)).ended
 
 
 def schedule_pending(session: Session, job_ids: Sequence[int]) -> Decision:
-    """Decide the pending jobs among ``job_ids`` by their reference: released (queued, as messages) if it
-    succeeded, ended with its reason if it failed or was cancelled, left pending while it is still to run.
+    """Decide the pending jobs among ``job_ids`` by their dependencies: released (queued, as messages) once all
+    succeeded, ended with the reason of one that failed or was cancelled, left pending while one is still to run.
 
     For jobs made pending again (``farm sweep retry``, ``resume``): a dependent retried while its reference
     stays failed ends at once instead of waiting for a reference that will never run.
     """
-    decision = Decision(messages=queue_ready(session, job_ids))
-    reference = aliased(Job)
-    for condition in bulk.in_values(session, Job.id, list(job_ids)):
-        refs = session.scalars(
-            select(reference.id)
-            .distinct()
-            .join(Job, Job.reference_job_id == reference.id)
-            .where(condition, Job.state == "pending", reference.state.in_(("failed", "cancelled")))
-        ).all()
-        for ref_id in refs:
-            decision += job_ended(session, ref_id)
-    return decision
+    decision = decide(session, job_ids)
+    settled = sorted(_sweeps_of(session, decision.ended))
+    settled = [s for s in settled if refresh_sweep_state(session, s) != "running"]
+    return decision + Decision(settled=settled)
+
+
+def queue_ready(session: Session, job_ids: Sequence[int]) -> list[Message]:
+    """pending -> queued for the jobs among ``job_ids`` whose dependencies all succeeded (or that have none);
+    returns the messages to send. Ends nothing (a submit's first decision)."""
+    return decide(session, job_ids, end=False).messages
 
 
 def _sweeps_of(session: Session, job_ids: Sequence[int]) -> set[int]:
@@ -190,3 +181,144 @@ def resend_queued(session: Session, sweep_id: int) -> list[Message]:
         .execution_options(synchronize_session=False)
     ).all()
     return [Message(r.id, r.queue or "cpu", r.stage) for r in sorted(rows)]
+
+
+# --- the reaper's store side -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpiredJob:
+    """A running job whose lease ran out, as it was read (a plain copy: an ORM row would go stale the moment a
+    bulk UPDATE changes the job, and a decision taken on it would be wrong)."""
+
+    id: int
+    role: str
+    queue: str | None
+    stage: str
+    worker: str | None
+    worker_losses: int
+    key: str = ""
+
+
+def expired_jobs(session: Session, sweep_id: int | None = None) -> list[ExpiredJob]:
+    """Running jobs whose lease ran out: their worker stopped heart-beating (died, or lost the database)."""
+    stmt = select(Job.id, Job.role, Job.queue, Job.stage, Job.worker, Job.worker_losses, Job.key).where(
+        Job.state == "running", Job.lease_expires_at < utcnow()
+    )
+    if sweep_id is not None:
+        stmt = stmt.join(SweepJob, SweepJob.job_id == Job.id).where(SweepJob.sweep_id == sweep_id)
+    return [
+        ExpiredJob(r.id, r.role, r.queue, r.stage, r.worker, r.worker_losses or 0, r.key) for r in session.execute(stmt)
+    ]
+
+
+def requeue_expired(session: Session, job: ExpiredJob, max_attempts: int) -> Message | None:
+    """Put an expired job back in the queue, or fail it once its worker died under it ``max_attempts`` times.
+
+    Only worker losses count here: the claims a transient error (S3 or the database away) used up do not. A job
+    failed here has ended: the caller hands it to :func:`farm.store.scheduling.job_ended` (its dependents, its
+    sweeps).
+    """
+    now = utcnow()
+    loss = worker_lost((job.worker_losses or 0) + 1, max_attempts, job.worker)
+    if not loss.again:
+        reason = f"{loss.reason} (FARM_MAX_ATTEMPTS={max_attempts})"
+        fail_job(session, job.id, reason, worker=job.worker)  # not if a late message took it over meanwhile
+        return None
+    losses = loss.losses
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == "running", Job.lease_expires_at < now)
+        .values(state="queued", worker=None, lease_expires_at=None, queued_at=now, worker_losses=losses)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        return None  # another reaper got there first
+    return Message(job.id, job.queue or "cpu", job.stage)
+
+
+# --- what the Celery executor asks: db-level, one transaction each, plain data back ------------------------------
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A reaper round: the messages to send (re-queued jobs, released dependents), the counts, and the keys of
+    the jobs it failed (their dead attempts' objects are collected)."""
+
+    messages: list[Message] = field(default_factory=list)
+    requeued: int = 0
+    failed: int = 0
+    failed_keys: list[str] = field(default_factory=list)
+
+
+def decide_ended(db: Any, job_id: int) -> Decision:
+    """:func:`job_ended` in a transaction of its own: the caller sends ``messages`` after."""
+    with db.session() as s:
+        return job_ended(s, job_id)
+
+
+def decide_pending(db: Any, job_ids: Sequence[int]) -> Decision:
+    """:func:`schedule_pending` in a transaction of its own."""
+    with db.session() as s:
+        return schedule_pending(s, job_ids)
+
+
+def give_up(db: Any, job_id: int, reason: str) -> Decision:
+    """Fail a job whose transient errors outlasted its retries, and decide what its end releases or ends."""
+    with db.session() as s:
+        fail_job(s, job_id, reason)
+        return job_ended(s, job_id)
+
+
+def fail_past_time_limit(db: Any, job_id: int, reason: str, host: str, limit_s: float) -> tuple[Decision, str] | None:
+    """Fail a job that a pool process of ``host`` has run for (about) ``limit_s`` and that was killed there.
+
+    Returns:
+        (the decision, the job's key), or None when the job is not that (finished meanwhile, or another worker
+        took it over after a lost lease): then it is not ours to fail.
+    """
+    with db.session() as s:
+        row = s.execute(select(Job.state, Job.worker, Job.started_at, Job.key).where(Job.id == job_id)).one_or_none()
+        if row is None or row.state != "running" or row.started_at is None:
+            return None
+        started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=timezone.utc)
+        ran_here = (row.worker or "").rpartition(":")[0] == host
+        if not ran_here or (utcnow() - started).total_seconds() < 0.9 * limit_s:
+            return None
+        fail_job(s, job_id, reason, worker=row.worker)
+        return job_ended(s, job_id), row.key
+
+
+def reap(db: Any, max_attempts: int, sweep_id: int | None = None) -> Reaped:
+    """Re-queue running jobs whose lease expired (their worker died); fail those whose worker died under them
+    ``max_attempts`` times (farm.jobs.policy.worker_lost), deciding their ends as any other; decide the pending
+    jobs a decision missed (:func:`farm.store.graph.stale_waiters`); settle the sweeps left with nothing to run."""
+    out = Reaped()
+    with db.session() as s:
+        for job in expired_jobs(s, sweep_id):
+            message = requeue_expired(s, job, max_attempts)
+            if message is not None:
+                out.messages.append(message)
+                out = dataclasses.replace(out, requeued=out.requeued + 1)
+                continue
+            if job_state(s, job.id) == "failed":
+                out = dataclasses.replace(out, failed=out.failed + 1, failed_keys=[*out.failed_keys, job.key])
+            out.messages.extend(job_ended(s, job.id).messages)
+        if sweep_id is None:
+            out.messages.extend(schedule_pending(s, stale_waiters(s)).messages)
+        # Two jobs of a sweep ending at the same moment on PostgreSQL each see the other still running (their
+        # statements' snapshots), so neither settles the sweep: this round does.
+        settle_stale_sweeps(s)
+    return out
+
+
+def find_stale_queues(db: Any, cutoff: datetime) -> list[str]:
+    """:func:`stale_queues`, read-only."""
+    with db.session(write=False) as s:
+        return stale_queues(s, cutoff)
+
+
+def take_lost_messages(db: Any, lengths: Mapping[str, int], cutoff: datetime) -> list[Message]:
+    """:func:`take_lost` in a transaction of its own."""
+    with db.session() as s:
+        return take_lost(s, lengths, cutoff)

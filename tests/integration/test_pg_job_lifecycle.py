@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
-import farm.store.db as store_db
+import farm.store.engines as store_engines
 from farm.artifacts import StoredObject
 from farm.errors import StoreUnavailable
 from farm.spec import load_spec
@@ -142,7 +142,7 @@ def test_a_pooled_connection_closed_while_idle_is_replaced_unseen(
 ) -> None:
     """A connection that sat idle is pinged before it is handed out: one the server closed meanwhile (a restart,
     an idle timeout) is replaced, and the session using it never sees the difference."""
-    monkeypatch.setattr(store_db, "PING_AFTER_IDLE_S", 0.0)
+    monkeypatch.setattr(store_engines, "PING_AFTER_IDLE_S", 0.0)
     db = Database(fresh_pg_db.url)
     try:
         first = _backend_pid(db)
@@ -155,7 +155,7 @@ def test_a_pooled_connection_closed_while_idle_is_replaced_unseen(
 def test_a_connection_used_moments_ago_is_not_pinged(fresh_pg_db: Database, pg_admin, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The control: within the idle window no ping is spent, so a connection closed meanwhile fails its statement
     (as StoreUnavailable, which the runners retry), and the pool connects afresh for the next one."""
-    monkeypatch.setattr(store_db, "PING_AFTER_IDLE_S", 3600.0)
+    monkeypatch.setattr(store_engines, "PING_AFTER_IDLE_S", 3600.0)
     db = Database(fresh_pg_db.url)
     try:
         first = _backend_pid(db)
@@ -173,7 +173,7 @@ def test_a_result_survives_a_connection_closed_moments_ago(fresh_pg_db: Database
     lost (the runner's patience with an unreachable database, farm.outage)."""
     from farm.jobs import execute as runner
 
-    monkeypatch.setattr(store_db, "PING_AFTER_IDLE_S", 3600.0)
+    monkeypatch.setattr(store_engines, "PING_AFTER_IDLE_S", 3600.0)
     db = Database(fresh_pg_db.url)
     try:
         upgrade(db)
@@ -188,3 +188,63 @@ def test_a_result_survives_a_connection_closed_moments_ago(fresh_pg_db: Database
             assert queries.job_state(s, job_id) == "succeeded"
     finally:
         db.dispose()
+
+
+# --- the job graph (job_dependencies) -----------------------------------------------------------------------------
+
+
+def _graph(db: Database) -> tuple[int, list[int], int]:
+    """The lifecycle sweep plus a stage-like job waiting for two of its trials: (sweep, trials, waiter)."""
+    from farm.jobs.stages import EXPANDERS, with_stage
+
+    EXPANDERS.setdefault("noop-for-tests", lambda stage, inputs: [])
+    plan = load_spec(SPEC)
+    trials = [j.key for j in plan.jobs if j.role == "trial"][:2]
+    plan = with_stage(plan, "noop-for-tests", {}, after=trials)
+    with db.session() as s:
+        record = queries.create_sweep(s, plan, "tester", route=lambda j: ("cpu", "all", None))
+    return record.sweep_id, [record.ids[k] for k in trials], record.ids[plan.jobs[-1].key]
+
+
+def _state_of(db: Database, job_id: int) -> tuple[str, str | None]:
+    from farm.store.models import Job
+
+    with db.session(write=False) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job.state, job.error
+
+
+def test_a_job_with_two_dependencies_is_released_only_when_both_succeeded(db: Database) -> None:
+    from farm.store import scheduling
+
+    _, (first, second), waiter = _graph(db)
+    with db.session() as s:
+        assert sorted(scheduling.dependents(s, first) + scheduling.dependents(s, second)) == [waiter, waiter]
+        assert scheduling.queue_ready(s, [waiter]) == []  # its dependencies have not even run
+    _run_to_the_end(db, first)
+    with db.session() as s:
+        assert scheduling.job_ended(s, first).messages == []
+    assert _state_of(db, waiter) == ("pending", None)
+    _run_to_the_end(db, second)
+    with db.session() as s:
+        assert [m.job_id for m in scheduling.job_ended(s, second).messages] == [waiter]
+    assert _state_of(db, waiter)[0] == "queued"
+
+
+def test_a_failed_dependency_ends_its_waiters_and_theirs(db: Database) -> None:
+    from farm.store import scheduling
+
+    sweep_id, (first, _), waiter = _graph(db)
+    with db.session() as s:
+        (reference,) = [j for j in queries.sweep_job_ids(s, sweep_id) if scheduling.dependents(s, j, ("pending",))][:1]
+    _start(db, reference)
+    with db.session() as s:
+        queries.fail_job(s, reference, "model did not load")
+        decision = scheduling.job_ended(s, reference)
+    # The reference's trials end with its reason, and the job waiting for two of them ends with theirs.
+    assert first in decision.ended and waiter in decision.ended
+    assert _state_of(db, first) == ("failed", f"the fp32 reference (job {reference}) failed: model did not load")
+    state, error = _state_of(db, waiter)
+    assert state == "failed" and error is not None and error.startswith("job ")
+    assert _sweep_state(db, sweep_id) == "failed"

@@ -165,7 +165,7 @@ def test_large_multipart_upload_is_verified_against_the_composite_checksum(
 def test_a_file_changed_during_upload_fails_verification_and_is_deleted(
     s3_bucket: str, s3_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
-    import farm.artifacts.s3 as s3_module
+    import farm.artifacts.s3.store as s3_module
 
     src = _write(tmp_path / "model.pt", os.urandom(size))
     hashed = s3_module.multipart_digests

@@ -13,8 +13,10 @@ import torch
 
 from farm.errors import ConfigError, QuantizationError
 from farm.jobs.contract import JobResult, JobSpec, jsonable
-from farm.jobs.steps import REFERENCE_FILE, Reference, evaluate, run_job
+from farm.jobs.steps import run_job
 from farm.quant.config import BenchmarkConfig, parse_method
+from farm.quant.measure import evaluate
+from farm.quant.reference import REFERENCE_FILE, Reference
 from farm.quant.registry import QuantOutcome
 from farm.zoo.data import TensorSplit
 from tests import toys

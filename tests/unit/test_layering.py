@@ -19,11 +19,7 @@ PACKAGES = ("farm", "workers")
 # Modules outside farm/store that still use ORM rows (or sqlalchemy). issue 11: sealed store, not yet. Each is a
 # big module on a job's path whose store calls hand it rows; it leaves this set when it reads plain data. The test
 # fails when one of them no longer needs to be here (remove it) or when a module not listed starts to leak.
-KNOWN_LEAKS = {
-    "farm.jobs.local",  # issue 11: sealed store, not yet (reads Job rows for the dependency waits)
-    "farm.jobs.execute",  # issue 11: sealed store, not yet (reads the reference's Job row)
-    "workers.tasks",  # issue 11: sealed store, not yet (reads the Job row at the hard time limit)
-}
+KNOWN_LEAKS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -190,3 +186,44 @@ def test_workers_are_imported_only_by_the_cli() -> None:
             continue
         offenders += [f"{module} line {i.line}" for i in imports(module) if i.target.partition(".")[0] == "workers"]
     assert offenders == [], f"workers imported outside farm/cli: {offenders}"
+
+
+def command_modules() -> set[str]:
+    """The modules farm/cli's command groups load commands from: the values of ``COMMANDS`` and of each group's
+    ``lazy={...}`` map (``"module:attribute"``), as written in the source."""
+    found = set()
+    for module, path in MODULES.items():
+        if module != "farm.cli" and not module.startswith("farm.cli."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            maps = []
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "COMMANDS" for t in node.targets
+            ):
+                maps.append(node.value)
+            elif isinstance(node, ast.keyword) and node.arg == "lazy":
+                maps.append(node.value)
+            for value in maps:
+                if isinstance(value, ast.Dict):
+                    found.update(
+                        f"farm.cli.{v.value.partition(':')[0]}"
+                        for v in value.values
+                        if isinstance(v, ast.Constant) and isinstance(v.value, str)
+                    )
+    return found
+
+
+def test_a_cli_command_module_imports_no_other_command_module() -> None:
+    # What two commands share is rendering (farm/cli/render.py, sweep_views.py, ...) or lives outside the CLI.
+    commands = command_modules()
+    assert {"farm.cli.sweep", "farm.cli.worker", "farm.cli.results", "farm.cli.analyze"} <= commands
+    assert commands <= set(MODULES), f"a command names a module that does not exist: {commands - set(MODULES)}"
+    offenders = [
+        f"{module} line {i.line}: imports {i.target}"
+        for module in sorted(commands)
+        for i in imports(module)
+        if i.target in commands and i.target != module
+    ]
+    assert offenders == [], f"helpers imported across command modules: {offenders}"
+    # Module names match the command groups: `farm sweep` is farm/cli/sweep.py, with no `farm_` prefixes.
+    assert sorted(m for m in MODULES if m.startswith("farm.cli.farm_")) == []

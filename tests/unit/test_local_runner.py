@@ -423,3 +423,72 @@ def test_jobs_a_killed_run_left_queued_or_running_run_again(sweep_home: Path, tm
     assert [states[i] for i in (ref, *trials)] == [("succeeded", 1), ("succeeded", 0), ("succeeded", 0)]
     assert states[bf16] == ("queued", 0)
     assert query("SELECT state FROM sweeps WHERE id = :i", i=record.sweep_id) == [{"state": "succeeded"}]
+
+
+# --- the job graph: a job waits for every job it depends on ----------------------------------------------------
+
+
+def _two_dependency_plan(reference_model: str, name: str) -> tuple[Any, list[str]]:
+    """An fp32 reference of ``reference_model`` (a real job: it takes a while), a no-op job, and a no-op job that
+    depends on both of them. Returns the plan and the keys (reference, no-op, the waiting job)."""
+    import hashlib
+
+    from farm.jobs.contract import JobSpec
+    from farm.quant.config import BenchmarkConfig, NoopConfig
+    from farm.spec import Plan, PlannedJob, load_spec
+
+    spec = f"name: {name}\nmodels: ['{reference_model}']\ndataset: '{TOY_DATA}'\nmethods: [fp32]\n{FAST_BENCHMARK}\n"
+    (reference,) = load_spec(spec).jobs
+
+    def noop(tag: str, depends_on: tuple[str, ...] = ()) -> Any:
+        job = JobSpec(TOY_MLP, TOY_DATA, NoopConfig(), seed=len(tag), benchmark=BenchmarkConfig())
+        key = hashlib.sha256(f"{name}-{tag}".encode()).hexdigest()
+        return PlannedJob(key, "trial", job, "cpu", None, None, depends_on)
+
+    other = noop("other")
+    waiting = noop("waiting", (reference.key, other.key))
+    plan = load_spec(spec)
+    return Plan(plan.spec, plan.text, [reference, other, waiting]), [reference.key, other.key, waiting.key]
+
+
+def _run_plan_locally(plan: Any, jobs: int) -> tuple[Any, dict[str, int]]:
+    from farm.jobs.local import RunStats, run_local
+    from farm.store import queries
+    from farm.store.migrate import ensure_schema
+
+    db = Database()
+    ensure_schema(db)
+    with db.session() as s:
+        record = queries.create_sweep(s, plan, "tester@host")
+    stats = RunStats(total=record.total, cached=record.cached)
+    artifacts = str(Path(os.environ["FARM_HOME"]) / "artifacts")
+    run_local(db, record.sweep_id, record.to_run, artifacts_url=artifacts, jobs=jobs, threads=1, stats=stats)
+    db.dispose()
+    return stats, record.ids
+
+
+def test_a_job_with_two_dependencies_runs_only_after_both_succeeded(sweep_home: Path) -> None:
+    plan, (ref_key, other_key, waiting_key) = _two_dependency_plan(TOY_MLP, "two-deps")
+    # Three processes: a job released too early would start at once, long before the fp32 reference ends.
+    stats, ids = _run_plan_locally(plan, jobs=3)
+    assert (stats.total, stats.succeeded, stats.failed, stats.cached) == (3, 3, 0, 0)
+    jobs = {j["id"]: j for j in _jobs()}
+    ref, other, waiting = jobs[ids[ref_key]], jobs[ids[other_key]], jobs[ids[waiting_key]]
+    assert [j["state"] for j in (ref, other, waiting)] == ["succeeded"] * 3
+    assert all(j["queue"] == "local" for j in jobs.values())  # routed to the local queue, whatever created them
+    assert waiting["started_at"] >= max(ref["finished_at"], other["finished_at"])
+    assert query("SELECT state FROM sweeps") == [{"state": "succeeded"}]
+
+
+def test_a_job_whose_second_dependency_fails_ends_without_running(sweep_home: Path) -> None:
+    plan, (ref_key, other_key, waiting_key) = _two_dependency_plan(NAN_MODEL, "two-deps-failing")
+    stats, ids = _run_plan_locally(plan, jobs=2)
+    # The reference failed (NaN outputs); the job waiting for it (and for a job that succeeded) ended with its reason.
+    assert (stats.total, stats.succeeded, stats.failed, stats.cancelled) == (3, 1, 2, 0)
+    jobs = {j["id"]: j for j in _jobs()}
+    ref, other, waiting = jobs[ids[ref_key]], jobs[ids[other_key]], jobs[ids[waiting_key]]
+    assert (ref["state"], other["state"]) == ("failed", "succeeded")
+    assert waiting["state"] == "failed"
+    assert waiting["error"] == f"the fp32 reference (job {ref['id']}) failed: {ref['error']}"
+    assert (waiting["started_at"], waiting["attempts"]) == (None, 0)
+    assert query("SELECT state FROM sweeps") == [{"state": "failed"}]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from farm.errors import ConfigError, Problem
-from farm.spec import DEFAULT_JOB_LIMIT, Plan, load_spec
+from farm.spec import DEFAULT_JOB_LIMIT, Plan, job_key, load_spec
 from tests.sweeps import FAST_BENCHMARK, TOY_DATA, TOY_MLP, write_spec
 
 # The README's example, with bf16 added: two models, so that there are two references.
@@ -293,7 +293,7 @@ def test_a_runaway_product_is_refused_from_its_axes_before_expansion(monkeypatch
     sizes = ", ".join(str(n) for n in range(1, 361))
     text = BAD_SPECS["past the job limit"][0].replace("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]", f"[{sizes}]")
     expanded: list[int] = []
-    monkeypatch.setattr("farm.spec._expand", lambda *a, **k: expanded.append(1))  # must never be reached
+    monkeypatch.setattr("farm.spec.load.expand", lambda *a, **k: expanded.append(1))  # must never be reached
     with pytest.raises(ConfigError) as e:
         load_spec(text)
     assert "multiply to 322,562 combinations before exclude" in str(e.value)
@@ -582,3 +582,27 @@ def test_the_weights_file_content_is_part_of_the_key(tmp_path: Path, key_spec: s
 def test_missing_weights_are_a_problem_at_plan_time(tmp_path: Path, key_spec: str) -> None:
     (tmp_path / "mlp.pt").unlink()
     assert problems_of(key_spec) == [Problem("models[0].weights", f"{tmp_path / 'mlp.pt'} does not exist")]
+
+
+def test_s3_weights_are_keyed_by_the_callers_digest_and_refused_without_one() -> None:
+    text = "name: s\nmodels:\n  - {ref: 'farm:digits-cnn', weights: 's3://b/w.pt'}\nmethods: [fp32, dynamic]\n"
+    asked: list[str] = []
+
+    def digest(uri: str) -> str:
+        asked.append(uri)
+        return "etag:abc"
+
+    plan = load_spec(text, remote_digest=digest)
+    assert asked == ["s3://b/w.pt"]  # once per weights, not once per job
+    assert {j.weights_digest for j in plan.jobs} == {"etag:abc"}
+    assert all(j.key == job_key(j.spec, "etag:abc") for j in plan.jobs)
+    assert problems_of(text) == [
+        Problem("models[0].weights", "s3://b/w.pt is in S3, and this plan was made without reaching S3")
+    ]
+
+    def missing(uri: str) -> str:
+        raise ConfigError(f"weights {uri} does not exist")
+
+    with pytest.raises(ConfigError) as e:
+        load_spec(text, remote_digest=missing)
+    assert e.value.problems == [Problem("models[0].weights", "weights s3://b/w.pt does not exist")]

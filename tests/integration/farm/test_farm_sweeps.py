@@ -165,7 +165,14 @@ def test_submitting_a_sweep_imports_no_torch(make_farm: Any, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     loaded = set(json.loads(modules_file.read_text()))
     # The check is real: the producer's modules, Celery and the database driver did load ...
-    assert {"farm.cli.farm_sweep", "farm.spec", "farm.routing", "workers.dispatch", "workers.app"} <= loaded
+    assert {
+        "farm.cli.sweep",
+        "farm.jobs.sweeps",
+        "farm.spec",
+        "farm.routing",
+        "workers.broker",
+        "workers.app",
+    } <= loaded
     assert {"celery", "kombu", "sqlalchemy", "psycopg"} <= {m.partition(".")[0] for m in loaded}
     # ... and the engine's heavy dependencies did not.
     assert {m.partition(".")[0] for m in loaded} & {"torch", "torchvision", "sklearn"} == set()

@@ -57,9 +57,10 @@ def test_demo_runs_its_sweep_and_writes_two_plots(
 
     names = sorted(p.name for p in plots.iterdir())
     assert names == ["accuracy_vs_latency.png", "accuracy_vs_size.png"]
-    for name in names:
-        width, height = _png_size(plots / name)
-        assert (width, height) == (770, 495)  # 7 x 4.5 inches at 110 dpi
+    # The report's figures (farm.report.tradeoff), 7.5 inches wide at 110 dpi: accuracy vs size is one panel
+    # 5.1 inches high; accuracy vs latency one panel per batch size (1 and 4), side by side, 4.5 inches high.
+    sizes = {name: _png_size(plots / name) for name in names}
+    assert sizes == {"accuracy_vs_latency.png": (825, 495), "accuracy_vs_size.png": (825, 561)}
 
     out = result.stdout
     assert f"results:   sqlite:///{sweep_home / 'farm.db'} (view results_flat; `farm results query --sweep 1`)" in out

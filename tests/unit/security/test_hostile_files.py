@@ -257,7 +257,7 @@ def test_quantize_refuses_hostile_weights(
 
 
 def test_reference_load_refuses_a_hostile_reference(tmp_path: Path) -> None:
-    from farm.jobs.steps import Reference
+    from farm.quant.reference import Reference
 
     marker = tmp_path / "MARKER"
     path = tmp_path / "reference.pt"

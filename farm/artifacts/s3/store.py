@@ -1,13 +1,4 @@
-"""An artifact store in an S3 bucket (AWS S3, MinIO, moto). The only module that imports boto3.
-
-Configuration is boto3's own, so nothing secret ever passes through QuantFarm:
-
-- credentials: the standard chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
-  ``AWS_PROFILE`` and the shared files, an instance or container role). They are never stored on the
-  store, logged, or put in an error message; :attr:`S3Store.url` is only ``s3://bucket/prefix``.
-- endpoint: ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (or ``endpoint_url`` in the shared config), which
-  boto3 reads itself. When the endpoint is not AWS (MinIO, moto), path-style addressing is used
-  (``http://host:9000/bucket/key``), since such servers rarely have a DNS name per bucket.
+"""The S3 artifact store: upload with verification, verified download, listing, deletion.
 
 How uploads are verified (the multipart problem). S3 offers a SHA256 "full object" checksum only for
 single-request uploads; for a multipart upload its SHA256 is *composite*: the sha256 of the concatenated
@@ -33,10 +24,6 @@ does this:
 
 Downloads go to a temp file beside the destination, are hashed and compared with the sha256 given (or the
 one in the object's metadata), then renamed into place.
-
-Errors are translated here and never leak upward: a missing bucket or refused credentials become
-:class:`~farm.errors.ArtifactError` (one line, no secrets), an unreachable or overloaded endpoint
-:class:`~farm.errors.TransientError` (callers retry with backoff).
 """
 
 from __future__ import annotations
@@ -49,62 +36,21 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import boto3
 from botocore import exceptions as boto_errors
-from botocore.config import Config
 from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.utils import ChunksizeAdjuster
 
 from farm.artifacts.base import ArtifactMissing, ArtifactStore, ListedObject, StoredObject, safe_key
 from farm.artifacts.files import b64_digest, check_sha256, multipart_digests, sha256_file
+from farm.artifacts.s3.client import MISSING_CODES, make_client, public_endpoint, translate
 from farm.artifacts.s3url import parse_s3_url
-from farm.errors import ArtifactError, FarmError, TransientError
+from farm.errors import ArtifactError, FarmError
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-_AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
-
-# What the server says -> what the caller does about it.
-_AUTH_CODES = frozenset(
-    {
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AccessDenied",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-        "AllAccessDisabled",
-        "403",
-        "Forbidden",
-    }
-)
-_TRANSIENT_CODES = frozenset(
-    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "RequestLimitExceeded"}
-)
-_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-_CREDENTIAL_ERRORS = (
-    boto_errors.NoCredentialsError,
-    boto_errors.PartialCredentialsError,
-    boto_errors.CredentialRetrievalError,
-)
-_TRANSIENT_ERRORS = (
-    boto_errors.EndpointConnectionError,  # ConnectTimeoutError and ProxyConnectionError are subclasses
-    boto_errors.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, ResponseStreamingError
-    boto_errors.IncompleteReadError,
-    RetriesExceededError,  # s3transfer gave up re-reading a download stream
-)
-
-
-def _public_endpoint(url: str | None) -> str:
-    """The endpoint without any userinfo, path or query, for messages."""
-    if not url:
-        return "AWS S3"
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
 class S3Store(ArtifactStore):
@@ -180,51 +126,16 @@ class S3Store(ArtifactStore):
     def _client(self) -> Any:
         with self._lock:
             if self._s3 is None:
-                session = boto3.session.Session()
-                options: dict[str, Any] = {
-                    "retries": {"mode": "standard", "max_attempts": self._max_attempts},
-                    "connect_timeout": self._timeouts_s[0],
-                    "read_timeout": self._timeouts_s[1],
-                    # sha256 is checked against our own digests; botocore's check of a composite checksum
-                    # that a server returns without its "-N" suffix (moto does) would be a false alarm.
-                    "response_checksum_validation": "when_required",
-                    # MinIO and moto have no DNS name per bucket. On AWS itself (the endpoint is only known
-                    # once a client exists) the client is made again with boto3's default addressing.
-                    "s3": {"addressing_style": "path"},
-                }
-                client = session.client("s3", config=Config(**options))
-                host = urlsplit(client.meta.endpoint_url).hostname or ""
-                if host.endswith(_AWS_HOSTS):
-                    del options["s3"]
-                    client = session.client("s3", config=Config(**options))
-                self._s3 = client
+                self._s3 = make_client(self._max_attempts, self._timeouts_s)
             return self._s3
 
     @property
     def endpoint(self) -> str:
         """The endpoint in use, without credentials or path (for messages)."""
-        return _public_endpoint(self._client.meta.endpoint_url)
+        return public_endpoint(self._client.meta.endpoint_url)
 
     def _translate(self, e: Exception, action: str) -> FarmError:
-        if isinstance(e, boto_errors.ClientError):
-            error = e.response.get("Error", {})
-            code = str(error.get("Code") or "")
-            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            if code == "NoSuchBucket":
-                return ArtifactError(f"S3 bucket '{self.bucket}' does not exist (endpoint {self.endpoint})")
-            if code in _AUTH_CODES:
-                return ArtifactError(f"S3 rejected the credentials for {self.url}: {code}")
-            if code in _TRANSIENT_CODES or status >= 500:
-                return TransientError(f"S3 at {self.endpoint} is unavailable ({code or status}) during {action}")
-            message = " ".join(str(error.get("Message") or "").split())[:200]
-            return ArtifactError(f"S3 {action} failed: {code or status}{': ' + message if message else ''}")
-        if isinstance(e, _CREDENTIAL_ERRORS):
-            return ArtifactError(f"S3 rejected the credentials for {self.url}: {type(e).__name__}")
-        if isinstance(e, boto_errors.SSLError):  # a certificate problem does not pass by retrying
-            return ArtifactError(f"TLS with S3 at {self.endpoint} failed during {action}")
-        if isinstance(e, _TRANSIENT_ERRORS):
-            return TransientError(f"S3 at {self.endpoint} did not answer ({type(e).__name__}) during {action}")
-        return ArtifactError(f"S3 {action} failed: {type(e).__name__}")
+        return translate(e, action, bucket=self.bucket, url=self.url, endpoint=self.endpoint)
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -248,7 +159,7 @@ class S3Store(ArtifactStore):
                 )
         except ArtifactError as e:
             cause = e.__cause__
-            if isinstance(cause, boto_errors.ClientError) and cause.response["Error"].get("Code") in _MISSING_CODES:
+            if isinstance(cause, boto_errors.ClientError) and cause.response["Error"].get("Code") in MISSING_CODES:
                 self._check_bucket()
                 raise ArtifactMissing(f"{uri} does not exist") from None
             raise
@@ -264,7 +175,7 @@ class S3Store(ArtifactStore):
                 self._client.head_bucket(Bucket=self.bucket)
         except ArtifactError as e:
             cause = e.__cause__
-            if isinstance(cause, boto_errors.ClientError) and cause.response["Error"].get("Code") in _MISSING_CODES:
+            if isinstance(cause, boto_errors.ClientError) and cause.response["Error"].get("Code") in MISSING_CODES:
                 raise ArtifactError(f"S3 bucket '{self.bucket}' does not exist (endpoint {self.endpoint})") from None
             raise
         self._bucket_seen = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timezone
 
 import click
 from rich.table import Table
@@ -62,22 +61,18 @@ def worker(queues: str, concurrency: int | None, gpus: str | None, threads: int,
 @click.option("--all", "show_all", is_flag=True, help="Include workers that stopped or died.")
 def workers(show_all: bool) -> None:
     """List workers: queues, what they run now, and whether they are alive."""
-    from farm.cli.sweep import open_db
     from farm.settings import FarmSettings
-    from farm.store import queries
+    from farm.store.connect import open_database
+    from farm.store.fleet import list_workers
 
     farm = FarmSettings.from_env()
-    db = open_db(read_only=True)
-    now = queries.utcnow()
-    with db.session(write=False) as s:
-        rows = queries.list_workers(s)
+    now, rows = list_workers(open_database(read_only=True))
     table = Table(show_edge=False, header_style="bold")
     for col in ("name", "host", "queues", "state", "job", "last heartbeat", "alive"):
         table.add_column(col)
     shown = 0
     for w in rows:
-        beat = w.last_heartbeat if w.last_heartbeat.tzinfo else w.last_heartbeat.replace(tzinfo=timezone.utc)
-        age = (now - beat).total_seconds()
+        age = (now - w.last_heartbeat).total_seconds()
         alive = w.state != "stopped" and age <= 3 * farm.heartbeat_s
         if not alive and not show_all:
             continue

@@ -1,0 +1,71 @@
+"""A sweep run on this machine, shown live: what ``farm sweep run`` and ``farm demo`` print around a local run.
+
+The run itself (persist, schedule, the process pool) is farm.jobs.sweeps'; this module prints its start, a
+progress bar, its end, and turns SIGTERM / SIGHUP into the Ctrl-C that cancels it cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from rich.markup import escape
+
+from farm.cli.render import err
+
+
+def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
+    """Persist and run a plan on this machine, then print the results table. Exits 130 on Ctrl-C.
+
+    Returns:
+        (the database, the sweep id, the run's RunStats).
+    """
+    from farm.cli.progress import SweepProgress
+    from farm.cli.sweep_views import print_sweep_summary
+    from farm.jobs import sweeps
+    from farm.store.connect import open_database
+
+    artifacts_url = sweeps.artifacts_url()  # before anything is written: every job would fail to upload
+    db = open_database()
+    run = sweeps.start_local_run(db, p, jobs, artifacts_url)
+    # Jobs a killed `farm sweep run` left queued or running go again.
+    if run.abandoned:
+        err.print(f"{run.abandoned} job(s) left unfinished by an earlier run that stopped will run again")
+    verb = "created" if run.created else "resumed"
+    err.print(
+        f"sweep {run.sweep_id} [bold]{escape(run.name)}[/] {verb}: {run.total} jobs, {run.cached} cached, "
+        f"{len(run.to_run)} to run on {run.workers} worker process(es) x {run.threads} thread(s)"
+    )
+    try:
+        with _stop_on_termination(), SweepProgress(run.stats) as progress:
+            sweeps.run_locally(db, run, on_update=progress.update)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted:[/] {run.stats.cancelled} job(s) cancelled, none left running")
+        sys.exit(130)
+    print_sweep_summary(db, run.sweep_id)
+    return db, run.sweep_id, run.stats
+
+
+@contextlib.contextmanager
+def _stop_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal) stop a local run the way Ctrl-C does: jobs end as cancelled."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the cancellation short
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,84 @@
+"""The fp32 reference: the unquantized model's figures on the test split, measured once per model, dataset and
+device and shared by every trial that compares with it (accuracy drop, agreement, speedup, size ratio).
+
+A reference job writes it as ``reference.pt`` beside its artifact; a trial on another worker loads that file
+instead of measuring the fp32 model again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm.errors import QuantizationError
+from farm.jobs.contract import jsonable
+
+REFERENCE_FILE = "reference.pt"
+
+
+@dataclass
+class Reference:
+    """The fp32 model's figures on the test split, shared by every job of the same model.
+
+    Attributes:
+        outputs: fp32 outputs on the test split, (N, classes), CPU float32.
+        labels: test labels (-1 where there are none).
+        labelled: whether the labels are real.
+        accuracy, top5: fp32 accuracy on the labels (None without labels).
+        latency: fp32 latency figures by batch size.
+        size_bytes: size of the fp32 artifact.
+        device: where the figures were measured.
+        hardware_id: fingerprint hash of that machine.
+    """
+
+    outputs: Any
+    labels: Any
+    labelled: bool
+    accuracy: float | None
+    top5: float | None
+    latency: dict[int, dict[str, Any]]
+    size_bytes: int
+    device: str
+    hardware_id: str
+    #: The fp32 model as measured (in this process only; never saved).
+    module: Any = None
+
+    def save(self, path: Path) -> None:
+        """Write the figures as tensors plus JSON (what :meth:`load` accepts with ``weights_only=True``)."""
+        import torch
+
+        meta: dict[str, Any] = {
+            "labelled": self.labelled,
+            "accuracy": self.accuracy,
+            "top5": self.top5,
+            "latency": {str(k): v for k, v in self.latency.items()},
+            "size_bytes": self.size_bytes,
+            "device": self.device,
+            "hardware_id": self.hardware_id,
+        }
+        torch.save({"outputs": self.outputs, "labels": self.labels, "meta": json.dumps(jsonable(meta))}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        """Read a ``reference.pt`` (tensors and JSON only: inspected, then ``weights_only=True``).
+
+        Raises:
+            QuantizationError: the file holds something a weights-only load refuses.
+        """
+        import io
+
+        import torch
+
+        from farm.zoo.safe_load import PROMISE, UnsafeFile, check_torch_file
+
+        raw = path.read_bytes()  # once: torch.load gets the very bytes inspected, not the path again
+        try:
+            check_torch_file(raw, path.name)
+        except UnsafeFile as e:
+            raise QuantizationError(f"fp32 reference {path} refused: {e} ({PROMISE})") from None
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        meta = json.loads(data["meta"])
+        meta["latency"] = {int(k): v for k, v in meta["latency"].items()}
+        return cls(outputs=data["outputs"], labels=data["labels"], **meta)

@@ -1,0 +1,106 @@
+"""load_spec: parse, check and expand a spec, reporting every problem at once; read_spec_text: a spec file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from farm.errors import ConfigError, Problem
+from farm.quant.config import METHODS
+from farm.routing import Pools
+from farm.spec.checks import check_dataset, check_filters, check_methods, check_models
+from farm.spec.expand import expand, product_bound
+from farm.spec.plan import Plan
+from farm.spec.schema import SweepSpec, parse_text, pydantic_problems
+from farm.spec.weights import RemoteDigest
+
+DEFAULT_JOB_LIMIT = 10_000
+# Past this multiple of the limit, a spec is refused from its axis lengths alone, before expansion.
+_EARLY_LIMIT_FACTOR = 10
+
+
+def read_spec_text(path: str | Path) -> str:
+    """The spec file's text.
+
+    Raises:
+        ConfigError: the file does not exist or can't be read.
+    """
+    p = Path(path)
+    try:
+        return p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"spec file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"spec file {p} can't be read: {e}") from None
+
+
+def load_spec(
+    text: str,
+    *,
+    source: str = "spec",
+    limit: int | None = DEFAULT_JOB_LIMIT,
+    pools: Pools | None = None,
+    remote_digest: RemoteDigest | None = None,
+) -> Plan:
+    """Parse, validate and expand a spec.
+
+    Planning makes no network call of its own: weights in S3 are keyed by ``remote_digest``'s answer, which
+    the caller chooses (the CLI passes :func:`farm.artifacts.object_digest`); without it they are a problem.
+
+    Args:
+        text: YAML or JSON.
+        source: the file name, for messages.
+        limit: refuse a spec expanding past this many jobs (None: no limit).
+        pools: the worker pools a farm submission routes to; a named (non-default) pool becomes part of the
+            keys of the jobs it measures.
+        remote_digest: the digest of an ``s3://`` weights object; None refuses S3 weights.
+
+    Returns:
+        The plan.
+
+    Raises:
+        ConfigError: listing every problem with its path.
+    """
+    data = parse_text(text, source)
+    problems: list[Problem] = []
+    spec: SweepSpec | None = None
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as e:
+        problems.extend(pydantic_problems(e))
+    # The values pydantic leaves loosely typed (references, method parameters) are checked here, whether or
+    # not the structure was valid, so that one run reports everything.
+    raw = data if isinstance(data, dict) else {}
+    default_dataset = raw.get("dataset", "sklearn:digits")
+    models = check_models(raw.get("models"), default_dataset if isinstance(default_dataset, str) else None, problems)
+    methods = check_methods(raw.get("methods"), problems)
+    check_dataset(default_dataset, problems)
+    if spec is not None and methods is not None:
+        if spec.bits is not None and not any(METHODS[name].integer for name, _ in methods):
+            problems.append(
+                Problem("bits", "given, but no method in methods takes a bit-width (fp32, fp16, bf16 are float)")
+            )
+        check_filters(spec.exclude, "exclude", problems)
+        check_filters(spec.include, "include", problems, include=True)
+    if problems or spec is None or models is None or methods is None:
+        raise ConfigError(problems, source=source)
+    if limit is not None:
+        # Refuse a runaway product before building (and hashing) every job of it.
+        bound = product_bound(spec, models, methods)
+        if bound > _EARLY_LIMIT_FACTOR * limit:
+            raise ConfigError(
+                f"the spec's axes multiply to {bound:,} combinations before exclude, far past the job limit of "
+                f"{limit:,}: narrow its axes or pass --force",
+                source=source,
+            )
+    plan = expand(spec, text, models, methods, problems, pools, remote_digest)
+    if problems:
+        raise ConfigError(problems, source=source)
+    if limit is not None and len(plan.jobs) > limit:
+        raise ConfigError(
+            f"the spec expands to {len(plan.jobs):,} jobs, past the limit of {limit:,}: "
+            "narrow its axes or pass --force",
+            source=source,
+        )
+    return plan
