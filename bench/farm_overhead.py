@@ -62,8 +62,9 @@ def noop_jobs(db, n: int, queue: str) -> tuple[list[int], list]:  # type: ignore
     """n new no-op jobs, routed to ``queue`` and queued; returns their ids and messages."""
     from farm.jobs.contract import JobSpec
     from farm.quant.config import NoopConfig
-    from farm.spec import Plan, PlannedJob, SweepSpec
-    from farm.store import queries
+    from farm.spec.plan import Plan, PlannedJob
+    from farm.spec.schema import SweepSpec
+    from farm.store import plans, scheduling
 
     tag = uuid.uuid4().hex[:8]
     jobs = []
@@ -73,9 +74,9 @@ def noop_jobs(db, n: int, queue: str) -> tuple[list[int], list]:  # type: ignore
         jobs.append(PlannedJob(key, "trial", spec, "cpu", None, None))
     structure = SweepSpec.model_validate({"name": f"noop-{tag}", "models": ["farm:digits-cnn"], "methods": ["noop"]})
     with db.session() as s:
-        record = queries.create_sweep(s, Plan(structure, f"name: noop-{tag}", jobs), "bench")
-        queries.set_routes(s, {i: (queue, "all", None) for i in record.to_run})
-        messages = queries.queue_ready(s, record.to_run)
+        record = plans.create_sweep(s, Plan(structure, f"name: noop-{tag}", jobs), "bench")
+        plans.set_routes(s, {i: (queue, "all", None) for i in record.to_run})
+        messages = scheduling.queue_ready(s, record.to_run)
     return record.to_run, messages
 
 

@@ -101,7 +101,7 @@ def main() -> int:
             for statement in FILL.split(";\n"):
                 if statement.strip():
                     conn.execute(sa.text(statement), {"jobs": args.rows // 2})
-        from farm.store.queries import recompute_stored_figures
+        from farm.store.results import recompute_stored_figures
 
         with db.session() as s:
             recompute_stored_figures(s)  # accuracy_drop and speedup, as workers store them with each result

@@ -44,8 +44,8 @@ backend: [x86, fbgemm]
 
 
 def persist(url: str) -> tuple[int, float]:
-    from farm.spec import load_spec
-    from farm.store import queries
+    from farm.spec.load import load_spec
+    from farm.store import plans
     from farm.store.db import Database
     from farm.store.migrate import ensure_schema
 
@@ -54,7 +54,7 @@ def persist(url: str) -> tuple[int, float]:
     started = time.perf_counter()
     plan = load_spec(SPEC_10K, source="bench-10k.yaml", limit=None)
     with db.session() as s:
-        record = queries.create_sweep(s, plan, "bench")
+        record = plans.create_sweep(s, plan, "bench")
     elapsed = time.perf_counter() - started
     db.dispose()
     return record.total, elapsed
@@ -65,8 +65,9 @@ def overhead(url: str, jobs: int, artifacts: str) -> list[float]:
     from farm.jobs.contract import JobSpec
     from farm.jobs.local import RunStats, run_local
     from farm.quant.config import BenchmarkConfig, NoopConfig
-    from farm.spec import Plan, PlannedJob, SweepSpec
-    from farm.store import queries
+    from farm.spec.plan import Plan, PlannedJob
+    from farm.spec.schema import SweepSpec
+    from farm.store import plans
     from farm.store.db import Database
     from farm.store.migrate import ensure_schema
 
@@ -82,7 +83,7 @@ def overhead(url: str, jobs: int, artifacts: str) -> list[float]:
         structure = SweepSpec.model_validate({"name": tag, "models": ["farm:digits-cnn"], "methods": ["noop"]})
         plan = Plan(structure, f"name: {tag}", planned)
         with db.session() as s:
-            record = queries.create_sweep(s, plan, "bench")
+            record = plans.create_sweep(s, plan, "bench")
         stats = RunStats(total=record.total, cached=record.cached)
         started = time.perf_counter()
         run_local(db, record.sweep_id, record.to_run, artifacts_url=artifacts, jobs=1, threads=1, stats=stats)

@@ -68,10 +68,8 @@ def plan_gc(
     parsed = {o.key: parse_key(o.key) for o in objects}
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=grace_s)
     job_keys = {p.job_key for p in parsed.values() if p is not None}
-    with db.session(write=False) as s:
-        held = artifact_refs.holders(s, job_keys)
-        referenced = artifact_refs.referenced(s, [o.uri for o in objects])
-        recorded = artifact_refs.uris_of_jobs(s, job_keys)
+    view = artifact_refs.store_view(db, job_keys, [o.uri for o in objects])
+    held, referenced, recorded = view.holders, view.referenced, view.recorded
     referenced_keys = _referenced_keys(store, recorded)
     plan = GcPlan(listed=len(objects), listed_bytes=sum(o.size_bytes for o in objects))
     for obj in objects:

@@ -50,17 +50,17 @@ def results(
         SchemaOutOfDate: the database has no QuantFarm schema, or it is behind this QuantFarm.
     """
     from farm.frames import require, results_frame
+    from farm.store import results as stored_results
     from farm.store.db import Database
     from farm.store.migrate import require_schema
-    from farm.store.results import ResultsQuery, query_results
+    from farm.store.results import ResultsQuery
 
     query = ResultsQuery.parse(sweep=sweep, where=where, order_by=order_by, columns=columns, limit=limit)
     require("pandas", what="farm.client.results")
     db = Database(database_url, read_only=True)  # reading never changes the database, nor creates its schema
     try:
         require_schema(db)
-        with db.session() as session:
-            rows = query_results(session, query)
+        rows = stored_results.query(db, query)
     finally:
         db.dispose()
     return results_frame(rows, query.columns)

@@ -6,6 +6,7 @@ message is a hint: sending one twice, or one for a job that has finished, is har
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -14,12 +15,14 @@ from kombu.exceptions import KombuError, OperationalError
 from kombu.utils.uuid import uuid
 
 from farm.errors import TransientError
-from farm.jobs.policy import Message
+from farm.jobs.policy import LOCAL_QUEUE, Message, needs_decision
 from farm.store import scheduling
 from workers.app import QAT_TRAIN, RUN_JOB, check_broker_url
 
 #: Messages buffered per pipelined publish.
 BATCH_SIZE = 1000
+
+log = logging.getLogger("farm.dispatch")
 
 
 class BrokerUnavailable(TransientError):
@@ -56,10 +59,17 @@ def send(app: Any, messages: Iterable[Message]) -> int:
     broker blinked, the connection was replaced mid-batch), everything is sent again one by one with
     Celery's own publish retries. Sending a message twice is harmless: the claim drops the second.
 
+    A message for the local queue is dropped (and logged): a local run's process submits its own jobs to its
+    pool, and no worker consumes a broker queue of that name, so such a message would only sit there.
+
     Raises:
         BrokerUnavailable: the broker went away (messages sent before that stay sent).
     """
-    pending = list(messages)
+    every = list(messages)
+    pending = [m for m in every if m.queue != LOCAL_QUEUE]
+    if len(pending) < len(every):
+        local = sorted(m.job_id for m in every if m.queue == LOCAL_QUEUE)
+        log.warning("jobs %s are a local run's (queue %r): not sent; `farm sweep run` runs them", local, LOCAL_QUEUE)
     if not pending:
         return 0
     try:
@@ -140,22 +150,14 @@ def _publish_routed(app: Any, producer: Any, messages: list[Message]) -> int:
     return len(messages)
 
 
-def dispatch_ready(db: Any, app: Any, job_ids: Sequence[int]) -> int:
-    """Decide the pending jobs among ``job_ids`` (see :func:`farm.store.scheduling.schedule_pending`): send those
-    that can start now, end those whose dependency failed or was cancelled; returns how many were sent."""
-    return send(app, scheduling.decide_pending(db, job_ids).messages)
-
-
 def after_job(db: Any, app: Any, job_id: int, state: str, role: str | None, has_dependents: bool = True) -> None:
     """A job ended: ask the one scheduling decision (:func:`farm.store.scheduling.job_ended`) what it releases or
     ends, and send the released jobs.
 
-    ``state`` is the caller's view; the decision reads the job's own from the database. A trial nobody waits for
-    (``has_dependents``, read with its claim) has nothing to decide, and the statement that ended it settled its
-    sweeps already: nothing to do for one. References and stages are always decided (a job may have come to wait
-    for one after it was claimed).
+    ``state`` is the caller's view; the decision reads the job's own from the database. Whether there is anything
+    to decide is the policy's rule, the local pool's too (:func:`farm.jobs.policy.needs_decision`).
     """
-    if role not in (None, "reference", "stage") and not has_dependents:
+    if not needs_decision(role, has_dependents):
         return
     send(app, scheduling.decide_ended(db, job_id).messages)
 

@@ -37,9 +37,9 @@ def _identity() -> dict[str, Any]:
 
 
 def beat_once(db: Any, name: str, identity: dict[str, Any], state: str | None = None) -> None:
-    from farm.store import queries
+    from farm.store import fleet
 
-    queries.record_heartbeat(
+    fleet.record_heartbeat(
         db, name, current_job_id=current_job, state=state or ("busy" if current_job is not None else "idle"), **identity
     )
 

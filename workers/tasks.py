@@ -16,7 +16,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_init
 
 from farm.errors import TransientError
-from farm.jobs.policy import Message
+from farm.jobs.policy import Message, gave_up
 from workers import heartbeat  # noqa: F401 - connects the heartbeat to the pool processes' signals
 from workers.app import QAT_TRAIN, RUN_JOB, app
 from workers.process import resources
@@ -34,7 +34,7 @@ def _preload(**_: Any) -> None:
     """
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import farm.jobs.execute  # noqa: F401
-    import farm.store.queries  # noqa: F401
+    import farm.store.execution  # noqa: F401
 
     try:
         import farm.jobs.steps  # noqa: F401
@@ -46,7 +46,7 @@ def _preload(**_: Any) -> None:
 
 def _run(task: Task, job_id: int) -> str:
     from farm.jobs.execute import execute_job
-    from farm.store import scheduling
+    from farm.store import execution
     from workers import dispatch
 
     rt = resources()
@@ -65,9 +65,10 @@ def _run(task: Task, job_id: int) -> str:
     except TransientError as e:
         retries = task.request.retries
         if retries >= rt["farm"].transient_retries:
-            # Failed, its dependents decided and its sweeps settled (it may have been their last) in one go.
-            decision = scheduling.give_up(rt["db"], job_id, f"gave up after {retries + 1} attempts: {e}")
-            dispatch.send(task.app, decision.messages)
+            # As the local pool gives up: failed (its sweeps settled), then its end decided like any other (a
+            # worker dying in between leaves its dependents to the reaper's stale_waiters).
+            execution.end_job(rt["db"], job_id, None, "failed", gave_up(retries + 1, e))
+            dispatch.after_job(rt["db"], task.app, job_id, "failed", None)
             return "failed"
         log.warning("job %s: %s; retrying in %ss", job_id, e, min(300, 5 * 2**retries))
         raise task.retry(exc=e, countdown=min(300, 5 * 2**retries), max_retries=None) from None

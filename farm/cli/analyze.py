@@ -16,13 +16,12 @@ _X_DIRECTIONS = click.Choice(["min", "max"])
 
 
 def _rows(sweeps: list[int], where: str | None) -> tuple[Any, list[dict[str, Any]]]:
-    from farm.store import result_reads
-    from farm.store.connect import open_database
-    from farm.store.results import ResultsQuery
+    from farm.store.migrate import open_database
+    from farm.store.results import ResultsQuery, query
 
     q = ResultsQuery.parse(sweep=sweeps, where=where, cli=True)
     db = open_database(read_only=True)
-    return db, result_reads.query(db, q)
+    return db, query(db, q)
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -154,7 +153,7 @@ def best(sweep_ids: tuple[int, ...], max_accuracy_drop: float, by: str, where: s
 def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:
     """The same recipes in two sweeps side by side (two hardware pools, two releases), with deltas."""
     from farm.analysis import compare as match
-    from farm.store.result_reads import method_configs
+    from farm.store.results import method_configs
 
     db, rows_a = _rows([sweep_a], where)
     _, rows_b = _rows([sweep_b], where)

@@ -55,7 +55,7 @@ def gc(dry_run: bool, grace_s: float) -> None:
     from farm.artifact_gc import collect, plan_gc
     from farm.artifacts import check_store_url, open_store
     from farm.cli.render import human_bytes, out
-    from farm.store.connect import open_database
+    from farm.store.migrate import open_database
 
     store = open_store(check_store_url())
     db = open_database(read_only=True)

@@ -22,8 +22,8 @@ def demo(jobs: int | None, plots_dir: str | None) -> None:
     from farm.demo import DEMO_SPEC
     from farm.plots import tradeoff_plots
     from farm.settings import Settings, farm_home
-    from farm.spec import load_spec
-    from farm.store.result_reads import sweep_rows
+    from farm.spec.load import load_spec
+    from farm.store.results import sweep_rows
 
     plan = load_spec(DEMO_SPEC, source="demo")
     db, sweep_id, stats = run_plan(plan, jobs)

@@ -25,7 +25,7 @@ def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
     from farm.cli.progress import SweepProgress
     from farm.cli.sweep_views import print_sweep_summary
     from farm.jobs import sweeps
-    from farm.store.connect import open_database
+    from farm.store.migrate import open_database
 
     artifacts_url = sweeps.artifacts_url()  # before anything is written: every job would fail to upload
     db = open_database()
@@ -34,8 +34,11 @@ def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
     if run.abandoned:
         err.print(f"{run.abandoned} job(s) left unfinished by an earlier run that stopped will run again")
     verb = "created" if run.created else "resumed"
+    stages = sum(1 for j in p.jobs if j.role == "stage")
+    # A stage job runs no quantization: it adds jobs (and the run's totals grow) once its inputs finish.
+    staged = f" ({stages} of them stage(s) that add jobs as they end)" if stages else ""
     err.print(
-        f"sweep {run.sweep_id} [bold]{escape(run.name)}[/] {verb}: {run.total} jobs, {run.cached} cached, "
+        f"sweep {run.sweep_id} [bold]{escape(run.name)}[/] {verb}: {run.total} jobs{staged}, {run.cached} cached, "
         f"{len(run.to_run)} to run on {run.workers} worker process(es) x {run.threads} thread(s)"
     )
     try:

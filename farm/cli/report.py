@@ -24,7 +24,7 @@ def report(sweep_id: int, output: Path | None) -> None:
     """
     from farm.report.svg import require_matplotlib
     from farm.report.writer import check_output, write_report
-    from farm.store.connect import open_database
+    from farm.store.migrate import open_database
 
     require_matplotlib()
     path = check_output(output or Path(f"report-{sweep_id}.html"))  # before the database: nothing done on a bad path

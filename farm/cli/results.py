@@ -46,12 +46,11 @@ def query(
 ) -> None:
     """Rows of results_flat: one per sweep, job and batch size."""
     from farm.cli.output import check_output, write_rows
-    from farm.store import result_reads
-    from farm.store.connect import open_database
-    from farm.store.results import ResultsQuery
+    from farm.store.migrate import open_database
+    from farm.store.results import ResultsQuery, query
 
     # Every check that needs no database comes first: bad input never opens it, nor writes a file.
     q = ResultsQuery.parse(sweep=sweep_ids, where=where, order_by=order_by, columns=columns, limit=limit, cli=True)
     check_output(fmt, output)
-    rows = result_reads.query(open_database(read_only=True), q)
+    rows = query(open_database(read_only=True), q)
     write_rows(rows, q.columns, fmt, output)

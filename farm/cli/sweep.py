@@ -46,10 +46,10 @@ def plan(spec_path: str, force: bool, show_all: bool, as_json: bool) -> None:
         }
         click.echo(json.dumps(data, indent=2))
         return
-    trials = len(p.jobs) - len(p.references)
-    out.print(
-        f"[bold]{escape(p.spec.name)}[/]: {len(p.jobs)} jobs ({len(p.references)} fp32 references, {trials} trials)"
-    )
+    trials = sum(1 for j in p.jobs if j.role == "trial")
+    stages = len(p.jobs) - len(p.references) - trials  # no quantization: they add jobs from others' results
+    kinds = f"{len(p.references)} fp32 references, {trials} trials" + (f", {stages} stage(s)" if stages else "")
+    out.print(f"[bold]{escape(p.spec.name)}[/]: {len(p.jobs)} jobs ({kinds})")
     for note in p.notes:
         out.print(f"  note: {escape(note)}")
     shown = p.jobs if show_all else p.jobs[:50]
@@ -115,7 +115,7 @@ def run(spec_path: str, jobs: int | None, force: bool) -> None:
 def list_sweeps(limit: int) -> None:
     """List sweeps, newest first, with their job counts."""
     from farm.store import sweeps
-    from farm.store.connect import open_database
+    from farm.store.migrate import open_database
 
     rows = sweeps.list_sweeps(open_database(read_only=True), limit)
     table = Table(show_edge=False, header_style="bold")
@@ -143,7 +143,7 @@ def list_sweeps(limit: int) -> None:
 def status(sweep_id: int, watch: bool) -> None:
     """Show a sweep's progress and its failed jobs."""
     from farm.cli.sweep_views import outage_patience, print_status, watch_sweep
-    from farm.store.connect import open_database
+    from farm.store.migrate import open_database
 
     db = open_database(read_only=not watch, create=False)  # --watch settles the sweep's state as it goes
     patience = outage_patience() if watch else None
@@ -170,16 +170,18 @@ def submit(spec_path: str, wait: bool, force: bool, cpu_queue: str, gpu_queue: s
     from farm.cli.sweep_views import outage_patience, print_status, watch_sweep
     from farm.jobs import sweeps
     from farm.routing import Pools
-    from farm.store.connect import open_database
+    from farm.store.migrate import open_database
 
     pools = Pools(cpu=cpu_queue, gpu=gpu_queue)
     plan = sweeps.load_plan(spec_path, force, pools)
     broker = _checked_broker()  # before the database: an unreachable broker leaves nothing behind
     db = open_database()
     done = sweeps.submit(db, broker, plan, pools)
+    # A stage waits for the jobs whose results it reads, not for a reference.
+    waited_for = "the jobs they depend on" if any(j.role == "stage" for j in plan.jobs) else "their fp32 reference"
     err.print(
         f"sweep {done.sweep_id} [bold]{escape(done.name)}[/] submitted: {done.total} jobs, "
-        f"{done.cached} cached, {done.sent} sent, {done.waiting} waiting for their fp32 reference"
+        f"{done.cached} cached, {done.sent} sent, {done.waiting} waiting for {waited_for}"
     )
     click.echo(done.sweep_id)
     if wait:
@@ -194,7 +196,7 @@ def submit(spec_path: str, wait: bool, force: bool, cpu_queue: str, gpu_queue: s
 def cancel(sweep_id: int) -> None:
     """Cancel a sweep: queued jobs never start, running ones stop at their next check."""
     from farm.jobs import sweeps
-    from farm.store.connect import open_database
+    from farm.store.migrate import open_database
 
     n = sweeps.cancel(open_database(create=False), sweep_id)
     out.print(f"sweep {sweep_id}: {n} job(s) cancelled")
@@ -206,7 +208,7 @@ def cancel(sweep_id: int) -> None:
 def retry(sweep_id: int, failed_only: bool) -> None:
     """Run a sweep's failed (and cancelled) jobs again, with a fresh attempt budget."""
     from farm.jobs import sweeps
-    from farm.store.connect import open_database
+    from farm.store.migrate import open_database
 
     broker = _checked_broker()
     r = sweeps.retry(open_database(create=False), broker, sweep_id, failed_only=failed_only)
@@ -221,7 +223,7 @@ def retry(sweep_id: int, failed_only: bool) -> None:
 def resume(sweep_id: int) -> None:
     """Re-send a sweep's jobs whose messages were lost (a broker restart, a worker killed with its host)."""
     from farm.jobs import sweeps
-    from farm.store.connect import open_database
+    from farm.store.migrate import open_database
 
     broker = _checked_broker()
     r = sweeps.resume(open_database(create=False), broker, sweep_id)

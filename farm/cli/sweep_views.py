@@ -94,7 +94,7 @@ def watch_sweep(db: Any, sweep_id: int, poll_s: float = 1.0, patience: Any = Non
 
 def print_sweep_summary(db: Any, sweep_id: int) -> None:
     """The results table at the end of a run: one row per job, latency per batch size side by side."""
-    from farm.store.result_reads import sweep_rows
+    from farm.store.results import sweep_rows
 
     rows = sweep_rows(db, sweep_id)
     by_job: dict[int, dict[str, Any]] = {}

@@ -62,8 +62,8 @@ def worker(queues: str, concurrency: int | None, gpus: str | None, threads: int,
 def workers(show_all: bool) -> None:
     """List workers: queues, what they run now, and whether they are alive."""
     from farm.settings import FarmSettings
-    from farm.store.connect import open_database
     from farm.store.fleet import list_workers
+    from farm.store.migrate import open_database
 
     farm = FarmSettings.from_env()
     now, rows = list_workers(open_database(read_only=True))

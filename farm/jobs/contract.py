@@ -1,5 +1,5 @@
 """The job contract: what one job is (:class:`JobSpec`), what it yields (:class:`JobResult`), and the engine version
-that keys its results. It imports no torch: the producer, the planner (farm/spec.py) and the store import it
+that keys its results. It imports no torch: the producer, the planner (farm/spec/) and the store import it
 downward; the engine (farm/quant) fills it in.
 """
 

@@ -126,7 +126,7 @@ def execute_job(
             if claim.role == "stage":  # no engine work: it adds the next stage's jobs, with its own success
                 from farm.jobs.stages import run_stage
 
-                return attempt.outcome(run_stage(db, job_id, worker, claim.spec, claim.key))
+                return attempt.outcome(run_stage(db, job_id, worker, claim.spec, claim.key, patience))
             spec = _job_spec(dict(claim.spec))
             if claim.stage == "train":
                 return _train_stage(attempt, spec, beat.should_stop)
@@ -200,7 +200,7 @@ def _record_success(attempt: _Attempt, result: Any, stored: list[Stored]) -> Out
 def _train_stage(attempt: _Attempt, spec: Any, should_stop: Callable[[], bool]) -> Outcome:
     """Fine-tune (on this GPU worker), upload the checkpoint under this attempt's keys, and queue the finish
     stage; a train stage that finds the job no longer its own deletes the checkpoint it uploaded."""
-    from farm.jobs.steps import train_job
+    from farm.jobs.train import train_job
     from farm.store import execution
 
     with tempfile.TemporaryDirectory(prefix="farm-train-") as tmp:
@@ -217,17 +217,13 @@ def _train_stage(attempt: _Attempt, spec: Any, should_stop: Callable[[], bool]) 
     return Outcome(job_id, "handoff", None, time.perf_counter() - attempt.started, queue=message.queue)
 
 
-def _record(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[Stored]) -> str:
-    """Record a success (settling the sweeps it was the last of); returns the job's state.
+def _record_result(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[Stored]) -> tuple[str, bool]:
+    """Record a success (settling the sweeps it was the last of): the job's state, and whether this very call
+    recorded the result (then the rows are this attempt's).
 
     One try: the caller retries it while the database is unreachable (:func:`_patience`). The conditional UPDATE
     records nothing twice: had an earlier COMMIT landed unseen, the retry finds the job succeeded already.
     """
-    return _record_result(db, job_id, worker, result, stored)[0]
-
-
-def _record_result(db: Any, job_id: int, worker: str, result: dict[str, Any], stored: list[Stored]) -> tuple[str, bool]:
-    """:func:`_record`, and whether this very call recorded the result (then the rows are this attempt's)."""
     from farm.store import execution
 
     recorded = execution.record_result(db, job_id, worker, result, stored)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from farm.errors import TransientError
 from farm.jobs.execute import Outcome
-from farm.jobs.policy import FINISHED_STATES, LOCAL_QUEUE
+from farm.jobs.policy import FINISHED_STATES, LOCAL_QUEUE, gave_up, needs_decision
 
 if TYPE_CHECKING:
     from farm.store.local_runs import LocalDecision
@@ -138,9 +138,11 @@ def _run_one(job_id: int) -> Outcome:
                 max_losses=MAX_WORKER_LOSSES,
             )
         except TransientError as e:
-            if attempt == RETRIES:  # the run's process decides what its end releases or ends
-                execution.end_job(_worker["db"], job_id, None, "failed", f"gave up after {RETRIES + 1} attempts: {e}")
-                return Outcome(job_id, "failed", str(e))
+            if attempt == RETRIES:
+                # As a Celery task gives up: end it here, and the executor (the run's process) decides its end.
+                reason = gave_up(RETRIES + 1, e)
+                execution.end_job(_worker["db"], job_id, None, "failed", reason)
+                return Outcome(job_id, "failed", reason)
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
@@ -235,10 +237,10 @@ class _Run:
 
     def ended(self, outcome: Outcome) -> None:
         """Count a job's end and carry out what it decided. A trial nobody waits for decides nothing (the statement
-        that ended it settled its sweeps): it costs no round trip."""
+        that ended it settled its sweeps): it costs no round trip (farm.jobs.policy.needs_decision)."""
         from farm.store import local_runs
 
-        if outcome.state != "skipped" and outcome.role == "trial" and not outcome.has_dependents:
+        if outcome.state != "skipped" and not needs_decision(outcome.role, outcome.has_dependents):
             _count(self.stats, outcome)
             return
         end = local_runs.job_ended(self.db, outcome.job_id, self.owner)

@@ -4,6 +4,8 @@ A stage job (role "stage") runs no engine work. Its spec names an expander and i
 (``{"stage": NAME, "params": {...}}``); the worker that claims it (farm/jobs/execute.py, on the farm or in the
 local pool) hands it to :func:`run_stage`, which reads its dependencies' results (:mod:`farm.store.expansion`),
 asks the registered expander for new planned jobs, and records them with the stage's success in ONE transaction.
+A stage runs once its inputs have finished, however they ended (farm.jobs.policy.needs_success): an expander is
+given the failed ones too, and skips them.
 The new jobs wait for the stage itself (and for their fp32 reference), so the stage's end releases them through
 the one scheduling policy (farm.store.scheduling.job_ended), locally and on the farm alike. A worker killed
 during a stage loses nothing: its lease expires, the job runs again, and adding is idempotent (jobs by key).
@@ -24,6 +26,7 @@ from typing import Any
 from farm.errors import ConfigError
 from farm.jobs.contract import ENGINE_VERSION, JobSpec
 from farm.jobs.policy import LOCAL_QUEUE, SUCCEEDED
+from farm.outage import Patience
 from farm.quant.config import Fp32Config
 from farm.spec.plan import Plan, PlannedJob, job_key
 
@@ -93,14 +96,22 @@ def with_stage(plan: Plan, name: str, params: Mapping[str, Any], after: Sequence
     return dataclasses.replace(plan, jobs=[*plan.jobs, stage])
 
 
-def run_stage(db: Any, job_id: int, worker: str, payload: Mapping[str, Any], stage_key: str) -> str:
+def run_stage(
+    db: Any, job_id: int, worker: str, payload: Mapping[str, Any], stage_key: str, patience: Patience | None = None
+) -> str:
     """Run the stage job ``job_id`` (claimed by ``worker``): expand, then record the new jobs and its success.
+
+    Args:
+        patience: rides the record out through a database outage, as a trial's result is (the expansion is
+            kept, not lost to a short outage); None tries once.
 
     Returns:
         The stage's state afterwards ("succeeded", or the state it was found in when no longer this worker's).
+        The jobs it added are its end's decision's ``added`` (farm.store.scheduling.job_ended).
 
     Raises:
         ConfigError: the expander is unknown or its parameters are wrong (the stage fails with the reason).
+        StoreUnavailable: the database stayed away past the patience.
     """
     from farm.store import expansion
 
@@ -112,8 +123,11 @@ def run_stage(db: Any, job_id: int, worker: str, payload: Mapping[str, Any], sta
     own_queue = next(iter(expansion.queue_of(db, job_id)), None)
     jobs = expander(Stage(stage_key, name, dict(payload.get("params") or {})), inputs)
     routes = {j.key: _route(j, inputs, own_queue) for j in jobs}
-    state, _ = expansion.record_stage(db, job_id, worker, jobs, routes)
-    return state
+
+    def record() -> str:
+        return expansion.record_stage(db, job_id, worker, jobs, routes)
+
+    return patience.call(record) if patience is not None else record()
 
 
 def _route(job: PlannedJob, inputs: Sequence[Any], own_queue: str | None) -> tuple[str, str, str | None]:

@@ -1,5 +1,5 @@
-"""The ONE place where a job's steps are ordered: run_job, train_job (qat's first half on another worker), and the
-fp32 reference.
+"""The ONE place where a job's steps are ordered: run_job and the fp32 reference (qat's first half, fine-tuning on
+another worker, is :mod:`farm.jobs.train`).
 
 load model and data -> fp32 reference (given, or computed here) -> apply the method -> evaluate -> benchmark ->
 save the artifact -> result. The measuring itself is the engine's (:mod:`farm.quant.measure`); this module only
@@ -10,20 +10,17 @@ local runner, a Celery task) decides where that directory's files go and records
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.errors import ConfigError, QuantizationError
+from farm.errors import ConfigError
 from farm.jobs.contract import ENGINE_VERSION, JobResult, JobSpec
 from farm.quant.config import MethodConfig, resolve_device
 from farm.quant.measure import ProgressFn, benchmark, evaluate
 from farm.quant.reference import REFERENCE_FILE, Reference
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
@@ -62,7 +59,7 @@ def run_job(
         reference: the fp32 reference of the same model, dataset and device; computed here when None.
         progress: called with (step, fraction) as the job advances.
         should_stop: polled in long loops; True raises :class:`farm.errors.Cancelled`.
-        checkpoint: for qat, a :func:`train_job` checkpoint (fine-tuned on another worker) to convert
+        checkpoint: for qat, a :func:`farm.jobs.train.train_job` checkpoint (fine-tuned on another worker) to convert
             instead of fine-tuning here.
 
     Returns:
@@ -95,7 +92,7 @@ def run_job(
 
     preflight(cfg, device, training=checkpoint is None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with torch_threads(spec.benchmark.threads), _seeded(spec.seed), quiet_torch_ao():
+    with torch_threads(spec.benchmark.threads), seeded(spec.seed), quiet_torch_ao():
         reset_peak()
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -103,7 +100,7 @@ def run_job(
         result.warnings.extend(inputs.splits.notes)
         check_runs(inputs.loaded.module, inputs.example, spec)
         if reference is None:
-            with _step("reference", timings, report):
+            with timed_step("reference", timings, report):
                 splits = inputs.splits
                 reference = compute_reference(
                     inputs.loaded.module, splits.test, splits.labelled, spec, device, report, stop
@@ -132,7 +129,7 @@ def _load(spec: JobSpec, timings: dict[str, float], report: ProgressFn) -> _Inpu
     from farm.zoo.models import load_model
 
     cfg = spec.method
-    with _step("load", timings, report):
+    with timed_step("load", timings, report):
         splits = load_dataset(spec.dataset)
         calibration = calibration_subset(splits, cfg.calibration_size, spec.seed) if cfg.calibrated else None  # type: ignore[attr-defined]
         loaded = load_model(spec.model, weights=spec.weights)
@@ -179,7 +176,7 @@ def _quantize_and_measure(
         graph=inputs.loaded.graph,
         progress=report,
         should_stop=stop,
-        checkpoint=read_checkpoint(checkpoint) if checkpoint is not None else None,
+        checkpoint=_checkpoint(checkpoint) if checkpoint is not None else None,
     )
     method_started = time.perf_counter()
     outcome = apply_method(inputs.loaded.module, cfg, ctx)
@@ -187,14 +184,14 @@ def _quantize_and_measure(
     timings["quantize"] = time.perf_counter() - method_started
     result.warnings.extend(outcome.warnings)
     fill_coverage(result, inputs.loaded, inputs.example, outcome, cfg)  # on the eager modules, before scripting
-    with _step("script", timings, report):
+    with timed_step("script", timings, report):
         outcome.model, scripted = deployable(
             outcome.model, outcome.prepare_input(inputs.example), autocast=outcome.autocast_dtype
         )
     result.deployed_as = "torchscript" if scripted else "eager"
-    with _step("evaluate", timings, report):
+    with timed_step("evaluate", timings, report):
         outputs = evaluate(outcome, inputs.splits.test, report, stop, label=cfg.label())
-    with _step("benchmark", timings, report):
+    with timed_step("benchmark", timings, report):
         latency = benchmark(outcome, inputs.splits.test, spec.benchmark, report, stop)
     return _Measured(outcome, outputs, latency)
 
@@ -214,7 +211,7 @@ def _save(
     from farm.quant.artifact import save_model
     from farm.quant.measure import fill_size
 
-    with _step("save", timings, report):
+    with timed_step("save", timings, report):
         saved = save_model(outcome.model, outcome.prepare_input(example), out_dir, autocast=outcome.autocast_dtype)
         if fp32:
             reference.size_bytes = saved.size_bytes
@@ -252,91 +249,11 @@ def _write_manifest(out_dir: Path, spec: JobSpec, result: JobResult, outcome: An
     )
 
 
-def train_job(
-    spec: JobSpec,
-    out_dir: Path,
-    *,
-    progress: ProgressFn | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> Path:
-    """The first half of a qat job split across workers: fine-tune, and write ``checkpoint.pt``.
+def _checkpoint(path: Path) -> dict[str, Any]:
+    """A qat job's fine-tuning checkpoint, converted here (:func:`farm.quant.checkpoint.read_checkpoint`)."""
+    from farm.quant.checkpoint import read_checkpoint
 
-    The checkpoint is the prepared model's state dict (weights, fake-quantizer ranges, observer state)
-    plus the step timings; :func:`run_job` with ``checkpoint=`` rebuilds and converts it on another machine.
-
-    Raises:
-        ConfigError: not a qat job, bad references, or CUDA asked for on a machine without it.
-        QuantizationError: the model can't be prepared or the loss diverged.
-    """
-    import torch
-
-    from farm.quant import qat
-    from farm.quant.latency import torch_threads
-    from farm.quant.registry import QuantContext, quiet_torch_ao
-    from farm.zoo.data import calibration_subset, first_batch, load_dataset
-    from farm.zoo.models import load_model
-
-    cfg = spec.method
-    if cfg.method != "qat":
-        raise ConfigError(f"only qat jobs are fine-tuned in a separate stage, not {cfg.method}")
-    preflight(cfg, "cpu")
-    timings: dict[str, float] = {}
-    report = progress or (lambda step, fraction: None)
-    with torch_threads(spec.benchmark.threads), _seeded(spec.seed), quiet_torch_ao():
-        with _step("load", timings, report):
-            splits = load_dataset(spec.dataset)
-            loaded = load_model(spec.model, weights=spec.weights)
-        ctx = QuantContext(
-            model_ref=spec.model,
-            example_input=first_batch(splits.test, 1),
-            calibration=calibration_subset(splits, cfg.calibration_size, spec.seed),  # type: ignore[attr-defined]
-            train=splits.train,
-            labelled=splits.labelled,
-            teacher=loaded.module,
-            seed=spec.seed,
-            graph=loaded.graph,
-            progress=report,
-            should_stop=should_stop or (lambda: False),
-        )
-        prepared = qat.train(loaded.module, cfg, ctx, timings)  # type: ignore[arg-type]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / CHECKPOINT_FILE
-    meta = {"timings": timings, "method": cfg.to_dict()}
-    torch.save({"state": prepared.state_dict(), "meta": json.dumps(meta)}, path)
-    return path
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a :func:`train_job` checkpoint (tensors and JSON only: ``weights_only=True``).
-
-    Raises:
-        QuantizationError: the file is not such a checkpoint (corrupted, or something else).
-    """
-    import io
-    import pickle
-
-    import torch
-
-    from farm.zoo.safe_load import PROMISE, UnsafeFile, check_torch_file
-
-    try:
-        raw = path.read_bytes()  # once: torch.load gets the very bytes inspected, not the path again
-    except OSError as e:
-        raise QuantizationError(f"qat: could not read checkpoint {path.name} ({e.strerror or e})") from None
-    try:
-        check_torch_file(raw, path.name)
-    except UnsafeFile as e:
-        raise QuantizationError(f"qat: checkpoint {path.name} refused: {e} ({PROMISE})") from None
-    try:
-        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        state, meta = data["state"], json.loads(data["meta"])
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
-        detail = " ".join(str(e).split())[:200] or type(e).__name__
-        raise QuantizationError(f"qat: {path.name} is not a fine-tuning checkpoint of this job ({detail})") from None
-    if not isinstance(state, dict):
-        raise QuantizationError(f"qat: {path.name} is not a fine-tuning checkpoint of this job (no state dict)")
-    meta = meta if isinstance(meta, dict) else {}
-    return {"state": state, "timings": meta.get("timings", {}), "method": meta.get("method")}
+    return read_checkpoint(path)
 
 
 def compute_reference(
@@ -419,7 +336,8 @@ def _blank_result(spec: JobSpec, device: str) -> JobResult:
 
 
 @contextlib.contextmanager
-def _step(name: str, timings: dict[str, float], report: ProgressFn) -> Iterator[None]:
+def timed_step(name: str, timings: dict[str, float], report: ProgressFn) -> Iterator[None]:
+    """Time a step into ``timings[name]`` and report its start and end (the progress display, the job's timings)."""
     report(name, 0.0)
     started = time.perf_counter()
     try:
@@ -430,7 +348,8 @@ def _step(name: str, timings: dict[str, float], report: ProgressFn) -> Iterator[
 
 
 @contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch for the steps inside, leaving the caller's random state as it was."""
     import torch
 
     with torch.random.fork_rng(devices=[]):

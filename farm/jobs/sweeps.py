@@ -25,8 +25,6 @@ from farm.store import sweeps as store
 CANCEL_REASON = "cancelled by farm sweep cancel"
 #: Why an interrupted re-submit ended the jobs it could not send.
 UNSENT_REASON = "not sent: the broker was unreachable"
-#: How a local run's jobs are routed: the local queue, the whole job in one process.
-LOCAL_ROUTE = (policy.LOCAL_QUEUE, "all", None)
 
 
 class Broker(Protocol):
@@ -67,7 +65,7 @@ def load_plan(spec_path: str, force: bool, pools: Any = None) -> Any:
     """
     from farm.artifacts import object_digest
     from farm.settings import job_limit
-    from farm.spec import load_spec, read_spec_text
+    from farm.spec.load import load_spec, read_spec_text
 
     text = read_spec_text(spec_path)
     limit = None if force else job_limit()
@@ -268,7 +266,7 @@ def start_local_run(db: Any, plan: Any, jobs: int | None, artifacts_url: str) ->
     """
     from farm.jobs.local import RunStats, default_jobs, reclaim_abandoned
 
-    record = store.create(db, plan, submitter(), route=lambda job: LOCAL_ROUTE)
+    record = store.create(db, plan, submitter(), route=lambda job: policy.LOCAL_ROUTE)
     to_run_now = set(record.to_run)
     abandoned = reclaim_abandoned(db, [i for i in record.ids.values() if i not in to_run_now])
     threads = plan.spec.benchmark.threads

@@ -7,24 +7,6 @@ plans and submits sweeps from a laptop; and planning makes no network call of it
 One module per step: :mod:`~farm.spec.schema` (structure, YAML), :mod:`~farm.spec.checks` (references,
 method parameters, filters), :mod:`~farm.spec.expand` (the product of the axes), :mod:`~farm.spec.plan`
 (planned jobs and their keys), :mod:`~farm.spec.weights` (the weights digest in a key),
-:mod:`~farm.spec.load` (all of them in order).
+:mod:`~farm.spec.load` (all of them in order). Import each from its module (``farm.spec.load.load_spec``,
+``farm.spec.plan.Plan``): this package re-exports nothing.
 """
-
-from farm.spec.checks import ModelEntry
-from farm.spec.load import DEFAULT_JOB_LIMIT, load_spec, read_spec_text
-from farm.spec.plan import Plan, PlannedJob, job_key
-from farm.spec.schema import BenchmarkSpec, SweepSpec
-from farm.spec.weights import RemoteDigest
-
-__all__ = [
-    "DEFAULT_JOB_LIMIT",
-    "BenchmarkSpec",
-    "ModelEntry",
-    "Plan",
-    "PlannedJob",
-    "RemoteDigest",
-    "SweepSpec",
-    "job_key",
-    "load_spec",
-    "read_spec_text",
-]

@@ -1,6 +1,6 @@
 """The checks pydantic cannot make: model and dataset references, method parameters (each value on its own),
 and exclude / include entries. Each appends every problem it finds, with its path, so that one run of
-:func:`farm.spec.load_spec` reports them all.
+:func:`farm.spec.load.load_spec` reports them all.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.store import bulk
+from farm.store.db import Database
 from farm.store.models import Artifact, Job
 
 
@@ -61,3 +62,26 @@ def uris_of_jobs(session: Session, keys: Iterable[str]) -> dict[str, list[str]]:
         for key, uri in rows:
             found.setdefault(key, []).append(uri)
     return found
+
+
+@dataclass(frozen=True)
+class StoreView:
+    """What the database says of some listed objects (``farm artifacts gc``), read in one transaction.
+
+    Attributes:
+        holders: the jobs of the listed keys that exist, by key (:func:`holders`).
+        referenced: the listed URIs an artifacts row points at (:func:`referenced`).
+        recorded: every artifact URI recorded for the jobs of the listed keys, by key (:func:`uris_of_jobs`).
+    """
+
+    holders: dict[str, JobHolder]
+    referenced: set[str]
+    recorded: dict[str, list[str]]
+
+
+def store_view(db: Database, keys: Iterable[str], uris: Sequence[str]) -> StoreView:
+    """:func:`holders`, :func:`referenced` and :func:`uris_of_jobs` in one read-only transaction (one snapshot:
+    an attempt recorded between two reads must not look unreferenced)."""
+    wanted = sorted(set(keys))
+    with db.session(write=False) as s:
+        return StoreView(holders(s, wanted), referenced(s, uris), uris_of_jobs(s, wanted))

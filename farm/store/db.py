@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from farm.errors import ConfigError, StoreUnavailable
 from farm.settings import Settings
-from farm.store.engines import BEGIN_OPTION, BUSY_TIMEOUT_S, create_database_engine
+from farm.store.engines import BEGIN_OPTION, create_database_engine
 
 try:
     import fcntl
@@ -273,11 +273,3 @@ class Database:
         if self.url.password:
             reason = reason.replace(str(self.url.password), "***")
         return reason[:500]
-
-
-__all__ = [
-    "BUSY_TIMEOUT_S",
-    "Database",
-    "normalize_url",
-    "redact_url",
-]

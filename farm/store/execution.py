@@ -14,11 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, delete, select
+from sqlalchemy.orm import Session
 
 from farm.jobs.policy import Message
-from farm.store import artifact_refs, lifecycle, queries
-from farm.store.lifecycle import Claim as Claim
+from farm.store import artifact_refs, lifecycle
+from farm.store.lifecycle import Claim, utcnow
 from farm.store.models import Artifact, Job
 
 
@@ -73,7 +74,7 @@ def claim(db: Any, job_id: int, worker: str, lease_s: float, *, max_losses: int 
 def checkpoint_of(db: Any, job_id: int) -> StoredFile | None:
     """The fine-tuning checkpoint a qat job's train stage recorded (what its finish stage converts)."""
     with db.session(write=False) as s:
-        row = queries.artifact_of(s, job_id, "checkpoint")
+        row = artifact_of(s, job_id, "checkpoint")
         return StoredFile(row.uri, row.sha256) if row is not None else None
 
 
@@ -133,7 +134,7 @@ def hand_off(db: Any, job_id: int, worker: str, checkpoint: Any) -> Message | No
         the job is no longer this worker's.
     """
     with db.session() as s:
-        return queries.hand_off(s, job_id, worker, checkpoint)
+        return queue_finish_stage(s, job_id, worker, checkpoint)
 
 
 def release(db: Any, job_id: int, worker: str, reason: str) -> bool:
@@ -161,3 +162,40 @@ def recorded_here(db: Any, job_id: int, uris: Sequence[str]) -> bool:
     together: one match says the record was the attempt that uploaded them)."""
     with db.session(write=False) as s:
         return artifact_refs.points_at(s, job_id, uris)
+
+
+def artifact_of(session: Session, job_id: int, kind: str) -> Artifact | None:
+    """The job's artifact row of ``kind`` (its checkpoint, its reference), if recorded."""
+    return session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind))
+
+
+def queue_finish_stage(session: Session, job_id: int, worker: str, checkpoint: Any) -> Message | None:
+    """:func:`hand_off` in the caller's session: record the checkpoint and queue the "finish" stage on the job's
+    ``finish_queue``."""
+    job = session.get(Job, job_id)
+    if job is not None and job.state == "queued" and job.stage == "finish":
+        # Done already, by this very hand-off whose COMMIT landed unseen (a retry after a lost answer): the same
+        # message again, or the finish stage would never be sent.
+        recorded = session.scalar(
+            select(Artifact.uri).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint").limit(1)
+        )
+        if recorded == checkpoint.uri:
+            return Message(job_id, job.queue or job.finish_queue or "cpu", "finish")
+    if job is None or job.state != "running" or job.worker != worker:
+        return None
+    now = utcnow()
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint"))
+    session.add(
+        Artifact(
+            job_id=job_id,
+            kind="checkpoint",
+            uri=checkpoint.uri,
+            sha256=checkpoint.sha256,
+            size_bytes=checkpoint.size_bytes,
+            created_at=now,
+        )
+    )
+    queue = job.finish_queue or "cpu"
+    job.state, job.stage, job.queue, job.worker = "queued", "finish", queue, None
+    job.lease_expires_at, job.queued_at, job.attempts, job.worker_losses = None, now, 0, 0
+    return Message(job_id, queue, "finish")

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
-from farm.store import lifecycle, plans
+from farm.store import graph, lifecycle, plans
 from farm.store.models import Job, JobDependency, Metric, SweepJob
 
 
@@ -87,31 +87,42 @@ def queue_of(db: Any, job_id: int) -> list[str]:
 
 def record_stage(
     db: Any, job_id: int, worker: str, jobs: Sequence[Any], routes: dict[str, tuple[str, str, str | None]]
-) -> tuple[str, list[int]]:
+) -> str:
     """Add ``jobs`` (planned jobs: key, role, reference_key, depends_on, payload(), columns()) to every sweep of the
     stage ``job_id`` and record the stage's success, in one transaction, if ``worker`` still holds it.
+
+    Every job it adds waits for it, a new one as an existing one (jobs are unique by key: another sweep's, or a
+    job it added before it failed); that row is how its sweeps' re-submits find them
+    (:func:`farm.store.graph.added_by`) and how its end releases them (its decision's ``added``). An existing one
+    that failed or was cancelled runs again, routed like the new ones. A job the stage itself waits for (an
+    input the expander asked for again) is only linked: waiting for the stage would be a cycle.
 
     Args:
         routes: (queue, stage, finish_queue) of each new job by key.
 
     Returns:
-        (the stage's state afterwards, ids of the jobs it created).
+        The stage's state afterwards ("succeeded", or the state it was found in when no longer ``worker``'s).
     """
     with db.session() as s:
+        plans.lock_job_creation(s)  # a submit (or another stage) inserting the same keys waits, or we do
         holder = s.execute(select(Job.state, Job.worker, Job.sweep_id).where(Job.id == job_id)).one_or_none()
         if holder is None or holder.state != "running" or holder.worker != worker:
-            return (holder.state if holder is not None else "cancelled"), []
-        keys = [j.key for j in jobs]
+            return holder.state if holder is not None else "cancelled"
+        keys = list(dict.fromkeys(j.key for j in jobs))
         wanted = keys + [k for j in jobs for k in ((j.reference_key,) if j.reference_key else ()) + tuple(j.depends_on)]
         ids = plans.ids_by_key(s, list(dict.fromkeys(wanted)))
-        created = plans.insert_jobs(
+        existing = sorted({ids[k] for k in keys if k in ids} - graph.ancestors(s, [job_id]) - {job_id})
+        plans.insert_jobs(
             s, holder.sweep_id, jobs, ids, None, lifecycle.utcnow(), columns=lambda j: _route_columns(routes[j.key])
         )
-        sweeps = list(s.scalars(select(SweepJob.sweep_id).where(SweepJob.job_id == job_id)))
-        for sweep_id in sweeps:
+        waiting = set(graph.dependents(s, job_id, None))
+        plans.add_dependencies(s, [(i, job_id) for i in existing if i not in waiting])
+        again = set(plans.reset_ended(s, existing))
+        plans.set_routes(s, {ids[k]: routes[k] for k in keys if ids[k] in again})
+        for sweep_id in s.scalars(select(SweepJob.sweep_id).where(SweepJob.job_id == job_id)).all():
             plans.link_jobs(s, sweep_id, [ids[k] for k in keys])
         lifecycle.finish_job(s, job_id, worker, {})
-        return "succeeded", created
+        return "succeeded"
 
 
 def _route_columns(route: tuple[str, str, str | None]) -> dict[str, Any]:

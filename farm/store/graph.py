@@ -9,28 +9,36 @@ stage waits for trials that wait for their reference) — the jobs waiting for t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
-from farm.jobs.policy import WAITING_STATES, Decision, Dependency, Ending, Message, Verdict, Waiter, verdict
+from farm.jobs.policy import (
+    CANCELLED,
+    FAILED,
+    FINISHED_STATES,
+    LOCAL_QUEUE,
+    WAITING_STATES,
+    Decision,
+    Dependency,
+    Ending,
+    Message,
+    Verdict,
+    Waiter,
+    verdict,
+)
 from farm.store import bulk
 from farm.store.lifecycle import utcnow
 from farm.store.models import Job, JobDependency
 
-_UNFINISHED = ("pending", "queued", "running")
 
-
-def dependents(session: Session, job_id: int, states: Sequence[str] = ("pending",)) -> list[int]:
-    """Jobs that wait for ``job_id`` and are in ``states``."""
-    return list(
-        session.scalars(
-            select(JobDependency.job_id)
-            .join(Job, Job.id == JobDependency.job_id)
-            .where(JobDependency.depends_on_id == job_id, Job.state.in_(states))
-            .order_by(JobDependency.job_id)
-        )
-    )
+def dependents(session: Session, job_id: int, states: Sequence[str] | None = ("pending",)) -> list[int]:
+    """Jobs that wait for ``job_id`` and are in ``states`` (None: in any state)."""
+    stmt = select(JobDependency.job_id).where(JobDependency.depends_on_id == job_id)
+    if states is not None:
+        stmt = stmt.join(Job, Job.id == JobDependency.job_id).where(Job.state.in_(states))
+    return list(session.scalars(stmt.order_by(JobDependency.job_id)))
 
 
 def dependents_of(session: Session, job_ids: Sequence[int], states: Sequence[str] = WAITING_STATES) -> list[int]:
@@ -68,36 +76,51 @@ def decide(session: Session, job_ids: Sequence[int], *, end: bool = True) -> Dec
 
 
 def _verdict(session: Session, job_ids: Sequence[int]) -> tuple[Verdict, dict[int, tuple[str, str, str]]]:
-    """The policy's verdict on the waiting jobs among ``job_ids``, and each waiter's (state, queue, stage)."""
+    """The policy's verdict on the waiting jobs among ``job_ids``, and each waiter's (state, queue, stage).
+
+    Only the dependencies that can decide a waiter are read: the first (in id order) that ended without
+    succeeding, and one still unfinished; those that succeeded decide nothing. Each is one indexed lookup that
+    stops at its first row, so a stage after N trials costs no more to decide at each trial's end than a trial
+    (reading all N rows at each of N ends was O(N²)).
+    """
     dep_job = aliased(Job)
-    waiters: dict[int, list[int]] = {}
+
+    def first_dep(*where: Any) -> Any:
+        return (
+            select(JobDependency.depends_on_id)
+            .join(dep_job, dep_job.id == JobDependency.depends_on_id)
+            .where(JobDependency.job_id == Job.id, *where)
+            .order_by(JobDependency.depends_on_id)
+            .limit(1)
+            .correlate(Job)
+            .scalar_subquery()
+        )
+
+    blocker = first_dep(dep_job.state.in_((FAILED, CANCELLED))).label("blocker")
+    unfinished = first_dep(dep_job.state.not_in(FINISHED_STATES)).label("unfinished")
+    waiters: list[Waiter] = []
     routes: dict[int, tuple[str, str, str]] = {}
-    deps: dict[int, Dependency] = {}
     for condition in bulk.in_values(session, Job.id, list(job_ids)):
         rows = session.execute(
-            select(
-                Job.id,
-                Job.state,
-                Job.queue,
-                Job.stage,
-                dep_job.id.label("dep_id"),
-                dep_job.state.label("dep_state"),
-                dep_job.role.label("dep_role"),
-                dep_job.error.label("dep_error"),
+            select(Job.id, Job.state, Job.queue, Job.stage, Job.role, blocker, unfinished).where(
+                condition, Job.state.in_(WAITING_STATES)
             )
-            .outerjoin(JobDependency, JobDependency.job_id == Job.id)
-            .outerjoin(dep_job, dep_job.id == JobDependency.depends_on_id)
-            .where(condition, Job.state.in_(WAITING_STATES))
         ).all()
         for r in rows:
-            waiters.setdefault(r.id, [])
             routes[r.id] = (r.state, r.queue or "cpu", r.stage)
-            if r.dep_id is not None:
-                waiters[r.id].append(r.dep_id)
-                deps[r.dep_id] = Dependency(r.dep_id, r.dep_state, r.dep_role, r.dep_error)
+            deciding = sorted({d for d in (r.blocker, r.unfinished) if d is not None})
+            waiters.append(Waiter(r.id, tuple(deciding), r.role))
+    deps = _dependencies(session, sorted({d for w in waiters for d in w.deps}))
     # A dependency row whose job is gone cannot be (its FK); a waiter's missing dependency counts as failed.
-    answer = verdict((Waiter(i, tuple(sorted(d))) for i, d in sorted(waiters.items())), deps)
-    return answer, routes
+    return verdict(sorted(waiters, key=lambda w: w.id), deps), routes
+
+
+def _dependencies(session: Session, ids: Sequence[int]) -> dict[int, Dependency]:
+    out: dict[int, Dependency] = {}
+    for condition in bulk.in_values(session, Job.id, list(ids)):
+        for r in session.execute(select(Job.id, Job.state, Job.role, Job.error).where(condition)):
+            out[r.id] = Dependency(r.id, r.state, r.role, r.error)
+    return out
 
 
 def _release(session: Session, ids: Iterable[int], routes: dict[int, tuple[str, str, str]]) -> list[Message]:
@@ -136,14 +159,56 @@ def _end(session: Session, endings: Sequence[Ending]) -> list[int]:
 
 def stale_waiters(session: Session) -> list[int]:
     """Farm jobs still pending whose every dependency has finished: a decision missed them (a dependency was added
-    to a job already running that was claimed without dependents). The reaper decides them each round."""
+    to a job already running that was claimed without dependents, or a stage's worker died between recording the
+    jobs it added and deciding them). The reaper decides them each round."""
     dep, dep_job = aliased(JobDependency), aliased(Job)
-    unfinished = exists().where(dep.job_id == Job.id, dep_job.id == dep.depends_on_id, dep_job.state.in_(_UNFINISHED))
+    unfinished = exists().where(
+        dep.job_id == Job.id, dep_job.id == dep.depends_on_id, dep_job.state.not_in(FINISHED_STATES)
+    )
     has_deps = exists().where(JobDependency.job_id == Job.id)
     return list(
         session.scalars(
             select(Job.id).where(
-                and_(Job.state == "pending", Job.queue.is_not(None), Job.queue != "local"), has_deps, ~unfinished
+                and_(Job.state == "pending", Job.queue.is_not(None), Job.queue != LOCAL_QUEUE), has_deps, ~unfinished
             )
         )
     )
+
+
+def added_by(session: Session, stage_ids: Sequence[int]) -> list[int]:
+    """The jobs the stage jobs ``stage_ids`` added (the jobs that wait for them), and those the stages among those
+    added, and so on; in id order, without ``stage_ids`` themselves.
+
+    A plan names its stage jobs but not what they added: re-submitting or re-running it keeps these in its sweep.
+    """
+    seen = set(stage_ids)
+    out: list[int] = []
+    frontier = list(stage_ids)
+    while frontier:
+        found: list[tuple[int, str]] = []
+        for condition in bulk.in_values(session, JobDependency.depends_on_id, frontier):
+            found += session.execute(
+                select(JobDependency.job_id, Job.role).join(Job, Job.id == JobDependency.job_id).where(condition)
+            ).all()
+        frontier = []
+        for job_id, role in sorted(set(found)):
+            if job_id not in seen:
+                seen.add(job_id)
+                out.append(job_id)
+                if role == "stage":
+                    frontier.append(job_id)
+    return sorted(out)
+
+
+def ancestors(session: Session, job_ids: Sequence[int]) -> set[int]:
+    """Every job the jobs ``job_ids`` wait for, directly or not (a stage must not add a job it waits for to wait
+    for it: that would be a cycle)."""
+    seen: set[int] = set()
+    frontier = list(job_ids)
+    while frontier:
+        found: set[int] = set()
+        for condition in bulk.in_values(session, JobDependency.job_id, frontier):
+            found.update(session.scalars(select(JobDependency.depends_on_id).where(condition)))
+        frontier = sorted(found - seen)
+        seen |= found
+    return seen

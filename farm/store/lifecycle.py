@@ -18,8 +18,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from farm.errors import NotFound
+from farm.jobs.policy import FINISHED_STATES, UNFINISHED_STATES
 from farm.store import bulk
-from farm.store.models import FINISHED_STATES, Artifact, Job, JobDependency, Metric, Sweep, SweepJob
+from farm.store.metric_rows import metric_rows
+from farm.store.models import Artifact, Job, JobDependency, Metric, Sweep, SweepJob
 
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _SWEEP_JOBS: Table = SweepJob.__table__  # type: ignore[assignment]
@@ -39,40 +41,6 @@ _MAY_SETTLE: Any = literal_column(
     "AND other.id <> jobs.id AND other.state IN ('pending', 'queued', 'running') "
     "ORDER BY i.job_id DESC LIMIT 1) IS NULL)"
 )
-# Engine figures that have typed columns in metrics; everything else goes to metrics.extra.
-_JOB_FIGURES = (
-    "accuracy",
-    "accuracy_fp32",
-    "accuracy_drop",
-    "top5",
-    "agreement",
-    "sqnr_db",
-    "cosine",
-    "size_bytes",
-    "size_fp32_bytes",
-    "size_ratio",
-    "coverage",
-    "coverage_macs",
-    "peak_memory_bytes",
-    "hardware_id",
-)
-_BATCH_FIGURES = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "speedup")
-_EXTRA_JOB_KEYS = (
-    "accuracy_kind",
-    "top5_fp32",
-    "size_kind",
-    "coverage_layers",
-    "coverage_layers_total",
-    "peak_gpu_memory_bytes",
-    "timings_s",
-    "warnings",
-    "fingerprint",
-    "quantized_engine",
-    "threads",
-    "engine_version",
-)
-
-
 # --- the statements of a job's life, built once ----------------------------------------------------------
 # Every job runs these; building an UPDATE with its WHERE clause costs more than a round trip to the database,
 # so they are built at import with bound parameters (``p_*``), and each call only binds values.
@@ -128,9 +96,6 @@ def _finish_statement() -> Any:
     )
 
 
-_UNFINISHED = ("pending", "queued", "running")
-
-
 def _newest_unfinished(sweep_id: Any) -> Any:
     """The newest unfinished job of the sweep ``sweep_id`` (a column of the enclosing query), NULL when none:
     as _MAY_SETTLE, newest first, so that the first job probed usually answers."""
@@ -138,7 +103,7 @@ def _newest_unfinished(sweep_id: Any) -> Any:
     return (
         select(links.c.job_id)
         .join(_JOBS, _JOBS.c.id == links.c.job_id)
-        .where(links.c.sweep_id == sweep_id, _JOBS.c.state.in_(_UNFINISHED))
+        .where(links.c.sweep_id == sweep_id, _JOBS.c.state.in_(UNFINISHED_STATES))
         .order_by(links.c.job_id.desc())
         .limit(1)
         .scalar_subquery()
@@ -163,6 +128,11 @@ _INSERT_ARTIFACTS = insert(_ARTIFACTS)
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime: SQLite hands back naive UTC datetimes, PostgreSQL aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -296,27 +266,6 @@ def finish_job(
     return True
 
 
-def metric_rows(job_id: int, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One metrics row per batch size from a ``JobResult.to_dict()``."""
-    job_part = {k: result.get(k) for k in _JOB_FIGURES}
-    job_part["simulated"] = bool(result.get("simulated"))
-    extra = {k: result.get(k) for k in _EXTRA_JOB_KEYS if result.get(k) is not None}
-    rows = []
-    for lat in result.get("latency") or []:
-        batch = {k: lat.get(k) for k in _BATCH_FIGURES}
-        spread = {k: v for k, v in lat.items() if k not in _BATCH_FIGURES and k != "batch_size"}
-        rows.append(
-            {
-                "job_id": job_id,
-                "batch_size": lat["batch_size"],
-                **job_part,
-                **batch,
-                "extra": {**extra, "latency": spread},
-            }
-        )
-    return rows
-
-
 def fail_job(session: Session, job_id: int, error: str, *, worker: str | None = None, state: str = "failed") -> bool:
     """End a job as failed (or cancelled) with a reason; with ``worker``, only if it still holds the job."""
     conditions = [Job.id == job_id, Job.state.not_in(FINISHED_STATES)]
@@ -346,6 +295,30 @@ def release_job(session: Session, job_id: int, worker: str, error: str) -> bool:
     return moved.rowcount == 1  # type: ignore[attr-defined]
 
 
+def put_back(session: Session, job_id: int, losses: int, *, held: Any, queued_at: datetime | None = None) -> bool:
+    """A job whose worker died under it goes back to wait for another, if it is still ``held`` as it was read.
+
+    The one statement for "its worker is gone, run it again": the worker and its lease cleared and the loss
+    counted; the job is pending (its dependencies decide again when it is released), or queued when
+    ``queued_at`` says its message is sent again now.
+
+    Args:
+        losses: the job's worker losses, this one included.
+        held: the condition the job must still meet (its state and worker, or its lease expired), so that a
+            job taken over or ended meanwhile is left alone.
+        queued_at: put it back queued, sent at this time, instead of pending.
+
+    Returns:
+        Whether the job moved.
+    """
+    state = "pending" if queued_at is None else "queued"
+    values: dict[str, Any] = {"state": state, "worker": None, "lease_expires_at": None, "worker_losses": losses}
+    if queued_at is not None:
+        values["queued_at"] = queued_at
+    moved = session.execute(update(_JOBS).where(_JOBS.c.id == job_id, held).values(**values))
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
 def job_state(session: Session, job_id: int) -> str | None:
     return session.scalar(select(Job.state).where(Job.id == job_id))
 
@@ -364,7 +337,7 @@ def sweep_counts(session: Session, sweep_id: int) -> dict[str, int]:
 def refresh_sweep_state(session: Session, sweep_id: int) -> str:
     """Derive the sweep's state from its jobs' (fan-in is tracked here, in the database)."""
     counts = sweep_counts(session, sweep_id)
-    if any(counts.get(s) for s in _UNFINISHED):
+    if any(counts.get(s) for s in UNFINISHED_STATES):
         state = "running"
     elif counts.get("failed"):
         state = "failed"

@@ -13,17 +13,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
-from farm.jobs.policy import CANCELLED, FINISHED_STATES, LOCAL_QUEUE, Decision, worker_lost
-from farm.store import bulk, lifecycle, queries, scheduling
+from farm.jobs.policy import (
+    CANCELLED,
+    FINISHED_STATES,
+    LOCAL_QUEUE,
+    LOCAL_ROUTE,
+    POOL_DEATH_HINT,
+    QUEUED,
+    RUNNING,
+    Decision,
+    worker_lost,
+)
+from farm.store import bulk, lifecycle, plans, scheduling
 from farm.store.db import Database
 from farm.store.models import Job, JobDependency
-
-#: How a local run's jobs are routed: the local queue, the whole job in one process (a job last routed to a farm's
-#: gpu "train" stage runs whole here).
-_LOCAL_ROUTE = (LOCAL_QUEUE, "all", None)
 
 
 @dataclass(frozen=True)
@@ -67,14 +73,15 @@ class Recovery:
 
 
 def start(db: Database, job_ids: Sequence[int], owner: str) -> LocalDecision:
-    """Route the pending jobs among ``job_ids`` to the local queue and decide them: release those whose
-    dependencies all succeeded (jobs others wait for first), end those whose dependency failed or was cancelled.
+    """Route the pending jobs among ``job_ids`` to the local queue (not a farm's: see
+    :func:`farm.store.plans.set_routes`) and decide them: release those whose dependencies all succeeded (jobs
+    others wait for first), end those whose dependency failed or was cancelled.
 
     Args:
         owner: the run's process (:func:`farm.jobs.local.local_name`), recorded on the jobs it releases.
     """
     with db.session() as s:
-        queries.set_routes(s, dict.fromkeys(job_ids, _LOCAL_ROUTE))
+        plans.set_routes(s, dict.fromkeys(job_ids, LOCAL_ROUTE))
         decided = _for_local_run(s, scheduling.schedule_pending(s, job_ids), owner)
         waited_for = _waited_for(s, [m.job_id for m in decided.decision.messages])
     messages = sorted(decided.decision.messages, key=lambda m: m.job_id not in waited_for)
@@ -107,9 +114,9 @@ def recover(db: Database, job_ids: Sequence[int], owner: str, max_losses: int) -
             state, error = row.state, row.error
             if state not in FINISHED_STATES:
                 losses = (row.worker_losses or 0) + (1 if state == "running" else 0)
-                loss = worker_lost(losses, max_losses, row.worker, what="worker process")
+                loss = worker_lost(losses, max_losses, row.worker, what="worker process", hint=POOL_DEATH_HINT)
                 if loss.again:
-                    if queries.requeue_lost(s, job_id, state, row.worker, losses):
+                    if requeue_lost(s, job_id, state, row.worker, losses):
                         again.append(job_id)
                     continue
                 if not lifecycle.fail_job(s, job_id, loss.reason or "", worker=row.worker):
@@ -125,9 +132,52 @@ def reclaim_abandoned(
     db: Database, job_ids: Sequence[int], is_gone: Callable[[str | None], bool], max_losses: int
 ) -> list[int]:
     """Local jobs among ``job_ids`` a dead run left queued or running, made pending again (see
-    :func:`farm.store.queries.reset_abandoned`); returns their ids."""
+    :func:`reset_abandoned`); returns their ids."""
     with db.session() as s:
-        return queries.reset_abandoned(s, job_ids, is_gone, max_losses)
+        return reset_abandoned(s, job_ids, is_gone, max_losses)
+
+
+def reset_abandoned(
+    session: Session, job_ids: Sequence[int], is_gone: Callable[[str | None], bool], max_losses: int
+) -> list[int]:
+    """Local jobs among ``job_ids`` left queued or running by a process that is gone: back to pending.
+
+    A running one counts a worker loss (its worker died under it), and fails once that is its ``max_losses``-th
+    (farm.jobs.policy.worker_lost). Returns the ids reset to pending.
+    """
+    reset: list[int] = []
+    for condition in bulk.in_values(session, Job.id, list(job_ids)):
+        rows = session.execute(
+            select(Job.id, Job.state, Job.worker, Job.worker_losses, Job.lease_expires_at).where(
+                condition, Job.queue == LOCAL_QUEUE, Job.state.in_((QUEUED, RUNNING))
+            )
+        ).all()
+        now = lifecycle.utcnow()
+        for row in rows:
+            lease = row.lease_expires_at
+            expired = row.state == RUNNING and lease is not None and lifecycle.as_utc(lease) < now
+            if not (expired or is_gone(row.worker)):
+                continue
+            loss = worker_lost(
+                (row.worker_losses or 0) + (1 if row.state == RUNNING else 0),
+                max_losses,
+                row.worker,
+                what="worker process",
+            )
+            if not loss.again:
+                lifecycle.fail_job(session, row.id, loss.reason or "", worker=row.worker)
+                continue
+            if requeue_lost(session, row.id, row.state, row.worker, loss.losses):
+                reset.append(row.id)
+    return reset
+
+
+def requeue_lost(session: Session, job_id: int, state: str, worker: str | None, losses: int) -> bool:
+    """A job whose local worker process died: back to pending, if it is still as it was read (``state``, held by
+    ``worker``), its ``losses`` recorded. Returns whether it moved."""
+    return lifecycle.put_back(
+        session, job_id, losses, held=and_(Job.state == state, Job.worker.is_not_distinct_from(worker))
+    )
 
 
 def settle(db: Database, sweep_id: int) -> str:

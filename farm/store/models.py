@@ -26,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from farm.jobs.policy import FINISHED_STATES, UNFINISHED_STATES
+
 # Deterministic constraint names: migrations can drop what they created, on SQLite and PostgreSQL alike.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -35,8 +37,7 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
+JOB_STATES = UNFINISHED_STATES + FINISHED_STATES
 SWEEP_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 
 

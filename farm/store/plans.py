@@ -7,15 +7,18 @@ A sweep of 10,000 jobs persists in well under 3 s on SQLite and PostgreSQL: ever
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, select, text, update
+from sqlalchemy import Table, delete, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
+from farm.jobs.contract import JobSpec
+from farm.jobs.policy import LOCAL_QUEUE, LOCAL_RUN_TAKES
 from farm.store import bulk
+from farm.store.graph import added_by
 from farm.store.lifecycle import utcnow
 from farm.store.models import Job, JobDependency, Sweep, SweepJob
 
@@ -59,11 +62,7 @@ def create_sweep(session: Session, plan: Any, submitter: str | None, route: Rout
         The sweep id, whether it is new, and which jobs must run.
     """
     now = utcnow()
-    if bulk.is_postgresql(session):
-        # One creator at a time: two submits of one spec (or of specs sharing jobs) would each find no sweep and
-        # no job, insert their own, and the second would fail on the first's job keys. Waiting here, the second
-        # sees the first's sweep and jobs once it commits. (SQLite's BEGIN IMMEDIATE serialises writers already.)
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_SWEEP_LOCK})
+    lock_job_creation(session)
     sweep = session.scalar(select(Sweep).where(Sweep.name == plan.spec.name, Sweep.spec_hash == plan.spec_hash))
     created = sweep is None
     if sweep is None:
@@ -80,18 +79,66 @@ def create_sweep(session: Session, plan: Any, submitter: str | None, route: Rout
     ids = ids_by_key(session, [j.key for j in plan.jobs])
     existing = set(ids.values())
     insert_jobs(session, sweep.id, plan.jobs, ids, route, now)
-    job_ids = [ids[j.key] for j in plan.jobs]
-    _reset_ended(session, job_ids)  # re-running a sweep runs again what failed or was cancelled
+    planned = [ids[j.key] for j in plan.jobs]
+    # What the plan's stage jobs added (a re-submit or re-run of a staged spec) is the plan's too: it stays
+    # linked, and runs again with the rest when it failed or was cancelled.
+    added = _added(session, [ids[j.key] for j in plan.jobs if j.role == "stage"], set(planned))
+    ids.update(added)
+    job_ids = planned + list(added.values())
+    reset = reset_ended(session, job_ids)  # re-running a sweep runs again what failed or was cancelled
     link_jobs(session, sweep.id, job_ids, replace=True)
     states = _states(session, job_ids)
     to_run = [i for i in job_ids if states.get(i) == "pending"]
     if route is not None:  # the new jobs have theirs already; those that run again get the current pools'
         again = set(to_run) & existing
-        set_routes(session, {ids[j.key]: route(j) for j in plan.jobs if ids[j.key] in again})
+        routes = {ids[j.key]: route(j) for j in plan.jobs if ids[j.key] in again}
+        routes.update({i: route(job) for i, job in _as_planned(session, sorted(again & set(added.values())))})
+        set_routes(session, routes, taken=reset)
     sweep.state = "running" if to_run or any(states.get(i) in ("queued", "running") for i in job_ids) else "succeeded"
     sweep.finished_at = None if sweep.state == "running" else now
     cached = sum(1 for i in job_ids if states.get(i) == "succeeded")
     return SweepRecord(sweep.id, created, len(job_ids), cached, to_run, ids)
+
+
+def lock_job_creation(session: Session) -> None:
+    """One creator of jobs at a time (a submit, a local run, a stage adding jobs), until the transaction ends.
+
+    Two creators of one key (two submits of one spec, or a submit and a stage adding the same job) would each
+    find no job, insert their own, and the second would fail on the first's key. Waiting here, the second sees
+    the first's jobs once it commits. (SQLite's BEGIN IMMEDIATE serialises writers already.)
+    """
+    if bulk.is_postgresql(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_SWEEP_LOCK})
+
+
+def _added(session: Session, stage_ids: Sequence[int], planned: set[int]) -> dict[str, int]:
+    """Ids by key of the jobs the stage jobs ``stage_ids`` added (farm.store.graph.added_by) that the plan does
+    not name itself."""
+    extra = [i for i in added_by(session, stage_ids) if i not in planned]
+    out: dict[str, int] = {}
+    for condition in bulk.in_values(session, _JOBS.c.id, extra):
+        out.update({r[0]: r[1] for r in session.execute(select(_JOBS.c.key, _JOBS.c.id).where(condition))})
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What a route needs of a job (its method config and device), read back from a job a stage added."""
+
+    method: Any
+    device: str
+
+
+def _as_planned(session: Session, job_ids: Sequence[int]) -> list[tuple[int, _Stored]]:
+    """Jobs a stage added, as a route reads them: they run again, routed by the current pools like the plan's.
+    (A stage a stage added keeps its route: its spec names an expander, not a method.)"""
+    out: list[tuple[int, _Stored]] = []
+    for condition in bulk.in_values(session, _JOBS.c.id, list(job_ids)):
+        rows = session.execute(
+            select(_JOBS.c.id, _JOBS.c.spec, _JOBS.c.device).where(condition, _JOBS.c.role != "stage")
+        )
+        out += [(r.id, _Stored(JobSpec.from_dict(dict(r.spec)).method, r.device)) for r in rows]
+    return sorted(out, key=lambda pair: pair[0])
 
 
 def insert_jobs(
@@ -163,30 +210,46 @@ def link_jobs(session: Session, sweep_id: int, job_ids: Sequence[int], *, replac
     bulk.insert_rows(session, _SWEEP_JOBS, links)
 
 
-def _reset_ended(session: Session, job_ids: Sequence[int]) -> None:
-    """failed or cancelled -> pending with a fresh attempt budget."""
+def reset_ended(session: Session, job_ids: Sequence[int]) -> list[int]:
+    """failed or cancelled -> pending with a fresh attempt budget; returns the ids reset."""
     jobs = _JOBS.c
-    for condition in bulk.in_values(session, jobs.id, job_ids):
-        session.execute(
+    reset: list[int] = []
+    for condition in bulk.in_values(session, jobs.id, list(job_ids)):
+        reset += session.scalars(
             update(_JOBS)
             .where(condition, jobs.state.in_(("failed", "cancelled")))
             .values(state="pending", attempts=0, worker_losses=0, error=None, worker=None, lease_expires_at=None)
+            .returning(jobs.id)
         )
+    return sorted(reset)
 
 
-def set_routes(session: Session, routes: dict[int, tuple[str, str, str | None]]) -> None:
-    """Set (queue, stage, finish_queue) of pending jobs before they are queued."""
+def set_routes(
+    session: Session, routes: dict[int, tuple[str, str, str | None]], *, taken: Collection[int] = ()
+) -> None:
+    """Set (queue, stage, finish_queue) of pending jobs before they are queued.
+
+    The local queue takes a job only from the routes a local run may take it from (farm.jobs.policy.LOCAL_RUN_TAKES:
+    none yet, or the local queue), or when it is among ``taken`` (made pending again just now by the caller: nobody
+    else runs it). A farm's job waiting for a farm's job stays the farm's, which sends it once it is released.
+    """
     by_route: dict[tuple[str, str, str | None], list[int]] = {}
     for job_id, route in routes.items():
         by_route.setdefault(route, []).append(job_id)
-    for (queue, stage, finish_queue), ids in by_route.items():  # one UPDATE per route, not per job
-        for condition in bulk.in_values(session, Job.id, ids):
-            session.execute(
-                update(Job)
-                .where(condition, Job.state == "pending")
-                .values(queue=queue, stage=stage, finish_queue=finish_queue)
-                .execution_options(synchronize_session=False)
-            )
+    free = set(taken)
+    takes = [q for q in LOCAL_RUN_TAKES if q is not None]
+    unrouted_or_local = or_(Job.queue.is_(None), Job.queue.in_(takes))
+    for (queue, stage, finish_queue), ids in by_route.items():  # one UPDATE per route (and guard), not per job
+        guarded = [i for i in ids if i not in free] if queue == LOCAL_QUEUE else []
+        batches = ((sorted(set(ids) - set(guarded)), true()), (guarded, unrouted_or_local))
+        for batch, guard in batches:
+            for condition in bulk.in_values(session, Job.id, batch):
+                session.execute(
+                    update(Job)
+                    .where(condition, Job.state == "pending", guard)
+                    .values(queue=queue, stage=stage, finish_queue=finish_queue)
+                    .execution_options(synchronize_session=False)
+                )
 
 
 def delete_new_sweep(session: Session, sweep_id: int) -> None:

@@ -3,27 +3,31 @@
 :class:`ResultsQuery` holds a validated query (sweeps, filter, order, columns, limit) and is built before any
 database is opened, so bad input fails first; :func:`query_results` runs it. Rows come back with the same
 Python types from SQLite and PostgreSQL: ``bool`` for ``simulated``, a UTC ``datetime`` for ``finished_at``.
+:func:`query`, :func:`sweep_rows` and :func:`method_configs` are what the commands call: each opens a read-only
+transaction of its own and returns plain rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from numbers import Integral
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
 from farm.errors import ConfigError, NotFound
+from farm.store import bulk
 from farm.store.columns import RESULT_COLUMNS, RESULTS_FLAT, parse_columns
+from farm.store.db import Database
 from farm.store.filter_ast import Predicate
 from farm.store.filter_sql import order_clauses, sort_expression, where_clause
 from farm.store.filters import OrderKey, parse_order_by, parse_where
-
-__all__ = ["DEFAULT_ORDER", "RESULT_COLUMNS", "ResultsQuery", "fetch_results", "query_results"]
+from farm.store.models import Job, Sweep
 
 #: Rows come in this order after any requested keys (which it also breaks ties for): stable output.
 DEFAULT_ORDER = (OrderKey("sweep_id"), OrderKey("job_id"), OrderKey("batch_size"))
@@ -129,6 +133,61 @@ def fetch_results(
     return _run(session, ResultsQuery(sweep_ids=tuple(sweep_ids or ()), limit=limit))
 
 
+def query(db: Database, q: ResultsQuery) -> list[dict[str, Any]]:
+    """The rows of results_flat ``q`` asks for (``farm results query``, ``pareto``, ``best``, ``compare``).
+
+    Raises:
+        NotFound: one of ``q.sweep_ids`` names no sweep.
+    """
+    with db.session(write=False) as s:
+        return query_results(s, q)
+
+
+def sweep_rows(db: Database, sweep_id: int) -> list[dict[str, Any]]:
+    """Every results_flat row of a sweep (one per job and batch size), as the end of a run shows them."""
+    with db.session(write=False) as s:
+        return fetch_results(s, sweep_ids=[sweep_id])
+
+
+def method_configs(db: Database, job_ids: Sequence[int]) -> dict[int, str]:
+    """Each job's full method config as canonical JSON (what identifies a recipe across sweeps)."""
+    out: dict[int, str] = {}
+    with db.session(write=False) as s:
+        for condition in bulk.in_values(s, Job.id, list(dict.fromkeys(job_ids))):
+            for job_id, spec in s.execute(select(Job.id, Job.spec).where(condition)):
+                out[job_id] = json.dumps(spec.get("method", {}), sort_keys=True, separators=(",", ":"))
+    return out
+
+
+RECOMPUTE_STORED_FIGURES = (
+    "UPDATE metrics SET accuracy_drop = accuracy_fp32 - accuracy",
+    """UPDATE metrics SET speedup = (
+        SELECT CASE
+            WHEN metrics.simulated OR metrics.latency_p50_ms IS NULL OR metrics.latency_p50_ms = 0
+                OR r.latency_p50_ms IS NULL
+            THEN NULL
+            ELSE r.latency_p50_ms / metrics.latency_p50_ms
+        END
+        FROM jobs j
+        JOIN metrics r
+            ON r.job_id = COALESCE(j.reference_job_id, j.id)
+            AND r.batch_size = metrics.batch_size
+            AND r.hardware_id = metrics.hardware_id
+        WHERE j.id = metrics.job_id
+    )""",
+)
+
+
+def recompute_stored_figures(session: Session) -> None:
+    """Recompute metrics.accuracy_drop and metrics.speedup from the other figures, for every row.
+
+    Workers store both with each result; this is for rows written by other means (imports, fixtures).
+    Speedup compares with the fp32 reference at the same batch size on the same hardware, NULL when simulated.
+    """
+    for statement in RECOMPUTE_STORED_FIGURES:
+        session.execute(text(statement))
+
+
 def _run(session: Session, query: ResultsQuery) -> list[dict[str, Any]]:
     dialect = session.get_bind().dialect.name
 
@@ -178,8 +237,6 @@ def statement(query: ResultsQuery, dialect: str, *, first_key_null: bool | None 
 def _check_sweeps(session: Session, sweep_ids: tuple[int, ...]) -> None:
     if not sweep_ids:
         return
-    from farm.store.models import Sweep
-
     found = set(session.scalars(select(Sweep.id).where(Sweep.id.in_(sweep_ids))))
     missing = [i for i in dict.fromkeys(sweep_ids) if i not in found]
     if len(missing) == 1:

@@ -22,17 +22,34 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from farm.jobs.policy import LOCAL_QUEUE, WAITING_STATES, Decision, Message, worker_lost
+from farm.jobs.policy import (
+    FINISHED_STATES,
+    LOCAL_QUEUE,
+    SUCCEEDED,
+    WAITING_STATES,
+    Decision,
+    Message,
+    missing_messages,
+    worker_lost,
+)
 from farm.store import bulk
-from farm.store.graph import decide, dependents, stale_waiters
-from farm.store.lifecycle import fail_job, job_state, refresh_sweep_state, settle_stale_sweeps, settle_sweeps, utcnow
-from farm.store.models import FINISHED_STATES, Job, JobDependency, SweepJob
+from farm.store.graph import decide, dependents, dependents_of, stale_waiters
+from farm.store.lifecycle import (
+    as_utc,
+    fail_job,
+    job_state,
+    refresh_sweep_state,
+    settle_stale_sweeps,
+    settle_sweeps,
+    utcnow,
+)
+from farm.store.models import Job, SweepJob
 
 
 def job_ended(session: Session, job_id: int) -> Decision:
@@ -50,38 +67,32 @@ def job_ended(session: Session, job_id: int) -> Decision:
     Returns:
         The decision.
     """
-    state = session.scalar(select(Job.state).where(Job.id == job_id))
-    if state not in FINISHED_STATES:
+    row = session.execute(select(Job.state, Job.role).where(Job.id == job_id)).one_or_none()
+    if row is None or row.state not in FINISHED_STATES:
         return Decision()
+    # The jobs a stage added wait for it (farm.store.expansion.record_stage): they are its "added", whether this
+    # is the decision right after its record or a later one (its worker died in between).
+    added = dependents(session, job_id, None) if row.role == "stage" and row.state == SUCCEEDED else []
     waiting = dependents(session, job_id, WAITING_STATES)
     decision = decide(session, waiting) if waiting else Decision()
     settled = settle_sweeps(session, job_id)
     for sweep_id in sorted(_sweeps_of(session, decision.ended) - set(settled)):
         if refresh_sweep_state(session, sweep_id) != "running":
             settled.append(sweep_id)
-    return Decision(decision.messages, decision.ended, settled, decision.added)
+    return Decision(decision.messages, decision.ended, settled, added)
 
 
 def jobs_ended(session: Session, job_ids: Sequence[int]) -> Decision:
-    """:func:`job_ended` for every job among ``job_ids`` that has ended and is waited for (after ending many jobs
-    at once, as a cancel does: a reference shared with another sweep ends that sweep's jobs that compare with it
-    too). The caller settles the sweeps of the jobs it ended itself."""
-    decision = Decision()
-    for condition in bulk.in_values(session, Job.id, list(job_ids)):
-        waited_for = (
-            select(Job.id)
-            .distinct()
-            .join(JobDependency, JobDependency.depends_on_id == Job.id)
-            .where(condition, Job.state.in_(FINISHED_STATES))
-        )
-        for ended_id in session.scalars(waited_for).all():
-            decision += job_ended(session, ended_id)
-    return decision
+    """:func:`job_ended` for many jobs ended at once (a cancel): one decision over every job waiting for any of
+    them (a reference shared with another sweep ends that sweep's jobs that compare with it too), then one
+    settling of the sweeps of the jobs it ended and of ``job_ids``' own."""
+    decision = decide(session, dependents_of(session, job_ids))
+    settled = [s for s in sorted(_sweeps_of(session, [*job_ids, *decision.ended])) if not _running(session, s)]
+    return Decision(decision.messages, decision.ended, settled)
 
 
-def end_dependents(session: Session, job_id: int) -> list[int]:
-    """End the waiting jobs of ``job_id`` (which ended without succeeding) with its reason; returns their ids."""
-    return decide(session, dependents(session, job_id, WAITING_STATES)).ended
+def _running(session: Session, sweep_id: int) -> bool:
+    return refresh_sweep_state(session, sweep_id) == "running"
 
 
 def schedule_pending(session: Session, job_ids: Sequence[int]) -> Decision:
@@ -149,7 +160,7 @@ def take_lost(session: Session, lengths: Mapping[str, int], cutoff: datetime) ->
     messages: list[Message] = []
     for queue, length in sorted(lengths.items()):
         queued = session.scalar(select(func.count()).where(Job.state == "queued", Job.queue == queue)) or 0
-        missing = int(queued) - int(length)
+        missing = missing_messages(int(queued), int(length))
         if missing <= 0:
             continue
         oldest = (
@@ -263,13 +274,6 @@ def decide_pending(db: Any, job_ids: Sequence[int]) -> Decision:
         return schedule_pending(s, job_ids)
 
 
-def give_up(db: Any, job_id: int, reason: str) -> Decision:
-    """Fail a job whose transient errors outlasted its retries, and decide what its end releases or ends."""
-    with db.session() as s:
-        fail_job(s, job_id, reason)
-        return job_ended(s, job_id)
-
-
 def fail_past_time_limit(db: Any, job_id: int, reason: str, host: str, limit_s: float) -> tuple[Decision, str] | None:
     """Fail a job that a pool process of ``host`` has run for (about) ``limit_s`` and that was killed there.
 
@@ -281,7 +285,7 @@ def fail_past_time_limit(db: Any, job_id: int, reason: str, host: str, limit_s: 
         row = s.execute(select(Job.state, Job.worker, Job.started_at, Job.key).where(Job.id == job_id)).one_or_none()
         if row is None or row.state != "running" or row.started_at is None:
             return None
-        started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=timezone.utc)
+        started = as_utc(row.started_at)
         ran_here = (row.worker or "").rpartition(":")[0] == host
         if not ran_here or (utcnow() - started).total_seconds() < 0.9 * limit_s:
             return None

@@ -14,8 +14,8 @@ from farm.store.results import fetch_results
 
 
 @dataclass(frozen=True)
-class SweepRecord:
-    """A row of the ``sweeps`` table, without its spec."""
+class SweepHeader:
+    """A row of the ``sweeps`` table, without its spec (what a report's heading shows)."""
 
     id: int
     name: str
@@ -36,7 +36,7 @@ class SweepReportData:
             batch-size row); jobs whose extra is not a JSON object are left out.
     """
 
-    sweep: SweepRecord
+    sweep: SweepHeader
     rows: list[dict[str, Any]]
     extras: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -57,7 +57,7 @@ def read_sweep_report(db: Any, sweep_id: int) -> SweepReportData:
     """
     with db.session(write=False) as s:
         row = get_sweep(s, sweep_id)
-        sweep = SweepRecord(row.id, row.name, row.state, row.submitter, row.created_at, row.finished_at)
+        sweep = SweepHeader(row.id, row.name, row.state, row.submitter, row.created_at, row.finished_at)
         rows = fetch_results(s, sweep_ids=[sweep_id])
         extras = s.execute(
             select(Metric.job_id, Metric.extra)

@@ -12,25 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from farm.jobs.policy import Decision, Message
-from farm.store import queries, scheduling
+from farm.jobs.policy import FINISHED_STATES, Decision, Message, retry_states
+from farm.store import bulk, plans, scheduling
 from farm.store.db import Database
-from farm.store.lifecycle import get_sweep, refresh_sweep_state, sweep_counts
-from farm.store.models import Job, SweepJob
-from farm.store.queries import SweepRecord
-
-__all__ = [
-    "FailedJob",
-    "Retried",
-    "SweepProgress",
-    "SweepRecord",
-    "SweepRow",
-    "SweepStatus",
-    "Submission",
-]
+from farm.store.lifecycle import get_sweep, refresh_sweep_state, sweep_counts, utcnow
+from farm.store.models import Job, Sweep, SweepJob
+from farm.store.plans import SweepRecord
 
 #: A route function: a planned job -> (queue, stage, finish_queue).
 Route = Callable[[Any], tuple[str, str, str | None]]
@@ -89,23 +79,23 @@ class SweepProgress:
 
 
 def create(db: Database, plan: Any, submitter: str | None, route: Route | None = None) -> SweepRecord:
-    """Persist a plan (see :func:`farm.store.queries.create_sweep`): the sweep and its jobs, routed by ``route``."""
+    """Persist a plan (see :func:`farm.store.plans.create_sweep`): the sweep and its jobs, routed by ``route``."""
     with db.session() as s:
-        return queries.create_sweep(s, plan, submitter, route=route)
+        return plans.create_sweep(s, plan, submitter, route=route)
 
 
 def create_and_queue(db: Database, plan: Any, submitter: str | None, route: Route) -> Submission:
     """Persist a plan for a farm and queue, in the same transaction, the jobs that may start now (references
     first: a trial waits for its dependencies)."""
     with db.session() as s:
-        record = queries.create_sweep(s, plan, submitter, route=route)
-        return Submission(record, queries.queue_ready(s, record.to_run))
+        record = plans.create_sweep(s, plan, submitter, route=route)
+        return Submission(record, scheduling.queue_ready(s, record.to_run))
 
 
 def delete_new(db: Database, sweep_id: int) -> None:
-    """Undo a sweep created moments ago, with its own jobs and links (see :func:`queries.delete_new_sweep`)."""
+    """Undo a sweep created moments ago, with its own jobs and links (see :func:`farm.store.plans.delete_new_sweep`)."""
     with db.session() as s:
-        queries.delete_new_sweep(s, sweep_id)
+        plans.delete_new_sweep(s, sweep_id)
 
 
 def cancel_jobs(db: Database, sweep_id: int, job_ids: Sequence[int], reason: str) -> int:
@@ -126,11 +116,11 @@ def cancel(db: Database, sweep_id: int, reason: str) -> int:
     """
     with db.session() as s:
         get_sweep(s, sweep_id)
-        return _cancel(s, sweep_id, queries.sweep_job_ids(s, sweep_id), reason)
+        return _cancel(s, sweep_id, sweep_job_ids(s, sweep_id), reason)
 
 
 def _cancel(s: Session, sweep_id: int, job_ids: list[int], reason: str) -> int:
-    n = queries.cancel_jobs(s, job_ids, reason)
+    n = cancel_unfinished(s, job_ids, reason)
     scheduling.jobs_ended(s, job_ids)  # a reference shared with another sweep: that sweep's dependents end too
     refresh_sweep_state(s, sweep_id)
     return n
@@ -145,7 +135,7 @@ def retry(db: Database, sweep_id: int, *, failed_only: bool) -> Retried:
     """
     with db.session() as s:
         get_sweep(s, sweep_id)
-        ids = queries.reset_for_retry(s, sweep_id, failed_only=failed_only)
+        ids = reset_for_retry(s, sweep_id, failed_only=failed_only)
         decision = scheduling.schedule_pending(s, ids)
         refresh_sweep_state(s, sweep_id)
     return Retried(ids, decision)
@@ -166,17 +156,17 @@ def resume_messages(db: Database, sweep_id: int) -> tuple[list[Message], list[Me
     """
     with db.session() as s:
         queued = scheduling.resend_queued(s, sweep_id)
-        ready = scheduling.schedule_pending(s, queries.sweep_job_ids(s, sweep_id, ("pending",))).messages
+        ready = scheduling.schedule_pending(s, sweep_job_ids(s, sweep_id, ("pending",))).messages
         refresh_sweep_state(s, sweep_id)
     return queued, ready
 
 
 def list_sweeps(db: Database, limit: int) -> list[SweepRow]:
     """The newest ``limit`` sweeps with their job counts by state."""
-    with db.session() as s:
+    with db.session(write=False) as s:
+        newest = s.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit)).all()
         return [
-            SweepRow(sw.id, sw.name, sw.state, sw.submitter, sw.created_at, counts)
-            for sw, counts in queries.list_sweeps(s, limit)
+            SweepRow(sw.id, sw.name, sw.state, sw.submitter, sw.created_at, sweep_counts(s, sw.id)) for sw in newest
         ]
 
 
@@ -205,3 +195,54 @@ def progress(db: Database, sweep_id: int) -> SweepProgress:
     """
     with db.session() as s:
         return SweepProgress(refresh_sweep_state(s, sweep_id), sweep_counts(s, sweep_id))
+
+
+# --- session-level: what the operations above compose ----------------------------------------------------------
+
+
+def sweep_job_ids(session: Session, sweep_id: int, states: Sequence[str] | None = None) -> list[int]:
+    """The ids of the sweep's jobs (in ``states`` only, when given), ascending."""
+    stmt = select(SweepJob.job_id).join(Job, Job.id == SweepJob.job_id).where(SweepJob.sweep_id == sweep_id)
+    if states is not None:
+        stmt = stmt.where(Job.state.in_(states))
+    return list(session.scalars(stmt.order_by(SweepJob.job_id)))
+
+
+def cancel_unfinished(session: Session, job_ids: Sequence[int], reason: str = "cancelled") -> int:
+    """Cancel every unfinished job among ``job_ids`` (running ones stop at their next check); returns how many.
+
+    Decides nothing: the caller hands the ended jobs to the scheduling (:func:`cancel_jobs` does)."""
+    count = 0
+    for condition in bulk.in_values(session, Job.id, list(job_ids)):
+        result = session.execute(
+            update(Job)
+            .where(condition, Job.state.not_in(FINISHED_STATES))
+            .values(state="cancelled", error=reason, finished_at=utcnow(), lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        count += result.rowcount  # type: ignore[attr-defined]
+    return count
+
+
+def reset_for_retry(session: Session, sweep_id: int, *, failed_only: bool) -> list[int]:
+    """failed (and cancelled, unless ``failed_only``) -> pending with a fresh attempt budget; returns their ids."""
+    states = retry_states(failed_only)
+    ids = sweep_job_ids(session, sweep_id, states)
+    for condition in bulk.in_values(session, Job.id, ids):
+        session.execute(
+            update(Job)
+            .where(condition, Job.state.in_(states))
+            .values(
+                state="pending",
+                attempts=0,
+                worker_losses=0,
+                error=None,
+                worker=None,
+                lease_expires_at=None,
+                finished_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    if ids:
+        get_sweep(session, sweep_id).state = "running"
+    return ids

@@ -75,7 +75,7 @@ LEFT JOIN artifacts a ON a.job_id = j.id AND a.kind = 'model'
 """
 
 
-# The same computation as farm.store.queries.recompute_stored_figures (kept here: a migration is frozen).
+# The same computation as farm.store.results.recompute_stored_figures (kept here: a migration is frozen).
 BACKFILL_SPEEDUP = """
 UPDATE metrics SET speedup = (
     SELECT CASE

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -40,5 +41,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Before 0005 a job waits only for its reference: a stage job (and the order of the jobs it added) cannot be
+    # kept. Refused, not silently dropped: the operator deletes those sweeps first, knowing what goes.
+    stages = op.get_bind().execute(sa.text("SELECT count(*) FROM jobs WHERE role = 'stage'")).scalar() or 0
+    if stages:
+        raise CommandError(
+            f"{stages} stage job(s) exist; the schema before 0005 cannot hold them: delete the sweeps with stages "
+            "(and the jobs their stages added) before downgrading"
+        )
     op.drop_index("ix_job_dependencies_depends_on_id", table_name="job_dependencies")
     op.drop_table("job_dependencies")

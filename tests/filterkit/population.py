@@ -12,7 +12,7 @@ from typing import Any
 
 from farm.store.db import Database
 from farm.store.models import Artifact, Job, Metric, Sweep, SweepJob
-from farm.store.queries import recompute_stored_figures
+from farm.store.results import recompute_stored_figures
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

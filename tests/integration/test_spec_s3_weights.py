@@ -9,7 +9,7 @@ import pytest
 
 from farm.artifacts import object_digest
 from farm.errors import ConfigError, Problem
-from farm.spec import load_spec
+from farm.spec.load import load_spec
 
 # Keys of this spec with the object below (plain put_object: digest etag:<md5>), computed before planning took
 # its digest function from the caller: the same inputs must keep the same keys (results are reused by key).

@@ -21,8 +21,7 @@ from farm.cli import cli
 from farm.store.db import Database
 from farm.store.migrate import upgrade
 from farm.store.models import Artifact, Job, Metric, Sweep, SweepJob
-from farm.store.queries import method_configs, recompute_stored_figures
-from farm.store.results import fetch_results
+from farm.store.results import fetch_results, method_configs, recompute_stored_figures
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 SWEEPS = {1: "pool-a", 2: "pool-b"}
@@ -439,8 +438,7 @@ def test_compare_on_the_view(
 ) -> None:
     names = keys_of(seeded[1])
     db = Database(seeded[0])
-    with db.session(write=False) as s:
-        configs = method_configs(s, [r["job_id"] for r in view[1] + view[2]])
+    configs = method_configs(db, [r["job_id"] for r in view[1] + view[2]])
     db.dispose()
     pairs = compare(view[1], view[2], configs)
     got = sorted(

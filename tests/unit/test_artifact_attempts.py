@@ -24,10 +24,11 @@ from farm.artifacts.attempts import attempt_prefix, is_live, new_attempt, parse_
 from farm.errors import ArtifactError
 from farm.jobs import execute as runner
 from farm.jobs.contract import JobResult
-from farm.spec import load_spec
-from farm.store import queries
+from farm.spec.load import load_spec
+from farm.store import execution, lifecycle, plans, sweeps
 from farm.store.db import Database
 from farm.store.migrate import upgrade
+from tests.job_rows import submit_ready
 from tests.sweeps import describe, farm
 
 SPEC = """\
@@ -62,8 +63,8 @@ def store(home: Path) -> LocalStore:
 
 def _queued_job(db: Database) -> int:
     with db.session() as s:
-        (job_id,) = queries.create_sweep(s, load_spec(SPEC), "tester").to_run
-        queries.mark_queued(s, [job_id], queue="cpu")
+        (job_id,) = plans.create_sweep(s, load_spec(SPEC), "tester").to_run
+        assert submit_ready(s, [job_id])
     return job_id
 
 
@@ -138,7 +139,7 @@ def test_a_job_cancelled_while_it_uploaded_leaves_no_object(
 
     def cancel(marker: bytes) -> None:  # cancelled after the run, before the upload and the record
         with db.session() as s:
-            queries.cancel_jobs(s, [job_id], "cancelled by a test")
+            sweeps.cancel_unfinished(s, [job_id], "cancelled by a test")
 
     _fake_run_job(monkeypatch, cancel)
     outcome = runner.execute_job(job_id, db=db, store=store, worker="host:1", heartbeat_s=5)
@@ -176,12 +177,12 @@ def test_a_train_stage_that_lost_its_job_deletes_its_checkpoint(
 
     def train_job(spec: Any, out_dir: Path, **_: Any) -> Path:
         with db.session() as s:  # cancelled while it trained
-            queries.cancel_jobs(s, [job_id], "cancelled by a test")
+            sweeps.cancel_unfinished(s, [job_id], "cancelled by a test")
         path = out_dir / "checkpoint.pt"
         path.write_bytes(b"weights")
         return path
 
-    monkeypatch.setattr("farm.jobs.steps.train_job", train_job)
+    monkeypatch.setattr("farm.jobs.train.train_job", train_job)
     outcome = runner.execute_job(job_id, db=db, store=store, worker="gpu:1", heartbeat_s=5)
     assert outcome.state == "cancelled" and _files(store) == set()
 
@@ -197,7 +198,7 @@ def test_a_train_stage_hands_off_a_checkpoint_under_its_attempt(
         (out_dir / "checkpoint.pt").write_bytes(b"weights")
         return out_dir / "checkpoint.pt"
 
-    monkeypatch.setattr("farm.jobs.steps.train_job", train_job)
+    monkeypatch.setattr("farm.jobs.train.train_job", train_job)
     assert runner.execute_job(job_id, db=db, store=store, worker="gpu:1", heartbeat_s=5).state == "handoff"
     (row,) = _assert_rows_true_and_no_orphans(db, store)
     parsed = parse_key(store.key_for(row["uri"]))
@@ -281,11 +282,11 @@ def test_gc_counts_first_then_removes_exactly_the_orphans(
         key = s.execute(text("SELECT key FROM jobs")).scalar_one()
     # A second job that runs now, under attempt 1 of worker host:7.
     with db.session() as s:
-        other = queries.create_sweep(s, load_spec(SPEC.replace("digits-mlp", "digits-cnn")), "tester").to_run[0]
-        queries.mark_queued(s, [other], queue="cpu")
+        other = plans.create_sweep(s, load_spec(SPEC.replace("digits-mlp", "digits-cnn")), "tester").to_run[0]
+        assert submit_ready(s, [other])
         other_key = s.execute(text("SELECT key FROM jobs WHERE id = :id"), {"id": other}).scalar_one()
     with db.autocommit() as conn:
-        assert queries.claim_job(conn, other, "host:7", lease_s=60) is not None
+        assert lifecycle.claim_job(conn, other, "host:7", lease_s=60) is not None
 
     src = tmp_path / "blob"
     src.write_bytes(b"b" * 1000)
@@ -379,7 +380,7 @@ def test_the_winner_deletes_what_dead_attempts_left_below_its_job(
     outlives the settled sweep without a row (before, they stayed until someone ran gc)."""
     job_id = _queued_job(db)
     with db.autocommit() as conn:  # attempt 1: its worker dies mid-upload, its lease runs out
-        assert queries.claim_job(conn, job_id, "dead-host:9", 0.01) is not None
+        assert lifecycle.claim_job(conn, job_id, "dead-host:9", 0.01) is not None
     leftover = _dead_attempt_leftover(store, db, job_id)
     time.sleep(0.05)
     _fake_run_job(monkeypatch)
@@ -397,7 +398,7 @@ def test_the_reaper_deletes_the_leftovers_of_a_job_it_fails(db: Database, store:
 
     job_id = _queued_job(db)
     with db.autocommit() as conn:
-        assert queries.claim_job(conn, job_id, "dead-host:9", 0.01) is not None
+        assert lifecycle.claim_job(conn, job_id, "dead-host:9", 0.01) is not None
     with db.session() as s:
         s.execute(text("UPDATE jobs SET worker_losses = 2 WHERE id = :i"), {"i": job_id})
     leftover = _dead_attempt_leftover(store, db, job_id)
@@ -417,18 +418,18 @@ def test_a_hand_off_whose_commit_landed_unseen_sends_the_finish_stage_on_the_ret
     with db.session() as s:
         s.execute(text("UPDATE jobs SET stage = 'train', finish_queue = 'cpu' WHERE id = :id"), {"id": job_id})
     with db.autocommit() as conn:
-        assert queries.claim_job(conn, job_id, "gpu:1", lease_s=60) is not None
+        assert lifecycle.claim_job(conn, job_id, "gpu:1", lease_s=60) is not None
     src = tmp_path / "checkpoint.pt"
     src.write_bytes(b"weights")
     stored = store.put_file(src, "jobs/k/1-gpu_1-0000000a/checkpoint.pt")
     with db.session() as s:
-        first = queries.hand_off(s, job_id, "gpu:1", stored)
+        first = execution.queue_finish_stage(s, job_id, "gpu:1", stored)
     with db.session() as s:
-        again = queries.hand_off(s, job_id, "gpu:1", stored)
+        again = execution.queue_finish_stage(s, job_id, "gpu:1", stored)
     assert first is not None and again == first and first.stage == "finish"
     other = store.put_file(src, "jobs/k/2-gpu_2-0000000b/checkpoint.pt")
     with db.session() as s:  # another attempt's checkpoint is not this hand-off's: nothing to send
-        assert queries.hand_off(s, job_id, "gpu:2", other) is None
+        assert execution.queue_finish_stage(s, job_id, "gpu:2", other) is None
 
 
 def test_gc_refuses_when_the_rows_point_at_another_store(

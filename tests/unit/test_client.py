@@ -76,7 +76,7 @@ def test_defaults_every_column_every_sweep_from_farm_database_url(
 
 
 def client_columns() -> tuple[str, ...]:
-    from farm.store.results import RESULT_COLUMNS
+    from farm.store.columns import RESULT_COLUMNS
 
     return RESULT_COLUMNS
 

@@ -3,7 +3,12 @@ parsed with ``ast`` (nothing is imported), and the test fails on
 
 - an import cycle, counting imports inside functions too (a lazy import is still a dependency);
 - ``sqlalchemy``, or an ORM row class, used outside farm/store (the store returns plain data);
-- ``workers`` imported outside farm/cli (the CLI starts workers; nothing else knows Celery's tasks exist).
+- ``workers`` imported outside farm/cli (the CLI starts workers; nothing else knows Celery's tasks exist);
+- a session opened outside farm/store;
+- farm/jobs/contract.py or policy.py importing anything above them, farm/store or farm/spec importing the rest of
+  farm/jobs, the planner importing the store or the artifact stores;
+- a CLI command module importing another;
+- a module over 400 lines or a function over 80 (docs/architecture.md says why each rule holds).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def imports(module: str) -> Iterator[Import]:
                 parts = parts[: len(parts) - (node.level - 1)]
                 base = ".".join([*parts, base] if base else parts)
             names = tuple(a.name for a in node.names)
-            # ``from farm.store import queries`` depends on farm.store.queries, not only on the package.
+            # ``from farm.store import fleet`` depends on farm.store.fleet, not only on the package.
             targets = {resolve(f"{base}.{n}") for n in names} if base in MODULES else {resolve(base)}
             for target in targets:
                 yield Import(target, names, node.lineno)
@@ -151,7 +156,7 @@ def test_the_checker_sees_real_imports() -> None:
     # The rules below are only as good as the graph: it must hold edges it cannot miss.
     assert "farm.store.db" in GRAPH["farm.store.migrate"]
     assert "farm.quant.static" in GRAPH["farm.quant.registry"]
-    assert "farm.store.queries" in GRAPH["workers.heartbeat"]  # a function-level import
+    assert "farm.store.fleet" in GRAPH["workers.heartbeat"]  # a function-level import
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
 
@@ -227,3 +232,80 @@ def test_a_cli_command_module_imports_no_other_command_module() -> None:
     assert offenders == [], f"helpers imported across command modules: {offenders}"
     # Module names match the command groups: `farm sweep` is farm/cli/sweep.py, with no `farm_` prefixes.
     assert sorted(m for m in MODULES if m.startswith("farm.cli.farm_")) == []
+
+
+def in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_no_session_is_opened_outside_the_store() -> None:
+    # ``db.session()`` outside farm/store hands a Session (and the ORM rows it yields) to code that should only see
+    # plain data: it would not import sqlalchemy, so the check above would not see it.
+    offenders = []
+    for module, path in MODULES.items():
+        if in_package(module, "farm.store"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "session":
+                offenders.append(f"{module} line {node.lineno}")
+    assert offenders == [], f"a session opened outside farm/store (call a store function instead): {offenders}"
+
+
+# The leaves of a job's life: what they may import from this tree.
+LEAVES = {
+    "farm.jobs.policy": set(),
+    "farm.jobs.contract": {"farm.errors", "farm.quant.config", "farm.quant.params"},
+}
+
+
+def test_the_contract_and_the_policy_are_leaves() -> None:
+    for leaf, allowed in LEAVES.items():
+        found = {i.target for i in imports(leaf) if i.target in MODULES}
+        assert found <= allowed, f"{leaf} imports {sorted(found - allowed)}: it must stay a leaf everyone can import"
+
+
+def test_the_store_and_the_planner_import_only_the_leaves_of_farm_jobs() -> None:
+    offenders = []
+    for module in MODULES:
+        if not (in_package(module, "farm.store") or in_package(module, "farm.spec")):
+            continue
+        offenders += [
+            f"{module} line {i.line}: imports {i.target}"
+            for i in imports(module)
+            if in_package(i.target, "farm.jobs") and i.target not in LEAVES
+        ]
+        # The planner makes no network call and runs nothing: no store, no artifact store, no engine steps.
+        if in_package(module, "farm.spec"):
+            offenders += [
+                f"{module} line {i.line}: imports {i.target}"
+                for i in imports(module)
+                if in_package(i.target, "farm.store") or in_package(i.target, "farm.artifacts")
+            ]
+    assert offenders == [], f"imports upward from farm/store or farm/spec: {offenders}"
+
+
+# Modules and functions over the size a reader takes in at once. Each exception names why one concept needs it.
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+LONG_MODULES: dict[str, str] = {}
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def test_modules_and_functions_stay_small() -> None:
+    long_modules, long_functions = set(), set()
+    for module, path in MODULES.items():
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long_modules.add(module)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                    long_functions.add(f"{module}.{node.name}")
+    assert long_modules <= set(LONG_MODULES), (
+        f"over {MAX_MODULE_LINES} lines: {sorted(long_modules - set(LONG_MODULES))}"
+    )
+    assert long_functions <= set(LONG_FUNCTIONS), (
+        f"functions over {MAX_FUNCTION_LINES} lines: {sorted(long_functions - set(LONG_FUNCTIONS))}"
+    )
+    assert not (set(LONG_MODULES) - long_modules), "no longer long: remove from LONG_MODULES"
+    assert not (set(LONG_FUNCTIONS) - long_functions), "no longer long: remove from LONG_FUNCTIONS"

@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import text
 
 from farm.artifacts import file_uri_path
+from farm.store.columns import RESULT_COLUMNS
 from farm.store.db import Database
-from farm.store.results import RESULT_COLUMNS
 from tests.sweeps import (
     BRANCHY,
     FAST_BENCHMARK,
@@ -393,8 +393,9 @@ def _dead_pid() -> int:
 
 def test_jobs_a_killed_run_left_queued_or_running_run_again(sweep_home: Path, tmp_path: Path) -> None:
     from farm.jobs.local import local_name
-    from farm.spec import load_spec
-    from farm.store import queries
+    from farm.spec.load import load_spec
+    from farm.store import lifecycle, plans
+    from tests.job_rows import queue_as_sent
 
     spec = write_spec(tmp_path, f"name: again\nmodels: ['{TOY_MLP}']\ndataset: '{TOY_DATA}'\n"
                       f"methods: [fp32, dynamic, static]\ncalibration_size: 16\n{FAST_BENCHMARK}\n")  # fmt: skip
@@ -405,15 +406,15 @@ def test_jobs_a_killed_run_left_queued_or_running_run_again(sweep_home: Path, tm
 
     ensure_schema(db)
     with db.session() as s:
-        record = queries.create_sweep(s, load_spec(spec.read_text()), "tester@host")
+        record = plans.create_sweep(s, load_spec(spec.read_text()), "tester@host")
         ref, *trials = record.to_run
-        queries.mark_queued(s, record.to_run, queue="local", owner=dead)
-        assert queries.claim_job(s, ref, local_name(_dead_pid()), lease_s=3600) is not None
+        queue_as_sent(s, record.to_run, queue="local", owner=dead)
+        assert lifecycle.claim_job(s, ref, local_name(_dead_pid()), lease_s=3600) is not None
     live = local_name()  # a job held by a live process (this one) is not taken from it
     with db.session() as s:
-        other = queries.create_sweep(s, load_spec(spec.read_text().replace("static", "bf16")), None)
+        other = plans.create_sweep(s, load_spec(spec.read_text().replace("static", "bf16")), None)
         (bf16,) = other.to_run
-        queries.mark_queued(s, [bf16], queue="local", owner=live)
+        queue_as_sent(s, [bf16], queue="local", owner=live)
     db.dispose()
 
     result = _run(spec)
@@ -435,7 +436,8 @@ def _two_dependency_plan(reference_model: str, name: str) -> tuple[Any, list[str
 
     from farm.jobs.contract import JobSpec
     from farm.quant.config import BenchmarkConfig, NoopConfig
-    from farm.spec import Plan, PlannedJob, load_spec
+    from farm.spec.load import load_spec
+    from farm.spec.plan import Plan, PlannedJob
 
     spec = f"name: {name}\nmodels: ['{reference_model}']\ndataset: '{TOY_DATA}'\nmethods: [fp32]\n{FAST_BENCHMARK}\n"
     (reference,) = load_spec(spec).jobs
@@ -453,13 +455,13 @@ def _two_dependency_plan(reference_model: str, name: str) -> tuple[Any, list[str
 
 def _run_plan_locally(plan: Any, jobs: int) -> tuple[Any, dict[str, int]]:
     from farm.jobs.local import RunStats, run_local
-    from farm.store import queries
+    from farm.store import plans
     from farm.store.migrate import ensure_schema
 
     db = Database()
     ensure_schema(db)
     with db.session() as s:
-        record = queries.create_sweep(s, plan, "tester@host")
+        record = plans.create_sweep(s, plan, "tester@host")
     stats = RunStats(total=record.total, cached=record.cached)
     artifacts = str(Path(os.environ["FARM_HOME"]) / "artifacts")
     run_local(db, record.sweep_id, record.to_run, artifacts_url=artifacts, jobs=jobs, threads=1, stats=stats)

@@ -21,10 +21,11 @@ from farm.errors import StoreUnavailable
 from farm.jobs import execute as runner
 from farm.jobs.contract import JobResult
 from farm.outage import Patience
-from farm.spec import load_spec
-from farm.store import queries
+from farm.spec.load import load_spec
+from farm.store import plans
 from farm.store.db import Database
 from farm.store.migrate import upgrade
+from tests.job_rows import submit_ready
 
 SPEC = "name: outage\nmodels: [farm:digits-mlp]\nmethods: [fp32]\n"
 
@@ -140,8 +141,8 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
 
 def _queued_job(db: Database) -> int:
     with db.session() as s:
-        (job_id,) = queries.create_sweep(s, load_spec(SPEC), "tester").to_run
-        queries.mark_queued(s, [job_id], queue="cpu")
+        (job_id,) = plans.create_sweep(s, load_spec(SPEC), "tester").to_run
+        assert submit_ready(s, [job_id])
     return job_id
 
 

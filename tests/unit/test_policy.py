@@ -53,6 +53,15 @@ def test_mixed_waiters_are_each_decided() -> None:
     assert (answer.release, answer.wait, [e.id for e in answer.end]) == ([10], [11], [12])
 
 
+def test_a_stage_waits_for_its_inputs_to_finish_however_they_ended() -> None:
+    stage = Waiter(10, (1, 2, 3), role="stage")
+    assert verdict([stage], deps(j1=SUCCEEDED, j2=FAILED, j3=RUNNING)).wait == [10]
+    assert verdict([stage], deps(j1=SUCCEEDED, j2=FAILED, j3=CANCELLED)).release == [10]
+    assert verdict([stage], deps(j1=FAILED, j2=FAILED, j3=FAILED)).release == [10]
+    # The same dependencies end a trial: it needs every one to succeed.
+    assert [e.id for e in verdict([Waiter(11, (1, 2, 3))], deps(j1=SUCCEEDED, j2=FAILED, j3=CANCELLED)).end] == [11]
+
+
 def test_a_lost_worker_goes_again_until_the_limit() -> None:
     assert worker_lost(2, 3, "w").again
     gave_up = worker_lost(3, 3, "w1")

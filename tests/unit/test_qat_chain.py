@@ -19,8 +19,10 @@ from torch import nn
 
 from farm.errors import ConfigError, FarmError, QuantizationError
 from farm.jobs.contract import JobResult, JobSpec
-from farm.jobs.steps import CHECKPOINT_FILE, read_checkpoint, run_job, train_job
+from farm.jobs.steps import run_job
+from farm.jobs.train import train_job
 from farm.quant import qat
+from farm.quant.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from farm.quant.config import QATConfig, parse_method
 from farm.quant.reference import Reference
 from farm.quant.registry import QuantContext, apply_method, quiet_torch_ao

@@ -10,7 +10,7 @@ import pytest
 
 from farm.quant.config import MethodConfig, parse_method
 from farm.routing import Pools, Route, required_isa, requires_cuda, route
-from farm.spec import load_spec
+from farm.spec.load import load_spec
 
 AVX512 = Pools(cpu="cpu-avx512", gpu="gpu-a100")
 

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from farm.errors import ConfigError, Problem
-from farm.spec import DEFAULT_JOB_LIMIT, Plan, job_key, load_spec
+from farm.spec.load import DEFAULT_JOB_LIMIT, load_spec
+from farm.spec.plan import Plan, job_key
 from tests.sweeps import FAST_BENCHMARK, TOY_DATA, TOY_MLP, write_spec
 
 # The README's example, with bf16 added: two models, so that there are two references.

@@ -11,7 +11,7 @@ import pytest
 
 from farm.errors import ConfigError
 from farm.jobs.stages import EXPANDERS, Stage, calibration_sizes, register, with_stage
-from farm.spec import load_spec
+from farm.spec.load import load_spec
 from farm.store.expansion import InputJob
 
 SPEC = """\
@@ -70,6 +70,18 @@ def test_a_tie_goes_to_fewer_calibration_samples() -> None:
     assert job.spec.seed == plan.jobs[1].spec.seed
 
 
+def test_a_failed_input_is_skipped_however_good_its_figures() -> None:
+    import dataclasses
+
+    plan, staged = two_stage_plan()
+    stage = staged.jobs[-1]
+    given = inputs(plan, {16: 0.99, 32: 0.9})
+    given[0] = dataclasses.replace(given[0], state="failed")  # the 16-sample trial, "best" by its stale figures
+    (job,) = calibration_sizes(Stage(stage.key, "x", {"sizes": [100]}), given)
+    assert job.spec.method.params()["calibration_size"] == 100
+    assert job.key == calibration_sizes(Stage(stage.key, "x", {"sizes": [100]}), given[1:])[0].key
+
+
 def test_no_succeeded_trial_adds_nothing_and_bad_sizes_are_refused() -> None:
     plan, staged = two_stage_plan()
     stage = staged.jobs[-1]
@@ -120,3 +132,11 @@ def test_a_two_stage_sweep_runs_locally_and_stage_two_comes_from_stage_one(sweep
     assert sorted(j["calibration_size"] for j in jobs if j["role"] == "trial") == [8, 16, 32, 64]
     assert query("SELECT state FROM sweeps") == [{"state": "succeeded"}]
     assert (stats.succeeded, stats.failed) == (6, 0)
+    assert stats.total == 6  # the stage's decision named the jobs it added: the run counted them
+
+    # Running the same spec again: the jobs the stage added are still the sweep's (the plan names only the stage).
+    db = Database()
+    again = start_local_run(db, plan, 2, artifacts_url())
+    db.dispose()
+    assert (again.total, again.cached, again.to_run) == (6, 6, [])
+    assert len(query("SELECT * FROM sweep_jobs")) == 6

@@ -17,7 +17,7 @@ from farm.jobs import sweeps
 from farm.jobs.policy import Message
 from farm.routing import Pools
 from farm.store import sweeps as store
-from farm.store.connect import open_database
+from farm.store.migrate import open_database
 from tests.sweeps import TOY_DATA, TOY_MLP, query, write_spec
 
 SPEC = f"name: ops\nmodels: ['{TOY_MLP}']\ndataset: '{TOY_DATA}'\nmethods: [fp32, dynamic, static]\n"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from farm.spec import load_spec
+from farm.spec.load import load_spec
 from tests.integration.farm.farm_support import farm_command
 from tests.integration.test_concurrent_submit import SPEC
 

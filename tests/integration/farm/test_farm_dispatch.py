@@ -10,7 +10,7 @@ import pytest
 import redis
 from kombu import Producer
 
-from farm.store.queries import Message
+from farm.jobs.policy import Message
 from tests.integration.farm.conftest import SharedRedisDb
 from workers import dispatch
 from workers.app import make_app

@@ -76,7 +76,7 @@ def test_a_message_delivered_three_times_runs_the_job_once(farm: Farm):
     assert job["state"] == "queued"
 
     # The same job sent twice more: once through dispatch.send, once by task name.
-    from farm.store.queries import Message
+    from farm.jobs.policy import Message
     from workers import dispatch
     from workers.app import RUN_JOB, make_app
 

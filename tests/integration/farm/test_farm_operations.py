@@ -86,10 +86,10 @@ def test_retry_failed_only_reruns_the_failed_jobs_and_nothing_else(farm: Farm, t
     sweep_id = farm.submit(farm.write_spec("retry", RETRY_SPEC))
     jobs = {(j["model"].rsplit(":", 1)[-1], j["method"]): j["id"] for j in farm.jobs(sweep_id)}
     # One job of the healthy model is cancelled before any worker runs: --failed-only must leave it alone.
-    from farm.store import queries
+    from farm.store import sweeps
 
     with farm.db.session() as s:
-        assert queries.cancel_jobs(s, [jobs["digits-mlp", "static"]], "cancelled by the test") == 1
+        assert sweeps.cancel_unfinished(s, [jobs["digits-mlp", "static"]], "cancelled by the test") == 1
     worker = farm.start_worker("-Q", "cpu", "-c", "1")
 
     assert farm.wait_sweep_done(sweep_id) == "failed"

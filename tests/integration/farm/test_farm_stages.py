@@ -11,8 +11,8 @@ import pytest
 
 from farm.jobs.stages import with_stage
 from farm.routing import route
-from farm.spec import load_spec
-from farm.store import queries
+from farm.spec.load import load_spec
+from farm.store import plans, scheduling
 from tests.integration.farm.farm_support import FAST_BENCHMARK, Farm, group_members, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,8 +40,8 @@ def submit_two_stages(farm: Farm) -> tuple[int, int]:
         return r.queue, r.stage, r.finish_queue
 
     with farm.db.session() as s:
-        record = queries.create_sweep(s, plan, "tester", route=route_of)
-        messages = queries.queue_ready(s, record.to_run)
+        record = plans.create_sweep(s, plan, "tester", route=route_of)
+        messages = scheduling.queue_ready(s, record.to_run)
     app = make_app(farm.broker_url)
     try:
         dispatch.send(app, messages)
@@ -78,7 +78,9 @@ def test_stage_two_is_created_from_stage_one_and_survives_a_worker_killed_betwee
     added = [j for j in jobs if j["role"] == "trial" and j["calibration_size"] in (8, 64)]
     dependencies = farm.rows("SELECT job_id, depends_on_id FROM job_dependencies")
     for job in added:
-        assert job["state"] == "succeeded" and job["attempts"] == 1
+        # Once each: one job per size (above) and one result row (below). A kill that landed while the first worker
+        # ran an added job makes that job's one re-run its second claim.
+        assert job["state"] == "succeeded" and job["attempts"] in (1, 2), job
         assert {(job["id"], stage_id), (job["id"], job["reference_job_id"])} <= {
             (d["job_id"], d["depends_on_id"]) for d in dependencies
         }

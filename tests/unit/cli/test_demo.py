@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from farm import demo as demo_module
-from farm.spec import load_spec
+from farm.spec.load import load_spec
 from tests.sweeps import describe, farm, query
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from farm.cli import cli
+from farm.store.columns import RESULT_COLUMNS
 from farm.store.db import Database
 from farm.store.migrate import upgrade
-from farm.store.results import RESULT_COLUMNS
 from tests import filterkit as fs
 
 

@@ -1,7 +1,7 @@
 """``farm sweep plan / run / list / status`` and ``farm results query`` through click.
 
 Every bad spec is exit status 2 with each of its problems listed, no traceback, and (for ``run``) no sweep
-written. The inspection commands read a database seeded here through farm.store.queries (no model runs);
+written. The inspection commands read a database seeded here through farm.store (no model runs);
 tests/unit/test_local_runner.py runs real sweeps.
 """
 
@@ -19,11 +19,12 @@ from click.testing import Result
 from sqlalchemy import text
 
 from farm.artifacts import StoredObject
-from farm.spec import load_spec
-from farm.store import queries
+from farm.spec.load import load_spec
+from farm.store import lifecycle, plans, sweeps
+from farm.store.columns import RESULT_COLUMNS
 from farm.store.db import Database
 from farm.store.migrate import ensure_schema
-from farm.store.results import RESULT_COLUMNS
+from tests.job_rows import queue_as_sent
 from tests.sweeps import TOY_DATA, TOY_MLP, describe, farm, query, sweep_count, write_spec
 from tests.unit.test_spec import BAD_SPECS, MANY_EXPECTED, MANY_PROBLEMS, README_SPEC
 
@@ -73,7 +74,7 @@ def test_a_bad_spec_leaves_an_existing_database_as_it_was(sweep_home: Path, tmp_
     db = Database()
     ensure_schema(db)
     with db.session() as s:
-        queries.create_sweep(s, good, "someone")
+        plans.create_sweep(s, good, "someone")
     db.dispose()
     before = query("SELECT * FROM jobs ORDER BY id")
     for spec_text, name, _ in BAD_SPECS.values():
@@ -169,17 +170,17 @@ def seeded_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         db = Database()
         ensure_schema(db)
         with db.session() as s:
-            record = queries.create_sweep(s, load_spec(SEED_SPEC), "tester@host")
+            record = plans.create_sweep(s, load_spec(SEED_SPEC), "tester@host")
             ref, dynamic, static = record.to_run
-            queries.mark_queued(s, record.to_run, queue="local")
+            queue_as_sent(s, record.to_run, queue="local")
             for job_id, accuracy in ((ref, 0.5), (dynamic, 0.45)):
-                queries.claim_job(s, job_id, "w", 60)
+                lifecycle.claim_job(s, job_id, "w", 60)
                 obj = StoredObject(f"jobs/{job_id}/model.pt", f"file:///store/{job_id}", "0" * 64, 1)
-                queries.finish_job(s, job_id, "w", _result(accuracy), [("model", obj)])
-            queries.claim_job(s, static, "w", 60)
-            queries.fail_job(s, static, "static: torch.fx cannot trace it", worker="w")
-            queries.refresh_sweep_state(s, record.sweep_id)
-            queries.create_sweep(s, load_spec(SEED_SPEC.replace("seeded", "second") + "seed: 1\n"), None)
+                lifecycle.finish_job(s, job_id, "w", _result(accuracy), [("model", obj)])
+            lifecycle.claim_job(s, static, "w", 60)
+            lifecycle.fail_job(s, static, "static: torch.fx cannot trace it", worker="w")
+            lifecycle.refresh_sweep_state(s, record.sweep_id)
+            plans.create_sweep(s, load_spec(SEED_SPEC.replace("seeded", "second") + "seed: 1\n"), None)
         db.dispose()
     yield home
 
@@ -308,12 +309,12 @@ def test_status_watch_follows_the_sweep_until_it_ends(sweep_home: Path) -> None:
     ensure_schema(db)
     spec = f"name: watched\nmodels: ['{TOY_MLP}']\ndataset: '{TOY_DATA}'\nmethods: [fp32, dynamic]\n"
     with db.session() as s:
-        record = queries.create_sweep(s, load_spec(spec), None)
+        record = plans.create_sweep(s, load_spec(spec), None)
 
     def end_it() -> None:  # what workers elsewhere would do, 1.5 s in
         time.sleep(1.5)
         with db.session() as s:
-            queries.cancel_jobs(s, record.to_run, "cancelled by the test")
+            sweeps.cancel_unfinished(s, record.to_run, "cancelled by the test")
 
     ender = threading.Thread(target=end_it)
     ender.start()

@@ -15,7 +15,7 @@ from typing import Any
 from farm.report import SweepInfo, build_report
 from farm.report.fmt import esc, fixed, human_bytes, id_ranges, sig
 from farm.report.tradeoff import accuracy_vs_latency
-from farm.store.results import RESULT_COLUMNS
+from farm.store.columns import RESULT_COLUMNS
 from tests.unit.report.page import external_urls, parse
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

@@ -268,7 +268,7 @@ def test_reference_load_refuses_a_hostile_reference(tmp_path: Path) -> None:
 
 
 def test_read_checkpoint_refuses_a_hostile_checkpoint(tmp_path: Path) -> None:
-    from farm.jobs.steps import read_checkpoint
+    from farm.quant.checkpoint import read_checkpoint
 
     marker = tmp_path / "MARKER"
     path = tmp_path / "checkpoint.pt"

@@ -21,7 +21,7 @@ from sqlalchemy import MetaData, inspect, text
 
 from farm.store.db import Database
 from farm.store.models import Artifact, Base, Job, Metric, Sweep, SweepJob
-from farm.store.queries import recompute_stored_figures
+from farm.store.results import recompute_stored_figures
 
 FARM_TABLES = set(Base.metadata.tables)
 INDEXES = {index.name for table in Base.metadata.tables.values() for index in table.indexes}

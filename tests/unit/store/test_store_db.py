@@ -15,7 +15,8 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from farm.errors import ConfigError, StoreUnavailable
-from farm.store.db import BUSY_TIMEOUT_S, Database, normalize_url, redact_url
+from farm.store.db import Database, normalize_url, redact_url
+from farm.store.engines import BUSY_TIMEOUT_S
 from farm.store.models import Job, Metric, Sweep
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from farm.artifacts.base import StoredObject
-from farm.spec import load_spec
-from farm.store import execution, queries
+from farm.spec.load import load_spec
+from farm.store import execution, plans
 from farm.store.db import Database
 from farm.store.models import Job
+from tests.job_rows import submit_ready
 
 SPEC = """\
 name: execution
@@ -30,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[3]
 def _sweep(db: Database) -> tuple[int, int]:
     """A reference (queued) and the trial that compares with it (pending)."""
     with db.session() as s:
-        record = queries.create_sweep(s, load_spec(SPEC), "tester", route=lambda j: ("cpu", "all", None))
+        record = plans.create_sweep(s, load_spec(SPEC), "tester", route=lambda j: ("cpu", "all", None))
         (ref,) = [i for i in record.to_run if s.get(Job, i).role == "reference"]  # type: ignore[union-attr]
         (trial,) = [i for i in record.ids.values() if i != ref]
-        queries.mark_queued(s, [ref], queue="cpu")
+        assert submit_ready(s, [ref])
     return ref, trial
 
 

@@ -1,6 +1,6 @@
-"""farm.store.queries on SQLite: persisting plans (jobs shared across sweeps), claims, leases and results.
+"""The store on SQLite: persisting plans (jobs shared across sweeps), claims, leases and results.
 
-Plans come from real specs (farm.spec.load_spec); results are hand-made ``JobResult.to_dict()``-shaped dicts,
+Plans come from real specs (farm.spec.load.load_spec); results are hand-made ``JobResult.to_dict()``-shaped dicts,
 so nothing here runs a model.
 """
 
@@ -12,10 +12,12 @@ from typing import Any
 from sqlalchemy import func, select
 
 from farm.artifacts import StoredObject
-from farm.spec import Plan, load_spec
-from farm.store import queries
+from farm.spec.load import load_spec
+from farm.spec.plan import Plan
+from farm.store import lifecycle, local_runs, plans, sweeps
 from farm.store.db import Database
 from farm.store.models import Artifact, Job, Metric, Sweep, SweepJob
+from tests.job_rows import queue_as_sent
 
 SPEC = """\
 name: {name}
@@ -52,9 +54,9 @@ def result(*batch_sizes: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def persist(db: Database, p: Plan) -> queries.SweepRecord:
+def persist(db: Database, p: Plan) -> plans.SweepRecord:
     with db.session() as s:
-        return queries.create_sweep(s, p, "tester@host")
+        return plans.create_sweep(s, p, "tester@host")
 
 
 def jobs_by_key(db: Database) -> dict[str, Job]:
@@ -69,10 +71,10 @@ def count(db: Database, model: type) -> int:
 
 def succeed(db: Database, job_id: int, worker: str = "w1") -> None:
     with db.session() as s:
-        queries.mark_queued(s, [job_id], queue="local")
-        assert queries.claim_job(s, job_id, worker, lease_s=60) is not None
+        queue_as_sent(s, [job_id], queue="local")
+        assert lifecycle.claim_job(s, job_id, worker, lease_s=60) is not None
         obj = StoredObject(key=f"jobs/{job_id}/model.pt", uri=f"file:///a/{job_id}", sha256="0" * 64, size_bytes=3)
-        assert queries.finish_job(s, job_id, worker, result(1, 8), [("model", obj)])
+        assert lifecycle.finish_job(s, job_id, worker, result(1, 8), [("model", obj)])
 
 
 def set_state(db: Database, job_id: int, state: str, error: str | None = None) -> None:
@@ -136,13 +138,13 @@ def test_another_sweep_reuses_every_job_that_succeeded_in_any_sweep(migrated_db:
     for job_id in first.to_run:
         succeed(migrated_db, job_id)
     with migrated_db.session() as s:
-        assert queries.refresh_sweep_state(s, first.sweep_id) == "succeeded"
+        assert lifecycle.refresh_sweep_state(s, first.sweep_id) == "succeeded"
     second = persist(migrated_db, plan("second"))
     assert (second.created, second.total, second.cached, second.to_run) == (True, 8, 8, [])
     with migrated_db.session(write=False) as s:
         sweep = s.get(Sweep, second.sweep_id)
         assert sweep is not None and sweep.state == "succeeded" and sweep.finished_at is not None
-        assert queries.sweep_job_ids(s, second.sweep_id) == sorted(first.to_run)
+        assert sweeps.sweep_job_ids(s, second.sweep_id) == sorted(first.to_run)
         # the jobs still belong to the sweep that created them
         assert set(s.scalars(select(Job.sweep_id))) == {first.sweep_id}
 
@@ -154,8 +156,8 @@ def test_failed_and_cancelled_jobs_run_again_with_a_fresh_budget(migrated_db: Da
     set_state(migrated_db, failed, "failed", "boom")
     set_state(migrated_db, cancelled, "cancelled", "cancelled (Ctrl-C)")
     with migrated_db.session() as s:
-        queries.mark_queued(s, [running], queue="local")
-        assert queries.claim_job(s, running, "w9", lease_s=60) is not None
+        queue_as_sent(s, [running], queue="local")
+        assert lifecycle.claim_job(s, running, "w9", lease_s=60) is not None
     again = persist(migrated_db, plan())
     assert again.cached == 1
     assert sorted(again.to_run) == sorted([failed, cancelled, *rest])  # not the running one
@@ -176,14 +178,14 @@ def test_failed_and_cancelled_jobs_run_again_with_a_fresh_budget(migrated_db: Da
 def test_a_claim_is_exclusive(migrated_db: Database) -> None:
     job_id = persist(migrated_db, plan()).to_run[0]
     with migrated_db.session() as s:
-        assert queries.mark_queued(s, [job_id], queue="local") == 1
-        job = queries.claim_job(s, job_id, "w1", lease_s=60)
+        assert queue_as_sent(s, [job_id], queue="local") == 1
+        job = lifecycle.claim_job(s, job_id, "w1", lease_s=60)
         assert job is not None and (job.state, job.worker, job.attempts) == ("running", "w1", 1)
     with migrated_db.session() as s:
-        assert queries.claim_job(s, job_id, "w2", lease_s=60) is None
-        assert queries.claim_job(s, job_id, "w1", lease_s=60) is None  # not twice by the same worker either
-        assert queries.extend_lease(s, job_id, "w2", 60) == "lost"
-        assert queries.extend_lease(s, job_id, "w1", 60) == "running"
+        assert lifecycle.claim_job(s, job_id, "w2", lease_s=60) is None
+        assert lifecycle.claim_job(s, job_id, "w1", lease_s=60) is None  # not twice by the same worker either
+        assert lifecycle.extend_lease(s, job_id, "w2", 60) == "lost"
+        assert lifecycle.extend_lease(s, job_id, "w1", 60) == "running"
     with migrated_db.session(write=False) as s:
         job = s.get(Job, job_id)
         assert job is not None and (job.worker, job.attempts) == ("w1", 1)
@@ -193,33 +195,34 @@ def test_a_finished_job_is_never_claimed_again(migrated_db: Database) -> None:
     job_id = persist(migrated_db, plan()).to_run[0]
     succeed(migrated_db, job_id)
     with migrated_db.session() as s:
-        assert queries.claim_job(s, job_id, "w2", lease_s=60) is None
-        assert queries.claim_job(s, job_id, "w2", lease_s=-1) is None
+        assert lifecycle.claim_job(s, job_id, "w2", lease_s=60) is None
+        assert lifecycle.claim_job(s, job_id, "w2", lease_s=-1) is None
 
 
 def test_an_expired_lease_can_be_claimed_and_the_old_holder_writes_nothing(migrated_db: Database) -> None:
     job_id = persist(migrated_db, plan()).to_run[0]
     with migrated_db.session() as s:
-        assert queries.claim_job(s, job_id, "w1", lease_s=60) is None  # pending: not sent yet
-        queries.mark_queued(s, [job_id], queue="cpu")
-        assert queries.claim_job(s, job_id, "w1", lease_s=-1) is not None  # its lease is already over
-        assert queries.claim_job(s, job_id, "w2", lease_s=60) is not None
+        assert lifecycle.claim_job(s, job_id, "w1", lease_s=60) is None  # pending: not sent yet
+        queue_as_sent(s, [job_id], queue="cpu")
+        assert lifecycle.claim_job(s, job_id, "w1", lease_s=-1) is not None  # its lease is already over
+        assert lifecycle.claim_job(s, job_id, "w2", lease_s=60) is not None
     stored = StoredObject(key="jobs/k/model.pt", uri="file:///a/k", sha256="1" * 64, size_bytes=1)
     with migrated_db.session() as s:
-        assert queries.extend_lease(s, job_id, "w1", 60) == "lost"
-        assert not queries.finish_job(s, job_id, "w1", result(1), [("model", stored)])
-        assert not queries.fail_job(s, job_id, "w1 gave up", worker="w1")
-        assert not queries.release_job(s, job_id, "w1", "retry")
+        assert lifecycle.extend_lease(s, job_id, "w1", 60) == "lost"
+        assert not lifecycle.finish_job(s, job_id, "w1", result(1), [("model", stored)])
+        assert not lifecycle.fail_job(s, job_id, "w1 gave up", worker="w1")
+        assert not lifecycle.release_job(s, job_id, "w1", "retry")
     with migrated_db.session(write=False) as s:
         job = s.get(Job, job_id)
         assert job is not None
         assert (job.state, job.worker, job.attempts, job.error) == ("running", "w2", 2, None)
         assert job.worker_losses == 1  # w1's lease ran out under it
         assert job.lease_expires_at is not None
-        assert job.lease_expires_at.replace(tzinfo=None) > queries.utcnow().replace(tzinfo=None) + timedelta(seconds=30)
+        soon = lifecycle.utcnow().replace(tzinfo=None) + timedelta(seconds=30)
+        assert job.lease_expires_at.replace(tzinfo=None) > soon
     assert (count(migrated_db, Metric), count(migrated_db, Artifact)) == (0, 0)
     with migrated_db.session() as s:
-        assert queries.finish_job(s, job_id, "w2", result(1, 8), [("model", stored)])
+        assert lifecycle.finish_job(s, job_id, "w2", result(1, 8), [("model", stored)])
     assert (count(migrated_db, Metric), count(migrated_db, Artifact)) == (2, 1)
 
 
@@ -227,7 +230,7 @@ def _expire(db: Database, job_id: int) -> None:
     with db.session() as s:
         job = s.get(Job, job_id)
         assert job is not None and job.state == "running"
-        job.lease_expires_at = queries.utcnow() - timedelta(seconds=1)
+        job.lease_expires_at = lifecycle.utcnow() - timedelta(seconds=1)
 
 
 def _reap(db: Database, max_attempts: int = 3) -> tuple[int, int]:
@@ -243,11 +246,11 @@ def test_transient_retries_do_not_count_as_worker_deaths(migrated_db: Database) 
     job_id = persist(migrated_db, plan()).to_run[0]
     for _ in range(4):  # S3 away: claimed, handed back, claimed again ...
         with migrated_db.session() as s:
-            queries.mark_queued(s, [job_id], queue="cpu")
-            assert queries.claim_job(s, job_id, "w1", lease_s=60, max_losses=3) is not None
-            assert queries.release_job(s, job_id, "w1", "retrying: S3 unreachable")
+            queue_as_sent(s, [job_id], queue="cpu")
+            assert lifecycle.claim_job(s, job_id, "w1", lease_s=60, max_losses=3) is not None
+            assert lifecycle.release_job(s, job_id, "w1", "retrying: S3 unreachable")
     with migrated_db.session() as s:
-        assert queries.claim_job(s, job_id, "w1", lease_s=60, max_losses=3) is not None
+        assert lifecycle.claim_job(s, job_id, "w1", lease_s=60, max_losses=3) is not None
     _expire(migrated_db, job_id)  # ... then its worker dies once
     assert _reap(migrated_db) == (1, 0)
     with migrated_db.session(write=False) as s:
@@ -259,10 +262,10 @@ def test_a_job_that_kills_its_worker_three_times_fails_with_the_reason(migrated_
     record = persist(migrated_db, plan())
     job_id = record.to_run[0]  # a reference: its dependents end with it
     with migrated_db.session() as s:
-        queries.mark_queued(s, [job_id], queue="cpu")
+        queue_as_sent(s, [job_id], queue="cpu")
     for death in (1, 2, 3):
         with migrated_db.session() as s:
-            assert queries.claim_job(s, job_id, f"w{death}", lease_s=60, max_losses=3) is not None
+            assert lifecycle.claim_job(s, job_id, f"w{death}", lease_s=60, max_losses=3) is not None
         _expire(migrated_db, job_id)
         assert _reap(migrated_db) == ((1, 0) if death < 3 else (0, 1))
     with migrated_db.session(write=False) as s:
@@ -271,17 +274,17 @@ def test_a_job_that_kills_its_worker_three_times_fails_with_the_reason(migrated_
         assert job.error == (
             "its worker died 3 times while running it (last: w3); not retried again (FARM_MAX_ATTEMPTS=3)"
         )
-        assert queries.sweep_counts(s, record.sweep_id)["failed"] >= 1
+        assert lifecycle.sweep_counts(s, record.sweep_id)["failed"] >= 1
 
 
 def test_a_late_duplicate_message_cannot_take_over_past_the_loss_budget(migrated_db: Database) -> None:
     job_id = persist(migrated_db, plan()).to_run[0]
     with migrated_db.session() as s:
-        queries.mark_queued(s, [job_id], queue="cpu")
-        assert queries.claim_job(s, job_id, "w1", lease_s=-1, max_losses=2) is not None
-        assert queries.claim_job(s, job_id, "w2", lease_s=-1, max_losses=2) is not None  # w1 died: loss 1
-        assert queries.claim_job(s, job_id, "w3", lease_s=60, max_losses=2) is None  # would be loss 2 of 2
-        assert queries.claim_job(s, job_id, "w3", lease_s=60, max_losses=3) is not None
+        queue_as_sent(s, [job_id], queue="cpu")
+        assert lifecycle.claim_job(s, job_id, "w1", lease_s=-1, max_losses=2) is not None
+        assert lifecycle.claim_job(s, job_id, "w2", lease_s=-1, max_losses=2) is not None  # w1 died: loss 1
+        assert lifecycle.claim_job(s, job_id, "w3", lease_s=60, max_losses=2) is None  # would be loss 2 of 2
+        assert lifecycle.claim_job(s, job_id, "w3", lease_s=60, max_losses=3) is not None
     with migrated_db.session(write=False) as s:
         job = s.get(Job, job_id)
         assert job is not None and (job.worker, job.worker_losses) == ("w3", 2)
@@ -290,14 +293,14 @@ def test_a_late_duplicate_message_cannot_take_over_past_the_loss_budget(migrated
 def test_local_jobs_of_a_gone_process_or_an_expired_lease_go_back_to_pending(migrated_db: Database) -> None:
     queued_dead, running_expired, running_live, queued_live, *_ = persist(migrated_db, plan()).to_run
     with migrated_db.session() as s:
-        queries.mark_queued(s, [queued_dead], queue="local", owner="local:h:1")
-        queries.mark_queued(s, [queued_live, running_expired, running_live], queue="local", owner="local:h:2")
-        assert queries.claim_job(s, running_expired, "local:h:3", lease_s=-1) is not None  # lease already over
-        assert queries.claim_job(s, running_live, "local:h:4", lease_s=60) is not None
+        queue_as_sent(s, [queued_dead], queue="local", owner="local:h:1")
+        queue_as_sent(s, [queued_live, running_expired, running_live], queue="local", owner="local:h:2")
+        assert lifecycle.claim_job(s, running_expired, "local:h:3", lease_s=-1) is not None  # lease already over
+        assert lifecycle.claim_job(s, running_live, "local:h:4", lease_s=60) is not None
     gone = {"local:h:1"}  # only process 1 has exited; 3 still runs, but its job's lease ran out
     ids = [queued_dead, running_expired, running_live, queued_live]
     with migrated_db.session() as s:
-        reset = queries.reset_abandoned(s, ids, lambda w: w in gone, max_losses=3)
+        reset = local_runs.reset_abandoned(s, ids, lambda w: w in gone, max_losses=3)
     assert sorted(reset) == sorted([queued_dead, running_expired])
     with migrated_db.session(write=False) as s:
         states = {i: (s.get(Job, i).state, s.get(Job, i).worker_losses) for i in ids}  # type: ignore[union-attr]
@@ -309,14 +312,30 @@ def test_local_jobs_of_a_gone_process_or_an_expired_lease_go_back_to_pending(mig
     }
 
 
+def test_a_local_job_whose_worker_process_died_too_often_fails_with_the_reason(migrated_db: Database) -> None:
+    job_id = persist(migrated_db, plan()).to_run[0]
+    with migrated_db.session() as s:
+        queue_as_sent(s, [job_id], queue="local", owner="local:h:2")
+        assert lifecycle.claim_job(s, job_id, "local:h:3", lease_s=-1) is not None  # its lease is over
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.worker_losses = 2
+    with migrated_db.session() as s:
+        assert local_runs.reset_abandoned(s, [job_id], lambda w: False, max_losses=3) == []
+    with migrated_db.session(write=False) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.state == "failed"
+        assert job.error == "its worker process died 3 times while running it (last: local:h:3); not retried again"
+
+
 def test_requeue_lost_moves_a_job_only_as_it_was_read(migrated_db: Database) -> None:
     job_id = persist(migrated_db, plan()).to_run[0]
     with migrated_db.session() as s:
-        queries.mark_queued(s, [job_id], queue="local")
-        assert queries.claim_job(s, job_id, "w1", lease_s=60) is not None
-        assert not queries.requeue_lost(s, job_id, "running", "w2", 1)  # someone else's now
-        assert queries.requeue_lost(s, job_id, "running", "w1", 1)
-        assert not queries.requeue_lost(s, job_id, "running", "w1", 1)  # already moved
+        queue_as_sent(s, [job_id], queue="local")
+        assert lifecycle.claim_job(s, job_id, "w1", lease_s=60) is not None
+        assert not local_runs.requeue_lost(s, job_id, "running", "w2", 1)  # someone else's now
+        assert local_runs.requeue_lost(s, job_id, "running", "w1", 1)
+        assert not local_runs.requeue_lost(s, job_id, "running", "w1", 1)  # already moved
         job = s.get(Job, job_id)
         assert job is not None and (job.state, job.worker, job.worker_losses) == ("pending", None, 1)
 
@@ -326,18 +345,18 @@ def test_a_cancelled_job_keeps_no_result_from_its_worker(migrated_db: Database) 
     job_id, other = record.to_run[:2]
     succeed(migrated_db, other)
     with migrated_db.session() as s:
-        queries.mark_queued(s, [job_id], queue="local")
-        assert queries.claim_job(s, job_id, "w1", lease_s=60) is not None
-        assert queries.cancel_jobs(s, record.to_run, "cancelled (Ctrl-C)") == len(record.to_run) - 1
-        assert queries.extend_lease(s, job_id, "w1", 60) == "cancelled"  # what the running job sees
-        assert not queries.finish_job(s, job_id, "w1", result(1))
-        assert not queries.fail_job(s, job_id, "late failure", worker="w1")
+        queue_as_sent(s, [job_id], queue="local")
+        assert lifecycle.claim_job(s, job_id, "w1", lease_s=60) is not None
+        assert sweeps.cancel_unfinished(s, record.to_run, "cancelled (Ctrl-C)") == len(record.to_run) - 1
+        assert lifecycle.extend_lease(s, job_id, "w1", 60) == "cancelled"  # what the running job sees
+        assert not lifecycle.finish_job(s, job_id, "w1", result(1))
+        assert not lifecycle.fail_job(s, job_id, "late failure", worker="w1")
     with migrated_db.session(write=False) as s:
         job = s.get(Job, job_id)
         assert job is not None and (job.state, job.error) == ("cancelled", "cancelled (Ctrl-C)")
         assert s.get(Job, other).state == "succeeded"  # type: ignore[union-attr]
         assert s.scalar(select(func.count()).select_from(Metric).where(Metric.job_id == job_id)) == 0
-        assert queries.sweep_counts(s, record.sweep_id) == {"succeeded": 1, "cancelled": 7}
+        assert lifecycle.sweep_counts(s, record.sweep_id) == {"succeeded": 1, "cancelled": 7}
 
 
 def test_a_result_is_one_metrics_row_per_batch_size(migrated_db: Database) -> None:
@@ -360,13 +379,13 @@ def test_the_sweep_state_follows_its_jobs(migrated_db: Database) -> None:
     first, second, *rest = record.to_run
     states = []
     with migrated_db.session() as s:
-        states.append(queries.refresh_sweep_state(s, record.sweep_id))
+        states.append(lifecycle.refresh_sweep_state(s, record.sweep_id))
     succeed(migrated_db, first)
     with migrated_db.session() as s:
-        queries.fail_job(s, second, "boom")
-        queries.cancel_jobs(s, rest)
-        states.append(queries.refresh_sweep_state(s, record.sweep_id))
-        queries.cancel_jobs(s, [second])  # a finished job stays as it ended
+        lifecycle.fail_job(s, second, "boom")
+        sweeps.cancel_unfinished(s, rest)
+        states.append(lifecycle.refresh_sweep_state(s, record.sweep_id))
+        sweeps.cancel_unfinished(s, [second])  # a finished job stays as it ended
         assert s.get(Job, second).state == "failed"  # type: ignore[union-attr]
     assert states == ["running", "failed"]
 
@@ -396,6 +415,6 @@ def test_routes_are_written_with_new_jobs_and_reset_on_jobs_that_run_again(migra
     assert (now[failed_id], now[left_id], now[done_id]) == (new, new, old)
 
 
-def persist_routed(db: Database, p: Plan, route) -> queries.SweepRecord:  # type: ignore[no-untyped-def]
+def persist_routed(db: Database, p: Plan, route) -> plans.SweepRecord:  # type: ignore[no-untyped-def]
     with db.session() as s:
-        return queries.create_sweep(s, p, "tester@host", route=route)
+        return plans.create_sweep(s, p, "tester@host", route=route)

@@ -12,10 +12,14 @@ from datetime import datetime, timedelta
 import pytest
 from celery import Celery
 
-from farm.spec import Plan, load_spec
-from farm.store import queries, scheduling
+from farm.jobs import policy
+from farm.jobs.policy import gave_up
+from farm.spec.load import load_spec
+from farm.spec.plan import Plan
+from farm.store import execution, lifecycle, plans, scheduling, sweeps
 from farm.store.db import Database
 from farm.store.models import Job, Sweep
+from tests.job_rows import submit_ready
 from workers import dispatch
 
 SPEC = """\
@@ -30,12 +34,12 @@ def plan(name: str = "fanin", methods: str = "[fp32, dynamic, static]") -> Plan:
     return load_spec(SPEC.format(name=name, methods=methods))
 
 
-def persist(db: Database, p: Plan, queue: str = "cpu") -> queries.SweepRecord:
+def persist(db: Database, p: Plan, queue: str = "cpu") -> plans.SweepRecord:
     with db.session() as s:
-        return queries.create_sweep(s, p, "tester", route=lambda j: (queue, "all", None))
+        return plans.create_sweep(s, p, "tester", route=lambda j: (queue, "all", None))
 
 
-def reference_and_dependents(db: Database, record: queries.SweepRecord) -> tuple[int, list[int]]:
+def reference_and_dependents(db: Database, record: plans.SweepRecord) -> tuple[int, list[int]]:
     with db.session(write=False) as s:
         (ref,) = [i for i in record.to_run if s.get(Job, i).role == "reference"]  # type: ignore[union-attr]
         return ref, sorted(i for i in record.ids.values() if i != ref)
@@ -67,14 +71,22 @@ def app() -> Iterator[Celery]:
     app.close()
 
 
+def send_ready(db: Database, app: Celery, job_ids: list[int]) -> None:
+    """What a submit does (farm.store.sweeps.create_and_queue, then the broker): queue the jobs that may start now
+    and send them."""
+    with db.session() as s:
+        messages = scheduling.queue_ready(s, job_ids)
+    dispatch.send(app, messages)
+
+
 def kill_worker_under(db: Database, app: Celery, job_id: int, times: int) -> None:
     """The job is claimed and its worker dies, ``times`` times: the reaper re-queues it, then fails it."""
     for death in range(1, times + 1):
         with db.session() as s:
-            assert queries.claim_job(s, job_id, f"w{death}", lease_s=60, max_losses=3) is not None
+            assert lifecycle.claim_job(s, job_id, f"w{death}", lease_s=60, max_losses=3) is not None
             job = s.get(Job, job_id)
             assert job is not None
-            job.lease_expires_at = queries.utcnow() - timedelta(seconds=1)
+            job.lease_expires_at = lifecycle.utcnow() - timedelta(seconds=1)
         dispatch.reap(db, app, max_attempts=3)
 
 
@@ -83,7 +95,7 @@ def test_a_reference_the_reaper_fails_ends_its_dependents_and_settles_the_sweep(
 ) -> None:
     record = persist(migrated_db, plan())
     ref, deps = reference_and_dependents(migrated_db, record)
-    dispatch.dispatch_ready(migrated_db, app, record.to_run)  # the reference is queued, its dependents wait
+    send_ready(migrated_db, app, record.to_run)  # the reference is queued, its dependents wait
 
     kill_worker_under(migrated_db, app, ref, 3)
 
@@ -96,11 +108,11 @@ def test_a_reference_the_reaper_fails_ends_its_dependents_and_settles_the_sweep(
 def test_a_retried_reference_that_fails_again_fails_its_dependents_again(migrated_db: Database, app: Celery) -> None:
     record = persist(migrated_db, plan())
     ref, deps = reference_and_dependents(migrated_db, record)
-    dispatch.dispatch_ready(migrated_db, app, record.to_run)
+    send_ready(migrated_db, app, record.to_run)
     kill_worker_under(migrated_db, app, ref, 3)
 
     with migrated_db.session() as s:  # farm sweep retry --failed-only
-        assert sorted(queries.reset_for_retry(s, record.sweep_id, failed_only=True)) == sorted([ref, *deps])
+        assert sorted(sweeps.reset_for_retry(s, record.sweep_id, failed_only=True)) == sorted([ref, *deps])
         decision = scheduling.schedule_pending(s, [ref, *deps])
     assert [m.job_id for m in decision.messages] == [ref] and decision.ended == []
     assert sweep_state(migrated_db, record.sweep_id) == "running"
@@ -116,16 +128,16 @@ def test_dependents_retried_while_their_reference_stays_ended_end_at_once(migrat
     record = persist(migrated_db, plan())
     ref, deps = reference_and_dependents(migrated_db, record)
     with migrated_db.session() as s:
-        queries.fail_job(s, ref, "cancelled by hand", state="cancelled")
+        lifecycle.fail_job(s, ref, "cancelled by hand", state="cancelled")
         for dep in deps:
-            queries.fail_job(s, dep, "an earlier failure")
-        queries.refresh_sweep_state(s, record.sweep_id)
+            lifecycle.fail_job(s, dep, "an earlier failure")
+        lifecycle.refresh_sweep_state(s, record.sweep_id)
     assert sweep_state(migrated_db, record.sweep_id) == "failed"
 
     with migrated_db.session() as s:  # --failed-only: the dependents go again, the cancelled reference does not
-        ids = queries.reset_for_retry(s, record.sweep_id, failed_only=True)
+        ids = sweeps.reset_for_retry(s, record.sweep_id, failed_only=True)
         decision = scheduling.schedule_pending(s, ids)
-        queries.refresh_sweep_state(s, record.sweep_id)
+        lifecycle.refresh_sweep_state(s, record.sweep_id)
 
     assert sorted(ids) == deps and decision.messages == [] and sorted(decision.ended) == deps
     expected = ("cancelled", f"the fp32 reference (job {ref}) cancelled: cancelled by hand")
@@ -134,19 +146,18 @@ def test_dependents_retried_while_their_reference_stays_ended_end_at_once(migrat
 
 
 def _give_up(db: Database, app: Celery, ref: int) -> None:
-    """workers.tasks: a transient error past FARM_TRANSIENT_RETRIES (the hard time limit hook does the same)."""
-    with db.session() as s:
-        queries.fail_job(s, ref, "gave up after 6 attempts: S3 unreachable")
-        queries.settle_sweeps(s, ref)
-    dispatch.after_job(db, app, ref, "failed", "reference")
+    """workers.tasks (and the local pool): a transient error past FARM_TRANSIENT_RETRIES: ended by no particular
+    worker, then decided as a job of unknown role."""
+    execution.end_job(db, ref, None, "failed", gave_up(6, "S3 unreachable"))
+    dispatch.after_job(db, app, ref, "failed", None)
 
 
 def _deterministic(db: Database, app: Celery, ref: int) -> None:
     """farm.jobs.execute: a deterministic error, recorded by the worker holding the claim."""
     with db.session() as s:
-        assert queries.claim_job(s, ref, "w1", lease_s=60) is not None
-        queries.fail_job(s, ref, "the model does not load", worker="w1")
-        queries.settle_sweeps(s, ref)
+        assert lifecycle.claim_job(s, ref, "w1", lease_s=60) is not None
+        lifecycle.fail_job(s, ref, "the model does not load", worker="w1")
+        lifecycle.settle_sweeps(s, ref)
     dispatch.after_job(db, app, ref, "failed", "reference")
 
 
@@ -157,7 +168,7 @@ def _reaper(db: Database, app: Celery, ref: int) -> None:
 def _cancel(db: Database, app: Celery, ref: int) -> None:
     """farm sweep cancel of the reference's own sweep: the cancelled jobs are handed to the decision as a batch."""
     with db.session() as s:
-        queries.cancel_jobs(s, [ref], "cancelled by farm sweep cancel")
+        sweeps.cancel_unfinished(s, [ref], "cancelled by farm sweep cancel")
         scheduling.jobs_ended(s, [ref])
 
 
@@ -169,7 +180,7 @@ def test_every_way_a_reference_ends_ends_its_dependents_in_every_sweep_and_settl
     first = persist(migrated_db, plan("first", "[fp32, dynamic]"))
     second = persist(migrated_db, plan("second", "[fp32, dynamic, static]"))
     ref, deps = reference_and_dependents(migrated_db, second)
-    dispatch.dispatch_ready(migrated_db, app, second.to_run)
+    send_ready(migrated_db, app, second.to_run)
 
     end(migrated_db, app, ref)
 
@@ -189,7 +200,7 @@ def test_the_decision_is_harmless_for_a_job_that_has_not_ended_or_ended_twice(mi
     ref, deps = reference_and_dependents(migrated_db, record)
     with migrated_db.session() as s:
         assert scheduling.job_ended(s, ref) == scheduling.Decision()  # pending: nothing decided
-        queries.fail_job(s, ref, "boom")
+        lifecycle.fail_job(s, ref, "boom")
         first = scheduling.job_ended(s, ref)
         again = scheduling.job_ended(s, ref)
     assert sorted(first.ended) == deps and first.settled == [record.sweep_id]
@@ -201,9 +212,9 @@ def test_a_reference_that_succeeds_releases_its_dependents(migrated_db: Database
     record = persist(migrated_db, plan())
     ref, deps = reference_and_dependents(migrated_db, record)
     with migrated_db.session() as s:
-        queries.mark_queued(s, [ref], queue="cpu")
-        assert queries.claim_job(s, ref, "w1", lease_s=60) is not None
-        assert queries.finish_job(s, ref, "w1", {"latency": []})
+        assert submit_ready(s, [ref])
+        assert lifecycle.claim_job(s, ref, "w1", lease_s=60) is not None
+        assert lifecycle.finish_job(s, ref, "w1", {"latency": []})
         decision = scheduling.job_ended(s, ref)
     assert sorted(m.job_id for m in decision.messages) == deps and decision.ended == []
     assert [st for st, _ in states(migrated_db, deps)] == ["queued", "queued"]
@@ -222,12 +233,12 @@ def _queued(db: Database, n: int, queue: str = "cpu", name: str = "lost") -> lis
         for i in ids:
             job = s.get(Job, i)
             assert job is not None
-            job.state, job.queued_at = "queued", queries.utcnow() - timedelta(hours=1, seconds=-i)
+            job.state, job.queued_at = "queued", lifecycle.utcnow() - timedelta(hours=1, seconds=-i)
     return ids
 
 
 def _cutoff(seconds: float = 60) -> datetime:
-    return queries.utcnow() - timedelta(seconds=seconds)
+    return lifecycle.utcnow() - timedelta(seconds=seconds)
 
 
 def test_lost_messages_are_taken_oldest_first_only_where_the_broker_holds_fewer(migrated_db: Database) -> None:
@@ -272,6 +283,6 @@ def test_the_reaper_sends_lost_messages_again_once(migrated_db: Database, app: C
 
 def test_a_backlog_whose_messages_are_there_is_not_sent_again(migrated_db: Database, app: Celery) -> None:
     ids = _queued(migrated_db, 3)  # queued an hour ago, no worker has taken them yet: a backlog
-    dispatch.send(app, [queries.Message(i, "cpu", "all") for i in ids])
+    dispatch.send(app, [policy.Message(i, "cpu", "all") for i in ids])
     assert dispatch.resend_lost(migrated_db, app, requeue_after_s=0) == 0
     assert _broker_length(app, "cpu") == 3

@@ -11,7 +11,7 @@ from sqlalchemy import update
 from farm.errors import NotFound
 from farm.store.db import Database
 from farm.store.models import Base, Metric, Sweep
-from farm.store.sweep_report import SweepRecord, read_sweep_report
+from farm.store.sweep_report import SweepHeader, read_sweep_report
 
 
 def test_a_sweep_its_rows_and_each_jobs_first_extra_come_back_as_plain_data(migrated_db: Database) -> None:
@@ -24,7 +24,7 @@ def test_a_sweep_its_rows_and_each_jobs_first_extra_come_back_as_plain_data(migr
 
     data = read_sweep_report(migrated_db, demo)
 
-    assert data.sweep == SweepRecord(demo, "demo", "running", None, data.sweep.created_at, None)
+    assert data.sweep == SweepHeader(demo, "demo", "running", None, data.sweep.created_at, None)
     assert {(r["job_key"][0], r["batch_size"]) for r in data.rows} == {
         (k, b) for (sweep, k, b) in store_support.EXPECTED if sweep == "demo"
     }

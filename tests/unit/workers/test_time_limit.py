@@ -8,10 +8,12 @@ from pathlib import Path
 
 from celery.exceptions import TimeLimitExceeded
 
-from farm.spec import load_spec
-from farm.store import queries
+from farm.spec.load import load_spec
+from farm.store import lifecycle, plans
 from farm.store.db import Database
 from farm.store.migrate import ensure_schema
+from farm.store.models import Job
+from tests.job_rows import queue_as_sent
 from tests.sweeps import FAST_BENCHMARK, TOY_DATA, TOY_MLP
 
 SPEC = (
@@ -21,11 +23,11 @@ SPEC = (
 
 def _running_trials(db: Database, worker: str | None = None) -> tuple[int, list[int]]:
     with db.session() as s:
-        record = queries.create_sweep(s, load_spec(SPEC), "tester@host")
+        record = plans.create_sweep(s, load_spec(SPEC), "tester@host")
         ref, *trials = record.to_run
-        queries.mark_queued(s, trials, queue="cpu")
+        queue_as_sent(s, trials, queue="cpu")
         for job_id in trials:
-            assert queries.claim_job(s, job_id, worker or f"{socket.gethostname()}:123", lease_s=3600) is not None
+            assert lifecycle.claim_job(s, job_id, worker or f"{socket.gethostname()}:123", lease_s=3600) is not None
     return record.sweep_id, trials
 
 
@@ -39,8 +41,8 @@ def test_a_hard_time_limit_fails_the_job_with_the_reason(sweep_home: Path, monke
     # Both have run for 95 s, on this host (the claims name host:123).
     with db.session() as s:
         for job_id in (killed, other):
-            job = s.get(queries.Job, job_id)
-            job.started_at = queries.utcnow() - timedelta(seconds=95)
+            job = s.get(Job, job_id)
+            job.started_at = lifecycle.utcnow() - timedelta(seconds=95)
 
     tasks._on_hard_time_limit(sender=tasks.run_job_task, exception=TimeLimitExceeded(90), args=[killed])
     # Other failures, and other tasks' time limits, are not this hook's business.
@@ -51,12 +53,12 @@ def test_a_hard_time_limit_fails_the_job_with_the_reason(sweep_home: Path, monke
 
     tasks._on_hard_time_limit(sender=Foreign(), exception=TimeLimitExceeded(90), args=[other])
     with db.session(write=False) as s:
-        job = s.get(queries.Job, killed)
+        job = s.get(Job, killed)
         assert job is not None and job.state == "failed" and job.lease_expires_at is None
         assert job.error == (
             "the job ran past its hard time limit of 90 s (FARM_TASK_TIME_LIMIT_S) and its worker process was killed"
         )
-        assert queries.job_state(s, other) == "running"
+        assert lifecycle.job_state(s, other) == "running"
     db.dispose()
 
 
@@ -67,10 +69,10 @@ def test_a_job_already_finished_is_left_as_it_ended(sweep_home: Path) -> None:
     ensure_schema(db)
     _, (done, _) = _running_trials(db)
     with db.session() as s:
-        queries.fail_job(s, done, "cancelled while running", state="cancelled")
+        lifecycle.fail_job(s, done, "cancelled while running", state="cancelled")
     tasks._on_hard_time_limit(sender=tasks.run_job_task, exception=TimeLimitExceeded(90), args=[done])
     with db.session(write=False) as s:
-        job = s.get(queries.Job, done)
+        job = s.get(Job, done)
         assert job is not None and (job.state, job.error) == ("cancelled", "cancelled while running")
     db.dispose()
 
@@ -83,11 +85,11 @@ def test_a_job_taken_over_since_is_not_failed_by_the_old_holders_limit(sweep_hom
     ensure_schema(db)
     _, (elsewhere, recent) = _running_trials(db, worker="other-host:77")
     with db.session() as s:
-        s.get(queries.Job, elsewhere).started_at = queries.utcnow() - timedelta(seconds=95)  # type: ignore[union-attr]
-        job = s.get(queries.Job, recent)
-        job.worker, job.started_at = f"{socket.gethostname()}:5", queries.utcnow() - timedelta(seconds=3)  # type: ignore[union-attr]
+        s.get(Job, elsewhere).started_at = lifecycle.utcnow() - timedelta(seconds=95)  # type: ignore[union-attr]
+        job = s.get(Job, recent)
+        job.worker, job.started_at = f"{socket.gethostname()}:5", lifecycle.utcnow() - timedelta(seconds=3)  # type: ignore[union-attr]
     for job_id in (elsewhere, recent):  # held by another host; claimed here 3 s ago (a takeover)
         tasks._on_hard_time_limit(sender=tasks.run_job_task, exception=TimeLimitExceeded(90), args=[job_id])
     with db.session(write=False) as s:
-        assert [queries.job_state(s, i) for i in (elsewhere, recent)] == ["running", "running"]
+        assert [lifecycle.job_state(s, i) for i in (elsewhere, recent)] == ["running", "running"]
     db.dispose()
