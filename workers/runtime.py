@@ -40,6 +40,37 @@ class Child:
     started: float = field(default=0.0)
 
 
+def prepare(queues: str, *, concurrency: int | None, gpus: str | None, threads: int, loglevel: str) -> list[Child]:
+    """What ``farm worker`` will run, from its options as typed: the settings and every queue checked first.
+
+    Raises:
+        ConfigError: a bad broker or artifacts URL, queue name or GPU list, or a queue this machine can't serve.
+    """
+    from farm.artifacts import check_store_url
+    from farm.routing import check_queue_name
+    from farm.settings import Settings
+    from workers.app import check_broker_url
+    from workers.capabilities import detect
+
+    settings = Settings.from_env()
+    check_broker_url(settings.broker_url)
+    check_store_url(settings.artifacts_url)  # a bad one would fail every job it takes, over and over
+    names = [check_queue_name(q.strip(), source="--queues") for q in queues.split(",") if q.strip()]
+    try:
+        gpu_ids = [int(g) for g in gpus.split(",") if g.strip()] if gpus else None
+    except ValueError:
+        raise ConfigError(f"--gpus: expected comma-separated GPU indices, got {gpus!r}") from None
+    return plan(names, detect(), concurrency=concurrency, gpus=gpu_ids, threads=threads, loglevel=loglevel)
+
+
+def serve(children: list[Child], loglevel: str) -> int:
+    """Run ``children`` until stopped, reaping every quarter lease; returns the exit status."""
+    from farm.settings import FarmSettings
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(children, reap_every_s=max(2.0, FarmSettings.from_env().lease_s / 4))
+
+
 def plan(
     queues: list[str],
     caps: dict[str, Any],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 from rich.table import Table
 
@@ -27,24 +25,9 @@ def worker(queues: str, concurrency: int | None, gpus: str | None, threads: int,
     process with CUDA_VISIBLE_DEVICES set. A queue this machine can't serve (gpu without CUDA, cpu-avx512
     without AVX-512) is refused.
     """
-    from farm.artifacts import check_store_url
-    from farm.errors import ConfigError
-    from farm.routing import check_queue_name
-    from farm.settings import FarmSettings, Settings
-    from workers.app import check_broker_url
-    from workers.capabilities import detect
-    from workers.runtime import plan, run
+    from workers.runtime import prepare, serve
 
-    settings = Settings.from_env()
-    check_broker_url(settings.broker_url)
-    check_store_url(settings.artifacts_url)  # a bad one would fail every job it takes, over and over
-    names = [check_queue_name(q.strip(), source="--queues") for q in queues.split(",") if q.strip()]
-    try:
-        gpu_ids = [int(g) for g in gpus.split(",") if g.strip()] if gpus else None
-    except ValueError:
-        raise ConfigError(f"--gpus: expected comma-separated GPU indices, got {gpus!r}") from None
-    caps = detect()
-    children = plan(names, caps, concurrency=concurrency, gpus=gpu_ids, threads=threads, loglevel=loglevel)
+    children = prepare(queues, concurrency=concurrency, gpus=gpus, threads=threads, loglevel=loglevel)
     for child in children:
         gpu = child.env.get("CUDA_VISIBLE_DEVICES") or "none"
         click.echo(
@@ -52,9 +35,7 @@ def worker(queues: str, concurrency: int | None, gpus: str | None, threads: int,
         )
     if dry_run:
         return
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    farm = FarmSettings.from_env()
-    raise SystemExit(run(children, reap_every_s=max(2.0, farm.lease_s / 4)))
+    raise SystemExit(serve(children, loglevel))
 
 
 @click.command()
