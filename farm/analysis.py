@@ -20,8 +20,70 @@ DROP_TOLERANCE = 1e-9
 RECIPE_COLUMNS = ("model", "dataset", "method", "bits", "calibration_size", "backend", "observer", "granularity")
 
 
+#: The interval columns of the figures that carry one: overlapping intervals are a tie, not a ranking.
+INTERVALS = {
+    "latency_p50_ms": ("latency_p50_ci_low_ms", "latency_p50_ci_high_ms"),
+    "speedup": ("speedup_ci_low", "speedup_ci_high"),
+}
+#: How much an observer costs to calibrate, cheapest first (ties are broken towards the cheaper one).
+OBSERVER_COST = {None: 0, "minmax": 0, "moving_average": 1, "histogram": 2, "percentile": 3}
+#: What a tie break says it preferred.
+SIMPLICITY = "no QAT, then fewer calibration samples, then a cheaper observer"
+
+
 def succeeded(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("state") == "succeeded"]
+    """The rows of succeeded jobs whose figures can be trusted (health ok, or unknown for rows before 0006)."""
+    return [r for r in rows if r.get("state") == "succeeded" and r.get("health") in (None, "ok")]
+
+
+def unhealthy(rows: Iterable[dict[str, Any]]) -> dict[int, str]:
+    """The succeeded jobs left out of every ranking because their figures mean nothing, with their health.
+
+    Returns:
+        {job_id: health} for jobs whose ``health`` is ``degenerate_reference``, ``collapsed`` or ``nan``.
+    """
+    return {
+        r["job_id"]: str(r["health"])
+        for r in rows
+        if r.get("state") == "succeeded" and r.get("health") not in (None, "ok")
+    }
+
+
+def excluded_note(rows: Iterable[dict[str, Any]]) -> str | None:
+    """One line saying how many jobs a ranking left out for their health, by kind; None when none."""
+    bad = unhealthy(rows)
+    if not bad:
+        return None
+    counts: defaultdict[str, int] = defaultdict(int)
+    for health in bad.values():
+        counts[health] += 1
+    kinds = ", ".join(f"{n} {h}" for h, n in sorted(counts.items()))
+    return f"{len(bad)} job(s) left out: their figures mean nothing ({kinds}; see the health column)"
+
+
+def simplicity(row: dict[str, Any]) -> tuple[int, int, int]:
+    """Sort key of a recipe's cost to produce, simplest first: no QAT, fewer calibration samples, cheaper observer."""
+    return (
+        1 if row.get("method") == "qat" else 0,
+        int(row.get("calibration_size") or 0),
+        OBSERVER_COST.get(row.get("observer"), len(OBSERVER_COST)),
+    )
+
+
+def interval(row: dict[str, Any], figure: str) -> tuple[float, float]:
+    """The figure's 95 % interval when the row has one, else the figure itself as a zero-width interval."""
+    value = float(row[figure])
+    columns = INTERVALS.get(figure)
+    low, high = (row.get(columns[0]), row.get(columns[1])) if columns else (None, None)
+    if low is None or high is None:
+        return value, value
+    return min(float(low), value), max(float(high), value)
+
+
+def overlaps(a: dict[str, Any], b: dict[str, Any], figure: str) -> bool:
+    """Whether two rows' intervals of ``figure`` overlap: the measurement cannot tell them apart."""
+    (lo_a, hi_a), (lo_b, hi_b) = interval(a, figure), interval(b, figure)
+    return lo_a <= hi_b and lo_b <= hi_a
 
 
 def _groups(rows: Sequence[dict[str, Any]], per_batch: bool) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
@@ -58,7 +120,7 @@ def pareto_front(
     per_batch = x in PER_BATCH or y in PER_BATCH
     candidates = [
         r
-        for r in succeeded(rows)
+        for r in succeeded(rows)  # health not ok: left out (excluded_note says how many)
         if r.get(x) is not None and r.get(y) is not None and not (per_batch and r.get("simulated"))
     ]
     sx, sy = (1 if maximize_x else -1), (1 if maximize_y else -1)
@@ -86,37 +148,63 @@ class Choice:
     closest_miss: dict[str, Any] | None = None
     candidates: int = 0
     notes: list[str] = field(default_factory=list)
+    #: The other qualifying rows whose interval of the figure overlaps the fastest's: a tie, broken by simplicity.
+    tied: list[dict[str, Any]] = field(default_factory=list)
 
 
 def best_configs(
-    rows: Sequence[dict[str, Any]], *, max_accuracy_drop: float, by: str = "latency_p50_ms"
+    rows: Sequence[dict[str, Any]],
+    *,
+    max_accuracy_drop: float,
+    by: str = "latency_p50_ms",
+    include_simulated: bool = False,
 ) -> list[Choice]:
     """Per model: the best succeeded row whose accuracy drop is within the budget, ranked by ``by``.
 
     ``by`` is minimised (latency, size) unless bigger is better (throughput, speedup). Rows without an
-    accuracy drop or a ``by`` figure can't qualify; simulated rows can't qualify on latency figures. Where
+    accuracy drop or a ``by`` figure can't qualify, nor can rows whose health is not ok; simulated rows can't
+    qualify unless ``include_simulated`` (their size is an estimate), and never on latency figures. Where
     none qualifies, the closest miss is the row with the smallest accuracy drop.
+
+    Rows whose 95 % interval of ``by`` (:data:`INTERVALS`) overlaps the best one's are a tie: the measurement
+    cannot rank them, so the simplest recipe (:func:`simplicity`) wins, and :attr:`Choice.tied` and a note say so.
     """
     per_batch = by in PER_BATCH
     sign = -1 if by in MAXIMISE else 1
     choices = []
     for key, group in sorted(_groups(succeeded(rows), per_batch).items(), key=lambda kv: tuple(map(str, kv[0]))):
-        usable = [r for r in group if r.get(by) is not None and not (per_batch and r.get("simulated"))]
+        usable = [
+            r
+            for r in group
+            if r.get(by) is not None and not (r.get("simulated") and (per_batch or not include_simulated))
+        ]
         # The stored drop is fp32 - accuracy in floating point (0.98 - 0.97 = 0.010000000000000009): a drop equal
         # to the budget is within it.
         budget = max_accuracy_drop + DROP_TOLERANCE
         within = [r for r in usable if r.get("accuracy_drop") is not None and r["accuracy_drop"] <= budget]
         choice = Choice(key, None, candidates=len(within))
         if within:
-            choice.best = min(within, key=lambda r: (sign * r[by], r["accuracy_drop"]))
+            _pick(choice, within, by, sign)
         else:
             measured = [r for r in usable if r.get("accuracy_drop") is not None]
             choice.closest_miss = min(measured, key=lambda r: (r["accuracy_drop"], sign * r[by])) if measured else None
         skipped = len(group) - len(usable)
         if skipped:
-            choice.notes.append(f"{skipped} row(s) without {by}{' or simulated' if per_batch else ''} not considered")
+            simulated = " or simulated" if per_batch or not include_simulated else ""
+            choice.notes.append(f"{skipped} row(s) without {by}{simulated} not considered")
         choices.append(choice)
     return choices
+
+
+def _pick(choice: Choice, within: list[dict[str, Any]], by: str, sign: int) -> None:
+    fastest = min(within, key=lambda r: (sign * r[by], r["accuracy_drop"]))
+    tied = [r for r in within if overlaps(r, fastest, by)]
+    choice.best = min(tied, key=lambda r: (simplicity(r), sign * r[by], r["accuracy_drop"]))
+    choice.tied = [r for r in tied if r is not choice.best]
+    if choice.tied:
+        choice.notes.append(
+            f"{len(tied)} configurations tie on {by} (their 95 % intervals overlap): picked the simplest ({SIMPLICITY})"
+        )
 
 
 @dataclass
@@ -150,9 +238,12 @@ def compare(
     rows_b: Sequence[dict[str, Any]],
     configs: dict[int, str] | None = None,
 ) -> list[Pair]:
-    """Match the rows of two sweeps by recipe (see :func:`recipe_key`); unmatched rows pair with None."""
-    index_a = {recipe_key(r, configs): r for r in rows_a}
-    index_b = {recipe_key(r, configs): r for r in rows_b}
+    """Match the rows of two sweeps by recipe (see :func:`recipe_key`); unmatched rows pair with None.
+
+    Rows of jobs whose health is not ok are left out on both sides (:func:`excluded_note` counts them).
+    """
+    index_a = {recipe_key(r, configs): r for r in rows_a if r.get("health") in (None, "ok")}
+    index_b = {recipe_key(r, configs): r for r in rows_b if r.get("health") in (None, "ok")}
     pairs = []
     for key in sorted(set(index_a) | set(index_b), key=lambda k: tuple(map(str, k))):
         a, b = index_a.get(key), index_b.get(key)

@@ -23,6 +23,7 @@ _DTYPES: dict[Kind, str] = {
     "bool": "boolean",
     "text": "string",
     "datetime": "datetime64[us, UTC]",
+    "json": "string",  # canonical JSON text (farm.store.results)
 }
 
 #: What to install for DataFrames and Parquet files.

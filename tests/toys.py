@@ -199,3 +199,46 @@ def toy_splits(n: int = 8) -> dict[str, object]:
 def bad_splits() -> dict[str, object]:
     """A dataset entrypoint missing its test split."""
     return {"calibration": []}
+
+
+class FlatHead(nn.Module):
+    """Outputs that hardly depend on the input, one class for every sample: the issue's randomly initialised
+    MobileNetV2 in miniature (a degenerate reference)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        with torch.no_grad():
+            self.net[1].weight.mul_(1e-6)
+            self.net[1].bias.zero_()
+            self.net[1].bias[3] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class OutlierMLP(nn.Module):
+    """A hidden unit stuck at 1e6 shares its activation tensor with the useful ones: per-tensor int8 activations
+    round every useful value to zero, so statically quantized outputs collapse (SQNR 0 dB, cosine 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 33), nn.ReLU(), nn.Linear(33, 10))
+        with torch.no_grad():
+            self.net[1].weight[32].zero_()
+            self.net[1].bias[32] = 1e6
+            self.net[3].weight[:, 32].zero_()
+            self.net[3].bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def flat_head(seed: int = 0) -> nn.Module:
+    _seeded(seed)
+    return FlatHead().eval()
+
+
+def outlier_mlp(seed: int = 0) -> nn.Module:
+    _seeded(seed)
+    return OutlierMLP().eval()

@@ -13,13 +13,13 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import task_failure, worker_init
+from celery.signals import task_failure, worker_init, worker_process_init
 
 from farm.errors import TransientError
 from farm.jobs.policy import Message, gave_up
 from workers import heartbeat  # noqa: F401 - connects the heartbeat to the pool processes' signals
 from workers.app import QAT_TRAIN, RUN_JOB, app
-from workers.process import resources
+from workers.process import pin, resources
 
 log = logging.getLogger("farm.worker")
 
@@ -42,6 +42,15 @@ def _preload(**_: Any) -> None:
         import farm.zoo.models  # noqa: F401
     except ImportError:  # a worker without the engine extra can still run no-op jobs
         pass
+
+
+@worker_process_init.connect
+def _pin(**_: Any) -> None:
+    """Each pool process runs on cores of its own (``farm worker --concurrency N``): see workers.process.pin."""
+    try:
+        pin()
+    except Exception as e:  # noqa: BLE001 - an unpinned process still runs its jobs, and its figures say so
+        log.warning("could not pin this pool process: %s", e)
 
 
 def _run(task: Task, job_id: int) -> str:

@@ -6,6 +6,7 @@ producer commands (sweep submit, results) work on a machine with only the base i
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from typing import Any
 
@@ -55,6 +56,20 @@ class LazyGroup(click.Group):
             assert isinstance(command, click.Command)
             return command
         return super().get_command(ctx, name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """Click's resolution, but a mistyped command name is told the nearest one (``farm sweeep``: "Did you mean
+        'sweep'?"). Click suggests from ``self.commands`` only, which holds none of the lazy commands."""
+        name = click.utils.make_str(args[0]) if args else ""
+        if ctx.resilient_parsing or not name or name.startswith("-") or self.get_command(ctx, name) is not None:
+            return super().resolve_command(ctx, args)
+        if ctx.token_normalize_func is not None and self.get_command(ctx, ctx.token_normalize_func(name)):
+            return super().resolve_command(ctx, args)
+        close = difflib.get_close_matches(name, self.list_commands(ctx), n=3)
+        hint = " Did you mean " + " or ".join(repr(c) for c in close) + "?" if close else ""
+        raise click.UsageError(f"No such command {name!r}.{hint}", ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

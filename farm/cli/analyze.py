@@ -25,6 +25,8 @@ def _rows(sweeps: list[int], where: str | None) -> tuple[Any, list[dict[str, Any
 
 
 def _label(r: dict[str, Any]) -> str:
+    if r.get("recipe"):  # names every non-default parameter (two QAT jobs differing in epochs differ here)
+        return str(r["recipe"]) + (" (sim)" if r.get("simulated") else "")
     parts = [r["method"]]
     if r.get("bits") is not None:
         parts.append(f"int{r['bits']}" + (" (sim)" if r.get("simulated") else ""))
@@ -57,12 +59,15 @@ def pareto(
             from farm.errors import ConfigError
 
             raise ConfigError(f"{option}: {name} is not a numeric column")
+    from farm.analysis import excluded_note
+
     _, rows = _rows(list(sweep_ids), where)
     fronts = pareto_front(rows, x, y, maximize_x=x_direction == "max", maximize_y=y_direction == "max")
     flat = [{"group": " ".join(map(str, k)), **r, "config": _label(r)} for k, front in fronts.items() for r in front]
     if fmt != "table":
         write_rows(flat, ["model", "batch_size", "job_id", "config", x, y, "artifact_uri"], fmt)
         return
+    _note(excluded_note(rows))
     if not flat:
         out.print(f"no succeeded job has both {x} and {y}")
     for key, front in fronts.items():
@@ -89,20 +94,41 @@ def pareto(
     "--by", default="latency_p50_ms", show_default=True, help="What to optimise: latency_p50_ms, size_bytes, ..."
 )
 @click.option("--where", help="Filter first (docs/query.md), e.g. \"batch_size = 8 AND device = 'cpu'\".")
+@click.option(
+    "--include-simulated",
+    is_flag=True,
+    help="Let simulated (fake-quantized, bits < 8) results compete; their size is an estimate. Never on latency.",
+)
 @click.option("--format", "fmt", type=click.Choice(TEXT_FORMATS), default="table", show_default=True)
-def best(sweep_ids: tuple[int, ...], max_accuracy_drop: float, by: str, where: str | None, fmt: str) -> None:
-    """Per model, the best configuration within the accuracy budget, with its artifact URI."""
-    from farm.analysis import MAXIMISE, best_configs
+def best(
+    sweep_ids: tuple[int, ...], max_accuracy_drop: float, by: str, where: str | None, include_simulated: bool, fmt: str
+) -> None:
+    """Per model, the best configuration within the accuracy budget, with its artifact URI.
+
+    Configurations whose 95 % intervals of the figure overlap are a tie, which the simplest recipe wins (no QAT,
+    fewer calibration samples, a cheaper observer); results whose health is not ok never compete.
+    """
+    from farm.analysis import MAXIMISE, best_configs, excluded_note
     from farm.errors import ConfigError
     from farm.store.columns import COLUMN_KINDS, is_numeric, resolve_column
 
     if not 0 <= max_accuracy_drop < 1:
-        raise ConfigError(f"--max-accuracy-drop: a fraction between 0 and 1, got {max_accuracy_drop}")
+        # A user writing 1 means one point, but as a fraction it is the whole accuracy: every result would pass.
+        points = (
+            f": {max_accuracy_drop:g} is a drop of {max_accuracy_drop * 100:g} points, which every configuration "
+            f"passes; for {max_accuracy_drop:g} point(s) write {max_accuracy_drop / 100:g}"
+            if 1 <= max_accuracy_drop <= 100
+            else ""
+        )
+        raise ConfigError(
+            "--max-accuracy-drop: a fraction of accuracy from 0 up to, not including, 1 (0.01 is 1 point), "
+            f"got {max_accuracy_drop:g}{points}"
+        )
     by = resolve_column(by, source="--by")
     if not is_numeric(COLUMN_KINDS[by]):
         raise ConfigError(f"--by: {by} is not a numeric column")
     _, rows = _rows(list(sweep_ids), where)
-    choices = best_configs(rows, max_accuracy_drop=max_accuracy_drop, by=by)
+    choices = best_configs(rows, max_accuracy_drop=max_accuracy_drop, by=by, include_simulated=include_simulated)
     direction = "highest" if by in MAXIMISE else "lowest"
     records = []
     for c in choices:
@@ -117,6 +143,7 @@ def best(sweep_ids: tuple[int, ...], max_accuracy_drop: float, by: str, where: s
                 "accuracy": r.get("accuracy"),
                 "accuracy_drop": r.get("accuracy_drop"),
                 by: r.get(by),
+                "tied_job_ids": [t["job_id"] for t in c.tied],
                 "artifact_uri": r.get("artifact_uri"),
             }
         )
@@ -125,11 +152,13 @@ def best(sweep_ids: tuple[int, ...], max_accuracy_drop: float, by: str, where: s
         return
     if not choices:
         out.print("no succeeded jobs match")
+    _note(excluded_note(rows))
     for c, rec in zip(choices, records, strict=True):
         where_ = f"{rec['model']}" + (f", batch {rec['batch_size']}" if rec["batch_size"] is not None else "")
         if c.best is not None:
             out.print(
-                f"[bold]{escape(where_)}[/]: {escape(rec['config'])} (job {rec['job_id']}): {by} {cell(rec[by])}, "
+                f"[bold]{escape(where_)}[/]: {escape(rec['config'])} (job {rec['job_id']}): {by} "
+                f"{_with_interval(c.best, by)}, "
                 f"accuracy {cell(rec['accuracy'])} (drop {rec['accuracy_drop']:+.4f}), {direction} {by} of "
                 f"{c.candidates} within {max_accuracy_drop:g}\n  artifact: {escape(rec['artifact_uri'] or '-')}"
             )
@@ -157,6 +186,8 @@ def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:
 
     db, rows_a = _rows([sweep_a], where)
     _, rows_b = _rows([sweep_b], where)
+    from farm.analysis import excluded_note
+
     configs = method_configs(db, [r["job_id"] for r in rows_a + rows_b])
     pairs = match(rows_a, rows_b, configs)
     records = []
@@ -185,6 +216,7 @@ def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:
         return
     both = sum(1 for r in records if r["in"] == "both")
     out.print(f"sweep {sweep_a} vs sweep {sweep_b}: {both} matching rows, {len(records) - both} in one sweep only")
+    _note(excluded_note(rows_a + rows_b))
     hw = {(r["hardware_a"], r["hardware_b"]) for r in records if r["in"] == "both"}
     for ha, hb in sorted(hw, key=str):
         out.print(f"  hardware: a = {escape(str(ha))}; b = {escape(str(hb))}")
@@ -221,3 +253,19 @@ def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:
             r["in"],
         )
     out.print(table)
+
+
+def _note(text: str | None) -> None:
+    if text:
+        out.print(f"[yellow]note: {escape(text)}[/]")
+
+
+def _with_interval(row: dict[str, Any], figure: str) -> str:
+    """``0.118 (95 % CI 0.117-0.120)`` where the figure has an interval, else the figure alone."""
+    from farm.analysis import INTERVALS
+
+    low_col, high_col = INTERVALS.get(figure, ("", ""))
+    low, high = row.get(low_col), row.get(high_col)
+    if low is None or high is None:
+        return cell(row.get(figure))
+    return f"{cell(row.get(figure))} (95 % CI {cell(low)}-{cell(high)})"

@@ -48,6 +48,10 @@ def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
         err.print(f"[yellow]interrupted:[/] {run.stats.cancelled} job(s) cancelled, none left running")
         sys.exit(130)
     print_sweep_summary(db, run.sweep_id)
+    # The id the creation line named has scrolled away by now, and a user's first sweep is not sweep 1 after the
+    # demo: name it again with the commands that take it.
+    i = run.sweep_id
+    err.print(f"sweep {i}: `farm sweep status {i}`, `farm results query --sweep {i}`, `farm report {i}`")
     return db, run.sweep_id, run.stats
 
 

@@ -84,6 +84,31 @@ def write_rows(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, out
     _write_file(output, lambda path: path.write_text(text, encoding="utf-8"))
 
 
+def write_compact(rows: list[dict[str, Any]], output: str | None = None) -> None:
+    """The default results table (farm.cli.compact): fits 100 columns; to stdout, or as plain text to ``output``.
+
+    Raises:
+        ConfigError: the output file can't be written.
+    """
+    from rich.console import Console
+
+    from farm.cli.compact import TABLE_WIDTH, compact_table
+
+    table, notes = compact_table(rows)
+    if output is None:
+        out.print(table)
+        for line in notes:
+            out.print(line, markup=False)
+        return
+    buf = io.StringIO()
+    console = Console(file=buf, width=TABLE_WIDTH)
+    console.print(table)
+    for line in notes:
+        console.print(line, markup=False)
+    text = buf.getvalue()
+    _write_file(output, lambda path: path.write_text(text, encoding="utf-8"))
+
+
 def _write_parquet(rows: list[dict[str, Any]], columns: Sequence[str], output: str) -> None:
     from farm.frames import results_frame
 

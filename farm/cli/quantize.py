@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -95,6 +96,13 @@ class BatchSizes(click.ParamType):
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads for the whole trial.")
 @click.option(
+    "--isolation",
+    default="exclusive",
+    show_default=True,
+    metavar="exclusive|pinned|none",
+    help="While timing: exclusive (other farm jobs on this host pause; own cores), pinned (own cores) or none.",
+)
+@click.option(
     "--device",
     type=click.Choice(["cpu", "cuda"]),
     help="Where to evaluate and time (fp methods; default cuda for fp16, else cpu); for qat, where to fine-tune.",
@@ -110,6 +118,7 @@ def quantize(
     extra: tuple[str, ...],
     batch_sizes: tuple[tuple[int, ...], ...],
     threads: int,
+    isolation: str,
     device: str | None,
     seed: int,
     output: str | None,
@@ -135,7 +144,7 @@ def quantize(
     config = build_config(method, options, extra, device)
     bench_device = "auto" if device is None or method == "qat" else device
     sizes = tuple(dict.fromkeys(b for group in batch_sizes for b in group))
-    bench = BenchmarkConfig(batch_sizes=sizes or (1, 8), threads=threads, device=bench_device)
+    bench = BenchmarkConfig(batch_sizes=sizes or (1, 8), threads=threads, device=bench_device, isolation=isolation)
     problems = bench.problems()
     if problems:
         raise ConfigError([Problem(_option(p.path), p.message) for p in problems])
@@ -234,17 +243,21 @@ def _run(spec: Any, target: Path, *, show_progress: bool) -> dict[str, Any]:
     """Run the trial in a scratch directory beside ``target``; move it into place only on success."""
     from farm.cli.render import interactive
     from farm.jobs.steps import run_job
+    from farm.quant.isolation import pinned_for
 
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # Cores of its own for the trial (unless isolation none): no other farm job on this host runs on them.
+    pinning = pinned_for(spec.benchmark.threads) if spec.benchmark.isolation != "none" else contextlib.nullcontext()
     try:
-        if show_progress and interactive():
-            from farm.cli.progress import StepProgress
+        with pinning:
+            if show_progress and interactive():
+                from farm.cli.progress import StepProgress
 
-            with StepProgress(spec.method.label()) as progress:
-                result = run_job(spec, scratch, progress=progress.update)
-        else:
-            result = run_job(spec, scratch)
+                with StepProgress(spec.method.label()) as progress:
+                    result = run_job(spec, scratch, progress=progress.update)
+            else:
+                result = run_job(spec, scratch)
         result.artifact_uri = str(target.resolve())
         _install(scratch, target)
     except BaseException:

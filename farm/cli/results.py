@@ -31,7 +31,12 @@ def results() -> None:
     multiple=True,
     help="Sort key (repeatable; NULLs last). Then sweep_id, job_id, batch_size.",
 )
-@click.option("--columns", metavar="A,B,...", help="Comma-separated columns to show (default: all).")
+@click.option(
+    "--columns",
+    metavar="A,B,...",
+    help="Comma-separated columns to show (default: all; a table shows a 100-column summary unless --wide).",
+)
+@click.option("--wide", is_flag=True, help="Table: every column of results_flat, not the 100-column summary.")
 @click.option("--limit", type=COUNT, help="At most this many rows.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
@@ -40,12 +45,17 @@ def query(
     where: str | None,
     order_by: tuple[str, ...],
     columns: str | None,
+    wide: bool,
     limit: int | None,
     fmt: str,
     output: str | None,
 ) -> None:
-    """Rows of results_flat: one per sweep, job and batch size."""
-    from farm.cli.output import check_output, write_rows
+    """Rows of results_flat: one per sweep, job and batch size.
+
+    As a table without --columns: job, model (long names shortened through a legend), recipe, the backend where it
+    varies, batch, accuracy, drop, p50 ± its 95 % interval, speedup, size, and health or state where one is off.
+    """
+    from farm.cli.output import check_output, write_compact, write_rows
     from farm.store.migrate import open_database
     from farm.store.results import ResultsQuery, query
 
@@ -53,4 +63,7 @@ def query(
     q = ResultsQuery.parse(sweep=sweep_ids, where=where, order_by=order_by, columns=columns, limit=limit, cli=True)
     check_output(fmt, output)
     rows = query(open_database(read_only=True), q)
+    if fmt == "table" and columns is None and not wide:
+        write_compact(rows, output)
+        return
     write_rows(rows, q.columns, fmt, output)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.markup import escape
-from rich.table import Table
 
 from farm.cli.render import cell, err, out
 
@@ -92,60 +91,55 @@ def watch_sweep(db: Any, sweep_id: int, poll_s: float = 1.0, patience: Any = Non
             time.sleep(poll_s)
 
 
-def print_sweep_summary(db: Any, sweep_id: int) -> None:
-    """The results table at the end of a run: one row per job, latency per batch size side by side."""
+def print_sweep_summary(db: Any, sweep_id: int, *, wide: bool = False) -> None:
+    """The results table at the end of a run: one row per job, its figures at the largest batch size.
+
+    It fits 100 columns: the recipe label stands for the method's parameters, long model names are shortened
+    through a legend printed below, the backend shows where it varies, a status where a job failed or its figures
+    are not healthy. ``wide`` adds the parameter columns, SQNR, coverage and the latency at every batch size.
+    """
+    from farm.cli.compact import add_column, fmt, legend_lines, model_legend, new_table, status, varying
     from farm.store.results import sweep_rows
 
     rows = sweep_rows(db, sweep_id)
     by_job: dict[int, dict[str, Any]] = {}
     batches: list[int] = sorted({r["batch_size"] for r in rows if r["batch_size"] is not None})
     for r in rows:
-        job = by_job.setdefault(r["job_id"], {**r, "lat": {}, "spd": {}})
+        job = by_job.setdefault(r["job_id"], {**r, "lat": {}, "by_batch": {}})
         if r["batch_size"] is not None:
             job["lat"][r["batch_size"]] = r["latency_p50_ms"]
-            job["spd"][r["batch_size"]] = r["speedup"]
-    table = Table(show_edge=False, header_style="bold", title=f"sweep {sweep_id}")
-    cols = [
-        "model",
-        "method",
-        "bits",
-        "cal",
-        "observer",
-        "gran",
-        "accuracy",
-        "drop",
-        "sqnr dB",
-        "size ratio",
-        "coverage",
-    ]
-    cols += [f"p50 ms b{b}" for b in batches] + ([f"speedup b{batches[-1]}"] if batches else []) + ["state"]
-    for c in cols:
-        table.add_column(c, justify="right" if c not in ("model", "method", "observer", "gran", "state") else "left")
-    for job in sorted(
-        by_job.values(), key=lambda j: (j["model"], j["method"], j["bits"] or 0, j["calibration_size"] or 0)
-    ):
-        sim = " (sim)" if job["simulated"] else ""
-        row = [
-            job["model"],
-            job["method"] + sim,
-            cell(job["bits"]),
-            cell(job["calibration_size"]),
-            cell(job["observer"]),
-            cell(job["granularity"]),
-            _fmt(job["accuracy"], ".4f"),
-            _fmt(job["accuracy_drop"], "+.4f"),
-            _fmt(job["sqnr_db"], ".1f"),
-            _fmt(job["size_ratio"], ".3f"),
-            _fmt(job["coverage"], ".1%"),
-        ]
-        row += [_fmt(job["lat"].get(b), ".3f") for b in batches]
-        if batches:
-            row.append(_fmt(job["spd"].get(batches[-1]), ".2f", "x"))
-        state = job["state"]
-        row.append(f"[red]{state}[/]" if state == "failed" else state)
-        table.add_row(*row)
+            job["by_batch"][r["batch_size"]] = r
+    jobs = list(by_job.values())
+    legend = model_legend([j["model"] for j in jobs])
+    last = batches[-1] if batches else None
+    cols: list[tuple[str, Any]] = [("model", lambda j: escape(legend[j["model"]])), ("recipe", _recipe)]
+    if wide:
+        cols += [("bits", lambda j: cell(j["bits"])), ("cal", lambda j: cell(j["calibration_size"]))]
+        cols += [("observer", lambda j: cell(j["observer"])), ("gran", lambda j: cell(j["granularity"]))]
+    if wide or "backend" in varying(jobs):
+        cols.append(("backend", lambda j: cell(j.get("backend"))))
+    cols += [("acc", lambda j: fmt(j["accuracy"], ".4f")), ("drop", lambda j: fmt(j["accuracy_drop"], "+.4f"))]
+    if wide:
+        cols += [("sqnr dB", lambda j: fmt(j["sqnr_db"], ".1f")), ("coverage", lambda j: fmt(j["coverage"], ".1%"))]
+    cols.append(("size/fp32", lambda j: fmt(j["size_ratio"], ".3f")))
+    if wide:
+        cols += [(f"p50 ms b{b}", lambda j, b=b: fmt(j["lat"].get(b), ".3f")) for b in batches]
+    elif last is not None:
+        cols.append(("p50 ms", lambda j: _p50_at(j, last)))
+    if last is not None:
+        cols.append(("speedup", lambda j: fmt((j["by_batch"].get(last) or {}).get("speedup"), ".2f", "x")))
+    if any(status(j) != "ok" for j in jobs):
+        cols.append(("status", _status))
+    at = f" (latency and speedup at batch {last})" if last is not None and not wide else ""
+    table = new_table(f"sweep {sweep_id}{at}")
+    for name, _ in cols:
+        add_column(table, name)
+    for job in sorted(jobs, key=lambda j: (j["model"], j["method"], j["bits"] or 0, j["calibration_size"] or 0)):
+        table.add_row(*(render(job) for _, render in cols))
     out.print(table)
-    failures = [j for j in by_job.values() if j["state"] == "failed"]
+    for line in legend_lines(legend):
+        out.print(line, markup=False)
+    failures = [j for j in jobs if j["state"] == "failed"]
     for j in failures[:10]:
         out.print(
             f"[red]failed[/] job {j['job_id']} ({escape(j['method'])}, {escape(j['model'])}): "
@@ -153,5 +147,21 @@ def print_sweep_summary(db: Any, sweep_id: int) -> None:
         )
 
 
-def _fmt(value: Any, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
+def _recipe(job: dict[str, Any]) -> str:
+    from farm.cli.compact import recipe_of
+
+    return escape(recipe_of(job))
+
+
+def _p50_at(job: dict[str, Any], batch: int) -> str:
+    from farm.cli.compact import p50_with_interval
+
+    row = job["by_batch"].get(batch)
+    return "-" if row is None else p50_with_interval(row)
+
+
+def _status(job: dict[str, Any]) -> str:
+    from farm.cli.compact import status
+
+    word = status(job)
+    return word if word in ("ok", "succeeded") else f"[red]{word}[/]" if word == "failed" else f"[yellow]{word}[/]"

@@ -12,7 +12,7 @@ from typing import Any
 from farm.quant.config import BenchmarkConfig, MethodConfig, config_from_dict
 
 #: Bumped when the engine changes what a job measures: results keyed by an older version are not reused.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"  # 2: speedup from a side-by-side fp32 baseline, CIs, health
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,12 @@ class JobResult:
     coverage_layers: int | None = None
     coverage_layers_total: int | None = None
     simulated: bool = False
+    #: One dict per batch size (docs/schema.md): p50 .. IQR in ms with the p50's 95 % interval
+    #: (``latency_p50_ci_low_ms``, ``latency_p50_ci_high_ms``), throughput, reps, ``stable`` and
+    #: ``unstable_reason``. A trial also carries what it measured side by side with its own fp32 baseline in the
+    #: same process: ``baseline_p50_ms``, ``speedup`` (median of per-block ratios) with ``speedup_ci_low`` ..
+    #: ``_high`` (bootstrap, 95 %), ``blocks``, ``fp32_deployed_as`` and ``fp32_eager_p50_ms`` (None where the
+    #: deployed fp32 is eager). The fp32 job's ``speedup`` is 1.0, a simulated model's None.
     latency: list[dict[str, Any]] = field(default_factory=list)
     peak_memory_bytes: int | None = None
     peak_gpu_memory_bytes: int | None = None
@@ -109,6 +115,11 @@ class JobResult:
     quantized_engine: str | None = None
     #: "torchscript": the frozen TorchScript artifact is what was evaluated and timed; "eager": the module itself.
     deployed_as: str | None = None
+    #: Whether the figures mean anything: "ok", "degenerate_reference" (the fp32 outputs carry no class signal),
+    #: "collapsed" (the outputs no longer follow fp32's) or "nan"; None when nothing was evaluated.
+    health: str | None = None
+    #: A short label naming the method and every non-default parameter (``qat int4 mavg pc n=32 e3``).
+    recipe: str | None = None
     warnings: list[str] = field(default_factory=list)
     artifact: dict[str, Any] | None = None
     artifact_uri: str | None = None

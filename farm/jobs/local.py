@@ -10,6 +10,7 @@ database: queued jobs never start, running ones stop at their next check, and no
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -28,6 +29,8 @@ from farm.jobs.policy import FINISHED_STATES, LOCAL_QUEUE, gave_up, needs_decisi
 
 if TYPE_CHECKING:
     from farm.store.local_runs import LocalDecision
+
+log = logging.getLogger("farm.local")
 
 RETRIES = 3
 #: A job whose worker process dies under it this many times (killed by the OS, a crash in native code) fails.
@@ -114,6 +117,11 @@ def _init_worker(database_url: str, artifacts_url: str, threads: int) -> None:
         os.environ[var] = str(threads)
     # Busy-waiting OpenMP threads collapse when jobs share the cores (measured: 2-thread batches 5x slower).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from farm.quant.isolation import pin_process
+
+    # Cores of its own, host-wide (before torch starts a thread): a job calibrating next door can't steal them.
+    # None when they ran out: the process shares them, as the run's start said (run_local).
+    pin_process(threads)
     from farm.artifacts import open_store
     from farm.store.db import Database
 
@@ -172,8 +180,12 @@ def run_local(
     Raises:
         KeyboardInterrupt: after cancelling the unfinished jobs and stopping the workers.
     """
+    from farm.quant.isolation import oversubscribed
     from farm.store import local_runs
 
+    crowded = oversubscribed(max(1, jobs), threads)
+    if crowded:  # said once, here; each process pins to free cores when it can
+        log.warning("%s", crowded)
     ctx = multiprocessing.get_context("spawn")
 
     def new_executor() -> ProcessPoolExecutor:

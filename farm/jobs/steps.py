@@ -144,7 +144,9 @@ def _as_reference(reference: Reference, inputs: _Inputs, device: str, result: Jo
 
     model = reference.module if reference.module is not None else inputs.loaded.module
     outcome = QuantOutcome(model, device=device)
-    result.deployed_as = "torchscript" if isinstance(outcome.model, torch.jit.ScriptModule) else "eager"
+    result.deployed_as = reference.deployed_as or (
+        "torchscript" if isinstance(outcome.model, torch.jit.ScriptModule) else "eager"
+    )
     return _Measured(outcome, reference.outputs, list(reference.latency.values()))
 
 
@@ -158,9 +160,14 @@ def _quantize_and_measure(
     stop: Callable[[], bool],
     checkpoint: Path | None,
 ) -> _Measured:
-    """Apply the method, make the model deployable (scripted where it can be), then evaluate and time it."""
+    """Apply the method, make the model deployable (scripted where it can be), then evaluate it and time it side by
+    side with an untouched fp32 copy, deployed the way the reference is (:func:`farm.quant.reference.fp32_baseline`).
+    """
+    import copy
+
     from farm.quant.artifact import deployable
     from farm.quant.measure import fill_coverage
+    from farm.quant.reference import fp32_baseline
     from farm.quant.registry import QuantContext, apply_method
 
     cfg = spec.method
@@ -178,6 +185,7 @@ def _quantize_and_measure(
         should_stop=stop,
         checkpoint=_checkpoint(checkpoint) if checkpoint is not None else None,
     )
+    untouched = copy.deepcopy(inputs.loaded.module)  # before the method: some rewrite the module in place
     method_started = time.perf_counter()
     outcome = apply_method(inputs.loaded.module, cfg, ctx)
     timings.update(outcome.timings_s)
@@ -192,7 +200,8 @@ def _quantize_and_measure(
     with timed_step("evaluate", timings, report):
         outputs = evaluate(outcome, inputs.splits.test, report, stop, label=cfg.label())
     with timed_step("benchmark", timings, report):
-        latency = benchmark(outcome, inputs.splits.test, spec.benchmark, report, stop)
+        baseline = None if outcome.simulated else fp32_baseline(untouched, inputs.example, device)
+        latency = benchmark(outcome, inputs.splits.test, spec.benchmark, report, stop, baseline)
     return _Measured(outcome, outputs, latency)
 
 
@@ -270,26 +279,28 @@ def compute_reference(
     Raises:
         ConfigError: the model produces NaN or Inf on the reference inputs.
     """
-    from farm.quant.artifact import deployable, model_size_bytes
+    from farm.quant.artifact import model_size_bytes
     from farm.quant.fingerprint import fingerprint, hardware_id
     from farm.quant.metrics import all_finite, topk_accuracy
-    from farm.quant.registry import QuantOutcome
+    from farm.quant.reference import fp32_baseline
     from farm.zoo.data import first_batch
 
-    example = first_batch(test, 1).to(device)
-    deployed, _ = deployable(model.to(device), example)
-    outcome = QuantOutcome(deployed, device=device)
+    baseline = fp32_baseline(model, first_batch(test, 1), device)
+    outcome = baseline.deployed
     outputs, labels = evaluate(outcome, test, report, stop, label="fp32", with_labels=True)
     if not all_finite(outputs):
         raise ConfigError(
             f"model {spec.model} produces NaN/Inf outputs on the reference inputs ({spec.dataset} test split); "
             "check its weights"
         )
-    latency = {lat["batch_size"]: lat for lat in benchmark(outcome, test, spec.benchmark, report, stop)}
+    latency = {lat["batch_size"]: lat for lat in benchmark(outcome, test, spec.benchmark, report, stop, baseline)}
     accuracy = topk_accuracy(outputs, labels, 1) if labelled else None
     top5 = topk_accuracy(outputs, labels, 5) if labelled and outputs.shape[-1] >= 10 else None
     size = model_size_bytes(model, first_batch(test, 1).to(device))
-    return Reference(outputs, labels, labelled, accuracy, top5, latency, size, device, hardware_id(fingerprint(device)))
+    return Reference(
+        outputs, labels, labelled, accuracy, top5, latency, size, device, hardware_id(fingerprint(device)),
+        module=outcome.model, deployed_as=baseline.deployed_as,
+    )  # fmt: skip
 
 
 def preflight(cfg: MethodConfig, device: str, *, training: bool = True) -> None:
@@ -318,6 +329,8 @@ def preflight(cfg: MethodConfig, device: str, *, training: bool = True) -> None:
 
 
 def _blank_result(spec: JobSpec, device: str) -> JobResult:
+    from farm.quant.recipe import recipe_label
+
     params = spec.method.params()
     return JobResult(
         model=spec.model,
@@ -332,6 +345,7 @@ def _blank_result(spec: JobSpec, device: str) -> JobResult:
         device=device,
         seed=spec.seed,
         threads=spec.benchmark.threads,
+        recipe=recipe_label(spec.method),
     )
 
 

@@ -314,6 +314,7 @@ def config_from_json(text: str) -> MethodConfig:
 
 
 BENCH_DEVICES = ("auto", "cpu", "cuda")
+ISOLATION_MODES = ("exclusive", "pinned", "none")
 
 
 @dataclass(frozen=True)
@@ -325,9 +326,13 @@ class BenchmarkConfig:
         threads: torch intra-op threads for the whole job (one per worker process by default).
         device: where the model is evaluated and timed.
         warmup_s: untimed warm-up per batch size.
-        max_time_s: timed budget per batch size; repetitions stop earlier once the median is stable.
-        min_reps: repetitions before the median may be called stable.
-        rel_tol: the median is stable when it moved less than this fraction over the last blocks.
+        max_time_s: timed budget per model and batch size (a trial timed side by side with its fp32 baseline gets
+            twice this); repetitions stop earlier once the figures settle.
+        min_reps: repetitions before the median may be called stable; timing runs past ``max_time_s`` until it has
+            them.
+        rel_tol: the figures settle once the p50's 95 % interval (and a trial's speedup interval) lies within
+            this fraction of it on both sides (farm.quant.latency).
+        isolation: exclusive (lock + own cores), pinned (own cores) or none; left out of to_dict at its default.
     """
 
     batch_sizes: tuple[int, ...] = (1, 8)
@@ -337,6 +342,7 @@ class BenchmarkConfig:
     max_time_s: float = 3.0
     min_reps: int = 20
     rel_tol: float = 0.02
+    isolation: str = "exclusive"
 
     def problems(self) -> list[Problem]:
         out = []
@@ -355,11 +361,15 @@ class BenchmarkConfig:
             out.append(Problem("device", f"{self.device!r} is not one of {', '.join(BENCH_DEVICES)}"))
         if self.warmup_s < 0 or self.max_time_s <= 0 or self.min_reps < 1 or not 0 < self.rel_tol < 1:
             out.append(Problem("", "warmup_s >= 0, max_time_s > 0, min_reps >= 1 and 0 < rel_tol < 1 are required"))
+        if self.isolation not in ISOLATION_MODES:
+            out.append(Problem("isolation", f"{self.isolation!r} is not one of {', '.join(ISOLATION_MODES)}"))
         return out
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["batch_sizes"] = list(self.batch_sizes)
+        if self.isolation == "exclusive":
+            del d["isolation"]
         return d
 
     @classmethod

@@ -7,7 +7,8 @@ fp32 and covers almost nothing. These numbers make that visible next to the spee
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +25,8 @@ class LayerProfile:
     params: dict[str, int]
     macs: dict[str, int]
     total_params: int
+    #: Each weight layer's class name (``Conv2d``), for naming what a method left in floating point.
+    types: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_macs(self) -> int:
@@ -39,12 +42,15 @@ class Coverage:
         macs: fraction of multiply-accumulates (conv, linear, recurrent layers) now run quantized.
         layers: number of weight layers quantized.
         layers_total: number of weight layers.
+        left_fp: the module types still in floating point, as (type, share of parameters, share of MACs),
+            biggest first; only types holding at least 1 % of either.
     """
 
     params: float
     macs: float
     layers: int
     layers_total: int
+    left_fp: tuple[tuple[str, float, float], ...] = ()
 
     def to_dict(self) -> dict[str, float | int]:
         return {"params": self.params, "macs": self.macs, "layers": self.layers, "layers_total": self.layers_total}
@@ -63,9 +69,11 @@ def profile_layers(model: nn.Module, example_input: torch.Tensor) -> LayerProfil
 
         return hook
 
+    types: dict[str, str] = {}
     for name, module in model.named_modules():
         if _is_weight_layer(module):
             params[name] = sum(p.numel() for p in module.parameters())
+            types[name] = type(module).__name__
             hooks.append(module.register_forward_hook(hook_for(name, module)))
     try:
         with torch.no_grad():
@@ -73,7 +81,7 @@ def profile_layers(model: nn.Module, example_input: torch.Tensor) -> LayerProfil
     finally:
         for h in hooks:
             h.remove()
-    return LayerProfile(params, macs, sum(p.numel() for p in model.parameters()))
+    return LayerProfile(params, macs, sum(p.numel() for p in model.parameters()), types)
 
 
 def measure(profile: LayerProfile, quantized: nn.Module, *, simulated: bool) -> Coverage:
@@ -96,7 +104,36 @@ def measure(profile: LayerProfile, quantized: nn.Module, *, simulated: bool) -> 
     hit = layer_names & names
     total_macs = profile.total_macs
     macs = sum(profile.macs.get(n, 0) for n in hit) / total_macs if total_macs else 0.0
-    return Coverage(_clamp(params), _clamp(macs), len(hit), len(layer_names))
+    left = _left_fp(profile, quantized, names)
+    return Coverage(_clamp(params), _clamp(macs), len(hit), len(layer_names), left)
+
+
+def _left_fp(
+    profile: LayerProfile, quantized: nn.Module, quantized_names: set[str]
+) -> tuple[tuple[str, float, float], ...]:
+    """The module types whose parameters (or MACs) stayed in floating point, by share, biggest first.
+
+    Parameters are read from ``quantized`` itself (what a module still holds as a floating-point Parameter:
+    an Embedding has no MACs but may be most of a transformer); MACs from the fp32 profile's unreached layers.
+    """
+    total_params = max(profile.total_params, 1)
+    total_macs = profile.total_macs
+    param_share: dict[str, float] = defaultdict(float)
+    mac_share: dict[str, float] = defaultdict(float)
+    for name, module in quantized.named_modules():
+        if name in quantized_names or _is_quantized_module(module):
+            continue
+        fp = sum(p.numel() for p in module.parameters(recurse=False) if p.dtype.is_floating_point)
+        if fp:
+            param_share[type(module).__name__] += fp / total_params
+    if total_macs:
+        for name, kind in profile.types.items():
+            if name not in quantized_names:
+                mac_share[kind] += profile.macs.get(name, 0) / total_macs
+    kinds = set(param_share) | set(mac_share)
+    rows = [(k, round(param_share.get(k, 0.0), 4), round(mac_share.get(k, 0.0), 4)) for k in kinds]
+    rows = [r for r in rows if max(r[1], r[2]) >= 0.01]
+    return tuple(sorted(rows, key=lambda r: (-max(r[1], r[2]), r[0])))
 
 
 def full(profile: LayerProfile, *, params: float = 1.0, macs: float = 1.0) -> Coverage:
@@ -116,11 +153,39 @@ def low_coverage_warning(method: str, cov: Coverage) -> str | None:
         f"low coverage: {method} quantized {cov.params:.1%} of the parameters and {cov.macs:.1%} of the "
         f"multiply-accumulates ({cov.layers} of {cov.layers_total} weight layers)"
     )
-    if method == "dynamic":
-        text += "; dynamic quantization only rewrites Linear/LSTM/GRU and leaves Conv2d in fp32: use static or qat"
-    else:
-        text += "; the rest has no quantized kernel on this backend and stays fp32"
-    return text
+    if not cov.left_fp:
+        return text + "; the rest has no quantized kernel on this backend and stays fp32"
+    return text + "; " + "; ".join(_left_fp_text(method, *row) for row in cov.left_fp[:3])
+
+
+def _left_fp_text(method: str, kind: str, params: float, macs: float) -> str:
+    """``Conv2d (94 % of MACs) stays fp32: static or qat quantize it``: one type left in floating point."""
+    shares = [f"{macs:.0%} of MACs"] if macs >= 0.01 else []
+    shares += [f"{params:.0%} of parameters"] if params >= 0.01 else []
+    head = f"{kind} ({', '.join(shares)}) stays fp32"
+    if kind in _EMBEDDING:
+        return f"{head}: static and qat do not apply to it (no int8 kernel here for an embedding table)"
+    cures = _CURES.get(kind)
+    if cures is None:
+        return f"{head}: no method here quantizes it"
+    others = [m for m in cures if m != method]
+    if method in cures:
+        return f"{head}: {method} has no quantized kernel for it on this backend" + (
+            f" (try {' or '.join(others)})" if others else ""
+        )
+    return f"{head}: {' or '.join(others)} quantize{'s' if len(others) == 1 else ''} it"
+
+
+_EMBEDDING = {"Embedding", "EmbeddingBag"}
+# Which integer methods rewrite each layer type (dynamic: Linear and the recurrent layers; static and qat: the
+# convolutions and Linear).
+_CURES: dict[str, tuple[str, ...]] = {
+    **{k: ("static", "qat") for k in ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d")},
+    "Linear": ("dynamic", "static", "qat"),
+    # Folded into the convolution before it by static and qat (fusion), not quantized on its own.
+    **{k: ("static", "qat") for k in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")},
+    **{k: ("dynamic",) for k in ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell")},
+}
 
 
 def _clamp(x: float) -> float:

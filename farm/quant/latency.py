@@ -1,18 +1,36 @@
-"""Latency measurement: warm-up, a fixed thread count, repetitions until the median is stable.
+"""Latency measurement: warm-up, a fixed thread count, repetitions until the median's confidence interval is
+narrow, and a trial timed side by side with its fp32 baseline.
 
-Timings on shared machines are noisy; the spread is reported beside the median so a reader can tell a
-real difference from noise. On CUDA every repetition is bracketed by ``torch.cuda.synchronize``.
+Timings on shared machines are noisy and drift (frequency scaling, a neighbour's burst): a figure measured a
+minute apart from its comparison says little. :func:`measure_pair` therefore interleaves the two models in ABAB
+blocks in one process, so drift hits both alike, and reports the speedup as the median of per-block ratios with a
+bootstrap interval. Every median comes with its distribution-free 95 % interval (:mod:`farm.quant.timing_stats`)
+and :func:`farm.quant.timing_stats.unstable_reason` decides whether it is stable. On CUDA every repetition is
+bracketed by ``torch.cuda.synchronize``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+
+from farm.quant.timing_stats import (
+    bootstrap_median_ci,
+    median_ci,
+    percentile,
+    relative_halfwidth,
+    unstable_reason,
+)
+
+#: A clock in seconds; tests pass a fake one to make timing deterministic.
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -21,11 +39,16 @@ class LatencySettings:
 
     Attributes:
         warmup_s: run untimed for at least this long (and at least ``warmup_reps`` times) first.
-        min_reps: never stop before this many timed repetitions.
-        max_reps: stop after this many.
-        max_time_s: stop after this much timed wall time, stable or not.
-        block: repetitions between stability checks.
-        rel_tol: stable when the median moved less than this fraction over the last two blocks.
+        min_reps: never stop before this many timed repetitions (per model), whatever the time: fewer cannot bound
+            a median (a slow model then runs past ``max_time_s``; ``should_stop`` still ends it at once).
+        max_reps: stop after this many (per model).
+        max_time_s: timed wall time per model: one model stops after this long, a side-by-side pair after twice
+            this (each model gets its share), settled or not.
+        block: repetitions between stopping checks, and the most timed repetitions in one block of a pair.
+        rel_tol: stop once the p50's 95 % interval (and a pair's speedup interval) is within this fraction of it
+            on both sides.
+        target_block_s: a pair's block is as many repetitions as take about this long (1 to ``block``): short
+            enough that drift within a block is small, long enough that a fast model's block median is steady.
     """
 
     warmup_s: float = 0.2
@@ -35,11 +58,16 @@ class LatencySettings:
     max_time_s: float = 3.0
     block: int = 10
     rel_tol: float = 0.02
+    target_block_s: float = 0.02
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Latency of one batch size; times in milliseconds, throughput in samples per second."""
+    """Latency of one batch size; times in milliseconds, throughput in samples per second.
+
+    ``latency_p50_ci_low_ms`` .. ``_high_ms`` bound the median with 95 % confidence (order statistics, no
+    distribution assumed); ``unstable_reason`` says why ``stable`` is False (None when it is True).
+    """
 
     batch_size: int
     latency_p50_ms: float
@@ -53,38 +81,72 @@ class Latency:
     throughput: float
     reps: int
     stable: bool
+    latency_p50_ci_low_ms: float
+    latency_p50_ci_high_ms: float
+    unstable_reason: str | None
 
-    def to_dict(self) -> dict[str, float | int | bool]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated percentile ``q`` (0-100) of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+@dataclass(frozen=True)
+class PairLatency:
+    """A trial timed side by side with its fp32 baseline (:func:`measure_pair`).
+
+    Attributes:
+        trial, baseline: each side's figures over all its timed repetitions.
+        speedup: median over pairs of blocks of baseline block median / trial block median; > 1 is faster.
+        speedup_ci_low, speedup_ci_high: 95 % bootstrap interval of that median (fixed seed).
+        blocks: how many pairs of blocks were timed.
+        block_reps: repetitions per block.
+    """
+
+    trial: Latency
+    baseline: Latency
+    speedup: float
+    speedup_ci_low: float
+    speedup_ci_high: float
+    blocks: int
+    block_reps: int
+
+    def entry(self) -> dict[str, Any]:
+        """The trial's latency entry (``JobResult.latency[i]``) with its side-by-side figures."""
+        return {
+            **self.trial.to_dict(),
+            "baseline_p50_ms": self.baseline.latency_p50_ms,
+            "speedup": self.speedup,
+            "speedup_ci_low": self.speedup_ci_low,
+            "speedup_ci_high": self.speedup_ci_high,
+            "blocks": self.blocks,
+        }
 
 
-def summarize(batch_size: int, samples_s: list[float], stable: bool) -> Latency:
-    """Turn raw per-repetition seconds into a :class:`Latency`."""
+def summarize(batch_size: int, samples_s: list[float], *, settled: bool) -> Latency:
+    """Turn raw per-repetition seconds into a :class:`Latency`.
+
+    Args:
+        settled: the measurement reached its stopping target (see :func:`farm.quant.timing_stats.unstable_reason`).
+    """
     ms = sorted(s * 1000.0 for s in samples_s)
-    p50 = percentile(ms, 50)
+    p50, p99 = percentile(ms, 50), percentile(ms, 99)
+    low, high = median_ci(ms)
+    reason = unstable_reason(p50, low, high, p99, settled=settled)
     return Latency(
         batch_size=batch_size,
         latency_p50_ms=p50,
         latency_p90_ms=percentile(ms, 90),
-        latency_p99_ms=percentile(ms, 99),
-        latency_mean_ms=statistics.fmean(ms),
+        latency_p99_ms=p99,
+        latency_mean_ms=statistics.fmean(ms) if ms else float("nan"),
         latency_std_ms=statistics.pstdev(ms) if len(ms) > 1 else 0.0,
-        latency_min_ms=ms[0],
-        latency_max_ms=ms[-1],
+        latency_min_ms=ms[0] if ms else float("nan"),
+        latency_max_ms=ms[-1] if ms else float("nan"),
         latency_iqr_ms=percentile(ms, 75) - percentile(ms, 25),
         throughput=batch_size / (p50 / 1000.0) if p50 > 0 else float("inf"),
         reps=len(ms),
-        stable=stable,
+        stable=reason is None,
+        latency_p50_ci_low_ms=low,
+        latency_p50_ci_high_ms=high,
+        unstable_reason=reason,
     )
 
 
@@ -95,8 +157,9 @@ def measure_latency(
     device: str = "cpu",
     settings: LatencySettings | None = None,
     should_stop: Callable[[], bool] | None = None,
+    clock: Clock = time.perf_counter,
 ) -> Latency:
-    """Time ``fn`` (one forward pass of a ``batch_size`` batch) until its median is stable.
+    """Time ``fn`` (one forward pass of a ``batch_size`` batch) until its median's interval is narrow.
 
     Args:
         fn: runs one batch; its result is discarded.
@@ -104,43 +167,129 @@ def measure_latency(
         device: "cuda" synchronises around every repetition.
         settings: warm-up and stopping rules.
         should_stop: polled between blocks; True ends the measurement early (marked unstable).
+        clock: seconds (tests pass a fake one).
 
     Returns:
-        Percentiles, spread and whether the median settled.
+        Percentiles, spread, the median's 95 % interval and whether the figure is stable.
     """
     s = settings or LatencySettings()
-    cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = _sync(device)
     with torch.inference_mode():
-        start = time.perf_counter()
-        reps = 0
-        while reps < s.warmup_reps or time.perf_counter() - start < s.warmup_s:
-            fn()
-            reps += 1
-        sync()
+        _warm(fn, s, sync, clock)
         samples: list[float] = []
-        medians: list[float] = []
-        stable = False
-        began = time.perf_counter()
+        settled = False
+        began = clock()
         while len(samples) < s.max_reps:
-            for _ in range(s.block):
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                samples.append(time.perf_counter() - t0)
-            if len(samples) >= s.min_reps:
-                medians.append(statistics.median(samples))
-                if len(medians) >= 3 and _settled(medians[-3:], s.rel_tol):
-                    stable = True
-                    break
-            if time.perf_counter() - began > s.max_time_s or (should_stop and should_stop()):
+            samples.extend(_time_block(fn, s.block, sync, clock))
+            if len(samples) >= s.min_reps and _narrow(sorted(samples), s.rel_tol):
+                settled = True
                 break
-    return summarize(batch_size, samples, stable)
+            if (len(samples) >= s.min_reps and clock() - began > s.max_time_s) or (should_stop and should_stop()):
+                break
+    return summarize(batch_size, samples, settled=settled)
 
 
-def _settled(medians: list[float], tol: float) -> bool:
-    last = medians[-1]
-    return last > 0 and all(abs(m - last) / last <= tol for m in medians)
+def measure_pair(
+    trial_fn: Callable[[], object],
+    base_fn: Callable[[], object],
+    batch_size: int,
+    *,
+    device: str = "cpu",
+    settings: LatencySettings | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    clock: Clock = time.perf_counter,
+) -> PairLatency:
+    """Time a trial and its baseline side by side: warm both, then pairs of blocks (k repetitions of one
+    side, then k of the other, the side that goes first alternating from pair to pair) until both medians and
+    the speedup are known to ``rel_tol``, or ``2 * max_time_s`` passed (never before ``min_reps`` per side).
+
+    Each block starts with one untimed call: the other model's block evicted this one's weights from the caches
+    and let the thread pool sleep, and a model served back to back (what a user deploys) pays neither.
+
+    Args:
+        trial_fn, base_fn: each runs one batch of the same inputs on its model.
+        batch_size: samples per call.
+        device: "cuda" synchronises around every repetition.
+        settings: warm-up and stopping rules (``max_time_s`` is each side's share).
+        should_stop: polled between pairs; True ends the measurement early (marked unstable).
+        clock: seconds (tests pass a fake one).
+
+    Returns:
+        Both sides' figures and the speedup (baseline / trial) with its 95 % bootstrap interval.
+    """
+    s = settings or LatencySettings()
+    sync = _sync(device)
+    with torch.inference_mode():
+        per_call_s = max(_warm(trial_fn, s, sync, clock), _warm(base_fn, s, sync, clock))
+        k = max(1, min(s.block, max(2, int(s.target_block_s / per_call_s) if per_call_s > 0 else s.block)))
+        min_pairs = max(6, math.ceil(s.min_reps / k))
+        trial_s: list[float] = []
+        base_s: list[float] = []
+        ratios: list[float] = []
+        settled = False
+        began = clock()
+        while len(trial_s) < s.max_reps:
+            first, second = (trial_fn, base_fn) if len(ratios) % 2 == 0 else (base_fn, trial_fn)
+            a, b = _time_block(first, k, sync, clock, rewarm=True), _time_block(second, k, sync, clock, rewarm=True)
+            trial_block, base_block = (a, b) if first is trial_fn else (b, a)
+            trial_s.extend(trial_block)
+            base_s.extend(base_block)
+            ratios.append(_ratio(statistics.median(base_block), statistics.median(trial_block)))
+            if len(ratios) >= min_pairs and all(_narrow(sorted(v), s.rel_tol) for v in (trial_s, base_s, ratios)):
+                settled = True
+                break
+            if (len(ratios) >= min_pairs and clock() - began > 2 * s.max_time_s) or (should_stop and should_stop()):
+                break
+    low, high = bootstrap_median_ci(ratios)
+    return PairLatency(
+        trial=summarize(batch_size, trial_s, settled=settled),
+        baseline=summarize(batch_size, base_s, settled=settled),
+        speedup=statistics.median(ratios),
+        speedup_ci_low=low,
+        speedup_ci_high=high,
+        blocks=len(ratios),
+        block_reps=k,
+    )
+
+
+def _sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def _warm(fn: Callable[[], object], s: LatencySettings, sync: Callable[[], None], clock: Clock) -> float:
+    """Run ``fn`` untimed for ``warmup_s`` and ``warmup_reps``; the mean seconds per call (sizes a pair's blocks)."""
+    start = clock()
+    reps = 0
+    while reps < s.warmup_reps or clock() - start < s.warmup_s:
+        fn()
+        reps += 1
+    sync()
+    return (clock() - start) / reps if reps else 0.0
+
+
+def _time_block(
+    fn: Callable[[], object], reps: int, sync: Callable[[], None], clock: Clock, *, rewarm: bool = False
+) -> list[float]:
+    if rewarm:  # untimed: back to the warm state the model has when it runs back to back
+        fn()
+        sync()
+    out = []
+    for _ in range(reps):
+        t0 = clock()
+        fn()
+        sync()
+        out.append(clock() - t0)
+    return out
+
+
+def _narrow(sorted_values: list[float], rel_tol: float) -> bool:
+    """The median's 95 % interval lies within ``rel_tol`` of it on both sides."""
+    low, high = median_ci(sorted_values)
+    return relative_halfwidth(percentile(sorted_values, 50), low, high) <= rel_tol
+
+
+def _ratio(base: float, trial: float) -> float:
+    return base / trial if trial > 0 else float("inf")
 
 
 @contextlib.contextmanager
@@ -149,8 +298,10 @@ def torch_threads(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
+    from farm.quant.isolation import cap_threads
+
     previous = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(cap_threads(n))  # never more than the cores this process is pinned to
     try:
         yield
     finally:

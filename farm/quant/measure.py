@@ -8,6 +8,7 @@ nothing of the farm around them (no database, broker or artifact store) and fill
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from farm.errors import ConfigError, QuantizationError
 from farm.jobs.contract import JobResult, JobSpec
 from farm.quant.config import BenchmarkConfig, MethodConfig
-from farm.quant.reference import Reference
+from farm.quant.reference import Baseline, Reference
 
 EVAL_BATCH_SIZE = 64
 
@@ -42,6 +43,7 @@ def evaluate(
     import torch
 
     from farm.errors import Cancelled
+    from farm.quant.isolation import compute_step
     from farm.quant.metrics import all_finite
     from farm.zoo.data import iterate
 
@@ -53,7 +55,8 @@ def evaluate(
             if stop():
                 raise Cancelled("cancelled")
             try:
-                out = _logits(outcome.forward(outcome.prepare_input(x)))
+                with compute_step(stop):  # pauses while another job on this host times its benchmark
+                    out = _logits(outcome.forward(outcome.prepare_input(x)))
             except Exception as e:
                 raise QuantizationError(
                     f"{label} model failed to run: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
@@ -69,29 +72,62 @@ def evaluate(
 
 
 def benchmark(
-    outcome: Any, dataset: Any, cfg: BenchmarkConfig, report: ProgressFn, stop: Callable[[], bool]
+    outcome: Any,
+    dataset: Any,
+    cfg: BenchmarkConfig,
+    report: ProgressFn,
+    stop: Callable[[], bool],
+    baseline: Baseline | None = None,
 ) -> list[dict[str, Any]]:
-    """Latency figures for each batch size, with real inputs placed and cast before timing."""
-    from farm.quant.latency import LatencySettings, measure_latency
+    """Latency figures for each batch size, with real inputs placed and cast before timing.
+
+    Args:
+        baseline: the fp32 model this job compares with. A trial that is not simulated is timed side by side
+            with it (:func:`farm.quant.latency.measure_pair`: same inputs, threads and process), which gives its
+            ``speedup``; the fp32 job passes its own (``outcome is baseline.deployed``) and is timed alone. Either
+            way the eager fp32 form is timed too where it differs from the deployed one.
+    """
+    from farm.quant.isolation import measuring
     from farm.zoo.data import first_batch
+
+    figures = []
+    with outcome.active():
+        for i, batch_size in enumerate(cfg.batch_sizes):
+            batch = first_batch(dataset, batch_size)
+            with measuring(cfg.isolation, stop) as isolated:  # exclusive: other jobs' compute here pauses
+                entry = _time_batch(outcome, batch, batch_size, cfg, stop, baseline)
+            figures.append({**entry, **isolated.figures()})
+            report("benchmark", (i + 1) / len(cfg.batch_sizes))
+    return figures
+
+
+def _time_batch(
+    outcome: Any, batch: Any, batch_size: int, cfg: BenchmarkConfig, stop: Callable[[], bool], baseline: Baseline | None
+) -> dict[str, Any]:
+    """One batch size's latency entry: alone, or side by side with the fp32 baseline (then with its speedup)."""
+    from farm.quant.latency import LatencySettings, measure_latency, measure_pair
 
     settings = LatencySettings(
         warmup_s=cfg.warmup_s, max_time_s=cfg.max_time_s, min_reps=cfg.min_reps, rel_tol=cfg.rel_tol
     )
-    figures = []
-    with outcome.active():
-        for i, batch_size in enumerate(cfg.batch_sizes):
-            x = outcome.prepare_input(first_batch(dataset, batch_size))
-            lat = measure_latency(
-                functools.partial(outcome.forward, x),
-                batch_size,
-                device=outcome.device,
-                settings=settings,
-                should_stop=stop,
-            )
-            figures.append(lat.to_dict())
-            report("benchmark", (i + 1) / len(cfg.batch_sizes))
-    return figures
+    how: dict[str, Any] = {"device": outcome.device, "settings": settings, "should_stop": stop}
+    trial = functools.partial(outcome.forward, outcome.prepare_input(batch))
+    if baseline is not None and baseline.deployed is not outcome and not outcome.simulated:
+        base = functools.partial(baseline.deployed.forward, baseline.deployed.prepare_input(batch))
+        entry = measure_pair(trial, base, batch_size, **how).entry()
+    else:
+        entry = measure_latency(trial, batch_size, **how).to_dict()
+    if baseline is not None and not outcome.simulated:
+        entry["fp32_deployed_as"] = baseline.deployed_as
+        entry["fp32_eager_p50_ms"] = None
+        if baseline.eager is not None:
+            # Informative only (what skipping TorchScript would cost), so half the budget and few repetitions:
+            # never a speedup's base.
+            how["settings"] = dataclasses.replace(settings, max_time_s=settings.max_time_s / 2, min_reps=6)
+            eager = functools.partial(baseline.eager.forward, baseline.eager.prepare_input(batch))
+            lat = measure_latency(eager, batch_size, **how)
+            entry["fp32_eager_p50_ms"] = lat.latency_p50_ms
+    return entry
 
 
 def fill_figures(result: JobResult, outcome: Any, outputs: Any, latency: list[dict[str, Any]], ref: Reference) -> None:
@@ -117,10 +153,14 @@ def fill_figures(result: JobResult, outcome: Any, outputs: Any, latency: list[di
 def fill_accuracy(result: JobResult, outputs: Any, ref: Reference) -> None:
     """Accuracy (top-1, top-5) and fidelity to the fp32 outputs; without labels, agreement with fp32 stands in
     for accuracy."""
-    from farm.quant.metrics import fidelity, topk_accuracy
+    from farm.quant.metrics import HEALTH_OK, fidelity, result_health, topk_accuracy
 
     fid = fidelity(ref.outputs, outputs)
     result.agreement, result.sqnr_db, result.cosine = fid.agreement, fid.sqnr_db, fid.cosine
+    health = result_health(ref.outputs, outputs, fid)
+    result.health = health.status
+    if health.status != HEALTH_OK and health.reason:
+        result.warnings.append(health.reason)
     if ref.labelled:
         result.accuracy = topk_accuracy(outputs, ref.labels, 1)
         result.accuracy_fp32 = ref.accuracy
@@ -136,20 +176,23 @@ def fill_accuracy(result: JobResult, outputs: Any, ref: Reference) -> None:
 
 
 def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Reference) -> None:
-    """Latency per batch size, with a speedup over fp32 only when both were timed on the same hardware and the
-    model is not simulated."""
-    same_hardware = ref.hardware_id == result.hardware_id
-    if not same_hardware and not result.simulated and result.method != "fp32":
-        result.warnings.append(
-            "the fp32 reference was timed on other hardware than this job: no speedup is reported "
-            "(compare latencies across machines with `farm results compare`)"
-        )
+    """Latency per batch size, and a warning for each figure that is not stable.
+
+    A trial's ``speedup`` is its own side-by-side ratio over its fp32 baseline (:func:`benchmark`), never a
+    division by the reference job's latency, which was timed at another moment (and maybe elsewhere). The fp32
+    job's is 1.0: its figures are the reference's own. A simulated model runs fake quantization on fp32
+    kernels, so no speedup is claimed for it.
+    """
     for lat in latency:
-        base = ref.latency.get(lat["batch_size"])
-        speedup = base["latency_p50_ms"] / lat["latency_p50_ms"] if base and lat["latency_p50_ms"] > 0 else None
-        # A simulated model runs fake quantization on fp32 kernels: its latency says nothing about a
-        # low-bit deployment, so no speedup is claimed for it.
-        result.latency.append({**lat, "speedup": speedup if same_hardware and not result.simulated else None})
+        speedup = 1.0 if result.method == "fp32" and ref.latency.get(lat["batch_size"]) else lat.get("speedup")
+        result.latency.append({**lat, "speedup": None if result.simulated else speedup})
+    unstable = [lat for lat in result.latency if lat.get("stable") is False]
+    for lat in unstable:
+        result.warnings.append(
+            f"latency at batch {lat['batch_size']} is not stable: {lat.get('unstable_reason') or 'unknown'}; "
+            "quiet the machine or raise benchmark.max_time_s before trusting its p50"
+            + (" and speedup" if lat.get("speedup") is not None and result.method != "fp32" else "")
+        )
 
 
 def fill_coverage(result: JobResult, loaded: Any, example: Any, outcome: Any, cfg: MethodConfig) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 from farm.errors import ConfigError, QuantizationError
 from farm.quant.config import QATConfig
 from farm.quant.context import QuantContext, QuantOutcome, quantized_engine, require_module
+from farm.quant.isolation import compute_step
 from farm.quant.qconfig import backend_config
 from farm.quant.size import packed_size_bytes
 from farm.quant.static import calibrate, engine_warnings, prepare_fake_quant
@@ -93,21 +94,12 @@ def train(model: nn.Module, cfg: QATConfig, ctx: QuantContext, timings: dict[str
                     prepared.apply(disable_observer)
                 if cfg.freeze_bn_after is not None and step == cfg.freeze_bn_after:
                     prepared.apply(freeze_bn_stats)
-                x = x.to(device)
-                out = prepared(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        target = torch.softmax(teacher(x).float(), dim=-1)
-                    loss = nn.functional.kl_div(torch.log_softmax(out.float(), dim=-1), target, reduction="batchmean")
-                else:
-                    loss = nn.functional.cross_entropy(out, y.to(device))
+                with compute_step(ctx.should_stop):  # pauses while another job on this host times its benchmark
+                    loss = _step(prepared, teacher, optimizer, x.to(device), y, device)
                 if not torch.isfinite(loss):
                     raise QuantizationError(
                         f"qat: the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr})"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 step += 1
                 ctx.progress("train", step / total)
                 if step >= total:
@@ -169,6 +161,25 @@ def apply_qat(model: nn.Module, cfg: QATConfig, ctx: QuantContext) -> QuantOutco
         return finish(rebuild(model, cfg, ctx, ctx.checkpoint["state"]), cfg, timings)
     timings = {}
     return finish(train(model, cfg, ctx, timings), cfg, timings)
+
+
+def _step(
+    prepared: Any, teacher: nn.Module | None, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: Any, device: str
+) -> torch.Tensor:
+    """One fine-tuning step: the loss (ce on labels, or kd against the teacher's outputs), and an update unless it
+    is not finite."""
+    out = prepared(x)
+    if teacher is not None:
+        with torch.no_grad():
+            target = torch.softmax(teacher(x).float(), dim=-1)
+        loss = nn.functional.kl_div(torch.log_softmax(out.float(), dim=-1), target, reduction="batchmean")
+    else:
+        loss = nn.functional.cross_entropy(out, y.to(device))
+    if torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss
 
 
 def _optimizer(model: nn.Module, cfg: QATConfig) -> torch.optim.Optimizer:

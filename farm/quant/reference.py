@@ -44,6 +44,9 @@ class Reference:
     hardware_id: str
     #: The fp32 model as measured (in this process only; never saved).
     module: Any = None
+    #: The form the fp32 figures were measured in: "torchscript" (what :func:`farm.quant.artifact.deployable`
+    #: made of it) or "eager"; None in files written before it was recorded.
+    deployed_as: str | None = None
 
     def save(self, path: Path) -> None:
         """Write the figures as tensors plus JSON (what :meth:`load` accepts with ``weights_only=True``)."""
@@ -57,6 +60,7 @@ class Reference:
             "size_bytes": self.size_bytes,
             "device": self.device,
             "hardware_id": self.hardware_id,
+            "deployed_as": self.deployed_as,
         }
         torch.save({"outputs": self.outputs, "labels": self.labels, "meta": json.dumps(jsonable(meta))}, path)
 
@@ -82,3 +86,40 @@ class Reference:
         meta = json.loads(data["meta"])
         meta["latency"] = {int(k): v for k, v in meta["latency"].items()}
         return cls(outputs=data["outputs"], labels=data["labels"], **meta)
+
+
+@dataclass
+class Baseline:
+    """The fp32 model a job compares with, as a user would deploy it, beside its eager form.
+
+    Attributes:
+        deployed: a ``QuantOutcome`` of the deployed form (frozen TorchScript when it verifies, else eager).
+        deployed_as: "torchscript" or "eager".
+        eager: a ``QuantOutcome`` of the eager module when the deployed form differs from it, else None.
+    """
+
+    deployed: Any
+    deployed_as: str
+    eager: Any = None
+
+
+def fp32_baseline(model: Any, example: Any, device: str) -> Baseline:
+    """Deploy an fp32 model the way every job does (:func:`farm.quant.artifact.deployable`), keeping its eager
+    form beside it: the reference and a trial's side-by-side baseline are then the same program.
+
+    Args:
+        model: an untouched fp32 ``nn.Module`` (moved to ``device``).
+        example: one input batch, for tracing.
+        device: where it runs.
+    """
+    from farm.quant.artifact import deployable
+    from farm.quant.context import QuantOutcome
+
+    module = model.to(device)
+    deployed, scripted = deployable(module, example.to(device))
+    return Baseline(
+        deployed=QuantOutcome(deployed, device=device),
+        deployed_as="torchscript" if scripted else "eager",
+        # A model loaded as a graph (TorchScript) is its own deployed form: there is no eager one to time.
+        eager=QuantOutcome(module, device=device) if scripted and deployed is not module else None,
+    )

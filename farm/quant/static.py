@@ -18,6 +18,7 @@ from torch import nn
 from farm.errors import QuantizationError
 from farm.quant.config import StaticConfig
 from farm.quant.context import QuantContext, QuantOutcome, quantized_engine, require_module
+from farm.quant.isolation import compute_step
 from farm.quant.qconfig import backend_config, build_qconfig, qconfig_mapping, saturation_warning
 from farm.quant.size import packed_size_bytes
 from farm.zoo.data import iterate
@@ -58,7 +59,8 @@ def calibrate(model: nn.Module, ctx: QuantContext, phase: str = "calibrate") -> 
     with torch.no_grad():
         for x, _ in iterate(ctx.calibration, ctx.batch_size):
             ctx.check_stop()
-            model(x)
+            with compute_step(ctx.should_stop):  # pauses while another job on this host times its benchmark
+                model(x)
             seen += len(x)
             ctx.progress(phase, seen / total)
     return seen

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from farm.analysis import best_configs
+from farm.analysis import SIMPLICITY, best_configs, unhealthy
 from farm.report.fmt import MISSING, esc, fixed, human_bytes, id_ranges, sig, when
 from farm.report.model import SweepInfo, config_label, per_job, state_counts
 
@@ -69,7 +69,9 @@ def _best(rows: Sequence[dict[str, Any]]) -> str:
     intro = (
         "<p>Per model and batch size: the lowest p50 latency among configurations that lose at most "
         f"{MAX_ACCURACY_DROP:.0%} accuracy against fp32 (a drop of at most {MAX_ACCURACY_DROP}). Simulated "
-        "results cannot qualify: their latency is not a deployment's.</p>"
+        "results cannot qualify: their latency is not a deployment's, nor can results whose health is not ok. "
+        "Configurations whose p50 95 % intervals overlap are a tie, which the simplest recipe wins "
+        f"({SIMPLICITY}).</p>"
     )
     if not choices:
         return intro + '<p class="empty">none: no job succeeded.</p>'
@@ -84,13 +86,19 @@ def _best(rows: Sequence[dict[str, Any]]) -> str:
             )
             continue
         verdict = "" if c.best else '<span class="miss">none within budget; closest: </span>'
+        tie = (
+            f'<br><span class="muted">tie within noise with job(s) {id_ranges([t["job_id"] for t in c.tied])}: '
+            "the simplest recipe was picked</span>"
+            if c.tied
+            else ""
+        )
         uri = row.get("artifact_uri")
         lines.append(
             f"<tr><td class=t>{esc(model)}</td><td>{esc(batch)}</td>"
             f'<td class="t config">{verdict}{esc(config_label(row))} <span class=muted>(job {row["job_id"]})</span>'
-            f"{f'<br><code>{esc(uri)}</code>' if uri else ''}</td>"
+            f"{tie}{f'<br><code>{esc(uri)}</code>' if uri else ''}</td>"
             f"<td>{fixed(row.get('accuracy'))}</td><td>{fixed(row.get('accuracy_drop'), signed=True)}</td>"
-            f"<td>{sig(row.get('latency_p50_ms'))}</td>"
+            f"<td>{_p50(row)}</td>"
             f"<td>{MISSING if row.get('speedup') is None else sig(row['speedup']) + '×'}</td>"
             f'<td title="{esc(_exact_bytes(row.get("size_bytes")))}">{human_bytes(row.get("size_bytes"))}</td></tr>'
         )
@@ -105,9 +113,37 @@ def _best(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def _p50(row: dict[str, Any]) -> str:
+    """The median latency with its 95 % interval as ``±`` the wider half (the exact interval on hover)."""
+    p50, low, high = row.get("latency_p50_ms"), row.get("latency_p50_ci_low_ms"), row.get("latency_p50_ci_high_ms")
+    if p50 is None or low is None or high is None:
+        return sig(p50)
+    half = max(high - p50, p50 - low, 0.0)
+    return f'<span title="95 % interval {esc(sig(low))} to {esc(sig(high))} ms">{sig(p50)} ±{sig(half)}</span>'
+
+
+def _health_note(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Which jobs' figures mean nothing (health not ok), by kind; they are left out of every ranking."""
+    by_kind: dict[str, list[int]] = {}
+    for job_id, health in sorted(unhealthy(rows).items()):
+        by_kind.setdefault(health, []).append(job_id)
+    if not by_kind:
+        return None
+    kinds = "; ".join(f"{esc(h)}: jobs {id_ranges(ids)}" for h, ids in sorted(by_kind.items()))
+    total = sum(len(ids) for ids in by_kind.values())
+    return (
+        f"<strong>Health</strong>: {total} job(s) have figures that mean nothing ({kinds}). A degenerate reference "
+        "gives (nearly) the same output for every input, so nothing compared with it is meaningful; a collapsed "
+        "trial's outputs no longer follow fp32's. They are left out of the best configurations and Pareto fronts."
+    )
+
+
 def _notes(rows: Sequence[dict[str, Any]], warnings: Mapping[int, Sequence[str]], machines: int) -> str:
     jobs = {r["job_id"]: r for r in per_job(rows)}
     notes: list[str] = []
+    health = _health_note(rows)
+    if health:
+        notes.append(health)
     simulated = sorted(j for j, r in jobs.items() if r.get("simulated"))
     if simulated:
         notes.append(
@@ -124,7 +160,7 @@ def _notes(rows: Sequence[dict[str, Any]], warnings: Mapping[int, Sequence[str]]
         for text in dict.fromkeys(texts):
             if text.startswith("low coverage"):
                 coverage.setdefault((row["model"], row["method"]), {}).setdefault(text, []).append(job_id)
-            elif not text.startswith("simulated:"):
+            elif not text.startswith(("simulated:", "health:")):  # the health note lists those
                 others.setdefault(text, []).append(job_id)
     for (model, method), by_text in coverage.items():
         for text, ids in by_text.items():

@@ -45,6 +45,7 @@ COLUMNS = (
     Column("model", "model", _text, numeric=False),
     Column("dataset", "dataset", _text, numeric=False),
     Column("method", "method", _text, numeric=False),
+    Column("recipe", "recipe", _text, numeric=False, title="the method and every non-default parameter"),
     Column("bits", "bits", _integer),
     Column("calibration_size", "calib.", _integer, title="calibration samples"),
     Column("observer", "observer", _text, numeric=False),
@@ -53,6 +54,7 @@ COLUMNS = (
     Column("device", "device", _text, numeric=False),
     Column("batch_size", "batch", _integer),
     Column("state", "state", _text, numeric=False),
+    Column("health", "health", _text, numeric=False, title="ok, degenerate_reference, collapsed or nan"),
     Column("accuracy", "accuracy", fixed, title="top-1 accuracy, fraction"),
     Column("accuracy_drop", "drop", lambda v: fixed(v, signed=True), title="fp32 accuracy minus this accuracy"),
     Column("agreement", "agreement", fixed, title="fraction of top-1 classes equal to fp32's"),
@@ -70,7 +72,7 @@ COLUMNS = (
     Column("duration_s", "run s", sig, title="wall time of the job, seconds"),
 )
 #: Shown only when the sweep has more than one value in them.
-_OPTIONAL = {"dataset", "device"}
+_OPTIONAL = {"dataset", "device", "health"}
 
 
 def results_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -6,6 +6,7 @@ are hollow and never appear where latency is plotted: their latency measures fak
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from farm.report.svg import (
 #: Most batch sizes the latency chart draws a panel for.
 MAX_BATCH_PANELS = 4
 _ACCURACY = "top-1 accuracy (fraction)"
+_COINCIDENT = "A count beside a point (×6) is how many jobs sit there, one on top of the other: identical figures."
 
 
 LATENCY_TITLE = "Accuracy vs p50 latency"
@@ -88,21 +90,25 @@ def latency_figure(rows: Sequence[dict[str, Any]]) -> tuple[Any | None, tuple[st
     fronts = pareto_front(usable, "latency_p50_ms", "accuracy")
     colours = model_colours([r["model"] for r in rows])
     fig, axes = figure(len(shown))
+    stacked = False
     for ax, batch in zip(axes, shown, strict=True):
         at = [r for r in usable if r["batch_size"] == batch]
         _scatter(ax, at, "latency_p50_ms", colours)
         for model in ordered(r["model"] for r in at):
             front = fronts.get((model, batch), [])
             _front(ax, front, "latency_p50_ms", 1.0, colours[model])
+        stacked = _label_coincident(ax, at, "latency_p50_ms") or stacked
         ax.set_title(f"batch size {batch}")
         ax.set_xlabel("p50 latency per call (ms)")
         ax.set_ylabel(_ACCURACY)
         log_if_wide(ax, "x", [r["latency_p50_ms"] for r in at])
+        _accuracy_axis(ax)
     fig.suptitle(f"{LATENCY_TITLE} (Pareto front per model)")
     legend(fig, _handles(usable, colours))
     notes = (
         "Each point is one job at one batch size; the line through a model's points is its Pareto front "
         "(no other configuration of that model is both faster and more accurate).",
+        *((_COINCIDENT,) if stacked else ()),
         *notes,
     )
     return fig, notes
@@ -127,15 +133,19 @@ def size_figure(rows: Sequence[dict[str, Any]]) -> tuple[Any | None, tuple[str, 
     _scatter(ax, usable, "size_bytes", colours, scale=scale)
     for (model,), front in fronts.items():
         _front(ax, front, "size_bytes", scale, colours[model])
+    stacked = _label_coincident(ax, usable, "size_bytes", scale)
     ax.set_xlabel(f"serialized model size ({unit})")
     ax.set_ylabel(_ACCURACY)
     log_if_wide(ax, "x", [r["size_bytes"] / scale for r in usable])
+    _accuracy_axis(ax)
     fig.suptitle(f"{SIZE_TITLE} (Pareto front per model)")
     legend(fig, _handles(usable, colours))
     notes = [
         "Each point is one job; the line through a model's points is its Pareto front (no other configuration "
         "of that model is both smaller and more accurate)."
     ]
+    if stacked:
+        notes.append(_COINCIDENT)
     if any(r.get("simulated") for r in usable):
         notes.append("Hollow points are simulated (fake quantization): their size is a packed estimate.")
     return fig, tuple(notes)
@@ -163,7 +173,26 @@ def _scatter(ax: Any, rows: Sequence[dict[str, Any]], x: str, colours: dict[str,
                     linewidths=1.1,
                     alpha=0.9,
                     zorder=3,
+                    clip_on=False,  # a point at accuracy 1.0 sits on the axis' top edge: draw all of it
                 )
+
+
+def _accuracy_axis(ax: Any) -> None:
+    # Accuracy is a fraction: matplotlib's margins would add room (and ticks) above 1.0 that no result can reach.
+    low, high = ax.get_ylim()
+    low, high = max(low, 0.0), min(high, 1.0)
+    if low < high:
+        ax.set_ylim(low, high)
+
+
+def _label_coincident(ax: Any, rows: Sequence[dict[str, Any]], x: str, scale: float = 1.0) -> bool:
+    """Write the count beside every point where several jobs have the same figures (one marker would hide the
+    others: six static recipes that gave the same model look like one). Returns whether any was written."""
+    counts = Counter((r[x] / scale, r["accuracy"]) for r in rows)
+    for (px, py), n in counts.items():
+        if n > 1:
+            ax.annotate(f"×{n}", (px, py), xytext=(5, 4), textcoords="offset points", fontsize=8, color="0.2")
+    return any(n > 1 for n in counts.values())
 
 
 def _front(ax: Any, front: Sequence[dict[str, Any]], x: str, scale: float, colour: str) -> None:

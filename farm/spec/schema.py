@@ -15,7 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from farm.errors import ConfigError, Problem
-from farm.quant.config import BACKENDS, MAX_BATCH_SIZE, MAX_CALIBRATION_SIZE, MAX_THREADS, BenchmarkConfig
+from farm.quant.config import (
+    BACKENDS,
+    ISOLATION_MODES,
+    MAX_BATCH_SIZE,
+    MAX_CALIBRATION_SIZE,
+    MAX_THREADS,
+    BenchmarkConfig,
+)
 
 # Keys an exclude / include entry may name besides a method's own parameters.
 JOB_KEYS = ("model", "dataset", "method", "bits", "calibration_size", "backend", "device")
@@ -34,6 +41,7 @@ class BenchmarkSpec(_Strict):
     max_time_s: float = Field(3.0, gt=0)
     min_reps: int = Field(20, ge=1)
     rel_tol: float = Field(0.02, gt=0, lt=1)
+    isolation: str = "exclusive"
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -62,6 +70,13 @@ class BenchmarkSpec(_Strict):
             raise ValueError(f"{v!r} is not one of auto, cpu, cuda")
         return v
 
+    @field_validator("isolation")
+    @classmethod
+    def _isolation(cls, v: str) -> str:
+        if v not in ISOLATION_MODES:
+            raise ValueError(f"{v!r} is not one of {', '.join(ISOLATION_MODES)}")
+        return v
+
     def config(self) -> BenchmarkConfig:
         return BenchmarkConfig(
             batch_sizes=tuple(self.batch_size),
@@ -71,6 +86,7 @@ class BenchmarkSpec(_Strict):
             max_time_s=self.max_time_s,
             min_reps=self.min_reps,
             rel_tol=self.rel_tol,
+            isolation=self.isolation,
         )
 
 

@@ -8,16 +8,18 @@ the same Python types from SQLite and PostgreSQL (``bool`` for ``simulated``, ``
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, String, column, table
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, String, column, table
 from sqlalchemy.types import TypeEngine
 
 from farm.errors import ConfigError
+from farm.quant.config import METHODS
 
-Kind = Literal["int", "float", "bool", "text", "datetime"]
+Kind = Literal["int", "float", "bool", "text", "datetime", "json"]
 
 #: Every column of results_flat, in the view's order, with its kind.
 COLUMN_KINDS: dict[str, Kind] = {
@@ -28,6 +30,7 @@ COLUMN_KINDS: dict[str, Kind] = {
     "model": "text",
     "dataset": "text",
     "method": "text",
+    "recipe": "text",
     "bits": "int",
     "calibration_size": "int",
     "backend": "text",
@@ -36,26 +39,34 @@ COLUMN_KINDS: dict[str, Kind] = {
     "device": "text",
     "batch_size": "int",
     "state": "text",
+    "health": "text",
     "accuracy": "float",
     "accuracy_fp32": "float",
     "accuracy_drop": "float",
     "agreement": "float",
     "sqnr_db": "float",
+    "cosine": "float",
     "size_bytes": "int",
     "size_ratio": "float",
     "latency_p50_ms": "float",
+    "latency_p50_ci_low_ms": "float",
+    "latency_p50_ci_high_ms": "float",
     "latency_p90_ms": "float",
     "latency_p99_ms": "float",
     "throughput": "float",
     "speedup": "float",
+    "speedup_ci_low": "float",
+    "speedup_ci_high": "float",
     "coverage": "float",
     "simulated": "bool",
+    "isolation": "text",
     "artifact_uri": "text",
     "worker": "text",
     "hardware": "text",
     "duration_s": "float",
     "finished_at": "datetime",
     "error": "text",
+    "params": "json",
 }
 
 #: The view's columns in order.
@@ -68,6 +79,7 @@ KIND_NAMES: dict[Kind, str] = {
     "bool": "true/false",
     "text": "text",
     "datetime": "a date-time",
+    "json": "a JSON object (filter on its fields: params.epochs)",
 }
 
 _SQL_TYPES: dict[Kind, TypeEngine[Any]] = {
@@ -76,10 +88,47 @@ _SQL_TYPES: dict[Kind, TypeEngine[Any]] = {
     "bool": Boolean(),
     "text": String(),
     "datetime": DateTime(timezone=True),
+    "json": JSON(),
 }
 
 #: results_flat as a Core table with typed columns (a view: SQLAlchemy never creates or alters it).
 RESULTS_FLAT = table("results_flat", *(column(name, _SQL_TYPES[kind]) for name, kind in COLUMN_KINDS.items()))
+
+
+#: ``params.<name>`` in a filter reads one field of the ``params`` column (the job's method config).
+PARAMS_PREFIX = "params."
+#: The fields the ``params`` JSON may hold: every method's parameters, plus the config's own keys.
+PARAM_NAMES: tuple[str, ...] = tuple(
+    sorted({"method", "version"} | {f.name for cls in METHODS.values() for f in dataclasses.fields(cls)})
+)
+
+
+def is_param_path(column: str) -> bool:
+    """Whether ``column`` (as a filter resolved it) names a field of ``params`` rather than a column."""
+    return column.startswith(PARAMS_PREFIX)
+
+
+def resolve_param_path(name: str, *, source: str, where: str = "") -> str:
+    """``params.<field>`` as the filter grammar spells it, checked against the methods' parameters.
+
+    Args:
+        name: what the user wrote, e.g. ``params.epochs`` (case-insensitive).
+        source: the option it came from, for the message.
+        where: text appended after the name in the message.
+
+    Returns:
+        ``params.`` and the field's name, lower-cased.
+
+    Raises:
+        ConfigError: no method has such a parameter (with the closest name and the list).
+    """
+    field = name[len(PARAMS_PREFIX) :].lower()
+    if field in PARAM_NAMES:
+        return PARAMS_PREFIX + field
+    close = difflib.get_close_matches(field, PARAM_NAMES, n=1, cutoff=0.6)
+    hint = f"; did you mean 'params.{close[0]}'?" if close else ""
+    message = f"unknown method parameter {name!r}{where}{hint} (parameters: {', '.join(PARAM_NAMES)})"
+    raise ConfigError(message, source=source)
 
 
 def is_numeric(kind: Kind) -> bool:

@@ -21,7 +21,8 @@ OPERATORS = {"=": "=", "==": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", 
 
 #: A number literal: an optional sign, digits with an optional fraction, an optional exponent (ASCII digits).
 NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A name, or a name and one field (``params.epochs``).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?")
 _SPACE = re.compile(r"\s+")
 _OPERATOR = re.compile(r"==|!=|<>|<=|>=|[=<>]")
 _NAME_CHAR = re.compile(r"[A-Za-z0-9_.]")

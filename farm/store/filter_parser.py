@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from farm.errors import ConfigError
-from farm.store.columns import COLUMN_KINDS, KIND_NAMES, Kind, is_numeric, resolve_column
+from farm.store.columns import (
+    COLUMN_KINDS,
+    KIND_NAMES,
+    PARAMS_PREFIX,
+    Kind,
+    is_numeric,
+    is_param_path,
+    resolve_column,
+    resolve_param_path,
+)
 from farm.store.filter_ast import (
     And,
     ColumnRef,
@@ -49,7 +58,8 @@ class _Operand:
 
     @property
     def kind(self) -> Kind | None:
-        return None if self.column is None else COLUMN_KINDS[self.column]
+        # A params field has no kind of its own: the value compared with it gives one (see _Parser.param_value).
+        return None if self.column is None or is_param_path(self.column) else COLUMN_KINDS[self.column]
 
 
 def parse_expression(text: str, *, source: str) -> Predicate:
@@ -202,7 +212,10 @@ class _Parser:
     def operand(self) -> _Operand:
         tok = self.advance()
         if tok.kind == "name":
-            return _Operand(tok, resolve_column(tok.value, source=self.source, where=f" at position {tok.pos}"))
+            where = f" at position {tok.pos}"
+            if tok.value.lower().startswith(PARAMS_PREFIX):
+                return _Operand(tok, resolve_param_path(tok.value, source=self.source, where=where))
+            return _Operand(tok, resolve_column(tok.value, source=self.source, where=where))
         if tok.kind in ("number", "string") or (tok.kind == "keyword" and tok.value in _VALUE_KEYWORDS):
             return _Operand(tok)
         self.fail(f"expected a column or a value at position {tok.pos}, found {tok.describe()}")
@@ -222,7 +235,14 @@ class _Parser:
         column = left.column
         if column is None:  # unreachable: one side is a column
             raise ValueError("comparison without a column")
+        if is_param_path(column) or (right.column is not None and is_param_path(right.column)):
+            if right.column is not None:
+                self.fail(f"a params field compares with a value, not with a column (position {op.pos})")
+            return Compare(column, op.value, self.value(column, right.token))
         kind = COLUMN_KINDS[column]
+        at = f"at position {op.pos}"
+        if kind == "json" or right.kind == "json":
+            self.fail(f"params is a JSON object: filter on one of its fields, e.g. params.epochs = 3 ({at})")
         if kind == "bool" and op.value not in ("=", "!="):
             self.fail(f"{column} is true/false: compare it with = or !=, not {op.text!r} (position {op.pos})")
         other = right.kind
@@ -236,7 +256,7 @@ class _Parser:
         return Compare(column, op.value, self.value(column, right.token))
 
     def like(self, column: str, op: Token) -> Like:
-        kind = COLUMN_KINDS[column]
+        kind: Kind = "text" if is_param_path(column) else COLUMN_KINDS[column]
         if kind != "text":
             self.fail(f"{op.value} needs a text column; {column} is {KIND_NAMES[kind]} (position {op.pos})")
         tok = self.advance()
@@ -268,9 +288,13 @@ class _Parser:
             self.fail(f"too many values at position {tok.pos} (at most {MAX_VALUES})")
 
     def value(self, column: str, tok: Token) -> Value:
-        """The literal ``tok`` as a value of ``column``'s kind."""
-        kind = COLUMN_KINDS[column]
+        """The literal ``tok`` as a value of ``column``'s kind (a params field's: the literal's own)."""
         at = f"at position {tok.pos}"
+        if is_param_path(column):
+            return self.param_value(column, tok, at)
+        kind = COLUMN_KINDS[column]
+        if kind == "json":
+            self.fail(f"params is a JSON object: filter on one of its fields, e.g. params.epochs = 3 ({at})")
         if tok.kind == "keyword" and tok.value == "NULL":
             self.fail(f"NULL {at} can't be compared: write {column} IS NULL or {column} IS NOT NULL")
         if tok.kind not in ("number", "string") and not (tok.kind == "keyword" and tok.value in _VALUE_KEYWORDS):
@@ -301,3 +325,26 @@ class _Parser:
         if when is None:
             self.fail(f"{column} is a date-time; {text} {at} is not an ISO date-time such as '2026-01-31T12:00:00Z'")
         return when
+
+    def param_value(self, column: str, tok: Token, at: str) -> Value:
+        """A literal compared with a params field: a number, a quoted string, TRUE or FALSE.
+
+        The field's JSON type decides what it equals: ``params.epochs = 3`` matches the number 3 only (never the
+        string '3'), on SQLite and PostgreSQL alike (farm.store.filter_sql).
+        """
+        if tok.kind == "keyword" and tok.value == "NULL":
+            self.fail(f"NULL {at} can't be compared: write {column} IS NULL or {column} IS NOT NULL")
+        if tok.kind == "keyword" and tok.value in ("TRUE", "FALSE"):
+            self.count_value(tok)
+            return tok.value == "TRUE"
+        if tok.kind == "string":
+            self.count_value(tok)
+            return tok.value
+        if tok.kind == "number":
+            self.count_value(tok)
+            number = number_value(tok.value)
+            if number is None:
+                self.fail(f"number {tok.text} {at} is out of range")
+            return number
+        what = "columns are not allowed here" if tok.kind == "name" else f"found {tok.describe()}"
+        self.fail(f"expected a value {at}: {what}")

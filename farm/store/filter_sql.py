@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, String, and_, func, literal, not_, or_
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, String, and_, case, cast, func, literal, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
 
-from farm.store.columns import COLUMN_KINDS, RESULTS_FLAT
+from farm.store.columns import COLUMN_KINDS, PARAMS_PREFIX, RESULTS_FLAT, is_param_path
 from farm.store.filter_ast import (
     And,
     ColumnRef,
@@ -71,8 +71,13 @@ def where_clause(predicate: Predicate, *, dialect: str) -> ColumnElement[bool]:
     if isinstance(predicate, Like):
         return _like(predicate, dialect)
     if isinstance(predicate, InList):
+        if is_param_path(predicate.column):
+            return or_(*(_param_field(predicate.column, v, dialect) == _bind(v) for v in predicate.values))
         return RESULTS_FLAT.c[predicate.column].in_([_bind(v) for v in predicate.values])
     if isinstance(predicate, IsNull):
+        if is_param_path(predicate.column):
+            json_type = _json_type(predicate.column, dialect)
+            return or_(json_type.is_(None), json_type == literal("null", String()))
         return RESULTS_FLAT.c[predicate.column].is_(None)
     if isinstance(predicate, IsTrue):
         return RESULTS_FLAT.c[predicate.column] == _bind(True)
@@ -134,6 +139,11 @@ def _bytewise(expr: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
 
 
 def _compare(node: Compare, dialect: str) -> ColumnElement[bool]:
+    if is_param_path(node.column) and not isinstance(node.value, ColumnRef):
+        field = _param_field(node.column, node.value, dialect)
+        if node.op in _ORDERING and isinstance(node.value, str):
+            field = _bytewise(field, dialect)
+        return _OPERATORS[node.op](field, _bind(node.value))
     left: ColumnElement[Any] = RESULTS_FLAT.c[node.column]
     right = RESULTS_FLAT.c[node.value.name] if isinstance(node.value, ColumnRef) else _bind(node.value)
     if node.op in _ORDERING and COLUMN_KINDS[node.column] == "text":
@@ -141,11 +151,43 @@ def _compare(node: Compare, dialect: str) -> ColumnElement[bool]:
     return _OPERATORS[node.op](left, right)
 
 
+# JSON types per dialect that a value of each Python type matches: a params field equals 3 only when it holds the
+# number 3 (never the string "3"), so the comparison means the same on SQLite and PostgreSQL.
+_JSON_TYPES: dict[str, dict[str, tuple[str, ...]]] = {
+    "sqlite": {"number": ("integer", "real"), "text": ("text",), "bool": ("true", "false")},
+    "postgresql": {"number": ("number",), "text": ("string",), "bool": ("boolean",)},
+}
+
+
+def _json_type(column: str, dialect: str) -> ColumnElement[Any]:
+    """The JSON type name of a params field (NULL when the field is absent)."""
+    params = RESULTS_FLAT.c.params
+    name = column[len(PARAMS_PREFIX) :]
+    if dialect == "sqlite":
+        return func.json_type(params, literal(f"$.{name}", String()))
+    return func.json_typeof(params.op("->")(literal(name, String())))
+
+
+def _param_field(column: str, value: Value, dialect: str) -> ColumnElement[Any]:
+    """A params field as a value of ``value``'s type, NULL when the field holds another JSON type."""
+    kind = "bool" if isinstance(value, bool) else "number" if isinstance(value, int | float) else "text"
+    params = RESULTS_FLAT.c.params
+    name = column[len(PARAMS_PREFIX) :]
+    raw: ColumnElement[Any]
+    if dialect == "sqlite":
+        raw = func.json_extract(params, literal(f"$.{name}", String()))
+    else:
+        text = params.op("->>", return_type=String())(literal(name, String()))
+        raw = cast(text, Boolean()) if kind == "bool" else cast(text, Float()) if kind == "number" else text
+    types = [literal(t, String()) for t in _JSON_TYPES.get(dialect, _JSON_TYPES["postgresql"])[kind]]
+    return case((_json_type(column, dialect).in_(types), raw), else_=None)
+
+
 def _like(node: Like, dialect: str) -> ColumnElement[bool]:
     parts = like_parts(node.pattern)
     if parts is None:  # the parser rejects such patterns
         raise ValueError(f"malformed LIKE pattern {node.pattern!r}")
-    col = RESULTS_FLAT.c[node.column]
+    col = _param_field(node.column, "", dialect) if is_param_path(node.column) else RESULTS_FLAT.c[node.column]
     if dialect == "sqlite":
         glob = "".join(_glob_part(p, node.ignore_case) for p in parts)
         return col.op("GLOB", is_comparison=True)(literal(glob, String()))

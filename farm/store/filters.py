@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from farm.errors import ConfigError
-from farm.store.columns import RESULT_COLUMNS, RESULTS_FLAT, parse_columns, resolve_column
+from farm.store.columns import COLUMN_KINDS, RESULT_COLUMNS, RESULTS_FLAT, parse_columns, resolve_column
 from farm.store.filter_ast import Predicate
 from farm.store.filter_parser import parse_expression
 from farm.store.filter_sql import order_clauses, where_clause
@@ -101,6 +101,8 @@ def parse_order_by(items: str | Sequence[str] | None, *, source: str = "--order-
             if len(words) > 2 or (len(words) == 2 and words[1].lower() not in ("asc", "desc")):
                 raise ConfigError(f"{piece.strip()!r}: expected 'column', 'column asc' or 'column desc'", source=source)
             column = resolve_column(words[0], source=source)
+            if COLUMN_KINDS[column] == "json":
+                raise ConfigError(f"{column} is a JSON object and has no order: sort by another column", source=source)
             if any(k.column == column for k in keys):
                 raise ConfigError(f"column {column!r} is listed twice", source=source)
             keys.append(OrderKey(column, descending=len(words) == 2 and words[1].lower() == "desc"))

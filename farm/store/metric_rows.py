@@ -14,6 +14,7 @@ _JOB_FIGURES = (
     "agreement",
     "sqnr_db",
     "cosine",
+    "health",
     "size_bytes",
     "size_fp32_bytes",
     "size_ratio",
@@ -22,7 +23,18 @@ _JOB_FIGURES = (
     "peak_memory_bytes",
     "hardware_id",
 )
-_BATCH_FIGURES = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "speedup")
+_BATCH_FIGURES = (
+    "latency_p50_ms",
+    "latency_p50_ci_low_ms",
+    "latency_p50_ci_high_ms",
+    "latency_p90_ms",
+    "latency_p99_ms",
+    "throughput",
+    "speedup",
+    "speedup_ci_low",
+    "speedup_ci_high",
+    "isolation",
+)
 _EXTRA_JOB_KEYS = (
     "accuracy_kind",
     "top5_fp32",

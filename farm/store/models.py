@@ -80,6 +80,8 @@ class Job(Base):
     backend: Mapped[str | None] = mapped_column(String(16))
     observer: Mapped[str | None] = mapped_column(String(32))
     granularity: Mapped[str | None] = mapped_column(String(16))
+    #: The method and its non-default parameters in a few words (farm.quant.recipe), written when the job is created.
+    recipe: Mapped[str | None] = mapped_column(String(200))
     device: Mapped[str] = mapped_column(String(16))
     #: The queue the job's next message goes to ("cpu", "gpu", or a named pool such as "cpu-avx512").
     queue: Mapped[str | None] = mapped_column(String(64))
@@ -151,6 +153,8 @@ class Metric(Base):
     agreement: Mapped[float | None] = mapped_column(Float)
     sqnr_db: Mapped[float | None] = mapped_column(Float)
     cosine: Mapped[float | None] = mapped_column(Float)
+    #: "ok", "degenerate_reference", "collapsed" or "nan" (farm.quant.metrics); NULL before migration 0006.
+    health: Mapped[str | None] = mapped_column(String(24))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     size_fp32_bytes: Mapped[int | None] = mapped_column(BigInteger)
     size_ratio: Mapped[float | None] = mapped_column(Float)
@@ -158,11 +162,19 @@ class Metric(Base):
     coverage_macs: Mapped[float | None] = mapped_column(Float)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     latency_p50_ms: Mapped[float | None] = mapped_column(Float)
+    #: The 95 % confidence interval of the median latency (order statistics).
+    latency_p50_ci_low_ms: Mapped[float | None] = mapped_column(Float)
+    latency_p50_ci_high_ms: Mapped[float | None] = mapped_column(Float)
     latency_p90_ms: Mapped[float | None] = mapped_column(Float)
     latency_p99_ms: Mapped[float | None] = mapped_column(Float)
     throughput: Mapped[float | None] = mapped_column(Float)
     #: fp32 reference p50 / this p50, same batch size and hardware; NULL for simulated figures.
     speedup: Mapped[float | None] = mapped_column(Float)
+    #: The 95 % bootstrap interval of the side-by-side speedup.
+    speedup_ci_low: Mapped[float | None] = mapped_column(Float)
+    speedup_ci_high: Mapped[float | None] = mapped_column(Float)
+    #: How the timing was isolated from other work on the host: "exclusive", "pinned" or "none".
+    isolation: Mapped[str | None] = mapped_column(String(16))
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     hardware_id: Mapped[str | None] = mapped_column(String(32))
     #: Everything else the engine reported: spread, timings, warnings, fingerprint, ...

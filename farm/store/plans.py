@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from farm.jobs.contract import JobSpec
 from farm.jobs.policy import LOCAL_QUEUE, LOCAL_RUN_TAKES
+from farm.quant.recipe import recipe_label
 from farm.store import bulk
 from farm.store.graph import added_by
 from farm.store.lifecycle import utcnow
@@ -170,6 +171,7 @@ def insert_jobs(
                 "attempts": 0,
                 "created_at": now,
                 **j.columns(),
+                "recipe": _recipe(j),
                 **(dict(zip(("queue", "stage", "finish_queue"), route(j), strict=True)) if route else {}),
                 **(columns(j) if columns else {}),
             }
@@ -280,3 +282,8 @@ def _states(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
     for condition in bulk.in_values(session, _JOBS.c.id, list(job_ids)):
         out.update({row[0]: row[1] for row in session.execute(select(_JOBS.c.id, _JOBS.c.state).where(condition))})
     return out
+
+
+def _recipe(job: Any) -> str | None:
+    """A planned job's recipe label (results_flat.recipe); None for a stage job, which runs no method."""
+    return None if job.role == "stage" else recipe_label(job.method)

@@ -285,4 +285,8 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
         row["finished_at"] = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
     if row.get("simulated") is not None:
         row["simulated"] = bool(row["simulated"])
+    if row.get("params") is not None:
+        # SQLite hands back the JSON text, PostgreSQL a decoded value: the same canonical text from both.
+        params = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
+        row["params"] = json.dumps(params, sort_keys=True, separators=(",", ":"))
     return row

@@ -25,15 +25,21 @@ KINDS: dict[str, str] = {
     name: kind
     for kind, names in {
         "int": "sweep_id job_id bits calibration_size batch_size size_bytes",
-        "float": "accuracy accuracy_fp32 accuracy_drop agreement sqnr_db size_ratio latency_p50_ms latency_p90_ms "
-        "latency_p99_ms throughput speedup coverage duration_s",
+        "float": "accuracy accuracy_fp32 accuracy_drop agreement sqnr_db cosine size_ratio latency_p50_ms "
+        "latency_p50_ci_low_ms latency_p50_ci_high_ms latency_p90_ms latency_p99_ms throughput speedup "
+        "speedup_ci_low speedup_ci_high coverage duration_s",
         "bool": "simulated",
         "datetime": "finished_at",
-        "text": "sweep_name job_key model dataset method backend observer granularity device state artifact_uri "
-        "worker hardware error",
+        "text": "sweep_name job_key model dataset method recipe backend observer granularity device state health "
+        "isolation artifact_uri worker hardware error",
+        "json": "params",
     }.items()
     for name in names.split()
 }
+#: Columns of results_flat the population leaves NULL on every row (figures added by migration 0006).
+ALWAYS_NULL = (
+    "recipe health cosine latency_p50_ci_low_ms latency_p50_ci_high_ms speedup_ci_low speedup_ci_high isolation params"
+).split()
 
 SWEEPS = {1: "alpha", 2: "beta's 50%_off"}
 
@@ -159,6 +165,7 @@ def _view_row(sweep_id: int, job_id: int, spec: dict[str, Any], m: dict[str, Any
     ]
     ref_lat = match[0].get("latency_p50_ms") if match else None
     speedup = None if simulated or lat is None or ref_lat is None or lat == 0 else ref_lat / lat
+    row |= dict.fromkeys(ALWAYS_NULL)
     row |= dict(
         sweep_id=sweep_id,
         sweep_name=SWEEPS[sweep_id],

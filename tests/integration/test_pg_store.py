@@ -159,3 +159,17 @@ def test_bulk_inserts_round_trip_every_value_on_both_databases(
         assert bulk.insert_rows(s, Job.__table__, []) == [] and list(bulk.in_values(s, Job.id, [])) == []
     if backend == "sqlite":
         db.dispose()
+
+
+def test_0006_backfills_recipes_and_params_filter_by_json_field(
+    fresh_pg_db: Database, store_support: ModuleType
+) -> None:
+    # The view spells JSON per dialect (j.spec -> 'method' here): the same filters select the same jobs.
+    upgrade(fresh_pg_db, "0005")
+    store_support.seed_at_0005(fresh_pg_db)
+    upgrade(fresh_pg_db)
+    store_support.assert_params(fresh_pg_db)
+    downgrade(fresh_pg_db, "0005")
+    assert "params" not in store_support.view_columns(fresh_pg_db)[0]
+    upgrade(fresh_pg_db)
+    store_support.assert_params(fresh_pg_db)

@@ -35,8 +35,9 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_planning_s3_weights_is_offline_unless_the_caller_passes_the_s3_digest(
-    s3_client: Any, connects: list[Any]
+    s3_client: Any, connects: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("farm.spec.plan.ENGINE_VERSION", "1")  # GOLDEN was recorded under engine version 1
     s3_client.create_bucket(Bucket=GOLDEN_BUCKET)
     try:
         s3_client.put_object(Bucket=GOLDEN_BUCKET, Key="w.pt", Body=b"weights-bytes")

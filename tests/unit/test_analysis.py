@@ -681,8 +681,10 @@ BAD_COLUMNS: list[tuple[list[str], str]] = [
      "--by: unknown column 'sise_bytes'; did you mean 'size_bytes'?"),
     (["best", "--sweep", "1", "--max-accuracy-drop", "0.01", "--by", "method"], "--by: method is not a numeric column"),
     (["best", "--sweep", "1", "--max-accuracy-drop", "1.5"],
-     "--max-accuracy-drop: a fraction between 0 and 1, got 1.5"),
-    (["best", "--sweep", "1", "--max-accuracy-drop", "-0.1"], "--max-accuracy-drop: a fraction between 0 and 1"),
+     "--max-accuracy-drop: a fraction of accuracy from 0 up to, not including, 1 (0.01 is 1 point), got 1.5: 1.5 is "
+     "a drop of 150 points, which every configuration passes; for 1.5 point(s) write 0.015"),
+    (["best", "--sweep", "1", "--max-accuracy-drop", "-0.1"],
+     "--max-accuracy-drop: a fraction of accuracy from 0 up to, not including, 1 (0.01 is 1 point), got -0.1"),
     (["best", "--sweep", "1"], "Missing option '--max-accuracy-drop'"),
     (["compare", "1", "x"], "Invalid value for 'SWEEP_B'"),
     (["compare", "1", "2", "--where", "(bits = 8"], "--where: unbalanced parentheses"),

@@ -168,6 +168,11 @@ BAD_SPECS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
         "spec.yaml",
         [("benchmark.batch_size", "batch sizes must be at least 1, got 0")],
     ),
+    "unknown isolation": (
+        OK_HEAD + "methods: [fp32]\nbenchmark: {isolation: sometimes}\n",
+        "spec.yaml",
+        [("benchmark.isolation", "'sometimes' is not one of exclusive, pinned, none")],
+    ),
     "unknown benchmark key": (
         OK_HEAD + "methods: [fp32]\nbenchmark: {batch_sizes: [1]}\n",
         "spec.yaml",
@@ -569,6 +574,16 @@ def test_changing_one_thing_changes_the_key(key_spec: str, change: tuple[str, st
     after = _keys(key_spec.replace(*change))
     assert after["trial"] != before["trial"]
     assert (after["reference"] != before["reference"]) is reference_changes
+
+
+def test_benchmark_isolation_reaches_every_job_and_only_a_non_default_one_moves_the_keys(key_spec: str) -> None:
+    keys = _keys(key_spec)
+    assert {j.spec.benchmark.isolation for j in load_spec(key_spec).jobs} == {"exclusive"}
+    explicit = key_spec.replace("benchmark: {", "benchmark: {isolation: exclusive, ")
+    assert explicit != key_spec and _keys(explicit) == keys  # the default spelled out: the jobs are the same
+    pinned = key_spec.replace("benchmark: {", "benchmark: {isolation: pinned, ")
+    assert {j.spec.benchmark.isolation for j in load_spec(pinned).jobs} == {"pinned"}
+    assert set(_keys(pinned).values()).isdisjoint(keys.values())  # measured otherwise: other jobs
 
 
 def test_the_weights_file_content_is_part_of_the_key(tmp_path: Path, key_spec: str) -> None:

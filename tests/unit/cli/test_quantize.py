@@ -113,6 +113,10 @@ BAD_INPUTS = {
         ["--model", "farm:digits-cnn", "--method", "fp32", "--batch-size", "1,eight"],
         ["--batch-size", "'1,eight' is not a batch size"],
     ),
+    "isolation bogus": (
+        ["--model", "farm:digits-cnn", "--method", "fp32", "--isolation", "sometimes"],
+        ["--isolation", "'sometimes' is not one of exclusive, pinned, none"],
+    ),
     "no dataset for an outside model": (["--model", TOY_MLP, "--method", "fp32"], ["--dataset"]),
     "missing weights file": (
         ["--model", TOY_MLP, "--dataset", TOY_DATA, "--method", "fp32", "--weights", "nope.pt"],
@@ -321,6 +325,31 @@ def test_flags_reach_the_method_config(runs: Path, allow_toys: str) -> None:
     }  # fmt: skip
     assert {k: config[k] for k in expected} == expected
     assert json.loads((target / "manifest.json").read_text())["method"] == config
+
+
+@pytest.mark.parametrize("isolation", ["exclusive", "pinned", "none"])
+def test_isolation_is_recorded_with_every_latency_entry(
+    isolation: str, runs: Path, allow_toys: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from farm.quant.isolation import LOCK_DIR_ENV, pinned_cores
+
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))  # free cores: no other process claims here
+    affinity = os.sched_getaffinity(0)
+    result = quantize(
+        "--model", TOY_MLP, "--dataset", TOY_DATA, "--method", "dynamic", "--batch-size", "1,2",
+        "--isolation", isolation, "--json", "--output", str(runs / "trial"),
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    data = json.loads(result.stdout)
+    assert [lat["isolation"] for lat in data["latency"]] == [isolation] * 2
+    for lat in data["latency"]:
+        assert lat["host_load"] is None or 0.0 <= lat["host_load"] <= 1.0
+        # pinned (and exclusive) trials ran on a core of their own; none left the affinity alone
+        assert (lat["cores"] is None) is (isolation == "none")
+        assert lat["cores"] is None or (len(lat["cores"]) == 1 and set(lat["cores"]) <= affinity)
+    assert os.sched_getaffinity(0) == affinity and pinned_cores() is None  # given back after the trial
 
 
 def test_rerun_replaces_an_earlier_artifact_and_leaves_no_scratch(runs: Path, allow_toys: str) -> None:

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from farm.quant.latency import LatencySettings, measure_latency, percentile, summarize, torch_threads
+from farm.quant.latency import LatencySettings, measure_latency, summarize, torch_threads
+from farm.quant.timing_stats import percentile
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ def test_percentile_of_nothing_is_nan() -> None:
 
 def test_summarize_known_samples() -> None:
     samples_s = [0.004, 0.001, 0.003, 0.002, 0.005]  # unsorted on purpose
-    lat = summarize(8, samples_s, stable=True)
+    lat = summarize(8, samples_s, settled=True)
     assert lat.latency_p50_ms == pytest.approx(3.0)
     assert lat.latency_p90_ms == pytest.approx(4.6)
     assert lat.latency_p99_ms == pytest.approx(4.96)
@@ -40,7 +41,10 @@ def test_summarize_known_samples() -> None:
     assert lat.latency_mean_ms == pytest.approx(3.0)
     assert lat.latency_iqr_ms == pytest.approx(2.0)
     assert lat.throughput == pytest.approx(8 / 0.003)
-    assert (lat.reps, lat.stable, lat.batch_size) == (5, True, 8)
+    assert (lat.reps, lat.batch_size) == (5, 8)
+    # Five samples cannot bound the median at 95 %: the interval is the whole range, so the figure is unstable.
+    assert (lat.latency_p50_ci_low_ms, lat.latency_p50_ci_high_ms) == (pytest.approx(1.0), pytest.approx(5.0))
+    assert lat.stable is False and "CI" in (lat.unstable_reason or "")
     assert set(lat.to_dict()) >= {"batch_size", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput"}
 
 

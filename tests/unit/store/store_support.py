@@ -27,11 +27,12 @@ FARM_TABLES = set(Base.metadata.tables)
 INDEXES = {index.name for table in Base.metadata.tables.values() for index in table.indexes}
 
 COLUMNS = [
-    "sweep_id", "sweep_name", "job_id", "job_key", "model", "dataset", "method", "bits", "calibration_size",
-    "backend", "observer", "granularity", "device", "batch_size", "state", "accuracy", "accuracy_fp32",
-    "accuracy_drop", "agreement", "sqnr_db", "size_bytes", "size_ratio", "latency_p50_ms", "latency_p90_ms",
-    "latency_p99_ms", "throughput", "speedup", "coverage", "simulated", "artifact_uri", "worker", "hardware",
-    "duration_s", "finished_at", "error",
+    "sweep_id", "sweep_name", "job_id", "job_key", "model", "dataset", "method", "recipe", "bits",
+    "calibration_size", "backend", "observer", "granularity", "device", "batch_size", "state", "health", "accuracy",
+    "accuracy_fp32", "accuracy_drop", "agreement", "sqnr_db", "cosine", "size_bytes", "size_ratio",
+    "latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_p90_ms", "latency_p99_ms",
+    "throughput", "speedup", "speedup_ci_low", "speedup_ci_high", "coverage", "simulated", "isolation",
+    "artifact_uri", "worker", "hardware", "duration_s", "finished_at", "error", "params",
 ]  # fmt: skip
 
 
@@ -178,3 +179,72 @@ def assert_expected(rows: Iterable[Mapping[str, Any]]) -> None:
                 assert got == pytest.approx(value), f"{key} {column}"
             else:
                 assert got == value, f"{key} {column}: {got!r} != {value!r}"
+
+
+# -- migration 0006: recipe backfill, params and its fields --------------------------------------------------------
+
+#: Three jobs written at revision 0005 (before recipe existed): their specs' method configs and the labels 0006 gives.
+PARAM_JOBS = [
+    ({"method": "qat", "version": 1, "bits": 4, "calibration_size": 32, "epochs": 3}, "qat int4 mavg pc n=32 e3"),
+    ({"method": "qat", "version": 1, "bits": 4, "calibration_size": 32, "epochs": 1}, "qat int4 mavg pc n=32"),
+    (
+        {"method": "static", "version": 1, "observer": "percentile", "percentile": 99.9},
+        "static int8 pct pc n=256 p99.9",
+    ),
+]
+
+
+def seed_at_0005(db: Database) -> None:
+    """Write :data:`PARAM_JOBS` (one sweep, one metrics row each) into a database at revision 0005."""
+    import json
+
+    with db.connect() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO sweeps (id, name, spec_text, spec_hash, created_at, state) "
+                "VALUES (1, 'p', '{}', :h, :t, 'x')"
+            ),
+            {"h": "p" * 64, "t": NOW},
+        )
+        for i, (method, _) in enumerate(PARAM_JOBS, start=1):
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, key, role, model, dataset, method, device, spec, state, attempts, "
+                    "worker_losses, created_at, stage) VALUES (:i, :k, 'trial', 'm', 'd', :m, 'cpu', :s, 'succeeded', "
+                    "0, 0, :t, 'all')"
+                ),
+                {"i": i, "k": str(i) * 64, "m": method["method"], "s": json.dumps({"method": method}), "t": NOW},
+            )
+            conn.execute(text("INSERT INTO sweep_jobs (sweep_id, job_id) VALUES (1, :i)"), {"i": i})
+            conn.execute(
+                text("INSERT INTO metrics (job_id, batch_size, simulated, extra) VALUES (:i, 1, false, '{}')"), {"i": i}
+            )
+        conn.commit()
+
+
+#: --where expressions over params and the job ids (1-based, as PARAM_JOBS) each must select, on every database.
+PARAM_FILTERS = {
+    "params.epochs = 3": [1],
+    "params.epochs >= 1": [1, 2],
+    "params.epochs = '3'": [],  # the number 3 is not the string '3'
+    "params.observer = 'percentile'": [3],
+    "params.observer LIKE 'perc%'": [3],
+    "params.epochs IS NULL": [3],
+    "NOT params.epochs IS NULL AND params.bits IN (4, 8)": [1, 2],
+    "params.percentile > 99.5": [3],
+    "params.method = 'qat' AND recipe LIKE '%e3'": [1],
+}
+
+
+def assert_params(db: Database) -> None:
+    """After 0006: each job's recipe was backfilled, params is its method config, and PARAM_FILTERS select."""
+    import json
+
+    from farm.store.results import ResultsQuery, query
+
+    rows = query(db, ResultsQuery.parse(columns="job_id,recipe,params"))
+    assert [(r["job_id"], r["recipe"]) for r in rows] == [(i, label) for i, (_, label) in enumerate(PARAM_JOBS, 1)]
+    assert [json.loads(r["params"]) for r in rows] == [m for m, _ in PARAM_JOBS]
+    for where, want in PARAM_FILTERS.items():
+        got = [r["job_id"] for r in query(db, ResultsQuery.parse(where=where, columns="job_id"))]
+        assert got == want, where

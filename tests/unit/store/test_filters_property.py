@@ -80,7 +80,8 @@ def test_the_population_gives_the_computed_view_rows(population: Any) -> None:
 def test_generated_filters_select_what_three_valued_logic_selects(population: Any, data: st.DataObject) -> None:
     db, rows = population
     tree, text = data.draw(fs.expressions(rows), label="expression")
-    order = data.draw(st.lists(st.tuples(st.sampled_from(sorted(fs.KINDS)), st.booleans()), max_size=2,
+    sortable = sorted(c for c, kind in fs.KINDS.items() if kind != "json")  # params has no order
+    order = data.draw(st.lists(st.tuples(st.sampled_from(sortable), st.booleans()), max_size=2,
                                unique_by=lambda k: k[0]), label="order")  # fmt: skip
     limit = data.draw(st.none() | st.integers(0, 12), label="limit")
     order_by = [f"{c} {'desc' if d else 'asc'}" for c, d in order]

@@ -50,7 +50,14 @@ REVISIONS_SECTION = "Revisions"
 ALEMBIC_TABLE = "alembic_version"  # Alembic's, documented but not in the models
 
 NAME_CELL = re.compile(r"^`([a-z0-9_]+)`$")
-VIEW_TYPES = {"int": "integer", "float": "float", "bool": "boolean", "text": "text", "datetime": "timestamptz"}
+VIEW_TYPES = {
+    "int": "integer",
+    "float": "float",
+    "bool": "boolean",
+    "text": "text",
+    "datetime": "timestamptz",
+    "json": "json",
+}
 
 
 # --- parsing the page ---------------------------------------------------------------------------------------

@@ -93,3 +93,17 @@ def test_alembic_cli_prints_sql_offline(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "CREATE TABLE jobs" in done.stdout and "CREATE VIEW results_flat" in done.stdout
     assert not (tmp_path / "never.db").exists()
+
+
+def test_0006_backfills_recipes_and_params_filter_by_json_field(sqlite_db: Database) -> None:
+    from store_support import assert_params, seed_at_0005
+
+    upgrade(sqlite_db, "0005")
+    seed_at_0005(sqlite_db)
+    upgrade(sqlite_db)
+    assert_params(sqlite_db)
+    # Down to 0005 and up again: the columns go and come back, the labels are computed again.
+    downgrade(sqlite_db, "0005")
+    assert "params" not in view_columns(sqlite_db)[0]
+    upgrade(sqlite_db)
+    assert_params(sqlite_db)

@@ -1,0 +1,45 @@
+"""The host's load while a measurement runs: how busy the CPUs were outside this process.
+
+A benchmark timed beside other work is slower and noisier; this figure, recorded with every latency entry
+(``host_load``), lets a reader tell a quiet measurement from a crowded one. From /proc/stat (every CPU of the
+host) less this process's own CPU time. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU seconds: busy and total over every CPU of the host (/proc/stat), and this process's own."""
+
+    busy_s: float
+    total_s: float
+    own_s: float
+
+
+def cpu_times() -> CpuTimes | None:
+    """The host's CPU counters now, or None where /proc/stat does not exist."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = float(os.sysconf("SC_CLK_TCK"))
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return CpuTimes(busy / tick, (busy + idle) / tick, time.process_time())
+
+
+def host_load(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
+    """Mean busy fraction of the host's CPU capacity left outside this process between two readings (0..1)."""
+    if before is None or after is None:
+        return None
+    own = after.own_s - before.own_s
+    capacity = (after.total_s - before.total_s) - own
+    if capacity <= 0:
+        return None
+    return round(min(1.0, max(0.0, (after.busy_s - before.busy_s - own) / capacity)), 3)

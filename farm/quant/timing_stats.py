@@ -1,0 +1,136 @@
+"""The statistics behind every latency figure: percentiles, a confidence interval for the median, a bootstrap
+interval for a speedup, and THE rule that calls a measurement stable.
+
+Timings are skewed and heavy-tailed (a preempted call costs 10x), so nothing here assumes a distribution: the
+median's interval comes from order statistics (the number of samples below the true median is Binomial(n, 1/2)),
+the speedup's from resampling the per-block ratios. The bootstrap uses a fixed seed, so the same samples always
+give the same interval. Pure Python: no torch, no numpy.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import statistics
+from collections.abc import Sequence
+
+#: Two-sided confidence of every interval reported.
+CONFIDENCE = 0.95
+#: A p50 whose 95 % interval reaches further than this fraction of it on either side is not stable.
+MAX_CI_REL = 0.05
+#: A p99 more than this many times the p50 is not stable: the median hides a tail a user will hit.
+MAX_TAIL_RATIO = 3.0
+#: Resamples of the speedup's bootstrap; 2000 keeps the 2.5th and 97.5th percentiles steady to ~0.1 %.
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+# Exact binomial sums up to this many samples; beyond, the normal approximation is accurate to < 1 rank.
+_EXACT_UP_TO = 4000
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` (0-100) of an already sorted sequence."""
+    if not sorted_values:
+        return float("nan")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@functools.lru_cache(maxsize=4096)
+def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int]:
+    """0-based ranks (lo, hi) of the sorted samples that bound the median with at least ``confidence``.
+
+    The interval [x_(j), x_(n-1-j)] misses the true median only when j or fewer samples fall on one side of it,
+    which has probability 2 * P(Binomial(n, 1/2) <= j); j is the largest rank that keeps that below
+    ``1 - confidence``. Below 6 samples no such rank exists and the whole range is returned.
+    """
+    if n <= 0:
+        return 0, -1
+    alpha_half = (1.0 - confidence) / 2.0
+    if n > _EXACT_UP_TO:
+        z = statistics.NormalDist().inv_cdf(1.0 - alpha_half)
+        j = max(0, math.floor(n / 2.0 - z * math.sqrt(n) / 2.0 - 0.5))
+        return j, n - 1 - j
+    # x_(j) (0-based) lies above the median only when at most j samples fall below it: P(B <= j). Exact in
+    # integers (2**n overflows a float past n ~ 1000), alpha scaled to parts per million.
+    limit = round(alpha_half * 1_000_000) * (1 << n)
+    term, cumulative, j = 1, 0, -1
+    for k in range(n // 2 + 1):
+        if k > 0:
+            term = term * (n - k + 1) // k  # C(n, k), exact
+        cumulative += term
+        if cumulative * 1_000_000 > limit:
+            break
+        j = k
+    return (0, n - 1) if j < 0 else (j, n - 1 - j)
+
+
+def median_ci(sorted_values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Distribution-free ``confidence`` interval of the median of already sorted samples (nan when empty)."""
+    if not sorted_values:
+        return float("nan"), float("nan")
+    lo, hi = median_ci_ranks(len(sorted_values), confidence)
+    return sorted_values[lo], sorted_values[hi]
+
+
+def bootstrap_median_ci(
+    values: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile-bootstrap ``confidence`` interval of the median of ``values``; deterministic for a seed."""
+    if not values:
+        return float("nan"), float("nan")
+    if len(values) == 1:
+        return values[0], values[0]
+    rng = random.Random(seed)
+    data = list(values)
+    n = len(data)
+    medians = sorted(statistics.median(rng.choices(data, k=n)) for _ in range(resamples))
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    return percentile(medians, tail), percentile(medians, 100.0 - tail)
+
+
+def relative_halfwidth(center: float, low: float, high: float) -> float:
+    """The larger distance from ``center`` to either end of its interval, as a fraction of ``center``."""
+    if not center > 0 or math.isnan(low) or math.isnan(high):
+        return float("inf")
+    return max(center - low, high - center) / center
+
+
+def unstable_reason(
+    p50: float,
+    ci_low: float,
+    ci_high: float,
+    p99: float,
+    *,
+    settled: bool,
+    max_ci_rel: float = MAX_CI_REL,
+    max_tail_ratio: float = MAX_TAIL_RATIO,
+) -> str | None:
+    """THE stable rule: why a latency figure is not to be trusted, or None when it is.
+
+    Args:
+        p50, ci_low, ci_high: the median and its 95 % interval.
+        p99: the 99th percentile.
+        settled: the measurement reached its stopping target (False: it ran out of time or repetitions first,
+            or was stopped).
+
+    Returns:
+        A short reason (the first that applies: wide interval, heavy tail, not settled), or None.
+    """
+    if not p50 > 0:
+        return "no positive median"
+    width = relative_halfwidth(p50, ci_low, ci_high)
+    if width > max_ci_rel:
+        return f"the p50's 95 % CI reaches ±{width:.1%} of it (> {max_ci_rel:.0%})"
+    if p99 / p50 > max_tail_ratio:
+        return f"p99 is {p99 / p50:.1f}x the p50 (> {max_tail_ratio:g}x): a heavy tail"
+    if not settled:
+        return "the time budget ran out before the figures settled"
+    return None

@@ -1,0 +1,300 @@
+"""Isolation on a shared host (farm.quant.isolation): the measurement lock excludes across processes and lets a
+waiting benchmark in before new readers; pool processes get disjoint cores and torch threads stay within them;
+the figures a measurement records.
+
+Real processes hold the lock (file locks are per open file, so a second process is the honest test); nothing is
+timed: the order of events is read from the processes' output and from files they write while holding the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from farm.errors import Cancelled
+from farm.quant import isolation
+from farm.quant.config import BenchmarkConfig
+from farm.quant.hostload import CpuTimes, host_load
+from farm.quant.isolation import MeasureLock, claim_cores
+
+HOLDER = """
+import sys
+from pathlib import Path
+from farm.quant.isolation import MeasureLock
+
+directory, mode, marker = sys.argv[1:4]
+lock = MeasureLock(Path(directory))
+print("trying", flush=True)
+with getattr(lock, mode)():
+    print("in", flush=True)
+    sys.stdin.readline()
+    Path(marker).write_text("released")  # written while still holding the lock
+print("out", flush=True)
+"""
+
+
+class Holder:
+    """A process that takes the lock (``shared`` or ``exclusive``), says so, and releases it when told."""
+
+    def __init__(self, directory: Path, mode: str, name: str, env: dict[str, str]) -> None:
+        self.marker = directory / f"{name}.released"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(directory), mode, str(self.marker)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def expect(self, line: str) -> None:
+        assert self.proc.stdout is not None
+        got = self.proc.stdout.readline().strip()
+        assert got == line, (got, self.proc.poll())
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> None:
+        self.expect("out")
+        assert self.proc.wait() == 0
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A lock directory of the test's own (the real one is shared with whatever else runs on this host)."""
+    root = str(Path(__file__).resolve().parents[3])
+    monkeypatch.setenv(isolation.LOCK_DIR_ENV, str(tmp_path))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def can_flock(path: Path, how: int) -> bool:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # drops the probe's lock, if it got one
+    return True
+
+
+def enter_after(hold: object, marker: Path, seen: list[bool]) -> None:
+    with hold:  # type: ignore[attr-defined]
+        seen.append(marker.exists())
+
+
+def test_a_process_holding_it_shared_keeps_a_benchmark_out_until_it_lets_go(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    reader = Holder(tmp_path, "shared", "reader", env)
+    reader.expect("trying")
+    reader.expect("in")
+    _, lock_file = MeasureLock(tmp_path).paths
+    assert not can_flock(lock_file, fcntl.LOCK_EX)
+    assert can_flock(lock_file, fcntl.LOCK_SH)  # other compute phases go on side by side
+    seen: list[bool] = []
+    writer = threading.Thread(target=enter_after, args=(MeasureLock(tmp_path).exclusive(), reader.marker, seen))
+    writer.start()
+    reader.release()
+    writer.join()
+    reader.finish()
+    assert seen == [True]  # the benchmark got in only after the reader had let go
+
+
+def test_a_benchmark_holding_it_pauses_compute_until_it_is_done(tmp_path: Path, env: dict[str, str]) -> None:
+    bench = Holder(tmp_path, "exclusive", "bench", env)
+    bench.expect("trying")
+    bench.expect("in")
+    turnstile, lock_file = MeasureLock(tmp_path).paths
+    assert not can_flock(lock_file, fcntl.LOCK_SH) and not can_flock(turnstile, fcntl.LOCK_EX)
+    seen: list[bool] = []
+    compute = threading.Thread(target=enter_after, args=(MeasureLock(tmp_path).shared(), bench.marker, seen))
+    compute.start()
+    bench.release()
+    compute.join()
+    bench.finish()
+    assert seen == [True]
+
+
+def test_a_waiting_benchmark_goes_before_readers_that_come_after_it(tmp_path: Path, env: dict[str, str]) -> None:
+    turnstile, _ = MeasureLock(tmp_path).paths
+    first = Holder(tmp_path, "shared", "first", env)
+    first.expect("trying")
+    first.expect("in")
+    bench = Holder(tmp_path, "exclusive", "bench", env)
+    bench.expect("trying")
+    for _ in range(100_000):  # until the benchmark waits for the lock, holding the turnstile (no clock involved)
+        if not can_flock(turnstile, fcntl.LOCK_EX):
+            break
+        assert bench.proc.poll() is None
+    else:
+        pytest.fail("the waiting benchmark never held the turnstile")
+    late = Holder(tmp_path, "shared", "late", env)
+    late.release()  # lets go as soon as it gets in
+    late.expect("trying")
+    first.release()
+    bench.expect("in")
+    # Without the turnstile the late reader would have slipped in beside the first one (and out again).
+    assert not late.marker.exists() and late.proc.poll() is None
+    bench.release()
+    bench.finish()
+    late.expect("in")
+    late.finish()
+    first.finish()
+
+
+def test_a_job_cancelled_while_it_waits_for_the_lock_stops_waiting(tmp_path: Path, env: dict[str, str]) -> None:
+    def stop_on_third_check() -> bool:
+        checks.append(1)
+        return len(checks) >= 3
+
+    lock = MeasureLock(tmp_path)
+    turnstile, lock_file = lock.paths
+    for mode, other in (("exclusive", "shared"), ("shared", "exclusive")):
+        holder = Holder(tmp_path, mode, mode, env)
+        holder.expect("trying")
+        holder.expect("in")
+        checks: list[int] = []
+        with pytest.raises(Cancelled):
+            with getattr(lock, other)(stop_on_third_check):
+                pytest.fail("got in while the other process held the lock")
+        assert len(checks) == 3
+        holder.release()
+        holder.finish()
+    assert can_flock(turnstile, fcntl.LOCK_EX) and can_flock(lock_file, fcntl.LOCK_EX)  # the waits left nothing held
+
+
+def test_a_thread_holding_it_shared_cannot_ask_for_it_exclusively(tmp_path: Path) -> None:
+    lock = MeasureLock(tmp_path)
+    with lock.shared():
+        with pytest.raises(RuntimeError, match="held shared"):
+            with lock.exclusive():
+                pass
+        with lock.shared():  # nested compute: no second acquisition
+            pass
+    with lock.exclusive():
+        with lock.shared():  # a benchmark's own helper computing: no deadlock on itself
+            pass
+    assert can_flock(lock.paths[1], fcntl.LOCK_EX)  # everything let go
+
+
+def test_cores_are_claimed_in_disjoint_groups_and_given_back(tmp_path: Path) -> None:
+    allowed = [0, 1, 2, 3, 4]
+    first = claim_cores(2, allowed, directory=tmp_path)
+    second = claim_cores(2, allowed, directory=tmp_path)
+    assert first is not None and second is not None
+    assert (first[0], second[0]) == ((0, 1), (2, 3))
+    assert claim_cores(2, allowed, directory=tmp_path) is None  # core 4 alone is not a group of 2
+    for fd in first[1]:
+        os.close(fd)
+    again = claim_cores(2, allowed, directory=tmp_path)
+    assert again is not None and again[0] == (0, 1)
+    for fd in second[1] + again[1]:
+        os.close(fd)
+    preferred = claim_cores(2, allowed, prefer=1, directory=tmp_path)  # a Celery pool process's index
+    assert preferred is not None and preferred[0] == (2, 3)
+
+
+PINNED = """
+import json, os, sys, threading
+import torch
+from farm.quant.isolation import pin_process
+from farm.quant.latency import torch_threads
+
+earlier = threading.Thread(target=sys.stdin.readline)  # a thread started before pinning
+earlier.start()
+cores = pin_process(int(sys.argv[1]))
+with torch_threads(8):
+    threads = torch.get_num_threads()
+print(json.dumps({
+    "cores": cores, "affinity": sorted(os.sched_getaffinity(0)),
+    "earlier": sorted(os.sched_getaffinity(earlier.native_id)), "threads": threads,
+}), flush=True)
+earlier.join()  # holds its cores until told
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning needs sched_setaffinity")
+def test_pool_processes_get_cores_of_their_own_and_torch_threads_stay_within_them(env: dict[str, str]) -> None:
+    allowed = isolation.allowed_cpus()
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PINNED, "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
+    seen = []
+    for proc in procs:
+        assert proc.stdout is not None
+        seen.append(json.loads(proc.stdout.readline()))
+    for proc in procs:
+        proc.communicate("\n")
+        assert proc.returncode == 0
+    for got in seen:
+        assert len(got["cores"]) == 1 and got["affinity"] == got["cores"] == got["earlier"]
+        assert got["threads"] == 1  # asked for 8, pinned to 1 core
+    assert set(seen[0]["cores"]).isdisjoint(seen[1]["cores"])
+    assert {c for got in seen for c in got["cores"]} <= set(allowed)
+
+
+def test_oversubscription_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(isolation, "allowed_cpus", lambda: [0, 1, 2, 3])
+    assert isolation.oversubscribed(2, 2) is None
+    note = isolation.oversubscribed(3, 2)
+    assert note is not None and "6 cores" in note and "4 are available" in note
+
+
+def test_threads_are_capped_and_isolation_recorded_as_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isolation.pinned_cores() is None  # this test process is never pinned
+    assert isolation.cap_threads(4) == 4
+    assert [isolation.applied(m) for m in isolation.MODES] == ["exclusive", "none", "none"]
+    monkeypatch.setattr(isolation._pinning, "cores", (3, 5))
+    assert isolation.cap_threads(4) == 2 and isolation.cap_threads(1) == 1
+    assert [isolation.applied(m) for m in isolation.MODES] == ["exclusive", "pinned", "pinned"]
+    with isolation.measuring("pinned") as measured:
+        pass
+    assert measured.figures()["cores"] == [3, 5] and measured.figures()["isolation"] == "pinned"
+
+
+def test_host_load_is_the_busy_share_of_what_this_process_left() -> None:
+    # 20 CPU-seconds passed, 4 of them this process's own: of the other 16, 10 - 4 = 6 were busy.
+    assert host_load(CpuTimes(10.0, 40.0, 1.0), CpuTimes(20.0, 60.0, 5.0)) == pytest.approx(0.375)
+    assert host_load(CpuTimes(0.0, 0.0, 0.0), CpuTimes(1.0, 1.0, 2.0)) is None  # no capacity left to judge
+    assert host_load(None, CpuTimes(1.0, 2.0, 0.0)) is None
+    assert host_load(CpuTimes(0.0, 0.0, 0.0), CpuTimes(0.0, 10.0, 0.0)) == 0.0
+
+
+def test_an_exclusive_measurement_holds_the_lock_and_samples_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = MeasureLock(tmp_path)
+    monkeypatch.setattr(isolation, "_LOCK", lock)
+    with isolation.measuring("exclusive") as measured:
+        assert not can_flock(lock.paths[1], fcntl.LOCK_SH)
+        sum(range(200_000))
+    assert can_flock(lock.paths[1], fcntl.LOCK_EX)
+    figures = measured.figures()
+    assert figures["isolation"] == "exclusive" and figures["cores"] is None
+    assert figures["host_load"] is None or 0.0 <= figures["host_load"] <= 1.0
+    with isolation.measuring("none") as unlocked:
+        assert can_flock(lock.paths[1], fcntl.LOCK_EX)
+    assert unlocked.figures()["isolation"] == "none"
+
+
+def test_benchmark_isolation_is_validated_and_kept_out_of_the_key_at_its_default() -> None:
+    assert BenchmarkConfig().isolation == "exclusive" and "isolation" not in BenchmarkConfig().to_dict()
+    pinned = BenchmarkConfig(isolation="pinned")
+    assert pinned.to_dict()["isolation"] == "pinned" and BenchmarkConfig.from_dict(pinned.to_dict()) == pinned
+    (problem,) = BenchmarkConfig(isolation="sometimes").problems()
+    assert problem.path == "isolation" and "exclusive, pinned, none" in problem.message

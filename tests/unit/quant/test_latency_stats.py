@@ -1,0 +1,193 @@
+"""The statistics behind every latency figure, and side-by-side timing on a fake clock (deterministic: nothing
+here depends on how fast the machine is)."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable
+
+import pytest
+
+from farm.quant.latency import LatencySettings, measure_latency, measure_pair, summarize
+from farm.quant.timing_stats import (
+    bootstrap_median_ci,
+    median_ci,
+    median_ci_ranks,
+    relative_halfwidth,
+    unstable_reason,
+)
+
+
+class FakeClock:
+    """A clock that only moves when a fake model runs: each call to ``model(cost)`` advances it by ``cost``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def model(self, cost: Callable[[], float], log: list[str] | None = None, name: str = "") -> Callable[[], None]:
+        def run() -> None:
+            self.now += cost()
+            if log is not None:
+                log.append(name)
+
+        return run
+
+
+FAST = LatencySettings(warmup_s=0.0, warmup_reps=3, min_reps=20, max_reps=2000, max_time_s=1.0, block=10)
+
+
+# --- the median's interval -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "ranks"), [(6, (0, 5)), (10, (1, 8)), (20, (5, 14)), (100, (39, 60))])
+def test_median_ci_ranks_match_the_binomial_table(n: int, ranks: tuple[int, int]) -> None:
+    # Published order-statistic bounds (1-based: n=10 -> 2nd and 9th, n=100 -> 40th and 61st).
+    assert median_ci_ranks(n) == ranks
+
+
+def test_median_ci_ranks_exact_and_approximate_agree_where_they_meet() -> None:
+    exact_lo, _ = median_ci_ranks(4000)
+    approx_lo, _ = median_ci_ranks(4001)
+    assert abs(exact_lo - approx_lo) <= 1
+
+
+def test_fewer_than_six_samples_give_the_whole_range() -> None:
+    assert median_ci([1.0, 2.0, 3.0, 4.0, 5.0]) == (1.0, 5.0)
+    assert all(math.isnan(v) for v in median_ci([]))
+
+
+def test_median_ci_covers_the_true_median_of_a_skewed_distribution() -> None:
+    rng = random.Random(1)
+    true_median = math.exp(0.0)  # lognormal(mu=0): heavy right tail, like latencies
+    trials, covered = 400, 0
+    for _ in range(trials):
+        sample = sorted(rng.lognormvariate(0.0, 0.5) for _ in range(60))
+        low, high = median_ci(sample)
+        covered += low <= true_median <= high
+    assert covered / trials >= 0.93  # 95 % nominal; exact ranks are conservative
+
+
+# --- the speedup's bootstrap -----------------------------------------------------------------------------------
+
+
+def test_bootstrap_is_deterministic_and_brackets_the_median() -> None:
+    rng = random.Random(7)
+    ratios = [2.0 * rng.lognormvariate(0.0, 0.05) for _ in range(50)]
+    first, again = bootstrap_median_ci(ratios), bootstrap_median_ci(ratios)
+    assert first == again
+    assert first[0] <= statistics.median(ratios) <= first[1]
+
+
+def test_bootstrap_of_one_value_is_that_value() -> None:
+    assert bootstrap_median_ci([1.5]) == (1.5, 1.5)
+
+
+# --- the stable rule -------------------------------------------------------------------------------------------
+
+
+def test_the_stable_rule() -> None:
+    assert unstable_reason(10.0, 9.9, 10.1, 12.0, settled=True) is None
+    assert "CI" in (unstable_reason(10.0, 9.0, 10.1, 12.0, settled=True) or "")  # 10 % below
+    assert "heavy tail" in (unstable_reason(10.0, 9.9, 10.1, 31.0, settled=True) or "")
+    assert "time budget" in (unstable_reason(10.0, 9.9, 10.1, 12.0, settled=False) or "")
+    assert unstable_reason(0.0, 0.0, 0.0, 0.0, settled=True) is not None
+    assert relative_halfwidth(10.0, 9.5, 10.2) == pytest.approx(0.05)
+
+
+def test_summarize_carries_the_interval_and_the_verdict() -> None:
+    lat = summarize(1, [0.001] * 40, settled=True)
+    assert (lat.latency_p50_ci_low_ms, lat.latency_p50_ci_high_ms) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert lat.stable is True and lat.unstable_reason is None
+    tail = summarize(1, [0.001] * 95 + [0.05] * 5, settled=True)  # p99 at 50x the median
+    assert tail.stable is False and "heavy tail" in (tail.unstable_reason or "")
+
+
+# --- measuring on a fake clock ---------------------------------------------------------------------------------
+
+
+def test_a_steady_model_settles_at_min_reps() -> None:
+    clock = FakeClock()
+    lat = measure_latency(clock.model(lambda: 0.002), 1, settings=FAST, clock=clock)
+    assert lat.reps == 20 and lat.stable is True
+    assert lat.latency_p50_ms == pytest.approx(2.0)
+
+
+def test_a_model_that_never_settles_says_so() -> None:
+    clock = FakeClock()
+    costs = iter([0.001, 0.004] * 10_000)
+    lat = measure_latency(clock.model(lambda: next(costs)), 1, settings=FAST, clock=clock)
+    assert lat.stable is False and lat.unstable_reason
+    assert clock.now < 2 * FAST.max_time_s  # the budget bounded it
+
+
+def test_a_pair_with_a_known_2x_ratio_reports_2x() -> None:
+    clock = FakeClock()
+    pair = measure_pair(clock.model(lambda: 0.001), clock.model(lambda: 0.002), 8, settings=FAST, clock=clock)
+    assert pair.speedup == pytest.approx(2.0)
+    assert (pair.speedup_ci_low, pair.speedup_ci_high) == (pytest.approx(2.0), pytest.approx(2.0))
+    assert pair.trial.latency_p50_ms == pytest.approx(1.0) and pair.baseline.latency_p50_ms == pytest.approx(2.0)
+    assert pair.trial.stable and pair.blocks == 6  # settled as soon as allowed
+    entry = pair.entry()
+    assert entry["baseline_p50_ms"] == pytest.approx(2.0) and entry["speedup"] == pytest.approx(2.0)
+    assert {"speedup_ci_low", "speedup_ci_high", "blocks", "latency_p50_ci_low_ms"} <= set(entry)
+
+
+def test_a_noisy_pair_recovers_its_ratio_and_the_interval_contains_it() -> None:
+    clock, rng = FakeClock(), random.Random(3)
+    trial = clock.model(lambda: 0.001 * rng.lognormvariate(0.0, 0.1))
+    base = clock.model(lambda: 0.0015 * rng.lognormvariate(0.0, 0.1))
+    pair = measure_pair(trial, base, 1, settings=FAST, clock=clock)
+    assert pair.speedup == pytest.approx(1.5, rel=0.05)
+    assert pair.speedup_ci_low <= 1.5 <= pair.speedup_ci_high
+
+
+def test_drift_hits_both_sides_alike() -> None:
+    # The machine slows down steadily (a neighbour starts, the clock throttles): timed one after the other, the
+    # second model would look up to 2x slower; interleaved, the two identical models' ratio stays 1.
+    clock = FakeClock()
+    slowdown = lambda: 0.001 * (1.0 + clock.now / 2.0)  # noqa: E731
+    pair = measure_pair(clock.model(slowdown), clock.model(slowdown), 1, settings=FAST, clock=clock)
+    assert pair.speedup == pytest.approx(1.0, rel=0.02)
+    assert pair.speedup_ci_low <= 1.0 <= pair.speedup_ci_high
+
+
+def test_blocks_alternate_which_side_goes_first() -> None:
+    clock, log = FakeClock(), list[str]()
+    settings = LatencySettings(warmup_s=0.0, warmup_reps=2, min_reps=4, max_time_s=1.0, block=2)
+    measure_pair(
+        clock.model(lambda: 0.001, log, "T"), clock.model(lambda: 0.001, log, "B"), 1, settings=settings, clock=clock
+    )
+    assert log[:4] == ["T", "T", "B", "B"]  # warm-up: each side on its own
+    timed = "".join(log[4:])
+    # Blocks of 2 timed calls (capped by block), each after one untimed call: T B | B T | T B ...
+    assert timed.startswith("TTTBBBBBBTTTTTTBBB")
+    assert timed.count("T") == timed.count("B")
+
+
+def test_should_stop_ends_a_pair_early_and_marks_it_unstable() -> None:
+    clock = FakeClock()
+    costs = iter([0.001, 0.004] * 10_000)
+    pair = measure_pair(
+        clock.model(lambda: next(costs)),
+        clock.model(lambda: 0.002),
+        1,
+        settings=FAST,
+        clock=clock,
+        should_stop=lambda: True,
+    )
+    assert pair.blocks == 1 and pair.trial.stable is False
+
+
+def test_min_reps_outlast_the_time_budget() -> None:
+    # A slow model (1 s a call) with a 0.1 s budget: fewer than min_reps samples could not bound its median.
+    clock = FakeClock()
+    settings = LatencySettings(warmup_s=0.0, warmup_reps=1, min_reps=7, max_time_s=0.1, block=1)
+    lat = measure_latency(clock.model(lambda: 1.0), 1, settings=settings, clock=clock)
+    assert lat.reps == 7
+    pair = measure_pair(clock.model(lambda: 1.0), clock.model(lambda: 2.0), 1, settings=settings, clock=clock)
+    assert pair.blocks == 7 and pair.speedup == pytest.approx(2.0)

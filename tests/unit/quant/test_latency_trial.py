@@ -1,0 +1,62 @@
+"""A trial's latency entry through run_job: its speedup comes from its own fp32 baseline, timed side by side in
+the same process, never from the reference job's stored latency; and fp32 says in which form it was timed."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farm.quant.reference import REFERENCE_FILE, Reference
+from tests import toys
+
+DATASET = toys.SYNTHETIC
+CNN = "entrypoint:tests.toys:tiny_cnn"
+CAL = {"calibration_size": 32}
+SIDE_BY_SIDE = {"baseline_p50_ms", "speedup", "speedup_ci_low", "speedup_ci_high", "blocks", "fp32_deployed_as"}
+NOISE = {"latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "stable", "unstable_reason"}
+
+
+@pytest.fixture(scope="module")
+def reference(reference_for: Callable[[str, str], Any]) -> Reference:
+    ref: Reference = reference_for(CNN, DATASET)
+    return ref
+
+
+def test_a_trials_speedup_comes_from_its_own_baseline(run_trial: Callable[..., Any], reference: Reference) -> None:
+    # A reference whose stored latency is absurd: a speedup divided into it would be ~1e6.
+    absurd = {b: {**lat, "latency_p50_ms": 1e6} for b, lat in reference.latency.items()}
+    result, _ = run_trial(CNN, DATASET, "static", reference=dataclasses.replace(reference, latency=absurd), **CAL)
+    (lat,) = result.latency
+    assert SIDE_BY_SIDE | NOISE <= set(lat)
+    assert 0 < lat["speedup"] < 100
+    assert lat["speedup_ci_low"] <= lat["speedup"] <= lat["speedup_ci_high"]
+    assert lat["blocks"] >= 6 and lat["baseline_p50_ms"] > 0
+    assert lat["latency_p50_ci_low_ms"] <= lat["latency_p50_ms"] <= lat["latency_p50_ci_high_ms"]
+    # The deployed fp32 is frozen TorchScript; its eager form was timed beside it.
+    assert lat["fp32_deployed_as"] == "torchscript" and lat["fp32_eager_p50_ms"] > 0
+    if not lat["stable"]:
+        assert lat["unstable_reason"] and any(w.startswith("latency at batch 1 is not stable") for w in result.warnings)
+
+
+def test_a_simulated_trial_times_no_baseline(run_trial: Callable[..., Any], reference: Reference) -> None:
+    result, _ = run_trial(CNN, DATASET, "static", reference=reference, bits=4, **CAL)
+    (lat,) = result.latency
+    assert result.simulated is True and lat["speedup"] is None
+    assert not SIDE_BY_SIDE - {"speedup"} & set(lat)
+    assert NOISE <= set(lat)
+
+
+def test_fp32_says_it_was_timed_as_torchscript(run_trial: Callable[..., Any], tmp_path: Path) -> None:
+    result, out = run_trial(CNN, DATASET, "fp32")  # computes its own reference
+    assert result.deployed_as == "torchscript"
+    (lat,) = result.latency
+    assert lat["speedup"] == 1.0 and lat["fp32_deployed_as"] == "torchscript" and lat["fp32_eager_p50_ms"] > 0
+    assert "baseline_p50_ms" not in lat  # the reference's own figures: nothing side by side
+    back = Reference.load(out / REFERENCE_FILE)
+    assert back.deployed_as == "torchscript"
+    again, _ = run_trial(CNN, DATASET, "fp32", reference=back)  # from the file, on another worker
+    assert again.deployed_as == "torchscript"
