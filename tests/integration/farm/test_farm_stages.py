@@ -53,7 +53,9 @@ def submit_two_stages(farm: Farm) -> tuple[int, int]:
 def test_stage_two_is_created_from_stage_one_and_survives_a_worker_killed_between_the_stages(
     make_farm: Any, s3_artifacts: Any
 ) -> None:
-    farm = make_farm(artifacts_url=s3_artifacts.url, FARM_LEASE_S="4")
+    # A job the killed worker had received but not yet claimed lost its message with it: the reaper sends it again
+    # after FARM_REQUEUE_AFTER_S (a lost message, not a lost lease).
+    farm = make_farm(artifacts_url=s3_artifacts.url, FARM_LEASE_S="4", FARM_REQUEUE_AFTER_S="3")
     first = farm.start_worker("-Q", "cpu", "-c", "1")
     farm.wait_ready(first)
     sweep_id, stage_id = submit_two_stages(farm)
