@@ -108,14 +108,17 @@ def pareto_front(
     maximize_x: bool = False,
     maximize_y: bool = True,
 ) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
-    """The non-dominated succeeded rows per model (and batch size, when x or y depends on it).
+    """The non-dominated succeeded rows per model (and batch size, when x or y depends on it), noise allowed for.
 
-    A row is dominated when another is at least as good on both figures and better on one. Rows missing
-    either figure are left out; simulated rows are left out when x or y is a latency figure (their latency
-    measures fake quantization, not a deployment).
+    Two rows whose 95 % intervals of a figure overlap (:data:`INTERVALS`; a figure without one: equal values) tie
+    on it: the measurement cannot rank them. A row is dominated when another is at least as good on both figures
+    (better or tied) and better on one, or ties it on both and is the simpler recipe (:func:`simplicity`, then the
+    lower job id): of configurations the measurement cannot tell apart, the front keeps the simplest, and lists
+    the others in its ``ties`` (job ids). Rows missing either figure are left out; simulated rows are left out
+    when x or y is a latency figure (their latency measures fake quantization, not a deployment).
 
     Returns:
-        {(model,) or (model, batch_size): front sorted by x, best first}.
+        {(model,) or (model, batch_size): front sorted by x, best first}; each row a copy with ``ties``.
     """
     per_batch = x in PER_BATCH or y in PER_BATCH
     candidates = [
@@ -126,17 +129,30 @@ def pareto_front(
     sx, sy = (1 if maximize_x else -1), (1 if maximize_y else -1)
     fronts: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for key, group in sorted(_groups(candidates, per_batch).items(), key=lambda kv: tuple(map(str, kv[0]))):
-        # Best x first; a row joins the front when it beats every earlier row on y (ties on x: best y first),
-        # or ties the last row on the front on both figures (neither is better on one: both are non-dominated).
-        ordered = sorted(group, key=lambda r: (-sx * r[x], -sy * r[y]))
-        front: list[dict[str, Any]] = []
-        best_y = None
-        for r in ordered:
-            if best_y is None or sy * r[y] > sy * best_y or (r[y] == best_y and r[x] == front[-1][x]):
-                front.append(r)
-                best_y = r[y]
-        fronts[key] = front
+        front = []
+        for r in group:
+            beaten = [o for o in group if o is not r and _dominates(o, r, x, y, sx, sy)]
+            if not beaten:
+                ties = [o["job_id"] for o in group if o is not r and _ranks(o, r, x, sx) == _ranks(o, r, y, sy) == 0]
+                front.append({**r, "ties": sorted(ties)})
+        fronts[key] = sorted(front, key=lambda r: (-sx * r[x], -sy * r[y], simplicity(r), r["job_id"]))
     return fronts
+
+
+def _ranks(a: dict[str, Any], b: dict[str, Any], figure: str, sign: int) -> int:
+    """1 when ``a`` is better than ``b`` on ``figure`` beyond the noise, -1 when worse, 0 for a tie."""
+    if overlaps(a, b, figure):
+        return 0
+    return 1 if sign * float(a[figure]) > sign * float(b[figure]) else -1
+
+
+def _dominates(a: dict[str, Any], b: dict[str, Any], x: str, y: str, sx: int, sy: int) -> bool:
+    rx, ry = _ranks(a, b, x, sx), _ranks(a, b, y, sy)
+    if rx < 0 or ry < 0:
+        return False
+    if rx > 0 or ry > 0:
+        return True
+    return (simplicity(a), a["job_id"]) < (simplicity(b), b["job_id"])  # a tie on both: the simpler one stays
 
 
 @dataclass

@@ -59,29 +59,37 @@ def pareto(
             from farm.errors import ConfigError
 
             raise ConfigError(f"{option}: {name} is not a numeric column")
-    from farm.analysis import excluded_note
+    from farm.analysis import SIMPLICITY, excluded_note
 
     _, rows = _rows(list(sweep_ids), where)
     fronts = pareto_front(rows, x, y, maximize_x=x_direction == "max", maximize_y=y_direction == "max")
     flat = [{"group": " ".join(map(str, k)), **r, "config": _label(r)} for k, front in fronts.items() for r in front]
     if fmt != "table":
-        write_rows(flat, ["model", "batch_size", "job_id", "config", x, y, "artifact_uri"], fmt)
+        write_rows(flat, ["model", "batch_size", "job_id", "config", x, y, "ties", "artifact_uri"], fmt)
         return
     _note(excluded_note(rows))
+    if any(r["ties"] for r in flat):
+        _note(
+            "configurations whose 95 % intervals overlap on both figures tie: the front keeps the simplest "
+            f"({SIMPLICITY}); 'ties' lists the jobs each one stands for"
+        )
     if not flat:
         out.print(f"no succeeded job has both {x} and {y}")
     for key, front in fronts.items():
         title = f"{key[0]}" + (f", batch {key[1]}" if len(key) > 1 else "")
         table = Table(title=f"Pareto front: {escape(title)} ({x} {x_direction}, {y} {y_direction})", show_edge=False)
-        for col in ("job", "config", x, y, "size ratio", "artifact"):
+        tied = any(r["ties"] for r in front)
+        for col in ("job", "config", x, y, "size ratio", *(["ties"] if tied else []), "artifact"):
             table.add_column(col)
         for r in front:
+            ties = [", ".join(map(str, r["ties"])) or "-"] if tied else []
             table.add_row(
                 str(r["job_id"]),
                 escape(_label(r)),
                 cell(r[x]),
                 cell(r[y]),
                 cell(r.get("size_ratio")),
+                *ties,
                 escape(r.get("artifact_uri") or "-"),
             )
         out.print(table)

@@ -16,8 +16,9 @@ from rich.markup import escape
 from farm.cli.render import err
 
 
-def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
-    """Persist and run a plan on this machine, then print the results table. Exits 130 on Ctrl-C.
+def run_plan(p: Any, jobs: int | None, *, wide: bool = False) -> tuple[Any, int, Any]:
+    """Persist and run a plan on this machine, then print the results table (every column when ``wide``). Exits
+    130 on Ctrl-C.
 
     Returns:
         (the database, the sweep id, the run's RunStats).
@@ -47,7 +48,7 @@ def run_plan(p: Any, jobs: int | None) -> tuple[Any, int, Any]:
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted:[/] {run.stats.cancelled} job(s) cancelled, none left running")
         sys.exit(130)
-    print_sweep_summary(db, run.sweep_id)
+    print_sweep_summary(db, run.sweep_id, wide=wide)
     # The id the creation line named has scrolled away by now, and a user's first sweep is not sweep 1 after the
     # demo: name it again with the commands that take it.
     i = run.sweep_id

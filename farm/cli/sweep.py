@@ -92,7 +92,8 @@ def plan(spec_path: str, force: bool, show_all: bool, as_json: bool) -> None:
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--jobs", "-j", type=PROCESSES, help="Jobs at once (default: cores / threads per job).")
 @click.option("--force", is_flag=True, help="Allow a spec past the job limit (FARM_JOB_LIMIT, default 10,000).")
-def run(spec_path: str, jobs: int | None, force: bool) -> None:
+@click.option("--wide", is_flag=True, help="The results table with every column, not the 100-column summary.")
+def run(spec_path: str, jobs: int | None, force: bool, wide: bool) -> None:
     """Run SPEC on this machine: SQLite and local artifacts unless FARM_* settings say otherwise.
 
     Jobs that already succeeded (in this or any sweep) are reused, not run again. Ctrl-C stops
@@ -102,7 +103,7 @@ def run(spec_path: str, jobs: int | None, force: bool) -> None:
     from farm.jobs.sweeps import load_plan
 
     p = load_plan(spec_path, force)
-    db, sweep_id, stats = run_plan(p, jobs)
+    db, sweep_id, stats = run_plan(p, jobs, wide=wide)
     from farm.settings import Settings
 
     err.print(f"database:  {db.redacted_url}\nartifacts: {Settings.from_env().artifacts_url}")

@@ -81,6 +81,7 @@ def run_job(
     import torch
 
     from farm.quant.fingerprint import fingerprint, hardware_id, hardware_label
+    from farm.quant.isolation import compute_step
     from farm.quant.latency import torch_threads
     from farm.quant.measure import check_runs, fill_figures
     from farm.quant.memory import peak_rss_bytes, reset_peak
@@ -96,9 +97,10 @@ def run_job(
         reset_peak()
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        inputs = _load(spec, timings, report)
+        with compute_step(stop):  # building a model computes: it pauses while another job on this host times
+            inputs = _load(spec, timings, report)
+            check_runs(inputs.loaded.module, inputs.example, spec)
         result.warnings.extend(inputs.splits.notes)
-        check_runs(inputs.loaded.module, inputs.example, spec)
         if reference is None:
             with timed_step("reference", timings, report):
                 splits = inputs.splits
@@ -107,12 +109,14 @@ def run_job(
                 )
         fp = fingerprint(device)
         result.hardware, result.hardware_id, result.fingerprint = hardware_label(fp), hardware_id(fp), fp
-        if cfg.method == "fp32":
+        fp32 = cfg.method == "fp32"
+        if fp32:
             measured = _as_reference(reference, inputs, device, result)
         else:
             measured = _quantize_and_measure(spec, inputs, device, result, timings, report, stop, checkpoint)
         fill_figures(result, measured.outcome, measured.outputs, measured.latency, reference)
-        _save(result, measured.outcome, inputs.example, reference, out_dir, timings, report, fp32=cfg.method == "fp32")
+        with compute_step(stop):
+            _save(result, measured.outcome, inputs.example, reference, out_dir, timings, report, fp32=fp32)
         result.peak_memory_bytes = peak_rss_bytes()
         if device.startswith("cuda"):
             result.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated())
@@ -166,6 +170,7 @@ def _quantize_and_measure(
     import copy
 
     from farm.quant.artifact import deployable
+    from farm.quant.isolation import compute_step
     from farm.quant.measure import fill_coverage
     from farm.quant.reference import fp32_baseline
     from farm.quant.registry import QuantContext, apply_method
@@ -191,7 +196,8 @@ def _quantize_and_measure(
     timings.update(outcome.timings_s)
     timings["quantize"] = time.perf_counter() - method_started
     result.warnings.extend(outcome.warnings)
-    fill_coverage(result, inputs.loaded, inputs.example, outcome, cfg)  # on the eager modules, before scripting
+    with compute_step(stop):  # profiling runs the model
+        fill_coverage(result, inputs.loaded, inputs.example, outcome, cfg)  # on the eager modules, before scripting
     with timed_step("script", timings, report):
         outcome.model, scripted = deployable(
             outcome.model, outcome.prepare_input(inputs.example), autocast=outcome.autocast_dtype

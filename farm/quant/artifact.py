@@ -89,6 +89,13 @@ def deployable(
     """
     if autocast is not None:
         return model, False
+    from farm.quant.isolation import compute_step
+
+    with compute_step():  # tracing and freezing compute: they pause while another job on this host times
+        return _verified_script(model, example_input)
+
+
+def _verified_script(model: nn.Module, example_input: torch.Tensor) -> tuple[Any, bool]:
     scripted = to_torchscript(model, example_input)
     if scripted is None:
         return model, False

@@ -143,7 +143,7 @@ def finish(prepared: Any, cfg: QATConfig, timings: dict[str, float]) -> QuantOut
     from torch.ao.quantization.quantize_fx import convert_fx
 
     started = time.perf_counter()
-    with quantized_engine(cfg.backend):
+    with quantized_engine(cfg.backend), compute_step():  # paused while another job on this host times
         converted = convert_fx(prepared, backend_config=backend_config(cfg.backend))
     timings["convert"] = time.perf_counter() - started
     return QuantOutcome(converted, device="cpu", engine=cfg.backend, timings_s=timings, warnings=engine_warnings(cfg))

@@ -42,7 +42,8 @@ def fx_prepare(method: str, ctx: QuantContext, build: Callable[[], Any]) -> Any:
     that any exception it raises comes from tracing the user's model.
     """
     try:
-        return build()
+        with compute_step(ctx.should_stop):  # tracing and observer insertion compute: paused while another times
+            return build()
     except QuantizationError:
         raise
     except Exception as e:  # torch.fx raises TraceError, TypeError, NotImplementedError, ... when it can't trace
@@ -85,7 +86,8 @@ def apply_static(model: nn.Module, cfg: StaticConfig, ctx: QuantContext) -> Quan
             calibrate(prepared, ctx)
             timings["calibrate"] = time.perf_counter() - started
             started = time.perf_counter()
-            converted = convert_fx(prepared, backend_config=backend)
+            with compute_step(ctx.should_stop):
+                converted = convert_fx(prepared, backend_config=backend)
             timings["convert"] = time.perf_counter() - started
             return QuantOutcome(
                 converted, device="cpu", engine=cfg.backend, timings_s=timings, warnings=engine_warnings(cfg)

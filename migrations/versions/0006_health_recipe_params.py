@@ -106,8 +106,12 @@ def _view_sql(revision_file: str) -> str:
 
 def _backfill_recipes() -> None:
     # The label is computed by the engine's own function: a migration that froze a copy would label old jobs
-    # unlike new ones. A spec this QuantFarm cannot read keeps the method name.
-    from farm.quant.recipe import recipe_label
+    # unlike new ones. A spec this QuantFarm cannot read keeps the method name, and so does every job when a later
+    # QuantFarm no longer has the function (the migration must still run).
+    try:
+        from farm.quant import recipe
+    except ImportError:
+        recipe = None  # type: ignore[assignment]
 
     bind = op.get_bind()
     rows = bind.execute(sa.text("SELECT id, spec, method FROM jobs WHERE role != 'stage'")).all()
@@ -115,7 +119,7 @@ def _backfill_recipes() -> None:
     for job_id, spec, method in rows:
         try:
             data = json.loads(spec) if isinstance(spec, str) else spec
-            label = recipe_label(data["method"])
+            label = recipe.recipe_label(data["method"]) if recipe is not None else method
         except Exception:
             label = method
         updates.append({"id": job_id, "recipe": label})

@@ -226,10 +226,34 @@ def test_pareto_front_directions(maximize_x: bool, maximize_y: bool, expected: l
     assert front_ids(rows, maximize_x=maximize_x, maximize_y=maximize_y) == {("m", 1): expected}
 
 
-def test_pareto_front_keeps_rows_tied_on_both_figures() -> None:
-    # Neither of two rows with the same x and y is better on one figure: both are on the front.
+def test_pareto_front_keeps_the_simplest_of_rows_tied_on_both_figures_and_names_the_others() -> None:
+    # Rows 2 and 3 can't be told apart: the front keeps one (the simpler recipe; here the lower id) and says so.
     rows = [row(1, 2.0, 0.9), row(2, 3.0, 0.95), row(3, 3.0, 0.95), row(4, 3.0, 0.94), row(5, 4.0, 0.95)]
-    assert front_ids(rows) == {("m", 1): [1, 2, 3]}
+    fronts = pareto_front(rows, "latency_p50_ms", "accuracy")
+    assert [(r["job_id"], r["ties"]) for r in fronts[("m", 1)]] == [(1, []), (2, [3])]
+    rows[1] |= {"method": "qat"}  # now 3 is the simpler of the two
+    assert front_ids(rows) == {("m", 1): [1, 3]}
+
+
+def test_pareto_front_treats_overlapping_latency_intervals_as_a_tie() -> None:
+    def timed(job_id: int, p50: float, half: float, accuracy: float, **extra: Any) -> dict[str, Any]:
+        ci = {"latency_p50_ci_low_ms": p50 - half, "latency_p50_ci_high_ms": p50 + half}
+        return row(job_id, p50, accuracy, **ci, **extra)
+
+    rows = [
+        timed(1, 0.118, 0.002, 0.97, calibration_size=512),  # fastest by a hair, but within 2's noise
+        timed(2, 0.119, 0.002, 0.97, calibration_size=32),  # simpler: it wins the tie
+        timed(3, 0.120, 0.002, 0.98, calibration_size=512),  # tied on latency, better accuracy: it dominates 1, 2
+        timed(4, 0.100, 0.001, 0.90),  # clearly faster: on the front
+    ]
+    fronts = pareto_front(rows, "latency_p50_ms", "accuracy")
+    assert [r["job_id"] for r in fronts[("m", 1)]] == [4, 3]
+    del rows[2]
+    fronts = pareto_front(rows, "latency_p50_ms", "accuracy")
+    assert [(r["job_id"], r["ties"]) for r in fronts[("m", 1)]] == [(4, []), (2, [1])]
+    # Without intervals the same figures rank: 1 is faster than 2.
+    bare = [{k: v for k, v in r.items() if "_ci_" not in k} for r in rows]
+    assert front_ids(bare) == {("m", 1): [4, 1]}
 
 
 def test_pareto_front_leaves_out_failed_simulated_and_incomplete_rows() -> None:
@@ -484,6 +508,7 @@ def test_cli_pareto_default_directions(env: dict[str, int]) -> None:
         "config": "static int8 histogram per_channel n=128",
         "latency_p50_ms": 3.0,
         "accuracy": 0.97,
+        "ties": [],
         "artifact_uri": "file:///a/B.pt",
     }
 
@@ -518,7 +543,9 @@ def test_cli_pareto_where_narrows_the_candidates(env: dict[str, int]) -> None:
 def test_cli_pareto_other_figures_are_per_model(env: dict[str, int]) -> None:
     records = ok_json("pareto", "--sweep", "1", "--x", "size_bytes", "--y", "accuracy")
     assert cli_fronts(records, env, per_batch=False) == {"m1": ["D", "A", "ref1"], "m2": ["G", "H", "ref2"]}
-    assert list(records[0]) == ["model", "batch_size", "job_id", "config", "size_bytes", "accuracy", "artifact_uri"]
+    assert list(records[0]) == [
+        "model", "batch_size", "job_id", "config", "size_bytes", "accuracy", "ties", "artifact_uri"
+    ]  # fmt: skip
     # Column names are case-insensitive.
     assert ok_json("pareto", "--sweep", "1", "--x", "SIZE_BYTES", "--y", "Accuracy") == records
 
