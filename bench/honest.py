@@ -61,7 +61,8 @@ class Bench:
 
     def spec(self, method: str, params: dict[str, Any] | None = None) -> Any:
         from farm.jobs.contract import JobSpec
-        from farm.quant.config import BenchmarkConfig, parse_method
+        from farm.quant.bench_config import BenchmarkConfig
+        from farm.quant.config import parse_method
 
         budget = {} if self.args.max_time_s is None else {"max_time_s": self.args.max_time_s}
         bench = BenchmarkConfig(batch_sizes=(self.args.batch,), threads=self.args.threads, **budget)
@@ -205,7 +206,8 @@ def _pinned(threads: int) -> None:
 
 def _section_spec(model: str, dataset: str, method: str, params: dict[str, Any], batch: int, threads: int) -> Any:
     from farm.jobs.contract import JobSpec
-    from farm.quant.config import BenchmarkConfig, parse_method
+    from farm.quant.bench_config import BenchmarkConfig
+    from farm.quant.config import parse_method
 
     bench = BenchmarkConfig(batch_sizes=(batch,), threads=threads)
     return JobSpec(model, dataset, parse_method(method, params), benchmark=bench)

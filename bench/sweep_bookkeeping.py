@@ -64,7 +64,8 @@ def overhead(url: str, jobs: int, artifacts: str) -> list[float]:
     """Per-job wall time of noop sweeps (several sweeps, so the median has a spread)."""
     from farm.jobs.contract import JobSpec
     from farm.jobs.local import RunStats, run_local
-    from farm.quant.config import BenchmarkConfig, NoopConfig
+    from farm.quant.bench_config import BenchmarkConfig
+    from farm.quant.config import NoopConfig
     from farm.spec.plan import Plan, PlannedJob
     from farm.spec.schema import SweepSpec
     from farm.store import plans

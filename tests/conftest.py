@@ -93,7 +93,7 @@ def sweep_home(farm_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def fast_benchmark(*batch_sizes: int) -> Any:
     """A benchmark config short enough for unit tests."""
-    from farm.quant.config import BenchmarkConfig
+    from farm.quant.bench_config import BenchmarkConfig
 
     return BenchmarkConfig(batch_sizes=batch_sizes or (1,), warmup_s=0.0, max_time_s=0.2, min_reps=5)
 

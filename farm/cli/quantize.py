@@ -16,6 +16,7 @@ import click
 
 from farm.cli.params import SEED
 from farm.errors import ConfigError, Problem
+from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import (
     ACTIVATIONS,
     BACKENDS,
@@ -25,7 +26,6 @@ from farm.quant.config import (
     OBSERVERS,
     OPTIMIZERS,
     STATIC_MODES,
-    BenchmarkConfig,
     MethodConfig,
     parse_method,
     public_methods,
@@ -109,6 +109,12 @@ class BatchSizes(click.ParamType):
 )
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Calibration sampling and fine-tuning seed.")
 @click.option("--output", type=click.Path(file_okay=False), help="Artifact directory. [FARM_HOME/trials/...]")
+@click.option(
+    "--model-output",
+    "model_output",
+    metavar="NAME|INDEX",
+    help="The model output metrics are computed on: a dict key (embedding) or tuple index (0). [the logits]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 def quantize(
     model_ref: str,
@@ -122,6 +128,7 @@ def quantize(
     device: str | None,
     seed: int,
     output: str | None,
+    model_output: str | None,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -132,6 +139,7 @@ def quantize(
       farm quantize --model farm:digits-cnn --method static
       farm quantize --model farm:digits-cnn --method qat --bits 4 --epochs 2 --json
       farm quantize --model torchvision:resnet18 --dataset imagefolder:/data/val --method static --batch-size 8
+      farm quantize --model farm:tiny-encoder --dataset tokens:32 --method dynamic --model-output embedding
     """
     from farm.zoo.refs import parse_dataset_ref, parse_model_ref
 
@@ -139,7 +147,9 @@ def quantize(
     if dataset_ref is None:
         if not model_ref.startswith("farm:"):
             raise ConfigError("--dataset is required for models other than the built-in farm: ones")
-        dataset_ref = "sklearn:digits"
+        from farm.zoo.refs import BUILTIN_DATASETS
+
+        dataset_ref = BUILTIN_DATASETS.get(model_ref.removeprefix("farm:"), "sklearn:digits")
     parse_dataset_ref(dataset_ref)
     config = build_config(method, options, extra, device)
     bench_device = "auto" if device is None or method == "qat" else device
@@ -155,7 +165,8 @@ def quantize(
     _check_output(target)
     from farm.jobs.contract import JobSpec
 
-    spec = JobSpec(model_ref, dataset_ref, config, weights=weights, seed=seed, benchmark=bench)
+    selected = _model_output(model_output)
+    spec = JobSpec(model_ref, dataset_ref, config, weights=weights, seed=seed, benchmark=bench, output=selected)
     result = _run(spec, target, show_progress=not as_json)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -200,6 +211,19 @@ def build_config(method: str, options: dict[str, Any], extra: tuple[str, ...], d
     if problems or config is None:
         raise ConfigError(problems)
     return config
+
+
+def _model_output(text: str | None) -> str | int | None:
+    """``--model-output``: an index when it is a number, else a name.
+
+    Raises:
+        ConfigError: an empty value.
+    """
+    if text is None:
+        return None
+    if not text.strip():
+        raise ConfigError("--model-output: expected an output name (a dict key) or index (0, 1, ...)")
+    return int(text) if text.strip().isdigit() else text.strip()
 
 
 def _option(path: str) -> str:

@@ -9,10 +9,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from farm.quant.config import BenchmarkConfig, MethodConfig, config_from_dict
+from farm.quant.bench_config import BenchmarkConfig
+from farm.quant.config import MethodConfig, config_from_dict
 
 #: Bumped when the engine changes what a job measures: results keyed by an older version are not reused.
-ENGINE_VERSION = "2"  # 2: speedup from a side-by-side fp32 baseline, CIs, health
+ENGINE_VERSION = "3"  # 2: speedup side by side, CIs, health; 3: intervals allow for drift between blocks
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class JobSpec:
         benchmark: batch sizes, threads, device and timing rules.
         pool: the named worker pool that measures the job (e.g. "cpu-avx512"); None for the default pools and
             local runs. Timings belong to the hardware, so the same recipe on two pools is two jobs.
+        output: which of the model's outputs every metric is computed on: a dict key or attribute name, or a tuple
+            index (:func:`farm.quant.inputs.select_output`); None picks the logits as before. Part of the key only
+            when set, so existing keys are unchanged.
     """
 
     model: str
@@ -37,6 +41,7 @@ class JobSpec:
     seed: int = 0
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     pool: str | None = None
+    output: str | int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -49,6 +54,8 @@ class JobSpec:
         }
         if self.pool is not None:
             data["pool"] = self.pool
+        if self.output is not None:
+            data["output"] = self.output
         return data
 
     @classmethod
@@ -61,6 +68,7 @@ class JobSpec:
             seed=int(data.get("seed", 0)),
             benchmark=BenchmarkConfig.from_dict(data.get("benchmark", {})),
             pool=data.get("pool"),
+            output=data.get("output"),
         )
 
 

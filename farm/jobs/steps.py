@@ -80,7 +80,6 @@ def run_job(
 
     import torch
 
-    from farm.quant.fingerprint import fingerprint, hardware_id, hardware_label
     from farm.quant.isolation import compute_step
     from farm.quant.latency import torch_threads
     from farm.quant.measure import check_runs, fill_figures
@@ -107,8 +106,7 @@ def run_job(
                 reference = compute_reference(
                     inputs.loaded.module, splits.test, splits.labelled, spec, device, report, stop
                 )
-        fp = fingerprint(device)
-        result.hardware, result.hardware_id, result.fingerprint = hardware_label(fp), hardware_id(fp), fp
+        _record_hardware(result, device)
         fp32 = cfg.method == "fp32"
         if fp32:
             measured = _as_reference(reference, inputs, device, result)
@@ -124,6 +122,13 @@ def run_job(
     result.duration_s = time.perf_counter() - started
     _write_manifest(out_dir, spec, result, measured.outcome, inputs.example, device)
     return result
+
+
+def _record_hardware(result: JobResult, device: str) -> None:
+    from farm.quant.fingerprint import fingerprint, hardware_id, hardware_label
+
+    fp = fingerprint(device)
+    result.hardware, result.hardware_id, result.fingerprint = hardware_label(fp), hardware_id(fp), fp
 
 
 def _load(spec: JobSpec, timings: dict[str, float], report: ProgressFn) -> _Inputs:
@@ -186,6 +191,7 @@ def _quantize_and_measure(
         teacher=inputs.loaded.module,
         seed=spec.seed,
         graph=inputs.loaded.graph,
+        output=spec.output,
         progress=report,
         should_stop=stop,
         checkpoint=_checkpoint(checkpoint) if checkpoint is not None else None,
@@ -204,7 +210,7 @@ def _quantize_and_measure(
         )
     result.deployed_as = "torchscript" if scripted else "eager"
     with timed_step("evaluate", timings, report):
-        outputs = evaluate(outcome, inputs.splits.test, report, stop, label=cfg.label())
+        outputs = evaluate(outcome, inputs.splits.test, report, stop, label=cfg.label(), output=spec.output)
     with timed_step("benchmark", timings, report):
         baseline = None if outcome.simulated else fp32_baseline(untouched, inputs.example, device)
         latency = benchmark(outcome, inputs.splits.test, spec.benchmark, report, stop, baseline)
@@ -254,7 +260,7 @@ def _write_manifest(out_dir: Path, spec: JobSpec, result: JobResult, outcome: An
             "artifact": result.artifact,
             "quantized_engine": outcome.engine,
             "simulated": outcome.simulated,
-            "input": {"shape": list(example.shape[1:]), "dtype": str(outcome.input_dtype).replace("torch.", "")},
+            **_input_entries(example, outcome.input_dtype),
             "device": device,
             "metrics": result.to_dict(),
             "fingerprint": result.fingerprint,
@@ -262,6 +268,18 @@ def _write_manifest(out_dir: Path, spec: JobSpec, result: JobResult, outcome: An
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
+
+
+def _input_entries(example: Any, input_dtype: Any) -> dict[str, Any]:
+    """The manifest's ``inputs`` (each input's name, shape and dtype as the model receives it) and, for a model of
+    one tensor input, ``input`` as before."""
+    from farm.quant.inputs import describe, place
+
+    described = describe(place(example, "cpu", input_dtype))
+    entries: dict[str, Any] = {"inputs": described}
+    if len(described) == 1 and not isinstance(example, (tuple, dict)):
+        entries["input"] = {"shape": described[0]["shape"], "dtype": described[0]["dtype"]}
+    return entries
 
 
 def _checkpoint(path: Path) -> dict[str, Any]:
@@ -287,13 +305,14 @@ def compute_reference(
     """
     from farm.quant.artifact import model_size_bytes
     from farm.quant.fingerprint import fingerprint, hardware_id
+    from farm.quant.inputs import place
     from farm.quant.metrics import all_finite, topk_accuracy
     from farm.quant.reference import fp32_baseline
     from farm.zoo.data import first_batch
 
     baseline = fp32_baseline(model, first_batch(test, 1), device)
     outcome = baseline.deployed
-    outputs, labels = evaluate(outcome, test, report, stop, label="fp32", with_labels=True)
+    outputs, labels = evaluate(outcome, test, report, stop, label="fp32", with_labels=True, output=spec.output)
     if not all_finite(outputs):
         raise ConfigError(
             f"model {spec.model} produces NaN/Inf outputs on the reference inputs ({spec.dataset} test split); "
@@ -302,7 +321,7 @@ def compute_reference(
     latency = {lat["batch_size"]: lat for lat in benchmark(outcome, test, spec.benchmark, report, stop, baseline)}
     accuracy = topk_accuracy(outputs, labels, 1) if labelled else None
     top5 = topk_accuracy(outputs, labels, 5) if labelled and outputs.shape[-1] >= 10 else None
-    size = model_size_bytes(model, first_batch(test, 1).to(device))
+    size = model_size_bytes(model, place(first_batch(test, 1), device))
     return Reference(
         outputs, labels, labelled, accuracy, top5, latency, size, device, hardware_id(fingerprint(device)),
         module=outcome.model, deployed_as=baseline.deployed_as,

@@ -57,6 +57,7 @@ def train_job(
             teacher=loaded.module,
             seed=spec.seed,
             graph=loaded.graph,
+            output=spec.output,
             progress=report,
             should_stop=should_stop or (lambda: False),
         )

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from farm.errors import ArtifactError
+from farm.quant import inputs
+from farm.quant.inputs import Batch
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "model_state.pt"
@@ -50,8 +52,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def to_torchscript(model: nn.Module, example_input: torch.Tensor, *, autocast: torch.dtype | None = None) -> Any:
-    """Trace (or script) and freeze ``model``; None when neither works."""
+def to_torchscript(model: nn.Module, example_input: Batch, *, autocast: torch.dtype | None = None) -> Any:
+    """Trace (or script) and freeze ``model``; None when neither works.
+
+    A tuple batch is traced as positional arguments, a dict batch as keyword arguments (``example_kwarg_inputs``).
+    """
     from farm.quant.context import quiet_torch_ao
 
     with quiet_torch_ao(), torch.inference_mode(False), torch.no_grad():
@@ -60,10 +65,10 @@ def to_torchscript(model: nn.Module, example_input: torch.Tensor, *, autocast: t
         scripted = None
         try:
             if autocast is not None:
-                with torch.autocast(device_type=example_input.device.type, dtype=autocast):
-                    scripted = torch.jit.trace(model, example_input, check_trace=False)
+                with torch.autocast(device_type=_device_type(example_input), dtype=autocast):
+                    scripted = _trace(model, example_input)
             else:
-                scripted = torch.jit.trace(model, example_input, check_trace=False)
+                scripted = _trace(model, example_input)
         except Exception:  # noqa: BLE001 - tracing failures are expected for some models; try scripting
             try:
                 scripted = torch.jit.script(model)
@@ -75,9 +80,21 @@ def to_torchscript(model: nn.Module, example_input: torch.Tensor, *, autocast: t
             return scripted
 
 
-def deployable(
-    model: nn.Module, example_input: torch.Tensor, *, autocast: torch.dtype | None = None
-) -> tuple[Any, bool]:
+def _trace(model: nn.Module, example: Batch) -> Any:
+    # strict=False: dict and list outputs (a model returning {"embedding", "logits"}) trace too.
+    if isinstance(example, dict):
+        return torch.jit.trace(model, example_kwarg_inputs=example, check_trace=False, strict=False)
+    return torch.jit.trace(model, example, check_trace=False, strict=False)
+
+
+def _device_type(batch: Batch) -> str:
+    first = (
+        batch if isinstance(batch, torch.Tensor) else next(iter(batch.values() if isinstance(batch, dict) else batch))
+    )
+    return first.device.type
+
+
+def deployable(model: nn.Module, example_input: Batch, *, autocast: torch.dtype | None = None) -> tuple[Any, bool]:
     """The form an artifact ships in, which is also the form that is evaluated and timed.
 
     Frozen TorchScript when tracing works and the traced module reproduces the eager one on a batch of two
@@ -95,34 +112,53 @@ def deployable(
         return _verified_script(model, example_input)
 
 
-def _verified_script(model: nn.Module, example_input: torch.Tensor) -> tuple[Any, bool]:
+def _verified_script(model: nn.Module, example_input: Batch) -> tuple[Any, bool]:
     scripted = to_torchscript(model, example_input)
     if scripted is None:
         return model, False
     from farm.quant.context import quiet_torch_ao
 
-    batch = torch.cat([example_input, example_input.flip(0) if len(example_input) > 1 else example_input * 0.5])
+    batch = inputs.concat([example_input, _other_samples(example_input)])
     try:
         with quiet_torch_ao(), torch.inference_mode():
-            want, got = _first_tensor(model(batch)).float(), _first_tensor(scripted(batch)).float()
+            want, got = _output_tensors(inputs.call(model, batch)), _output_tensors(inputs.call(scripted, batch))
     except Exception:  # noqa: BLE001 - a trace that can't run on another batch size is not deployable
         return model, False
-    tolerance = 1e-3 * float(want.abs().max()) + 1e-5
-    if want.shape != got.shape or float((want - got).abs().max()) > tolerance:
+    if len(want) != len(got) or not want:
         return model, False
+    for w, g in zip(want, got, strict=True):
+        w, g = w.float(), g.float()
+        tolerance = 1e-3 * float(w.abs().max()) + 1e-5 if w.numel() else 0.0
+        if w.shape != g.shape or (w.numel() and float((w - g).abs().max()) > tolerance):
+            return model, False
     return scripted, True
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
-    while isinstance(out, (tuple, list)):
-        out = out[0]
+def _other_samples(batch: Batch) -> Batch:
+    """Samples that differ from ``batch``'s: its samples reversed, or its floats halved for a batch of one (token
+    ids and masks are kept: other ids could be out of the vocabulary)."""
+    if inputs.batch_len(batch) > 1:
+        return inputs.take(batch, torch.arange(inputs.batch_len(batch) - 1, -1, -1))
+    if isinstance(batch, torch.Tensor):
+        return batch * 0.5 if batch.is_floating_point() else batch
+    items = batch.items() if isinstance(batch, dict) else enumerate(batch)
+    halved = {k: t * 0.5 if t.is_floating_point() else t for k, t in items}
+    return halved if isinstance(batch, dict) else tuple(halved.values())  # type: ignore[return-value]
+
+
+def _output_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor of a model's output, in order (dict values by key)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _output_tensors(o)]
     if isinstance(out, dict):
-        return _first_tensor(next(iter(out.values())))
-    return out
+        return [t for k in sorted(out) for t in _output_tensors(out[k])]
+    return []
 
 
 def save_model(
-    model: nn.Module, example_input: torch.Tensor, directory: Path, *, autocast: torch.dtype | None = None
+    model: nn.Module, example_input: Batch, directory: Path, *, autocast: torch.dtype | None = None
 ) -> SavedModel:
     """Write ``model`` into ``directory`` as frozen TorchScript (or a state dict when that fails).
 
@@ -146,7 +182,7 @@ def save_model(
     return SavedModel(path, fmt, hashlib.sha256(buf.getvalue()).hexdigest(), len(buf.getvalue()))
 
 
-def model_size_bytes(model: nn.Module, example_input: torch.Tensor) -> int:
+def model_size_bytes(model: nn.Module, example_input: Batch) -> int:
     """Size the model would have as an artifact file, without writing it."""
     scripted = to_torchscript(model, example_input)
     buf = io.BytesIO()

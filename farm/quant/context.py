@@ -17,7 +17,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from farm.errors import Cancelled, QuantizationError
+from farm.quant import inputs
 from farm.quant.coverage import Coverage
+from farm.quant.inputs import Batch
 
 ProgressFn = Callable[[str, float | None], None]
 
@@ -36,20 +38,21 @@ class QuantContext:
 
     Attributes:
         model_ref: the model's reference, for error messages.
-        example_input: one real input batch (CPU, fp32) for tracing.
+        example_input: one real input batch (CPU; a tensor, tuple or dict of tensors) for tracing.
         device: where the quantized model will be evaluated and benchmarked ("cpu" or "cuda").
         calibration: the calibration subset (already drawn), or None when the method needs none.
         train: the train split (QAT), or None.
         labelled: whether the splits carry real labels.
         teacher: the fp32 model, for distillation when there are no labels.
         seed: the job's seed.
+        output: which of the model's outputs metrics and distillation use (:func:`farm.quant.inputs.select_output`).
         graph: the model is a serialized graph that torch.ao cannot rewrite.
         progress: called with (phase, fraction done).
         should_stop: polled in long loops; True cancels the job.
     """
 
     model_ref: str
-    example_input: torch.Tensor
+    example_input: Batch
     device: str = "cpu"
     calibration: Dataset | None = None
     train: Dataset | None = None
@@ -57,6 +60,7 @@ class QuantContext:
     teacher: nn.Module | None = None
     seed: int = 0
     graph: bool = False
+    output: str | int | None = None
     batch_size: int = 32
     #: A QAT fine-tuning checkpoint from another worker: {"state": state_dict, "timings": {...}}.
     checkpoint: dict[str, Any] | None = None
@@ -75,7 +79,7 @@ class QuantOutcome:
     Attributes:
         model: the model to evaluate.
         device: where it runs.
-        input_dtype: dtype its inputs must be cast to.
+        input_dtype: dtype its floating-point inputs must be cast to (integer inputs keep theirs).
         autocast_dtype: run under torch.autocast with this dtype, or None.
         engine: torch.backends.quantized.engine to set while it runs (int8 models).
         simulated: figures come from fake quantization, not real low-bit kernels.
@@ -96,16 +100,18 @@ class QuantOutcome:
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Place and cast a CPU fp32 batch the way the model expects it (done once, outside timing)."""
-        return x.to(device=self.device, dtype=self.input_dtype)
+    def prepare_input(self, x: Batch) -> Batch:
+        """Place a CPU batch the way the model expects it (done once, outside timing): floating-point inputs are
+        cast to ``input_dtype``, token ids and masks keep their integer dtype."""
+        return inputs.place(x, self.device, self.input_dtype)
 
-    def forward(self, x: torch.Tensor) -> Any:
-        """Run the model on a prepared batch, under autocast when the method asks for it."""
+    def forward(self, x: Batch) -> Any:
+        """Run the model on a prepared batch (``model(x)``, ``model(*x)`` or ``model(**x)``), under autocast when
+        the method asks for it."""
         if self.autocast_dtype is not None:
             with torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype):
-                return self.model(x)
-        return self.model(x)
+                return inputs.call(self.model, x)
+        return inputs.call(self.model, x)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:

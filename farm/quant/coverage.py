@@ -14,6 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from farm.quant import inputs
+from farm.quant.inputs import Batch
+
 _QUANTIZED_PACKAGES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.ao.nn.quantized.dynamic")
 _RNN_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1, nn.LSTMCell: 4, nn.GRUCell: 3, nn.RNNCell: 1}
 
@@ -56,12 +59,13 @@ class Coverage:
         return {"params": self.params, "macs": self.macs, "layers": self.layers, "layers_total": self.layers_total}
 
 
-def profile_layers(model: nn.Module, example_input: torch.Tensor) -> LayerProfile:
-    """Count each weight layer's parameters and its MACs for one sample of ``example_input``."""
+def profile_layers(model: nn.Module, example_input: Batch) -> LayerProfile:
+    """Count each weight layer's parameters and its MACs for one sample of ``example_input`` (a tensor, or a tuple
+    or dict of tensors)."""
     params: dict[str, int] = {}
     macs: dict[str, int] = {}
     hooks = []
-    batch = max(1, example_input.shape[0]) if example_input.dim() > 0 else 1
+    batch = max(1, inputs.batch_len(example_input))
 
     def hook_for(name: str, module: nn.Module):  # type: ignore[no-untyped-def]
         def hook(mod: nn.Module, inputs: tuple, output: object) -> None:
@@ -77,7 +81,7 @@ def profile_layers(model: nn.Module, example_input: torch.Tensor) -> LayerProfil
             hooks.append(module.register_forward_hook(hook_for(name, module)))
     try:
         with torch.no_grad():
-            model(example_input)
+            inputs.call(model, example_input)
     finally:
         for h in hooks:
             h.remove()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import Cancelled
-from farm.quant.config import ISOLATION_MODES
+from farm.quant.bench_config import ISOLATION_MODES
 from farm.quant.hostload import cpu_times, host_load
 
 log = logging.getLogger("farm.isolation")

@@ -4,7 +4,8 @@ narrow, and a trial timed side by side with its fp32 baseline.
 Timings on shared machines are noisy and drift (frequency scaling, a neighbour's burst): a figure measured a
 minute apart from its comparison says little. :func:`measure_pair` therefore interleaves the two models in ABAB
 blocks in one process, so drift hits both alike, and reports the speedup as the median of per-block ratios with a
-bootstrap interval. Every median comes with its distribution-free 95 % interval (:mod:`farm.quant.timing_stats`)
+bootstrap and order-statistic interval. Every median comes with its distribution-free 95 % interval, which allows
+for drift between blocks (:mod:`farm.quant.timing_stats`)
 and :func:`farm.quant.timing_stats.unstable_reason` decides whether it is stable. On CUDA every repetition is
 bracketed by ``torch.cuda.synchronize``.
 """
@@ -22,9 +23,9 @@ from typing import Any
 import torch
 
 from farm.quant.timing_stats import (
-    bootstrap_median_ci,
-    median_ci,
+    clustered_median_ci,
     percentile,
+    ratio_ci,
     relative_halfwidth,
     unstable_reason,
 )
@@ -96,7 +97,8 @@ class PairLatency:
     Attributes:
         trial, baseline: each side's figures over all its timed repetitions.
         speedup: median over pairs of blocks of baseline block median / trial block median; > 1 is faster.
-        speedup_ci_low, speedup_ci_high: 95 % bootstrap interval of that median (fixed seed).
+        speedup_ci_low, speedup_ci_high: 95 % interval of that median: the bootstrap's (fixed seed) joined with the
+            order-statistic one (:func:`farm.quant.timing_stats.ratio_ci`).
         blocks: how many pairs of blocks were timed.
         block_reps: repetitions per block.
     """
@@ -121,15 +123,19 @@ class PairLatency:
         }
 
 
-def summarize(batch_size: int, samples_s: list[float], *, settled: bool) -> Latency:
+def summarize(
+    batch_size: int, samples_s: list[float], *, settled: bool, blocks: list[list[float]] | None = None
+) -> Latency:
     """Turn raw per-repetition seconds into a :class:`Latency`.
 
     Args:
         settled: the measurement reached its stopping target (see :func:`farm.quant.timing_stats.unstable_reason`).
+        blocks: the same seconds in the blocks they were timed in, in order: the p50's interval then allows for
+            drift between blocks (:func:`farm.quant.timing_stats.clustered_median_ci`). None: one block.
     """
     ms = sorted(s * 1000.0 for s in samples_s)
     p50, p99 = percentile(ms, 50), percentile(ms, 99)
-    low, high = median_ci(ms)
+    low, high = clustered_median_ci([[v * 1000.0 for v in b] for b in blocks] if blocks else [ms])
     reason = unstable_reason(p50, low, high, p99, settled=settled)
     return Latency(
         batch_size=batch_size,
@@ -177,16 +183,18 @@ def measure_latency(
     with torch.inference_mode():
         _warm(fn, s, sync, clock)
         samples: list[float] = []
+        blocks: list[list[float]] = []
         settled = False
         began = clock()
         while len(samples) < s.max_reps:
-            samples.extend(_time_block(fn, s.block, sync, clock))
-            if len(samples) >= s.min_reps and _narrow(sorted(samples), s.rel_tol):
+            blocks.append(_time_block(fn, s.block, sync, clock))
+            samples.extend(blocks[-1])
+            if len(samples) >= s.min_reps and _narrow(blocks, s.rel_tol):
                 settled = True
                 break
             if (len(samples) >= s.min_reps and clock() - began > s.max_time_s) or (should_stop and should_stop()):
                 break
-    return summarize(batch_size, samples, settled=settled)
+    return summarize(batch_size, samples, settled=settled, blocks=blocks)
 
 
 def measure_pair(
@@ -215,7 +223,7 @@ def measure_pair(
         clock: seconds (tests pass a fake one).
 
     Returns:
-        Both sides' figures and the speedup (baseline / trial) with its 95 % bootstrap interval.
+        Both sides' figures and the speedup (baseline / trial) with its 95 % interval.
     """
     s = settings or LatencySettings()
     sync = _sync(device)
@@ -223,27 +231,29 @@ def measure_pair(
         per_call_s = max(_warm(trial_fn, s, sync, clock), _warm(base_fn, s, sync, clock))
         k = max(1, min(s.block, max(2, int(s.target_block_s / per_call_s) if per_call_s > 0 else s.block)))
         min_pairs = max(6, math.ceil(s.min_reps / k))
-        trial_s: list[float] = []
-        base_s: list[float] = []
+        trial_s: list[list[float]] = []  # the blocks of each side, in order
+        base_s: list[list[float]] = []
         ratios: list[float] = []
         settled = False
         began = clock()
-        while len(trial_s) < s.max_reps:
+        while len(ratios) * k < s.max_reps:
             first, second = (trial_fn, base_fn) if len(ratios) % 2 == 0 else (base_fn, trial_fn)
             a, b = _time_block(first, k, sync, clock, rewarm=True), _time_block(second, k, sync, clock, rewarm=True)
             trial_block, base_block = (a, b) if first is trial_fn else (b, a)
-            trial_s.extend(trial_block)
-            base_s.extend(base_block)
+            trial_s.append(trial_block)
+            base_s.append(base_block)
             ratios.append(_ratio(statistics.median(base_block), statistics.median(trial_block)))
-            if len(ratios) >= min_pairs and all(_narrow(sorted(v), s.rel_tol) for v in (trial_s, base_s, ratios)):
-                settled = True
-                break
+            if len(ratios) >= min_pairs and _narrow(trial_s, s.rel_tol) and _narrow(base_s, s.rel_tol):
+                low, high = ratio_ci(ratios)
+                if relative_halfwidth(statistics.median(ratios), low, high) <= s.rel_tol:
+                    settled = True
+                    break
             if (len(ratios) >= min_pairs and clock() - began > 2 * s.max_time_s) or (should_stop and should_stop()):
                 break
-    low, high = bootstrap_median_ci(ratios)
+    low, high = ratio_ci(ratios)
     return PairLatency(
-        trial=summarize(batch_size, trial_s, settled=settled),
-        baseline=summarize(batch_size, base_s, settled=settled),
+        trial=summarize(batch_size, _flat(trial_s), settled=settled, blocks=trial_s),
+        baseline=summarize(batch_size, _flat(base_s), settled=settled, blocks=base_s),
         speedup=statistics.median(ratios),
         speedup_ci_low=low,
         speedup_ci_high=high,
@@ -282,10 +292,14 @@ def _time_block(
     return out
 
 
-def _narrow(sorted_values: list[float], rel_tol: float) -> bool:
-    """The median's 95 % interval lies within ``rel_tol`` of it on both sides."""
-    low, high = median_ci(sorted_values)
-    return relative_halfwidth(percentile(sorted_values, 50), low, high) <= rel_tol
+def _narrow(blocks: list[list[float]], rel_tol: float) -> bool:
+    """The median's 95 % interval (allowing for drift between blocks) lies within ``rel_tol`` of it on both sides."""
+    low, high = clustered_median_ci(blocks)
+    return relative_halfwidth(percentile(sorted(_flat(blocks)), 50), low, high) <= rel_tol
+
+
+def _flat(blocks: list[list[float]]) -> list[float]:
+    return [v for block in blocks for v in block]
 
 
 def _ratio(base: float, trial: float) -> float:

@@ -15,7 +15,8 @@ from typing import Any
 
 from farm.errors import ConfigError, QuantizationError
 from farm.jobs.contract import JobResult, JobSpec
-from farm.quant.config import BenchmarkConfig, MethodConfig
+from farm.quant.bench_config import BenchmarkConfig
+from farm.quant.config import MethodConfig
 from farm.quant.reference import Baseline, Reference
 
 EVAL_BATCH_SIZE = 64
@@ -32,8 +33,12 @@ def evaluate(
     *,
     label: str,
     with_labels: bool = False,
+    output: str | int | None = None,
 ) -> Any:
     """Outputs (and labels) of ``outcome``'s model on every sample of ``dataset``.
+
+    Args:
+        output: which of the model's outputs to keep (:func:`farm.quant.inputs.select_output`).
 
     Raises:
         QuantizationError: the model fails to run (e.g. an op with no kernel on the chosen engine) or
@@ -43,6 +48,7 @@ def evaluate(
     import torch
 
     from farm.errors import Cancelled
+    from farm.quant.inputs import batch_len, select_output
     from farm.quant.isolation import compute_step
     from farm.quant.metrics import all_finite
     from farm.zoo.data import iterate
@@ -56,14 +62,14 @@ def evaluate(
                 raise Cancelled("cancelled")
             try:
                 with compute_step(stop):  # pauses while another job on this host times its benchmark
-                    out = _logits(outcome.forward(outcome.prepare_input(x)))
+                    raw = outcome.forward(outcome.prepare_input(x))
             except Exception as e:
                 raise QuantizationError(
                     f"{label} model failed to run: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
                 ) from e
-            outs.append(out.detach().float().cpu())
+            outs.append(select_output(raw, output).detach().float().cpu())
             labels.append(y)
-            done += len(x)
+            done += batch_len(x)
             report("evaluate", done / total)
     outputs = torch.cat(outs)
     if label != "fp32" and not all_finite(outputs):
@@ -225,26 +231,30 @@ def fill_size(result: JobResult, artifact_bytes: int, outcome: Any, ref: Referen
 
 
 def check_runs(model: Any, example: Any, spec: JobSpec) -> None:
-    """Refuse a model that fails on the dataset's inputs, before anything is quantized or timed.
+    """Refuse a model that fails on the dataset's inputs, or whose outputs lack ``spec.output``, before anything is
+    quantized or timed.
 
     Raises:
-        ConfigError: the model raises on one sample, with the sample's shape and the error in one line.
+        ConfigError: the model raises on one sample (with the inputs' shapes and the error in one line), or
+            ``spec.output`` names no output of the model (with the outputs it has).
     """
     import torch
 
+    from farm.quant.inputs import call, describe, select_output
+
     try:
         with torch.inference_mode():
-            model(example)
+            out = call(model, example)
     except Exception as e:
+        if isinstance(example, torch.Tensor):
+            shapes = f"sample shape {tuple(example.shape[1:])}"
+        else:
+            shapes = "sample " + ", ".join(f"{d['name']} {tuple(d['shape'])} {d['dtype']}" for d in describe(example))
         raise ConfigError(
-            f"model {spec.model} fails on inputs from {spec.dataset} (sample shape {tuple(example.shape[1:])}): "
+            f"model {spec.model} fails on inputs from {spec.dataset} ({shapes}): "
             f"{type(e).__name__}: {' '.join(str(e).split())[:240]}"
         ) from None
-
-
-def _logits(out: Any) -> Any:
-    if isinstance(out, (tuple, list)):
-        return _logits(out[0])
-    if isinstance(out, dict):
-        return _logits(out.get("logits", out.get("out", next(iter(out.values())))))
-    return out
+    try:
+        select_output(out, spec.output)
+    except QuantizationError as e:
+        raise ConfigError(f"model {spec.model}: {e}") from None

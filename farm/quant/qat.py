@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from farm.errors import ConfigError, QuantizationError
+from farm.quant import inputs
 from farm.quant.config import QATConfig
 from farm.quant.context import QuantContext, QuantOutcome, quantized_engine, require_module
 from farm.quant.isolation import compute_step
@@ -95,7 +96,7 @@ def train(model: nn.Module, cfg: QATConfig, ctx: QuantContext, timings: dict[str
                 if cfg.freeze_bn_after is not None and step == cfg.freeze_bn_after:
                     prepared.apply(freeze_bn_stats)
                 with compute_step(ctx.should_stop):  # pauses while another job on this host times its benchmark
-                    loss = _step(prepared, teacher, optimizer, x.to(device), y, device)
+                    loss = _step(prepared, teacher, optimizer, inputs.place(x, device), y, device, ctx.output)
                 if not torch.isfinite(loss):
                     raise QuantizationError(
                         f"qat: the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr})"
@@ -164,14 +165,20 @@ def apply_qat(model: nn.Module, cfg: QATConfig, ctx: QuantContext) -> QuantOutco
 
 
 def _step(
-    prepared: Any, teacher: nn.Module | None, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: Any, device: str
+    prepared: Any,
+    teacher: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    x: inputs.Batch,
+    y: Any,
+    device: str,
+    output: str | int | None = None,
 ) -> torch.Tensor:
     """One fine-tuning step: the loss (ce on labels, or kd against the teacher's outputs), and an update unless it
-    is not finite."""
-    out = prepared(x)
+    is not finite. Both are computed on the model's ``output`` (:func:`farm.quant.inputs.select_output`)."""
+    out = inputs.select_output(inputs.call(prepared, x), output)
     if teacher is not None:
         with torch.no_grad():
-            target = torch.softmax(teacher(x).float(), dim=-1)
+            target = torch.softmax(inputs.select_output(inputs.call(teacher, x), output).float(), dim=-1)
         loss = nn.functional.kl_div(torch.log_softmax(out.float(), dim=-1), target, reduction="batchmean")
     else:
         loss = nn.functional.cross_entropy(out, y.to(device))

@@ -38,8 +38,10 @@ _PREFIXES = {
     "freeze_bn_after": "fbn=",
 }
 #: Parameters whose values are unambiguous on their own (a backend, a static mode, an optimizer, a loss ...).
-_BARE = ("backend", "mode", "optimizer", "loss", "activation")
-#: Parameters always named (a sweep's axes), in this order, when the method has them.
+_BARE = ("backend", "mode", "optimizer", "loss", "activation", "granularity")
+#: Parameters always named (a sweep's axes), in this order, when the method has them and names them at their
+#: default (a parameter a method added later, :attr:`MethodConfig.omit_at_default`, is named only off it:
+#: ``dynamic int8``, ``dynamic int8 pc``).
 _ALWAYS = ("bits", "observer", "granularity", "calibration_size")
 
 
@@ -50,8 +52,8 @@ def recipe_label(config: MethodConfig | dict[str, Any]) -> str:
         config: a method config, or its ``to_dict()`` (as stored in a job's spec).
 
     Returns:
-        E.g. ``fp32``, ``dynamic int8``, ``static int8 minmax pc n=256``, ``qat int4 mavg pc n=32 e3``,
-        ``static int8 pct p99.9 pt n=64 eager backend=qnnpack``.
+        E.g. ``fp32``, ``dynamic int8``, ``dynamic int8 pc``, ``static int8 minmax pc n=256``,
+        ``qat int4 mavg pc n=32 e3``, ``static int8 pct p99.9 pt n=64 eager backend=qnnpack``.
 
     Raises:
         ConfigError: ``config`` is a dict that is no valid method config.
@@ -61,12 +63,10 @@ def recipe_label(config: MethodConfig | dict[str, Any]) -> str:
     defaults = {
         f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING
     }  # every parameter has a default (farm.quant.params.param)
-    words = [cfg.method]
-    for name in _ALWAYS:
-        if name in params:
-            words.append(_word(name, params[name], always=True))
+    always = [name for name in _ALWAYS if name in params and name not in cfg.omit_at_default]
+    words = [cfg.method] + [_word(name, params[name], always=True) for name in always]
     for name, value in params.items():
-        if name in _ALWAYS or (name in defaults and defaults[name] == value):
+        if name in always or (name in defaults and defaults[name] == value):
             continue
         if name == "percentile" and params.get("observer") != "percentile":
             continue  # only the percentile observer reads it

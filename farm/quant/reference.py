@@ -109,14 +109,15 @@ def fp32_baseline(model: Any, example: Any, device: str) -> Baseline:
 
     Args:
         model: an untouched fp32 ``nn.Module`` (moved to ``device``).
-        example: one input batch, for tracing.
+        example: one input batch (a tensor, tuple or dict of tensors), for tracing.
         device: where it runs.
     """
     from farm.quant.artifact import deployable
     from farm.quant.context import QuantOutcome
+    from farm.quant.inputs import place
 
     module = model.to(device)
-    deployed, scripted = deployable(module, example.to(device))
+    deployed, scripted = deployable(module, place(example, device))
     return Baseline(
         deployed=QuantOutcome(deployed, device=device),
         deployed_as="torchscript" if scripted else "eager",

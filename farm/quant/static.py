@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from farm.errors import QuantizationError
+from farm.quant import inputs
 from farm.quant.config import StaticConfig
 from farm.quant.context import QuantContext, QuantOutcome, quantized_engine, require_module
 from farm.quant.isolation import compute_step
@@ -50,6 +51,13 @@ def fx_prepare(method: str, ctx: QuantContext, build: Callable[[], Any]) -> Any:
         raise untraceable(method, ctx.model_ref, e) from e
 
 
+def example_args(batch: Any) -> tuple[Any, ...]:
+    """torch.ao's ``example_inputs``: the positional arguments of one call (a dict's values, in order)."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    return tuple(batch.values()) if isinstance(batch, dict) else tuple(batch)
+
+
 def calibrate(model: nn.Module, ctx: QuantContext, phase: str = "calibrate") -> int:
     """Run the calibration subset through ``model`` (observers on); returns the number of samples seen."""
     if ctx.calibration is None:
@@ -61,8 +69,8 @@ def calibrate(model: nn.Module, ctx: QuantContext, phase: str = "calibrate") -> 
         for x, _ in iterate(ctx.calibration, ctx.batch_size):
             ctx.check_stop()
             with compute_step(ctx.should_stop):  # pauses while another job on this host times its benchmark
-                model(x)
-            seen += len(x)
+                inputs.call(model, x)
+            seen += inputs.batch_len(x)
             ctx.progress(phase, seen / total)
     return seen
 
@@ -70,7 +78,7 @@ def calibrate(model: nn.Module, ctx: QuantContext, phase: str = "calibrate") -> 
 def apply_static(model: nn.Module, cfg: StaticConfig, ctx: QuantContext) -> QuantOutcome:
     require_module(ctx, "static")
     timings: dict[str, float] = {}
-    example = (ctx.example_input,)
+    example = example_args(ctx.example_input)
     with quantized_engine(cfg.backend):
         base = copy.deepcopy(model).cpu().eval()
         if cfg.mode == "eager":
@@ -108,7 +116,7 @@ def prepare_fake_quant(model: nn.Module, cfg: Any, ctx: QuantContext, method: st
 
     mapping, backend = qconfig_mapping(cfg, fake_quant=True), backend_config(cfg.backend)
     model.train()  # prepare_qat_fx swaps in QAT modules, which it only does for models in train mode
-    example = (ctx.example_input,)
+    example = example_args(ctx.example_input)
     return fx_prepare(
         method, ctx, lambda: prepare_qat_fx(model, mapping, example_inputs=example, backend_config=backend)
     )

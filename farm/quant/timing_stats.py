@@ -96,6 +96,35 @@ def bootstrap_median_ci(
     return percentile(medians, tail), percentile(medians, 100.0 - tail)
 
 
+def clustered_median_ci(blocks: Sequence[Sequence[float]], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The median's interval allowing for drift: the union of the order-statistic interval over every sample and
+    the one over the per-block medians (blocks in the order they were timed).
+
+    Consecutive timings are not independent: a neighbour's burst or a frequency step moves a whole block, and an
+    interval over samples treats those correlated samples as many independent ones, so it comes out too narrow.
+    Blocks are the independent units; their medians' interval is wide when the level moved during the measurement
+    (below 6 blocks it is their whole range). Taking the union never narrows the per-sample interval.
+    """
+    flat = sorted(v for block in blocks for v in block)
+    low, high = median_ci(flat, confidence)
+    medians = sorted(statistics.median(block) for block in blocks if block)
+    if len(medians) > 1:
+        b_low, b_high = median_ci(medians, confidence)
+        low, high = min(low, b_low), max(high, b_high)
+    return low, high
+
+
+def ratio_ci(ratios: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The interval of a median ratio: the union of the percentile bootstrap (what the field reports) and the
+    distribution-free order-statistic interval, whose coverage holds where the bootstrap's falls short (few
+    blocks: with 10 ratios a bootstrap interval of the median covers well under 95 %)."""
+    if not ratios:
+        return float("nan"), float("nan")
+    low, high = bootstrap_median_ci(ratios, confidence=confidence)
+    o_low, o_high = median_ci(sorted(ratios), confidence)
+    return min(low, o_low), max(high, o_high)
+
+
 def relative_halfwidth(center: float, low: float, high: float) -> float:
     """The larger distance from ``center`` to either end of its interval, as a fraction of ``center``."""
     if not center > 0 or math.isnan(low) or math.isnan(high):

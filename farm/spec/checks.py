@@ -17,11 +17,13 @@ from farm.zoo.refs import parse_dataset_ref, parse_model_ref
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One entry of ``models``: a model reference, its weights (a path or ``s3://`` URI) and its dataset."""
+    """One entry of ``models``: a model reference, its weights (a path or ``s3://`` URI), its dataset, and the
+    output its metrics are computed on (None: the logits)."""
 
     ref: str
     weights: str | None
     dataset: str
+    output: str | int | None = None
 
 
 def check_dataset(ref: Any, problems: list[Problem], path: str = "dataset") -> None:
@@ -33,24 +35,42 @@ def check_dataset(ref: Any, problems: list[Problem], path: str = "dataset") -> N
         problems.extend(Problem(path, p.message) for p in e.problems)
 
 
-def check_models(raw: Any, default_dataset: str | None, problems: list[Problem]) -> list[ModelEntry] | None:
+def check_output(value: Any, path: str, problems: list[Problem]) -> bool:
+    """An ``output`` is a non-empty name or a non-negative index."""
+    if value is None or (isinstance(value, str) and value.strip()):
+        return True
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return True
+    problems.append(Problem(path, f"must be an output name (a dict key) or index (0, 1, ...), got {value!r}"))
+    return False
+
+
+def check_models(
+    raw: Any, default_dataset: str | None, problems: list[Problem], default_output: Any = None
+) -> list[ModelEntry] | None:
     if not isinstance(raw, list) or not raw:
         return None
     entries: list[ModelEntry] = []
-    seen: dict[tuple[str, str | None, str], int] = {}
+    seen: dict[tuple[str, str | None, str, Any], int] = {}
     ok = True
     for i, item in enumerate(raw):
         path = f"models[{i}]"
         if isinstance(item, str):
             item = {"ref": item}
         if not isinstance(item, dict):
-            problems.append(Problem(path, "must be a reference string or a mapping with ref, weights, dataset"))
+            problems.append(Problem(path, "must be a reference string or a mapping with ref, weights, dataset, output"))
             ok = False
             continue
-        unknown = set(item) - {"ref", "weights", "dataset"}
+        unknown = set(item) - {"ref", "weights", "dataset", "output"}
         if unknown:
-            problems.append(Problem(f"{path}.{sorted(unknown)[0]}", "unknown key (valid: ref, weights, dataset)"))
+            valid = "ref, weights, dataset, output"
+            problems.append(Problem(f"{path}.{sorted(unknown)[0]}", f"unknown key (valid: {valid})"))
             ok = False
+        output = item.get("output", default_output)
+        if "output" in item and not check_output(item["output"], f"{path}.output", problems):
+            ok = False
+        if not check_output(output, "output", []):
+            output = None  # reported once, where it was written
         ref, weights, dataset = item.get("ref"), item.get("weights"), item.get("dataset", default_dataset)
         if not isinstance(ref, str):
             problems.append(Problem(f"{path}.ref", "required: a model reference such as farm:digits-cnn"))
@@ -74,12 +94,12 @@ def check_models(raw: Any, default_dataset: str | None, problems: list[Problem])
                 ok = ok and len(problems) == before
         if not isinstance(dataset, str):
             continue
-        ident = (ref, weights, dataset)
+        ident = (ref, weights, dataset, output)
         if ident in seen:
             problems.append(Problem(path, f"duplicate of models[{seen[ident]}] ({ref})"))
             ok = False
         seen[ident] = i
-        entries.append(ModelEntry(ref, weights, dataset))
+        entries.append(ModelEntry(ref, weights, dataset, output))
     return entries if ok else None
 
 

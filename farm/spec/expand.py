@@ -15,7 +15,8 @@ from typing import Any
 
 from farm.errors import ConfigError, Problem
 from farm.jobs.contract import JobSpec
-from farm.quant.config import METHODS, BenchmarkConfig, Fp32Config, MethodConfig, parse_method, resolve_device
+from farm.quant.bench_config import BenchmarkConfig
+from farm.quant.config import METHODS, Fp32Config, MethodConfig, parse_method, resolve_device
 from farm.routing import Pools, route
 from farm.spec.checks import ModelEntry
 from farm.spec.plan import Plan, PlannedJob, job_key
@@ -105,14 +106,14 @@ class _Jobs:
         if ref_key is None:
             ref_pool = _named_pool(Fp32Config(), device, self.pools)
             ref_spec = JobSpec(
-                model.ref, model.dataset, Fp32Config(), model.weights, self.spec.seed, job_bench, ref_pool
+                model.ref, model.dataset, Fp32Config(), model.weights, self.spec.seed, job_bench, ref_pool, model.output
             )
             ref_key = self._ref_keys[(model, device)] = job_key(ref_spec, digest)
             self.references.setdefault(ref_key, PlannedJob(ref_key, "reference", ref_spec, device, digest, None))
         if cfg.method == "fp32":
             return  # the reference itself
         pool = _named_pool(cfg, device, self.pools)
-        job_spec = JobSpec(model.ref, model.dataset, cfg, model.weights, self.spec.seed, job_bench, pool)
+        job_spec = JobSpec(model.ref, model.dataset, cfg, model.weights, self.spec.seed, job_bench, pool, model.output)
         key = job_key(job_spec, digest)
         self.trials.setdefault(key, PlannedJob(key, "trial", job_spec, device, digest, ref_key))
 
@@ -124,7 +125,7 @@ def _included(
     targets = [m for m in models if m.ref == entry["model"]] if "model" in entry else models
     if "model" in entry and not targets:
         targets = [ModelEntry(entry["model"], None, entry.get("dataset", default_dataset))]
-    targets = [ModelEntry(m.ref, m.weights, entry.get("dataset", m.dataset)) for m in targets]
+    targets = [ModelEntry(m.ref, m.weights, entry.get("dataset", m.dataset), m.output) for m in targets]
     axes = {k: (v if isinstance(v, list) else [v]) for k, v in entry.items() if k not in JOB_KEYS}
     for key in ("bits", "calibration_size", "backend"):
         if key in entry:

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from farm.errors import ConfigError, Problem
 from farm.quant.config import METHODS
 from farm.routing import Pools
-from farm.spec.checks import check_dataset, check_filters, check_methods, check_models
+from farm.spec.checks import check_dataset, check_filters, check_methods, check_models, check_output
 from farm.spec.expand import expand, product_bound
 from farm.spec.plan import Plan
 from farm.spec.schema import SweepSpec, parse_text, pydantic_problems
@@ -73,7 +73,10 @@ def load_spec(
     # not the structure was valid, so that one run reports everything.
     raw = data if isinstance(data, dict) else {}
     default_dataset = raw.get("dataset", "sklearn:digits")
-    models = check_models(raw.get("models"), default_dataset if isinstance(default_dataset, str) else None, problems)
+    default_output = raw.get("output")
+    check_output(default_output, "output", problems)
+    dataset_default = default_dataset if isinstance(default_dataset, str) else None
+    models = check_models(raw.get("models"), dataset_default, problems, default_output)
     methods = check_methods(raw.get("methods"), problems)
     check_dataset(default_dataset, problems)
     if spec is not None and methods is not None:

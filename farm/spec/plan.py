@@ -79,7 +79,8 @@ class Plan:
 
 
 def job_key(spec: JobSpec, weights_digest: str | None) -> str:
-    """sha256 of a job's canonical JSON: model, weights digest, dataset, method config, seed, benchmark, engine."""
+    """sha256 of a job's canonical JSON: model, weights digest, dataset, method config, seed, benchmark, engine
+    (and the pool and output when set)."""
     payload: dict[str, Any] = {
         "model": spec.model,
         "weights": weights_digest,
@@ -91,4 +92,6 @@ def job_key(spec: JobSpec, weights_digest: str | None) -> str:
     }
     if spec.pool is not None:  # only named pools: local runs and the default farm pools share results
         payload["pool"] = spec.pool
+    if spec.output is not None:  # only when chosen: keys of jobs that measure the default output are unchanged
+        payload["output"] = spec.output
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

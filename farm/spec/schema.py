@@ -15,14 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from farm.errors import ConfigError, Problem
-from farm.quant.config import (
-    BACKENDS,
-    ISOLATION_MODES,
-    MAX_BATCH_SIZE,
-    MAX_CALIBRATION_SIZE,
-    MAX_THREADS,
-    BenchmarkConfig,
-)
+from farm.quant.bench_config import ISOLATION_MODES, MAX_BATCH_SIZE, MAX_THREADS, BenchmarkConfig
+from farm.quant.config import BACKENDS, MAX_CALIBRATION_SIZE
 
 # Keys an exclude / include entry may name besides a method's own parameters.
 JOB_KEYS = ("model", "dataset", "method", "bits", "calibration_size", "backend", "device")
@@ -105,6 +99,8 @@ class SweepSpec(_Strict):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     include: list[dict[str, Any]] = Field(default_factory=list)
     seed: int = Field(0, ge=-(2**63), le=2**63 - 1)
+    #: The model output every metric is computed on (a dict key or attribute, or a tuple index); per model too.
+    output: Any = None  # checked by farm.spec.checks.check_output
 
     @field_validator("bits", "calibration_size", "backend", mode="before")
     @classmethod

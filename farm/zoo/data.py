@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from farm.errors import ConfigError
+from farm.quant.inputs import Batch, batch_len, collate, repeat_to, take
 from farm.zoo.refs import Ref, check_entrypoint_allowed, parse_dataset_ref
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,24 +27,32 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".ti
 
 
 class TensorSplit(Dataset):
-    """A split held in memory as tensors; label -1 where there are none."""
+    """A split held in memory as tensors; label -1 where there are none.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor | None = None):
+    ``x`` is a :data:`~farm.quant.inputs.Batch`: one tensor, or a tuple / dict of tensors for a model with several
+    inputs (token ids and an attention mask), samples along dim 0 of each.
+    """
+
+    def __init__(self, x: Batch, y: torch.Tensor | None = None):
         self.x = x
-        self.y = y if y is not None else torch.full((len(x),), -1, dtype=torch.int64)
+        self.y = y if y is not None else torch.full((batch_len(x),), -1, dtype=torch.int64)
 
     def __len__(self) -> int:
-        return len(self.x)
+        return batch_len(self.x)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i], self.y[i]
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+        return take(self.x, i), self.y[i]  # type: ignore[arg-type]
 
-    def take(self, indices: torch.Tensor) -> TensorSplit:
-        return TensorSplit(self.x[indices], self.y[indices])
+    def take(self, indices: torch.Tensor | slice) -> TensorSplit:
+        return TensorSplit(take(self.x, indices), self.y[indices])
 
 
 class _Pairs(Dataset):
-    """Wraps a user dataset so that every item is an ``(input, label)`` pair."""
+    """Wraps a user dataset so that every item is an ``(input, label)`` pair.
+
+    A 2-item tuple or list is ``(input, label)``; an input made of several tensors is a dict, or a tuple nested as
+    the first item: ``((image, class_id), label)``.
+    """
 
     def __init__(self, inner: Any):
         self.inner = inner
@@ -96,6 +105,8 @@ def load_dataset(ref: str | Ref, *, allowed: Sequence[str] | None = None) -> Dat
         return _imagefolder(parsed)
     if parsed.scheme == "synthetic":
         return _synthetic(parsed)
+    if parsed.scheme == "tokens":
+        return _tokens(parsed)
     return _entrypoint(parsed, allowed)
 
 
@@ -123,6 +134,27 @@ def _synthetic(ref: Ref) -> DatasetSplits:
     notes = [
         "synthetic inputs: no labels, accuracy is reported only as agreement with fp32; "
         "calibration on random tensors does not reflect real activation ranges"
+    ]
+    return DatasetSplits(str(ref), train, calibration, test, labelled=False, synthetic=True, notes=notes)
+
+
+def _tokens(ref: Ref) -> DatasetSplits:
+    """``tokens:LEN``: random token ids (1 .. vocab-1) of a random length 8..LEN per sample, padded with 0 to LEN,
+    each sample a dict ``{"input_ids", "attention_mask"}`` of int64; unlabelled."""
+    length, vocab = int(ref.body), ref.int_option("vocab", 1000)
+    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
+
+    def split(n: int) -> TensorSplit:
+        lengths = torch.randint(min(8, length), length + 1, (n, 1), generator=gen)
+        mask = (torch.arange(length).expand(n, length) < lengths).to(torch.int64)
+        ids = torch.randint(1, max(vocab, 2), (n, length), generator=gen, dtype=torch.int64) * mask
+        return TensorSplit({"input_ids": ids, "attention_mask": mask})
+
+    sizes = {k: ref.int_option(k, d) for k, d in (("n_test", 64), ("n_calibration", 256), ("n_train", 256))}
+    test, calibration, train = split(sizes["n_test"]), split(sizes["n_calibration"]), split(sizes["n_train"])
+    notes = [
+        "synthetic token ids: no labels, accuracy is reported only as agreement with fp32 (cosine and SQNR say "
+        "more for embeddings); calibration on random ids does not reflect real activation ranges"
     ]
     return DatasetSplits(str(ref), train, calibration, test, labelled=False, synthetic=True, notes=notes)
 
@@ -237,8 +269,9 @@ def calibration_subset(splits: DatasetSplits, n: int, seed: int) -> Dataset:
 
 def iterate(
     dataset: Dataset, batch_size: int, *, shuffle_seed: int | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``(inputs, labels)``; shuffled with ``shuffle_seed`` when given."""
+) -> Iterator[tuple[Batch, torch.Tensor]]:
+    """Batches of ``(inputs, labels)``; shuffled with ``shuffle_seed`` when given. Inputs keep their structure
+    (tensor, tuple or dict of tensors) and their dtypes."""
     n = len(dataset)  # type: ignore[arg-type]
     if isinstance(dataset, TensorSplit):
         order = (
@@ -247,28 +280,28 @@ def iterate(
             else None
         )
         for i in range(0, n, batch_size):
-            if order is None:
-                yield dataset.x[i : i + batch_size], dataset.y[i : i + batch_size]
-            else:
-                idx = order[i : i + batch_size]
-                yield dataset.x[idx], dataset.y[idx]
+            idx: torch.Tensor | slice = slice(i, i + batch_size) if order is None else order[i : i + batch_size]
+            yield take(dataset.x, idx), dataset.y[idx]
         return
     generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator)
-    for x, y in loader:
-        yield x, torch.as_tensor(y, dtype=torch.int64)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator, collate_fn=_collate
+    )
+    yield from loader
 
 
-def first_batch(dataset: Dataset, batch_size: int) -> torch.Tensor:
+def _collate(items: list[tuple[Any, Any]]) -> tuple[Batch, torch.Tensor]:
+    """(inputs, labels) of a user dataset's items: tuples stay tuples (positional inputs), dicts stay dicts."""
+    from torch.utils.data import default_collate
+
+    return collate([x for x, _ in items]), torch.as_tensor(default_collate([y for _, y in items]), dtype=torch.int64)
+
+
+def first_batch(dataset: Dataset, batch_size: int) -> Batch:
     """``batch_size`` real inputs for benchmarking, repeating the split if it is smaller."""
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise ConfigError("the test split is empty")
     if isinstance(dataset, TensorSplit):
-        idx = torch.arange(batch_size) % n
-        return dataset.x[idx]
-    items = [dataset[i % n][0] for i in range(min(batch_size, n))]
-    x = torch.stack([torch.as_tensor(t) for t in items])
-    if len(x) < batch_size:
-        x = x.repeat((math.ceil(batch_size / len(x)),) + (1,) * (x.dim() - 1))[:batch_size]
-    return x
+        return repeat_to(dataset.x, batch_size)
+    return repeat_to(collate([dataset[i][0] for i in range(min(batch_size, n))]), batch_size)

@@ -66,9 +66,7 @@ def load_model(
     parsed = parse_model_ref(ref) if isinstance(ref, str) else ref
     graph = False
     if parsed.scheme == "farm":
-        from farm.zoo.digits import build_digits_model
-
-        module: nn.Module = build_digits_model(parsed.body, cache_dir() / "zoo")
+        module: nn.Module = _builtin(parsed.body)
     elif parsed.scheme == "torchvision":
         module = _torchvision(parsed)
     elif parsed.scheme == "entrypoint":
@@ -81,6 +79,16 @@ def load_model(
             raise ConfigError(f"weights can't be given for {parsed}: a serialized graph carries its own weights")
         load_weights(module, weights, str(parsed))
     return LoadedModel(module.eval(), str(parsed), graph)
+
+
+def _builtin(name: str) -> nn.Module:
+    if name == "tiny-encoder":
+        from farm.zoo.encoder import build_tiny_encoder
+
+        return build_tiny_encoder()
+    from farm.zoo.digits import build_digits_model
+
+    return build_digits_model(name, cache_dir() / "zoo")
 
 
 def _torchvision(ref: Ref) -> nn.Module:

@@ -18,7 +18,11 @@ from farm.errors import ConfigError, Problem
 BUILTIN_MODELS = {
     "digits-cnn": "small CNN trained deterministically on scikit-learn's digits (input 1x8x8, 10 classes)",
     "digits-mlp": "MLP trained deterministically on scikit-learn's digits (input 1x8x8, 10 classes)",
+    "tiny-encoder": "2-layer transformer encoder, seeded random init: (input_ids, attention_mask) int64 [B, L<=64], "
+    "vocab 1000 -> {embedding [B, 64], logits [B, 4]}; pair with tokens:LEN",
 }
+#: The dataset a built-in model runs on when none is named (``farm quantize --model farm:NAME``).
+BUILTIN_DATASETS = {"tiny-encoder": "tokens:32"}
 SKLEARN_DATASETS = {"digits": "scikit-learn's bundled 8x8 handwritten digits, 1,797 images, 10 classes"}
 
 MODEL_SCHEMES = {
@@ -31,6 +35,7 @@ DATASET_SCHEMES = {
     "sklearn": "sklearn:digits with fixed train / calibration / test splits",
     "imagefolder": "imagefolder:DIR in torchvision ImageFolder layout (?image_size=224&calibration_fraction=0.5)",
     "synthetic": "synthetic:CxHxW random inputs for latency-only runs (?n_test=64&n_calibration=256&n_train=256)",
+    "tokens": "tokens:LEN random token ids with an attention mask, length 8..LEN (?vocab=1000&n_test=64&...)",
     "entrypoint": "entrypoint:package.module:function returning the splits (module must be in FARM_ALLOWED_MODULES)",
 }
 
@@ -45,11 +50,13 @@ _DATASET_OPTIONS: dict[str, set[str] | None] = {
     "sklearn": set(),
     "imagefolder": {"image_size", "calibration_fraction", "test_size"},
     "synthetic": {"n_test", "n_calibration", "n_train"},
+    "tokens": {"vocab", "n_test", "n_calibration", "n_train"},
     "entrypoint": None,
 }
-_INT_OPTIONS = {"num_classes", "image_size", "test_size", "n_test", "n_calibration", "n_train"}
+_INT_OPTIONS = {"num_classes", "image_size", "test_size", "n_test", "n_calibration", "n_train", "vocab"}
 _ENTRYPOINT = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _TV_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+MAX_TOKENS = 8192
 _SHAPE = re.compile(r"^[1-9]\d*(x[1-9]\d*)*$")
 
 
@@ -129,6 +136,8 @@ def _check_body(ref: Ref) -> str | None:
         return f"no scikit-learn dataset {b!r}; available: {', '.join(SKLEARN_DATASETS)}"
     if s == "synthetic" and not _SHAPE.match(b):
         return "expected a sample shape such as 3x224x224"
+    if s == "tokens" and not (b.isdigit() and 1 <= int(b) <= MAX_TOKENS):
+        return f"expected a sequence length between 1 and {MAX_TOKENS} such as tokens:32"
     return None
 
 

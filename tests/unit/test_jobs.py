@@ -14,7 +14,8 @@ import torch
 from farm.errors import ConfigError, QuantizationError
 from farm.jobs.contract import JobResult, JobSpec, jsonable
 from farm.jobs.steps import run_job
-from farm.quant.config import BenchmarkConfig, parse_method
+from farm.quant.bench_config import BenchmarkConfig
+from farm.quant.config import parse_method
 from farm.quant.measure import evaluate
 from farm.quant.reference import REFERENCE_FILE, Reference
 from farm.quant.registry import QuantOutcome

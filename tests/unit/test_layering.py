@@ -254,7 +254,7 @@ def test_no_session_is_opened_outside_the_store() -> None:
 # The leaves of a job's life: what they may import from this tree.
 LEAVES = {
     "farm.jobs.policy": set(),
-    "farm.jobs.contract": {"farm.errors", "farm.quant.config", "farm.quant.params"},
+    "farm.jobs.contract": {"farm.errors", "farm.quant.bench_config", "farm.quant.config", "farm.quant.params"},
 }
 
 

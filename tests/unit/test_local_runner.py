@@ -455,7 +455,8 @@ def _two_dependency_plan(reference_model: str, name: str) -> tuple[Any, list[str
     import hashlib
 
     from farm.jobs.contract import JobSpec
-    from farm.quant.config import BenchmarkConfig, NoopConfig
+    from farm.quant.bench_config import BenchmarkConfig
+    from farm.quant.config import NoopConfig
     from farm.spec.load import load_spec
     from farm.spec.plan import Plan, PlannedJob
 

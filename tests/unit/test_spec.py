@@ -245,7 +245,7 @@ MANY_EXPECTED = [
     Problem(
         "bogus",
         "unknown top-level key (valid: name, description, models, dataset, methods, bits, calibration_size, "
-        "backend, benchmark, exclude, include, seed)",
+        "backend, benchmark, exclude, include, seed, output)",
     ),
     Problem("models[1]", "duplicate of models[0] (farm:digits-cnn)"),
     Problem("methods[0].static.observer", "'minmax2' is not one of minmax, moving_average, histogram, percentile"),
@@ -372,7 +372,7 @@ def test_bits_apply_to_integer_methods_and_calibration_sizes_to_static_and_qat()
         if job.method.method in ("static", "qat"):
             assert params["bits"] in BITS and params["calibration_size"] in CALIBRATION
         elif job.method.method == "dynamic":
-            assert params == {"bits": 8, "backend": "x86"}
+            assert params == {"bits": 8, "backend": "x86", "granularity": "per_tensor"}
             assert cols["calibration_size"] is None
         else:
             assert "bits" not in params and "calibration_size" not in params

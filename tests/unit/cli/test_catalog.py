@@ -70,7 +70,7 @@ def test_models_json_parses() -> None:
     result = CliRunner().invoke(cli, ["models", "--json"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data["builtin"]) == {"farm:digits-cnn", "farm:digits-mlp"}
+    assert set(data["builtin"]) == {"farm:digits-cnn", "farm:digits-mlp", "farm:tiny-encoder"}
     assert "resnet18" in data["torchvision"] and "mobilenet_v3_small" in data["torchvision"]
     assert set(data["model_schemes"]) == {"farm", "torchvision", "entrypoint", "file"}
-    assert set(data["dataset_schemes"]) == {"sklearn", "imagefolder", "synthetic", "entrypoint"}
+    assert set(data["dataset_schemes"]) == {"sklearn", "imagefolder", "synthetic", "tokens", "entrypoint"}

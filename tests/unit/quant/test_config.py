@@ -8,9 +8,9 @@ import json
 import pytest
 
 from farm.errors import ConfigError
+from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import (
     METHODS,
-    BenchmarkConfig,
     DynamicConfig,
     MethodConfig,
     QATConfig,

@@ -14,7 +14,8 @@ import torch
 
 from farm.jobs.contract import JobSpec
 from farm.jobs.steps import run_job
-from farm.quant.config import BenchmarkConfig, parse_method
+from farm.quant.bench_config import BenchmarkConfig
+from farm.quant.config import parse_method
 from farm.quant.latency import LatencySettings, measure_latency
 from farm.quant.registry import QuantContext, apply_method
 from farm.zoo.data import TensorSplit

@@ -20,7 +20,7 @@ import pytest
 
 from farm.errors import Cancelled
 from farm.quant import isolation
-from farm.quant.config import BenchmarkConfig
+from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.hostload import CpuTimes, host_load
 from farm.quant.isolation import MeasureLock, claim_cores
 

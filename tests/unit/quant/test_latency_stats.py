@@ -191,3 +191,30 @@ def test_min_reps_outlast_the_time_budget() -> None:
     assert lat.reps == 7
     pair = measure_pair(clock.model(lambda: 1.0), clock.model(lambda: 2.0), 1, settings=settings, clock=clock)
     assert pair.blocks == 7 and pair.speedup == pytest.approx(2.0)
+
+
+def test_a_level_that_drifts_between_blocks_widens_the_p50_interval() -> None:
+    from farm.quant.timing_stats import clustered_median_ci
+
+    # 20 blocks, each tight, the level creeping up 1 % per block: samples look many and precise, blocks do not.
+    blocks = [[100.0 + i + 0.01 * j for j in range(10)] for i in range(20)]
+    flat = sorted(v for b in blocks for v in b)
+    per_sample = median_ci(flat)
+    low, high = clustered_median_ci(blocks)
+    assert low <= per_sample[0] and high >= per_sample[1]
+    assert (high - low) > 2 * (per_sample[1] - per_sample[0])
+    assert low <= 105.1 and high >= 114.0  # ranks 5 and 14 of the 20 block medians (100 + i + 0.045)
+    # No drift: the blocks agree and the interval is the per-sample one.
+    steady = [[100.0 + 0.01 * ((i * 7 + j) % 10) for j in range(10)] for i in range(20)]
+    assert clustered_median_ci(steady) == median_ci(sorted(v for b in steady for v in b))
+
+
+def test_a_ratio_interval_is_never_narrower_than_the_bootstrap_or_the_order_statistics() -> None:
+    from farm.quant.timing_stats import ratio_ci
+
+    ratios = [0.91, 0.94, 0.97, 0.99, 1.0, 1.01, 1.02, 1.04, 1.08, 1.12]
+    low, high = ratio_ci(ratios)
+    b_low, b_high = bootstrap_median_ci(ratios)
+    o_low, o_high = median_ci(sorted(ratios))
+    assert low == min(b_low, o_low) and high == max(b_high, o_high)
+    assert (o_low, o_high) == (0.94, 1.08)  # ranks 1 and 8 of 10

@@ -77,7 +77,7 @@ def test_unknown_torchvision_model_suggests_names() -> None:
 
 
 def test_builtin_models_are_listed() -> None:
-    assert set(builtin_models()) == {"farm:digits-cnn", "farm:digits-mlp"}
+    assert set(builtin_models()) == {"farm:digits-cnn", "farm:digits-mlp", "farm:tiny-encoder"}
 
 
 @pytest.mark.slow  # the first use of farm:digits-cnn in a session trains it (about 5 s)

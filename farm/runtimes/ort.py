@@ -1,0 +1,191 @@
+"""An ONNX Runtime session that the engine's measuring harness drives exactly like a ``QuantOutcome``.
+
+:func:`farm.quant.measure.evaluate` and :mod:`farm.quant.latency` call ``prepare_input`` once per batch (outside
+timing), then ``forward`` on what it returned, inside ``active()``. Here ``prepare_input`` builds the feed dict
+of numpy arrays (each cast to the dtype the graph declares, so token ids stay integer) and ``forward`` runs the
+session and returns torch tensors in the structure the torch model returned (one tensor, a tuple or a dict).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from farm.errors import QuantizationError
+from farm.quant.inputs import Batch
+from farm.runtimes.onnx_export import OUTPUTS_KEY, batch_inputs
+
+#: graph_optimization_level names -> onnxruntime.GraphOptimizationLevel member names.
+OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+DEFAULT_PROVIDER = "CPUExecutionProvider"
+
+# ONNX tensor type strings (as InferenceSession.get_inputs() reports them) -> numpy dtypes.
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def require_ort() -> Any:
+    """The onnxruntime module, or a one-line QuantizationError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise QuantizationError(f"onnxruntime is not installed ({e}); pip install 'quantfarm[onnx]'") from e
+    return onnxruntime
+
+
+def open_session(
+    path: str | Path,
+    *,
+    threads: int | None = None,
+    optimization: str = "all",
+    provider: str = DEFAULT_PROVIDER,
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` on ``path``.
+
+    Args:
+        threads: intra-op threads; None: onnxruntime's default (one per physical core).
+        optimization: graph optimization level: disable, basic, extended or all.
+        provider: the execution provider.
+
+    Raises:
+        QuantizationError: an unknown optimization level, a provider this onnxruntime build lacks (the message
+            lists those it has), or a file onnxruntime cannot load.
+    """
+    ort = require_ort()
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise QuantizationError(
+            f"unknown graph optimization level {optimization!r} (choose from {', '.join(OPTIMIZATION_LEVELS)})"
+        )
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise QuantizationError(
+            f"execution provider {provider!r} is not available in onnxruntime {ort.__version__} "
+            f"(has: {', '.join(available)})"
+        )
+    if threads is not None and threads < 1:
+        raise QuantizationError(f"threads must be at least 1, not {threads}")
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=[provider])
+    except Exception as e:
+        text = " ".join(str(e).split())[:300]
+        raise QuantizationError(f"onnxruntime cannot load {path}: {type(e).__name__}: {text}") from e
+
+
+def graph_inputs(session: Any) -> list[tuple[str, Any]]:
+    """(name, numpy dtype) of each of the session's inputs, in order."""
+    out = []
+    for arg in session.get_inputs():
+        if arg.type not in _NUMPY_TYPES:
+            raise QuantizationError(f"input {arg.name!r} has type {arg.type}, which farm cannot feed")
+        out.append((arg.name, _NUMPY_TYPES[arg.type]))
+    return out
+
+
+def make_feeds(batch: Batch, inputs: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
+    """The feed dict for a batch: a tensor or tuple fills the inputs in order, a dict by name; each array is
+    contiguous, on the CPU and of the dtype the graph declares (integer inputs stay integer).
+
+    Raises:
+        QuantizationError: the batch does not match the graph's inputs (count or names).
+    """
+    names, tensors, by_key = batch_inputs(batch)
+    wanted = [name for name, _ in inputs]
+    if by_key:
+        if sorted(names) != sorted(wanted):
+            raise QuantizationError(f"batch has inputs {', '.join(names)}; the graph takes {', '.join(wanted)}")
+        tensors = [tensors[names.index(name)] for name in wanted]
+    elif len(tensors) != len(wanted):
+        have = f"batch has {len(tensors)} input(s)"
+        raise QuantizationError(f"{have}; the graph takes {len(wanted)}: {', '.join(wanted)}")
+    return {
+        name: np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype, copy=False))
+        for (name, dtype), t in zip(inputs, tensors, strict=True)
+    }
+
+
+@dataclass
+class OrtModel:
+    """An onnxruntime session that looks like a ``farm.quant.context.QuantOutcome`` to the measuring code.
+
+    Attributes:
+        model: the ``onnxruntime.InferenceSession``.
+        inputs: (name, numpy dtype) of each graph input.
+        output_names: the graph's outputs, in order.
+        outputs: "tensor", "tuple" or "dict": the structure ``forward`` returns (from the file's metadata).
+        device, input_dtype, autocast_dtype, engine, simulated: fixed, as the harness reads them.
+        coverage, packed_size_bytes, timings_s, warnings: as on a QuantOutcome.
+    """
+
+    model: Any
+    inputs: list[tuple[str, Any]]
+    output_names: list[str]
+    outputs: str = "tensor"
+    device: str = "cpu"
+    input_dtype: torch.dtype = torch.float32
+    autocast_dtype: torch.dtype | None = None
+    engine: str | None = None
+    simulated: bool = False
+    coverage: Any = None
+    packed_size_bytes: int | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        optimization: str = "all",
+        provider: str = DEFAULT_PROVIDER,
+    ) -> OrtModel:
+        """Open ``path`` (see :func:`open_session` for the arguments and errors)."""
+        session = open_session(path, threads=threads, optimization=optimization, provider=provider)
+        names = [o.name for o in session.get_outputs()]
+        kind = session.get_modelmeta().custom_metadata_map.get(OUTPUTS_KEY)
+        if kind not in ("tensor", "tuple", "dict"):  # a file farm did not export: one output or a tuple
+            kind = "tensor" if len(names) == 1 else "tuple"
+        return cls(model=session, inputs=graph_inputs(session), output_names=names, outputs=kind)
+
+    def prepare_input(self, batch: Batch) -> dict[str, np.ndarray]:
+        """The feed dict of numpy arrays for ``batch`` (done once, outside timing)."""
+        return make_feeds(batch, self.inputs)
+
+    def forward(self, feeds: dict[str, np.ndarray]) -> Any:
+        """Run the session; the outputs as torch tensors, structured as the torch model returned them."""
+        arrays = self.model.run(self.output_names, feeds)
+        tensors = [torch.from_numpy(np.asarray(a)) for a in arrays]
+        if self.outputs == "dict":
+            return dict(zip(self.output_names, tensors, strict=True))
+        if self.outputs == "tuple":
+            return tuple(tensors)
+        return tensors[0]
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Nothing to set: the session carries its own settings."""
+        yield
