@@ -10,14 +10,37 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from farm.errors import ConfigError
+
 #: Figures that differ by batch size: a front or a choice over them is made per batch size.
-PER_BATCH = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "speedup"}
+PER_BATCH = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "speedup", "speedup_vs_best_fp32"}
 #: Figures for which bigger is better (the default direction for pareto's y and for best's --by).
-MAXIMISE = {"accuracy", "accuracy_fp32", "agreement", "sqnr_db", "throughput", "speedup", "coverage"}
+MAXIMISE = {
+    "accuracy",
+    "accuracy_fp32",
+    "agreement",
+    "sqnr_db",
+    "throughput",
+    "speedup",
+    "speedup_vs_best_fp32",
+    "coverage",
+}
 #: Slack on the accuracy budget for floating-point rounding (far below one sample of any test set).
 DROP_TOLERANCE = 1e-9
-#: What identifies a recipe across sweeps (the same grid on two pools or two releases).
-RECIPE_COLUMNS = ("model", "dataset", "method", "bits", "calibration_size", "backend", "observer", "granularity")
+#: What identifies a recipe across sweeps (the same grid on two pools or two releases); the runtime is part of it.
+RECIPE_COLUMNS = (
+    "model",
+    "dataset",
+    "method",
+    "runtime",
+    "bits",
+    "calibration_size",
+    "backend",
+    "observer",
+    "granularity",
+)
+#: Ratios whose baseline is each job's own runtime's fp32: they rank the jobs of one runtime only.
+OWN_RUNTIME_RATIOS = ("speedup", "speedup_ci_low", "speedup_ci_high")
 
 
 #: The interval columns of the figures that carry one: overlapping intervals are a tie, not a ranking.
@@ -59,6 +82,25 @@ def excluded_note(rows: Iterable[dict[str, Any]]) -> str | None:
         counts[health] += 1
     kinds = ", ".join(f"{n} {h}" for h, n in sorted(counts.items()))
     return f"{len(bad)} job(s) left out: their figures mean nothing ({kinds}; see the health column)"
+
+
+def check_comparable(rows: Iterable[dict[str, Any]], *figures: str) -> None:
+    """Refuse to rank rows of several runtimes by a ratio whose baseline differs between them.
+
+    ``speedup`` divides each job's fp32 baseline on its own runtime by the job: an onnxruntime job at 2x and a
+    torch job at 1.5x say nothing about which is faster. Latency, or ``speedup_vs_best_fp32`` (one baseline for
+    every runtime), ranks them.
+
+    Raises:
+        ConfigError: a figure of :data:`OWN_RUNTIME_RATIOS` over rows of more than one runtime.
+    """
+    ratios = [f for f in figures if f in OWN_RUNTIME_RATIOS]
+    runtimes = sorted({str(r.get("runtime") or "torch") for r in succeeded(rows)})
+    if ratios and len(runtimes) > 1:
+        raise ConfigError(
+            f"{ratios[0]} compares each job with its own runtime's fp32, so it can't rank jobs of different runtimes "
+            f"({', '.join(runtimes)}): rank by latency_p50_ms or speedup_vs_best_fp32, or filter on one runtime"
+        )
 
 
 def simplicity(row: dict[str, Any]) -> tuple[int, int, int]:
@@ -120,6 +162,7 @@ def pareto_front(
     Returns:
         {(model,) or (model, batch_size): front sorted by x, best first}; each row a copy with ``ties``.
     """
+    check_comparable(rows, x, y)
     per_batch = x in PER_BATCH or y in PER_BATCH
     candidates = [
         r
@@ -185,6 +228,7 @@ def best_configs(
     Rows whose 95 % interval of ``by`` (:data:`INTERVALS`) overlaps the best one's are a tie: the measurement
     cannot rank them, so the simplest recipe (:func:`simplicity`) wins, and :attr:`Choice.tied` and a note say so.
     """
+    check_comparable(rows, by)
     per_batch = by in PER_BATCH
     sign = -1 if by in MAXIMISE else 1
     choices = []
@@ -243,8 +287,8 @@ class Pair:
 
 
 def recipe_key(row: dict[str, Any], configs: dict[int, str] | None = None) -> tuple[Any, ...]:
-    """What makes two rows of different sweeps the same experiment: the parameters, the full method config
-    (when known: qat epochs, percentile, ...), and the batch size."""
+    """What makes two rows of different sweeps the same experiment: the parameters and the runtime, the full method
+    config (when known: qat epochs, percentile, ...), and the batch size."""
     config = (configs or {}).get(row["job_id"])
     return (*(row.get(c) for c in RECIPE_COLUMNS), config, row.get("batch_size"))
 

@@ -3,6 +3,7 @@
 - a job evaluated on CUDA (fp16, or fp methods with benchmark device cuda) goes to the GPU pool;
 - a qat job asked to fine-tune on CUDA is a chain: "train" on the GPU pool, then "finish" (convert,
   evaluate, benchmark on int8 CPU kernels) on the CPU pool, the checkpoint passing through the artifact store;
+- a job on a runtime that runs on CUDA only (tensorrt) goes to the GPU pool;
 - everything else (int8 CPU kernels) goes to the CPU pool.
 Pools default to the queues "cpu" and "gpu"; a team names its own (e.g. "cpu-avx512") at submit.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from farm.errors import ConfigError
 from farm.quant.config import MethodConfig
+from farm.runtimes.registry import RUNTIMES
 
 #: A queue (pool) name: what the producer sends to and a worker serves. Letters, digits, ".", "_" and "-",
 #: starting with a letter or digit, at most 63 characters (the jobs table's queue column holds 64).
@@ -59,10 +61,12 @@ class Route:
 
 
 def route(config: MethodConfig, device: str, pools: Pools = Pools()) -> Route:  # noqa: B008 - frozen default
-    """The queue (and stage) for a job with ``config`` evaluated on ``device``."""
-    if config.method == "qat" and getattr(config, "device", "auto") == "cuda":
+    """The queue (and stage) for a job with ``config`` evaluated on ``device``: a runtime that runs on CUDA only
+    (tensorrt) goes to the GPU pool whatever the device says."""
+    on_gpu = device.startswith("cuda") or _cuda_only(getattr(config, "runtime", "torch"))
+    if config.method == "qat" and getattr(config, "device", "auto") == "cuda" and not on_gpu:
         return Route(pools.gpu, "train", pools.cpu)
-    if device.startswith("cuda"):
+    if on_gpu:
         return Route(pools.gpu)
     return Route(pools.cpu)
 
@@ -78,3 +82,8 @@ def required_isa(queue: str) -> str | None:
         return None
     feature = queue[len("cpu-") :]
     return feature if feature in ("avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx", "vnni") else None
+
+
+def _cuda_only(runtime: str) -> bool:
+    spec = RUNTIMES.get(runtime)
+    return spec is not None and "cpu" not in spec.devices

@@ -1,4 +1,4 @@
-"""What this machine can serve: CUDA devices, quantized engines, ISA flags. Never initialises CUDA.
+"""What this machine can serve: CUDA devices, quantized engines, ISA flags, deploy runtimes. Never initialises CUDA.
 
 ``farm worker`` forks Celery pool processes; a parent that had initialised CUDA would hand them a broken
 context. GPUs are therefore listed with nvidia-smi, or through NVML (PYTORCH_NVML_BASED_CUDA_CHECK), never
@@ -56,7 +56,15 @@ def detect() -> dict[str, Any]:
     except ImportError:
         caps["torch"] = None
         caps["quantized_engines"] = []
+    caps["runtimes"] = runtimes()
     return caps
+
+
+def runtimes() -> list[str]:
+    """The deploy runtimes this machine can serve: those whose packages are installed (found, not imported)."""
+    from farm.runtimes.registry import RUNTIMES, unavailable
+
+    return [name for name in RUNTIMES if unavailable(name) is None]
 
 
 def has_isa(caps: dict[str, Any], feature: str) -> bool:

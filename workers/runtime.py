@@ -34,6 +34,8 @@ class Child:
     queues: list[str]
     concurrency: int
     env: dict[str, str]
+    #: The deploy runtimes it can serve: installed here, and running on its device (farm.runtimes.registry).
+    runtimes: list[str] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
@@ -124,10 +126,10 @@ def plan(
         cores = int(caps.get("cpus") or os.cpu_count() or 1)
         n = concurrency or max(1, cores // max(1, threads))
         env = {**base, "FARM_WORKER_QUEUES": ",".join(cpu_queues), "CUDA_VISIBLE_DEVICES": ""}
-        children.append(Child(f"cpu@{host}", cpu_queues, n, env))
+        children.append(Child(f"cpu@{host}", cpu_queues, n, env, runtimes=_served(caps, "cpu")))
     for g in chosen if gpu_queues else []:
         env = {**base, "FARM_WORKER_QUEUES": ",".join(gpu_queues), "CUDA_VISIBLE_DEVICES": str(g)}
-        children.append(Child(f"gpu{g}@{host}", gpu_queues, 1, env))
+        children.append(Child(f"gpu{g}@{host}", gpu_queues, 1, env, runtimes=_served(caps, "cuda")))
     for child in children:
         child.args = _celery_args(child, loglevel)
     return children
@@ -258,3 +260,10 @@ def _reap_round(db: Any, app: Any, farm: Any, store: Any = None, hold: _ReapHold
 def _start(child: Child) -> None:
     child.proc = subprocess.Popen(child.args, env={**os.environ, **child.env})
     child.started = time.monotonic()
+
+
+def _served(caps: dict[str, Any], device: str) -> list[str]:
+    """The runtimes installed here (``caps["runtimes"]``) that run on ``device``."""
+    from farm.runtimes.registry import RUNTIMES
+
+    return [r for r in caps.get("runtimes", []) if r in RUNTIMES and device in RUNTIMES[r].devices]

@@ -8,6 +8,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from farm.cli.compact import varying
 from farm.cli.output import TEXT_FORMATS, write_rows
 from farm.cli.params import ID
 from farm.cli.render import cell, out
@@ -65,7 +66,8 @@ def pareto(
     fronts = pareto_front(rows, x, y, maximize_x=x_direction == "max", maximize_y=y_direction == "max")
     flat = [{"group": " ".join(map(str, k)), **r, "config": _label(r)} for k, front in fronts.items() for r in front]
     if fmt != "table":
-        write_rows(flat, ["model", "batch_size", "job_id", "config", x, y, "ties", "artifact_uri"], fmt)
+        runtime = ["runtime"] if "runtime" in varying(flat) else []  # a column only where the rows span runtimes
+        write_rows(flat, ["model", "batch_size", "job_id", "config", *runtime, x, y, "ties", "artifact_uri"], fmt)
         return
     _note(excluded_note(rows))
     if any(r["ties"] for r in flat):
@@ -139,6 +141,7 @@ def best(
     choices = best_configs(rows, max_accuracy_drop=max_accuracy_drop, by=by, include_simulated=include_simulated)
     direction = "highest" if by in MAXIMISE else "lowest"
     records = []
+    spans = "runtime" in varying(rows)
     for c in choices:
         r = c.best or c.closest_miss or {}
         records.append(
@@ -147,6 +150,7 @@ def best(
                 "batch_size": c.group[1] if len(c.group) > 1 else None,
                 "found": c.best is not None,
                 "config": _label(r) if r else None,
+                **({"runtime": r.get("runtime")} if spans else {}),
                 "job_id": r.get("job_id"),
                 "accuracy": r.get("accuracy"),
                 "accuracy_drop": r.get("accuracy_drop"),

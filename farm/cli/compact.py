@@ -1,6 +1,6 @@
 """Result tables that fit 100 terminal columns: a recipe label instead of five parameter columns, model names
-shortened through a legend (never ambiguous), and a column only where it says something (the backend where it
-varies, health where a result is not ok, state where a job did not succeed). ``--wide`` shows every column."""
+shortened through a legend (never ambiguous), and a column only where it says something (the backend and the runtime
+where they vary, health where a result is not ok, state where a job did not succeed). ``--wide`` shows every column."""
 
 from __future__ import annotations
 
@@ -78,8 +78,10 @@ def compact_table(rows: list[dict[str, Any]], *, title: str | None = None) -> tu
         ("model", lambda r: legend[str(r.get("model"))]),
         ("recipe", recipe_of),
     ]
-    if "backend" in varying(rows):
-        columns.append(("backend", lambda r: cell(r.get("backend"))))
+    shown = varying(rows)
+    for name in ("backend", "runtime"):
+        if name in shown:
+            columns.append((name, lambda r, name=name: cell(r.get(name))))
     columns += [
         ("bs", lambda r: cell(r.get("batch_size"))),
         ("acc", lambda r: fmt(r.get("accuracy"), ".4f")),
@@ -118,12 +120,12 @@ def add_column(table: Table, name: str) -> None:
         table.add_column(name, justify="left" if name in _TEXT else "right", no_wrap=True)
 
 
-_TEXT = ("model", "recipe", "backend", "status", "observer", "gran", "state", "health")
+_TEXT = ("model", "recipe", "backend", "runtime", "status", "observer", "gran", "state", "health")
 
 
 def varying(rows: list[dict[str, Any]]) -> set[str]:
-    """The columns (backend, device) that hold more than one value among ``rows``: those a table must show."""
-    return {c for c in ("backend", "device") if len({r.get(c) for r in rows if r.get(c) is not None}) > 1}
+    """The columns (backend, device, runtime) holding more than one value among ``rows``: those a table must show."""
+    return {c for c in ("backend", "device", "runtime") if len({r.get(c) for r in rows if r.get(c) is not None}) > 1}
 
 
 def fmt(value: Any, spec: str, suffix: str = "") -> str:

@@ -25,10 +25,12 @@ from farm.quant.config import (
     METHODS,
     OBSERVERS,
     OPTIMIZERS,
+    RUNTIME_NAMES,
     STATIC_MODES,
     MethodConfig,
     parse_method,
     public_methods,
+    resolve_device,
 )
 
 # CLI option name -> method parameter name
@@ -45,6 +47,8 @@ _PARAM_OPTIONS = {
     "steps": "steps",
     "lr": "lr",
     "optimizer": "optimizer",
+    "runtime": "runtime",
+    "provider": "provider",
 }
 
 
@@ -86,6 +90,12 @@ class BatchSizes(click.ParamType):
 @click.option("--steps", type=int, help="qat: optimizer steps (overrides --epochs).")
 @click.option("--lr", type=float, help="qat: learning rate.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="qat: optimizer.")
+@click.option(
+    "--runtime",
+    metavar="|".join(RUNTIME_NAMES),
+    help="Deploy and time the model on this runtime (exported for all but torch; see `farm methods`). [torch]",
+)
+@click.option("--provider", help="onnxruntime execution provider, e.g. CUDAExecutionProvider. [the device's default]")
 @click.option("--param", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method parameter.")
 @click.option(
     "--batch-size",
@@ -158,6 +168,7 @@ def quantize(
     problems = bench.problems()
     if problems:
         raise ConfigError([Problem(_option(p.path), p.message) for p in problems])
+    _check_runtime(config, bench_device)
     if weights is not None and not Path(weights).is_file():
         raise ConfigError(f"--weights: {weights} does not exist")
 
@@ -245,12 +256,15 @@ def _parse_value(text: str) -> Any:
 
 
 def _default_output(model_ref: str, config: MethodConfig) -> Path:
+    from farm.runtimes.registry import short_name
     from farm.settings import farm_home
 
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{model_ref}-{config.method}")
     bits = getattr(config, "bits", None)
     if bits is not None:
         slug += f"-int{bits}"
+    if config.runtime != "torch":
+        slug += f"-{short_name(config.runtime)}"
     return farm_home() / "trials" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -298,3 +312,21 @@ def _install(scratch: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(scratch, target)
+
+
+def _check_runtime(config: MethodConfig, bench_device: str) -> None:
+    """Refuse, before anything is written, a runtime that can't run on the device or isn't installed here.
+
+    Raises:
+        ConfigError: the device problem (named by its option), or the extra that installs the runtime.
+    """
+    from farm.runtimes.registry import unavailable
+
+    if config.runtime != "torch":  # torch's own device rules are checked where the job runs, as before
+        try:
+            resolve_device(config, bench_device)
+        except ConfigError as e:
+            raise ConfigError([Problem(_option(p.path), p.message) for p in e.problems]) from None
+    why = unavailable(config.runtime)
+    if why is not None:
+        raise ConfigError(Problem("--runtime", why))

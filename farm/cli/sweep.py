@@ -53,6 +53,7 @@ def plan(spec_path: str, force: bool, show_all: bool, as_json: bool) -> None:
     for note in p.notes:
         out.print(f"  note: {escape(note)}")
     shown = p.jobs if show_all else p.jobs[:50]
+    runtimes = len({j.columns()["runtime"] for j in p.jobs}) > 1  # a column only where it varies
     table = Table(show_edge=False, header_style="bold")
     for col in (
         "key",
@@ -66,6 +67,7 @@ def plan(spec_path: str, force: bool, show_all: bool, as_json: bool) -> None:
         "granularity",
         "backend",
         "device",
+        *(("runtime",) if runtimes else ()),
     ):
         table.add_column(col)
     for j in shown:
@@ -82,6 +84,7 @@ def plan(spec_path: str, force: bool, show_all: bool, as_json: bool) -> None:
             cell(c["granularity"]),
             cell(c["backend"]),
             c["device"],
+            *((c["runtime"],) if runtimes else ()),
         )
     out.print(table)
     if len(shown) < len(p.jobs):
@@ -101,8 +104,10 @@ def run(spec_path: str, jobs: int | None, force: bool, wide: bool) -> None:
     """
     from farm.cli.local_run import run_plan
     from farm.jobs.sweeps import load_plan
+    from farm.spec.load import check_runtimes_available
 
     p = load_plan(spec_path, force)
+    check_runtimes_available(p, source=spec_path)
     db, sweep_id, stats = run_plan(p, jobs, wide=wide)
     from farm.settings import Settings
 

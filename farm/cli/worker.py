@@ -30,8 +30,11 @@ def worker(queues: str, concurrency: int | None, gpus: str | None, threads: int,
     children = prepare(queues, concurrency=concurrency, gpus=gpus, threads=threads, loglevel=loglevel)
     for child in children:
         gpu = child.env.get("CUDA_VISIBLE_DEVICES") or "none"
+        served = ",".join(child.runtimes) or "none"
         click.echo(
-            f"{child.name}: queues {','.join(child.queues)}, {child.concurrency} process(es), GPU {gpu}", err=True
+            f"{child.name}: queues {','.join(child.queues)}, {child.concurrency} process(es), GPU {gpu}, "
+            f"runtimes {served}",
+            err=True,
         )
     if dry_run:
         return

@@ -20,6 +20,7 @@ log = logging.getLogger("farm.jobs.attempt")
 
 #: The artifact kind of each file a job writes (a manifest, a model, an fp32 reference); others are "other".
 _KINDS = {"model.pt": "model", "model_state.pt": "model", "manifest.json": "manifest", "reference.pt": "reference"}
+_KINDS.update({"model.onnx": "model", "model.xml": "model", "model.plan": "model"})  # runtime jobs' model files
 
 #: A stored object with the artifact kind it is recorded as.
 Stored = tuple[str, Any]

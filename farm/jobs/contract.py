@@ -31,7 +31,7 @@ class JobSpec:
             local runs. Timings belong to the hardware, so the same recipe on two pools is two jobs.
         output: which of the model's outputs every metric is computed on: a dict key or attribute name, or a tuple
             index (:func:`farm.quant.inputs.select_output`); None picks the logits as before. Part of the key only
-            when set, so existing keys are unchanged.
+            when set, so a job that picks none keys as before.
     """
 
     model: str
@@ -132,10 +132,25 @@ class JobResult:
     artifact: dict[str, Any] | None = None
     artifact_uri: str | None = None
     engine_version: str = ENGINE_VERSION
+    #: The deploy runtime of a job that did not run in torch (``onnxruntime``, ``openvino``, ``tensorrt``), the
+    #: runtime's package version, the ONNX Runtime execution provider and the ONNX opset of the exported graph.
+    #: None for torch jobs: then left out of :meth:`to_dict`, so a torch job's result reads as it always did.
+    runtime: str | None = None
+    runtime_version: str | None = None
+    execution_provider: str | None = None
+    opset: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: infinities and NaNs become null."""
-        return jsonable(asdict(self))
+        """JSON-ready: infinities and NaNs become null; the runtime fields are left out while None."""
+        data: dict[str, Any] = jsonable(asdict(self))
+        for name in RUNTIME_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+#: JobResult fields that only a job on a runtime other than torch fills.
+RUNTIME_FIELDS = ("runtime", "runtime_version", "execution_provider", "opset")
 
 
 def jsonable(obj: Any) -> Any:

@@ -9,18 +9,22 @@ local runner, a Celery task) decides where that directory's files go and records
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError
-from farm.jobs.contract import ENGINE_VERSION, JobResult, JobSpec
+from farm.jobs.contract import JobResult, JobSpec
+from farm.jobs.manifest import write_job_manifest
+from farm.jobs.timing import seeded, timed_step
 from farm.quant.config import MethodConfig, resolve_device
 from farm.quant.measure import ProgressFn, benchmark, evaluate
 from farm.quant.reference import REFERENCE_FILE, Reference
+from farm.runtimes.engine import runtime_of
+
+__all__ = ["compute_reference", "preflight", "run_job", "seeded", "timed_step"]
 
 
 @dataclass
@@ -35,11 +39,13 @@ class _Inputs:
 
 @dataclass
 class _Measured:
-    """The model a job deploys (a ``QuantOutcome``), its outputs on the test split and its latency figures."""
+    """The model a job deploys (a ``QuantOutcome``), its outputs on the test split and its latency figures; a job
+    on another runtime than torch also has what it built (a :class:`farm.jobs.runtime_job.RuntimeMeasured`)."""
 
     outcome: Any
     outputs: Any
     latency: list[dict[str, Any]]
+    runtime: Any = None
 
 
 def run_job(
@@ -51,7 +57,7 @@ def run_job(
     should_stop: Callable[[], bool] | None = None,
     checkpoint: Path | None = None,
 ) -> JobResult:
-    """Run one trial and write its artifact (``model.pt`` + ``manifest.json``) into ``out_dir``.
+    """Run one trial and write its artifact (``model.pt``, or the runtime's file, + ``manifest.json``) into ``out_dir``.
 
     Args:
         spec: what to run.
@@ -107,20 +113,20 @@ def run_job(
                     inputs.loaded.module, splits.test, splits.labelled, spec, device, report, stop
                 )
         _record_hardware(result, device)
-        fp32 = cfg.method == "fp32"
+        fp32 = cfg.method == "fp32" and runtime_of(cfg) == "torch"  # fp32 on another runtime is a trial
         if fp32:
             measured = _as_reference(reference, inputs, device, result)
         else:
-            measured = _quantize_and_measure(spec, inputs, device, result, timings, report, stop, checkpoint)
+            measured = _trial(spec, inputs, device, result, out_dir, timings, report, stop, checkpoint)
         fill_figures(result, measured.outcome, measured.outputs, measured.latency, reference)
         with compute_step(stop):
-            _save(result, measured.outcome, inputs.example, reference, out_dir, timings, report, fp32=fp32)
+            _save(result, measured, inputs.example, reference, out_dir, timings, report, fp32=fp32)
         result.peak_memory_bytes = peak_rss_bytes()
         if device.startswith("cuda"):
             result.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated())
     result.timings_s = {k: round(v, 6) for k, v in timings.items()}
     result.duration_s = time.perf_counter() - started
-    _write_manifest(out_dir, spec, result, measured.outcome, inputs.example, device)
+    write_job_manifest(out_dir, spec, result, measured.outcome, inputs.example, device, runtime=measured.runtime)
     return result
 
 
@@ -159,6 +165,29 @@ def _as_reference(reference: Reference, inputs: _Inputs, device: str, result: Jo
     return _Measured(outcome, reference.outputs, list(reference.latency.values()))
 
 
+def _trial(
+    spec: JobSpec,
+    inputs: _Inputs,
+    device: str,
+    result: JobResult,
+    out_dir: Path,
+    timings: dict[str, float],
+    report: ProgressFn,
+    stop: Callable[[], bool],
+    checkpoint: Path | None,
+) -> _Measured:
+    """A trial's model, built and measured in torch, or on the job's runtime
+    (:func:`farm.jobs.runtime_job.measure_on_runtime`: its files land in ``out_dir``)."""
+    if runtime_of(spec.method) == "torch":
+        return _quantize_and_measure(spec, inputs, device, result, timings, report, stop, checkpoint)
+    from farm.jobs.runtime_job import measure_on_runtime
+
+    ctx = _context(spec, inputs, device, report, stop, checkpoint)
+    test = inputs.splits.test
+    done = measure_on_runtime(spec, inputs.loaded.module, ctx, test, result, out_dir, timings, report, stop)
+    return _Measured(done.outcome, done.outputs, done.latency, runtime=done)
+
+
 def _quantize_and_measure(
     spec: JobSpec,
     inputs: _Inputs,
@@ -178,24 +207,10 @@ def _quantize_and_measure(
     from farm.quant.isolation import compute_step
     from farm.quant.measure import fill_coverage
     from farm.quant.reference import fp32_baseline
-    from farm.quant.registry import QuantContext, apply_method
+    from farm.quant.registry import apply_method
 
     cfg = spec.method
-    ctx = QuantContext(
-        model_ref=spec.model,
-        example_input=inputs.example,
-        device=device,
-        calibration=inputs.calibration,
-        train=inputs.splits.train,
-        labelled=inputs.splits.labelled,
-        teacher=inputs.loaded.module,
-        seed=spec.seed,
-        graph=inputs.loaded.graph,
-        output=spec.output,
-        progress=report,
-        should_stop=stop,
-        checkpoint=_checkpoint(checkpoint) if checkpoint is not None else None,
-    )
+    ctx = _context(spec, inputs, device, report, stop, checkpoint)
     untouched = copy.deepcopy(inputs.loaded.module)  # before the method: some rewrite the module in place
     method_started = time.perf_counter()
     outcome = apply_method(inputs.loaded.module, cfg, ctx)
@@ -217,9 +232,37 @@ def _quantize_and_measure(
     return _Measured(outcome, outputs, latency)
 
 
+def _context(
+    spec: JobSpec,
+    inputs: _Inputs,
+    device: str,
+    report: ProgressFn,
+    stop: Callable[[], bool],
+    checkpoint: Path | None,
+) -> Any:
+    """What a method handler (or a runtime's build) is given besides the model and its config."""
+    from farm.quant.context import QuantContext
+
+    return QuantContext(
+        model_ref=spec.model,
+        example_input=inputs.example,
+        device=device,
+        calibration=inputs.calibration,
+        train=inputs.splits.train,
+        labelled=inputs.splits.labelled,
+        teacher=inputs.loaded.module,
+        seed=spec.seed,
+        graph=inputs.loaded.graph,
+        output=spec.output,
+        progress=report,
+        should_stop=stop,
+        checkpoint=_checkpoint(checkpoint) if checkpoint is not None else None,
+    )
+
+
 def _save(
     result: JobResult,
-    outcome: Any,
+    measured: _Measured,
     example: Any,
     reference: Reference,
     out_dir: Path,
@@ -228,10 +271,17 @@ def _save(
     *,
     fp32: bool,
 ) -> None:
-    """Write the model file (an fp32 job also writes ``reference.pt``) and record its size."""
+    """Write the model file (an fp32 job also writes ``reference.pt``) and record its size; a runtime job's files
+    are in ``out_dir`` already."""
     from farm.quant.artifact import save_model
     from farm.quant.measure import fill_size
 
+    outcome = measured.outcome
+    if measured.runtime is not None:
+        from farm.jobs.runtime_job import record_artifact
+
+        record_artifact(result, measured.runtime, reference)
+        return
     with timed_step("save", timings, report):
         saved = save_model(outcome.model, outcome.prepare_input(example), out_dir, autocast=outcome.autocast_dtype)
         if fp32:
@@ -244,42 +294,6 @@ def _save(
         "size_bytes": saved.size_bytes,
     }
     fill_size(result, saved.size_bytes, outcome, reference)
-
-
-def _write_manifest(out_dir: Path, spec: JobSpec, result: JobResult, outcome: Any, example: Any, device: str) -> None:
-    from farm.quant.artifact import write_manifest
-
-    write_manifest(
-        out_dir,
-        {
-            "model": spec.model,
-            "dataset": spec.dataset,
-            "weights": spec.weights,
-            "method": spec.method.to_dict(),
-            "label": spec.method.label(),
-            "artifact": result.artifact,
-            "quantized_engine": outcome.engine,
-            "simulated": outcome.simulated,
-            **_input_entries(example, outcome.input_dtype),
-            "device": device,
-            "metrics": result.to_dict(),
-            "fingerprint": result.fingerprint,
-            "engine_version": ENGINE_VERSION,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    )
-
-
-def _input_entries(example: Any, input_dtype: Any) -> dict[str, Any]:
-    """The manifest's ``inputs`` (each input's name, shape and dtype as the model receives it) and, for a model of
-    one tensor input, ``input`` as before."""
-    from farm.quant.inputs import describe, place
-
-    described = describe(place(example, "cpu", input_dtype))
-    entries: dict[str, Any] = {"inputs": described}
-    if len(described) == 1 and not isinstance(example, (tuple, dict)):
-        entries["input"] = {"shape": described[0]["shape"], "dtype": described[0]["dtype"]}
-    return entries
 
 
 def _checkpoint(path: Path) -> dict[str, Any]:
@@ -336,11 +350,18 @@ def preflight(cfg: MethodConfig, device: str, *, training: bool = True) -> None:
             GPU worker, and needs no training device).
 
     Raises:
-        ConfigError: fp16 without CUDA, or a CUDA device asked for on a machine without one.
+        ConfigError: fp16 without CUDA, a CUDA device asked for on a machine without one, or a runtime that cannot
+            serve the job here (:func:`farm.runtimes.engine.check`).
     """
     from farm.quant.fp import check_half_device
 
-    if cfg.method in ("fp16", "bf16"):
+    if runtime_of(cfg) != "torch":
+        from farm.runtimes.engine import check
+
+        check(cfg, device)  # the runtime's own refusals (fp16 on a CPU provider, a missing package)
+        if device.startswith("cuda"):
+            check_half_device("fp32", device)  # CUDA asked for on a machine without it
+    elif cfg.method in ("fp16", "bf16"):
         check_half_device(cfg.method, device)
     elif device.startswith("cuda"):
         import torch
@@ -372,25 +393,3 @@ def _blank_result(spec: JobSpec, device: str) -> JobResult:
         threads=spec.benchmark.threads,
         recipe=recipe_label(spec.method),
     )
-
-
-@contextlib.contextmanager
-def timed_step(name: str, timings: dict[str, float], report: ProgressFn) -> Iterator[None]:
-    """Time a step into ``timings[name]`` and report its start and end (the progress display, the job's timings)."""
-    report(name, 0.0)
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
-    report(name, 1.0)
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch for the steps inside, leaving the caller's random state as it was."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

@@ -6,7 +6,8 @@ what round-trips every method here. If a model can't be traced or scripted, its 
 the manifest says the original class is needed to load it.
 
 An artifact is a directory: ``model.pt`` and ``manifest.json`` (method config, metrics, fingerprint,
-sha256 of the model file, the quantized engine to load it with).
+sha256 of the model file, the quantized engine to load it with). A job on ONNX Runtime ships ``model.onnx``
+instead; :func:`load_artifact` opens it as an onnxruntime session called like the torch module.
 """
 
 from __future__ import annotations
@@ -228,7 +229,10 @@ def load_artifact(
     """Load an artifact written by a trial: ``(module, manifest)``.
 
     Sets ``torch.backends.quantized.engine`` to the engine the model was converted for, so its int8
-    kernels run as they did when it was measured.
+    kernels run as they did when it was measured. An ONNX artifact (``model.onnx``, a job on onnxruntime) comes
+    back as a :class:`farm.runtimes.ort.OrtCallable`: called like the torch module (``m(x)``, ``m(a, b)``,
+    ``m(input_ids=..., attention_mask=...)``), it returns torch tensors; ``map_location`` cuda picks the CUDA
+    execution provider.
 
     Raises:
         ArtifactError: missing files, sha256 mismatch, or a state-dict artifact (needs the original class).
@@ -246,9 +250,17 @@ def load_artifact(
         raise ArtifactError(f"could not read artifact {path}: {e.strerror or e}") from None
     if verify and model_info.get("sha256") and hashlib.sha256(data).hexdigest() != model_info["sha256"]:
         raise ArtifactError(f"artifact {path} does not match the sha256 in its manifest: corrupted or altered")
-    if model_info.get("format", "torchscript") != "torchscript":
+    fmt = model_info.get("format", "torchscript")
+    if fmt == "onnx":
+        return _onnx_callable(data, path, map_location), manifest
+    if fmt == "state_dict":
         raise ArtifactError(
             f"artifact {directory} holds a state dict: load it into the original model class ({manifest.get('model')})"
+        )
+    if fmt != "torchscript":
+        raise ArtifactError(
+            f"artifact {directory} holds a {fmt} model ({path.name}) for runtime {manifest.get('runtime')}: "
+            "load it with that runtime"
         )
     engine = manifest.get("quantized_engine")
     if engine and engine in torch.backends.quantized.supported_engines:
@@ -264,6 +276,23 @@ def load_artifact(
     with quiet_torch_ao():
         module = torch.jit.load(io.BytesIO(data), map_location=map_location)
     return module.eval(), manifest
+
+
+def _onnx_callable(data: bytes, path: Path, map_location: str) -> Any:
+    """An onnxruntime session on the model's bytes (the very bytes checked against the manifest; external data
+    files are not followed), called like the torch module it was exported from.
+
+    Raises:
+        ArtifactError: onnxruntime is missing or cannot load the file (one line).
+    """
+    from farm.errors import QuantizationError
+    from farm.runtimes.ort import OrtCallable, OrtModel
+
+    provider = "CUDAExecutionProvider" if map_location.startswith("cuda") else "CPUExecutionProvider"
+    try:
+        return OrtCallable(OrtModel.load(data, provider=provider))
+    except QuantizationError as e:
+        raise ArtifactError(f"artifact {path}: {e}") from None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

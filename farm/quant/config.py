@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from farm.errors import ConfigError, Problem
+from farm.quant import deploy
 from farm.quant.params import check_value, param, problem_path, type_hints, type_name
+from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES
 
 OBSERVERS = ("minmax", "moving_average", "histogram", "percentile")
 GRANULARITIES = ("per_tensor", "per_channel")
@@ -29,11 +31,19 @@ STATIC_MODES = ("fx", "eager")
 MIN_BITS, MAX_BITS = 2, 8
 #: Bound on the calibration size a job stores in its database row (a 32-bit column).
 MAX_CALIBRATION_SIZE = 10_000_000
+#: The deploy runtimes a method config may name (farm.runtimes.registry).
+RUNTIME_NAMES = tuple(RUNTIMES)
+#: The deploy parameters every method has, added after jobs were keyed (left out of to_dict at their default).
+DEPLOY_PARAMS = ("runtime", "provider")
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Base of every method config. Subclasses are frozen dataclasses whose fields are the parameters."""
+    """Base of every method config. Subclasses are frozen dataclasses whose fields are the parameters.
+
+    Every method has the two deploy parameters: ``runtime`` (where the model is deployed and timed: eager torch,
+    or exported to ONNX Runtime, OpenVINO, TensorRT) and ``provider`` (ONNX Runtime's execution provider).
+    """
 
     method: ClassVar[str] = ""
     version: ClassVar[int] = 1
@@ -47,11 +57,25 @@ class MethodConfig:
     #: Bit-widths an integer method accepts (a sweep's bits axis applies only these).
     supported_bits: ClassVar[tuple[int, ...]] = ()
     #: Parameters added after jobs were keyed: left out of to_dict at their default, so those keys don't change.
-    omit_at_default: ClassVar[tuple[str, ...]] = ()
+    omit_at_default: ClassVar[tuple[str, ...]] = DEPLOY_PARAMS
+
+    runtime: str = param(
+        DEFAULT_RUNTIME,
+        "where the model is deployed and timed: torch (eager), or exported to another runtime",
+        choices=RUNTIME_NAMES,
+    )
+    provider: str | None = param(
+        None, "onnxruntime execution provider, e.g. CUDAExecutionProvider; default: the runtime's own for the device"
+    )
 
     def problems(self) -> list[Problem]:
         """Cross-field checks beyond each field's own type and range."""
         return []
+
+    def deploy_problems(self) -> list[Problem]:
+        """Whether the runtime can run this method, the provider is the runtime's, and the bit-width is real."""
+        bits = getattr(self, "bits", None) if self.simulated else None
+        return deploy.deploy_problems(self.runtime, self.provider, self.method, bits)
 
     @property
     def simulated(self) -> bool:
@@ -121,7 +145,7 @@ class DynamicConfig(MethodConfig):
     )
     integer: ClassVar[bool] = True
     supported_bits: ClassVar[tuple[int, ...]] = (8,)
-    omit_at_default: ClassVar[tuple[str, ...]] = ("granularity",)
+    omit_at_default: ClassVar[tuple[str, ...]] = (*DEPLOY_PARAMS, "granularity")
 
     bits: int = param(8, "weight bit-width; dynamic quantization has int8 kernels only")
     backend: str = param("x86", "quantized engine the kernels run on", choices=BACKENDS)
@@ -223,6 +247,12 @@ def _default(config: MethodConfig, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(config) if f.name == name)
 
 
+def _method_first(names: Iterable[str]) -> list[str]:
+    """Parameter names with the method's own first and the deploy parameters every method shares last."""
+    names = list(names)
+    return [n for n in names if n not in DEPLOY_PARAMS] + [n for n in names if n in DEPLOY_PARAMS]
+
+
 def public_methods() -> list[type[MethodConfig]]:
     """The method config classes a user may ask for, in a stable order."""
     return [c for c in METHODS.values() if not c.hidden]
@@ -276,7 +306,7 @@ def parse_method(method: str, params: Mapping[str, Any] | None = None, *, path: 
             continue
         f = fields.get(name)
         if f is None:
-            valid = ", ".join(fields) or "none"
+            valid = ", ".join(_method_first(fields)) or "none"
             problems.append(Problem(problem_path(path, name), f"unknown parameter for method {method}; valid: {valid}"))
             continue
         coerced, problem = check_value(value, hints[name], f.metadata)
@@ -287,7 +317,7 @@ def parse_method(method: str, params: Mapping[str, Any] | None = None, *, path: 
     if problems:
         raise ConfigError(problems)
     config = cls(**values)
-    cross = config.problems()
+    cross = config.problems() + config.deploy_problems()
     if cross:
         raise ConfigError([Problem(problem_path(path, p.path), p.message) for p in cross])
     return config
@@ -328,9 +358,16 @@ def config_from_json(text: str) -> MethodConfig:
 def resolve_device(config: MethodConfig, requested: str) -> str:
     """Where a job evaluates and benchmarks its model.
 
+    On torch, integer methods run torch.ao's int8 CPU kernels, fp16 defaults to CUDA. On another runtime, the
+    device is the one the runtime (and its provider) runs on: ``auto`` picks CUDA for a runtime that runs only
+    there, for a CUDA provider, and for fp16; else the CPU.
+
     Raises:
-        ConfigError: an integer method asked to run on CUDA (torch.ao's int8 kernels are CPU kernels).
+        ConfigError: an integer method asked to run on CUDA on torch, a runtime asked for a device it does not run
+            on, a provider that runs on another device.
     """
+    if config.runtime != DEFAULT_RUNTIME and config.runtime in RUNTIMES:
+        return deploy.runtime_device(config.runtime, config.provider, config.method, requested)
     if requested == "auto":
         return "cuda" if config.method == "fp16" else "cpu"
     if requested == "cuda" and config.integer:

@@ -1,7 +1,7 @@
 """fp32, fp16 and bf16: the reference and half-precision inference (cast or autocast).
 
-A cast keeps every normalisation layer (LayerNorm, GroupNorm, RMSNorm, BatchNorm, InstanceNorm) in fp32, wrapped
-in :class:`FloatNorm`: its input is cast up, its output back to the half dtype. Their scales and shifts then keep
+A cast keeps every normalisation layer (LayerNorm, GroupNorm, RMSNorm, BatchNorm, InstanceNorm) in fp32
+(:func:`keep_in_fp32`): its input is cast up, its output back to the half dtype. Their scales and shifts then keep
 full precision and the statistics are computed in fp32, as autocast does. Embedding tables are cast with the
 rest: a row looked up in fp32 and cast to half is bit for bit the row of the half table, so fp32 tables would
 cost memory for nothing. Token ids and masks are never cast (``farm.quant.inputs.place`` casts floating-point
@@ -11,6 +11,7 @@ inputs only).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,15 +30,29 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 
-class FloatNorm(nn.Module):
-    """Runs a normalisation layer in fp32 inside a half-precision model; returns its input's dtype."""
+#: Set on a norm layer that :func:`cast_keeping_norms` keeps in fp32.
+FLOAT_NORM = "farm_float_norm"
 
-    def __init__(self, norm: nn.Module) -> None:
-        super().__init__()
-        self.norm = norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.float()).to(x.dtype)
+def _up(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0].float(), *args[1:])
+
+
+def _down(dtype: torch.dtype) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        return output.to(dtype)
+
+    return hook
+
+
+def keep_in_fp32(norm: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Run ``norm`` in fp32 inside a ``dtype`` model: forward hooks cast its input up and its output back. Hooks,
+    not a wrapper module: the parameter names (``bn.weight``) stay those of the user's class."""
+    if not getattr(norm, FLOAT_NORM, False):
+        norm.register_forward_pre_hook(_up)
+        norm.register_forward_hook(_down(dtype))
+        setattr(norm, FLOAT_NORM, True)
+    return norm
 
 
 def apply_fp32(model: nn.Module, cfg: Fp32Config, ctx: QuantContext) -> QuantOutcome:
@@ -67,19 +82,13 @@ def cast_keeping_norms(model: nn.Module, dtype: torch.dtype, device: str | torch
         device: where the copy lives.
 
     Returns:
-        The copy in eval mode; each normalisation layer wrapped in a :class:`FloatNorm`.
+        The copy in eval mode; each normalisation layer kept in fp32 by :func:`keep_in_fp32`.
     """
     copied = copy.deepcopy(model).to(device).eval()
-    if isinstance(copied, NORM_LAYERS):
-        return FloatNorm(copied).eval()
-    wrappers: dict[int, FloatNorm] = {}  # a norm used in two places gets one wrapper
-    for parent in list(copied.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, NORM_LAYERS):
-                setattr(parent, name, wrappers.setdefault(id(child), FloatNorm(child)))
-    kept = {id(m) for wrapper in wrappers.values() for m in wrapper.norm.modules()}
+    kept = {id(m) for m in copied.modules() if isinstance(m, NORM_LAYERS)}
     for module in copied.modules():
         if id(module) in kept:
+            keep_in_fp32(module, dtype)
             continue
         for p in module.parameters(recurse=False):
             if p.is_floating_point():

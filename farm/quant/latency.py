@@ -24,6 +24,7 @@ import torch
 
 from farm.quant.timing_stats import (
     clustered_median_ci,
+    median_ci,
     percentile,
     ratio_ci,
     relative_halfwidth,
@@ -32,6 +33,9 @@ from farm.quant.timing_stats import (
 
 #: A clock in seconds; tests pass a fake one to make timing deterministic.
 Clock = Callable[[], float]
+#: Fewest blocks (or pairs of blocks) before a measurement may call itself settled: with fewer, the interval of the
+#: block medians is their whole range, whose coverage is below 95 %.
+MIN_BLOCKS = 6
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,11 @@ class LatencySettings:
         max_reps: stop after this many (per model).
         max_time_s: timed wall time per model: one model stops after this long, a side-by-side pair after twice
             this (each model gets its share), settled or not.
-        block: repetitions between stopping checks, and the most timed repetitions in one block of a pair.
+        block: the most timed repetitions in one block (a block is about ``target_block_s`` of calls, at least 2);
+            the stopping rules are checked after each block.
         rel_tol: stop once the p50's 95 % interval (and a pair's speedup interval) is within this fraction of it
             on both sides.
-        target_block_s: a pair's block is as many repetitions as take about this long (1 to ``block``): short
+        target_block_s: a block is as many repetitions as take about this long (2 to ``block``): short
             enough that drift within a block is small, long enough that a fast model's block median is steady.
     """
 
@@ -181,15 +186,16 @@ def measure_latency(
     s = settings or LatencySettings()
     sync = _sync(device)
     with torch.inference_mode():
-        _warm(fn, s, sync, clock)
+        k = _block_reps(_warm(fn, s, sync, clock), s)
         samples: list[float] = []
         blocks: list[list[float]] = []
         settled = False
         began = clock()
         while len(samples) < s.max_reps:
-            blocks.append(_time_block(fn, s.block, sync, clock))
+            blocks.append(_time_block(fn, k, sync, clock))
             samples.extend(blocks[-1])
-            if len(samples) >= s.min_reps and _narrow(blocks, s.rel_tol):
+            # Six blocks at least: below that the blocks' interval is their whole range, which covers < 95 %.
+            if len(samples) >= s.min_reps and len(blocks) >= MIN_BLOCKS and _narrow(blocks, s.rel_tol):
                 settled = True
                 break
             if (len(samples) >= s.min_reps and clock() - began > s.max_time_s) or (should_stop and should_stop()):
@@ -229,8 +235,8 @@ def measure_pair(
     sync = _sync(device)
     with torch.inference_mode():
         per_call_s = max(_warm(trial_fn, s, sync, clock), _warm(base_fn, s, sync, clock))
-        k = max(1, min(s.block, max(2, int(s.target_block_s / per_call_s) if per_call_s > 0 else s.block)))
-        min_pairs = max(6, math.ceil(s.min_reps / k))
+        k = _block_reps(per_call_s, s)
+        min_pairs = max(MIN_BLOCKS, math.ceil(s.min_reps / k))
         trial_s: list[list[float]] = []  # the blocks of each side, in order
         base_s: list[list[float]] = []
         ratios: list[float] = []
@@ -244,7 +250,8 @@ def measure_pair(
             base_s.append(base_block)
             ratios.append(_ratio(statistics.median(base_block), statistics.median(trial_block)))
             if len(ratios) >= min_pairs and _narrow(trial_s, s.rel_tol) and _narrow(base_s, s.rel_tol):
-                low, high = ratio_ci(ratios)
+                # Order statistics here (cheap); the bootstrap joins them once, after the loop.
+                low, high = median_ci(sorted(ratios))
                 if relative_halfwidth(statistics.median(ratios), low, high) <= s.rel_tol:
                     settled = True
                     break
@@ -260,6 +267,12 @@ def measure_pair(
         blocks=len(ratios),
         block_reps=k,
     )
+
+
+def _block_reps(per_call_s: float, s: LatencySettings) -> int:
+    """Repetitions per block: about ``target_block_s`` of calls, 2 to ``block`` (a slow model still gets the
+    :data:`MIN_BLOCKS` blocks its interval needs within ``min_reps``)."""
+    return max(1, min(s.block, max(2, int(s.target_block_s / per_call_s) if per_call_s > 0 else s.block)))
 
 
 def _sync(device: str) -> Callable[[], None]:

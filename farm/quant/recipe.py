@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from farm.quant.config import MethodConfig, config_from_dict
+from farm.quant.config import DEPLOY_PARAMS, MethodConfig, config_from_dict
+from farm.runtimes.registry import DEFAULT_RUNTIME, short_name
 
 #: Short names of parameter values (observers, granularities, schemes).
 _VALUES = {
@@ -53,7 +54,8 @@ def recipe_label(config: MethodConfig | dict[str, Any]) -> str:
 
     Returns:
         E.g. ``fp32``, ``dynamic int8``, ``dynamic int8 pc``, ``static int8 minmax pc n=256``,
-        ``qat int4 mavg pc n=32 e3``, ``static int8 pct p99.9 pt n=64 eager backend=qnnpack``.
+        ``qat int4 mavg pc n=32 e3``, ``static int8 pct p99.9 pt n=64 eager backend=qnnpack``; a runtime other than
+        torch comes last: ``static int8 minmax pc n=256 ort``, ``fp16 ort cuda-ep``.
 
     Raises:
         ConfigError: ``config`` is a dict that is no valid method config.
@@ -66,12 +68,22 @@ def recipe_label(config: MethodConfig | dict[str, Any]) -> str:
     always = [name for name in _ALWAYS if name in params and name not in cfg.omit_at_default]
     words = [cfg.method] + [_word(name, params[name], always=True) for name in always]
     for name, value in params.items():
-        if name in always or (name in defaults and defaults[name] == value):
+        if name in always or name in DEPLOY_PARAMS or (name in defaults and defaults[name] == value):
             continue
         if name == "percentile" and params.get("observer") != "percentile":
             continue  # only the percentile observer reads it
         words.append(_word(name, value, always=False))
-    return " ".join(w for w in words if w)
+    return " ".join(w for w in [*words, *_deploy_words(cfg)] if w)
+
+
+def _deploy_words(cfg: MethodConfig) -> list[str]:
+    """The runtime's short word last (``ort``), then the execution provider when one is named (``cuda-ep``)."""
+    if cfg.runtime == DEFAULT_RUNTIME and cfg.provider is None:
+        return []
+    words = [short_name(cfg.runtime)]
+    if cfg.provider is not None:
+        words.append(cfg.provider.removesuffix("ExecutionProvider").lower() + "-ep")
+    return words
 
 
 def _word(name: str, value: Any, *, always: bool) -> str:

@@ -8,6 +8,7 @@ quantizers with narrowed ranges (quant_min / quant_max), batch norm folded as it
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,11 +52,16 @@ def fx_prepare(method: str, ctx: QuantContext, build: Callable[[], Any]) -> Any:
         raise untraceable(method, ctx.model_ref, e) from e
 
 
-def example_args(batch: Any) -> tuple[Any, ...]:
-    """torch.ao's ``example_inputs``: the positional arguments of one call (a dict's values, in order)."""
+def example_args(batch: Any, model: nn.Module | None = None) -> tuple[Any, ...]:
+    """torch.ao's ``example_inputs``: the positional arguments of one call. A dict's values go in the order of
+    ``model.forward``'s parameters (a dataset may list ``attention_mask`` before ``input_ids``), else as listed."""
     if isinstance(batch, torch.Tensor):
         return (batch,)
-    return tuple(batch.values()) if isinstance(batch, dict) else tuple(batch)
+    if not isinstance(batch, dict):
+        return tuple(batch)
+    order = list(inspect.signature(model.forward).parameters) if model is not None else []
+    names = [n for n in order if n in batch] + [n for n in batch if n not in order]
+    return tuple(batch[n] for n in names)
 
 
 def calibrate(model: nn.Module, ctx: QuantContext, phase: str = "calibrate") -> int:
@@ -78,7 +84,7 @@ def calibrate(model: nn.Module, ctx: QuantContext, phase: str = "calibrate") -> 
 def apply_static(model: nn.Module, cfg: StaticConfig, ctx: QuantContext) -> QuantOutcome:
     require_module(ctx, "static")
     timings: dict[str, float] = {}
-    example = example_args(ctx.example_input)
+    example = example_args(ctx.example_input, model)
     with quantized_engine(cfg.backend):
         base = copy.deepcopy(model).cpu().eval()
         if cfg.mode == "eager":
@@ -116,7 +122,7 @@ def prepare_fake_quant(model: nn.Module, cfg: Any, ctx: QuantContext, method: st
 
     mapping, backend = qconfig_mapping(cfg, fake_quant=True), backend_config(cfg.backend)
     model.train()  # prepare_qat_fx swaps in QAT modules, which it only does for models in train mode
-    example = example_args(ctx.example_input)
+    example = example_args(ctx.example_input, model)
     return fx_prepare(
         method, ctx, lambda: prepare_qat_fx(model, mapping, example_inputs=example, backend_config=backend)
     )

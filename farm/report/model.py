@@ -79,6 +79,8 @@ def config_label(row: dict[str, Any]) -> str:
             parts.append(str(row[key]))
     if row.get("device") not in (None, "cpu"):
         parts.append(str(row["device"]))
+    if row.get("runtime") not in (None, "torch"):  # a deployment on another runtime is another configuration
+        parts.append(str(row["runtime"]))
     return " · ".join(parts)
 
 
@@ -88,3 +90,14 @@ def ordered(values: Iterable[Any]) -> list[Any]:
     return sorted(
         distinct, key=lambda v: (v is None, not isinstance(v, int | float), v if isinstance(v, int | float) else str(v))
     )
+
+
+def runtime_of(row: dict[str, Any]) -> str:
+    """The row's runtime (``torch`` for rows from before runtimes were recorded)."""
+    return str(row.get("runtime") or "torch")
+
+
+def spans_runtimes(rows: Iterable[dict[str, Any]]) -> bool:
+    """Whether ``rows`` come from more than one runtime (a chart then marks each point's runtime, a table adds a
+    runtime column)."""
+    return len({runtime_of(r) for r in rows}) > 1

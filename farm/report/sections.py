@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from farm.analysis import SIMPLICITY, best_configs, unhealthy
+from farm.analysis import SIMPLICITY, best_configs, succeeded, unhealthy
 from farm.report.fmt import MISSING, esc, fixed, human_bytes, id_ranges, sig, when
-from farm.report.model import SweepInfo, config_label, per_job, state_counts
+from farm.report.model import SweepInfo, config_label, per_job, runtime_of, spans_runtimes, state_counts
 
 #: The accuracy budget of the summary's best configurations: one point (compared with a little slack, as
 #: 0.98 - 0.97 is 0.010000000000000009 in floating point).
@@ -73,6 +73,12 @@ def _best(rows: Sequence[dict[str, Any]]) -> str:
         "Configurations whose p50 95 % intervals overlap are a tie, which the simplest recipe wins "
         f"({SIMPLICITY}).</p>"
     )
+    by_runtime = spans_runtimes(succeeded(rows))  # a runtime column only where the rows span runtimes
+    if by_runtime:
+        intro += (
+            "<p>The jobs ran on several runtimes, which compete here on latency; the speedup is over the fastest "
+            "fp32 of the model on any runtime, at the same batch size on the same hardware.</p>"
+        )
     if not choices:
         return intro + '<p class="empty">none: no job succeeded.</p>'
     lines = []
@@ -82,7 +88,8 @@ def _best(rows: Sequence[dict[str, Any]]) -> str:
         if row is None:
             lines.append(
                 f"<tr><td class=t>{esc(model)}</td><td>{esc(batch if batch is not None else MISSING)}</td>"
-                f'<td class="t miss" colspan="6">no configuration with an accuracy drop and a latency</td></tr>'
+                f'<td class="t miss" colspan="{7 if by_runtime else 6}">no configuration with an accuracy drop and a '
+                "latency</td></tr>"
             )
             continue
         verdict = "" if c.best else '<span class="miss">none within budget; closest: </span>'
@@ -97,20 +104,38 @@ def _best(rows: Sequence[dict[str, Any]]) -> str:
             f"<tr><td class=t>{esc(model)}</td><td>{esc(batch)}</td>"
             f'<td class="t config">{verdict}{esc(config_label(row))} <span class=muted>(job {row["job_id"]})</span>'
             f"{tie}{f'<br><code>{esc(uri)}</code>' if uri else ''}</td>"
-            f"<td>{fixed(row.get('accuracy'))}</td><td>{fixed(row.get('accuracy_drop'), signed=True)}</td>"
+            + (f"<td class=t>{esc(runtime_of(row))}</td>" if by_runtime else "")
+            + f"<td>{fixed(row.get('accuracy'))}</td><td>{fixed(row.get('accuracy_drop'), signed=True)}</td>"
             f"<td>{_p50(row)}</td>"
-            f"<td>{MISSING if row.get('speedup') is None else sig(row['speedup']) + '×'}</td>"
+            f"<td>{_speedup(row, by_runtime)}</td>"
             f'<td title="{esc(_exact_bytes(row.get("size_bytes")))}">{human_bytes(row.get("size_bytes"))}</td></tr>'
         )
     head = "".join(
-        f'<th scope="col"{" class=t" if h in ("model", "configuration and artifact") else ""}>{h}</th>'
-        for h in ("model", "batch", "configuration and artifact", "accuracy", "drop", "p50 ms", "speedup", "size")
+        f'<th scope="col"{" class=t" if h in ("model", "configuration and artifact", "runtime") else ""}>{h}</th>'
+        for h in (
+            "model",
+            "batch",
+            "configuration and artifact",
+            *(("runtime",) if by_runtime else ()),
+            "accuracy",
+            "drop",
+            "p50 ms",
+            "speedup vs best fp32" if by_runtime else "speedup",
+            "size",
+        )
     )
     return (
         f'{intro}\n<div class="table-wrap"><table class="best"><thead><tr>{head}</tr></thead><tbody>'
         + "\n".join(lines)
         + "</tbody></table></div>"
     )
+
+
+def _speedup(row: dict[str, Any], by_runtime: bool) -> str:
+    """The speedup; across runtimes the one over the fastest fp32 of any runtime (each job's own speedup compares
+    it with its own runtime's fp32, a different baseline per runtime)."""
+    value = row.get("speedup_vs_best_fp32" if by_runtime else "speedup")
+    return MISSING if value is None else sig(value) + "×"
 
 
 def _p50(row: dict[str, Any]) -> str:

@@ -37,6 +37,8 @@ _REFERENCE_AT = re.compile(r'(href="#|url\(#)')
 
 #: Method markers (filled for measured results, hollow for simulated ones).
 MARKERS = {"fp32": "*", "fp16": "P", "bf16": "X", "dynamic": "D", "static": "o", "qat": "s"}
+#: Where a chart spans runtimes, a runtime's marker instead of its method's.
+RUNTIME_MARKERS = {"torch": "o", "onnxruntime": "s", "openvino": "^", "tensorrt": "D"}
 #: Methods in the order their colours are taken.
 METHOD_ORDER = ("fp32", "fp16", "bf16", "dynamic", "static", "qat")
 

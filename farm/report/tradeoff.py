@@ -12,9 +12,10 @@ from typing import Any
 
 from farm.analysis import pareto_front
 from farm.report.fmt import byte_unit
-from farm.report.model import measured, ordered, per_job
+from farm.report.model import measured, ordered, per_job, runtime_of, spans_runtimes
 from farm.report.svg import (
     MARKERS,
+    RUNTIME_MARKERS,
     Chart,
     figure,
     legend,
@@ -31,6 +32,7 @@ from farm.report.svg import (
 MAX_BATCH_PANELS = 4
 _ACCURACY = "top-1 accuracy (fraction)"
 _COINCIDENT = "A count beside a point (×6) is how many jobs sit there, one on top of the other: identical figures."
+_RUNTIMES = "The jobs ran on several runtimes: a point's marker is its runtime (the tables name each method)."
 
 
 LATENCY_TITLE = "Accuracy vs p50 latency"
@@ -89,11 +91,12 @@ def latency_figure(rows: Sequence[dict[str, Any]]) -> tuple[Any | None, tuple[st
         notes += (f"Batch sizes {hidden} are not drawn (the table has them).",)
     fronts = pareto_front(usable, "latency_p50_ms", "accuracy")
     colours = model_colours([r["model"] for r in rows])
+    by_runtime = spans_runtimes(usable)
     fig, axes = figure(len(shown))
     stacked = False
     for ax, batch in zip(axes, shown, strict=True):
         at = [r for r in usable if r["batch_size"] == batch]
-        _scatter(ax, at, "latency_p50_ms", colours)
+        _scatter(ax, at, "latency_p50_ms", colours, by_runtime=by_runtime)
         for model in ordered(r["model"] for r in at):
             front = fronts.get((model, batch), [])
             _front(ax, front, "latency_p50_ms", 1.0, colours[model])
@@ -104,8 +107,9 @@ def latency_figure(rows: Sequence[dict[str, Any]]) -> tuple[Any | None, tuple[st
         log_if_wide(ax, "x", [r["latency_p50_ms"] for r in at])
         _accuracy_axis(ax)
     fig.suptitle(f"{LATENCY_TITLE} (Pareto front per model)")
-    legend(fig, _handles(usable, colours))
+    legend(fig, _handles(usable, colours, by_runtime))
     notes = (
+        *((_RUNTIMES,) if by_runtime else ()),
         "Each point is one job at one batch size; the line through a model's points is its Pareto front "
         "(no other configuration of that model is both faster and more accurate).",
         *((_COINCIDENT,) if stacked else ()),
@@ -129,8 +133,9 @@ def size_figure(rows: Sequence[dict[str, Any]]) -> tuple[Any | None, tuple[str, 
     unit, scale = byte_unit(max(r["size_bytes"] for r in usable))
     fronts = pareto_front(usable, "size_bytes", "accuracy")
     colours = model_colours([r["model"] for r in rows])
+    by_runtime = spans_runtimes(usable)
     fig, (ax,) = figure(1, panel_height=4.2)
-    _scatter(ax, usable, "size_bytes", colours, scale=scale)
+    _scatter(ax, usable, "size_bytes", colours, scale=scale, by_runtime=by_runtime)
     for (model,), front in fronts.items():
         _front(ax, front, "size_bytes", scale, colours[model])
     stacked = _label_coincident(ax, usable, "size_bytes", scale)
@@ -139,10 +144,11 @@ def size_figure(rows: Sequence[dict[str, Any]]) -> tuple[Any | None, tuple[str, 
     log_if_wide(ax, "x", [r["size_bytes"] / scale for r in usable])
     _accuracy_axis(ax)
     fig.suptitle(f"{SIZE_TITLE} (Pareto front per model)")
-    legend(fig, _handles(usable, colours))
+    legend(fig, _handles(usable, colours, by_runtime))
     notes = [
+        *((_RUNTIMES,) if by_runtime else ()),
         "Each point is one job; the line through a model's points is its Pareto front (no other configuration "
-        "of that model is both smaller and more accurate)."
+        "of that model is both smaller and more accurate).",
     ]
     if stacked:
         notes.append(_COINCIDENT)
@@ -151,18 +157,34 @@ def size_figure(rows: Sequence[dict[str, Any]]) -> tuple[Any | None, tuple[str, 
     return fig, tuple(notes)
 
 
-def _scatter(ax: Any, rows: Sequence[dict[str, Any]], x: str, colours: dict[str, str], scale: float = 1.0) -> None:
+def _kind(row: dict[str, Any], by_runtime: bool) -> str:
+    return runtime_of(row) if by_runtime else str(row["method"])
+
+
+def _marker(kind: str, by_runtime: bool) -> str:
+    return (RUNTIME_MARKERS if by_runtime else MARKERS).get(kind, "o")
+
+
+def _scatter(
+    ax: Any,
+    rows: Sequence[dict[str, Any]],
+    x: str,
+    colours: dict[str, str],
+    scale: float = 1.0,
+    *,
+    by_runtime: bool = False,
+) -> None:
     for model in ordered(r["model"] for r in rows):
-        for method in ordered(r["method"] for r in rows if r["model"] == model):
+        for kind in ordered(_kind(r, by_runtime) for r in rows if r["model"] == model):
             for simulated in (False, True):
                 pts = [
                     r
                     for r in rows
-                    if r["model"] == model and r["method"] == method and bool(r.get("simulated")) == simulated
+                    if r["model"] == model and _kind(r, by_runtime) == kind and bool(r.get("simulated")) == simulated
                 ]
                 if not pts:
                     continue
-                marker = MARKERS.get(method, "o")
+                marker = _marker(kind, by_runtime)
                 ax.scatter(
                     [p[x] / scale for p in pts],
                     [p["accuracy"] for p in pts],
@@ -209,10 +231,11 @@ def _front(ax: Any, front: Sequence[dict[str, Any]], x: str, scale: float, colou
         )
 
 
-def _handles(rows: Sequence[dict[str, Any]], colours: dict[str, str]) -> list[Any]:
+def _handles(rows: Sequence[dict[str, Any]], colours: dict[str, str], by_runtime: bool = False) -> list[Any]:
     models = ordered(r["model"] for r in rows)
     handles = [line_handle(colours[m], f"{m} (front)") for m in models]
-    handles += [marker_handle(MARKERS.get(m, "o"), m) for m in ordered(r["method"] for r in rows)]
+    kinds = ordered(_kind(r, by_runtime) for r in rows)
+    handles += [marker_handle(_marker(k, by_runtime), k) for k in kinds]
     if any(r.get("simulated") for r in rows):
         handles.append(marker_handle("o", "(simulated)", hollow=True))
     return handles

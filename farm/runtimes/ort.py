@@ -54,13 +54,13 @@ def require_ort() -> Any:
 
 
 def open_session(
-    path: str | Path,
+    path: str | Path | bytes,
     *,
     threads: int | None = None,
     optimization: str = "all",
     provider: str = DEFAULT_PROVIDER,
 ) -> Any:
-    """An ``onnxruntime.InferenceSession`` on ``path``.
+    """An ``onnxruntime.InferenceSession`` on ``path`` (or on a serialized model's bytes).
 
     Args:
         threads: intra-op threads; None: onnxruntime's default (one per physical core).
@@ -88,11 +88,13 @@ def open_session(
     if threads is not None:
         opts.intra_op_num_threads = threads
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+    source = path if isinstance(path, bytes) else str(path)
     try:
-        return ort.InferenceSession(str(path), opts, providers=[provider])
+        return ort.InferenceSession(source, opts, providers=[provider])
     except Exception as e:
         text = " ".join(str(e).split())[:300]
-        raise QuantizationError(f"onnxruntime cannot load {path}: {type(e).__name__}: {text}") from e
+        what = "the model" if isinstance(path, bytes) else str(path)
+        raise QuantizationError(f"onnxruntime cannot load {what}: {type(e).__name__}: {text}") from e
 
 
 def graph_inputs(session: Any) -> list[tuple[str, Any]]:
@@ -157,7 +159,7 @@ class OrtModel:
     @classmethod
     def load(
         cls,
-        path: str | Path,
+        path: str | Path | bytes,
         *,
         threads: int | None = None,
         optimization: str = "all",
@@ -189,3 +191,36 @@ class OrtModel:
     def active(self) -> Iterator[None]:
         """Nothing to set: the session carries its own settings."""
         yield
+
+
+class OrtCallable:
+    """An :class:`OrtModel` called like the torch module it was exported from: ``m(x)``, ``m(a, b)`` or
+    ``m(input_ids=..., attention_mask=...)``; it returns torch tensors in the model's output structure (what
+    :func:`farm.quant.artifact.load_artifact` returns for an ONNX artifact).
+
+    Attributes:
+        session: the :class:`OrtModel`.
+    """
+
+    def __init__(self, session: OrtModel) -> None:
+        self.session = session
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the model on CPU tensors (or anything ``torch.as_tensor`` takes), positional or by name.
+
+        Raises:
+            QuantizationError: positional and keyword inputs mixed, or inputs that do not match the graph.
+        """
+        if args and kwargs:
+            raise QuantizationError("call an ONNX model with positional inputs or keyword inputs, not both")
+        if kwargs:
+            batch: Batch = {k: torch.as_tensor(v) for k, v in kwargs.items()}
+        elif len(args) == 1:
+            batch = torch.as_tensor(args[0])
+        else:
+            batch = tuple(torch.as_tensor(a) for a in args)
+        return self.session.forward(self.session.prepare_input(batch))
+
+    def eval(self) -> OrtCallable:
+        """Itself (a session has no training mode), so code written for a torch module runs unchanged."""
+        return self

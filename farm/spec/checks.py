@@ -135,14 +135,17 @@ def check_methods(raw: Any, problems: list[Problem]) -> list[tuple[str, dict[str
             if not values:
                 problems.append(Problem(f"{path}.{name}.{param}", "an empty list gives no jobs"))
                 ok = False
+            # A provider means something only with the runtime it belongs to: checked with each runtime given.
+            contexts = [{"runtime": r} for r in axes.get("runtime", [])] if param == "provider" else []
             for value in values:
-                try:
-                    parse_method(name, {param: value}, path=f"{path}.{name}")
-                except ConfigError as e:
-                    for p in e.problems:
-                        if p not in problems:
-                            problems.append(p)
-                    ok = False
+                for context in contexts or [{}]:
+                    try:
+                        parse_method(name, {**context, param: value}, path=f"{path}.{name}")
+                    except ConfigError as e:
+                        for p in e.problems:
+                            if p not in problems:
+                                problems.append(p)
+                        ok = False
         out.append((name, axes))
     return out if ok else None
 

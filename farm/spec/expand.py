@@ -1,8 +1,10 @@
 """Expansion of a checked spec into jobs.
 
 models x methods x each method's parameter axes x bits (integer methods) x calibration_size (static, qat) x
-backend, minus ``exclude``, plus ``include``, plus one fp32 reference job per (model, weights, dataset, device)
-that every other job of that model is compared with.
+backend x runtime, minus ``exclude``, plus ``include``, plus one fp32 reference job per (model, weights, dataset,
+device) that every other job of that model is compared with. fp32 on a runtime other than torch is a trial
+(the model exported and run there) compared with the torch fp32 reference; a configuration a runtime of the
+``runtime`` axis cannot run is skipped for it with a plan note.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from farm.jobs.contract import JobSpec
 from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import METHODS, Fp32Config, MethodConfig, parse_method, resolve_device
 from farm.routing import Pools, route
+from farm.runtimes.registry import DEFAULT_RUNTIME
 from farm.spec.checks import ModelEntry
 from farm.spec.plan import Plan, PlannedJob, job_key
 from farm.spec.schema import JOB_KEYS, SweepSpec
@@ -55,13 +58,21 @@ def expand(
     jobs = _Jobs(spec, digests, pools, problems)
     configs: dict[str, MethodConfig] = {}
     skipped: dict[str, set[Any]] = {}
+    runtimes = _RuntimeAxis(spec, jobs.bench.device)
     for method_index, (name, axes) in enumerate(methods):
-        for combo in _combinations(name, axes, spec, skipped, problems, f"methods[{method_index}].{name}"):
-            cfg = _config(name, combo, configs, f"methods[{method_index}].{name}", problems)
+        path = f"methods[{method_index}].{name}"
+        parsed = made = 0
+        for combo in _combinations(name, axes, spec, skipped, problems, path):
+            cfg = _config(name, combo, configs, path, problems)
             if cfg is None:
                 continue
-            for model in models:
-                jobs.add(model, cfg)
+            parsed += 1
+            for variant in runtimes.variants(cfg, from_axis="runtime" not in axes):
+                made += 1
+                for model in models:
+                    jobs.add(model, variant)
+        if parsed and not made:
+            problems.append(Problem(path, f"no runtime of the runtime axis runs it: {runtimes.why(name)}"))
     for i, entry in enumerate(spec.include):
         targets, axes = _included(entry, models, spec.dataset)
         for combo in _product(axes):
@@ -74,7 +85,46 @@ def expand(
     for name, values in sorted(skipped.items()):
         supported = ", ".join(map(str, METHODS[name].supported_bits))
         notes.append(f"{name}: bits {', '.join(map(str, sorted(values)))} skipped (supports {supported})")
+    notes += runtimes.notes()
     return Plan(spec, text, list(jobs.references.values()) + list(jobs.trials.values()), notes)
+
+
+class _RuntimeAxis:
+    """The spec's ``runtime`` axis: each method config once per runtime, less those a runtime cannot run (a method
+    it lacks, a simulated bit-width, a device it does not run on), which are skipped with a note, not an error."""
+
+    def __init__(self, spec: SweepSpec, device: str) -> None:
+        self.names = spec.runtime or []
+        self.device = device
+        self._skipped: dict[tuple[str, str], list[str]] = {}
+
+    def variants(self, cfg: MethodConfig, *, from_axis: bool) -> list[MethodConfig]:
+        """``cfg`` on every runtime of the axis it can run on (``cfg`` itself without an axis, or when the method
+        names its own runtime)."""
+        if not self.names or not from_axis:
+            return [cfg]
+        out = []
+        for runtime in self.names:
+            try:
+                variant = cfg if runtime == cfg.runtime else cfg.replace(runtime=runtime)
+                if runtime != DEFAULT_RUNTIME:
+                    resolve_device(variant, self.device)
+            except ConfigError as e:
+                reasons = self._skipped.setdefault((cfg.method, runtime), [])
+                reasons.extend(p.message for p in e.problems if p.message not in reasons)
+                continue
+            out.append(variant)
+        return out
+
+    def why(self, method: str) -> str:
+        """Why ``method`` was skipped on every runtime of the axis."""
+        return "; ".join(m for (name, _), why in self._skipped.items() if name == method for m in why)
+
+    def notes(self) -> list[str]:
+        """One line per method and runtime that skipped some of its configurations, with why."""
+        return [
+            f"{method} on {runtime}: skipped ({'; '.join(why)})" for (method, runtime), why in self._skipped.items()
+        ]
 
 
 class _Jobs:
@@ -110,8 +160,8 @@ class _Jobs:
             )
             ref_key = self._ref_keys[(model, device)] = job_key(ref_spec, digest)
             self.references.setdefault(ref_key, PlannedJob(ref_key, "reference", ref_spec, device, digest, None))
-        if cfg.method == "fp32":
-            return  # the reference itself
+        if cfg.method == "fp32" and cfg.runtime == DEFAULT_RUNTIME:
+            return  # the reference itself (fp32 on another runtime is a trial compared with it)
         pool = _named_pool(cfg, device, self.pools)
         job_spec = JobSpec(model.ref, model.dataset, cfg, model.weights, self.spec.seed, job_bench, pool, model.output)
         key = job_key(job_spec, digest)
@@ -172,6 +222,8 @@ def product_bound(spec: SweepSpec, models: list[ModelEntry], methods: list[tuple
             n *= max(1, len(spec.calibration_size))
         if "backend" in fields and "backend" not in axes and spec.backend is not None:
             n *= max(1, len(spec.backend))
+        if "runtime" not in axes and spec.runtime is not None:
+            n *= max(1, len(spec.runtime))
         total += n * len(models)
     for entry in spec.include:
         n = math.prod(len(v) if isinstance(v, list) else 1 for v in entry.values())
@@ -201,6 +253,15 @@ def _config(
 
 
 def _job_device(cfg: MethodConfig, requested: str, problems: list[Problem]) -> str | None:
+    if cfg.runtime != DEFAULT_RUNTIME:
+        try:
+            return resolve_device(cfg, requested)
+        except ConfigError as e:
+            for p in e.problems:
+                problem = Problem("benchmark.device", f"{cfg.method} on {cfg.runtime}: {p.message}")
+                if problem not in problems:
+                    problems.append(problem)
+            return None
     if cfg.integer:
         return "cpu"  # torch.ao's int8 kernels are CPU kernels (qat may still fine-tune on CUDA)
     if cfg.method == "fp16" and requested == "cpu":

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from farm.errors import ConfigError, Problem
 from farm.quant.config import METHODS
 from farm.routing import Pools
+from farm.runtimes.registry import unavailable
 from farm.spec.checks import check_dataset, check_filters, check_methods, check_models, check_output
 from farm.spec.expand import expand, product_bound
 from farm.spec.plan import Plan
@@ -107,3 +108,16 @@ def load_spec(
             source=source,
         )
     return plan
+
+
+def check_runtimes_available(plan: Plan, *, source: str = "spec") -> None:
+    """Refuse a plan that runs here (``farm sweep run``) with a job on a runtime this machine lacks, before anything
+    is written. A farm submission is not checked here: its workers say which runtimes they serve.
+
+    Raises:
+        ConfigError: one line per missing runtime, naming the extra that installs it.
+    """
+    needed = dict.fromkeys(j.spec.method.runtime for j in plan.jobs if j.role != "stage")
+    problems = [Problem("runtime", why) for why in map(unavailable, needed) if why is not None]
+    if problems:
+        raise ConfigError(problems, source=source)

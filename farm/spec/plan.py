@@ -56,6 +56,7 @@ class PlannedJob:
             "backend": p.get("backend"),
             "observer": p.get("observer"),
             "granularity": p.get("granularity"),
+            "runtime": self.spec.method.runtime,
             "device": self.device,
         }
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from farm.errors import ConfigError, Problem
 from farm.quant.bench_config import ISOLATION_MODES, MAX_BATCH_SIZE, MAX_THREADS, BenchmarkConfig
 from farm.quant.config import BACKENDS, MAX_CALIBRATION_SIZE
+from farm.runtimes.registry import RUNTIMES
 
 # Keys an exclude / include entry may name besides a method's own parameters.
 JOB_KEYS = ("model", "dataset", "method", "bits", "calibration_size", "backend", "device")
@@ -95,6 +96,8 @@ class SweepSpec(_Strict):
     bits: list[int] | None = None
     calibration_size: list[int] | None = None
     backend: list[str] | None = None
+    #: Deploy runtimes: every method runs on each (those a runtime cannot run are skipped for it, with a note).
+    runtime: list[str] | None = None
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     include: list[dict[str, Any]] = Field(default_factory=list)
@@ -102,7 +105,7 @@ class SweepSpec(_Strict):
     #: The model output every metric is computed on (a dict key or attribute, or a tuple index); per model too.
     output: Any = None  # checked by farm.spec.checks.check_output
 
-    @field_validator("bits", "calibration_size", "backend", mode="before")
+    @field_validator("bits", "calibration_size", "backend", "runtime", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
         return [v] if v is not None and not isinstance(v, list) else v
@@ -131,6 +134,18 @@ class SweepSpec(_Strict):
         for b in v or []:
             if b not in BACKENDS:
                 raise ValueError(f"{b!r} is not one of {', '.join(BACKENDS)}")
+        return v
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, v: list[str] | None) -> list[str] | None:
+        for r in v or []:
+            if r not in RUNTIMES:
+                raise ValueError(f"unknown runtime {r!r}: choose from {', '.join(RUNTIMES)}")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("runtimes repeat")
+        if v is not None and not v:
+            raise ValueError("an empty list gives no jobs")
         return v
 
 

@@ -22,6 +22,8 @@ _JOB_FIGURES = (
     "coverage_macs",
     "peak_memory_bytes",
     "hardware_id",
+    "runtime_version",
+    "execution_provider",
 )
 _BATCH_FIGURES = (
     "latency_p50_ms",

@@ -82,6 +82,9 @@ class Job(Base):
     granularity: Mapped[str | None] = mapped_column(String(16))
     #: The method and its non-default parameters in a few words (farm.quant.recipe), written when the job is created.
     recipe: Mapped[str | None] = mapped_column(String(200))
+    #: The deploy runtime (torch, onnxruntime, openvino, tensorrt: farm.runtimes.registry); NULL: torch (rows from
+    #: before migration 0007).
+    runtime: Mapped[str | None] = mapped_column(String(32))
     device: Mapped[str] = mapped_column(String(16))
     #: The queue the job's next message goes to ("cpu", "gpu", or a named pool such as "cpu-avx512").
     queue: Mapped[str | None] = mapped_column(String(64))
@@ -175,6 +178,10 @@ class Metric(Base):
     speedup_ci_high: Mapped[float | None] = mapped_column(Float)
     #: How the timing was isolated from other work on the host: "exclusive", "pinned" or "none".
     isolation: Mapped[str | None] = mapped_column(String(16))
+    #: The runtime package's version (onnxruntime 1.20.1, ...) and the execution provider that ran the model;
+    #: NULL where the result names none (rows from before migration 0007).
+    runtime_version: Mapped[str | None] = mapped_column(String(64))
+    execution_provider: Mapped[str | None] = mapped_column(String(64))
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     hardware_id: Mapped[str | None] = mapped_column(String(32))
     #: Everything else the engine reported: spread, timings, warnings, fingerprint, ...

@@ -62,9 +62,19 @@ class _Pairs(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         item = self.inner[i]
-        if isinstance(item, (tuple, list)):
-            return item[0], (item[1] if len(item) > 1 else -1)
-        return item, -1
+        if not isinstance(item, (tuple, list)):
+            return item, -1
+        if len(item) == 1:
+            return item[0], -1
+        label = item[1] if len(item) == 2 else None
+        not_scalar = isinstance(label, (tuple, list)) or (isinstance(label, torch.Tensor) and label.numel() != 1)
+        if label is None or not_scalar:
+            # (ids, mask) read as (input, label) would run the model unmasked and call the mask a label.
+            raise ConfigError(
+                f"dataset item {i} is a {len(item)}-item {type(item).__name__} that is not (input, scalar label): "
+                "give several inputs as a dict, or as a tuple nested as the first item: ((ids, mask), label)"
+            )
+        return item[0], label
 
 
 @dataclass

@@ -27,18 +27,19 @@ KINDS: dict[str, str] = {
         "int": "sweep_id job_id bits calibration_size batch_size size_bytes",
         "float": "accuracy accuracy_fp32 accuracy_drop agreement sqnr_db cosine size_ratio latency_p50_ms "
         "latency_p50_ci_low_ms latency_p50_ci_high_ms latency_p90_ms latency_p99_ms throughput speedup "
-        "speedup_ci_low speedup_ci_high coverage duration_s",
+        "speedup_ci_low speedup_ci_high speedup_vs_best_fp32 coverage duration_s",
         "bool": "simulated",
         "datetime": "finished_at",
-        "text": "sweep_name job_key model dataset method recipe backend observer granularity device state health "
-        "isolation artifact_uri worker hardware error",
+        "text": "sweep_name job_key model dataset method recipe backend observer granularity device runtime state "
+        "health isolation runtime_version execution_provider artifact_uri worker hardware error",
         "json": "params",
     }.items()
     for name in names.split()
 }
-#: Columns of results_flat the population leaves NULL on every row (figures added by migration 0006).
+#: Columns of results_flat the population leaves NULL on every row (figures added by migrations 0006 and 0007).
 ALWAYS_NULL = (
-    "recipe health cosine latency_p50_ci_low_ms latency_p50_ci_high_ms speedup_ci_low speedup_ci_high isolation params"
+    "recipe health cosine latency_p50_ci_low_ms latency_p50_ci_high_ms speedup_ci_low speedup_ci_high isolation params "
+    "runtime_version execution_provider"
 ).split()
 
 SWEEPS = {1: "alpha", 2: "beta's 50%_off"}
@@ -174,7 +175,34 @@ def _view_row(sweep_id: int, job_id: int, spec: dict[str, Any], m: dict[str, Any
         batch_size=m_.get("batch_size"),
         accuracy_drop=None if acc is None or fp32 is None else fp32 - acc,
         speedup=speedup,
+        speedup_vs_best_fp32=_vs_best_fp32(spec, m, simulated),
+        runtime="torch",  # jobs.runtime NULL: a job from before runtimes, read as torch
         simulated=simulated,
         artifact_uri=spec.get("artifact"),
     )
     return row
+
+
+def _vs_best_fp32(spec: dict[str, Any], m: dict[str, Any] | None, simulated: bool | None) -> float | None:
+    """The fastest p50 of a succeeded fp32 job of the same model and dataset, at the same batch size on the same
+    hardware (any runtime, any sweep or none), over this row's p50; None without one, when simulated or p50 <= 0."""
+    lat = None if m is None else m.get("latency_p50_ms")
+    if m is None or simulated or lat is None or lat <= 0:
+        return None
+
+    def field(job: dict[str, Any], name: str) -> Any:
+        return job.get(name, _JOB_DEFAULTS[name])
+
+    fp32 = [
+        r["latency_p50_ms"]
+        for job in JOBS
+        if job.get("method") == "fp32"
+        and field(job, "state") == "succeeded"
+        and (field(job, "model"), field(job, "dataset")) == (field(spec, "model"), field(spec, "dataset"))
+        for r in job.get("metrics", [])
+        if r["batch_size"] == m["batch_size"]
+        and r.get("hardware_id") is not None
+        and r.get("hardware_id") == m.get("hardware_id")
+        and (r.get("latency_p50_ms") or 0) > 0
+    ]
+    return min(fp32) / lat if fp32 else None

@@ -290,3 +290,19 @@ def test_bad_tokens_references_are_one_line(ref: str, words: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_dataset_ref(ref)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        (torch.zeros(4, dtype=torch.int64), torch.ones(4, dtype=torch.int64)),  # (ids, mask): not (input, label)
+        (torch.zeros(4), torch.zeros(4), 1),  # three items
+    ],
+)
+def test_a_user_item_that_is_not_input_and_scalar_label_is_refused_in_one_line(item: tuple[Any, ...]) -> None:
+    from farm.zoo.data import _Pairs
+
+    with pytest.raises(ConfigError, match=r"not \(input, scalar label\).*\(\(ids, mask\), label\)") as e:
+        _Pairs([item])[0]
+    assert "\n" not in str(e.value)
+    assert _Pairs([((torch.zeros(4), torch.ones(4)), 3)])[0][1] == 3  # nested inputs with a label: fine

@@ -245,7 +245,7 @@ MANY_EXPECTED = [
     Problem(
         "bogus",
         "unknown top-level key (valid: name, description, models, dataset, methods, bits, calibration_size, "
-        "backend, benchmark, exclude, include, seed, output)",
+        "backend, runtime, benchmark, exclude, include, seed, output)",
     ),
     Problem("models[1]", "duplicate of models[0] (farm:digits-cnn)"),
     Problem("methods[0].static.observer", "'minmax2' is not one of minmax, moving_average, histogram, percentile"),
@@ -255,7 +255,7 @@ MANY_EXPECTED = [
         "methods[1].qat.bogus",
         "unknown parameter for method qat; valid: bits, calibration_size, observer, percentile, granularity, "
         "activation, backend, reduce_range, epochs, steps, lr, optimizer, momentum, weight_decay, batch_size, "
-        "freeze_observers_after, freeze_bn_after, device, loss",
+        "freeze_observers_after, freeze_bn_after, device, loss, runtime, provider",
     ),
 ]
 
@@ -372,7 +372,13 @@ def test_bits_apply_to_integer_methods_and_calibration_sizes_to_static_and_qat()
         if job.method.method in ("static", "qat"):
             assert params["bits"] in BITS and params["calibration_size"] in CALIBRATION
         elif job.method.method == "dynamic":
-            assert params == {"bits": 8, "backend": "x86", "granularity": "per_tensor"}
+            assert params == {
+                "bits": 8,
+                "backend": "x86",
+                "granularity": "per_tensor",
+                "runtime": "torch",
+                "provider": None,
+            }
             assert cols["calibration_size"] is None
         else:
             assert "bits" not in params and "calibration_size" not in params

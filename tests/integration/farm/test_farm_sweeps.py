@@ -240,4 +240,5 @@ def test_farm_worker_dry_run_prints_its_plan_and_starts_nothing(tmp_path: Path):
     )
 
     assert done.returncode == 0, done.stderr
-    assert done.stderr.strip().splitlines() == [f"cpu@{socket.gethostname()}: queues cpu, 3 process(es), GPU none"]
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"cpu@{socket.gethostname()}: queues cpu, 3 process(es), GPU none, runtimes torch")

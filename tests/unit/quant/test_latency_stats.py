@@ -113,7 +113,7 @@ def test_summarize_carries_the_interval_and_the_verdict() -> None:
 def test_a_steady_model_settles_at_min_reps() -> None:
     clock = FakeClock()
     lat = measure_latency(clock.model(lambda: 0.002), 1, settings=FAST, clock=clock)
-    assert lat.reps == 20 and lat.stable is True
+    assert lat.reps == 60 and lat.stable is True  # 6 blocks (MIN_BLOCKS) of 10: the fewest that may settle
     assert lat.latency_p50_ms == pytest.approx(2.0)
 
 
@@ -218,3 +218,9 @@ def test_a_ratio_interval_is_never_narrower_than_the_bootstrap_or_the_order_stat
     o_low, o_high = median_ci(sorted(ratios))
     assert low == min(b_low, o_low) and high == max(b_high, o_high)
     assert (o_low, o_high) == (0.94, 1.08)  # ranks 1 and 8 of 10
+
+
+def test_a_slow_steady_model_settles_in_six_short_blocks_within_min_reps() -> None:
+    clock = FakeClock()
+    lat = measure_latency(clock.model(lambda: 0.2), 8, settings=FAST, clock=clock)
+    assert lat.stable is True and lat.reps == 20  # 10 blocks of 2 (0.2 s calls make 2-call blocks): min_reps

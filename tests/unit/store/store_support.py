@@ -28,11 +28,12 @@ INDEXES = {index.name for table in Base.metadata.tables.values() for index in ta
 
 COLUMNS = [
     "sweep_id", "sweep_name", "job_id", "job_key", "model", "dataset", "method", "recipe", "bits",
-    "calibration_size", "backend", "observer", "granularity", "device", "batch_size", "state", "health", "accuracy",
-    "accuracy_fp32", "accuracy_drop", "agreement", "sqnr_db", "cosine", "size_bytes", "size_ratio",
+    "calibration_size", "backend", "observer", "granularity", "device", "runtime", "batch_size", "state", "health",
+    "accuracy", "accuracy_fp32", "accuracy_drop", "agreement", "sqnr_db", "cosine", "size_bytes", "size_ratio",
     "latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_p90_ms", "latency_p99_ms",
-    "throughput", "speedup", "speedup_ci_low", "speedup_ci_high", "coverage", "simulated", "isolation",
-    "artifact_uri", "worker", "hardware", "duration_s", "finished_at", "error", "params",
+    "throughput", "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_vs_best_fp32", "coverage", "simulated",
+    "isolation", "runtime_version", "execution_provider", "artifact_uri", "worker", "hardware", "duration_s",
+    "finished_at", "error", "params",
 ]  # fmt: skip
 
 

@@ -32,6 +32,7 @@ def caps(
         "gpus": [{"index": i, "name": f"Test GPU {i}"} for i in gpus],
         "torch": "2.x",
         "quantized_engines": ["x86", "onednn"],
+        "runtimes": ["torch", "onnxruntime", "tensorrt"],
     }
 
 
@@ -268,9 +269,9 @@ def test_farm_worker_dry_run_prints_one_process_per_gpu(monkeypatch: pytest.Monk
     result = worker_cli(monkeypatch, caps(), "--queues", "cpu,gpu", "--concurrency", "2")
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
-        f"cpu@{HOST}: queues cpu, 2 process(es), GPU none",
-        f"gpu0@{HOST}: queues gpu, 1 process(es), GPU 0",
-        f"gpu1@{HOST}: queues gpu, 1 process(es), GPU 1",
+        f"cpu@{HOST}: queues cpu, 2 process(es), GPU none, runtimes torch,onnxruntime",  # tensorrt: CUDA only
+        f"gpu0@{HOST}: queues gpu, 1 process(es), GPU 0, runtimes torch,onnxruntime,tensorrt",
+        f"gpu1@{HOST}: queues gpu, 1 process(es), GPU 1, runtimes torch,onnxruntime,tensorrt",
     ]
 
 

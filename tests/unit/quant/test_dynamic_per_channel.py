@@ -12,7 +12,7 @@ from farm.quant.context import QuantContext, quantized_engine, quiet_torch_ao
 from farm.quant.dynamic import apply_dynamic
 from farm.quant.recipe import recipe_label
 from farm.zoo.encoder import build_tiny_encoder
-from tests.unit.test_encoder import token_batch
+from tests.unit.zoo.test_encoder import token_batch
 
 
 def test_the_default_granularity_is_left_out_of_the_dict() -> None:

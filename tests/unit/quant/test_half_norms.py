@@ -10,9 +10,9 @@ from torch import nn
 
 from farm.quant.config import parse_method
 from farm.quant.context import QuantContext
-from farm.quant.fp import FloatNorm, apply_half, cast_keeping_norms
+from farm.quant.fp import FLOAT_NORM, apply_half, cast_keeping_norms
 from farm.zoo.encoder import build_tiny_encoder
-from tests.unit.test_encoder import token_batch
+from tests.unit.zoo.test_encoder import token_batch
 
 
 def _embedding_figures(model: nn.Module, reference: nn.Module) -> tuple[float, float]:
@@ -35,7 +35,7 @@ def test_bf16_cast_keeps_the_encoders_norms_in_fp32_and_is_closer_to_fp32() -> N
     outcome = apply_half(encoder, cfg, QuantContext("farm:tiny-encoder", example_input=torch.zeros(1)))
     model = outcome.model
     assert outcome.input_dtype == torch.bfloat16 and outcome.autocast_dtype is None
-    norms = [m for m in model.modules() if isinstance(m, FloatNorm)]
+    norms = [m for m in model.modules() if getattr(m, FLOAT_NORM, False)]
     assert len(norms) == 5  # two per layer and the final one
     assert all(p.dtype == torch.float32 for n in norms for p in n.parameters())
     assert model.tokens.weight.dtype == torch.bfloat16  # fp32 tables would look up the very same half values
@@ -69,9 +69,10 @@ def test_batch_and_group_norms_run_in_fp32_inside_a_half_model_that_traces() -> 
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
     half = cast_keeping_norms(model, torch.bfloat16)
-    assert isinstance(half.bn, FloatNorm) and isinstance(half.gn, FloatNorm) and isinstance(half.shared, FloatNorm)
-    assert half.bn.norm.running_var.dtype == torch.float32 and half.conv.weight.dtype == torch.bfloat16
-    assert [type(m) for m in half.modules()].count(FloatNorm) == 3
+    assert all(getattr(m, FLOAT_NORM, False) for m in (half.bn, half.gn, half.shared))
+    assert half.bn.running_var.dtype == torch.float32 and half.conv.weight.dtype == torch.bfloat16
+    assert sum(bool(getattr(m, FLOAT_NORM, False)) for m in half.modules()) == 3
+    assert set(half.state_dict()) == set(model.state_dict())  # the user's class loads the names as they are
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         out, ref = half(x.to(torch.bfloat16)), model(x)
@@ -85,7 +86,7 @@ def test_batch_and_group_norms_run_in_fp32_inside_a_half_model_that_traces() -> 
 
 def test_a_norm_alone_is_wrapped_and_a_serialized_graph_is_cast_plainly() -> None:
     alone = cast_keeping_norms(nn.LayerNorm(4), torch.bfloat16)
-    assert isinstance(alone, FloatNorm)
+    assert getattr(alone, FLOAT_NORM, False)
     assert alone(torch.ones(2, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)))
     ctx = QuantContext("file:m.pt", example_input=torch.zeros(1), graph=True)

@@ -144,3 +144,18 @@ def _tensors(batch: Any) -> list[torch.Tensor]:
     if isinstance(batch, torch.Tensor):
         return [batch]
     return list(batch.values()) if isinstance(batch, dict) else list(batch)
+
+
+def test_torch_ao_example_args_follow_the_forward_signature_not_the_dicts_order() -> None:
+    from torch import nn
+
+    from farm.quant.static import example_args
+
+    class TwoInputs(nn.Module):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return input_ids * attention_mask
+
+    ids, mask = torch.tensor([[5, 6]]), torch.tensor([[1, 0]])
+    args = example_args({"attention_mask": mask, "input_ids": ids}, TwoInputs())
+    assert args[0] is ids and args[1] is mask
+    assert example_args((ids, mask)) == (ids, mask) and example_args(ids) == (ids,)

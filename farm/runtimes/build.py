@@ -1,0 +1,42 @@
+"""What building a model for a runtime other than torch yields: the deployed model, the same runtime's fp32
+baseline it is timed against, the artifact files and what the runtime says about them.
+
+Each runtime module (``farm.runtimes.ort_build``, ``farm.runtimes.openvino``, ``farm.runtimes.tensorrt``) provides
+``build(model, cfg, ctx, workdir) -> RuntimeBuild``; :mod:`farm.runtimes.engine` picks one by ``cfg.runtime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RuntimeBuild:
+    """A model built for a deploy runtime.
+
+    Attributes:
+        outcome: the model as deployed, driven like :class:`farm.quant.context.QuantOutcome` (``device``,
+            ``simulated``, ``engine``, ``autocast_dtype``, ``input_dtype``, ``model``, ``prepare_input(batch)``,
+            ``forward(prepared)``, ``active()``), so :func:`farm.quant.measure.evaluate` and the latency harness
+            drive it unchanged.
+        baseline: the same runtime's fp32 model, same interface: a trial is timed side by side with it. None when
+            the job is that fp32 model itself.
+        files: the artifact's files, in ``workdir`` (``model.onnx``; ``model.xml`` + ``model.bin``; ``model.plan``).
+        size_bytes: what the deployed model weighs (the files' bytes).
+        coverage: quantized share: {"params": f, "macs": f or None, "layers": n, "layers_total": n}; None for fp.
+        info: what the manifest and the results record: ``runtime``, ``runtime_version``, ``execution_provider``,
+            ``opset``, ``exporter`` and the runtime's own recipe details.
+        warnings: things the user must see beside the figures.
+        timings_s: wall time of the runtime's own steps (export, calibrate, quantize, compile).
+    """
+
+    outcome: Any
+    baseline: Any
+    files: list[Path]
+    size_bytes: int
+    coverage: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,191 @@
+"""OpenVINO on CPU (farm/runtimes/openvino.py): fp32 and NNCF static on farm:digits-cnn with sklearn:digits, fp32
+and weight-compressed dynamic on farm:tiny-encoder with tokens:16 (int64 inputs, dict outputs), and the one-line
+refusals. Skipped, with the reason, when openvino or nncf is not installed (pip install 'quantfarm[openvino]')."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from farm.errors import QuantizationError
+from farm.quant.config import parse_method
+from farm.quant.context import QuantContext
+from farm.runtimes import openvino as ov_runtime
+from farm.zoo.data import calibration_subset, first_batch, iterate, load_dataset
+from farm.zoo.models import load_model
+
+HAVE_OV = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+needs_ov = pytest.mark.skipif(not HAVE_OV, reason="openvino / nncf not installed (pip install 'quantfarm[openvino]')")
+
+
+@functools.cache
+def digits() -> tuple[Any, Any]:
+    return load_model("farm:digits-cnn").module, load_dataset("sklearn:digits")
+
+
+@functools.cache
+def encoder() -> tuple[Any, Any]:
+    return load_model("farm:tiny-encoder").module, load_dataset("tokens:16")
+
+
+def context(ref: str, splits: Any, calibration_size: int = 0) -> QuantContext:
+    calibration = calibration_subset(splits, calibration_size, 0) if calibration_size else None
+    return QuantContext(ref, example_input=first_batch(splits.test, 2), calibration=calibration, batch_size=32)
+
+
+def run_all(outcome: Any, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of ``outcome`` on every sample, as the harness drives it."""
+    outs, labels = [], []
+    with outcome.active():
+        for x, y in iterate(dataset, 64):
+            out = outcome.forward(outcome.prepare_input(x))
+            outs.append(out if isinstance(out, torch.Tensor) else out["logits"])
+            labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def torch_logits(model: Any, dataset: Any) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([(model(**x)["logits"] if isinstance(x, dict) else model(x)) for x, _ in iterate(dataset, 64)])
+
+
+@needs_ov
+def test_fp32_digits_cnn_matches_torch_and_writes_the_ir(tmp_path: Path) -> None:
+    import openvino as ov
+
+    model, splits = digits()
+    built = ov_runtime.build(model, parse_method("fp32"), context("farm:digits-cnn", splits), tmp_path, threads=1)
+    logits, labels = run_all(built.outcome, splits.test)
+    reference = torch_logits(model, splits.test)
+    assert (logits - reference).abs().max().item() < 1e-3
+    assert (logits.argmax(1) == labels).float().mean() == (reference.argmax(1) == labels).float().mean()
+    assert [f.name for f in built.files] == ["model.xml", "model.bin"] and all(f.is_file() for f in built.files)
+    assert built.size_bytes == sum(f.stat().st_size for f in built.files)
+    params = sum(p.numel() for p in model.parameters())
+    assert built.size_bytes > 3.5 * params  # fp32 weights kept: not halved to fp16 by save_model's default
+    assert built.baseline is None and built.coverage is None
+    assert built.info["runtime"] == "openvino" and ov.__version__.startswith(built.info["runtime_version"])
+    assert built.outcome.model.get_property("INFERENCE_NUM_THREADS") == 1
+    outcome = built.outcome
+    assert (outcome.device, outcome.simulated, outcome.engine, outcome.autocast_dtype) == ("cpu", False, None, None)
+    assert set(built.timings_s) == {"convert", "compile"}
+
+
+@needs_ov
+def test_static_digits_cnn_is_int8_close_to_torch_and_timed_against_fp32(tmp_path: Path) -> None:
+    import openvino as ov
+
+    model, splits = digits()
+    ctx = context("farm:digits-cnn", splits, calibration_size=64)
+    built = ov_runtime.build(model, parse_method("static", {"calibration_size": 64}), ctx, tmp_path, threads=1)
+    logits, labels = run_all(built.outcome, splits.test)
+    reference = torch_logits(model, splits.test)
+    accuracy, torch_accuracy = ((t.argmax(1) == labels).float().mean().item() for t in (logits, reference))
+    assert accuracy > torch_accuracy - 0.03
+    coverage = built.coverage
+    assert coverage is not None and coverage["by_op"]["Convolution"] == [4, 4]
+    assert coverage["layers"] == coverage["layers_total"] == 5 and coverage["params"] > 0.95
+    assert built.info["preset"] == "mixed" and built.info["calibration_batches"] == 2
+    assert built.info["subset_size"] == 64 and built.info["model_type"] is None
+    saved = ov.Core().read_model(str(tmp_path / "model.xml"))
+    assert any(op.get_type_name() == "FakeQuantize" for op in saved.get_ordered_ops())
+    base_logits, _ = run_all(built.baseline, splits.test)
+    assert (base_logits - reference).abs().max().item() < 1e-3  # the baseline is the fp32 model
+    assert "quantize" in built.timings_s
+
+
+@needs_ov
+def test_fp32_tiny_encoder_keeps_int64_inputs_and_the_dict_output(tmp_path: Path) -> None:
+    model, splits = encoder()
+    built = ov_runtime.build(model, parse_method("fp32"), context("farm:tiny-encoder", splits), tmp_path)
+    assert [dtype.name for _, dtype in built.outcome.inputs] == ["int64", "int64"]
+    assert built.info["input_names"] == ["input_ids", "attention_mask"] and built.info["outputs"] == "dict"
+    batch = first_batch(splits.test, 5)
+    swapped = {"attention_mask": batch["attention_mask"], "input_ids": batch["input_ids"]}  # matched by key
+    out = built.outcome.forward(built.outcome.prepare_input(swapped))
+    with torch.no_grad():
+        ref = model(**batch)
+    assert set(out) == {"embedding", "logits"}
+    assert (out["embedding"] - ref["embedding"]).abs().max().item() < 1e-4
+    assert (out["logits"] - ref["logits"]).abs().max().item() < 1e-4
+
+
+@needs_ov
+def test_dynamic_compresses_matmul_weights_to_int8(tmp_path: Path) -> None:
+    model, splits = encoder()
+    built = ov_runtime.build(model, parse_method("dynamic"), context("farm:tiny-encoder", splits), tmp_path)
+    assert built.coverage is not None and built.coverage["by_op"]["MatMul"][0] >= 1
+    assert built.coverage["params"] > 0.5 and built.info["weight_compression"] == "INT8_SYM"
+    assert built.warnings == [ov_runtime.PER_CHANNEL_NOTE]  # dynamic's default granularity is per_tensor
+    batch = first_batch(splits.test, 8)
+    out = built.outcome.forward(built.outcome.prepare_input(batch))
+    with torch.no_grad():
+        ref = model(**batch)["embedding"]
+    cosine = torch.nn.functional.cosine_similarity(out["embedding"].flatten(), ref.flatten(), dim=0)
+    assert cosine.item() > 0.99
+    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
+    assert built.size_bytes < 0.5 * fp32_bytes  # int8 weights in the IR
+
+
+@needs_ov
+def test_refusals_are_one_line(tmp_path: Path) -> None:
+    model, splits = digits()
+    ctx = context("farm:digits-cnn", splits, calibration_size=32)
+    with pytest.raises(QuantizationError, match=r"cannot run method 'qat'; it runs: fp32, dynamic, static"):
+        ov_runtime.build(model, parse_method("qat"), ctx, tmp_path)
+    with pytest.raises(QuantizationError, match="int8 only; bits must be 8, not 4"):
+        ov_runtime.build(model, parse_method("static", {"bits": 4, "calibration_size": 32}), ctx, tmp_path)
+    with pytest.raises(QuantizationError, match="needs calibration batches"):
+        ov_runtime.build(model, parse_method("static"), context("farm:digits-cnn", splits), tmp_path)
+    with pytest.raises(QuantizationError, match="threads must be at least 1"):
+        ov_runtime.build(model, parse_method("fp32"), ctx, tmp_path, threads=0)
+
+
+@needs_ov
+def test_dynamic_compresses_convolutions_and_refuses_a_model_without_weights(tmp_path: Path) -> None:
+    convs = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3)).eval()
+    ctx = QuantContext("convs", example_input=torch.randn(2, 1, 8, 8))
+    built = ov_runtime.build(convs, parse_method("dynamic"), ctx, tmp_path / "convs")
+    assert built.coverage is not None and built.coverage["by_op"] == {"Convolution": [2, 2]}  # unlike torch's
+    with pytest.raises(QuantizationError, match="found no MatMul, Convolution or embedding weight to compress in relu"):
+        relu = torch.nn.Sequential(torch.nn.ReLU()).eval()
+        ov_runtime.build(relu, parse_method("dynamic"), QuantContext("relu", example_input=ctx.example_input), tmp_path)
+
+
+def test_a_machine_without_openvino_is_told_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real = importlib.util.find_spec
+
+    def hide(name: str, *args: Any) -> Any:
+        return None if name in ("openvino", "nncf") else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", hide)
+    with pytest.raises(QuantizationError) as caught:
+        ov_runtime.build(torch.nn.Linear(4, 2), parse_method("fp32"), context_for_linear(), tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and "pip install 'quantfarm[openvino]'" in message and "openvino" in message
+
+
+def context_for_linear() -> QuantContext:
+    return QuantContext("linear", example_input=torch.randn(2, 4))
+
+
+@needs_ov
+def test_observers_map_to_nncf_range_estimators() -> None:
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    from farm.runtimes.openvino_quantize import check_static
+
+    def estimator(**params: Any) -> Any:
+        return check_static(parse_method("static", params))
+
+    assert estimator() == RangeEstimatorParametersSet.MINMAX
+    assert estimator(observer="moving_average") == RangeEstimatorParametersSet.MEAN_MINMAX
+    assert estimator(observer="histogram") == RangeEstimatorParametersSet.HISTOGRAM
+    assert estimator(observer="percentile", percentile=99.99) == RangeEstimatorParametersSet.MEAN_QUANTILE
+    wider = estimator(observer="percentile", percentile=99.9)
+    assert wider.min.quantile_outlier_prob == pytest.approx(1e-3) == wider.max.quantile_outlier_prob
