@@ -234,7 +234,8 @@ def _model_output(text: str | None) -> str | int | None:
         return None
     if not text.strip():
         raise ConfigError("--model-output: expected an output name (a dict key) or index (0, 1, ...)")
-    return int(text) if text.strip().isdigit() else text.strip()
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdecimal() else text  # "²" and "-1" are names
 
 
 def _option(path: str) -> str:

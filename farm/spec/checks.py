@@ -12,7 +12,7 @@ from typing import Any
 from farm.errors import ConfigError, Problem
 from farm.quant.config import METHODS, parse_method, public_methods
 from farm.spec.schema import JOB_KEYS
-from farm.zoo.refs import parse_dataset_ref, parse_model_ref
+from farm.zoo.refs import BUILTIN_DATASETS, parse_dataset_ref, parse_model_ref
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,11 @@ def check_dataset(ref: Any, problems: list[Problem], path: str = "dataset") -> N
         parse_dataset_ref(ref)
     except ConfigError as e:
         problems.extend(Problem(path, p.message) for p in e.problems)
+
+
+def _as_index(value: Any) -> Any:
+    """An output written as a string of digits ("0") is the index 0, as ``--model-output 0`` is: one key for both."""
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdecimal() else value
 
 
 def check_output(value: Any, path: str, problems: list[Problem]) -> bool:
@@ -66,12 +71,15 @@ def check_models(
             valid = "ref, weights, dataset, output"
             problems.append(Problem(f"{path}.{sorted(unknown)[0]}", f"unknown key (valid: {valid})"))
             ok = False
-        output = item.get("output", default_output)
+        output = _as_index(item.get("output", default_output))
         if "output" in item and not check_output(item["output"], f"{path}.output", problems):
             ok = False
         if not check_output(output, "output", []):
             output = None  # reported once, where it was written
-        ref, weights, dataset = item.get("ref"), item.get("weights"), item.get("dataset", default_dataset)
+        ref, weights = item.get("ref"), item.get("weights")
+        dataset = item.get("dataset", default_dataset)
+        if dataset is None and isinstance(ref, str):
+            dataset = BUILTIN_DATASETS.get(ref.removeprefix("farm:"), "sklearn:digits")
         if not isinstance(ref, str):
             problems.append(Problem(f"{path}.ref", "required: a model reference such as farm:digits-cnn"))
             ok = False

@@ -76,7 +76,8 @@ def load_spec(
     default_dataset = raw.get("dataset", "sklearn:digits")
     default_output = raw.get("output")
     check_output(default_output, "output", problems)
-    dataset_default = default_dataset if isinstance(default_dataset, str) else None
+    # A spec that names no dataset runs each built-in model on its own (farm:tiny-encoder on tokens:32).
+    dataset_default = default_dataset if isinstance(default_dataset, str) and "dataset" in raw else None
     models = check_models(raw.get("models"), dataset_default, problems, default_output)
     methods = check_methods(raw.get("methods"), problems)
     check_dataset(default_dataset, problems)

@@ -306,3 +306,15 @@ def test_a_user_item_that_is_not_input_and_scalar_label_is_refused_in_one_line(i
         _Pairs([item])[0]
     assert "\n" not in str(e.value)
     assert _Pairs([((torch.zeros(4), torch.ones(4)), 3)])[0][1] == 3  # nested inputs with a label: fine
+
+
+def test_a_spec_without_a_dataset_runs_a_builtin_model_on_its_own_and_digit_outputs_are_indexes() -> None:
+    from farm.spec.load import load_spec
+
+    plan = load_spec(
+        "name: enc\nmodels:\n  - farm:digits-cnn\n  - {ref: farm:tiny-encoder, output: '0'}\nmethods: [dynamic]\n"
+    )
+    seen = {(j.spec.model, j.spec.dataset, j.spec.output) for j in plan.jobs}
+    assert ("farm:tiny-encoder", "tokens:32", 0) in seen and ("farm:digits-cnn", "sklearn:digits", None) in seen
+    given = load_spec("name: enc\ndataset: tokens:16\nmodels: [farm:tiny-encoder]\nmethods: [dynamic]\n")
+    assert {j.spec.dataset for j in given.jobs} == {"tokens:16"}  # a dataset the spec names wins
