@@ -109,7 +109,11 @@ def test_split_in_two_a_qat_job_gives_the_model_it_gives_in_one_go(chain: Chain)
     assert torch.equal(outputs(chain.split_dir, x), outputs(chain.one_go_dir, x))
     one, two = chain.one_go, chain.split
     assert (two.agreement, two.sqnr_db, two.cosine) == (one.agreement, one.sqnr_db, one.cosine)
-    assert (two.size_bytes, two.coverage, two.quantized_engine) == (one.size_bytes, one.coverage, one.quantized_engine)
+    assert (two.coverage, two.quantized_engine) == (one.coverage, one.quantized_engine)
+    # The same weights, but not byte for byte the same archive: TorchScript names each scripted class with a
+    # per-process counter (___torch_mangle_99 vs ___torch_mangle_100), so the sizes may differ by a few bytes.
+    assert one.size_bytes is not None and two.size_bytes is not None
+    assert abs(two.size_bytes - one.size_bytes) <= 256
 
 
 def test_the_finish_stage_reports_the_fine_tuning_time_of_the_train_stage(chain: Chain) -> None:
