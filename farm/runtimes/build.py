@@ -7,9 +7,37 @@ Each runtime module (``farm.runtimes.ort_build``, ``farm.runtimes.openvino``, ``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+
+
+@dataclass(kw_only=True)
+class DeployedModel:
+    """What the measuring code reads of a :class:`farm.quant.context.QuantOutcome`, for a model that a runtime
+    other than torch runs (:class:`farm.runtimes.ort.OrtModel`, ``OvModel``, ``TrtModel``): fixed settings, the
+    figures a method fills in, and an :meth:`active` with nothing to set (the runtime carries its own settings).
+    Subclasses add the model, ``prepare_input`` and ``forward``.
+    """
+
+    device: str = "cpu"
+    input_dtype: torch.dtype = torch.float32
+    autocast_dtype: torch.dtype | None = None
+    engine: str | None = None
+    simulated: bool = False
+    coverage: Any = None
+    packed_size_bytes: int | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Nothing to set: the session, compiled model or engine carries its own settings."""
+        yield
 
 
 @dataclass

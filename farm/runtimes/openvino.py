@@ -10,12 +10,11 @@ openvino and nncf are imported only inside functions; without them a build fails
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from torch import nn
 
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
-from farm.runtimes.build import RuntimeBuild
+from farm.runtimes.build import DeployedModel, RuntimeBuild
 from farm.runtimes.onnx_export import batch_inputs
 from farm.runtimes.openvino_quantize import calibration_batches, check_static, compress_weights, quantize_static
 from farm.runtimes.ort import make_feeds
@@ -114,8 +113,8 @@ def compile_config(threads: int | None) -> dict[str, Any]:
     return config
 
 
-@dataclass
-class OvModel:
+@dataclass(kw_only=True)
+class OvModel(DeployedModel):
     """A compiled OpenVINO model that looks like a ``farm.quant.context.QuantOutcome`` to the measuring code.
 
     Attributes:
@@ -123,23 +122,13 @@ class OvModel:
         request: the infer request ``forward`` runs (one, reused: no per-call allocation).
         inputs: (name, numpy dtype) of each model input, in order.
         signature: input and output names and the output structure ``forward`` returns.
-        device, input_dtype, autocast_dtype, engine, simulated: fixed, as the harness reads them.
-        coverage, packed_size_bytes, timings_s, warnings: as on a QuantOutcome.
+        the rest (device, dtypes, figures, active()): :class:`farm.runtimes.build.DeployedModel`.
     """
 
     model: Any
     request: Any
     inputs: list[tuple[str, Any]]
     signature: Signature
-    device: str = "cpu"
-    input_dtype: torch.dtype = torch.float32
-    autocast_dtype: torch.dtype | None = None
-    engine: str | None = None
-    simulated: bool = False
-    coverage: Any = None
-    packed_size_bytes: int | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def compile(cls, ov_model: Any, signature: Signature, *, threads: int | None = None) -> OvModel:
@@ -177,11 +166,6 @@ class OvModel:
         if self.signature.outputs == "tuple":
             return tuple(tensors)
         return tensors[0]
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Nothing to set: the compiled model carries its own properties."""
-        yield
 
 
 def _one_line(e: BaseException) -> str:

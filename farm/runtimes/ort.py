@@ -8,9 +8,7 @@ session and returns torch tensors in the structure the torch model returned (one
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
+from farm.runtimes.build import DeployedModel
 from farm.runtimes.onnx_export import OUTPUTS_KEY, batch_inputs
 
 #: graph_optimization_level names -> onnxruntime.GraphOptimizationLevel member names.
@@ -129,8 +128,8 @@ def make_feeds(batch: Batch, inputs: list[tuple[str, Any]]) -> dict[str, np.ndar
     }
 
 
-@dataclass
-class OrtModel:
+@dataclass(kw_only=True)
+class OrtModel(DeployedModel):
     """An onnxruntime session that looks like a ``farm.quant.context.QuantOutcome`` to the measuring code.
 
     Attributes:
@@ -138,23 +137,13 @@ class OrtModel:
         inputs: (name, numpy dtype) of each graph input.
         output_names: the graph's outputs, in order.
         outputs: "tensor", "tuple" or "dict": the structure ``forward`` returns (from the file's metadata).
-        device, input_dtype, autocast_dtype, engine, simulated: fixed, as the harness reads them.
-        coverage, packed_size_bytes, timings_s, warnings: as on a QuantOutcome.
+        the rest (device, dtypes, figures, active()): :class:`farm.runtimes.build.DeployedModel`.
     """
 
     model: Any
     inputs: list[tuple[str, Any]]
     output_names: list[str]
     outputs: str = "tensor"
-    device: str = "cpu"
-    input_dtype: torch.dtype = torch.float32
-    autocast_dtype: torch.dtype | None = None
-    engine: str | None = None
-    simulated: bool = False
-    coverage: Any = None
-    packed_size_bytes: int | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def load(
@@ -186,11 +175,6 @@ class OrtModel:
         if self.outputs == "tuple":
             return tuple(tensors)
         return tensors[0]
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Nothing to set: the session carries its own settings."""
-        yield
 
 
 class OrtCallable:

@@ -12,11 +12,10 @@ tensorrt is imported only inside functions; without it, or without a CUDA device
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from torch import nn
 
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
-from farm.runtimes.build import RuntimeBuild
+from farm.runtimes.build import DeployedModel, RuntimeBuild
 from farm.runtimes.onnx_export import ExportInfo, batch_inputs, export_onnx
 from farm.runtimes.registry import runtime_problems, unavailable
 from farm.runtimes.tensorrt_graph import (
@@ -124,15 +123,15 @@ class _Log:
         self.logger = Logger()
 
 
-@dataclass
-class TrtModel:
+@dataclass(kw_only=True)
+class TrtModel(DeployedModel):
     """A TensorRT engine that looks like a ``farm.quant.context.QuantOutcome`` to the measuring code.
 
     Attributes:
         model: the ``ICudaEngine``; ``context`` its execution context.
         inputs, output_specs: (name, torch dtype) of the engine's inputs and outputs, in the graph's order.
         outputs: "tensor", "tuple" or "dict": the structure ``forward`` returns.
-        device, input_dtype, autocast_dtype, engine, simulated: fixed, as the harness reads them.
+        the rest (device, dtypes, figures, active()): :class:`farm.runtimes.build.DeployedModel`.
     """
 
     model: Any
@@ -141,14 +140,6 @@ class TrtModel:
     output_specs: list[tuple[str, torch.dtype]]
     outputs: str = "tensor"
     device: str = "cuda"
-    input_dtype: torch.dtype = torch.float32
-    autocast_dtype: torch.dtype | None = None
-    engine: str | None = None
-    simulated: bool = False
-    coverage: Any = None
-    packed_size_bytes: int | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
     #: The runtime and logger the engine was deserialized with: TensorRT needs them alive as long as it.
     keep: tuple[Any, ...] = ()
 
@@ -206,11 +197,6 @@ class TrtModel:
         if self.outputs == "dict":
             return dict(zip((n for n, _ in self.output_specs), outs, strict=True))
         return tuple(outs) if self.outputs == "tuple" else outs[0]
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Nothing to set: the engine carries its own settings."""
-        yield
 
 
 def build(
