@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from farm.errors import QuantizationError
+
 
 @dataclass(kw_only=True)
 class DeployedModel:
@@ -68,3 +70,17 @@ class RuntimeBuild:
     info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def calibration_batches(ctx: Any) -> list[Any]:
+    """The job's calibration subset in the batches torch calibration reads (``ctx.batch_size``, in order): every
+    runtime calibrates on the same samples in the same batches. A list, as a calibrator may read it twice.
+
+    Raises:
+        QuantizationError: the job has no calibration subset.
+    """
+    from farm.zoo.data import iterate
+
+    if ctx.calibration is None or len(ctx.calibration) == 0:
+        raise QuantizationError("static quantization needs calibration batches; none were given")
+    return [x for x, _ in iterate(ctx.calibration, ctx.batch_size)]

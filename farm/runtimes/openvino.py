@@ -24,9 +24,9 @@ from torch import nn
 
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
-from farm.runtimes.build import DeployedModel, RuntimeBuild
+from farm.runtimes.build import DeployedModel, RuntimeBuild, calibration_batches
 from farm.runtimes.onnx_export import batch_inputs
-from farm.runtimes.openvino_quantize import calibration_batches, check_static, compress_weights, quantize_static
+from farm.runtimes.openvino_quantize import check_static, compress_weights, quantize_static
 from farm.runtimes.ort import make_feeds
 from farm.runtimes.registry import runtime_problems, unavailable
 

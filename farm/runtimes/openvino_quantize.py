@@ -26,15 +26,6 @@ RANGE_ESTIMATORS = {
 }
 
 
-def calibration_batches(ctx: Any) -> list[Batch]:
-    """The calibration subset in the batches the torch methods calibrate on (a list: NNCF may read it twice)."""
-    from farm.zoo.data import iterate
-
-    if ctx.calibration is None or len(ctx.calibration) == 0:
-        raise QuantizationError("static quantization needs calibration batches; none were given")
-    return [x for x, _ in iterate(ctx.calibration, ctx.batch_size)]
-
-
 def check_static(cfg: Any) -> Any:
     """Refuse what NNCF's static quantization cannot do (bits other than 8, an observer it has no estimator for);
     the activation range estimator for our observer."""

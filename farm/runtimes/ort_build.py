@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError, QuantizationError
-from farm.runtimes.build import RuntimeBuild
+from farm.runtimes.build import RuntimeBuild, calibration_batches
 from farm.runtimes.registry import RUNTIMES
 
 RUNTIME = "onnxruntime"
@@ -200,20 +200,6 @@ def _quantize(cfg: Any, ctx: Any, src: Path, dst: Path) -> Any:
         symmetric_activations=cfg.activation == "symmetric",
         reduce_range=bool(cfg.reduce_range),
     )
-
-
-def calibration_batches(ctx: Any) -> list[Any]:
-    """The calibration subset as the batches torch calibration reads (``ctx.batch_size``, in order); a list, as a
-    calibrator may read it more than once.
-
-    Raises:
-        QuantizationError: the job has no calibration subset.
-    """
-    from farm.zoo.data import iterate
-
-    if ctx.calibration is None:
-        raise QuantizationError("no calibration data was given")
-    return [x for x, _ in iterate(ctx.calibration, ctx.batch_size)]
 
 
 def _coverage(cov: Any) -> dict[str, Any]:

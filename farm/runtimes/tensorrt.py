@@ -24,7 +24,7 @@ from torch import nn
 
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
-from farm.runtimes.build import DeployedModel, RuntimeBuild
+from farm.runtimes.build import DeployedModel, RuntimeBuild, calibration_batches
 from farm.runtimes.onnx_export import ExportInfo, batch_inputs, export_onnx
 from farm.runtimes.registry import runtime_problems, unavailable
 from farm.runtimes.tensorrt_graph import (
@@ -277,12 +277,3 @@ def _graph(
     if fp32 != dst:  # fp16 with the FP16 flag: the engine's graph is the fp32 export
         dst.write_bytes(fp32.read_bytes())
     return dst, {}
-
-
-def calibration_batches(ctx: Any) -> list[Batch]:
-    """The calibration subset in the batches the torch methods calibrate on."""
-    from farm.zoo.data import iterate
-
-    if ctx.calibration is None or len(ctx.calibration) == 0:
-        raise QuantizationError("static quantization needs calibration batches; none were given")
-    return [x for x, _ in iterate(ctx.calibration, ctx.batch_size)]
