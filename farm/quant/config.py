@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from farm.errors import ConfigError, Problem
 from farm.quant import deploy
+from farm.quant.layers import LayerRule, parse_rules, rules_to_list
 from farm.quant.params import check_value, param, problem_path, type_hints, type_name
 from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES
 
@@ -35,6 +36,8 @@ MAX_CALIBRATION_SIZE = 10_000_000
 RUNTIME_NAMES = tuple(RUNTIMES)
 #: The deploy parameters every method has, added after jobs were keyed (left out of to_dict at their default).
 DEPLOY_PARAMS = ("runtime", "provider")
+#: Parameters every method has that were added after jobs were keyed: the deploy ones and the per-layer rules.
+LATE_PARAMS = (*DEPLOY_PARAMS, "layers")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class MethodConfig:
     #: Bit-widths an integer method accepts (a sweep's bits axis applies only these).
     supported_bits: ClassVar[tuple[int, ...]] = ()
     #: Parameters added after jobs were keyed: left out of to_dict at their default, so those keys don't change.
-    omit_at_default: ClassVar[tuple[str, ...]] = DEPLOY_PARAMS
+    omit_at_default: ClassVar[tuple[str, ...]] = LATE_PARAMS
 
     runtime: str = param(
         DEFAULT_RUNTIME,
@@ -66,6 +69,11 @@ class MethodConfig:
     )
     provider: str | None = param(
         None, "onnxruntime execution provider, e.g. CUDAExecutionProvider; default: the runtime's own for the device"
+    )
+    layers: tuple[LayerRule, ...] = param(
+        (),
+        "per-layer rules (farm.quant.layers): by name glob / re:REGEX and/or type, skip (keep in floating point) "
+        "or override bits, granularity, observer, dtype; later rules win",
     )
 
     def problems(self) -> list[Problem]:
@@ -88,13 +96,15 @@ class MethodConfig:
 
     @functools.cached_property
     def _params(self) -> dict[str, Any]:
-        # Every field is a scalar, so a shallow read is exact (dataclasses.asdict deep-copies: 20x slower).
+        # Every field is a scalar or a tuple of frozen rules, so a shallow read is exact (dataclasses.asdict deep-copies: 20x slower).
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: ``{"method": ..., "version": ..., <params>}`` (less :attr:`omit_at_default` ones at
         their default)."""
         params = {k: v for k, v in self._params.items() if k not in self.omit_at_default or v != _default(self, k)}
+        if "layers" in params:
+            params["layers"] = rules_to_list(params["layers"])
         return {"method": self.method, "version": self.version, **params}
 
     def to_json(self) -> str:
@@ -145,7 +155,7 @@ class DynamicConfig(MethodConfig):
     )
     integer: ClassVar[bool] = True
     supported_bits: ClassVar[tuple[int, ...]] = (8,)
-    omit_at_default: ClassVar[tuple[str, ...]] = (*DEPLOY_PARAMS, "granularity")
+    omit_at_default: ClassVar[tuple[str, ...]] = (*LATE_PARAMS, "granularity")
 
     bits: int = param(8, "weight bit-width; dynamic quantization has int8 kernels only")
     backend: str = param("x86", "quantized engine the kernels run on", choices=BACKENDS)
@@ -250,7 +260,7 @@ def _default(config: MethodConfig, name: str) -> Any:
 def _method_first(names: Iterable[str]) -> list[str]:
     """Parameter names with the method's own first and the deploy parameters every method shares last."""
     names = list(names)
-    return [n for n in names if n not in DEPLOY_PARAMS] + [n for n in names if n in DEPLOY_PARAMS]
+    return [n for n in names if n not in LATE_PARAMS] + [n for n in names if n in LATE_PARAMS]
 
 
 def public_methods() -> list[type[MethodConfig]]:
@@ -267,7 +277,7 @@ def parameter_specs(cls: type[MethodConfig]) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": f.name,
-                "type": type_name(hints[f.name]),
+                "type": "list of layer rules" if f.name == "layers" else type_name(hints[f.name]),
                 "default": f.default,
                 "choices": meta.get("choices"),
                 "min": meta.get("min"),
@@ -308,6 +318,11 @@ def parse_method(method: str, params: Mapping[str, Any] | None = None, *, path: 
         if f is None:
             valid = ", ".join(_method_first(fields)) or "none"
             problems.append(Problem(problem_path(path, name), f"unknown parameter for method {method}; valid: {valid}"))
+            continue
+        if name == "layers":
+            rules, found = parse_rules(value, problem_path(path, name))
+            problems.extend(found)
+            values[name] = rules
             continue
         coerced, problem = check_value(value, hints[name], f.metadata)
         if problem:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from farm.quant.config import DEPLOY_PARAMS, MethodConfig, config_from_dict
+from farm.quant.config import LATE_PARAMS, MethodConfig, config_from_dict
+from farm.quant.layers import rules_label
 from farm.runtimes.registry import DEFAULT_RUNTIME, short_name
 
 #: Short names of parameter values (observers, granularities, schemes).
@@ -68,12 +69,12 @@ def recipe_label(config: MethodConfig | dict[str, Any]) -> str:
     always = [name for name in _ALWAYS if name in params and name not in cfg.omit_at_default]
     words = [cfg.method] + [_word(name, params[name], always=True) for name in always]
     for name, value in params.items():
-        if name in always or name in DEPLOY_PARAMS or (name in defaults and defaults[name] == value):
+        if name in always or name in LATE_PARAMS or (name in defaults and defaults[name] == value):
             continue
         if name == "percentile" and params.get("observer") != "percentile":
             continue  # only the percentile observer reads it
         words.append(_word(name, value, always=False))
-    return " ".join(w for w in [*words, *_deploy_words(cfg)] if w)
+    return " ".join(w for w in [*words, rules_label(cfg.layers), *_deploy_words(cfg)] if w)
 
 
 def _deploy_words(cfg: MethodConfig) -> list[str]:

@@ -255,7 +255,7 @@ MANY_EXPECTED = [
         "methods[1].qat.bogus",
         "unknown parameter for method qat; valid: bits, calibration_size, observer, percentile, granularity, "
         "activation, backend, reduce_range, epochs, steps, lr, optimizer, momentum, weight_decay, batch_size, "
-        "freeze_observers_after, freeze_bn_after, device, loss, runtime, provider",
+        "freeze_observers_after, freeze_bn_after, device, loss, runtime, provider, layers",
     ),
 ]
 
@@ -378,6 +378,7 @@ def test_bits_apply_to_integer_methods_and_calibration_sizes_to_static_and_qat()
                 "granularity": "per_tensor",
                 "runtime": "torch",
                 "provider": None,
+                "layers": (),
             }
             assert cols["calibration_size"] is None
         else:
