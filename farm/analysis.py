@@ -5,12 +5,14 @@ sweep-to-sweep comparison. Pure functions over rows of results_flat (dicts); no 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from farm.errors import ConfigError
+from farm.metric_targets import Target, figure, meets, shortfall
 
 #: Figures that differ by batch size: a front or a choice over them is made per batch size.
 PER_BATCH = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "speedup", "speedup_vs_best_fp32"}
@@ -20,13 +22,13 @@ MAXIMISE = {
     "accuracy_fp32",
     "agreement",
     "sqnr_db",
+    "cosine",
+    "metric_value",
     "throughput",
     "speedup",
     "speedup_vs_best_fp32",
     "coverage",
 }
-#: Slack on the accuracy budget for floating-point rounding (far below one sample of any test set).
-DROP_TOLERANCE = 1e-9
 #: What identifies a recipe across sweeps (the same grid on two pools or two releases); the runtime is part of it.
 RECIPE_COLUMNS = (
     "model",
@@ -163,6 +165,7 @@ def pareto_front(
         {(model,) or (model, batch_size): front sorted by x, best first}; each row a copy with ``ties``.
     """
     check_comparable(rows, x, y)
+    check_one_metric_function(rows, x, y)
     per_batch = x in PER_BATCH or y in PER_BATCH
     candidates = [
         r
@@ -214,21 +217,38 @@ class Choice:
 def best_configs(
     rows: Sequence[dict[str, Any]],
     *,
-    max_accuracy_drop: float,
+    max_accuracy_drop: float | None = None,
+    target: Target | None = None,
     by: str = "latency_p50_ms",
     include_simulated: bool = False,
 ) -> list[Choice]:
-    """Per model: the best succeeded row whose accuracy drop is within the budget, ranked by ``by``.
+    """Per model: the best succeeded row that meets the target, ranked by ``by``.
 
-    ``by`` is minimised (latency, size) unless bigger is better (throughput, speedup). Rows without an
-    accuracy drop or a ``by`` figure can't qualify, nor can rows whose health is not ok; simulated rows can't
-    qualify unless ``include_simulated`` (their size is an estimate), and never on latency figures. Where
-    none qualifies, the closest miss is the row with the smallest accuracy drop.
+    Args:
+        rows: rows of results_flat.
+        max_accuracy_drop: the accuracy budget (the target when ``target`` is not given).
+        target: what a row must reach (:func:`farm.metric_targets.make_target`): an accuracy drop, or a floor on
+            accuracy, agreement, cosine, sqnr_db or the sweep's own metric.
+        by: the figure to optimise.
+        include_simulated: let simulated rows compete (never on latency figures).
+
+    ``by`` is minimised (latency, size) unless bigger is better (throughput, speedup). Rows without the target's
+    figure or a ``by`` figure can't qualify (for a label-free metric a note counts them), nor can rows whose health
+    is not ok; simulated rows can't qualify unless ``include_simulated`` (their size is an estimate), and never on
+    latency figures. Where none qualifies, the closest miss is the row nearest the target.
 
     Rows whose 95 % interval of ``by`` (:data:`INTERVALS`) overlaps the best one's are a tie: the measurement
     cannot rank them, so the simplest recipe (:func:`simplicity`) wins, and :attr:`Choice.tied` and a note say so.
+
+    Raises:
+        ConfigError: neither or both of ``max_accuracy_drop`` and ``target``; rows of several metric functions
+            ranked by ``metric``; a ratio over rows of several runtimes (:func:`check_comparable`).
     """
+    if (target is None) == (max_accuracy_drop is None):
+        raise ConfigError("best_configs: give max_accuracy_drop or target, not both or neither")
+    goal = target if target is not None else Target("accuracy", max_accuracy_drop=max_accuracy_drop)
     check_comparable(rows, by)
+    check_one_metric_function(rows, goal.column, by)
     per_batch = by in PER_BATCH
     sign = -1 if by in MAXIMISE else 1
     choices = []
@@ -238,28 +258,52 @@ def best_configs(
             for r in group
             if r.get(by) is not None and not (r.get("simulated") and (per_batch or not include_simulated))
         ]
-        # The stored drop is fp32 - accuracy in floating point (0.98 - 0.97 = 0.010000000000000009): a drop equal
-        # to the budget is within it.
-        budget = max_accuracy_drop + DROP_TOLERANCE
-        within = [r for r in usable if r.get("accuracy_drop") is not None and r["accuracy_drop"] <= budget]
+        measured = [r for r in usable if figure(r, goal.column) is not None]
+        within = [r for r in measured if meets(r, goal)]
         choice = Choice(key, None, candidates=len(within))
         if within:
-            _pick(choice, within, by, sign)
-        else:
-            measured = [r for r in usable if r.get("accuracy_drop") is not None]
-            choice.closest_miss = min(measured, key=lambda r: (r["accuracy_drop"], sign * r[by])) if measured else None
+            _pick(choice, within, by, sign, goal)
+        elif measured:
+            choice.closest_miss = min(measured, key=lambda r: (shortfall(r, goal), _loss(r, goal), sign * r[by]))
         skipped = len(group) - len(usable)
         if skipped:
             simulated = " or simulated" if per_batch or not include_simulated else ""
             choice.notes.append(f"{skipped} row(s) without {by}{simulated} not considered")
+        lacking = len(usable) - len(measured)
+        if lacking and goal.metric != "accuracy":  # rows without a drop were always left out silently
+            choice.notes.append(f"{lacking} row(s) without {goal.column} not considered")
         choices.append(choice)
     return choices
 
 
-def _pick(choice: Choice, within: list[dict[str, Any]], by: str, sign: int) -> None:
-    fastest = min(within, key=lambda r: (sign * r[by], r["accuracy_drop"]))
+def check_one_metric_function(rows: Iterable[dict[str, Any]], *figures: str) -> None:
+    """Refuse to rank ``metric_value`` across rows whose metric functions differ: their values don't compare.
+
+    Raises:
+        ConfigError: ``metric_value`` among ``figures`` and more than one ``metric_name`` among the succeeded rows.
+    """
+    if "metric_value" not in figures:
+        return
+    names = sorted({str(r["metric_name"]) for r in succeeded(rows) if r.get("metric_name") is not None})
+    if len(names) > 1:
+        raise ConfigError(
+            f"the rows carry {len(names)} metric functions ({', '.join(names)}): their values don't compare; "
+            "filter on one, e.g. --where \"metric_name = '...'\""
+        )
+
+
+def _loss(row: dict[str, Any], goal: Target) -> float:
+    """Smaller is closer to fp32: the accuracy drop for a drop budget, else minus the metric."""
+    value = figure(row, goal.column)
+    if value is None:
+        return math.inf
+    return value if goal.max_accuracy_drop is not None else -value
+
+
+def _pick(choice: Choice, within: list[dict[str, Any]], by: str, sign: int, goal: Target) -> None:
+    fastest = min(within, key=lambda r: (sign * r[by], _loss(r, goal)))
     tied = [r for r in within if overlaps(r, fastest, by)]
-    choice.best = min(tied, key=lambda r: (simplicity(r), sign * r[by], r["accuracy_drop"]))
+    choice.best = min(tied, key=lambda r: (simplicity(r), sign * r[by], _loss(r, goal)))
     choice.tied = [r for r in tied if r is not choice.best]
     if choice.tied:
         choice.notes.append(

@@ -7,6 +7,7 @@ models, so they train once per session into that directory and no test reads or 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,20 @@ def farm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("FARM_HOME", None)
     else:
         os.environ["FARM_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def drift_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("drift")
+
+
+@pytest.fixture(autouse=True)
+def drift_history(drift_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own host drift history (farm.quant.drift, FARM_DRIFT_FILE): a job's p50 interval never depends
+    on which tests ran before it, and the host's real history is left alone."""
+    path = drift_dir / f"{uuid.uuid4().hex}.jsonl"
+    monkeypatch.setenv("FARM_DRIFT_FILE", str(path))
+    return path
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

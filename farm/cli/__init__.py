@@ -18,10 +18,12 @@ from farm.errors import FarmError
 COMMANDS = {
     "quantize": "quantize:quantize",
     "methods": "catalog:methods",
+    "layers": "layers:layers",
     "models": "catalog:models",
     "db": "db:db",
     "artifacts": "artifacts:artifacts",
     "sweep": "sweep:sweep",
+    "tune": "tune:tune",
     "results": "results:results",
     "report": "report:report",
     "demo": "demo:demo",

@@ -14,6 +14,10 @@ from farm.cli.params import ID
 from farm.cli.render import cell, out
 
 _X_DIRECTIONS = click.Choice(["min", "max"])
+#: ``farm results best --metric`` (farm.metric_targets.METRICS, written out: the CLI imports it lazily).
+METRIC_NAMES = ("accuracy", "agreement", "cosine", "sqnr_db", "metric")
+#: What ``compare`` shows beside accuracy where the rows have it, with its short table heading.
+COMPARED_FIDELITY = {"cosine": "cos", "sqnr_db": "sqnr", "metric_value": "metric"}
 
 
 def _rows(sweeps: list[int], where: str | None) -> tuple[Any, list[dict[str, Any]]]:
@@ -42,7 +46,13 @@ def _label(r: dict[str, Any]) -> str:
 @click.command()
 @click.option("--sweep", "sweep_ids", type=ID, multiple=True, required=True, help="Sweep(s) to search.")
 @click.option("--x", "x", default="latency_p50_ms", show_default=True, help="First figure (a results_flat column).")
-@click.option("--y", "y", default="accuracy", show_default=True, help="Second figure.")
+@click.option(
+    "--y",
+    "y",
+    default="accuracy",
+    show_default=True,
+    help="Second figure: accuracy, agreement, cosine, sqnr_db, metric (your metric function) or any numeric column.",
+)
 @click.option("--x-direction", type=_X_DIRECTIONS, default="min", show_default=True)
 @click.option("--y-direction", type=_X_DIRECTIONS, default="max", show_default=True)
 @click.option("--where", help='Filter first (docs/query.md), e.g. "batch_size = 8".')
@@ -54,7 +64,7 @@ def pareto(
     from farm.analysis import pareto_front
     from farm.store.columns import COLUMN_KINDS, is_numeric, resolve_column
 
-    x, y = resolve_column(x, source="--x"), resolve_column(y, source="--y")
+    x, y = resolve_column(_metric_column(x), source="--x"), resolve_column(_metric_column(y), source="--y")
     for option, name in (("--x", x), ("--y", y)):
         if not is_numeric(COLUMN_KINDS[name]):
             from farm.errors import ConfigError
@@ -99,7 +109,20 @@ def pareto(
 
 @click.command()
 @click.option("--sweep", "sweep_ids", type=ID, multiple=True, required=True, help="Sweep(s) to search.")
-@click.option("--max-accuracy-drop", type=float, required=True, help="Accuracy budget, a fraction: 0.01 is 1 point.")
+@click.option(
+    "--metric",
+    default="accuracy",
+    show_default=True,
+    metavar="|".join(METRIC_NAMES),
+    help="What must stay good: accuracy (labels), or label-free agreement, cosine, sqnr_db, or metric (the sweep's "
+    "metric function); higher is better for all.",
+)
+@click.option(
+    "--max-accuracy-drop", type=float, help="Accuracy budget, a fraction: 0.01 is 1 point (--metric accuracy)."
+)
+@click.option(
+    "--min-metric", type=float, help="The floor the metric must reach, e.g. --metric cosine --min-metric 0.99."
+)
 @click.option(
     "--by", default="latency_p50_ms", show_default=True, help="What to optimise: latency_p50_ms, size_bytes, ..."
 )
@@ -111,54 +134,36 @@ def pareto(
 )
 @click.option("--format", "fmt", type=click.Choice(TEXT_FORMATS), default="table", show_default=True)
 def best(
-    sweep_ids: tuple[int, ...], max_accuracy_drop: float, by: str, where: str | None, include_simulated: bool, fmt: str
+    sweep_ids: tuple[int, ...],
+    metric: str,
+    max_accuracy_drop: float | None,
+    min_metric: float | None,
+    by: str,
+    where: str | None,
+    include_simulated: bool,
+    fmt: str,
 ) -> None:
-    """Per model, the best configuration within the accuracy budget, with its artifact URI.
+    """Per model, the best configuration that meets the target, with its artifact URI.
 
+    The target is an accuracy budget (--max-accuracy-drop) or a floor on a metric (--min-metric): label-free
+    metrics (agreement, cosine, sqnr_db, your metric function) rank models without labels and embedding models.
     Configurations whose 95 % intervals of the figure overlap are a tie, which the simplest recipe wins (no QAT,
     fewer calibration samples, a cheaper observer); results whose health is not ok never compete.
     """
     from farm.analysis import MAXIMISE, best_configs, excluded_note
     from farm.errors import ConfigError
+    from farm.metric_targets import make_target
     from farm.store.columns import COLUMN_KINDS, is_numeric, resolve_column
 
-    if not 0 <= max_accuracy_drop < 1:
-        # A user writing 1 means one point, but as a fraction it is the whole accuracy: every result would pass.
-        points = (
-            f": {max_accuracy_drop:g} is a drop of {max_accuracy_drop * 100:g} points, which every configuration "
-            f"passes; for {max_accuracy_drop:g} point(s) write {max_accuracy_drop / 100:g}"
-            if 1 <= max_accuracy_drop <= 100
-            else ""
-        )
-        raise ConfigError(
-            "--max-accuracy-drop: a fraction of accuracy from 0 up to, not including, 1 (0.01 is 1 point), "
-            f"got {max_accuracy_drop:g}{points}"
-        )
+    target = make_target(metric, min_metric, max_accuracy_drop)
     by = resolve_column(by, source="--by")
     if not is_numeric(COLUMN_KINDS[by]):
         raise ConfigError(f"--by: {by} is not a numeric column")
     _, rows = _rows(list(sweep_ids), where)
-    choices = best_configs(rows, max_accuracy_drop=max_accuracy_drop, by=by, include_simulated=include_simulated)
+    choices = best_configs(rows, target=target, by=by, include_simulated=include_simulated)
     direction = "highest" if by in MAXIMISE else "lowest"
-    records = []
     spans = "runtime" in varying(rows)
-    for c in choices:
-        r = c.best or c.closest_miss or {}
-        records.append(
-            {
-                "model": c.group[0],
-                "batch_size": c.group[1] if len(c.group) > 1 else None,
-                "found": c.best is not None,
-                "config": _label(r) if r else None,
-                **({"runtime": r.get("runtime")} if spans else {}),
-                "job_id": r.get("job_id"),
-                "accuracy": r.get("accuracy"),
-                "accuracy_drop": r.get("accuracy_drop"),
-                by: r.get(by),
-                "tied_job_ids": [t["job_id"] for t in c.tied],
-                "artifact_uri": r.get("artifact_uri"),
-            }
-        )
+    records = [_best_record(c, target, by, spans) for c in choices]
     if fmt != "table":
         write_rows(records, list(records[0]) if records else ["model"], fmt)
         return
@@ -170,20 +175,78 @@ def best(
         if c.best is not None:
             out.print(
                 f"[bold]{escape(where_)}[/]: {escape(rec['config'])} (job {rec['job_id']}): {by} "
-                f"{_with_interval(c.best, by)}, "
-                f"accuracy {cell(rec['accuracy'])} (drop {rec['accuracy_drop']:+.4f}), {direction} {by} of "
-                f"{c.candidates} within {max_accuracy_drop:g}\n  artifact: {escape(rec['artifact_uri'] or '-')}"
+                f"{_with_interval(c.best, by)}, {_target_figure(rec, target)}, {direction} {by} of "
+                f"{c.candidates} {_within(target)}\n  artifact: {escape(rec['artifact_uri'] or '-')}"
             )
         elif c.closest_miss is not None:
             out.print(
-                f"[bold]{escape(where_)}[/]: [yellow]no configuration is within an accuracy drop of "
-                f"{max_accuracy_drop:g}[/]; closest: {escape(rec['config'])} (job {rec['job_id']}) with a drop of "
-                f"{rec['accuracy_drop']:.4f}, {by} {cell(rec[by])}"
+                f"[bold]{escape(where_)}[/]: [yellow]no configuration {_miss_text(target)}[/]; closest: "
+                f"{escape(rec['config'])} (job {rec['job_id']}) with {_miss_figure(rec, target)}, {by} {cell(rec[by])}"
             )
         else:
-            out.print(f"[bold]{escape(where_)}[/]: [yellow]no job has both an accuracy drop and {by}[/]")
+            wanted = "an accuracy drop" if target.max_accuracy_drop is not None else target.column
+            out.print(f"[bold]{escape(where_)}[/]: [yellow]no job has both {escape(wanted)} and {by}[/]")
         for note in c.notes:
             out.print(f"  note: {escape(note)}")
+
+
+def _best_record(c: Any, target: Any, by: str, spans: bool) -> dict[str, Any]:
+    """One model's choice (or closest miss) as a record; the target's metric is a key of its own unless accuracy."""
+    r = c.best or c.closest_miss or {}
+    column = target.column if target.metric != "accuracy" else None
+    return {
+        "model": c.group[0],
+        "batch_size": c.group[1] if len(c.group) > 1 else None,
+        "found": c.best is not None,
+        "config": _label(r) if r else None,
+        **({"runtime": r.get("runtime")} if spans else {}),
+        "job_id": r.get("job_id"),
+        "accuracy": r.get("accuracy"),
+        "accuracy_drop": r.get("accuracy_drop"),
+        **({column: r.get(column)} if column else {}),
+        **({"metric_name": r.get("metric_name")} if column == "metric_value" else {}),
+        by: r.get(by),
+        "tied_job_ids": [t["job_id"] for t in c.tied],
+        "artifact_uri": r.get("artifact_uri"),
+    }
+
+
+def _target_figure(rec: dict[str, Any], target: Any) -> str:
+    if target.max_accuracy_drop is not None:
+        return f"accuracy {cell(rec['accuracy'])} (drop {rec['accuracy_drop']:+.4f})"
+    return f"{target.metric} {_metric_cell(rec, target)}"
+
+
+def _metric_cell(rec: dict[str, Any], target: Any) -> str:
+    # A missing sqnr_db beside a cosine is an output identical to fp32's: its SQNR is infinite.
+    value = rec.get(target.column)
+    return "inf (identical to fp32)" if value is None and target.column == "sqnr_db" else cell(value)
+
+
+def _within(target: Any) -> str:
+    if target.max_accuracy_drop is not None:
+        return f"within {target.max_accuracy_drop:g}"
+    return f"with {target.metric} >= {target.min_metric:g}"
+
+
+def _miss_text(target: Any) -> str:
+    if target.max_accuracy_drop is not None:
+        return f"is within an accuracy drop of {target.max_accuracy_drop:g}"
+    return f"reaches {target.metric} >= {target.min_metric:g}"
+
+
+def _miss_figure(rec: dict[str, Any], target: Any) -> str:
+    if target.max_accuracy_drop is not None:
+        return f"a drop of {rec['accuracy_drop']:.4f}"
+    return f"{target.metric} {_metric_cell(rec, target)}"
+
+
+def _metric_column(name: str) -> str:
+    """A metric's name (``metric`` is the metric function's value) as the results_flat column that holds it."""
+    from farm.metric_targets import METRICS
+
+    info = METRICS.get(name.lower())
+    return info.column if info is not None else name
 
 
 @click.command()
@@ -202,6 +265,8 @@ def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:
 
     configs = method_configs(db, [r["job_id"] for r in rows_a + rows_b])
     pairs = match(rows_a, rows_b, configs)
+    # The fidelity figures, each only where some row has it (embedding models have cosine and SQNR, no accuracy).
+    fidelity = [f for f in COMPARED_FIDELITY if any(r.get(f) is not None for r in rows_a + rows_b)]
     records = []
     for p in pairs:
         a, b = p.a or {}, p.b or {}
@@ -218,6 +283,7 @@ def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:
                 "speedup_a": a.get("speedup"),
                 "speedup_b": b.get("speedup"),
                 "size_bytes_delta": p.delta("size_bytes"),
+                **{f"{f}_{side}": row.get(f) for f in fidelity for side, row in (("a", a), ("b", b))},
                 "hardware_a": a.get("hardware"),
                 "hardware_b": b.get("hardware"),
                 "in": "both" if p.a and p.b else ("a only" if p.a else "b only"),
@@ -245,6 +311,7 @@ def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:
         "b/a",
         "speedup a",
         "speedup b",
+        *(f"{COMPARED_FIDELITY[f]} {side}" for f in fidelity for side in "ab"),
         "in",
     ]
     for c in cols:
@@ -262,6 +329,7 @@ def compare(sweep_a: int, sweep_b: int, where: str | None, fmt: str) -> None:
             "-" if r["latency_ratio_b_over_a"] is None else f"{r['latency_ratio_b_over_a']:.2f}x",
             cell(r["speedup_a"]),
             cell(r["speedup_b"]),
+            *(cell(r[f"{f}_{side}"]) for f in fidelity for side in "ab"),
             r["in"],
         )
     out.print(table)

@@ -98,6 +98,15 @@ class BatchSizes(click.ParamType):
 @click.option("--provider", help="onnxruntime execution provider, e.g. CUDAExecutionProvider. [the device's default]")
 @click.option("--param", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method parameter.")
 @click.option(
+    "--layer",
+    "layer_rules",
+    multiple=True,
+    metavar="SELECTOR:ACTION[,ACTION]",
+    help="A per-layer rule, repeatable (later wins): 'fc:skip', 'type=Linear:granularity=per_channel', "
+    "'re:layer[34][.].*:bits=4'; selectors and actions in docs/methods.md, layer names from `farm layers MODEL`.",
+)
+@click.option("--layers-file", type=click.Path(dir_okay=False), help="YAML list of per-layer rules (a spec's layers:).")
+@click.option(
     "--batch-size",
     "batch_sizes",
     type=BatchSizes(),
@@ -125,6 +134,13 @@ class BatchSizes(click.ParamType):
     metavar="NAME|INDEX",
     help="The model output metrics are computed on: a dict key (embedding) or tuple index (0). [the logits]",
 )
+@click.option(
+    "--metric-fn",
+    "metric_fn",
+    metavar="entrypoint:PKG.MOD:FN",
+    help="Your metric: FN(outputs, reference_outputs, labels_or_None) -> float, higher is better; stored as metric "
+    "(module in FARM_ALLOWED_MODULES).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 def quantize(
     model_ref: str,
@@ -139,6 +155,7 @@ def quantize(
     seed: int,
     output: str | None,
     model_output: str | None,
+    metric_fn: str | None,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -161,7 +178,10 @@ def quantize(
 
         dataset_ref = BUILTIN_DATASETS.get(model_ref.removeprefix("farm:"), "sklearn:digits")
     parse_dataset_ref(dataset_ref)
-    config = build_config(method, options, extra, device)
+    from farm.cli.layer_rules import rules_from_options, with_rules
+
+    rules = rules_from_options(options.pop("layer_rules", ()), options.pop("layers_file", None))
+    config = with_rules(build_config(method, options, extra, device), rules)
     bench_device = "auto" if device is None or method == "qat" else device
     sizes = tuple(dict.fromkeys(b for group in batch_sizes for b in group))
     bench = BenchmarkConfig(batch_sizes=sizes or (1, 8), threads=threads, device=bench_device, isolation=isolation)
@@ -172,12 +192,21 @@ def quantize(
     if weights is not None and not Path(weights).is_file():
         raise ConfigError(f"--weights: {weights} does not exist")
 
+    if metric_fn is not None:  # refused here, before anything is written: bad syntax, not allowlisted, no import
+        from farm.quant.metrics import load_metric_fn
+
+        try:
+            load_metric_fn(metric_fn)
+        except ConfigError as e:
+            raise ConfigError([Problem("--metric-fn", p.message) for p in e.problems]) from None
     target = Path(output) if output else _default_output(model_ref, config)
     _check_output(target)
     from farm.jobs.contract import JobSpec
 
     selected = _model_output(model_output)
-    spec = JobSpec(model_ref, dataset_ref, config, weights=weights, seed=seed, benchmark=bench, output=selected)
+    spec = JobSpec(
+        model_ref, dataset_ref, config, weights=weights, seed=seed, benchmark=bench, output=selected, metric=metric_fn
+    )
     result = _run(spec, target, show_progress=not as_json)
     if as_json:
         click.echo(json.dumps(result, indent=2))

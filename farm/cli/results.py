@@ -19,6 +19,7 @@ def results() -> None:
 
 @results.command()
 @click.option("--sweep", "sweep_ids", type=ID, multiple=True, help="Only these sweeps (repeatable).")
+@click.option("--tune", "tune_ids", type=ID, multiple=True, help="Only these tunes (a tune is a sweep: --sweep ID).")
 @click.option(
     "--where",
     metavar="EXPR",
@@ -42,6 +43,7 @@ def results() -> None:
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
 def query(
     sweep_ids: tuple[int, ...],
+    tune_ids: tuple[int, ...],
     where: str | None,
     order_by: tuple[str, ...],
     columns: str | None,
@@ -60,7 +62,9 @@ def query(
     from farm.store.results import ResultsQuery, query
 
     # Every check that needs no database comes first: bad input never opens it, nor writes a file.
-    q = ResultsQuery.parse(sweep=sweep_ids, where=where, order_by=order_by, columns=columns, limit=limit, cli=True)
+    q = ResultsQuery.parse(
+        sweep=(*sweep_ids, *tune_ids), where=where, order_by=order_by, columns=columns, limit=limit, cli=True
+    )
     check_output(fmt, output)
     rows = query(open_database(read_only=True), q)
     if fmt == "table" and columns is None and not wide:

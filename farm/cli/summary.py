@@ -27,6 +27,8 @@ def print_trial(r: dict[str, Any]) -> None:
         t.add_row("top-5", f"{fraction(r['top5'])} vs fp32 {fraction(r['top5_fp32'])}")
     sqnr = "inf (identical)" if r["sqnr_db"] is None and r["agreement"] == 1.0 else number(r["sqnr_db"], ".1f", " dB")
     t.add_row("fidelity", f"agreement {fraction(r['agreement'])}, SQNR {sqnr}, cosine {fraction(r['cosine'], 5)}")
+    if r.get("metric_name") is not None:  # the user's own metric function (--metric-fn)
+        t.add_row("metric", f"{number(r.get('metric'), '.6g')} ({escape(r['metric_name'])})")
     size_note = " (packed estimate)" if r["size_kind"] == "packed_estimate" else ""
     t.add_row(
         "size",

@@ -13,7 +13,8 @@ from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import MethodConfig, config_from_dict
 
 #: Bumped when the engine changes what a job measures: results keyed by an older version are not reused.
-ENGINE_VERSION = "3"  # 2: speedup side by side, CIs, health; 3: intervals allow for drift between blocks
+ENGINE_VERSION = "4"  # 2: speedup side by side, CIs, health; 3: intervals allow for drift between blocks;
+# 4: p50 intervals also hold the host's run-to-run drift (farm.quant.drift): results key anew, on purpose
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class JobSpec:
         output: which of the model's outputs every metric is computed on: a dict key or attribute name, or a tuple
             index (:func:`farm.quant.inputs.select_output`); None picks the logits as before. Part of the key only
             when set, so a job that picks none keys as before.
+        split: the split every metric is computed on: "test", or "validation" (a tune's sensitivity stage, which
+            must never choose on the test split; farm.zoo.data). Part of the key only when not "test".
     """
 
     model: str
@@ -42,6 +45,10 @@ class JobSpec:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     pool: str | None = None
     output: str | int | None = None
+    split: str = "test"
+    #: The user's metric function (``entrypoint:pkg.module:function``, allowlisted like model entrypoints), called on
+    #: the selected outputs of the whole split; None: none. Left out of to_dict (and the key) while None.
+    metric: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -56,6 +63,10 @@ class JobSpec:
             data["pool"] = self.pool
         if self.output is not None:
             data["output"] = self.output
+        if self.split != "test":
+            data["split"] = self.split
+        if self.metric is not None:
+            data["metric"] = self.metric
         return data
 
     @classmethod
@@ -69,6 +80,8 @@ class JobSpec:
             benchmark=BenchmarkConfig.from_dict(data.get("benchmark", {})),
             pool=data.get("pool"),
             output=data.get("output"),
+            split=str(data.get("split", "test")),
+            metric=data.get("metric"),
         )
 
 
@@ -139,11 +152,14 @@ class JobResult:
     runtime_version: str | None = None
     execution_provider: str | None = None
     opset: int | None = None
+    #: The job's own metric function (JobSpec.metric) and its value on the job's split; left out while None.
+    metric_name: str | None = None
+    metric: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: infinities and NaNs become null; the runtime fields are left out while None."""
         data: dict[str, Any] = jsonable(asdict(self))
-        for name in RUNTIME_FIELDS:
+        for name in (*RUNTIME_FIELDS, *METRIC_FIELDS):
             if data.get(name) is None:
                 data.pop(name, None)
         return data
@@ -151,6 +167,8 @@ class JobResult:
 
 #: JobResult fields that only a job on a runtime other than torch fills.
 RUNTIME_FIELDS = ("runtime", "runtime_version", "execution_provider", "opset")
+#: JobResult fields that only a job with a metric function fills.
+METRIC_FIELDS = ("metric_name", "metric")
 
 
 def jsonable(obj: Any) -> Any:

@@ -182,8 +182,17 @@ def _run_trial(
     with tempfile.TemporaryDirectory(prefix="farm-job-") as tmp:
         result = run_job(spec, Path(tmp), reference=reference, should_stop=should_stop, checkpoint=ckpt_path)
         stored = attempt.upload.put_dir(Path(tmp))
-    result.artifact_uri = next((obj.uri for kind, obj in stored if kind == "model"), None)
+    result.artifact_uri = model_uri(result, stored)
     return result, stored
+
+
+def model_uri(result: Any, stored: list[Stored]) -> str | None:
+    """The URI of the file a user deploys: the one the result names (a TensorRT job also keeps the ONNX graph it
+    built its engine from), else the first model file."""
+    main = (result.artifact or {}).get("file")
+    models = [(kind, obj) for kind, obj in stored if kind == "model"]
+    named = next((obj.uri for _, obj in models if main and obj.uri.rsplit("/", 1)[-1] == main), None)
+    return named or next((obj.uri for _, obj in models), None)
 
 
 def _record_success(attempt: _Attempt, result: Any, stored: list[Stored]) -> Outcome:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,8 +80,7 @@ def with_stage(plan: Plan, name: str, params: Mapping[str, Any], after: Sequence
     Raises:
         ConfigError: no expander is registered under ``name``, or a key of ``after`` is not in the plan.
     """
-    if name not in EXPANDERS:
-        raise ConfigError(f"no stage expander named {name!r} (known: {', '.join(sorted(EXPANDERS)) or 'none'})")
+    expander_named(name)
     by_key = {j.key: j for j in plan.jobs}
     missing = [k for k in after if k not in by_key]
     if missing:
@@ -88,12 +88,50 @@ def with_stage(plan: Plan, name: str, params: Mapping[str, Any], after: Sequence
     inputs = [by_key[k] for k in after]
     # The weights digests of the models it reads: the jobs it adds get the keys the planner would give them.
     full = {**params, "weights": {j.spec.model: j.weights_digest for j in inputs}}
-    canonical = {"stage": name, "params": full, "after": sorted(after), "engine_version": ENGINE_VERSION}
-    key = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     first = inputs[0].spec if inputs else JobSpec("", "", Fp32Config())
-    spec = JobSpec(first.model, first.dataset, Fp32Config(), pool=first.pool)  # routes it to a CPU pool
-    stage = StageJob(key, "stage", spec, "cpu", None, None, tuple(after), expander=name, params=full)
-    return dataclasses.replace(plan, jobs=[*plan.jobs, stage])
+    return dataclasses.replace(plan, jobs=[*plan.jobs, stage_job(name, full, after, first)])
+
+
+def stage_job(name: str, params: Mapping[str, Any], after: Sequence[str], like: JobSpec) -> StageJob:
+    """The stage job that runs expander ``name`` with ``params`` once the jobs ``after`` (keys) have ended.
+
+    Its key is a digest of the name, the parameters and ``after``: the same stage planned twice (a re-submit, an
+    expander run again after its worker died) is one job. ``like`` is a job of the model it reads: the stage goes
+    to the same pool (a CPU pool: it runs no engine work).
+
+    Args:
+        params: the expander's parameters, including ``weights`` (model -> weights digest) where it adds jobs.
+    """
+    canonical = {"stage": name, "params": params, "after": sorted(after), "engine_version": ENGINE_VERSION}
+    key = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    spec = JobSpec(like.model, like.dataset, Fp32Config(), pool=like.pool)  # routes it to a CPU pool
+    return StageJob(key, "stage", spec, "cpu", None, None, tuple(after), expander=name, params=dict(params))
+
+
+#: Expanders registered by a module of their own, imported when a stage first names them (farm tune's stages
+#: import nothing of this module's users: no import cycle, and a worker finds them by name).
+LAZY_EXPANDERS = {
+    "tune_sensitivity": "farm.jobs.tune_stages",
+    "tune_candidates": "farm.jobs.tune_stages",
+    "tune_refine": "farm.jobs.tune_stages",
+    "tune_answer": "farm.jobs.tune_stages",
+}
+
+
+def expander_named(name: str) -> Expander:
+    """The expander registered under ``name`` (importing the module that registers it, for a lazy one).
+
+    Raises:
+        ConfigError: no expander is registered under ``name``.
+    """
+    if name not in EXPANDERS and name in LAZY_EXPANDERS:
+        module = importlib.import_module(LAZY_EXPANDERS[name])
+        module.register_all()
+    expander = EXPANDERS.get(name)
+    if expander is None:
+        known = ", ".join(sorted({*EXPANDERS, *LAZY_EXPANDERS})) or "none"
+        raise ConfigError(f"no stage expander named {name!r} (known: {known})")
+    return expander
 
 
 def run_stage(
@@ -116,9 +154,7 @@ def run_stage(
     from farm.store import expansion
 
     name = str(payload.get("stage"))
-    expander = EXPANDERS.get(name)
-    if expander is None:
-        raise ConfigError(f"no stage expander named {name!r} (known: {', '.join(sorted(EXPANDERS)) or 'none'})")
+    expander = expander_named(name)
     inputs = expansion.stage_inputs(db, job_id)
     own_queue = next(iter(expansion.queue_of(db, job_id)), None)
     jobs = expander(Stage(stage_key, name, dict(payload.get("params") or {})), inputs)

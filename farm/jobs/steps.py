@@ -18,9 +18,10 @@ from typing import Any
 from farm.errors import ConfigError
 from farm.jobs.contract import JobResult, JobSpec
 from farm.jobs.manifest import write_job_manifest
-from farm.jobs.timing import seeded, timed_step
-from farm.quant.config import MethodConfig, resolve_device
-from farm.quant.measure import ProgressFn, benchmark, evaluate
+from farm.jobs.preflight import preflight
+from farm.jobs.timing import allow_for_drift, seeded, timed_step
+from farm.quant.config import resolve_device
+from farm.quant.measure import ProgressFn, benchmark, evaluate, load_metric
 from farm.quant.reference import REFERENCE_FILE, Reference
 from farm.runtimes.engine import runtime_of
 
@@ -97,6 +98,7 @@ def run_job(
     timings: dict[str, float] = {}
 
     preflight(cfg, device, training=checkpoint is None)
+    load_metric(spec.metric)  # a metric function that can't run is refused before anything is measured
     out_dir.mkdir(parents=True, exist_ok=True)
     with torch_threads(spec.benchmark.threads), seeded(spec.seed), quiet_torch_ao():
         reset_peak()
@@ -106,19 +108,17 @@ def run_job(
             inputs = _load(spec, timings, report)
             check_runs(inputs.loaded.module, inputs.example, spec)
         result.warnings.extend(inputs.splits.notes)
-        if reference is None:
-            with timed_step("reference", timings, report):
-                splits = inputs.splits
-                reference = compute_reference(
-                    inputs.loaded.module, splits.test, splits.labelled, spec, device, report, stop
-                )
+        reference_here = reference is None  # its fp32 p50 joins the host's drift history (farm.jobs.timing)
+        reference = reference or _reference_here(spec, inputs, device, timings, report, stop)
         _record_hardware(result, device)
         fp32 = cfg.method == "fp32" and runtime_of(cfg) == "torch"  # fp32 on another runtime is a trial
         if fp32:
             measured = _as_reference(reference, inputs, device, result)
         else:
             measured = _trial(spec, inputs, device, result, out_dir, timings, report, stop, checkpoint)
-        fill_figures(result, measured.outcome, measured.outputs, measured.latency, reference)
+        here = cfg.method == "fp32" and (reference_here or not fp32)  # this job timed fp32 itself: it is recorded
+        measured.latency = allow_for_drift(measured.latency, spec, device, result.hardware_id, fp32_timed_here=here)
+        fill_figures(result, measured.outcome, measured.outputs, measured.latency, reference, inputs.splits, spec)
         with compute_step(stop):
             _save(result, measured, inputs.example, reference, out_dir, timings, report, fp32=fp32)
         result.peak_memory_bytes = peak_rss_bytes()
@@ -128,6 +128,17 @@ def run_job(
     result.duration_s = time.perf_counter() - started
     write_job_manifest(out_dir, spec, result, measured.outcome, inputs.example, device, runtime=measured.runtime)
     return result
+
+
+def _reference_here(
+    spec: JobSpec, inputs: _Inputs, device: str, timings: dict[str, float], report: ProgressFn, stop: Callable[[], bool]
+) -> Reference:
+    """The fp32 reference computed in this job (no fp32 job's reference was handed in)."""
+    with timed_step("reference", timings, report):
+        splits = inputs.splits
+        return compute_reference(
+            inputs.loaded.module, splits.test, splits.labelled, spec, device, report, stop, splits.num_classes
+        )
 
 
 def _record_hardware(result: JobResult, device: str) -> None:
@@ -140,12 +151,12 @@ def _record_hardware(result: JobResult, device: str) -> None:
 def _load(spec: JobSpec, timings: dict[str, float], report: ProgressFn) -> _Inputs:
     """Load the data first, so that a bad path or calibration size is refused before a model is built (or
     trained), then the model."""
-    from farm.zoo.data import calibration_subset, first_batch, load_dataset
+    from farm.zoo.data import calibration_subset, first_batch, for_split, load_dataset
     from farm.zoo.models import load_model
 
     cfg = spec.method
     with timed_step("load", timings, report):
-        splits = load_dataset(spec.dataset)
+        splits = for_split(load_dataset(spec.dataset), spec.split)  # metrics on spec.split's samples
         calibration = calibration_subset(splits, cfg.calibration_size, spec.seed) if cfg.calibrated else None  # type: ignore[attr-defined]
         loaded = load_model(spec.model, weights=spec.weights)
     return _Inputs(splits, calibration, loaded, first_batch(splits.test, 1))
@@ -311,8 +322,9 @@ def compute_reference(
     device: str,
     report: ProgressFn,
     stop: Callable[[], bool],
+    num_classes: int | None = None,
 ) -> Reference:
-    """Evaluate and time the fp32 model.
+    """Evaluate and time the fp32 model (accuracy only on class scores: :func:`farm.quant.metrics.is_class_scores`).
 
     Raises:
         ConfigError: the model produces NaN or Inf on the reference inputs.
@@ -320,7 +332,7 @@ def compute_reference(
     from farm.quant.artifact import model_size_bytes
     from farm.quant.fingerprint import fingerprint, hardware_id
     from farm.quant.inputs import place
-    from farm.quant.metrics import all_finite, topk_accuracy
+    from farm.quant.metrics import all_finite, is_class_scores, topk_accuracy
     from farm.quant.reference import fp32_baseline
     from farm.zoo.data import first_batch
 
@@ -333,45 +345,14 @@ def compute_reference(
             "check its weights"
         )
     latency = {lat["batch_size"]: lat for lat in benchmark(outcome, test, spec.benchmark, report, stop, baseline)}
-    accuracy = topk_accuracy(outputs, labels, 1) if labelled else None
-    top5 = topk_accuracy(outputs, labels, 5) if labelled and outputs.shape[-1] >= 10 else None
+    scores = labelled and is_class_scores(tuple(outputs.shape), num_classes, spec.output)  # an embedding has no top-1
+    accuracy = topk_accuracy(outputs, labels, 1) if scores else None
+    top5 = topk_accuracy(outputs, labels, 5) if scores and outputs.shape[-1] >= 10 else None
     size = model_size_bytes(model, place(first_batch(test, 1), device))
     return Reference(
         outputs, labels, labelled, accuracy, top5, latency, size, device, hardware_id(fingerprint(device)),
         module=outcome.model, deployed_as=baseline.deployed_as,
     )  # fmt: skip
-
-
-def preflight(cfg: MethodConfig, device: str, *, training: bool = True) -> None:
-    """Refuse, before loading anything, a job this machine cannot run.
-
-    Args:
-        training: a qat job fine-tunes here (False: it converts a checkpoint fine-tuned elsewhere, e.g. on a
-            GPU worker, and needs no training device).
-
-    Raises:
-        ConfigError: fp16 without CUDA, a CUDA device asked for on a machine without one, or a runtime that cannot
-            serve the job here (:func:`farm.runtimes.engine.check`).
-    """
-    from farm.quant.fp import check_half_device
-
-    if runtime_of(cfg) != "torch":
-        from farm.runtimes.engine import check
-
-        check(cfg, device)  # the runtime's own refusals (fp16 on a CPU provider, a missing package)
-        if device.startswith("cuda"):
-            check_half_device("fp32", device)  # CUDA asked for on a machine without it
-    elif cfg.method in ("fp16", "bf16"):
-        check_half_device(cfg.method, device)
-    elif device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device}: this machine has no CUDA device")
-    if cfg.method == "qat" and training:
-        from farm.quant.qat import train_device
-
-        train_device(cfg)  # type: ignore[arg-type]
 
 
 def _blank_result(spec: JobSpec, device: str) -> JobResult:

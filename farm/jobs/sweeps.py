@@ -66,9 +66,15 @@ def load_plan(spec_path: str, force: bool, pools: Any = None) -> Any:
     from farm.artifacts import object_digest
     from farm.settings import job_limit
     from farm.spec.load import load_spec, read_spec_text
+    from farm.spec.schema import parse_text
 
     text = read_spec_text(spec_path)
     limit = None if force else job_limit()
+    data = parse_text(text, spec_path)
+    if isinstance(data, dict) and "tune" in data:  # a search: stage 1 planned here, the rest added by its stages
+        from farm.jobs.tune_plan import plan_tune
+
+        return plan_tune(text, data, source=spec_path, pools=pools, remote_digest=object_digest)
     # Weights in S3 are keyed by their digest, asked for here (a HEAD request): the planner makes no call itself.
     return load_spec(text, source=spec_path, limit=limit, pools=pools, remote_digest=object_digest)
 

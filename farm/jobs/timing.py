@@ -1,13 +1,19 @@
 """The two wrappers every step of a job runs in: a timed step (the job's timings and progress display) and a
-seeded one (torch's random state, restored afterwards). :mod:`farm.jobs.steps` re-exports both."""
+seeded one (torch's random state, restored afterwards), which :mod:`farm.jobs.steps` re-exports; and the job's
+side of the host's drift history (:func:`allow_for_drift`)."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from farm.quant.measure import ProgressFn
+
+if TYPE_CHECKING:
+    from farm.jobs.contract import JobSpec
+    from farm.quant.drift import DriftKey
 
 
 @contextlib.contextmanager
@@ -30,3 +36,56 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def drift_key(spec: JobSpec, device: str, hardware_id: str | None, batch_size: int) -> DriftKey:
+    """The drift history's key of ``spec``'s fp32 baseline at ``batch_size`` on this host: its p50s are comparable
+    from job to job (same model, weights, inputs, batch, threads, device, runtime and isolation)."""
+    from farm.quant.drift import DriftKey
+    from farm.runtimes.engine import runtime_of
+
+    provider = spec.method.params().get("provider")
+    return DriftKey(
+        hardware_id=hardware_id,
+        model=spec.model,
+        weights=spec.weights,
+        dataset=spec.dataset,
+        batch_size=batch_size,
+        threads=spec.benchmark.threads,
+        device=device,
+        runtime=runtime_of(spec.method),
+        provider=str(provider) if provider is not None else None,
+        isolation=spec.benchmark.isolation,
+    )
+
+
+def allow_for_drift(
+    latency: list[dict[str, Any]], spec: JobSpec, device: str, hardware_id: str | None, *, fp32_timed_here: bool
+) -> list[dict[str, Any]]:
+    """Record this job's fp32 p50s in the host's drift history, then widen every p50 interval by the host's
+    run-to-run spread (:func:`farm.quant.latency.allow_for_drift`); the history never fails a job.
+
+    Args:
+        latency: the job's latency entries, one per batch size.
+        spec, device, hardware_id: whose history (:func:`drift_key`).
+        fp32_timed_here: the entries' own p50s are fp32 timed by this job (the fp32 job that computed its reference,
+            a runtime's fp32 job), and are recorded; a trial records its side-by-side ``baseline_p50_ms`` instead.
+
+    Returns:
+        New entries with ``drift_rel`` and ``drift_n`` and the widened interval.
+    """
+    from farm.quant.drift import History
+    from farm.quant.latency import allow_for_drift as widen
+
+    history = History()
+    out = []
+    for lat in latency:
+        key = drift_key(spec, device, hardware_id, lat["batch_size"])
+        fp32_p50 = lat.get("baseline_p50_ms")
+        if fp32_p50 is None and fp32_timed_here:
+            fp32_p50 = lat.get("latency_p50_ms")
+        if fp32_p50 is not None:
+            history.record(key, fp32_p50)
+        spread = history.spread(key)
+        out.append(widen(lat, spread.rel, spread.n))
+    return out

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from farm.errors import ConfigError
 from farm.jobs.contract import JobSpec
-from farm.jobs.steps import preflight, seeded, timed_step
+from farm.jobs.preflight import preflight
+from farm.jobs.steps import seeded, timed_step
 from farm.quant.checkpoint import CHECKPOINT_FILE, write_checkpoint
 from farm.quant.measure import ProgressFn
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from farm.errors import ConfigError, Problem
 from farm.quant import deploy
-from farm.quant.layers import LayerRule, parse_rules, rules_to_list
+from farm.quant.layers import LayerRule, method_problems, parse_rules, rules_to_list
 from farm.quant.params import check_value, param, problem_path, type_hints, type_name
 from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES
 
@@ -96,7 +96,8 @@ class MethodConfig:
 
     @functools.cached_property
     def _params(self) -> dict[str, Any]:
-        # Every field is a scalar or a tuple of frozen rules, so a shallow read is exact (dataclasses.asdict deep-copies: 20x slower).
+        # Every field is a scalar or a tuple of frozen rules, so a shallow read is exact (dataclasses.asdict
+        # deep-copies: 20x slower).
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -333,6 +334,7 @@ def parse_method(method: str, params: Mapping[str, Any] | None = None, *, path: 
         raise ConfigError(problems)
     config = cls(**values)
     cross = config.problems() + config.deploy_problems()
+    cross += method_problems(config.method, config.layers, getattr(config, "mode", None))  # what rules can't do here
     if cross:
         raise ConfigError([Problem(problem_path(path, p.path), p.message) for p in cross])
     return config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,29 +141,74 @@ def _left_fp(
     return tuple(sorted(rows, key=lambda r: (-max(r[1], r[2]), r[0])))
 
 
-def full(profile: LayerProfile, *, params: float = 1.0, macs: float = 1.0) -> Coverage:
-    """Coverage of a whole-model transform such as a cast to bf16."""
+def full(
+    profile: LayerProfile,
+    *,
+    params: float = 1.0,
+    macs: float = 1.0,
+    kept: Mapping[str, str] | Sequence[str] = (),
+    model: Any = None,
+) -> Coverage:
+    """Coverage of a whole-model transform such as a cast to bf16.
+
+    Args:
+        profile: the fp32 model's profile.
+        params, macs: the shares the transform reaches on the whole model (autocast stores no parameter in half).
+        kept: the layers per-layer rules keep in fp32: they and the modules inside them count as not reached.
+        model: the fp32 model, to count the parameters of ``kept`` (needed when ``kept`` is given).
+    """
     n = len(profile.params)
-    return Coverage(params, macs, n if params or macs else 0, n)
+    if not kept:
+        return Coverage(params, macs, n if params or macs else 0, n)
+    inside = [name for name in profile.params if _within(name, kept)]
+    total_macs = profile.total_macs
+    kept_macs = sum(profile.macs.get(name, 0) for name in inside) / total_macs if total_macs else 0.0
+    modules = dict(model.named_modules()) if model is not None else {}
+    params_kept = {id(p): p.numel() for name in kept if name in modules for p in modules[name].parameters()}
+    kept_params = sum(params_kept.values())
+    reached = n - len(inside)
+    return Coverage(
+        _clamp(params - kept_params / max(profile.total_params, 1) if params else 0.0),
+        _clamp(macs - kept_macs if macs else 0.0),
+        reached if params or macs else 0,
+        n,
+    )
+
+
+def _within(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") or p == "" for p in prefixes)
 
 
 LOW_COVERAGE = 0.5
 
 
-def low_coverage_warning(method: str, cov: Coverage) -> str | None:
-    """The warning shown beside the numbers when a method reached less than half of the model."""
+def low_coverage_warning(method: str, cov: Coverage, kept: Mapping[str, str] | None = None) -> str | None:
+    """The warning shown beside the numbers when a method reached less than half of the model.
+
+    Args:
+        method: the method's name.
+        cov: what it reached.
+        kept: the layers per-layer rules kept in floating point, name → class name
+            (:func:`farm.quant.layer_list.kept_by_rules`): named as the cause.
+    """
+    kept = kept or {}
     if cov.params >= LOW_COVERAGE and cov.macs >= LOW_COVERAGE:
         return None
     text = (
         f"low coverage: {method} quantized {cov.params:.1%} of the parameters and {cov.macs:.1%} of the "
         f"multiply-accumulates ({cov.layers} of {cov.layers_total} weight layers)"
     )
+    if kept:
+        names = list(kept)
+        named = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        text += f"; per-layer rules keep {named} in floating point"
     if not cov.left_fp:
         return text + "; the rest has no quantized kernel on this backend and stays fp32"
-    return text + "; " + "; ".join(_left_fp_text(method, *row) for row in cov.left_fp[:3])
+    kept_types = set(kept.values())
+    return text + "; " + "; ".join(_left_fp_text(method, *row, kept_types) for row in cov.left_fp[:3])
 
 
-def _left_fp_text(method: str, kind: str, params: float, macs: float) -> str:
+def _left_fp_text(method: str, kind: str, params: float, macs: float, kept_types: set[str] | None = None) -> str:
     """``Conv2d (94 % of MACs) stays fp32: static or qat quantize it``: one type left in floating point."""
     shares = [f"{macs:.0%} of MACs"] if macs >= 0.01 else []
     shares += [f"{params:.0%} of parameters"] if params >= 0.01 else []
@@ -173,6 +219,8 @@ def _left_fp_text(method: str, kind: str, params: float, macs: float) -> str:
     if cures is None:
         return f"{head}: no method here quantizes it"
     others = [m for m in cures if m != method]
+    if method in cures and kind in (kept_types or set()):
+        return f"{head}: kept by the rules"
     if method in cures:
         return f"{head}: {method} has no quantized kernel for it on this backend" + (
             f" (try {' or '.join(others)})" if others else ""

@@ -138,7 +138,9 @@ def _parse_rule(item: Any, path: str) -> tuple[LayerRule | None, list[Problem]]:
     if not isinstance(item, Mapping):
         return None, [Problem(path, f"a layer rule is a mapping such as {{name: fc, skip: true}}, got {item!r}")]
     problems = [
-        Problem(f"{path}.{key}", f"unknown key; a rule has {', '.join(RULE_KEYS)}") for key in item if key not in RULE_KEYS
+        Problem(f"{path}.{key}", f"unknown key; a rule has {', '.join(RULE_KEYS)}")
+        for key in item
+        if key not in RULE_KEYS
     ]
     checks: dict[str, tuple[type, tuple[str, ...] | None]] = {
         "name": (str, None),
@@ -230,5 +232,62 @@ def unmatched(rules: Rules, layers: Mapping[str, str]) -> list[Problem]:
             more = f" and {len(layers) - 12} more (farm layers MODEL lists them)" if len(layers) > 12 else ""
             problems.append(
                 Problem(f"layers[{i}]", f"rule {rule.to_dict()} matches no layer; the layers are {listed}{more}")
+            )
+    return problems
+
+
+def param_axis(param: str, value: Any) -> list[Any]:
+    """A method parameter's values in a sweep spec, as an axis: a list is an axis of values, anything else one value.
+
+    ``layers`` is a list itself: one list of rules is ONE value (``layers: [{name: fc, skip: true}]``), and an axis
+    of rule sets is a list of lists (``layers: [[], [{name: fc, skip: true}]]``).
+    """
+    if param == "layers":
+        if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            return value
+        return [value]
+    return value if isinstance(value, list) else [value]
+
+
+#: The methods whose layers rules apply to, by kind.
+_INTEGER_RULE_METHODS = ("dynamic", "static", "qat")
+_FLOAT_RULE_METHODS = ("fp16", "bf16")
+
+
+def method_problems(method: str, rules: Rules, mode: str | None = None) -> list[Problem]:
+    """What ``method`` cannot do per layer, whatever the model: bits other than 8 or an observer under dynamic,
+    bits / granularity / observer under fp16 and bf16 (and any rule under their ``mode: autocast``, which picks
+    dtypes per op), a half dtype under an integer method (its skipped layers stay fp32), any rule under a method
+    that quantizes no layer (fp32)."""
+    problems: list[Problem] = []
+    if rules and method not in (*_INTEGER_RULE_METHODS, *_FLOAT_RULE_METHODS):
+        return [Problem("layers", f"method {method} quantizes no layer, so per-layer rules have nothing to apply to")]
+    if rules and method in _FLOAT_RULE_METHODS and mode == "autocast":
+        return [Problem("layers", f"{method} mode autocast picks dtypes per op, not per layer: rules need mode cast")]
+    for i, r in enumerate(rules):
+        path = f"layers[{i}]"
+        if method == "dynamic" and r.bits is not None and r.bits != 8:
+            problems.append(
+                Problem(f"{path}.bits", f"dynamic quantization runs int8 kernels only; must be 8, got {r.bits}")
+            )
+        if method == "dynamic" and r.observer is not None:
+            problems.append(
+                Problem(
+                    f"{path}.observer",
+                    "dynamic quantization observes no activations (ranges are computed on the "
+                    "fly); observer applies to static and qat",
+                )  # fmt: skip
+            )
+        if method in _FLOAT_RULE_METHODS:
+            given = [k for k in ("bits", "granularity", "observer") if getattr(r, k) is not None]
+            if given:
+                problems.append(Problem(path, f"{method} is a floating-point method: a rule says skip or dtype, "
+                                              f"not {', '.join(given)}"))  # fmt: skip
+        if method in _INTEGER_RULE_METHODS and r.dtype not in (None, "fp32"):
+            problems.append(
+                Problem(
+                    f"{path}.dtype",
+                    f"{method} keeps a skipped layer in fp32; dtype {r.dtype} applies to fp16 and bf16 jobs",
+                )  # fmt: skip
             )
     return problems

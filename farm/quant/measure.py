@@ -136,13 +136,28 @@ def _time_batch(
     return entry
 
 
-def fill_figures(result: JobResult, outcome: Any, outputs: Any, latency: list[dict[str, Any]], ref: Reference) -> None:
-    """A trial's accuracy and latency against its fp32 reference, and what a simulated model's figures mean.
+def fill_figures(
+    result: JobResult,
+    outcome: Any,
+    outputs: Any,
+    latency: list[dict[str, Any]],
+    ref: Reference,
+    splits: Any = None,
+    spec: JobSpec | None = None,
+) -> None:
+    """A trial's accuracy and latency against its fp32 reference, its own metric (``spec.metric``), and what a
+    simulated model's figures mean.
 
     Args:
         outcome: the deployed model (a ``QuantOutcome``).
         outputs: its outputs on the test split (:func:`evaluate`).
         latency: its latency figures (:func:`benchmark`).
+        splits: the dataset (``DatasetSplits``): its ``num_classes``, where known, with ``spec.output`` says whether
+            the outputs are class scores (:func:`farm.quant.metrics.is_class_scores`).
+        spec: the job; its ``metric`` function, if any, is called on the outputs (:func:`fill_metric`).
+
+    Raises:
+        QuantizationError: the metric function raised or returned something that is not a finite number.
     """
     result.simulated = outcome.simulated
     if outcome.simulated:
@@ -151,23 +166,41 @@ def fill_figures(result: JobResult, outcome: Any, outputs: Any, latency: list[di
             "approximates a real low-bit deployment, latency does not (no speedup is reported), and the size "
             "is a packed estimate"
         )
-    fill_accuracy(result, outputs, ref)
+    num_classes = getattr(splits, "num_classes", None)
+    fill_accuracy(result, outputs, ref, num_classes=num_classes, output=spec.output if spec is not None else None)
+    if spec is not None:
+        fill_metric(result, spec.metric, outputs, ref)
     fill_latency(result, latency, ref)
     result.quantized_engine = outcome.engine
 
 
-def fill_accuracy(result: JobResult, outputs: Any, ref: Reference) -> None:
+def fill_accuracy(
+    result: JobResult, outputs: Any, ref: Reference, *, num_classes: int | None = None, output: str | int | None = None
+) -> None:
     """Accuracy (top-1, top-5) and fidelity to the fp32 outputs; without labels, agreement with fp32 stands in
-    for accuracy."""
-    from farm.quant.metrics import HEALTH_OK, fidelity, result_health, topk_accuracy
+    for accuracy.
 
-    fid = fidelity(ref.outputs, outputs)
+    Accuracy, top-5 and agreement read a top-1 class: on outputs that are not class scores (an embedding, a hidden
+    state ``[batch, seq, dim]``, a last dimension other than the class count) they stay None, and cosine and SQNR
+    carry the comparison.
+    """
+    from farm.quant.metrics import HEALTH_OK, fidelity, is_class_scores, result_health, topk_accuracy
+
+    scores = is_class_scores(tuple(ref.outputs.shape), num_classes, output)
+    fid = fidelity(ref.outputs, outputs, class_scores=scores)
     result.agreement, result.sqnr_db, result.cosine = fid.agreement, fid.sqnr_db, fid.cosine
-    health = result_health(ref.outputs, outputs, fid)
+    health = result_health(ref.outputs, outputs, fid, class_scores=scores)
     result.health = health.status
     if health.status != HEALTH_OK and health.reason:
         result.warnings.append(health.reason)
-    if ref.labelled:
+    if not scores:
+        result.accuracy_kind = "none"
+        shape = "x".join(map(str, ref.outputs.shape[1:]))
+        result.warnings.append(
+            f"the compared output (per sample {shape}) is not class scores: no accuracy or agreement; cosine and "
+            "SQNR compare it with fp32's"
+        )
+    elif ref.labelled:
         result.accuracy = topk_accuracy(outputs, ref.labels, 1)
         result.accuracy_fp32 = ref.accuracy
         if ref.top5 is not None:
@@ -179,6 +212,38 @@ def fill_accuracy(result: JobResult, outputs: Any, ref: Reference) -> None:
         result.accuracy, result.accuracy_fp32 = fid.agreement, 1.0
     if result.accuracy is not None and result.accuracy_fp32 is not None:
         result.accuracy_drop = result.accuracy_fp32 - result.accuracy
+
+
+def load_metric(metric: str | None) -> Any:
+    """The job's metric function (allowlisted and imported: :func:`farm.quant.metrics.load_metric_fn`), or None.
+
+    Raises:
+        ConfigError: a malformed reference, a module outside FARM_ALLOWED_MODULES, or one that does not import.
+    """
+    from farm.quant.metrics import load_metric_fn
+
+    return None if metric is None else load_metric_fn(metric)
+
+
+def fill_metric(result: JobResult, metric: str | None, outputs: Any, ref: Reference, fn: Any = None) -> None:
+    """The user's own metric (``JobSpec.metric``) on the job's outputs against the fp32 outputs, with the labels
+    where the dataset has them.
+
+    Args:
+        metric: ``entrypoint:pkg.module:function``, or None (nothing to do).
+        fn: the function, when the caller loaded it already (:func:`farm.quant.metrics.load_metric_fn`).
+
+    Raises:
+        ConfigError: the function is not allowlisted or does not import.
+        QuantizationError: it raised or returned something that is not a finite number.
+    """
+    from farm.quant.metrics import load_metric_fn, user_metric
+
+    if metric is None:
+        return
+    function = fn if fn is not None else load_metric_fn(metric)
+    labels = ref.labels if ref.labelled else None
+    result.metric_name, result.metric = metric, user_metric(function, metric, outputs, ref.outputs, labels)
 
 
 def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Reference) -> None:
@@ -194,28 +259,35 @@ def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Referenc
         result.latency.append({**lat, "speedup": None if result.simulated else speedup})
     unstable = [lat for lat in result.latency if lat.get("stable") is False]
     for lat in unstable:
-        result.warnings.append(
-            f"latency at batch {lat['batch_size']} is not stable: {lat.get('unstable_reason') or 'unknown'}; "
-            "quiet the machine or raise benchmark.max_time_s before trusting its p50"
+        reason = lat.get("unstable_reason") or "unknown"
+        # A host whose level moves between runs is not helped by timing one run longer; the side-by-side speedup is.
+        remedy = (
+            "compare recipes by their side-by-side speedup, or measure on a quieter (dedicated) host"
+            if "between runs" in reason
+            else "quiet the machine or raise benchmark.max_time_s before trusting its p50"
             + (" and speedup" if lat.get("speedup") is not None and result.method != "fp32" else "")
         )
+        result.warnings.append(f"latency at batch {lat['batch_size']} is not stable: {reason}; {remedy}")
 
 
 def fill_coverage(result: JobResult, loaded: Any, example: Any, outcome: Any, cfg: MethodConfig) -> None:
     """How much of the model (parameters, MACs, layers) the method quantized; measured on the eager modules,
     before scripting."""
     from farm.quant import coverage
+    from farm.quant.layer_list import kept_by_rules
 
     if loaded.graph or cfg.method in ("fp32", "noop"):
         return
     profile = coverage.profile_layers(loaded.module.cpu(), example)
+    kept = kept_by_rules(loaded.module, cfg.method, cfg.layers)  # the layers per-layer rules keep in fp32
     if cfg.integer:
         cov = coverage.measure(profile, outcome.model, simulated=outcome.simulated)
-        warning = coverage.low_coverage_warning(cfg.method, cov)
+        warning = coverage.low_coverage_warning(cfg.method, cov, kept)
         if warning:
             result.warnings.append(warning)
     else:  # a cast stores every parameter in half precision; autocast keeps fp32 weights, runs the MACs in half
-        cov = coverage.full(profile, params=0.0 if outcome.autocast_dtype is not None else 1.0)
+        params = 0.0 if outcome.autocast_dtype is not None else 1.0
+        cov = coverage.full(profile, params=params, kept=kept, model=loaded.module)
     result.coverage, result.coverage_macs = cov.params, cov.macs
     result.coverage_layers, result.coverage_layers_total = cov.layers, cov.layers_total
 
@@ -235,8 +307,9 @@ def check_runs(model: Any, example: Any, spec: JobSpec) -> None:
     quantized or timed.
 
     Raises:
-        ConfigError: the model raises on one sample (with the inputs' shapes and the error in one line), or
-            ``spec.output`` names no output of the model (with the outputs it has).
+        ConfigError: the model raises on one sample (with the inputs' shapes and the error in one line),
+            ``spec.output`` names no output of the model (with the outputs it has), or a per-layer rule matches no
+            layer the method quantizes (:func:`farm.quant.layer_list.check_rules`).
     """
     import torch
 
@@ -258,3 +331,6 @@ def check_runs(model: Any, example: Any, spec: JobSpec) -> None:
         select_output(out, spec.output)
     except QuantizationError as e:
         raise ConfigError(f"model {spec.model}: {e}") from None
+    from farm.quant.layer_list import check_rules
+
+    check_rules(model, spec.method)  # per-layer rules that fit no layer: refused before anything is measured

@@ -133,12 +133,12 @@ def rebuild(model: nn.Module, cfg: QATConfig, ctx: QuantContext, state: dict[str
 def finish(prepared: Any, cfg: QATConfig, timings: dict[str, float]) -> QuantOutcome:
     """Convert a fine-tuned model: int8 kernels at 8 bits, the simulated model below."""
     prepared = prepared.cpu().eval()
-    if cfg.bits < 8:
+    if cfg.bits < 8 or _simulated_layers(prepared):
         return QuantOutcome(
             prepared,
             device="cpu",
             simulated=True,
-            packed_size_bytes=packed_size_bytes(prepared, cfg.bits),
+            packed_size_bytes=packed_size_bytes(prepared, cfg.bits, per_layer=bool(cfg.layers)),
             timings_s=timings,
         )
     from torch.ao.quantization.quantize_fx import convert_fx
@@ -148,6 +148,16 @@ def finish(prepared: Any, cfg: QATConfig, timings: dict[str, float]) -> QuantOut
         converted = convert_fx(prepared, backend_config=backend_config(cfg.backend))
     timings["convert"] = time.perf_counter() - started
     return QuantOutcome(converted, device="cpu", engine=cfg.backend, timings_s=timings, warnings=engine_warnings(cfg))
+
+
+def _simulated_layers(prepared: nn.Module) -> bool:
+    """Whether a rule gave some layer fewer than 8 bits (its weight fake-quantizer's range is narrower than int8's):
+    no int8 kernel runs it, so the model stays simulated as a whole."""
+    return any(
+        int(fq.quant_max) - int(fq.quant_min) < 255
+        for m in prepared.modules()
+        if (fq := getattr(m, "weight_fake_quant", None)) is not None and hasattr(fq, "quant_max")
+    )
 
 
 def apply_qat(model: nn.Module, cfg: QATConfig, ctx: QuantContext) -> QuantOutcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torch.ao.quantization.observer import UniformQuantizationObserverBase
 
 from farm.errors import ConfigError
 from farm.quant.config import OBSERVERS
+from farm.quant.layers import LayerSetting
 
 # Backends whose default int8 activation range is 7 bits. x86 / fbgemm / onednn multiply u8 x s8 pairs with
 # VPMADDUBSW on CPUs without VNNI, which saturates int16 sums when activations use all 8 bits: measured on an
@@ -153,25 +155,29 @@ def weight_range(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-def build_qconfig(cfg: Any, *, fake_quant: bool) -> QConfig:
-    """The QConfig for a static or QAT config.
+def build_qconfig(cfg: Any, *, fake_quant: bool, setting: LayerSetting | None = None) -> QConfig:
+    """The QConfig for a static or QAT config, or for one layer a rule overrides.
 
     Args:
         cfg: a StaticConfig or QATConfig (bits, observer, percentile, granularity, activation, backend,
             reduce_range).
         fake_quant: wrap the observers in FakeQuantize (QAT, and simulated bit-widths below 8).
+        setting: a layer's rule overrides (bits, granularity, observer); None: the method's own values.
     """
-    a_min, a_max = activation_range(cfg.bits, cfg.backend, cfg.reduce_range)
+    bits = setting.bits if setting is not None and setting.bits is not None else cfg.bits
+    observer = setting.observer if setting is not None and setting.observer is not None else cfg.observer
+    granularity = setting.granularity if setting is not None and setting.granularity is not None else cfg.granularity
+    a_min, a_max = activation_range(bits, cfg.backend, cfg.reduce_range)
     a_scheme = torch.per_tensor_symmetric if cfg.activation == "symmetric" else torch.per_tensor_affine
     act_kwargs: dict[str, Any] = {"dtype": torch.quint8, "qscheme": a_scheme, "quant_min": a_min, "quant_max": a_max}
-    act_observer = activation_observer(cfg.observer)
+    act_observer = activation_observer(observer)
     if act_observer is PercentileObserver:
         act_kwargs["percentile"] = cfg.percentile
 
-    w_min, w_max = weight_range(cfg.bits)
-    moving = cfg.observer == "moving_average"
+    w_min, w_max = weight_range(bits)
+    moving = observer == "moving_average"
     w_kwargs: dict[str, Any] = {"dtype": torch.qint8, "quant_min": w_min, "quant_max": w_max}
-    if cfg.granularity == "per_channel":
+    if granularity == "per_channel":
         w_observer: Any = MovingAveragePerChannelMinMaxObserver if moving else PerChannelMinMaxObserver
         w_kwargs.update(qscheme=torch.per_channel_symmetric, ch_axis=0)
     else:
@@ -186,8 +192,17 @@ def build_qconfig(cfg: Any, *, fake_quant: bool) -> QConfig:
     return QConfig(activation=act_observer.with_args(**act_kwargs), weight=w_observer.with_args(**w_kwargs))
 
 
-def qconfig_mapping(cfg: Any, *, fake_quant: bool) -> QConfigMapping:
-    """A QConfigMapping applying :func:`build_qconfig` globally, keeping the backend's fixed-qparams ops."""
+def qconfig_mapping(
+    cfg: Any, *, fake_quant: bool, settings: Mapping[str, LayerSetting] | None = None
+) -> QConfigMapping:
+    """A QConfigMapping applying :func:`build_qconfig` globally, keeping the backend's fixed-qparams ops.
+
+    Args:
+        cfg: a StaticConfig or QATConfig.
+        fake_quant: FakeQuantize modules rather than observers.
+        settings: the per-layer rules resolved on the model (:func:`farm.quant.layer_list.layer_settings`): a
+            skipped layer gets no qconfig (it stays a float module), an overridden one its own.
+    """
     from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 
     base = get_default_qat_qconfig_mapping(cfg.backend) if fake_quant else get_default_qconfig_mapping(cfg.backend)
@@ -197,7 +212,17 @@ def qconfig_mapping(cfg: Any, *, fake_quant: bool) -> QConfigMapping:
     for op, fixed in base.object_type_qconfigs.items():
         if fixed is not None and fixed != base.global_qconfig:
             mapping.set_object_type(op, fixed)
+    for name, setting in (settings or {}).items():
+        mapping.set_module_name(
+            name, None if setting.skip else build_qconfig(cfg, fake_quant=fake_quant, setting=setting)
+        )
     return mapping
+
+
+def lower_bits(settings: Mapping[str, LayerSetting]) -> bool:
+    """Whether a rule gives a quantized layer fewer than 8 bits: no int8 kernel runs it, so an 8-bit method is
+    simulated (fake quantization) as a whole."""
+    return any(not s.skip and s.bits is not None and s.bits < 8 for s in settings.values())
 
 
 def backend_config(backend: str) -> Any:

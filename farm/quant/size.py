@@ -10,14 +10,15 @@ SCALE_BYTES = 4  # fp32 scale
 ZERO_POINT_BYTES = 4  # int32 zero point
 
 
-def packed_size_bytes(model: nn.Module, bits: int) -> int:
+def packed_size_bytes(model: nn.Module, bits: int, *, per_layer: bool = False) -> int:
     """bits x weights / 8, plus a scale and zero point per quantization group, plus everything else at its dtype.
 
     Each layer carrying a weight fake-quantizer stores its weight packed at ``bits`` bits, one
     (scale, zero point) pair per channel or tensor, and an fp32 bias per output channel (batch norm
     folded in). Every other parameter and buffer (unfolded norms, embeddings) counts at its own dtype;
     observer statistics are calibration state, not model, and are left out. Activation quantizers add
-    one (scale, zero point) pair each.
+    one (scale, zero point) pair each. ``per_layer`` counts each layer at the bit-width of its own weight quantizer
+    (per-layer rules), not at ``bits``.
     """
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
     from torch.ao.quantization.observer import ObserverBase
@@ -34,7 +35,10 @@ def packed_size_bytes(model: nn.Module, bits: int) -> int:
         scale = getattr(wfq, "scale", None)
         groups = int(scale.numel()) if scale is not None else 1
         out_channels = weight.shape[0]
-        total += math.ceil(weight.numel() * bits / 8) + groups * (SCALE_BYTES + ZERO_POINT_BYTES) + out_channels * 4
+        # per_layer: per-layer rules gave layers their own bit-widths, read from each weight quantizer's range
+        layer_bits = (_bits_of(wfq) if per_layer else None) or bits
+        total += math.ceil(weight.numel() * layer_bits / 8) + groups * (SCALE_BYTES + ZERO_POINT_BYTES)
+        total += out_channels * 4
         counted.update(id(t) for t in module.parameters())
         counted.update(id(t) for t in module.buffers())
     for module in model.modules():
@@ -51,3 +55,11 @@ def packed_size_bytes(model: nn.Module, bits: int) -> int:
             total += b.numel() * b.element_size()
             counted.add(id(b))
     return total
+
+
+def _bits_of(fake_quant: nn.Module) -> int | None:
+    """The bit-width of a fake quantizer's integer range, or None where it has none."""
+    low, high = getattr(fake_quant, "quant_min", None), getattr(fake_quant, "quant_max", None)
+    if low is None or high is None:
+        return None
+    return max(1, math.ceil(math.log2(int(high) - int(low) + 1)))

@@ -21,7 +21,9 @@ from farm.quant import inputs
 from farm.quant.config import StaticConfig
 from farm.quant.context import QuantContext, QuantOutcome, quantized_engine, require_module
 from farm.quant.isolation import compute_step
-from farm.quant.qconfig import backend_config, build_qconfig, qconfig_mapping, saturation_warning
+from farm.quant.layer_list import layer_settings
+from farm.quant.layers import LayerSetting
+from farm.quant.qconfig import backend_config, build_qconfig, lower_bits, qconfig_mapping, saturation_warning
 from farm.quant.size import packed_size_bytes
 from farm.zoo.data import iterate
 
@@ -87,12 +89,14 @@ def apply_static(model: nn.Module, cfg: StaticConfig, ctx: QuantContext) -> Quan
     example = example_args(ctx.example_input, model)
     with quantized_engine(cfg.backend):
         base = copy.deepcopy(model).cpu().eval()
+        settings = layer_settings(base, "static", cfg.layers)
         if cfg.mode == "eager":
-            return _eager(base, cfg, ctx)
-        if cfg.bits == 8:
+            return _eager(base, cfg, ctx, settings)
+        if cfg.bits == 8 and not lower_bits(settings):
             from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-            mapping, backend = qconfig_mapping(cfg, fake_quant=False), backend_config(cfg.backend)
+            mapping = qconfig_mapping(cfg, fake_quant=False, settings=settings)
+            backend = backend_config(cfg.backend)
             prepared = fx_prepare(
                 "static", ctx, lambda: prepare_fx(base, mapping, example_inputs=example, backend_config=backend)
             )
@@ -111,16 +115,18 @@ def apply_static(model: nn.Module, cfg: StaticConfig, ctx: QuantContext) -> Quan
             simulated,
             device="cpu",
             simulated=True,
-            packed_size_bytes=packed_size_bytes(simulated, cfg.bits),
+            packed_size_bytes=packed_size_bytes(simulated, cfg.bits, per_layer=bool(cfg.layers)),
             timings_s=timings,
         )
 
 
 def prepare_fake_quant(model: nn.Module, cfg: Any, ctx: QuantContext, method: str) -> Any:
-    """Insert fake quantizers for ``cfg`` (QAT-style modules: batch norm folded into the weights)."""
+    """Insert fake quantizers for ``cfg`` (QAT-style modules: batch norm folded into the weights); the layers
+    ``cfg.layers`` keeps in floating point get none, those it overrides their own."""
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
-    mapping, backend = qconfig_mapping(cfg, fake_quant=True), backend_config(cfg.backend)
+    settings = layer_settings(model, method, cfg.layers)
+    mapping, backend = qconfig_mapping(cfg, fake_quant=True, settings=settings), backend_config(cfg.backend)
     model.train()  # prepare_qat_fx swaps in QAT modules, which it only does for models in train mode
     example = example_args(ctx.example_input, model)
     return fx_prepare(
@@ -140,7 +146,7 @@ def simulate(model: nn.Module, cfg: Any, ctx: QuantContext, timings: dict[str, f
     return prepared.eval()
 
 
-def _eager(model: nn.Module, cfg: StaticConfig, ctx: QuantContext) -> QuantOutcome:
+def _eager(model: nn.Module, cfg: StaticConfig, ctx: QuantContext, settings: dict[str, LayerSetting]) -> QuantOutcome:
     from torch.ao.quantization import QuantStub, convert, prepare
 
     if not any(isinstance(m, QuantStub) for m in model.modules()):
@@ -153,6 +159,10 @@ def _eager(model: nn.Module, cfg: StaticConfig, ctx: QuantContext) -> QuantOutco
     if callable(fuse):
         fuse()
     model.qconfig = build_qconfig(cfg, fake_quant=False)  # type: ignore[assignment]
+    modules = dict(model.named_modules())
+    for name, setting in settings.items():  # a module's own qconfig wins over its parent's in eager prepare
+        qconfig = None if setting.skip else build_qconfig(cfg, fake_quant=False, setting=setting)
+        modules[name].qconfig = qconfig  # type: ignore[assignment]
     prepared = prepare(model, inplace=False)
     started = time.perf_counter()
     calibrate(prepared, ctx)

@@ -1,5 +1,6 @@
 """The statistics behind every latency figure: percentiles, a confidence interval for the median, a bootstrap
-interval for a speedup, and THE rule that calls a measurement stable.
+interval for a speedup, the host's run-to-run spread that widens a p50's interval, and THE rule that calls a
+measurement stable.
 
 Timings are skewed and heavy-tailed (a preempted call costs 10x), so nothing here assumes a distribution: the
 median's interval comes from order statistics (the number of samples below the true median is Binomial(n, 1/2)),
@@ -24,6 +25,10 @@ MAX_TAIL_RATIO = 3.0
 #: Resamples of the speedup's bootstrap; 2000 keeps the 2.5th and 97.5th percentiles steady to ~0.1 %.
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
+
+#: Fewest recorded runs from which a run-to-run spread is estimated: with two, one difference says nothing of its
+#: distribution.
+MIN_RUNS = 3
 
 # Exact binomial sums up to this many samples; beyond, the normal approximation is accurate to < 1 rank.
 _EXACT_UP_TO = 4000
@@ -125,6 +130,38 @@ def ratio_ci(ratios: Sequence[float], confidence: float = CONFIDENCE) -> tuple[f
     return min(low, o_low), max(high, o_high)
 
 
+def run_to_run_spread(p50s: Sequence[float], confidence: float = CONFIDENCE) -> float | None:
+    """How far one run's p50 lands from another's on this host: the ``confidence`` percentile of
+    ``|a / b - 1|`` over every ordered pair of distinct runs (None below :data:`MIN_RUNS` runs).
+
+    A within-run interval cannot see the host's level moving between jobs (5-13 % over minutes on a shared VM).
+    The relative difference of two runs is exactly what a user re-running a job meets, so a p50 widened by this
+    spread contains a re-run's p50 with about ``confidence``; no distribution is assumed. With few runs it is
+    about their whole range (the percentile interpolates towards the largest difference), which errs wide.
+
+    Args:
+        p50s: the host's recent p50s of one measurement (same model, batch, threads, device, runtime).
+        confidence: fraction of run-to-run differences the spread covers.
+
+    Returns:
+        A fraction (0.08: +-8 %), or None with fewer than :data:`MIN_RUNS` positive finite values.
+    """
+    values = [v for v in p50s if v > 0 and math.isfinite(v)]
+    if len(values) < MIN_RUNS:
+        return None
+    diffs = sorted(abs(a / b - 1.0) for i, a in enumerate(values) for j, b in enumerate(values) if i != j)
+    return percentile(diffs, confidence * 100.0)
+
+
+def widen_interval(p50: float, low: float, high: float, rel: float | None) -> tuple[float, float]:
+    """The interval ``[low, high]`` joined with ``p50 * (1 +- rel)`` (unchanged when ``rel`` is None): never
+    narrower than it was, and exactly the spread where the spread is the wider of the two. A spread past 100 %
+    (a host whose runs differ twofold) bounds the p50 below by 0, not by a negative time."""
+    if rel is None or not math.isfinite(p50):
+        return low, high
+    return min(low, p50 * max(0.0, 1.0 - rel)), max(high, p50 * (1.0 + rel))
+
+
 def relative_halfwidth(center: float, low: float, high: float) -> float:
     """The larger distance from ``center`` to either end of its interval, as a fraction of ``center``."""
     if not center > 0 or math.isnan(low) or math.isnan(high):
@@ -145,7 +182,9 @@ def unstable_reason(
     """THE stable rule: why a latency figure is not to be trusted, or None when it is.
 
     Args:
-        p50, ci_low, ci_high: the median and its 95 % interval.
+        p50, ci_low, ci_high: the median and its 95 % interval. A job's interval also holds the host's
+            run-to-run drift (:func:`widen_interval`), so a figure on a host whose level wanders is not
+            stable however long it was timed.
         p99: the 99th percentile.
         settled: the measurement reached its stopping target (False: it ran out of time or repetitions first,
             or was stopped).
@@ -155,11 +194,19 @@ def unstable_reason(
     """
     if not p50 > 0:
         return "no positive median"
-    width = relative_halfwidth(p50, ci_low, ci_high)
-    if width > max_ci_rel:
-        return f"the p50's 95 % CI reaches ±{width:.1%} of it (> {max_ci_rel:.0%})"
+    wide = wide_interval_reason(p50, ci_low, ci_high, max_ci_rel=max_ci_rel)
+    if wide:
+        return wide
     if p99 / p50 > max_tail_ratio:
         return f"p99 is {p99 / p50:.1f}x the p50 (> {max_tail_ratio:g}x): a heavy tail"
     if not settled:
         return "the time budget ran out before the figures settled"
+    return None
+
+
+def wide_interval_reason(p50: float, ci_low: float, ci_high: float, *, max_ci_rel: float = MAX_CI_REL) -> str | None:
+    """The first clause of :func:`unstable_reason`: why the p50's interval is too wide to trust, or None."""
+    width = relative_halfwidth(p50, ci_low, ci_high)
+    if width > max_ci_rel:
+        return f"the p50's 95 % CI reaches ±{width:.1%} of it (> {max_ci_rel:.0%})"
     return None

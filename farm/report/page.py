@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm.report.assets import CSS, JS
 from farm.report.fmt import esc, when
 from farm.report.model import SweepInfo
 from farm.report.sections import hardware, machines, summary
-from farm.report.svg import Chart
+from farm.report.svg import Chart, chart_html
 from farm.report.table import failed_table, results_table
 from farm.report.tradeoff import accuracy_vs_latency, accuracy_vs_size
 from farm.report.trends import accuracy_vs_bits, accuracy_vs_calibration, latency_vs_batch
+
+if TYPE_CHECKING:
+    from farm.report.tune_data import TuneInput
 
 #: The sections in page order: (anchor, heading).
 SECTIONS = (
@@ -36,6 +39,7 @@ def build_report(
     fingerprints: Mapping[int, Mapping[str, Any]],
     generated_at: datetime,
     warnings: Mapping[int, Sequence[str]] | None = None,
+    tune: TuneInput | None = None,
 ) -> str:
     """The HTML report of one sweep.
 
@@ -46,6 +50,8 @@ def build_report(
             by job id; jobs without metrics have none.
         generated_at: when the report is made (shown on the page; pass it in so the output is reproducible).
         warnings: the engine's warnings per job id (``metrics.extra['warnings']``): coverage notes and others.
+        tune: the sweep's tune (``farm tune``): its settings and jobs; the page then gains the answer, each
+            runtime's layer sensitivity and the search's trail after the summary.
 
     Returns:
         A complete HTML document. Every value from the database is escaped; charts are inline SVG.
@@ -63,15 +69,19 @@ def build_report(
     }
     bodies = {
         "summary": summary(rows, sweep, generated_at, warnings or {}, machines(rows, fingerprints)),
-        **{key: _figure(chart) for key, chart in charts.items()},
+        **{key: chart_html(chart) for key, chart in charts.items()},
         "results": results_table(rows) if rows else '<p class="empty">none: the sweep has no jobs.</p>',
         "failed": failed_table(rows),
         "hardware": hardware(rows, fingerprints),
     }
-    nav = "".join(f'<li><a href="#{key}">{heading}</a></li>' for key, heading in SECTIONS)
-    sections = "\n".join(
-        f'<section id="{key}"><h2>{heading}</h2>\n{bodies[key]}\n</section>' for key, heading in SECTIONS
-    )
+    order: tuple[tuple[str, str], ...] = SECTIONS
+    if tune is not None:
+        from farm.report.tune import TUNE_SECTIONS, tune_bodies
+
+        bodies.update(tune_bodies(tune, rows))
+        order = (SECTIONS[0], *TUNE_SECTIONS, *SECTIONS[1:])
+    nav = "".join(f'<li><a href="#{key}">{heading}</a></li>' for key, heading in order)
+    sections = "\n".join(f'<section id="{key}"><h2>{heading}</h2>\n{bodies[key]}\n</section>' for key, heading in order)
     title = f"QuantFarm report: {sweep.name} (sweep {sweep.id})"
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -97,10 +107,3 @@ milliseconds.</p></footer>
 </body>
 </html>
 """
-
-
-def _figure(chart: Chart) -> str:
-    caption = " ".join(esc(n) for n in chart.notes)
-    if chart.svg is None:
-        return f'<p class="empty">{caption or "nothing to plot."}</p>'
-    return f"<figure>{chart.svg}<figcaption>{caption}</figcaption></figure>"

@@ -196,6 +196,16 @@ class Chart:
     notes: tuple[str, ...] = ()
 
 
+def chart_html(chart: Chart) -> str:
+    """A chart as a ``<figure>`` with its caption, or its caption alone (``class="empty"``) when it has no SVG."""
+    from farm.report.fmt import esc
+
+    caption = " ".join(esc(n) for n in chart.notes)
+    if chart.svg is None:
+        return f'<p class="empty">{caption or "nothing to plot."}</p>'
+    return f"<figure>{chart.svg}<figcaption>{caption}</figcaption></figure>"
+
+
 def pick(values: Sequence[Any], limit: int) -> list[Any]:
     """At most ``limit`` of ``values``, evenly spread, the first and last always kept."""
     if len(values) <= limit:

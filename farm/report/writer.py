@@ -7,11 +7,14 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm.errors import ConfigError
 from farm.report.model import SweepInfo
 from farm.report.page import build_report
+
+if TYPE_CHECKING:
+    from farm.report.tune_data import TuneInput
 
 
 @dataclass
@@ -22,10 +25,12 @@ class ReportInput:
     rows: list[dict[str, Any]]
     fingerprints: dict[int, dict[str, Any]] = field(default_factory=dict)
     warnings: dict[int, list[str]] = field(default_factory=dict)
+    #: The sweep's tune (its spec has a ``tune:`` section: ``farm tune``), else None.
+    tune: TuneInput | None = None
 
 
 def load_report_input(db: Any, sweep_id: int) -> ReportInput:
-    """Read a sweep, its rows of results_flat and each job's fingerprint and warnings.
+    """Read a sweep, its rows of results_flat, each job's fingerprint and warnings, and its tune if it is one.
 
     Args:
         db: a :class:`farm.store.db.Database`.
@@ -56,7 +61,27 @@ def load_report_input(db: Any, sweep_id: int) -> ReportInput:
             data.fingerprints[job_id] = extra["fingerprint"]
         if isinstance(extra.get("warnings"), list):
             data.warnings[job_id] = [str(w) for w in extra["warnings"]]
+    data.tune = load_tune(db, sweep_id)
     return data
+
+
+def load_tune(db: Any, sweep_id: int) -> TuneInput | None:
+    """The tune of sweep ``sweep_id``: its settings and every job (stage jobs included), or None when the sweep
+    is no tune. A sweep is a tune when its spec text has a ``tune:`` section, as ``farm tune status`` tells.
+
+    Raises:
+        NotFound: no sweep has that id.
+        StoreUnavailable: the database cannot be reached.
+    """
+    from farm.jobs.tune_answer import settings_from_text
+    from farm.report.tune_data import TuneInput
+    from farm.store.expansion import sweep_head, sweep_jobs
+
+    head = sweep_head(db, sweep_id)
+    settings = settings_from_text(head.spec_text)
+    if settings is None:
+        return None
+    return TuneInput(settings, sweep_jobs(db, sweep_id), head.state)
 
 
 def check_output(path: Path) -> Path:
@@ -103,6 +128,7 @@ def write_report(db: Any, sweep_id: int, path: str | os.PathLike[str], *, genera
         sweep=data.sweep,
         fingerprints=data.fingerprints,
         warnings=data.warnings,
+        tune=data.tune,
         generated_at=generated_at or datetime.now(timezone.utc),
     )
     write_atomically(target, html)
@@ -129,4 +155,4 @@ def write_atomically(path: Path, text: str) -> None:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from e
 
 
-__all__ = ["ReportInput", "check_output", "load_report_input", "write_atomically", "write_report"]
+__all__ = ["ReportInput", "check_output", "load_report_input", "load_tune", "write_atomically", "write_report"]

@@ -25,7 +25,9 @@ from torch import nn
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
 from farm.runtimes.build import DeployedModel, RuntimeBuild, calibration_batches
+from farm.runtimes.layer_plan import layer_plan
 from farm.runtimes.onnx_export import batch_inputs
+from farm.runtimes.openvino_layers import ignored_names
 from farm.runtimes.openvino_quantize import check_static, compress_weights, quantize_static
 from farm.runtimes.ort import make_feeds
 from farm.runtimes.registry import runtime_problems, unavailable
@@ -196,6 +198,7 @@ def build(model: nn.Module, cfg: Any, ctx: Any, workdir: str | Path, *, threads:
         raise QuantizationError(problems[0].message)
     ov = require_openvino(nncf=cfg.method != "fp32")
     compile_config(threads)  # what can be refused is refused before the model is converted
+    plan = layer_plan(model, cfg, "openvino")
     batches: list[Batch] = []
     if cfg.method == "static":
         check_static(cfg)
@@ -209,7 +212,9 @@ def build(model: nn.Module, cfg: Any, ctx: Any, workdir: str | Path, *, threads:
     recipe: dict[str, Any] = {}
     if cfg.method != "fp32":
         began = time.perf_counter()
-        deployed, recipe, coverage = _quantize(fp32, signature, cfg, batches, ctx.model_ref)
+        ignored = ignored_names(fp32, model, plan.layers, plan.settings) if plan.settings else []
+        deployed, recipe, coverage = _quantize(fp32, signature, cfg, batches, ctx.model_ref, ignored)
+        recipe.update({**plan.details(), "ignored_scope": ignored} if plan.rules else {})
         timings["quantize"] = time.perf_counter() - began
         baseline = OvModel.compile(fp32, signature, threads=threads)
         recipe["nncf_version"] = _version("nncf")
@@ -240,15 +245,17 @@ def build(model: nn.Module, cfg: Any, ctx: Any, workdir: str | Path, *, threads:
 PER_CHANNEL_NOTE = "OpenVINO's int8 weight compression scales weights per output channel: granularity per_tensor n/a"
 
 
-def _quantize(fp32: Any, signature: Signature, cfg: Any, batches: list[Batch], ref: str) -> tuple[Any, dict, dict]:
-    """The static or dynamic model, its recipe and its coverage."""
+def _quantize(
+    fp32: Any, signature: Signature, cfg: Any, batches: list[Batch], ref: str, ignored: list[str]
+) -> tuple[Any, dict, dict]:
+    """The static or dynamic model (the ``ignored`` nodes left fp32), its recipe and its coverage."""
     from farm.runtimes.openvino_coverage import ov_coverage
 
     if cfg.method == "static":
         inputs = [(name, _dtype(port)) for name, port in zip(signature.input_names, fp32.inputs, strict=True)]
-        deployed, recipe = quantize_static(fp32, cfg, batches, inputs)
+        deployed, recipe = quantize_static(fp32, cfg, batches, inputs, ignored)
     else:
-        deployed, recipe = compress_weights(fp32)
+        deployed, recipe = compress_weights(fp32, ignored)
     coverage = ov_coverage(deployed)
     if cfg.method == "dynamic" and coverage["layers"] == 0:
         raise QuantizationError(

@@ -4,10 +4,11 @@ A compute node (MatMul, Convolution and its group / transposed forms, and a Gath
 embedding) is quantized when an input comes from a FakeQuantize (static: NNCF's quantizers, which the CPU plugin
 runs as int8 kernels), possibly through layout ops (Convert, Reshape, Transpose, Squeeze, Unsqueeze), or when its
 weight is an integer constant behind a decompression chain (Convert, Subtract, Multiply: NNCF's weight
-compression, and the form in which NNCF may store a static model's quantized weights). A MatMul of two activations
-(attention scores) counts too; it is quantized only when FakeQuantize feeds it. The parameter share is the weight
-elements of those nodes stored as integers or behind a FakeQuantize, over the weight elements of all of them
-(biases, normalisation and the quantizers' own ranges are left out).
+compression, and the form in which NNCF may store a static model's quantized weights); a node with a constant weight
+counts only when that weight is quantized (one in NNCF's ignored scope may read a quantized activation). A MatMul of
+two activations (attention scores) counts too; it is quantized only when FakeQuantize feeds it. The parameter share
+is the weight elements of those nodes stored as integers or behind a FakeQuantize, over the weight elements of all
+of them (biases, normalisation and the quantizers' own ranges are left out).
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ def ov_coverage(ov_model: Any) -> dict[str, Any]:
         totals[op] += 1
         const, behind_fq = _source(node.input_value(weight_at), _DECOMPRESS_OPS)
         integer = const is not None and not const.get_output_element_type(0).is_real()
-        fed = any(_fed_by_fake_quantize(node.input_value(i)) for i in range(node.get_input_size()))
-        if fed or integer:
+        if const is not None:  # a node NNCF ignored may still read an activation quantized for a neighbour
+            quantized = integer or behind_fq
+        else:
+            quantized = any(_fed_by_fake_quantize(node.input_value(i)) for i in range(node.get_input_size()))
+        if quantized:
             done[op] += 1
         if const is not None:
             n = _elements(const)

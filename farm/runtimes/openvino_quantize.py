@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from farm.errors import QuantizationError
@@ -62,8 +62,11 @@ def range_estimator(cfg: Any) -> Any:
     return RangeEstimatorParameters(min=side, max=side)
 
 
-def quantize_static(ov_model: Any, cfg: Any, batches: list[Batch], inputs: list[tuple[str, Any]]) -> tuple[Any, dict]:
-    """``nncf.quantize`` of ``ov_model`` (a copy) on ``batches``; the quantized model and the recipe it ran.
+def quantize_static(
+    ov_model: Any, cfg: Any, batches: list[Batch], inputs: list[tuple[str, Any]], ignored: Sequence[str] = ()
+) -> tuple[Any, dict]:
+    """``nncf.quantize`` of ``ov_model`` (a copy) on ``batches``; the quantized model and the recipe it ran. The
+    nodes named in ``ignored`` (per-layer rules' skipped layers) are NNCF's ignored scope: they stay fp32.
 
     Raises:
         QuantizationError: bits other than 8, an observer NNCF has no estimator for, or NNCF failing (one line).
@@ -94,6 +97,7 @@ def quantize_static(ov_model: Any, cfg: Any, batches: list[Batch], inputs: list[
                 preset=nncf.QuantizationPreset.PERFORMANCE if symmetric else nncf.QuantizationPreset.MIXED,
                 subset_size=cfg.calibration_size,
                 model_type=nncf.ModelType.TRANSFORMER if recipe["model_type"] else None,
+                ignored_scope=_ignored_scope(ignored),
                 advanced_parameters=advanced,
             )
     except Exception as e:
@@ -101,16 +105,26 @@ def quantize_static(ov_model: Any, cfg: Any, batches: list[Batch], inputs: list[
     return quantized, recipe
 
 
-def compress_weights(ov_model: Any) -> tuple[Any, dict]:
-    """NNCF int8 weight compression (INT8_SYM) of ``ov_model`` (a copy): OpenVINO's stand-in for dynamic."""
+def compress_weights(ov_model: Any, ignored: Sequence[str] = ()) -> tuple[Any, dict]:
+    """NNCF int8 weight compression (INT8_SYM) of ``ov_model`` (a copy): OpenVINO's stand-in for dynamic; the
+    nodes named in ``ignored`` keep fp32 weights."""
     import nncf
 
     try:
         with _quiet():
-            compressed = nncf.compress_weights(ov_model.clone(), mode=nncf.CompressWeightsMode.INT8_SYM)
+            compressed = nncf.compress_weights(
+                ov_model.clone(), mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=_ignored_scope(ignored)
+            )
     except Exception as e:
         raise QuantizationError(f"NNCF weight compression failed: {_one_line(e)}") from e
     return compressed, {"weight_compression": "INT8_SYM", "per_channel": True}
+
+
+def _ignored_scope(names: Sequence[str]) -> Any:
+    """NNCF's ignored scope for these node names (validated: a name NNCF does not find fails the build), or None."""
+    import nncf
+
+    return nncf.IgnoredScope(names=list(names)) if names else None
 
 
 def _has_attention(ov_model: Any) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from farm.errors import ConfigError, QuantizationError
 from farm.runtimes.build import RuntimeBuild, calibration_batches
+from farm.runtimes.layer_plan import LayerPlan, layer_plan
 from farm.runtimes.registry import RUNTIMES
 
 RUNTIME = "onnxruntime"
@@ -102,6 +103,7 @@ def build(model: Any, cfg: Any, ctx: Any, workdir: Path, *, threads: int | None 
     from farm.runtimes.ort import require_ort
 
     check(cfg, ctx.device)
+    plan = layer_plan(model, cfg, RUNTIME)  # a rule that matches nothing is refused before the export
     ort = require_ort()
     workdir = Path(workdir)
     provider = provider_for(cfg, ctx.device)
@@ -109,7 +111,7 @@ def build(model: Any, cfg: Any, ctx: Any, workdir: Path, *, threads: int | None 
     fp32_path = workdir / (MODEL_FILE if cfg.method == "fp32" else FP32_FILE)
     with _timed("export", timings), compute_step(ctx.should_stop):
         exported = export_onnx(_on_cpu(model), ctx.example_input, fp32_path, output=ctx.output)
-    path, details, coverage, warnings = _deploy(model, cfg, ctx, fp32_path, workdir, timings)
+    path, details, coverage, warnings = _deploy(model, cfg, ctx, fp32_path, workdir, timings, plan)
     with _timed("session", timings):
         outcome = _session(path, threads, provider, ctx.device)
         baseline = None if path == fp32_path else _session(fp32_path, threads, provider, ctx.device)
@@ -124,6 +126,7 @@ def build(model: Any, cfg: Any, ctx: Any, workdir: Path, *, threads: int | None 
         "threads": threads,
         "format": "onnx",
         **details,
+        **(plan.details() if plan.rules else {}),
     }
     return RuntimeBuild(
         outcome=outcome,
@@ -138,7 +141,7 @@ def build(model: Any, cfg: Any, ctx: Any, workdir: Path, *, threads: int | None 
 
 
 def _deploy(
-    model: Any, cfg: Any, ctx: Any, fp32_path: Path, workdir: Path, timings: dict[str, float]
+    model: Any, cfg: Any, ctx: Any, fp32_path: Path, workdir: Path, timings: dict[str, float], plan: LayerPlan
 ) -> tuple[Path, dict[str, Any], dict[str, Any] | None, list[str]]:
     """(the deployed graph, the recipe's details, coverage, warnings) for ``cfg.method``."""
     from farm.quant.isolation import compute_step
@@ -147,19 +150,21 @@ def _deploy(
     method = cfg.method
     if method == "fp32":
         return fp32_path, {}, None, []
-    if method == "fp16":
-        with _timed("convert", timings), compute_step(ctx.should_stop):
-            _to_fp16(fp32_path, dst)
-        return dst, {"fp16": "keep_io_types"}, None, []
     if method == "qat":
         from farm.runtimes.ort_qat import export_qat
 
         qat = export_qat(model, cfg, ctx, dst, timings)
-        return dst, qat.details, _coverage(qat.coverage), _coverage_warnings(method, qat.coverage)
+        # the rules were applied in torch: fine-tuning left the skipped layers without fake quantizers
+        return dst, qat.details, _coverage(qat.coverage), _coverage_warnings(method, qat.coverage, len(plan.skipped))
+    exclude, overrides = _rule_nodes(fp32_path, plan)
+    if method == "fp16":
+        with _timed("convert", timings), compute_step(ctx.should_stop):
+            _to_fp16(fp32_path, dst, exclude)
+        return dst, {"fp16": "keep_io_types", **({"fp32_nodes": exclude} if exclude else {})}, None, []
     if method not in ("dynamic", "static"):
         raise QuantizationError(f"onnxruntime cannot run method {method!r}")
     with compute_step(ctx.should_stop):  # the static quantizer runs every calibration batch
-        q = _quantize(cfg, ctx, fp32_path, dst)
+        q = _quantize(cfg, ctx, fp32_path, dst, exclude, overrides)
     timings.update(q.timings_s)
     details = {
         "mode": q.mode,
@@ -169,8 +174,9 @@ def _deploy(
         "calibration_batches": q.calibration_batches,
         "preprocessed": q.preprocessed,
         "coverage_by_op": q.coverage.by_op,
+        **({"nodes_to_exclude": exclude} if exclude else {}),
     }
-    warnings = _coverage_warnings(method, q.coverage)
+    warnings = _coverage_warnings(method, q.coverage, len(plan.skipped))
     if method == "dynamic" and q.coverage.by_op.get("Conv", [0, 0])[0]:
         warnings.append(
             "onnxruntime's dynamic quantization runs Conv as ConvInteger, which is usually slower than fp32 on CPU; "
@@ -184,12 +190,25 @@ def _deploy(
     return dst, details, _coverage(q.coverage), warnings
 
 
-def _quantize(cfg: Any, ctx: Any, src: Path, dst: Path) -> Any:
+def _rule_nodes(path: Path, plan: LayerPlan) -> tuple[list[str], dict[str, Any]]:
+    """The exported graph's nodes the rules keep fp32, and node -> setting for those they quantize differently."""
+    if not plan.settings:
+        return [], {}
+    import onnx
+
+    from farm.runtimes.layer_nodes import rule_nodes
+
+    return rule_nodes(onnx.load(str(path), load_external_data=False), plan.rules, plan.layers)
+
+
+def _quantize(cfg: Any, ctx: Any, src: Path, dst: Path, exclude: list[str], overrides: dict[str, Any]) -> Any:
     from farm.runtimes.ort_quantize import quantize_dynamic_onnx, quantize_static_onnx
 
     per_channel = cfg.granularity == "per_channel"
     if cfg.method == "dynamic":
-        return quantize_dynamic_onnx(src, dst, per_channel=per_channel)
+        return quantize_dynamic_onnx(src, dst, per_channel=per_channel, nodes_to_exclude=exclude)
+    # a granularity equal to the method's needs no override (layer_plan refused what onnxruntime cannot do)
+    granularity = {node: s.granularity for node, s in overrides.items() if s.granularity not in (None, cfg.granularity)}
     return quantize_static_onnx(
         src,
         dst,
@@ -199,6 +218,8 @@ def _quantize(cfg: Any, ctx: Any, src: Path, dst: Path) -> Any:
         per_channel=per_channel,
         symmetric_activations=cfg.activation == "symmetric",
         reduce_range=bool(cfg.reduce_range),
+        nodes_to_exclude=exclude,
+        granularity_overrides=granularity,
     )
 
 
@@ -212,25 +233,28 @@ def _coverage(cov: Any) -> dict[str, Any]:
     }
 
 
-def _coverage_warnings(method: str, cov: Any) -> list[str]:
+def _coverage_warnings(method: str, cov: Any, skipped: int = 0) -> list[str]:
     if cov.params_quantized_fraction >= LOW_COVERAGE:
         return []
+    ruled = f"; per-layer rules keep {skipped} layer(s) fp32" if skipped else ""
     left = [f"{op} ({total - done} of {total})" for op, (done, total) in cov.by_op.items() if done < total]
     return [
         f"low coverage: onnxruntime {method} stored {cov.params_quantized_fraction:.1%} of the weights as integers "
         f"({cov.quantized_nodes} of {cov.quantizable_nodes} compute nodes quantized"
         + (f"; left fp32: {', '.join(left)}" if left else "")
+        + ruled
         + ")"
     ]
 
 
-def _to_fp16(src: Path, dst: Path) -> None:
-    """A float16 copy of the graph whose inputs and outputs stay float32 (the feeds and metrics need no change)."""
+def _to_fp16(src: Path, dst: Path, keep_fp32: list[str] | None = None) -> None:
+    """A float16 copy of the graph whose inputs and outputs stay float32 (the feeds and metrics need no change);
+    the nodes in ``keep_fp32`` (layers per-layer rules skip) stay float32, with casts around them."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     try:
-        half = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        half = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, node_block_list=keep_fp32 or None)
     except Exception as e:
         raise QuantizationError(f"onnxruntime fp16 conversion failed: {type(e).__name__}: {str(e)[:240]}") from e
     onnx.save(half, str(dst))

@@ -5,9 +5,11 @@ taken on one graph). A compute node (Conv, ConvTranspose, MatMul, Gemm, Attentio
 weight table: an embedding) is quantized when it was replaced by an integer op (ConvInteger, QLinearConv,
 MatMulInteger, ...: QOperator and dynamic graphs) or when an input comes from a DequantizeLinear (QDQ graphs).
 A MatMul of two activations (attention scores) counts too: static QDQ quantizes it, dynamic quantization leaves
-it fp32, and the fraction says so. The parameter share is the elements of integer weight initializers over those
-of all weight initializers; scales and zero points (the Q/DQ nodes' parameters and ORT's ``*_scale`` /
-``*_zero_point`` tensors) and int64 shape constants are left out.
+it fp32, and the fraction says so. A node with a weight counts as quantized only when its weight is: a node left
+fp32 (``nodes_to_exclude``) may read an activation quantized for a neighbour that shares it. The parameter share
+is the elements of integer weight initializers over those of all weight initializers; scales and zero points
+(the Q/DQ nodes' parameters and ORT's ``*_scale`` / ``*_zero_point`` tensors) and int64 shape constants are left
+out.
 """
 
 from __future__ import annotations
@@ -91,8 +93,7 @@ def onnx_coverage(path: str | Path) -> OrtCoverage:
             if node.op_type == "Gather" and not _is_weight(node.input[0], inits, producer):
                 continue  # indexing a computed tensor, not a weight table
             totals[node.op_type] += 1
-            fed = [producer.get(i) for i in node.input]
-            if any(p is not None and p.op_type == "DequantizeLinear" for p in fed) or _int_weight(node, inits):
+            if _quantized(node, inits, producer):
                 done[node.op_type] += 1
     quantizable, quantized = sum(totals.values()), sum(done.values())
     return OrtCoverage(
@@ -102,6 +103,20 @@ def onnx_coverage(path: str | Path) -> OrtCoverage:
         params_quantized_fraction=_params_fraction(graph),
         by_op={op: [done[op], totals[op]] for op in sorted(totals)},
     )
+
+
+def _quantized(node: Any, inits: dict[str, Any], producer: dict[str, Any]) -> bool:
+    """A node with a weight is quantized when its weight is (read through a DequantizeLinear, or stored as
+    integers): a node kept fp32 by ``nodes_to_exclude`` may still read an activation quantized for a neighbour. A
+    MatMul of two activations is quantized when an input comes from a DequantizeLinear."""
+    if _int_weight(node, inits):
+        return True
+    at = 0 if node.op_type == "Gather" else 1
+    weight = node.input[at] if len(node.input) > at else ""
+    if _is_weight(weight, inits, producer):
+        source = producer.get(weight)
+        return source is not None and source.op_type == "DequantizeLinear"
+    return any((p := producer.get(i)) is not None and p.op_type == "DequantizeLinear" for i in node.input)
 
 
 def _is_weight(name: str, inits: dict[str, Any], producer: dict[str, Any]) -> bool:

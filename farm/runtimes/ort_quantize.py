@@ -14,7 +14,7 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,11 +86,12 @@ def quantize_dynamic_onnx(
     per_channel: bool = False,
     reduce_range: bool = False,
     run_preprocess: bool = True,
+    nodes_to_exclude: Sequence[str] = (),
 ) -> OrtQuantInfo:
     """Dynamic int8 (QInt8 weights) of the fp32 ONNX file ``src`` into ``dst``.
 
     onnxruntime's dynamic quantizer rewrites Conv, MatMul (Gemm too, as MatMulInteger), Gather (embeddings) and
-    Attention; biases stay fp32.
+    Attention; biases stay fp32. ``nodes_to_exclude`` (per-layer rules' skipped layers) stay fp32.
 
     Raises:
         QuantizationError: onnxruntime is missing or its quantizer fails (one line).
@@ -100,10 +101,20 @@ def quantize_dynamic_onnx(
 
     def run(model: str) -> None:
         quantize_dynamic(
-            model, str(dst), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8
+            model,
+            str(dst),
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded or None,
         )
 
-    return _quantize(src, dst, "dynamic", run, run_preprocess, per_channel=per_channel, ort_version=ort.__version__)
+    # the dynamic quantizer splits each Gemm into <name>_MatMul + <name>_Add before it reads nodes_to_exclude
+    excluded = [*nodes_to_exclude, *(f"{name}_MatMul" for name in nodes_to_exclude)]
+    version = ort.__version__
+    return _quantize(
+        src, dst, "dynamic", run, run_preprocess, per_channel=per_channel, ort_version=version, nodes=nodes_to_exclude
+    )
 
 
 def quantize_static_onnx(
@@ -119,6 +130,8 @@ def quantize_static_onnx(
     symmetric_weights: bool = True,
     reduce_range: bool = False,
     run_preprocess: bool = True,
+    nodes_to_exclude: Sequence[str] = (),
+    granularity_overrides: Mapping[str, str] | None = None,
 ) -> OrtQuantInfo:
     """Static int8 in QDQ format of the fp32 ONNX file ``src`` into ``dst``, calibrated on ``calibration``.
 
@@ -141,8 +154,13 @@ def quantize_static_onnx(
         symmetric_weights=symmetric_weights,
     )
     fed: list[int] = []
+    used: dict[str, Any] = dict(extra)
 
     def run(model: str) -> None:
+        options = dict(extra)
+        if granularity_overrides:
+            options["TensorQuantOverrides"] = tensor_overrides(model, granularity_overrides)
+            used["TensorQuantOverrides"] = {k: [dict(d) for d in v] for k, v in options["TensorQuantOverrides"].items()}
         reader = calibration_reader(calibration, onnx_inputs(model))
         try:
             quantize_static(
@@ -155,7 +173,8 @@ def quantize_static_onnx(
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, method),
-                extra_options=dict(extra),
+                nodes_to_exclude=list(nodes_to_exclude) or None,
+                extra_options=options,
             )
         except Exception as e:
             if reader.count == 0:
@@ -163,15 +182,46 @@ def quantize_static_onnx(
             raise
         fed.append(reader.count)
 
-    info = _quantize(src, dst, "static", run, run_preprocess, per_channel=per_channel, ort_version=ort.__version__)
-    return _replace(info, calibrate_method=method, extra_options=extra, calibration_batches=fed[-1] if fed else 0)
+    nodes = [*nodes_to_exclude, *(granularity_overrides or {})]
+    info = _quantize(
+        src, dst, "static", run, run_preprocess, per_channel=per_channel, ort_version=ort.__version__, nodes=nodes
+    )
+    return _replace(info, calibrate_method=method, extra_options=used, calibration_batches=fed[-1] if fed else 0)
+
+
+def tensor_overrides(model: str | Path, granularity: Mapping[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """onnxruntime's ``TensorQuantOverrides`` for the weights of the nodes in ``granularity``: per_channel is one
+    entry with the weight's output-channel axis, per_tensor one entry without an axis (which the QDQ quantizer reads
+    as "this initializer per tensor", whatever ``per_channel`` says)."""
+    import onnx
+
+    from farm.runtimes.layer_nodes import weight_axis
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    inits = {t.name for t in graph.initializer}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for node in graph.node:
+        kind = granularity.get(node.name)
+        if kind is None or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        out[node.input[1]] = [{"axis": weight_axis(node)}] if kind == "per_channel" else [{}]
+    return out
 
 
 def _quantize(
-    src: str | Path, dst: str | Path, mode: str, run: Any, run_preprocess: bool, *, per_channel: bool, ort_version: str
+    src: str | Path,
+    dst: str | Path,
+    mode: str,
+    run: Any,
+    run_preprocess: bool,
+    *,
+    per_channel: bool,
+    ort_version: str,
+    nodes: Sequence[str] = (),
 ) -> OrtQuantInfo:
-    """Pre-process (when asked; a failure falls back to ``src``), quantize with ``run``, keep the output
-    structure metadata, and measure coverage and size."""
+    """Pre-process (when asked; a failure falls back to ``src``), check that the ``nodes`` per-layer rules name
+    are in the graph the quantizer reads, quantize with ``run``, keep the output structure metadata, and measure
+    coverage and size."""
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise QuantizationError(f"no ONNX file at {src}")
@@ -186,6 +236,7 @@ def _quantize(
             timings["preprocess"] = time.perf_counter() - began
             if error is None:
                 model = str(pre)
+        _check_nodes(model, nodes)
         began = time.perf_counter()
         try:
             with contextlib.redirect_stdout(io.StringIO()), _quiet_quantizer_log():  # calibrator progress, chatter
@@ -212,6 +263,20 @@ def _quantize(
         timings_s=timings,
         ort_version=ort_version,
     )
+
+
+def _check_nodes(model: str, nodes: Sequence[str]) -> None:
+    """Refuse names of nodes the graph lacks: onnxruntime would ignore them and quantize the layer silently."""
+    if not nodes:
+        return
+    import onnx
+
+    have = {n.name for n in onnx.load(model, load_external_data=False).graph.node}
+    lost = [n for n in nodes if n not in have]
+    if lost:
+        raise QuantizationError(
+            f"per-layer rules name node(s) {', '.join(lost[:4])} that pre-processing removed or renamed"
+        )
 
 
 class _QuantizerLog(logging.Filter):

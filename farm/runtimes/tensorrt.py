@@ -25,15 +25,19 @@ from torch import nn
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
 from farm.runtimes.build import DeployedModel, RuntimeBuild, calibration_batches
+from farm.runtimes.layer_nodes import rule_nodes
+from farm.runtimes.layer_plan import LayerPlan, layer_plan
 from farm.runtimes.onnx_export import ExportInfo, batch_inputs, export_onnx
 from farm.runtimes.registry import runtime_problems, unavailable
 from farm.runtimes.tensorrt_graph import (
     PrecisionPlan,
     activation_note,
     fp16_graph,
+    pin_fp32,
     precision_plan,
     profile_shapes,
     qdq_graph,
+    with_fp32_nodes,
 )
 
 #: The evaluation batch size (farm.quant.measure.EVAL_BATCH_SIZE): every engine must take it.
@@ -95,6 +99,8 @@ def build_engine(trt: Any, onnx_path: Path, shapes: dict[str, Any], plan: Precis
             raise QuantizationError(f"the ONNX graph has an input {name!r} that the batch does not fill")
         profile.set_shape(name, *shapes[name])
     config.add_optimization_profile(profile)
+    if plan.fp32_nodes and plan.graph == "fp32":  # weakly typed: pin the skipped layers (fp16 and qdq carry it)
+        pin_fp32(network, plan.fp32_nodes, trt.float32)
     for flag in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if not plan.tf32 and hasattr(trt.BuilderFlag, "TF32"):
@@ -219,6 +225,7 @@ def build(
     problems = runtime_problems("tensorrt", cfg.method)
     if problems:
         raise QuantizationError(problems[0].message)
+    rules = layer_plan(model, cfg, "tensorrt")  # a rule that matches nothing is refused before the export
     trt = require_tensorrt()
     require_cuda()
     plan = precision_plan(cfg.method, list(trt.BuilderFlag.__members__))
@@ -231,7 +238,9 @@ def build(
         fp32_path = workdir / "model.onnx" if cfg.method == "fp32" else Path(tmp) / "fp32.onnx"
         export = export_onnx(model, ctx.example_input, fp32_path)
         timings["export"] = time.perf_counter() - began
-        graph, recipe = _graph(fp32_path, workdir / "model.onnx", cfg, ctx, plan, timings)
+        exclude, overrides = _rule_nodes(fp32_path, rules)
+        plan = with_fp32_nodes(plan, exclude)
+        graph, recipe = _graph(fp32_path, workdir / "model.onnx", cfg, ctx, plan, timings, overrides)
         began = time.perf_counter()
         serialized = build_engine(trt, graph, shapes, plan)
         timings["build"] = time.perf_counter() - began
@@ -253,6 +262,7 @@ def build(
         "tf32": plan.tf32,
         "profile": {name: [list(s) for s in shape] for name, shape in shapes.items()},
         **recipe,
+        **({**rules.details(), "fp32_nodes": list(plan.fp32_nodes)} if rules.rules else {}),
     }
     coverage = info.pop("coverage", None)
     notes = activation_note(cfg) if cfg.method == "static" else []
@@ -261,17 +271,37 @@ def build(
     )
 
 
+def _rule_nodes(path: Path, rules: LayerPlan) -> tuple[list[str], dict[str, Any]]:
+    """The exported graph's nodes the rules keep fp32, and node -> setting for those they quantize differently."""
+    if not rules.settings:
+        return [], {}
+    import onnx
+
+    return rule_nodes(onnx.load(str(path), load_external_data=False), rules.rules, rules.layers)
+
+
 def _graph(
-    fp32: Path, dst: Path, cfg: Any, ctx: Any, plan: PrecisionPlan, timings: dict[str, float]
+    fp32: Path,
+    dst: Path,
+    cfg: Any,
+    ctx: Any,
+    plan: PrecisionPlan,
+    timings: dict[str, float],
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """The graph ``plan`` builds from: the export itself, its fp16 conversion, or its Q/DQ quantization."""
+    """The graph ``plan`` builds from: the export itself, its fp16 conversion, or its Q/DQ quantization (the
+    rules' fp32 nodes left float, their granularity ``overrides`` applied)."""
     began = time.perf_counter()
     if plan.graph == "qdq":
-        path, recipe = qdq_graph(fp32, dst, cfg, calibration_batches(ctx))
+        granularity = {
+            n: s.granularity for n, s in (overrides or {}).items() if s.granularity not in (None, cfg.granularity)
+        }
+        batches = calibration_batches(ctx)
+        path, recipe = qdq_graph(fp32, dst, cfg, batches, exclude=plan.fp32_nodes, granularity=granularity)
         timings["quantize"] = time.perf_counter() - began
         return path, recipe
     if plan.graph == "fp16":
-        path = fp16_graph(fp32, dst)
+        path = fp16_graph(fp32, dst, plan.fp32_nodes)
         timings["convert_fp16"] = time.perf_counter() - began
         return path, {}
     if fp32 != dst:  # fp16 with the FP16 flag: the engine's graph is the fp32 export

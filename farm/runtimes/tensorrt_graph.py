@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,57 @@ class PrecisionPlan:
         graph: the ONNX graph the engine is built from: "fp32" (as exported), "fp16" (converted) or "qdq".
         flags: ``trt.BuilderFlag`` members to set.
         tf32: leave TF32 on (off for fp32: an fp32 job's figures are fp32 figures).
+        fp32_nodes: ONNX nodes per-layer rules keep fp32 (:func:`with_fp32_nodes`): left out of the Q/DQ graph,
+            kept float32 by the fp16 converter, or their layers pinned to fp32 on a weakly typed network.
     """
 
     graph: str
     flags: tuple[str, ...]
     tf32: bool = False
+    fp32_nodes: tuple[str, ...] = ()
+
+
+def with_fp32_nodes(plan: PrecisionPlan, nodes: Sequence[str]) -> PrecisionPlan:
+    """``plan`` keeping ``nodes`` in fp32: on a weakly typed fp16 build (the fp32 graph with ``BuilderFlag.FP16``)
+    their layers are pinned, which the builder honours only with ``OBEY_PRECISION_CONSTRAINTS``."""
+    if not nodes:
+        return plan
+    flags = plan.flags
+    if plan.graph == "fp32" and "FP16" in flags and "OBEY_PRECISION_CONSTRAINTS" not in flags:
+        flags = (*flags, "OBEY_PRECISION_CONSTRAINTS")
+    return replace(plan, flags=flags, fp32_nodes=tuple(nodes))
+
+
+def pin_fp32(network: Any, nodes: Sequence[str], float32: Any) -> list[str]:
+    """Set the precision and output types of the layers the ONNX parser made of ``nodes`` to ``float32``
+    (``trt.float32``). The parser names a layer after its node; a node it builds from several layers names the
+    others with a suffix (``<node>_bias``), which is matched too, but not ``<node>_1``: another node's name.
+
+    Returns:
+        The names of the layers pinned.
+    """
+    wanted = set(nodes)
+    pinned = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if not _made_of(layer.name, wanted):
+            continue
+        layer.precision = float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, float32)
+        pinned.append(layer.name)
+    return pinned
+
+
+def _made_of(layer: str, nodes: set[str]) -> bool:
+    if layer in nodes:
+        return True
+    head, sep, tail = layer.rpartition("_")
+    while sep:
+        if head in nodes and not tail.isdigit():
+            return True
+        head, sep, tail = head.rpartition("_")
+    return False
 
 
 def precision_plan(method: str, builder_flags: Sequence[str]) -> PrecisionPlan:
@@ -79,9 +125,10 @@ def profile_shapes(example: Batch, batch_sizes: Sequence[int]) -> dict[str, tupl
     return shapes
 
 
-def fp16_graph(src: str | Path, dst: str | Path) -> Path:
+def fp16_graph(src: str | Path, dst: str | Path, keep_fp32: Sequence[str] = ()) -> Path:
     """``src`` converted to float16 (onnxruntime's converter), inputs and outputs left fp32: the graph a strongly
-    typed TensorRT runs in fp16. Keeps the exporter's metadata.
+    typed TensorRT runs in fp16. The nodes in ``keep_fp32`` stay float32 (casts around them). Keeps the exporter's
+    metadata.
 
     Raises:
         QuantizationError: onnx / onnxruntime missing or the converter failing (one line).
@@ -94,7 +141,7 @@ def fp16_graph(src: str | Path, dst: str | Path) -> Path:
         raise QuantizationError(f"fp16 for TensorRT needs onnx and onnxruntime ({e}): {hint}") from e
     proto = onnx.load(str(src))
     try:
-        half = convert_float_to_float16(proto, keep_io_types=True)
+        half = convert_float_to_float16(proto, keep_io_types=True, node_block_list=list(keep_fp32) or None)
     except Exception as e:
         text = " ".join(str(e).split())[:200]
         raise QuantizationError(f"float16 conversion failed: {type(e).__name__}: {text}") from e
@@ -103,11 +150,20 @@ def fp16_graph(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def qdq_graph(src: str | Path, dst: str | Path, cfg: Any, calibration: list[Batch]) -> tuple[Path, dict[str, Any]]:
+def qdq_graph(
+    src: str | Path,
+    dst: str | Path,
+    cfg: Any,
+    calibration: list[Batch],
+    *,
+    exclude: Sequence[str] = (),
+    granularity: Mapping[str, str] | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """The explicitly quantized (Q/DQ) graph of ``src`` for TensorRT, and the recipe that made it: onnxruntime's
     ``quantize_static`` after its pre-processing, int8 activations and weights both symmetric (zero point 0), our
     observer mapped as for ONNX Runtime (:mod:`farm.runtimes.ort_calibration`), biases left float (TensorRT has no
-    int32 DequantizeLinear: it folds float biases into its int8 kernels).
+    int32 DequantizeLinear: it folds float biases into its int8 kernels). The ``exclude`` nodes get no Q/DQ, so
+    TensorRT runs them in float; ``granularity`` (node -> per_tensor / per_channel) sets one weight's granularity.
 
     Raises:
         QuantizationError: bits other than 8, an observer onnxruntime cannot do, no batches, or the quantizer
@@ -118,7 +174,7 @@ def qdq_graph(src: str | Path, dst: str | Path, cfg: Any, calibration: list[Batc
 
     from farm.runtimes.ort_calibration import calibration_reader, calibration_recipe, onnx_inputs
     from farm.runtimes.ort_coverage import onnx_coverage
-    from farm.runtimes.ort_quantize import preprocess
+    from farm.runtimes.ort_quantize import preprocess, tensor_overrides
 
     if cfg.bits != 8:
         raise QuantizationError(f"TensorRT runs int8 kernels only; bits must be 8, not {cfg.bits}")
@@ -133,6 +189,8 @@ def qdq_graph(src: str | Path, dst: str | Path, cfg: Any, calibration: list[Batc
         error = preprocess(src, Path(tmp) / "pre.onnx")
         model = str(src) if error else str(Path(tmp) / "pre.onnx")
         reader = calibration_reader(calibration, onnx_inputs(model))
+        if granularity:
+            extra["TensorQuantOverrides"] = tensor_overrides(model, granularity)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
                 quantize_static(
@@ -144,6 +202,7 @@ def qdq_graph(src: str | Path, dst: str | Path, cfg: Any, calibration: list[Batc
                     activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method),
+                    nodes_to_exclude=list(exclude) or None,
                     extra_options=dict(extra),
                 )
         except Exception as e:
@@ -159,6 +218,7 @@ def qdq_graph(src: str | Path, dst: str | Path, cfg: Any, calibration: list[Batc
         "calibration_batches": reader.count,
         "per_channel": per_channel,
         "preprocessed": error is None,
+        **({"nodes_to_exclude": list(exclude)} if exclude else {}),
         "coverage": {
             "params": coverage.params_quantized_fraction,
             "macs": None,

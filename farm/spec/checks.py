@@ -11,6 +11,7 @@ from typing import Any
 
 from farm.errors import ConfigError, Problem
 from farm.quant.config import METHODS, parse_method, public_methods
+from farm.quant.layers import param_axis
 from farm.spec.schema import JOB_KEYS
 from farm.zoo.refs import BUILTIN_DATASETS, parse_dataset_ref, parse_model_ref
 
@@ -138,7 +139,7 @@ def check_methods(raw: Any, problems: list[Problem]) -> list[tuple[str, dict[str
             problems.append(Problem(path, f"unknown method {name!r}; choose one of {names}"))
             ok = False
             continue
-        axes = {k: (v if isinstance(v, list) else [v]) for k, v in params.items()}
+        axes = {k: param_axis(k, v) for k, v in params.items()}  # a layers rule list is one value
         for param, values in axes.items():
             if not values:
                 problems.append(Problem(f"{path}.{name}.{param}", "an empty list gives no jobs"))

@@ -19,6 +19,7 @@ from farm.errors import ConfigError, Problem
 from farm.jobs.contract import JobSpec
 from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import METHODS, Fp32Config, MethodConfig, parse_method, resolve_device
+from farm.quant.layers import param_axis, parse_rules
 from farm.routing import Pools, route
 from farm.runtimes.registry import DEFAULT_RUNTIME
 from farm.spec.checks import ModelEntry
@@ -156,14 +157,18 @@ class _Jobs:
         if ref_key is None:
             ref_pool = _named_pool(Fp32Config(), device, self.pools)
             ref_spec = JobSpec(
-                model.ref, model.dataset, Fp32Config(), model.weights, self.spec.seed, job_bench, ref_pool, model.output
-            )
+                model.ref, model.dataset, Fp32Config(), model.weights, self.spec.seed, job_bench, ref_pool,
+                model.output, metric=self.spec.metric,  # the fp32 row carries the metric too: the baseline
+            )  # fmt: skip
             ref_key = self._ref_keys[(model, device)] = job_key(ref_spec, digest)
             self.references.setdefault(ref_key, PlannedJob(ref_key, "reference", ref_spec, device, digest, None))
         if cfg.method == "fp32" and cfg.runtime == DEFAULT_RUNTIME:
             return  # the reference itself (fp32 on another runtime is a trial compared with it)
         pool = _named_pool(cfg, device, self.pools)
-        job_spec = JobSpec(model.ref, model.dataset, cfg, model.weights, self.spec.seed, job_bench, pool, model.output)
+        job_spec = JobSpec(
+            model.ref, model.dataset, cfg, model.weights, self.spec.seed, job_bench, pool, model.output,
+            metric=self.spec.metric,
+        )  # fmt: skip
         key = job_key(job_spec, digest)
         self.trials.setdefault(key, PlannedJob(key, "trial", job_spec, device, digest, ref_key))
 
@@ -176,7 +181,7 @@ def _included(
     if "model" in entry and not targets:
         targets = [ModelEntry(entry["model"], None, entry.get("dataset", default_dataset))]
     targets = [ModelEntry(m.ref, m.weights, entry.get("dataset", m.dataset), m.output) for m in targets]
-    axes = {k: (v if isinstance(v, list) else [v]) for k, v in entry.items() if k not in JOB_KEYS}
+    axes = {k: param_axis(k, v) for k, v in entry.items() if k not in JOB_KEYS}  # a layers rule list is one value
     for key in ("bits", "calibration_size", "backend"):
         if key in entry:
             axes[key] = entry[key] if isinstance(entry[key], list) else [entry[key]]
@@ -226,7 +231,7 @@ def product_bound(spec: SweepSpec, models: list[ModelEntry], methods: list[tuple
             n *= max(1, len(spec.runtime))
         total += n * len(models)
     for entry in spec.include:
-        n = math.prod(len(v) if isinstance(v, list) else 1 for v in entry.values())
+        n = math.prod(len(param_axis(k, v)) for k, v in entry.items())
         total += n * (1 if "model" in entry else len(models))
     return total
 
@@ -288,7 +293,11 @@ def _with_device(bench: BenchmarkConfig, device: str) -> BenchmarkConfig:
 def _matches(attrs: dict[str, Any], entry: dict[str, Any]) -> bool:
     for key, want in entry.items():
         have = attrs.get(key)
-        if isinstance(want, list):
+        if key == "layers":  # one rule list, or a list of them: compared as parsed rules
+            parsed = [parse_rules(value) for value in param_axis(key, want)]
+            if have not in [rules for rules, problems in parsed if not problems]:  # a bad rule list matches nothing
+                return False
+        elif isinstance(want, list):
             if have not in want:
                 return False
         elif have != want:

@@ -64,6 +64,12 @@ def load_spec(
         ConfigError: listing every problem with its path.
     """
     data = parse_text(text, source)
+    if isinstance(data, dict) and "tune" in data:
+        raise ConfigError(
+            "a spec with a tune: section is a search: plan it with farm.jobs.tune_plan.plan_tune "
+            "(farm sweep run / submit and farm tune do)",
+            source=source,
+        )
     problems: list[Problem] = []
     spec: SweepSpec | None = None
     try:

@@ -81,7 +81,7 @@ class Plan:
 
 def job_key(spec: JobSpec, weights_digest: str | None) -> str:
     """sha256 of a job's canonical JSON: model, weights digest, dataset, method config, seed, benchmark, engine
-    (and the pool and output when set)."""
+    (and the pool, output and a non-test split when set)."""
     payload: dict[str, Any] = {
         "model": spec.model,
         "weights": weights_digest,
@@ -95,4 +95,8 @@ def job_key(spec: JobSpec, weights_digest: str | None) -> str:
         payload["pool"] = spec.pool
     if spec.output is not None:  # only when chosen: keys of jobs that measure the default output are unchanged
         payload["output"] = spec.output
+    if spec.split != "test":  # a validation-split job (farm tune's sensitivity) measures other samples
+        payload["split"] = spec.split
+    if spec.metric is not None:  # a job with a metric function measures one more figure
+        payload["metric"] = spec.metric
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -104,6 +104,21 @@ class SweepSpec(_Strict):
     seed: int = Field(0, ge=-(2**63), le=2**63 - 1)
     #: The model output every metric is computed on (a dict key or attribute, or a tuple index); per model too.
     output: Any = None  # checked by farm.spec.checks.check_output
+    #: The user's metric function, ``entrypoint:pkg.module:function`` (allowlisted on the worker like models):
+    #: every job stores its value as metric_value (farm.metric_targets).
+    metric: str | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | None) -> str | None:
+        from farm.metric_targets import parse_metric_fn
+
+        if v is None:
+            return v
+        try:
+            return parse_metric_fn(v, source="metric")
+        except ConfigError as e:
+            raise ValueError(e.problems[0].message) from None
 
     @field_validator("bits", "calibration_size", "backend", "runtime", mode="before")
     @classmethod

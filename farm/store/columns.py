@@ -47,6 +47,8 @@ COLUMN_KINDS: dict[str, Kind] = {
     "agreement": "float",
     "sqnr_db": "float",
     "cosine": "float",
+    "metric_name": "text",
+    "metric_value": "float",
     "size_bytes": "int",
     "size_ratio": "float",
     "latency_p50_ms": "float",

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
+from farm.errors import NotFound
 from farm.store import graph, lifecycle, plans
-from farm.store.models import Job, JobDependency, Metric, SweepJob
+from farm.store.models import Artifact, Job, JobDependency, Metric, Sweep, SweepJob
 
 
 @dataclass(frozen=True)
 class InputJob:
-    """A job a stage waits for, with its result (the figures of its first batch-size row)."""
+    """A job a stage waits for, with its result (the figures of its first batch-size row); read for a whole sweep
+    (:func:`sweep_jobs`) it also names its model artifact, its error and when it ran."""
 
     id: int
     key: str
@@ -32,9 +35,109 @@ class InputJob:
     reference_key: str | None
     route: tuple[str | None, str, str | None]
     figures: dict[str, Any] = field(default_factory=dict)
+    artifact_uri: str | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: The expander of the stage job that added it (None: planned up front).
+    added_by: str | None = None
 
 
-_FIGURES = ("accuracy", "accuracy_drop", "agreement", "sqnr_db", "size_bytes", "size_ratio", "latency_p50_ms")
+_FIGURES = (
+    "batch_size",
+    "accuracy",
+    "accuracy_fp32",
+    "accuracy_drop",
+    "agreement",
+    "sqnr_db",
+    "cosine",
+    "health",
+    "size_bytes",
+    "size_ratio",
+    "latency_p50_ms",
+    "latency_p50_ci_low_ms",
+    "latency_p50_ci_high_ms",
+    "speedup",
+    "speedup_ci_low",
+    "speedup_ci_high",
+)
+
+
+@dataclass(frozen=True)
+class SweepHead:
+    """A sweep's name, state, spec text and times (what ``farm tune status`` and ``list`` read)."""
+
+    id: int
+    name: str
+    state: str
+    spec_text: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def sweep_head(db: Any, sweep_id: int) -> SweepHead:
+    """The sweep ``sweep_id``.
+
+    Raises:
+        NotFound: no such sweep.
+    """
+    with db.session(write=False) as s:
+        sw = s.get(Sweep, sweep_id)
+        if sw is None:
+            raise NotFound(f"no sweep (tune) with id {sweep_id}")
+        return SweepHead(sw.id, sw.name, sw.state, sw.spec_text, sw.created_at, sw.finished_at)
+
+
+def sweep_heads(db: Any, contains: str, limit: int) -> list[SweepHead]:
+    """The newest ``limit`` sweeps whose spec text contains ``contains`` (a cheap pre-filter; callers parse)."""
+    with db.session(write=False) as s:
+        rows = s.scalars(
+            select(Sweep).where(Sweep.spec_text.contains(contains)).order_by(Sweep.id.desc()).limit(limit)
+        ).all()
+        return [SweepHead(sw.id, sw.name, sw.state, sw.spec_text, sw.created_at, sw.finished_at) for sw in rows]
+
+
+def sweep_jobs(db: Any, sweep_id: int) -> list[InputJob]:
+    """Every job of sweep ``sweep_id`` (its own and those it reuses), in id order, with figures, model artifact,
+    error and times."""
+    reference = aliased(Job)
+    with db.session(write=False) as s:
+        rows = s.execute(
+            select(Job, reference.key.label("reference_key"), Artifact.uri)
+            .join(SweepJob, SweepJob.job_id == Job.id)
+            .outerjoin(reference, reference.id == Job.reference_job_id)
+            .outerjoin(Artifact, (Artifact.job_id == Job.id) & (Artifact.kind == "model"))
+            .where(SweepJob.sweep_id == sweep_id)
+            .order_by(Job.id)
+        ).all()
+        figures = _figures(s, [row[0].id for row in rows])
+        stage = aliased(Job)
+        added = s.execute(
+            select(JobDependency.job_id, stage.spec)
+            .join(stage, stage.id == JobDependency.depends_on_id)
+            .join(SweepJob, SweepJob.job_id == JobDependency.job_id)
+            .where(SweepJob.sweep_id == sweep_id, stage.role == "stage")
+        ).all()
+        added_by = {job_id: str(spec.get("stage")) for job_id, spec in added}
+        return [
+            InputJob(
+                job.id,
+                job.key,
+                job.role,
+                job.state,
+                dict(job.spec),
+                job.device,
+                ref_key,
+                (job.queue, job.stage, job.finish_queue),
+                figures.get(job.id, {}),
+                uri,
+                job.error,
+                job.started_at,
+                job.finished_at,
+                added_by.get(job.id),
+            )
+            for job, ref_key, uri in rows
+        ]
 
 
 def stage_inputs(db: Any, job_id: int) -> list[InputJob]:

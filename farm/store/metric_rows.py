@@ -57,6 +57,9 @@ def metric_rows(job_id: int, result: dict[str, Any]) -> list[dict[str, Any]]:
     """One metrics row per batch size from a ``JobResult.to_dict()``."""
     job_part = {k: result.get(k) for k in _JOB_FIGURES}
     job_part["simulated"] = bool(result.get("simulated"))
+    # The job's own metric function: JobResult names its value ``metric``, the table ``metric_value``.
+    job_part["metric_name"] = result.get("metric_name")
+    job_part["metric_value"] = result.get("metric")
     extra = {k: result.get(k) for k in _EXTRA_JOB_KEYS if result.get(k) is not None}
     rows = []
     for lat in result.get("latency") or []:

@@ -182,6 +182,10 @@ class Metric(Base):
     #: NULL where the result names none (rows from before migration 0007).
     runtime_version: Mapped[str | None] = mapped_column(String(64))
     execution_provider: Mapped[str | None] = mapped_column(String(64))
+    #: The sweep's own metric function (``entrypoint:pkg.mod:fn``) and its value on the test split; NULL without
+    #: one (and for rows from before migration 0008).
+    metric_name: Mapped[str | None] = mapped_column(String(500))
+    metric_value: Mapped[float | None] = mapped_column(Float)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     hardware_id: Mapped[str | None] = mapped_column(String(32))
     #: Everything else the engine reported: spread, timings, warnings, fingerprint, ...

@@ -3,10 +3,19 @@
 Every split yields ``(input, label)`` pairs; unlabelled data (synthetic inputs, label-free entrypoints)
 carries the label -1, and :attr:`DatasetSplits.labelled` says which is which. Splits are deterministic:
 the same reference gives the same samples in the same order on every machine.
+
+The validation split (``farm tune``'s sensitivity stage, which must never choose on the test split) is drawn from
+the calibration split, never from the test split: the calibration split is permuted with seed
+:data:`VALIDATION_SEED` (0) and its second half is the validation split. A calibration subset is the first ``n``
+samples of the permutation of its job's seed, so one of seed 0 (every job's default) and at most half the split
+never sees a validation sample; a larger one overlaps it (its observers then saw some of the samples sensitivity is
+measured on, which can only flatter a layer's ranking, never the test-split figures a tune's answer is chosen by).
+A dataset entrypoint may give its own ``validation`` split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +32,10 @@ from farm.zoo.refs import Ref, check_entrypoint_allowed, parse_dataset_ref
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SYNTHETIC_SEED = 1234
+#: The seed of the calibration split's permutation whose second half is the validation split.
+VALIDATION_SEED = 0
+#: The splits a job's metrics may be computed on (JobSpec.split).
+SPLITS = ("test", "validation")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -90,6 +103,8 @@ class DatasetSplits:
         num_classes: number of classes when known.
         synthetic: True for random inputs (accuracy is then relative to fp32 only).
         notes: things the user should know about these numbers.
+        validation: samples a tune ranks layers on, disjoint from the test split (None: drawn from the calibration
+            split by :func:`load_dataset`, see the module's docstring).
     """
 
     ref: str
@@ -100,6 +115,7 @@ class DatasetSplits:
     num_classes: int | None = None
     synthetic: bool = False
     notes: list[str] = field(default_factory=list)
+    validation: Dataset | None = None
 
 
 def load_dataset(ref: str | Ref, *, allowed: Sequence[str] | None = None) -> DatasetSplits:
@@ -110,14 +126,45 @@ def load_dataset(ref: str | Ref, *, allowed: Sequence[str] | None = None) -> Dat
     """
     parsed = parse_dataset_ref(ref) if isinstance(ref, str) else ref
     if parsed.scheme == "sklearn":
-        return _digits(parsed)
-    if parsed.scheme == "imagefolder":
-        return _imagefolder(parsed)
-    if parsed.scheme == "synthetic":
-        return _synthetic(parsed)
-    if parsed.scheme == "tokens":
-        return _tokens(parsed)
-    return _entrypoint(parsed, allowed)
+        splits = _digits(parsed)
+    elif parsed.scheme == "imagefolder":
+        splits = _imagefolder(parsed)
+    elif parsed.scheme == "synthetic":
+        splits = _synthetic(parsed)
+    elif parsed.scheme == "tokens":
+        splits = _tokens(parsed)
+    else:
+        splits = _entrypoint(parsed, allowed)
+    if splits.validation is None:
+        splits.validation = validation_subset(splits.calibration)
+    return splits
+
+
+def validation_subset(calibration: Dataset) -> Dataset:
+    """The validation split drawn from a calibration split: the second half of its permutation by
+    :data:`VALIDATION_SEED`, in the split's own order (a split of one sample is its own validation split)."""
+    size = len(calibration)  # type: ignore[arg-type]
+    perm = torch.randperm(size, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    idx = perm[size // 2 :].sort().values
+    if isinstance(calibration, TensorSplit):
+        return calibration.take(idx)
+    return Subset(calibration, idx.tolist())
+
+
+def for_split(splits: DatasetSplits, split: str) -> DatasetSplits:
+    """``splits`` with the split a job computes its metrics on in place of the test split.
+
+    Raises:
+        ConfigError: ``split`` is not one of :data:`SPLITS`, or the dataset has no validation split.
+    """
+    if split == "test":
+        return splits
+    if split != "validation":
+        raise ConfigError(f"unknown split {split!r}: a job is evaluated on one of {', '.join(SPLITS)}")
+    if splits.validation is None or len(splits.validation) == 0:  # type: ignore[arg-type]
+        raise ConfigError(f"dataset {splits.ref} has no validation split")
+    note = f"metrics on the validation split ({len(splits.validation)} samples), not the test split"  # type: ignore[arg-type]
+    return dataclasses.replace(splits, test=splits.validation, notes=[*splits.notes, note])
 
 
 def _digits(ref: Ref) -> DatasetSplits:
@@ -234,9 +281,10 @@ def _entrypoint(ref: Ref, allowed: Sequence[str] | None) -> DatasetSplits:
     if not isinstance(result, Mapping) or "calibration" not in result or "test" not in result:
         raise ConfigError(
             f"dataset entrypoint {str(ref)!r} must return DatasetSplits or a mapping with 'calibration' and "
-            "'test' datasets (and optionally 'train', 'num_classes', 'labelled')"
+            "'test' datasets (and optionally 'train', 'validation', 'num_classes', 'labelled')"
         )
     train = result.get("train")
+    validation = result.get("validation")
     return DatasetSplits(
         str(ref),
         train=_Pairs(train) if train is not None else None,
@@ -244,6 +292,7 @@ def _entrypoint(ref: Ref, allowed: Sequence[str] | None) -> DatasetSplits:
         test=_Pairs(result["test"]),
         labelled=bool(result.get("labelled", True)),
         num_classes=result.get("num_classes"),
+        validation=_Pairs(validation) if validation is not None else None,
     )
 
 

@@ -27,19 +27,19 @@ KINDS: dict[str, str] = {
         "int": "sweep_id job_id bits calibration_size batch_size size_bytes",
         "float": "accuracy accuracy_fp32 accuracy_drop agreement sqnr_db cosine size_ratio latency_p50_ms "
         "latency_p50_ci_low_ms latency_p50_ci_high_ms latency_p90_ms latency_p99_ms throughput speedup "
-        "speedup_ci_low speedup_ci_high speedup_vs_best_fp32 coverage duration_s",
+        "speedup_ci_low speedup_ci_high speedup_vs_best_fp32 coverage duration_s metric_value",
         "bool": "simulated",
         "datetime": "finished_at",
         "text": "sweep_name job_key model dataset method recipe backend observer granularity device runtime state "
-        "health isolation runtime_version execution_provider artifact_uri worker hardware error",
+        "health isolation runtime_version execution_provider artifact_uri worker hardware error metric_name",
         "json": "params",
     }.items()
     for name in names.split()
 }
-#: Columns of results_flat the population leaves NULL on every row (figures added by migrations 0006 and 0007).
+#: Columns of results_flat the population leaves NULL on every row (figures added by migrations 0006 to 0008).
 ALWAYS_NULL = (
     "recipe health cosine latency_p50_ci_low_ms latency_p50_ci_high_ms speedup_ci_low speedup_ci_high isolation params "
-    "runtime_version execution_provider"
+    "runtime_version execution_provider metric_name metric_value"
 ).split()
 
 SWEEPS = {1: "alpha", 2: "beta's 50%_off"}

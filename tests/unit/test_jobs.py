@@ -81,25 +81,26 @@ def _test_cross_entropy(artifact_dir: Path) -> float:
 
 
 @pytest.mark.slow
-def test_four_bit_qat_beats_four_bit_static_ptq(run_trial: Callable[..., Any], cnn_reference: Reference) -> None:
+def test_two_bit_qat_recovers_what_two_bit_static_ptq_loses(
+    run_trial: Callable[..., Any], cnn_reference: Reference
+) -> None:
     # Both runs use the same quantizer settings (per_channel weights, minmax observers, affine activations,
     # the same 256 calibration samples, seed 0), so the only difference is QAT's fine-tuning, with the usual
-    # recipe: batch-norm statistics frozen from the start, ranges frozen half way. The fp32 model gets
-    # 359/360 test digits right, so top-1 has little room: on an AVX2 EPYC 4-bit PTQ got 356/360 and QAT
-    # 359/360, but on an AVX-512/AMX Xeon (whose fp32 training lands on slightly different weights) both get
-    # 359/360. So "beats" is judged on the test-set cross-entropy, the loss QAT minimises, with top-1 no
-    # worse: measured on the Xeon over seeds 0-3, PTQ 0.0174-0.0210 vs QAT 0.0110-0.0152 with this recipe
-    # (68 steps without freezing lost on 2 of the 4 seeds). Every step is seeded and run_job uses one
-    # thread, so the comparison repeats exactly on a given machine.
-    common = {"bits": 4, "granularity": "per_channel", "observer": "minmax", "activation": "affine", "seed": 0}
+    # recipe: batch-norm statistics frozen from the start, ranges frozen half way. At 4 bits the two are too close
+    # to call on one seed: which wins on top-1 and which on cross-entropy differs between machines (an AVX-512
+    # Xeon: QAT lower loss, equal top-1; an AVX2 EPYC Zen 3: QAT better top-1 359 vs 358/360 but higher loss,
+    # 0.0146 vs 0.0117), because fp32 training lands on slightly different weights. At 2 bits PTQ loses a quarter
+    # of the digits and QAT wins it back (EPYC Zen 3: top-1 0.756 -> 0.956, loss 0.946 -> 0.202), a margin no
+    # machine's rounding closes. Every step is seeded and run_job uses one thread.
+    common = {"bits": 2, "granularity": "per_channel", "observer": "minmax", "activation": "affine", "seed": 0}
     recipe = {"steps": 136, "freeze_bn_after": 0, "freeze_observers_after": 68, "device": "cpu"}
     ptq, ptq_dir = run_trial(CNN, DIGITS, "static", reference=cnn_reference, **common)
     qat, qat_dir = run_trial(CNN, DIGITS, "qat", reference=cnn_reference, **recipe, **common)
     assert ptq.simulated and qat.simulated
-    assert qat.accuracy >= ptq.accuracy
-    assert qat.accuracy_drop <= 0.01
+    assert qat.accuracy >= ptq.accuracy + 0.1, (ptq.accuracy, qat.accuracy)
+    assert qat.accuracy_drop <= 0.1
     ptq_loss, qat_loss = _test_cross_entropy(ptq_dir), _test_cross_entropy(qat_dir)
-    assert qat_loss < 0.9 * ptq_loss, (ptq_loss, qat_loss)
+    assert qat_loss < 0.5 * ptq_loss, (ptq_loss, qat_loss)
 
 
 @pytest.mark.slow

@@ -245,7 +245,7 @@ MANY_EXPECTED = [
     Problem(
         "bogus",
         "unknown top-level key (valid: name, description, models, dataset, methods, bits, calibration_size, "
-        "backend, runtime, benchmark, exclude, include, seed, output)",
+        "backend, runtime, benchmark, exclude, include, seed, output, metric)",
     ),
     Problem("models[1]", "duplicate of models[0] (farm:digits-cnn)"),
     Problem("methods[0].static.observer", "'minmax2' is not one of minmax, moving_average, histogram, percentile"),

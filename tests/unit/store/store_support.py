@@ -29,7 +29,8 @@ INDEXES = {index.name for table in Base.metadata.tables.values() for index in ta
 COLUMNS = [
     "sweep_id", "sweep_name", "job_id", "job_key", "model", "dataset", "method", "recipe", "bits",
     "calibration_size", "backend", "observer", "granularity", "device", "runtime", "batch_size", "state", "health",
-    "accuracy", "accuracy_fp32", "accuracy_drop", "agreement", "sqnr_db", "cosine", "size_bytes", "size_ratio",
+    "accuracy", "accuracy_fp32", "accuracy_drop", "agreement", "sqnr_db", "cosine", "metric_name",
+    "metric_value", "size_bytes", "size_ratio",
     "latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_p90_ms", "latency_p99_ms",
     "throughput", "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_vs_best_fp32", "coverage", "simulated",
     "isolation", "runtime_version", "execution_provider", "artifact_uri", "worker", "hardware", "duration_s",

@@ -1,0 +1,245 @@
+"""`farm tune` against its targets (issue 14), each search run as a user runs it: `farm tune ... --json`.
+
+Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro] [--runtime torch --runtime onnxruntime ...]
+                           [--json out.json]
+
+- encoder / cnn: farm:tiny-encoder (token ids, dynamic int8, cosine) and farm:digits-cnn (static int8, sqnr_db).
+  First the global recipes alone (`--good-enough` with a target every one meets: stage 1 only), then the target is
+  set just beyond the best global recipe on every runtime asked (sqnr: +2 dB; cosine: half the distance to 1), so
+  every global int8 recipe misses it. Targets: the search meets it; its answer is faster than the best fp32 on any
+  runtime (p50 below the fastest fp32 export's, and the interval's high end below its low end for "clearly");
+  jobs per runtime <= layers + 2*log2(layers) + 4 (the trail's trials of that runtime, fp32 exports included).
+- global: a target the best global recipe meets: the answer is never slower than it (p50 interval ends overlap or
+  the answer is faster).
+- wall: the cnn search from an empty database with -j 1 then -j 2 (1 thread per job, fresh FARM_HOME each):
+  wall(-j 2) / wall(-j 1) <= 0.6.
+- repro: the cnn search's chosen recipe re-run as a plain `farm quantize` with its layer rules: the metric is
+  identical (exact float equality).
+Each search runs in its own FARM_HOME under a scratch directory (stage 1 of the real search reuses the global
+jobs by key). The CPU and its ISA flags are printed beside every figure. It is a report, not a test: exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CASES = {
+    "encoder": {"model": "farm:tiny-encoder", "dataset": "tokens:32", "method": "dynamic", "metric": "cosine"},
+    "cnn": {"model": "farm:digits-cnn", "dataset": "sklearn:digits", "method": "static", "metric": "sqnr_db"},
+}
+WALL_TARGET = 0.6
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, root: Path) -> None:
+        from farm.quant.fingerprint import fingerprint, hardware_label
+
+        self.args, self.root = args, root
+        self.hw = hardware_label(fingerprint("cpu"))
+        self.targets: list[dict[str, Any]] = []
+        self.figures: dict[str, Any] = {}
+
+    def say(self, text: str) -> None:
+        print(f"{text}  [{self.hw}]", flush=True)
+
+    def target(self, name: str, ok: bool, figure: str) -> None:
+        self.targets.append({"name": name, "pass": ok, "figure": figure})
+        self.say(f"{'PASS' if ok else 'MISS'}  {name}: {figure}")
+
+    def farm(self, home: Path, *argv: str, check: bool = True) -> tuple[int, str, float]:
+        """Run ``farm ARGV`` with FARM_HOME=home; (exit status, stdout, wall seconds)."""
+        env = {**os.environ, "FARM_HOME": str(home)}
+        for name in ("FARM_DATABASE_URL", "FARM_ARTIFACTS_URL", "FARM_BROKER_URL"):
+            env.pop(name, None)
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", "from farm.cli import main; main()", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - started
+        if check and proc.returncode not in (0, 1):
+            raise SystemExit(f"farm {' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc.returncode, proc.stdout, wall
+
+    def tune(self, home: Path, case: str, target: list[str], *extra: str) -> tuple[int, dict[str, Any], float]:
+        c = CASES[case]
+        argv = ["tune", "--model", c["model"], "--dataset", c["dataset"], "--method", c["method"]]
+        argv += ["--metric", c["metric"], *target, "--batch-size", str(self.args.batch), "--json", *extra]
+        for runtime in self.args.runtime or []:
+            argv += ["--runtime", runtime]
+        code, out, wall = self.farm(home, *argv)
+        return code, json.loads(out), wall
+
+    def layers(self, case: str) -> int:
+        c = CASES[case]
+        _, out, _ = self.farm(
+            self.root, "layers", c["model"], "--dataset", c["dataset"], "--method", c["method"], "--json"
+        )
+        data = json.loads(out)
+        return len(data["layers"] if isinstance(data, dict) else data)
+
+
+def _p50(entry: dict[str, Any]) -> tuple[float, float, float]:
+    lat = entry.get("latency") or {}
+    p50 = lat.get("p50_ms") or math.inf
+    return p50, lat.get("ci_low_ms") or p50, lat.get("ci_high_ms") or p50
+
+
+def _globals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in result["trail"] if e["stage"] == "global" and not e["fp32"] and e["split"] == "test"]
+
+
+def _fp32s(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in result["trail"] if e["fp32"] and e["split"] == "test" and e.get("latency")]
+
+
+def tight_target(case: str, best: float) -> float:
+    """Just beyond the best global recipe: +2 dB of SQNR, or half the remaining distance of cosine to 1."""
+    if CASES[case]["metric"] == "sqnr_db":
+        return round(best + 2.0, 2)
+    return round(1 - (1 - best) / 2, 6)
+
+
+def search(b: Bench, case: str) -> dict[str, Any]:
+    """Global recipes first, then the search for a target every one of them misses."""
+    home = b.root / case
+    metric = CASES[case]["metric"]
+    _, stage1, _ = b.tune(home, case, ["--min-metric", "-1"], "--good-enough")
+    globals_ = _globals(stage1)
+    best = max(e[metric] for e in globals_ if e.get(metric) is not None)
+    for e in globals_:
+        b.say(f"({case}) global {e['recipe']}: {metric} {e[metric]}, p50 {_p50(e)[0]:.4f} ms")
+    goal = tight_target(case, best)
+    b.say(f"({case}) best global {metric} {best}; target {metric} >= {goal}")
+    code, result, wall = b.tune(home, case, ["--min-metric", str(goal)])
+    chosen = result.get("chosen") or {}
+    fp32 = min(_fp32s(result), key=lambda e: _p50(e)[0])
+    p50, _, high = _p50({"latency": chosen.get("latency")})
+    fp_p50, fp_low, _ = _p50(fp32)
+    b.say(
+        f"({case}) chosen {chosen.get('recipe')} on {chosen.get('runtime')}: {metric} {chosen.get(metric)}, "
+        f"fallback {chosen.get('fallback')}, p50 {p50:.4f} ms vs best fp32 {fp32['recipe']} {fp_p50:.4f} ms, "
+        f"speedup {chosen.get('speedup')}, {result['jobs']} jobs, {wall:.0f} s"
+    )
+    layers = b.layers(case)
+    bound = layers + 2 * math.log2(max(layers, 1)) + 4
+    per_runtime: dict[str, int] = {}
+    for e in result["trail"]:
+        per_runtime[e["runtime"]] = per_runtime.get(e["runtime"], 0) + 1
+    b.target(f"({case}) every global recipe misses the target", best < goal, f"best global {best} < {goal}")
+    b.target(f"({case}) the search meets the target", code == 0 and bool(result.get("met")), f"exit {code}")
+    b.target(
+        f"({case}) faster than the best fp32 on any runtime",
+        p50 < fp_p50 and high < fp_low,
+        f"{p50:.4f} ms (CI high {high:.4f}) vs {fp_p50:.4f} ms (CI low {fp_low:.4f})",
+    )
+    b.target(
+        f"({case}) jobs per runtime <= layers + 2 log2(layers) + 4 = {bound:.1f} ({layers} layers)",
+        all(n <= bound for n in per_runtime.values()),
+        json.dumps(per_runtime),
+    )
+    return {"target": goal, "best_global": best, "result": result, "wall_s": wall, "layers": layers, "home": str(home)}
+
+
+def global_met(b: Bench) -> dict[str, Any]:
+    """A target the best global recipe meets: the answer is never slower than it."""
+    home = b.root / "global"
+    metric = CASES["cnn"]["metric"]
+    _, stage1, _ = b.tune(home, "cnn", ["--min-metric", "-1"], "--good-enough")
+    globals_ = [e for e in _globals(stage1) if e.get(metric) is not None]
+    fastest = min(globals_, key=lambda e: _p50(e)[0])
+    goal = round(fastest[metric] - 0.5, 2)
+    code, result, _ = b.tune(home, "cnn", ["--min-metric", str(goal)])
+    chosen = result.get("chosen") or {}
+    p50, low, _ = _p50({"latency": chosen.get("latency")})
+    g50, _, g_high = _p50(fastest)
+    b.target(
+        "(global) a global recipe meets the target: the answer is never slower",
+        code == 0 and (p50 <= g50 or low <= g_high),
+        f"answer {chosen.get('recipe')} {p50:.4f} ms vs fastest meeting global {fastest['recipe']} {g50:.4f} ms",
+    )
+    return {"target": goal, "chosen": chosen, "global": fastest}
+
+
+def wall(b: Bench, goal: float) -> dict[str, Any]:
+    """The cnn search from empty databases with one and with two worker processes."""
+    times = {}
+    for jobs in (1, 2):
+        _, result, seconds = b.tune(b.root / f"wall-j{jobs}", "cnn", ["--min-metric", str(goal)], "-j", str(jobs))
+        times[jobs] = seconds
+        b.say(f"(wall) -j {jobs}: {seconds:.1f} s, {result['jobs']} jobs")
+    ratio = times[2] / times[1]
+    b.target(
+        f"(wall) -j 2 / -j 1 <= {WALL_TARGET}",
+        ratio <= WALL_TARGET,
+        f"{times[2]:.1f} s / {times[1]:.1f} s = {ratio:.2f}",
+    )
+    return {"j1_s": times[1], "j2_s": times[2], "ratio": ratio}
+
+
+def repro(b: Bench, found: dict[str, Any]) -> dict[str, Any]:
+    """The chosen recipe as a plain `farm quantize` with its layer rules: the same metric, exactly."""
+    case, result, home = "cnn", found["result"], Path(found["home"])
+    chosen, metric = result["chosen"], CASES["cnn"]["metric"]
+    _, out, _ = b.farm(home, "results", "query", "--sweep", str(result["tune_id"]), "--format", "json")
+    row = next(r for r in json.loads(out) if r["job_id"] == chosen["job_id"])
+    params = row["params"] if isinstance(row["params"], dict) else json.loads(row["params"])
+    rules = b.root / "rules.json"
+    rules.write_text(json.dumps(params.pop("layers", [])))
+    c = CASES[case]
+    argv = ["quantize", "--model", c["model"], "--dataset", c["dataset"], "--method", c["method"], "--json"]
+    argv += ["--batch-size", str(b.args.batch), "--layers-file", str(rules), "--output", str(b.root / "repro")]
+    for key, value in params.items():
+        if key in ("method", "version") or value is None:
+            continue
+        argv += ["--runtime", str(value)] if key == "runtime" else ["--param", f"{key}={value}"]
+    code, out, _ = b.farm(home, *argv)
+    again = json.loads(out)
+    b.target(
+        "(repro) the chosen recipe re-run with farm quantize gives the same metric",
+        code == 0 and again.get(metric) == chosen.get(metric),
+        f"{metric} {again.get(metric)!r} vs {chosen.get(metric)!r}",
+    )
+    return {"tune": chosen.get(metric), "quantize": again.get(metric)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="encoder,cnn,global,wall,repro")
+    parser.add_argument("--runtime", action="append", help="runtimes to search (default: farm tune's)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    with tempfile.TemporaryDirectory(prefix="farm-bench-tune-") as tmp:
+        b = Bench(args, Path(tmp))
+        found: dict[str, Any] = {}
+        for case in ("encoder", "cnn"):
+            if case in sections or (case == "cnn" and {"wall", "repro"} & set(sections)):
+                found[case] = search(b, case)
+                b.figures[case] = {k: v for k, v in found[case].items() if k != "result"}
+        if "global" in sections:
+            b.figures["global"] = global_met(b)
+        if "wall" in sections:
+            b.figures["wall"] = wall(b, found["cnn"]["target"])
+        if "repro" in sections:
+            b.figures["repro"] = repro(b, found["cnn"])
+    misses = [t for t in b.targets if not t["pass"]]
+    b.say(f"{len(b.targets) - len(misses)}/{len(b.targets)} targets met")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"hardware": b.hw, "targets": b.targets, **b.figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""A tune's trail and answer: pure functions of its sweep's jobs (farm.store.expansion.sweep_jobs), no torch.
+
+The trail is every trial of the search with its stage, fallen-back layers, metric, speedup, size and latency. The
+answer is the fastest (``objective: latency``: p50, where intervals overlap the simpler recipe wins: fewer layers
+in floating point) or smallest (``size``) succeeded test-split recipe with health ok that meets the target, among
+the global recipes AND the candidates: so it is never slower than a global recipe that meets the target, unless
+their intervals overlap and the global is the simpler. When none meets: the closest, with its shortfall.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from farm.jobs.tune_plan import TuneSettings
+from farm.jobs.tune_stages import info
+from farm.metric_targets import figure, meets, shortfall
+
+#: The trail's name of the stage that added a job (None: planned up front, stage 1).
+STAGE_OF = {
+    None: "global",
+    "tune_sensitivity": "sensitivity",
+    "tune_candidates": "candidates",
+    "tune_refine": "refine",
+}
+#: The stages in order, as the trail and ``farm tune status`` name them.
+STAGE_NAMES = ("global", "sensitivity", "candidates", "refine", "answer")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a tune found.
+
+    Attributes:
+        chosen: the trail entry chosen (None while nothing on the test split succeeded).
+        met: whether it meets the target.
+        shortfall: how far it is from the target (0 when met).
+        done: whether the search ended (its ``tune_answer`` stage succeeded, or the sweep ended).
+        trail: every trial of the search, in job order.
+        stages: per stage, (done, total) jobs.
+        jobs: the sweep's jobs, stage jobs included.
+    """
+
+    chosen: dict[str, Any] | None
+    met: bool
+    shortfall: float | None
+    done: bool
+    trail: list[dict[str, Any]] = field(default_factory=list)
+    stages: dict[str, tuple[int, int]] = field(default_factory=dict)
+    jobs: int = 0
+
+
+def settings_from_text(spec_text: str) -> TuneSettings | None:
+    """The tune settings of a sweep's spec text (None: the sweep is no tune)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(spec_text)
+    except yaml.YAMLError:
+        return None
+    section = data.get("tune") if isinstance(data, Mapping) else None
+    if not isinstance(section, Mapping):
+        return None
+    return TuneSettings.from_dict(section)
+
+
+def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
+    """One entry per trial of the tune (fp32 exports included, marked ``fp32``), in job order."""
+    from farm.quant.recipe import recipe_label
+
+    out = []
+    for job in jobs:
+        if job.role != "trial":
+            continue
+        what, f = info(job), job.figures
+        value = figure(f, settings.target.column) if f else None
+        out.append(
+            {
+                "job_id": job.id,
+                "stage": STAGE_OF.get(job.added_by, job.added_by or "global"),
+                "runtime": what["runtime"],
+                "recipe": recipe_label(job.spec["method"]),
+                "fp32": what["method"] == "fp32",
+                "split": what["split"],
+                "fallback": what["fallback"],
+                "state": job.state,
+                "health": f.get("health"),
+                settings.metric: f.get(settings.metric),
+                "accuracy_drop": f.get("accuracy_drop"),
+                "meets": bool(f) and what["method"] != "fp32" and meets(f, settings.target),
+                "value": value,
+                "speedup": f.get("speedup"),
+                "size_ratio": f.get("size_ratio"),
+                "size_bytes": f.get("size_bytes"),
+                "latency": _latency(f),
+                "artifact_uri": job.artifact_uri,
+                "error": (job.error or "").splitlines()[0][:200] if job.error else None,
+            }
+        )
+    return out
+
+
+def _latency(f: Mapping[str, Any]) -> dict[str, Any] | None:
+    if f.get("latency_p50_ms") is None:
+        return None
+    return {
+        "batch_size": f.get("batch_size"),
+        "p50_ms": f.get("latency_p50_ms"),
+        "ci_low_ms": f.get("latency_p50_ci_low_ms"),
+        "ci_high_ms": f.get("latency_p50_ci_high_ms"),
+    }
+
+
+def choose(entries: Sequence[Mapping[str, Any]], settings: TuneSettings) -> tuple[dict[str, Any] | None, bool]:
+    """The answer among trail entries: (entry, whether it meets the target); (None, False) when none qualifies.
+
+    Only succeeded, health-ok, quantized recipes on the test split qualify. Among those meeting the target: the
+    fastest by p50 (or smallest), where the fastest's interval overlaps another's the one with fewer layers in
+    floating point (then the faster). When none meets: the one with the least shortfall (then the faster).
+    """
+    pool = [
+        dict(e)
+        for e in entries
+        if e["state"] == "succeeded" and not e["fp32"] and e["split"] == "test" and e["health"] in (None, "ok")
+    ]
+    meeting = [e for e in pool if e["meets"]]
+    if meeting:
+        best = min(meeting, key=lambda e: (_objective(e, settings)[0], len(e["fallback"]), e["job_id"]))
+        high = _objective(best, settings)[2]
+        tied = [e for e in meeting if _objective(e, settings)[1] <= high]  # intervals overlap the best's
+        pick = min(tied, key=lambda e: (len(e["fallback"]), _objective(e, settings)[0], e["job_id"]))
+        # Never slower than a global recipe that meets the target (a wide interval must not let one through).
+        faster_global = [
+            e for e in meeting if not e["fallback"] and _objective(e, settings)[0] < _objective(pick, settings)[0]
+        ]
+        if pick["fallback"] and faster_global:
+            pick = min(faster_global, key=lambda e: (_objective(e, settings)[0], e["job_id"]))
+        return pick, True
+    target = settings.target
+    scored = [e for e in pool if e["value"] is not None]
+    if not scored:
+        return None, False
+
+    def miss(e: Mapping[str, Any]) -> float:
+        gap = shortfall({target.column: e["value"]}, target)
+        return math.inf if gap is None else gap
+
+    return min(scored, key=lambda e: (miss(e), _objective(e, settings)[0], e["job_id"])), False
+
+
+def _objective(e: Mapping[str, Any], settings: TuneSettings) -> tuple[float, float, float]:
+    """(value, interval low, interval high) of the objective; smaller is better."""
+    if settings.objective == "size":
+        size = float(e.get("size_bytes") or math.inf)
+        return size, size, size
+    lat = e.get("latency") or {}
+    p50 = float(lat.get("p50_ms") or math.inf)
+    low, high = lat.get("ci_low_ms"), lat.get("ci_high_ms")
+    return p50, float(p50 if low is None else low), float(p50 if high is None else high)
+
+
+def stage_counts(jobs: Sequence[Any]) -> dict[str, tuple[int, int]]:
+    """Per stage, (finished jobs, jobs) so far; the ``answer`` stage is its stage job."""
+    out: dict[str, list[int]] = {name: [0, 0] for name in STAGE_NAMES}
+    for job in jobs:
+        if job.role == "stage":
+            name = "answer" if job.spec.get("stage") == "tune_answer" else None
+        else:
+            name = STAGE_OF.get(job.added_by, "global") if job.role == "trial" else "global"
+        if name is None:
+            continue
+        out[name][1] += 1
+        out[name][0] += job.state in ("succeeded", "failed", "cancelled")
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def answer_of(jobs: Sequence[Any], settings: TuneSettings, sweep_state: str | None = None) -> Answer:
+    """The tune's answer so far from its sweep's jobs (farm.store.expansion.sweep_jobs)."""
+    entries = trail(jobs, settings)
+    chosen, met = choose(entries, settings)
+    gap = None
+    if chosen is not None and chosen["value"] is not None:
+        gap = shortfall({settings.target.column: chosen["value"]}, settings.target)
+    done = any(j.role == "stage" and j.spec.get("stage") == "tune_answer" and j.state == "succeeded" for j in jobs)
+    done = done or sweep_state in ("succeeded", "failed", "cancelled")
+    return Answer(chosen, met, gap, done, entries, stage_counts(jobs), len(jobs))
+
+
+def chosen_json(chosen: Mapping[str, Any], settings: TuneSettings) -> dict[str, Any]:
+    """The ``chosen`` object of ``farm tune --json``."""
+    return {
+        "recipe": chosen["recipe"],
+        "runtime": chosen["runtime"],
+        "fallback": list(chosen["fallback"]),
+        settings.metric: chosen[settings.metric],
+        **({"accuracy_drop": chosen["accuracy_drop"]} if settings.metric == "accuracy" else {}),
+        "speedup": chosen["speedup"],
+        "size_ratio": chosen["size_ratio"],
+        "latency": chosen["latency"],
+        "job_id": chosen["job_id"],
+        "artifact_uri": chosen["artifact_uri"],
+    }

@@ -1,0 +1,266 @@
+"""Planning a tune (``farm tune``, or a sweep spec with a ``tune:`` section): stage 1 of the search, no torch.
+
+A tune is a sweep. Its spec text is an ordinary sweep spec of ONE model and ONE quantized method plus a ``tune:``
+section (metric, target, objective, budget); stage 1 is planned here, up front:
+
+- the fp32 reference on the test split and on the validation split (the sensitivity stage compares with it);
+- per runtime asked: fp32 exported to that runtime (other than torch), and the method's all-quantized recipe per
+  tensor and per channel (test split): the global recipes, the bar the search must beat;
+- the stage job ``tune_sensitivity`` after all of them (farm/jobs/tune_stages.py), which adds the next stage.
+
+Budget: per runtime at most ``layers + 2*log2(layers) + 4`` jobs (:func:`budget_per_runtime`). ``budget_jobs``
+below stage 1's size is refused before anything is written; above it, the later stages are capped to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from farm.errors import ConfigError, Problem
+from farm.metric_targets import Target, make_target
+from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, runtime_problems, unavailable
+from farm.spec.plan import Plan, PlannedJob, job_key
+
+#: The methods a tune searches (layers fall back to floating point; the fp methods have nothing to fall back).
+TUNE_METHODS = ("dynamic", "static", "qat")
+#: The metrics ``farm tune --metric`` offers (farm.metric_targets has their ranges).
+TUNE_METRICS = ("accuracy", "agreement", "cosine", "sqnr_db")
+OBJECTIVES = ("latency", "size")
+#: The stages of a tune in order, each a stage job's expander (stage 1 is planned up front: "global").
+STAGES = ("global", "tune_sensitivity", "tune_candidates", "tune_refine", "tune_answer")
+GRANULARITIES = ("per_tensor", "per_channel")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """The ``tune:`` section: what the search optimises and how much it may spend.
+
+    Attributes:
+        metric: one of :data:`TUNE_METRICS`.
+        min_metric: the floor of ``metric`` (``--min-metric``), or None.
+        max_accuracy_drop: the accuracy budget (``--max-accuracy-drop``), or None.
+        objective: "latency" (p50) or "size" (bytes).
+        budget_jobs: at most this many jobs in all (None: the per-runtime bound alone).
+        good_enough: stop after stage 1 when a global recipe meets the target.
+    """
+
+    metric: str
+    min_metric: float | None = None
+    max_accuracy_drop: float | None = None
+    objective: str = "latency"
+    budget_jobs: int | None = None
+    good_enough: bool = False
+
+    @property
+    def target(self) -> Target:
+        return Target(self.metric, self.min_metric, self.max_accuracy_drop)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TuneSettings:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+def budget_per_runtime(layers: int) -> int:
+    """The most jobs one runtime's search may take: ``layers + 2*log2(layers) + 4`` (rounded down)."""
+    return int(layers + 2 * math.log2(max(layers, 1)) + 4)
+
+
+def default_runtimes(method: str) -> list[str]:
+    """torch and every CPU runtime installed here that runs ``method``."""
+    return [
+        name
+        for name, rt in RUNTIMES.items()
+        if name == DEFAULT_RUNTIME or ("cpu" in rt.devices and method in rt.methods and unavailable(name) is None)
+    ]
+
+
+def tune_text(
+    *,
+    model: str,
+    dataset: str,
+    method: str,
+    runtimes: Sequence[str],
+    settings: TuneSettings,
+    batch_size: int,
+    threads: int | None,
+    max_time_s: float | None = None,
+) -> str:
+    """The sweep spec (YAML) of a tune asked on the command line; its ``tune:`` section marks it as a tune.
+
+    Raises:
+        ConfigError: an unknown method or runtime (before any planning).
+    """
+    if method not in TUNE_METHODS:
+        raise ConfigError(f"--method: a tune searches {', '.join(TUNE_METHODS)}, not {method!r}")
+    bench: dict[str, Any] = {"batch_size": [batch_size]}
+    if threads is not None:
+        bench["threads"] = threads
+    if max_time_s is not None:
+        bench["max_time_s"] = max_time_s
+    target = (
+        f"drop{settings.max_accuracy_drop:g}" if settings.max_accuracy_drop is not None else f"{settings.min_metric:g}"
+    )
+    name = f"tune {model} {method} {settings.metric} {target} {settings.objective}"
+    data: dict[str, Any] = {
+        "name": name[:200],
+        "models": [model],
+        "dataset": dataset,
+        "methods": [method],
+        "benchmark": bench,
+        "tune": settings.to_dict(),
+    }
+    if runtimes:
+        data["runtime"] = list(runtimes)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def settings_of(section: Any, source: str = "tune") -> TuneSettings:
+    """The checked ``tune:`` section of a spec.
+
+    Raises:
+        ConfigError: every problem of the section (unknown keys, a metric or objective it lacks, a target outside
+            the metric's range, a budget that is not a positive integer).
+    """
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"tune: a mapping with metric and a target, got {section!r}", source=source)
+    known = {f.name for f in dataclasses.fields(TuneSettings)}
+    problems = [
+        Problem(f"tune.{k}", f"unknown key (valid: {', '.join(sorted(known))})") for k in section if k not in known
+    ]
+    metric = section.get("metric", "accuracy")
+    if metric not in TUNE_METRICS:
+        problems.append(Problem("tune.metric", f"{metric!r} is not one of {', '.join(TUNE_METRICS)}"))
+    if section.get("objective", "latency") not in OBJECTIVES:
+        problems.append(
+            Problem("tune.objective", f"{section.get('objective')!r} is not one of {', '.join(OBJECTIVES)}")
+        )
+    budget = section.get("budget_jobs")
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        problems.append(Problem("tune.budget_jobs", f"must be a positive integer, got {budget!r}"))
+    if not isinstance(section.get("good_enough", False), bool):
+        problems.append(Problem("tune.good_enough", f"must be true or false, got {section.get('good_enough')!r}"))
+    for key in ("min_metric", "max_accuracy_drop"):
+        v = section.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            problems.append(Problem(f"tune.{key}", f"must be a number, got {v!r}"))
+    if problems:
+        raise ConfigError(problems, source=source)
+    floats = {k: float(section[k]) for k in ("min_metric", "max_accuracy_drop") if section.get(k) is not None}
+    settings = TuneSettings.from_dict({**section, "metric": metric, **floats})
+    make_target(settings.metric, settings.min_metric, settings.max_accuracy_drop)
+    return settings
+
+
+def stage1_size(runtimes: Sequence[str]) -> int:
+    """Stage 1's jobs: two fp32 references, per runtime two global recipes and (off torch) the exported fp32,
+    and the sensitivity stage job."""
+    return 2 + sum(2 + (r != DEFAULT_RUNTIME) for r in runtimes) + 1
+
+
+def plan_tune(
+    text: str,
+    data: Mapping[str, Any],
+    *,
+    source: str = "spec",
+    pools: Any = None,
+    remote_digest: Any = None,
+    labelled: bool | None = None,
+) -> Plan:
+    """Stage 1 of the tune a spec describes (``data`` is its parsed text, with a ``tune:`` section).
+
+    Args:
+        text: the spec's text: the sweep keeps it, so ``farm tune list`` finds it and a re-run resumes it.
+        labelled: whether the dataset has labels, where the caller knows (accuracy needs them).
+
+    Returns:
+        The plan: references, global recipes, and the ``tune_sensitivity`` stage job last.
+
+    Raises:
+        ConfigError: the spec's problems, not one model and one tuned method, a bad target, a runtime that can't
+            run the method, a budget below stage 1's size.
+    """
+    from farm.jobs.stages import stage_job
+    from farm.spec.load import load_spec
+
+    settings = settings_of(data.get("tune"), source)
+    make_target(settings.metric, settings.min_metric, settings.max_accuracy_drop, labelled)
+    models, methods = data.get("models"), data.get("methods")
+    if not isinstance(models, list) or len(models) != 1:
+        raise ConfigError("a tune searches one model: models must list exactly one", source=source)
+    if not isinstance(methods, list) or len(methods) != 1:
+        raise ConfigError(
+            f"a tune searches one method: methods must list one of {', '.join(TUNE_METHODS)}", source=source
+        )
+    name, params = _method_entry(methods[0], source)
+    runtimes = list(data.get("runtime") or default_runtimes(name))
+    problems = [p for r in runtimes for p in runtime_problems(r, name)]
+    problems += [Problem("runtime", why) for r in runtimes if r in RUNTIMES and (why := unavailable(r)) is not None]
+    if problems:
+        raise ConfigError(problems, source=source)
+    size = stage1_size(runtimes)
+    if settings.budget_jobs is not None and settings.budget_jobs < size:
+        raise ConfigError(
+            f"--budget-jobs {settings.budget_jobs} is below stage 1's {size} jobs (fp32 references, the global "
+            f"recipes per tensor and per channel on {', '.join(runtimes)}, and the sensitivity stage)",
+            source=source,
+        )
+    grid = {k: v for k, v in data.items() if k != "tune"}
+    axes = {**params, "granularity": [params["granularity"]] if "granularity" in params else list(GRANULARITIES)}
+    grid.update(methods=["fp32", {name: axes}], runtime=runtimes)
+    plan = load_spec(
+        yaml.safe_dump(grid, sort_keys=False), source=source, limit=None, pools=pools, remote_digest=remote_digest
+    )
+    (reference,) = plan.references
+    validation = _validation_reference(reference)
+    jobs = [reference, validation, *(j for j in plan.jobs if j.role != "reference")]
+    stage_params = {
+        **settings.to_dict(),
+        "method": name,
+        "runtimes": runtimes,
+        "references": {"test": reference.key, "validation": validation.key},
+        "weights": {reference.spec.model: reference.weights_digest},
+    }
+    stage = stage_job("tune_sensitivity", stage_params, [j.key for j in jobs], reference.spec)
+    notes = [
+        *plan.notes,
+        f"tune: {settings.target.describe()}, objective {settings.objective}, runtimes {', '.join(runtimes)}",
+    ]
+    return Plan(plan.spec, text, [*jobs, stage], notes)
+
+
+def _method_entry(entry: Any, source: str) -> tuple[str, dict[str, Any]]:
+    """(name, fixed parameters) of the one method entry of a tune (a name, or {name: {param: value}})."""
+    if isinstance(entry, str):
+        name, params = entry, {}
+    elif isinstance(entry, Mapping) and len(entry) == 1:
+        name, raw = next(iter(entry.items()))
+        params = dict(raw or {}) if isinstance(raw, Mapping) else {}
+    else:
+        raise ConfigError(f"methods[0]: a method name or {{name: {{param: value}}}}, got {entry!r}", source=source)
+    if name not in TUNE_METHODS:
+        raise ConfigError(f"methods[0]: a tune searches {', '.join(TUNE_METHODS)}, not {name!r}", source=source)
+    lists = [k for k, v in params.items() if isinstance(v, list)]
+    if lists:
+        raise ConfigError(
+            f"methods[0].{name}: a tune takes one value per parameter, not an axis ({', '.join(lists)})", source=source
+        )
+    if "layers" in params:
+        raise ConfigError(f"methods[0].{name}.layers: the tune chooses the layer rules itself", source=source)
+    return str(name), params
+
+
+def _validation_reference(reference: PlannedJob) -> PlannedJob:
+    """The fp32 reference measured on the validation split (what the sensitivity jobs compare with)."""
+    spec = dataclasses.replace(reference.spec, split="validation")
+    return PlannedJob(
+        job_key(spec, reference.weights_digest), "reference", spec, reference.device, reference.weights_digest, None
+    )

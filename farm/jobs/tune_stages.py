@@ -1,0 +1,290 @@
+"""The stages of a tune (farm/jobs/tune_plan.py plans stage 1): expanders that read the results of the jobs they
+waited for and add the next stage's jobs, through the one scheduling policy (farm/jobs/stages.py).
+
+- ``tune_sensitivity``: per runtime, the base recipe (see :func:`base_recipe`) with ONE layer kept in floating
+  point, one job per quantizable layer, on the validation split; then ``tune_candidates``.
+- ``tune_candidates``: the layers ranked by sensitivity (the metric the base reaches on the validation split with
+  that layer in floating point: higher means the layer hurts more when quantized); the k most sensitive fall back
+  for every power of two k below the layer count, all at once, on the test split; then ``tune_refine``.
+- ``tune_refine``: the k's between the largest failing and the smallest passing k, evenly spaced, at most
+  log2(layers) of them; then ``tune_answer``.
+- ``tune_answer``: adds nothing; its success marks the search done (the answer is farm/jobs/tune_answer.py's, a
+  pure function of the sweep's rows).
+
+Expanders are pure functions of their stage's parameters and inputs, save the layer list, which the sensitivity
+stage reads from the model itself (:data:`list_layers`, importing the engine lazily: stages run on workers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from farm.jobs.contract import JobSpec
+from farm.jobs.policy import SUCCEEDED
+from farm.jobs.stages import Stage, register, stage_job
+from farm.jobs.tune_plan import TuneSettings, budget_per_runtime
+from farm.metric_targets import figure, meets
+from farm.quant.layers import LayerRule
+from farm.spec.plan import PlannedJob, job_key
+
+#: A layer as the search sees it: (qualified name, class name, multiply-accumulates per sample).
+Layer = tuple[str, str, int]
+#: Stage jobs left after the sensitivity stage (candidates, refine, answer): the budget keeps room for them.
+_LATER_STAGES = 3
+
+
+def _layer_table(spec: JobSpec) -> list[Layer]:
+    """The layers ``spec``'s method would quantize on its model, in model order, with their MACs."""
+    from farm.quant.layer_list import layer_table
+    from farm.zoo.data import first_batch, load_dataset
+    from farm.zoo.models import load_model
+
+    loaded = load_model(spec.model, weights=spec.weights)
+    example = first_batch(load_dataset(spec.dataset).test, 1)
+    return [(row.name, row.type, row.macs) for row in layer_table(loaded.module, example, spec.method.method)]
+
+
+#: How the sensitivity stage lists a model's layers (tests replace it with a fixed list).
+list_layers: Callable[[JobSpec], list[Layer]] = _layer_table
+
+
+def register_all() -> None:
+    """Register the tune's expanders (farm.jobs.stages.expander_named calls this on first use)."""
+    for name, expander in (
+        ("tune_sensitivity", sensitivity),
+        ("tune_candidates", candidates),
+        ("tune_refine", refine),
+        ("tune_answer", answer),
+    ):
+        register(name)(expander)
+
+
+def info(job: Any) -> dict[str, Any]:
+    """What the search reads of a job: runtime, split, granularity and the layers it keeps in floating point."""
+    method = job.spec.get("method", {})
+    return {
+        "runtime": method.get("runtime", "torch"),
+        "split": job.spec.get("split", "test"),
+        "method": method.get("method"),
+        "granularity": method.get("granularity"),
+        "fallback": [r["name"] for r in method.get("layers", []) if r.get("skip")],
+    }
+
+
+def score(figures: Mapping[str, Any], settings: TuneSettings) -> float | None:
+    """The figure a target is about, as "higher is better" (an accuracy drop negated); None when not measured."""
+    target = settings.target
+    value = figure(figures, target.column)
+    if value is None:
+        return None
+    return -value if target.max_accuracy_drop is not None else value
+
+
+def _speed(figures: Mapping[str, Any], objective: str) -> tuple[float, float, float]:
+    """(value, interval low, interval high) of the objective, smaller is better (p50 with its CI, or bytes)."""
+    if objective == "size":
+        size = float(figures.get("size_bytes") or math.inf)
+        return size, size, size
+    p50 = float(figures.get("latency_p50_ms") or math.inf)
+    low = figures.get("latency_p50_ci_low_ms")
+    high = figures.get("latency_p50_ci_high_ms")
+    return p50, float(low if low is not None else p50), float(high if high is not None else p50)
+
+
+def base_recipe(globals_: Sequence[Any], runtime: str, settings: TuneSettings) -> Any | None:
+    """The global recipe of ``runtime`` the search falls layers back from, or None when nothing there can win.
+
+    When some global recipe (on any runtime) meets the target, only a recipe that may beat the best of them is
+    worth searching: the best-scoring global of ``runtime`` that misses it and is not clearly slower (its
+    interval starts below the bar's end). When none meets, the best-scoring global of ``runtime``.
+    """
+    ok = [g for g in globals_ if _healthy(g) and info(g)["runtime"] == runtime]
+    meeting = [g for g in globals_ if _healthy(g) and meets(g.figures, settings.target)]
+    pool = [g for g in ok if not meets(g.figures, settings.target)]
+    if meeting:
+        bar = min(meeting, key=lambda g: _speed(g.figures, settings.objective)[0])
+        bar_high = _speed(bar.figures, settings.objective)[2]
+        pool = [g for g in pool if _speed(g.figures, settings.objective)[1] < bar_high]
+    elif not pool:
+        pool = ok
+    scored = [g for g in pool if score(g.figures, settings) is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda g: (score(g.figures, settings), -g.id))
+
+
+def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
+    """On each runtime worth searching, the base recipe and one job per layer (that layer in floating point), on the
+    validation split."""
+    p = stage.params
+    settings = TuneSettings.from_dict(p)
+    globals_ = [i for i in inputs if i.role == "trial" and info(i)["method"] == p["method"] and not info(i)["fallback"]]
+    meeting = [g for g in globals_ if _healthy(g) and meets(g.figures, settings.target)]
+    used = len(inputs) + 1
+    if settings.good_enough and meeting:
+        return [_next(stage, "tune_answer", {}, [], _spec_of(inputs))]
+    bases = {r: b for r in p["runtimes"] if (b := base_recipe(globals_, r, settings)) is not None}
+    if not bases:
+        return [_next(stage, "tune_answer", {}, [], _spec_of(inputs))]
+    layers = list_layers(JobSpec.from_dict(next(iter(bases.values())).spec))
+    share = _share(settings, used, len(bases))
+    cap = len(layers) if share is None else min(len(layers), max(share - 1 - _fanout(len(layers)), min(share - 1, 1)))
+    if cap < 1:  # the budget leaves no room: the global recipes are the answer
+        return [_next(stage, "tune_answer", {}, [], _spec_of(inputs))]
+    # Capped: the layers that do the most work first (falling back a tiny one can't buy much speed).
+    chosen = layers if cap >= len(layers) else sorted(layers, key=lambda x: -x[2])[:cap]
+    jobs: list[PlannedJob] = []
+    for base in bases.values():
+        spec = JobSpec.from_dict(base.spec)
+        # The base itself on the validation split: what each layer's job gains is measured from it (the report's
+        # sensitivity chart), on the same samples.
+        jobs.append(_job(stage, spec, (), "validation", p["references"]["validation"]))
+        for name, _, _ in chosen:
+            jobs.append(_job(stage, spec, (name,), "validation", p["references"]["validation"]))
+    params = {
+        "bases": {r: b.spec for r, b in bases.items()},
+        "layers": [list(x) for x in layers],
+        # Per runtime: stage 1's 4 (the fp32 reference or export, the validation reference, per tensor, per
+        # channel), the base on validation and one job per layer.
+        "used": {r: 5 + len(chosen) for r in bases},
+        "spent": used + len(jobs),
+    }
+    return [*jobs, _next(stage, "tune_candidates", params, [j.key for j in jobs], _spec_of(inputs))]
+
+
+def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
+    """The k most sensitive layers in floating point, k = 1, 2, 4, ... below the layer count, per runtime."""
+    p = stage.params
+    settings = TuneSettings.from_dict(p)
+    names = [x[0] for x in p["layers"]]
+    jobs: list[PlannedJob] = []
+    rankings: dict[str, list[str]] = {}
+    used = dict(p["used"])
+    room = _share(settings, int(p["spent"]) + 1, len(p["bases"]))
+    for runtime, base_spec in p["bases"].items():
+        ranking = rank(inputs, runtime, names, settings)
+        rankings[runtime] = ranking
+        left = _left(len(names), used[runtime], room)
+        ks = [2**e for e in range(len(names)) if 2**e < len(names)][: max(left, 0)]
+        spec = JobSpec.from_dict(base_spec)
+        jobs += [_job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
+        used[runtime] += len(ks)
+    params = {**_carry(p), "rankings": rankings, "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
+    return [*jobs, _next(stage, "tune_refine", params, [j.key for j in jobs], _spec_of(inputs))]
+
+
+def rank(inputs: Sequence[Any], runtime: str, names: Sequence[str], settings: TuneSettings) -> list[str]:
+    """The layers of ``runtime``'s sensitivity jobs, most sensitive first (the highest score with that layer in
+    floating point); layers without a measured score follow in model order."""
+    scores: dict[str, float] = {}
+    for i in inputs:
+        what = info(i)
+        if i.role != "trial" or i.state != SUCCEEDED or what["split"] != "validation" or what["runtime"] != runtime:
+            continue
+        s = score(i.figures, settings)
+        if s is not None and len(what["fallback"]) == 1:
+            scores[what["fallback"][0]] = s
+    measured = sorted((n for n in names if n in scores), key=lambda n: (-scores[n], names.index(n)))
+    return measured + [n for n in names if n not in scores]
+
+
+def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
+    """The k's strictly between the largest failing and the smallest passing k, evenly spaced, per runtime."""
+    p = stage.params
+    settings = TuneSettings.from_dict(p)
+    n_layers = len(p["layers"])
+    room = _share(settings, int(p["spent"]) + 1, len(p["bases"]))
+    jobs: list[PlannedJob] = []
+    for runtime, base_spec in p["bases"].items():
+        passing: list[int] = []
+        failing = [0]  # k = 0 is the base global recipe, which misses the target
+        for i in inputs:
+            what = info(i)
+            if i.role == "trial" and i.state == SUCCEEDED and what["runtime"] == runtime and what["split"] == "test":
+                (passing if meets(i.figures, settings.target) else failing).append(len(what["fallback"]))
+        # Every layer in floating point is fp32 itself, which meets any target: the bound when no k passed yet.
+        k_pass = min(passing, default=n_layers)
+        k_fail = max(k for k in failing if k < k_pass)
+        cap = min(math.floor(math.log2(max(n_layers, 1))), max(_left(n_layers, p["used"][runtime], room), 0))
+        spec = JobSpec.from_dict(base_spec)
+        ranking = p["rankings"][runtime]
+        jobs += [
+            _job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in between(k_fail, k_pass, cap)
+        ]
+    params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
+    return [*jobs, _next(stage, "tune_answer", params, [j.key for j in jobs], _spec_of(inputs))]
+
+
+def between(low: int, high: int, n: int) -> list[int]:
+    """At most ``n`` integers strictly between ``low`` and ``high``, evenly spaced."""
+    inner = list(range(low + 1, high))
+    if len(inner) <= n:
+        return inner
+    if n <= 0:
+        return []
+    return sorted({inner[round((i + 1) * (len(inner) + 1) / (n + 1)) - 1] for i in range(n)})
+
+
+def answer(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
+    """The search is done: adds no job (farm.jobs.tune_answer chooses from the sweep's rows)."""
+    return []
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _healthy(job: Any) -> bool:
+    """Succeeded, with figures that mean something (farm.quant.metrics' health)."""
+    return job.state == SUCCEEDED and bool(job.figures) and job.figures.get("health") in (None, "ok")
+
+
+def _fanout(layers: int) -> int:
+    """The candidate and refine jobs one runtime may still need: 2*log2(layers), rounded up."""
+    return math.ceil(2 * math.log2(max(layers, 2)))
+
+
+def _share(settings: TuneSettings, spent: int, runtimes: int) -> int | None:
+    """Each runtime's share of what ``--budget-jobs`` leaves (None: no budget given)."""
+    if settings.budget_jobs is None:
+        return None
+    return max(0, settings.budget_jobs - spent - _LATER_STAGES) // max(runtimes, 1)
+
+
+def _left(layers: int, used: int, share: int | None) -> int:
+    """Jobs a runtime may still add: the per-runtime bound less what it used, within the budget's share."""
+    left = budget_per_runtime(layers) - used
+    return left if share is None else min(left, share)
+
+
+def _job(stage: Stage, spec: JobSpec, fallback: tuple[str, ...], split: str, reference_key: str) -> PlannedJob:
+    """``spec``'s recipe with the ``fallback`` layers kept in floating point, evaluated on ``split``."""
+    method = spec.method.replace(layers=tuple(LayerRule(name=n, skip=True) for n in fallback))
+    new = dataclasses.replace(spec, method=method, split=split)
+    digest = (stage.params.get("weights") or {}).get(spec.model)
+    device = new.benchmark.device  # the planner wrote the job's resolved device there
+    return PlannedJob(job_key(new, digest), "trial", new, device, digest, reference_key, (stage.key,))
+
+
+def _carry(p: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters every later stage reads."""
+    keep = ("bases", "layers", "used", "rankings", "spent")
+    return {k: v for k, v in p.items() if k in keep}
+
+
+def _common(p: Mapping[str, Any]) -> dict[str, Any]:
+    """The tune's own parameters (settings, method, runtimes, references, weights), passed down every stage."""
+    drop = ("bases", "layers", "used", "rankings", "spent")
+    return {k: v for k, v in p.items() if k not in drop}
+
+
+def _spec_of(inputs: Sequence[Any]) -> JobSpec:
+    job = next(i for i in inputs if i.role != "stage")
+    return JobSpec.from_dict(job.spec)
+
+
+def _next(stage: Stage, name: str, params: Mapping[str, Any], keys: Sequence[str], like: JobSpec) -> PlannedJob:
+    """The next stage job: it waits for this stage and the jobs it just added."""
+    return stage_job(name, {**_common(stage.params), **params}, [stage.key, *keys], like)

@@ -1,0 +1,238 @@
+"""farm tune's planning, stages and answer as pure functions: stage 1 planned up front, each expander run on fake
+results of the jobs it waits for (farm.store.expansion.InputJob), the budget, and the answer's choice."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import yaml
+
+from farm.errors import ConfigError
+from farm.jobs import tune_stages
+from farm.jobs.stages import Stage, expander_named
+from farm.jobs.tune_answer import choose
+from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, plan_tune, settings_of, tune_text
+from farm.store.expansion import InputJob
+
+LAYERS = [
+    ("conv1", "Conv2d", 500),
+    ("conv2", "Conv2d", 4000),
+    ("conv3", "Conv2d", 3000),
+    ("fc1", "Linear", 100),
+    ("fc2", "Linear", 10),
+]
+#: The metric each layer gives back when it alone is kept in floating point (conv2 hurts most when quantized).
+GAIN = {"conv1": 0.2, "conv2": 3.0, "conv3": 1.0, "fc1": 0.5, "fc2": 0.1}
+
+
+def tune_plan(budget: int | None = None, good_enough: bool = False, runtimes: Sequence[str] = ("torch",)) -> Any:
+    settings = TuneSettings("sqnr_db", min_metric=40.0, budget_jobs=budget, good_enough=good_enough)
+    text = tune_text(
+        model="farm:digits-cnn",
+        dataset="sklearn:digits",
+        method="static",
+        runtimes=runtimes,
+        settings=settings,
+        batch_size=1,
+        threads=1,
+        max_time_s=0.2,
+    )
+    return plan_tune(text, yaml.safe_load(text), labelled=True)
+
+
+def as_input(job: Any, figures: dict[str, Any], i: int, state: str = "succeeded") -> InputJob:
+    return InputJob(
+        i,
+        job.key,
+        job.role,
+        state,
+        job.spec.to_dict() if hasattr(job.spec, "to_dict") else job.spec,
+        job.device,
+        job.reference_key,
+        ("local", "all", None),
+        figures,
+    )
+
+
+def sqnr_of(job: Any, base: float = 37.0, per_layer: dict[str, float] | None = None) -> dict[str, Any]:
+    """Fake figures: the base SQNR plus what each layer kept in fp gives back; slower with more fp layers."""
+    layers = [r.name for r in job.spec.method.layers]
+    gain = per_layer if per_layer is not None else GAIN
+    value = base + sum(gain[n] for n in layers)
+    p50 = 0.10 + 0.05 * len(layers)
+    return {
+        "sqnr_db": value,
+        "cosine": 0.999,
+        "health": "ok",
+        "latency_p50_ms": p50,
+        "latency_p50_ci_low_ms": p50 - 0.005,
+        "latency_p50_ci_high_ms": p50 + 0.005,
+        "size_bytes": 1000,
+    }
+
+
+def run_chain(plan: Any, figures: Callable[[Any], dict[str, Any]]) -> tuple[list[Any], list[str]]:
+    """Run stage after stage as the scheduler would: every job succeeds with ``figures``; returns (every planned
+    job, the stages run in order)."""
+    jobs = list(plan.jobs)
+    results = {j.key: as_input(j, figures(j) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)}
+    stage = jobs[-1]
+    ran = []
+    while stage is not None:
+        ran.append(stage.expander)
+        inputs = [results[k] for k in stage.depends_on if k in results]
+        added = expander_named(stage.expander)(Stage(stage.key, stage.expander, stage.params), inputs)
+        stage = None
+        for j in added:
+            jobs.append(j)
+            results[j.key] = as_input(j, figures(j) if j.role == "trial" else {}, len(jobs))
+            if j.role == "stage":
+                stage = j
+    return jobs, ran
+
+
+@pytest.fixture(autouse=True)
+def fixed_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tune_stages, "list_layers", lambda spec: list(LAYERS))
+
+
+def test_stage_one_is_references_on_both_splits_the_global_recipes_and_the_sensitivity_stage() -> None:
+    plan = tune_plan()
+    roles = [(j.role, j.spec.split) for j in plan.jobs]
+    assert roles[:2] == [("reference", "test"), ("reference", "validation")]
+    assert plan.jobs[0].key != plan.jobs[1].key  # the split is part of the key
+    globals_ = [j for j in plan.jobs if j.role == "trial"]
+    assert sorted(j.spec.method.granularity for j in globals_) == ["per_channel", "per_tensor"]
+    assert all(j.reference_key == plan.jobs[0].key for j in globals_)
+    assert plan.jobs[-1].expander == "tune_sensitivity" and len(plan.jobs) == 5
+    assert "tune:" in plan.text
+
+
+def test_a_budget_below_stage_one_and_bad_targets_are_refused() -> None:
+    with pytest.raises(ConfigError, match="below stage 1's 5 jobs"):
+        tune_plan(budget=4)
+    with pytest.raises(ConfigError, match="ranges"):
+        settings_of({"metric": "cosine", "min_metric": 1.5})
+    with pytest.raises(ConfigError, match="no labels"):
+        settings = TuneSettings("accuracy", max_accuracy_drop=0.01)
+        text = tune_text(
+            model="farm:digits-cnn",
+            dataset="sklearn:digits",
+            method="static",
+            runtimes=["torch"],
+            settings=settings,
+            batch_size=1,
+            threads=None,
+        )
+        plan_tune(text, yaml.safe_load(text), labelled=False)
+
+
+def test_the_search_ranks_layers_on_validation_and_falls_back_the_most_sensitive_k_at_once() -> None:
+    jobs, ran = run_chain(tune_plan(), sqnr_of)
+    assert ran == ["tune_sensitivity", "tune_candidates", "tune_refine", "tune_answer"]
+    sens = [j for j in jobs if j.role == "trial" and j.spec.split == "validation"]
+    assert sorted(r.name for j in sens for r in j.spec.method.layers) == sorted(n for n, _, _ in LAYERS)
+    assert all(j.reference_key == jobs[1].key for j in sens)  # the validation fp32 reference
+    # Base per channel (the better of the two globals: equal here, the first wins), k = 1, 2, 4 most sensitive.
+    cands = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
+    fallbacks = [[r.name for r in j.spec.method.layers] for j in cands]
+    assert fallbacks[:3] == [["conv2"], ["conv2", "conv3"], ["conv2", "conv3", "fc1", "conv1"]]
+    # 37 + 3 = 40 meets at k = 1: nothing to refine.
+    assert len(cands) == 3
+
+
+def test_refine_fans_out_the_ks_between_the_largest_failing_and_the_smallest_passing() -> None:
+    flat16 = [(f"l{i}", "Linear", 100 + i) for i in range(16)]
+    gain16 = {n: 0.31 for n, _, _ in flat16}  # k >= 10 passes: powers 1..8 fail, refine between 8 and 16
+    tune_stages.list_layers = lambda spec: list(flat16)  # type: ignore[assignment]  # fixture restores it
+    jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, per_layer=gain16))
+    ks = [
+        len(j.spec.method.layers) for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers
+    ]
+    assert ks[:4] == [1, 2, 4, 8]
+    refined = ks[4:]
+    assert refined and all(8 < k < 16 for k in refined) and len(refined) <= math.log2(16)
+    assert ran[-1] == "tune_answer"
+
+
+@pytest.mark.parametrize("n_layers", [3, 5, 8, 16, 40])
+def test_a_runtime_takes_at_most_layers_plus_two_log2_layers_plus_four_jobs(n_layers: int) -> None:
+    layers = [(f"l{i}", "Linear", i + 1) for i in range(n_layers)]
+    tune_stages.list_layers = lambda spec: list(layers)  # type: ignore[assignment]
+    gain = {n: 0.35 for n, _, _ in layers}
+    jobs, _ = run_chain(tune_plan(), lambda j: sqnr_of(j, per_layer=gain))
+    engine_jobs = [j for j in jobs if j.role != "stage"]
+    assert len(engine_jobs) <= budget_per_runtime(n_layers)
+
+
+def test_budget_jobs_caps_sensitivity_to_the_layers_doing_the_most_work() -> None:
+    jobs, _ = run_chain(tune_plan(budget=14), sqnr_of)
+    validation = [j for j in jobs if j.role == "trial" and j.spec.split == "validation"]
+    assert [j for j in validation if not j.spec.method.layers]  # the base itself, what the layers gain from
+    sens = [j.spec.method.layers[0].name for j in validation if j.spec.method.layers]
+    assert 1 <= len(sens) < len(LAYERS)
+    assert sens == ["conv2", "conv3", "conv1"][: len(sens)]
+    assert len(jobs) <= 14
+
+
+def test_good_enough_stops_after_stage_one_when_a_global_recipe_meets_the_target() -> None:
+    jobs, ran = run_chain(tune_plan(good_enough=True), lambda j: sqnr_of(j, base=45.0))
+    assert ran == ["tune_sensitivity", "tune_answer"]
+    assert not any(j.spec.split == "validation" and j.role == "trial" for j in jobs)
+
+
+def test_a_fastest_global_that_meets_the_target_leaves_nothing_to_search() -> None:
+    jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, base=45.0))
+    assert ran == ["tune_sensitivity", "tune_answer"]
+
+
+def entry(
+    job_id: int, p50: float, value: float, fallback: Sequence[str] = (), half: float = 0.005, **kw: Any
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "state": "succeeded",
+        "fp32": False,
+        "split": "test",
+        "health": "ok",
+        "fallback": list(fallback),
+        "meets": value >= 40,
+        "value": value,
+        "sqnr_db": value,
+        "latency": {"p50_ms": p50, "ci_low_ms": p50 - half, "ci_high_ms": p50 + half},
+        "size_bytes": 100,
+        **kw,
+    }
+
+
+SETTINGS = TuneSettings("sqnr_db", min_metric=40.0)
+
+
+def test_the_answer_is_the_fastest_meeting_recipe() -> None:
+    chosen, met = choose([entry(1, 0.10, 37), entry(2, 0.20, 41, ["a"]), entry(3, 0.15, 42, ["b"])], SETTINGS)
+    assert met and chosen is not None and chosen["job_id"] == 3
+
+
+def test_an_interval_tie_goes_to_the_simpler_recipe_and_never_to_one_slower_than_a_meeting_global() -> None:
+    tied = [entry(1, 0.101, 41), entry(2, 0.100, 42, ["a"])]  # intervals overlap: the global (no fallback) wins
+    chosen, _ = choose(tied, SETTINGS)
+    assert chosen is not None and chosen["job_id"] == 1
+    wide = [
+        entry(1, 0.100, 41, half=0.001),
+        entry(2, 0.099, 42, ["a"], half=0.001),
+        entry(3, 0.105, 43, ["a", "b"], half=0.01),
+    ]
+    chosen, _ = choose(wide, SETTINGS)
+    assert chosen is not None and chosen["job_id"] in (1, 2)
+    assert chosen["latency"]["p50_ms"] <= 0.100
+
+
+def test_when_none_meets_the_answer_is_the_closest_with_its_shortfall() -> None:
+    from farm.jobs.tune_answer import answer_of
+
+    chosen, met = choose([entry(1, 0.1, 37), entry(2, 0.2, 39.5, ["a"]), entry(3, 0.1, 38, state="failed")], SETTINGS)
+    assert not met and chosen is not None and chosen["job_id"] == 2
+    assert answer_of([], SETTINGS).chosen is None
