@@ -57,8 +57,13 @@ SIMPLICITY = "no QAT, then fewer calibration samples, then a cheaper observer"
 
 
 def succeeded(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of succeeded jobs whose figures can be trusted (health ok, or unknown for rows before 0006)."""
-    return [r for r in rows if r.get("state") == "succeeded" and r.get("health") in (None, "ok")]
+    """The rows of succeeded jobs whose figures can be trusted (health ok, or unknown for rows before 0006),
+    measured on the test split: a tune's sensitivity jobs (split validation) rank layers, never recipes."""
+    return [
+        r
+        for r in rows
+        if r.get("state") == "succeeded" and r.get("health") in (None, "ok") and r.get("split") in (None, "test")
+    ]
 
 
 def unhealthy(rows: Iterable[dict[str, Any]]) -> dict[int, str]:

@@ -12,10 +12,11 @@ from farm.cli.compact import varying
 from farm.cli.output import TEXT_FORMATS, write_rows
 from farm.cli.params import ID
 from farm.cli.render import cell, out
+from farm.metric_targets import METRICS
 
 _X_DIRECTIONS = click.Choice(["min", "max"])
-#: ``farm results best --metric`` (farm.metric_targets.METRICS, written out: the CLI imports it lazily).
-METRIC_NAMES = ("accuracy", "agreement", "cosine", "sqnr_db", "metric")
+#: ``farm results best --metric``.
+METRIC_NAMES = tuple(METRICS)
 #: What ``compare`` shows beside accuracy where the rows have it, with its short table heading.
 COMPARED_FIDELITY = {"cosine": "cos", "sqnr_db": "sqnr", "metric_value": "metric"}
 

@@ -31,7 +31,10 @@ def layers(model_ref: str, dataset_ref: str | None, method: str | None, as_json:
       farm layers farm:tiny-encoder --method dynamic --json
       farm layers torchvision:resnet18 --dataset imagefolder:/data/val --method static
     """
+    from farm.jobs.contract import JobSpec
+    from farm.quant.config import Fp32Config
     from farm.quant.layer_list import layer_table
+    from farm.quant.measure import check_runs
     from farm.zoo.data import first_batch, load_dataset
     from farm.zoo.models import load_model
     from farm.zoo.refs import BUILTIN_DATASETS, parse_dataset_ref, parse_model_ref
@@ -47,6 +50,8 @@ def layers(model_ref: str, dataset_ref: str | None, method: str | None, as_json:
         raise ConfigError(f"{model_ref} is a serialized graph: it has no torch layers for rules to name")
     model = loaded.module.cpu().eval()
     example = first_batch(load_dataset(dataset_ref).test, 1)
+    # A model that can't take the dataset's inputs is refused in one line, as farm quantize refuses it.
+    check_runs(model, example, JobSpec(model_ref, dataset_ref, Fp32Config()))
     rows: dict[str, dict[str, Any]] = {}
     for m in (method,) if method else ("dynamic", "static"):  # qat quantizes the layers static does
         for info in layer_table(model, example, m):

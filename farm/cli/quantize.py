@@ -313,6 +313,7 @@ def _run(spec: Any, target: Path, *, show_progress: bool) -> dict[str, Any]:
     from farm.jobs.steps import run_job
     from farm.quant.isolation import pinned_for
 
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # removed again on failure
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     # Cores of its own for the trial (unless isolation none): no other farm job on this host runs on them.
@@ -330,6 +331,9 @@ def _run(spec: Any, target: Path, *, show_progress: bool) -> dict[str, Any]:
         _install(scratch, target)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
+        for folder in created:  # innermost first: nothing half-written is left behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return result.to_dict()
 

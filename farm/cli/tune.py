@@ -20,6 +20,10 @@ from farm.cli import LazyGroup
 from farm.cli.params import ID, POSITIVE_COUNT, PROCESSES
 from farm.cli.render import cell, err, out
 from farm.errors import ConfigError
+from farm.metric_targets import METRICS
+
+#: The metrics a tune targets (farm.jobs.tune_plan.TUNE_METRICS): all but a sweep's own metric function.
+TUNE_METRICS = [name for name in METRICS if name != "metric"]
 
 
 @click.group(cls=LazyGroup, invoke_without_command=True)
@@ -34,9 +38,7 @@ from farm.errors import ConfigError
     multiple=True,
     help="Deploy runtime to search on (repeatable; default: torch and every CPU runtime installed).",
 )
-@click.option(
-    "--metric", type=click.Choice(["accuracy", "agreement", "cosine", "sqnr_db"]), default="accuracy", show_default=True
-)
+@click.option("--metric", type=click.Choice(TUNE_METRICS), default="accuracy", show_default=True)
 @click.option(
     "--min-metric", type=float, help="Target: the metric at least this (agreement, cosine, sqnr_db, accuracy)."
 )
@@ -194,6 +196,9 @@ def _finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: flo
             "met": result.met,
             "shortfall": result.shortfall,
             "chosen": chosen,
+            "fp32_faster": None
+            if result.fp32_faster is None
+            else {k: result.fp32_faster[k] for k in ("recipe", "runtime", "latency", "job_id")},
             "stages": {k: {"done": d, "jobs": n} for k, (d, n) in result.stages.items()},
             "trail": result.trail,
             "jobs": result.jobs,
@@ -211,6 +216,13 @@ def _finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: flo
         )
     else:
         err.print(f"tune {tune_id}: `farm tune status {tune_id}`, `farm results query --tune {tune_id}`")
+    if result.chosen is not None and result.fp32_faster is not None:
+        f = result.fp32_faster
+        err.print(
+            f"[yellow]tune {tune_id}: {escape(f['recipe'])} (job {f['job_id']}, fp32 on {f['runtime']}) is faster than "
+            f"the answer beyond the noise ({f['latency']['p50_ms']:.4g} vs {result.chosen['latency']['p50_ms']:.4g} "
+            "ms p50): no quantized recipe within the target beats plain fp32 there[/]"
+        )
     if result.done and not result.met:
         sys.exit(1)
 

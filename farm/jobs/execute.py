@@ -183,6 +183,9 @@ def _run_trial(
         result = run_job(spec, Path(tmp), reference=reference, should_stop=should_stop, checkpoint=ckpt_path)
         stored = attempt.upload.put_dir(Path(tmp))
     result.artifact_uri = model_uri(result, stored)
+    # One "model" per job (the file a user deploys; the results view joins on it): another model-like file the job
+    # kept, such as the ONNX graph a TensorRT engine was built from, is recorded as "other".
+    stored = [("other" if kind == "model" and obj.uri != result.artifact_uri else kind, obj) for kind, obj in stored]
     return result, stored
 
 

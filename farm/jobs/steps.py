@@ -332,7 +332,7 @@ def compute_reference(
     from farm.quant.artifact import model_size_bytes
     from farm.quant.fingerprint import fingerprint, hardware_id
     from farm.quant.inputs import place
-    from farm.quant.metrics import all_finite, is_class_scores, topk_accuracy
+    from farm.quant.metrics import all_finite, is_class_scores, labels_fit, topk_accuracy
     from farm.quant.reference import fp32_baseline
     from farm.zoo.data import first_batch
 
@@ -345,7 +345,8 @@ def compute_reference(
             "check its weights"
         )
     latency = {lat["batch_size"]: lat for lat in benchmark(outcome, test, spec.benchmark, report, stop, baseline)}
-    scores = labelled and is_class_scores(tuple(outputs.shape), num_classes, spec.output)  # an embedding has no top-1
+    shape = tuple(outputs.shape)
+    scores = labelled and is_class_scores(shape, num_classes, spec.output) and labels_fit(shape, num_classes)
     accuracy = topk_accuracy(outputs, labels, 1) if scores else None
     top5 = topk_accuracy(outputs, labels, 5) if scores and outputs.shape[-1] >= 10 else None
     size = model_size_bytes(model, place(first_batch(test, 1), device))

@@ -38,10 +38,12 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def drift_key(spec: JobSpec, device: str, hardware_id: str | None, batch_size: int) -> DriftKey:
+def drift_key(spec: JobSpec, device: str, hardware_id: str | None, batch_size: int, *, paired: bool = True) -> DriftKey:
     """The drift history's key of ``spec``'s fp32 baseline at ``batch_size`` on this host: its p50s are comparable
-    from job to job (same model, weights, inputs, batch, threads, device, runtime and isolation)."""
-    from farm.quant.drift import DriftKey
+    from job to job (same model, weights, inputs, batch, threads, device, runtime and isolation, and timed the same
+    way: ``paired`` alternating with a trial, else alone as the fp32 job times it; a steady offset between the two
+    is no drift)."""
+    from farm.quant.drift import FP32_ALONE, FP32_BASELINE, DriftKey
     from farm.runtimes.engine import runtime_of
 
     provider = spec.method.params().get("provider")
@@ -56,6 +58,7 @@ def drift_key(spec: JobSpec, device: str, hardware_id: str | None, batch_size: i
         runtime=runtime_of(spec.method),
         provider=str(provider) if provider is not None else None,
         isolation=spec.benchmark.isolation,
+        timed=FP32_BASELINE if paired else FP32_ALONE,
     )
 
 
@@ -80,10 +83,11 @@ def allow_for_drift(
     history = History()
     out = []
     for lat in latency:
-        key = drift_key(spec, device, hardware_id, lat["batch_size"])
         fp32_p50 = lat.get("baseline_p50_ms")
+        paired = fp32_p50 is not None
         if fp32_p50 is None and fp32_timed_here:
             fp32_p50 = lat.get("latency_p50_ms")
+        key = drift_key(spec, device, hardware_id, lat["batch_size"], paired=paired)
         if fp32_p50 is not None:
             history.record(key, fp32_p50)
         spread = history.spread(key)

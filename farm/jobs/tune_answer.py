@@ -50,6 +50,9 @@ class Answer:
     trail: list[dict[str, Any]] = field(default_factory=list)
     stages: dict[str, tuple[int, int]] = field(default_factory=dict)
     jobs: int = 0
+    #: The fastest fp32 measured (any runtime, test split), when it is faster than ``chosen`` beyond the noise
+    #: (its p50 interval ends below the chosen's): no quantized recipe within the target beats plain fp32 there.
+    fp32_faster: dict[str, Any] | None = None
 
 
 def settings_from_text(spec_text: str) -> TuneSettings | None:
@@ -185,7 +188,26 @@ def answer_of(jobs: Sequence[Any], settings: TuneSettings, sweep_state: str | No
         gap = shortfall({settings.target.column: chosen["value"]}, settings.target)
     done = any(j.role == "stage" and j.spec.get("stage") == "tune_answer" and j.state == "succeeded" for j in jobs)
     done = done or sweep_state in ("succeeded", "failed", "cancelled")
-    return Answer(chosen, met, gap, done, entries, stage_counts(jobs), len(jobs))
+    faster = fp32_faster(entries, chosen, settings)
+    return Answer(chosen, met, gap, done, entries, stage_counts(jobs), len(jobs), faster)
+
+
+def fp32_faster(
+    entries: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any] | None, settings: TuneSettings
+) -> dict[str, Any] | None:
+    """The fastest fp32 of the trail when it is clearly faster than ``chosen`` (latency objective only): the answer
+    a user must then hear is "deploy fp32 there", not a slower quantized recipe."""
+    if chosen is None or settings.objective != "latency":
+        return None
+    fp32 = [
+        dict(e)
+        for e in entries
+        if e["fp32"] and e["state"] == "succeeded" and e["split"] == "test" and (e.get("latency") or {}).get("p50_ms")
+    ]
+    if not fp32:
+        return None
+    fastest = min(fp32, key=lambda e: _objective(e, settings)[0])
+    return fastest if _objective(fastest, settings)[2] < _objective(chosen, settings)[1] else None
 
 
 def chosen_json(chosen: Mapping[str, Any], settings: TuneSettings) -> dict[str, Any]:

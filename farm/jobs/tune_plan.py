@@ -23,14 +23,16 @@ from typing import Any
 import yaml
 
 from farm.errors import ConfigError, Problem
-from farm.metric_targets import Target, make_target
+from farm.metric_targets import METRICS, Target, make_target
 from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, runtime_problems, unavailable
 from farm.spec.plan import Plan, PlannedJob, job_key
 
 #: The methods a tune searches (layers fall back to floating point; the fp methods have nothing to fall back).
 TUNE_METHODS = ("dynamic", "static", "qat")
 #: The metrics ``farm tune --metric`` offers (farm.metric_targets has their ranges).
-TUNE_METRICS = ("accuracy", "agreement", "cosine", "sqnr_db")
+#: The metrics a tune targets: every one of farm.metric_targets.METRICS but a sweep's own metric function (its
+#: stages read the built-in figures only).
+TUNE_METRICS = tuple(name for name in METRICS if name != "metric")
 OBJECTIVES = ("latency", "size")
 #: The stages of a tune in order, each a stage job's expander (stage 1 is planned up front: "global").
 STAGES = ("global", "tune_sensitivity", "tune_candidates", "tune_refine", "tune_answer")
@@ -193,26 +195,7 @@ def plan_tune(
 
     settings = settings_of(data.get("tune"), source)
     make_target(settings.metric, settings.min_metric, settings.max_accuracy_drop, labelled)
-    models, methods = data.get("models"), data.get("methods")
-    if not isinstance(models, list) or len(models) != 1:
-        raise ConfigError("a tune searches one model: models must list exactly one", source=source)
-    if not isinstance(methods, list) or len(methods) != 1:
-        raise ConfigError(
-            f"a tune searches one method: methods must list one of {', '.join(TUNE_METHODS)}", source=source
-        )
-    name, params = _method_entry(methods[0], source)
-    runtimes = list(data.get("runtime") or default_runtimes(name))
-    problems = [p for r in runtimes for p in runtime_problems(r, name)]
-    problems += [Problem("runtime", why) for r in runtimes if r in RUNTIMES and (why := unavailable(r)) is not None]
-    if problems:
-        raise ConfigError(problems, source=source)
-    size = stage1_size(runtimes)
-    if settings.budget_jobs is not None and settings.budget_jobs < size:
-        raise ConfigError(
-            f"--budget-jobs {settings.budget_jobs} is below stage 1's {size} jobs (fp32 references, the global "
-            f"recipes per tensor and per channel on {', '.join(runtimes)}, and the sensitivity stage)",
-            source=source,
-        )
+    name, params, runtimes = _checked(data, settings, source)
     grid = {k: v for k, v in data.items() if k != "tune"}
     axes = {**params, "granularity": [params["granularity"]] if "granularity" in params else list(GRANULARITIES)}
     grid.update(methods=["fp32", {name: axes}], runtime=runtimes)
@@ -235,6 +218,54 @@ def plan_tune(
         f"tune: {settings.target.describe()}, objective {settings.objective}, runtimes {', '.join(runtimes)}",
     ]
     return Plan(plan.spec, text, [*jobs, stage], notes)
+
+
+#: The keys a tune's spec may have: one model, one method, the runtimes, how to measure, and the tune section.
+TUNE_SPEC_KEYS = ("name", "description", "models", "dataset", "methods", "runtime", "benchmark", "seed", "output",
+                  "metric", "tune")  # fmt: skip
+
+
+def _checked(data: Mapping[str, Any], settings: TuneSettings, source: str) -> tuple[str, dict[str, Any], list[str]]:
+    """The tuned method, its parameters and the runtimes, once the spec is a tune's: only a tune's keys, one model,
+    one method, bits 8 for a latency search, runtimes that can run it here, a budget that holds stage 1.
+
+    Raises:
+        ConfigError: every problem found.
+    """
+    extra = [k for k in data if k not in TUNE_SPEC_KEYS]
+    if extra:  # a tune plans its own grid: another axis would break its budget and its stages' reading of it
+        raise ConfigError(
+            [Problem(k, f"not part of a tune (a tune spec has {', '.join(TUNE_SPEC_KEYS)})") for k in extra],
+            source=source,
+        )
+    models, methods = data.get("models"), data.get("methods")
+    if not isinstance(models, list) or len(models) != 1:
+        raise ConfigError("a tune searches one model: models must list exactly one", source=source)
+    if not isinstance(methods, list) or len(methods) != 1:
+        raise ConfigError(
+            f"a tune searches one method: methods must list one of {', '.join(TUNE_METHODS)}", source=source
+        )
+    name, params = _method_entry(methods[0], source)
+    if settings.objective == "latency" and int(params.get("bits", 8)) < 8:
+        raise ConfigError(
+            f"bits {params['bits']} is simulated (fake quantization on fp32 kernels): it has no deployed latency "
+            "to search for; use bits 8, or --objective size",
+            source=source,
+        )
+    given = data.get("runtime")
+    runtimes = list([given] if isinstance(given, str) else (given or default_runtimes(name)))
+    problems = [p for r in runtimes for p in runtime_problems(r, name)]
+    problems += [Problem("runtime", why) for r in runtimes if r in RUNTIMES and (why := unavailable(r)) is not None]
+    if problems:
+        raise ConfigError(problems, source=source)
+    size = stage1_size(runtimes)
+    if settings.budget_jobs is not None and settings.budget_jobs < size:
+        raise ConfigError(
+            f"--budget-jobs {settings.budget_jobs} is below stage 1's {size} jobs (fp32 references, the global "
+            f"recipes per tensor and per channel on {', '.join(runtimes)}, and the sensitivity stage)",
+            source=source,
+        )
+    return name, params, runtimes
 
 
 def _method_entry(entry: Any, source: str) -> tuple[str, dict[str, Any]]:

@@ -47,6 +47,8 @@ MAX_FILE_BYTES = 1 << 20
 LOCK_TIMEOUT_S = 5.0
 #: What a history entry timed: the fp32 model, side by side with a trial or alone in the fp32 job.
 FP32_BASELINE = "fp32 baseline"
+#: What an fp32 job times on its own (not alternating with a trial): kept apart from the paired baseline.
+FP32_ALONE = "fp32 alone"
 
 
 @dataclass(frozen=True)

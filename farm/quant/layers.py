@@ -264,6 +264,11 @@ def method_problems(method: str, rules: Rules, mode: str | None = None) -> list[
         return [Problem("layers", f"method {method} quantizes no layer, so per-layer rules have nothing to apply to")]
     if rules and method in _FLOAT_RULE_METHODS and mode == "autocast":
         return [Problem("layers", f"{method} mode autocast picks dtypes per op, not per layer: rules need mode cast")]
+    if method == "static" and mode == "eager" and any(r.skip for r in rules):
+        # Eager mode quantizes everything between the model's QuantStub and DeQuantStub: a float layer in there
+        # would be handed quantized tensors and fail at the first call.
+        return [Problem("layers", "static mode eager can't keep a layer in floating point inside the model's "
+                                  "QuantStub/DeQuantStub region: use mode fx for skip rules")]  # fmt: skip
     for i, r in enumerate(rules):
         path = f"layers[{i}]"
         if method == "dynamic" and r.bits is not None and r.bits != 8:

@@ -184,7 +184,7 @@ def fill_accuracy(
     state ``[batch, seq, dim]``, a last dimension other than the class count) they stay None, and cosine and SQNR
     carry the comparison.
     """
-    from farm.quant.metrics import HEALTH_OK, fidelity, is_class_scores, result_health, topk_accuracy
+    from farm.quant.metrics import HEALTH_OK, fidelity, is_class_scores, labels_fit, result_health, topk_accuracy
 
     scores = is_class_scores(tuple(ref.outputs.shape), num_classes, output)
     fid = fidelity(ref.outputs, outputs, class_scores=scores)
@@ -199,6 +199,12 @@ def fill_accuracy(
         result.warnings.append(
             f"the compared output (per sample {shape}) is not class scores: no accuracy or agreement; cosine and "
             "SQNR compare it with fp32's"
+        )
+    elif ref.labelled and not labels_fit(tuple(ref.outputs.shape), num_classes):
+        result.accuracy_kind = "none"
+        result.warnings.append(
+            f"the model scores {ref.outputs.shape[-1]} classes but {num_classes} are labelled: no accuracy against "
+            "labels; agreement, cosine and SQNR compare it with fp32's"
         )
     elif ref.labelled:
         result.accuracy = topk_accuracy(outputs, ref.labels, 1)

@@ -46,17 +46,23 @@ def is_class_scores(shape: tuple[int, ...], num_classes: int | None, output: str
         output: the output the job selected (``JobSpec.output``): None is the model's default (its logits).
 
     Returns:
-        True for a 2-D output with at least two columns whose last dimension is the class count; where the count
-        is unknown, for the default output, index 0 or one named ``logits`` / ``scores``. An output picked by
-        another name or index (``embedding``, ``pooler_output``, a hidden state) is taken as features.
+        True for a 2-D output with at least two columns that is the model's default output, index 0 or one named
+        ``logits`` / ``scores`` (a 1000-class model on a 10-folder dataset still has a top-1 to agree on), or any
+        other output whose width is the class count. An output picked by another name or index (``embedding``,
+        ``pooler_output``, a hidden state) is taken as features. Accuracy against labels also needs
+        :func:`labels_fit`.
     """
     if len(shape) != 2 or shape[-1] < 2:
         return False
-    if num_classes is not None:
-        return shape[-1] == num_classes
-    if output is None or output == 0:
+    if output is None or output == 0 or (isinstance(output, str) and output.lower() in SCORE_NAMES):
         return True
-    return isinstance(output, str) and output.lower() in SCORE_NAMES
+    return num_classes is not None and shape[-1] == num_classes
+
+
+def labels_fit(shape: tuple[int, ...], num_classes: int | None) -> bool:
+    """Whether a class-score output's argmax can be read as the dataset's label (its width is the class count,
+    where that is known)."""
+    return num_classes is None or shape[-1] == num_classes
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:

@@ -38,6 +38,7 @@ COLUMN_KINDS: dict[str, Kind] = {
     "granularity": "text",
     "device": "text",
     "runtime": "text",
+    "split": "text",
     "batch_size": "int",
     "state": "text",
     "health": "text",

@@ -7,7 +7,9 @@ Create Date: 2027-04-01
 - ``metrics.metric_name``: the metric function a job was measured with (``entrypoint:pkg.mod:fn``, the spec's
   top-level ``metric`` or ``farm quantize --metric-fn``); NULL without one;
 - ``metrics.metric_value``: its value on the test split (higher is better);
-- the view ``results_flat`` gains ``metric_name`` and ``metric_value`` after ``cosine``.
+- the view ``results_flat`` gains ``metric_name`` and ``metric_value`` after ``cosine``, and ``split`` after
+  ``runtime``: the samples a job's figures were computed on (``test``, or ``validation`` for a tune's sensitivity
+  jobs, which ``farm results best`` / ``pareto`` and the report's planes leave out unless asked).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _PARAMS = {"sqlite": "json_extract(j.spec, '$.method')", "postgresql": "j.spec -> 'method'"}
+_SPLIT = {"sqlite": "json_extract(j.spec, '$.split')", "postgresql": "j.spec ->> 'split'"}
 
 # One row per (sweep, job, batch size); jobs without metrics appear once, batch_size NULL.
 RESULTS_FLAT = """
@@ -46,6 +49,7 @@ SELECT
     j.granularity AS granularity,
     j.device AS device,
     COALESCE(j.runtime, 'torch') AS runtime,
+    COALESCE({split}, 'test') AS split,
     m.batch_size AS batch_size,
     j.state AS state,
     m.health AS health,
@@ -99,7 +103,9 @@ _METRICS = (("metric_name", sa.String(length=500)), ("metric_value", sa.Float())
 
 def view_sql(dialect: str) -> str:
     """The CREATE VIEW of results_flat on ``dialect`` (sqlite or postgresql)."""
-    return RESULTS_FLAT.format(params=_PARAMS.get(dialect, _PARAMS["postgresql"]))
+    return RESULTS_FLAT.format(
+        params=_PARAMS.get(dialect, _PARAMS["postgresql"]), split=_SPLIT.get(dialect, _SPLIT["postgresql"])
+    )
 
 
 def _revision(revision_file: str) -> Any:

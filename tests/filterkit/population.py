@@ -30,8 +30,8 @@ KINDS: dict[str, str] = {
         "speedup_ci_low speedup_ci_high speedup_vs_best_fp32 coverage duration_s metric_value",
         "bool": "simulated",
         "datetime": "finished_at",
-        "text": "sweep_name job_key model dataset method recipe backend observer granularity device runtime state "
-        "health isolation runtime_version execution_provider artifact_uri worker hardware error metric_name",
+        "text": "sweep_name job_key model dataset method recipe backend observer granularity device runtime split "
+        "state health isolation runtime_version execution_provider artifact_uri worker hardware error metric_name",
         "json": "params",
     }.items()
     for name in names.split()
@@ -177,6 +177,7 @@ def _view_row(sweep_id: int, job_id: int, spec: dict[str, Any], m: dict[str, Any
         speedup=speedup,
         speedup_vs_best_fp32=_vs_best_fp32(spec, m, simulated),
         runtime="torch",  # jobs.runtime NULL: a job from before runtimes, read as torch
+        split="test",  # no split in the job spec: the test split
         simulated=simulated,
         artifact_uri=spec.get("artifact"),
     )

@@ -197,7 +197,8 @@ def test_trials_record_their_side_by_side_baseline_and_widen_their_own_p50(drift
 
 def test_only_fp32_timed_by_the_job_itself_is_recorded(drift_history: Path) -> None:
     spec = _spec("fp32")
-    key = drift_key(spec, "cpu", "hw1", 8)
+    key = drift_key(spec, "cpu", "hw1", 8, paired=False)  # an fp32 job times fp32 alone
+    assert key != drift_key(spec, "cpu", "hw1", 8)  # kept apart from the baseline a trial times beside itself
     job_allow_for_drift([entry(p50=80.0)], spec, "cpu", "hw1", fp32_timed_here=True)  # computed its reference
     job_allow_for_drift([entry(p50=81.0)], spec, "cpu", "hw1", fp32_timed_here=False)  # a reference given
     assert History(drift_history).values(key) == [80.0]

@@ -168,7 +168,7 @@ def test_cli_metric_fn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ((8, 10), 10, None, True),
         ((8, 10), 10, "embedding", True),  # the class count says so, whatever its name
-        ((8, 64), 10, None, False),  # an embedding beside a 10-class dataset
+        ((8, 64), 10, None, True),  # the model's own classes (1000 classes on 10 folders): agreement, no accuracy
         ((8, 4), None, None, True),  # unknown count: the model's default output is its logits
         ((8, 4), None, "logits", True),
         ((8, 4), None, 0, True),
@@ -195,7 +195,8 @@ def test_labelled_outputs_of_another_width_than_the_classes_get_no_accuracy() ->
     ref = Reference(outputs, labels, True, 0.5, None, {}, 1, "cpu", "hw")
     result = _result()
     fill_accuracy(result, outputs + 0.01, ref, num_classes=10)
-    assert result.accuracy is result.accuracy_fp32 is result.agreement is result.accuracy_drop is None
+    assert result.accuracy is result.accuracy_fp32 is result.accuracy_drop is None
+    assert result.agreement is not None  # its own top-1 still agrees or not with fp32's
     assert result.cosine is not None and result.cosine > 0.99 and result.health == "ok"
     scored = _result()
     fill_accuracy(scored, outputs + 0.01, ref, num_classes=16)

@@ -28,7 +28,8 @@ INDEXES = {index.name for table in Base.metadata.tables.values() for index in ta
 
 COLUMNS = [
     "sweep_id", "sweep_name", "job_id", "job_key", "model", "dataset", "method", "recipe", "bits",
-    "calibration_size", "backend", "observer", "granularity", "device", "runtime", "batch_size", "state", "health",
+    "calibration_size", "backend", "observer", "granularity", "device", "runtime", "split", "batch_size", "state",
+    "health",
     "accuracy", "accuracy_fp32", "accuracy_drop", "agreement", "sqnr_db", "cosine", "metric_name",
     "metric_value", "size_bytes", "size_ratio",
     "latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_p90_ms", "latency_p99_ms",
