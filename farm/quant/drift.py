@@ -37,9 +37,9 @@ HISTORY_ENV = "FARM_DRIFT_FILE"
 HISTORY_FILE = "drift-history.jsonl"
 #: Entries kept per key: enough for a steady 95th percentile of the pairwise differences, few enough to follow the
 #: host as it changes.
-MAX_ENTRIES = 50
-#: Entries older than this are ignored (and dropped at the next compaction): yesterday's host is another host.
-MAX_AGE_S = 24 * 3600.0
+MAX_ENTRIES = 20
+#: Entries older than this are ignored (and dropped at the next compaction): a host's load moves over hours.
+MAX_AGE_S = 6 * 3600.0
 #: The file is compacted once it grows past this (~5000 entries).
 MAX_FILE_BYTES = 1 << 20
 #: How long a job waits for another process's append or compaction before it goes without (a hung holder must not
