@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from farm.errors import ConfigError, Problem
+from farm.jobs.contract import JobSpec
 from farm.metric_targets import METRICS, Target, make_target
 from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, runtime_problems, unavailable
 from farm.spec.plan import Plan, PlannedJob, job_key
@@ -289,9 +290,25 @@ def _method_entry(entry: Any, source: str) -> tuple[str, dict[str, Any]]:
     return str(name), params
 
 
+#: Timing budget of a validation-split job: its latency ranks nothing (sensitivity is a metric), so it is timed just
+#: enough to keep the usual figures, and the search's wall time goes to the jobs whose latency picks the answer.
+VALIDATION_TIME_S = 0.25
+VALIDATION_MIN_REPS = 6
+
+
+def validation_spec(spec: JobSpec) -> JobSpec:
+    """``spec`` evaluated on the validation split, timed briefly (:data:`VALIDATION_TIME_S`)."""
+    bench = dataclasses.replace(
+        spec.benchmark,
+        max_time_s=min(spec.benchmark.max_time_s, VALIDATION_TIME_S),
+        min_reps=min(spec.benchmark.min_reps, VALIDATION_MIN_REPS),
+    )
+    return dataclasses.replace(spec, split="validation", benchmark=bench)
+
+
 def _validation_reference(reference: PlannedJob) -> PlannedJob:
     """The fp32 reference measured on the validation split (what the sensitivity jobs compare with)."""
-    spec = dataclasses.replace(reference.spec, split="validation")
+    spec = validation_spec(reference.spec)
     return PlannedJob(
         job_key(spec, reference.weights_digest), "reference", spec, reference.device, reference.weights_digest, None
     )

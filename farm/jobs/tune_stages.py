@@ -25,7 +25,7 @@ from typing import Any
 from farm.jobs.contract import JobSpec
 from farm.jobs.policy import SUCCEEDED
 from farm.jobs.stages import Stage, register, stage_job
-from farm.jobs.tune_plan import TuneSettings, budget_per_runtime
+from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, validation_spec
 from farm.metric_targets import figure, meets
 from farm.quant.layers import LayerRule
 from farm.spec.plan import PlannedJob, job_key
@@ -262,7 +262,8 @@ def _left(layers: int, used: int, share: int | None) -> int:
 def _job(stage: Stage, spec: JobSpec, fallback: tuple[str, ...], split: str, reference_key: str) -> PlannedJob:
     """``spec``'s recipe with the ``fallback`` layers kept in floating point, evaluated on ``split``."""
     method = spec.method.replace(layers=tuple(LayerRule(name=n, skip=True) for n in fallback))
-    new = dataclasses.replace(spec, method=method, split=split)
+    new = dataclasses.replace(spec, method=method)
+    new = validation_spec(new) if split == "validation" else dataclasses.replace(new, split=split)
     digest = (stage.params.get("weights") or {}).get(spec.model)
     device = new.benchmark.device  # the planner wrote the job's resolved device there
     return PlannedJob(job_key(new, digest), "trial", new, device, digest, reference_key, (stage.key,))

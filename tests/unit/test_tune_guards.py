@@ -80,3 +80,10 @@ def test_eager_static_refuses_a_skip_rule_it_could_not_run() -> None:
     with pytest.raises(ConfigError, match="mode eager"):
         parse_method("static", {"mode": "eager", "layers": [{"name": "fc", "skip": True}]})
     parse_method("static", {"mode": "eager", "layers": [{"name": "fc", "granularity": "per_tensor"}]})
+
+
+def test_validation_jobs_are_timed_briefly_their_latency_ranks_nothing() -> None:
+    planned = plan(spec())
+    (validation,) = [j for j in planned.jobs if j.spec.split == "validation"]
+    test = next(j for j in planned.jobs if j.role == "reference" and j.spec.split == "test")
+    assert validation.spec.benchmark.max_time_s <= 0.25 < test.spec.benchmark.max_time_s
