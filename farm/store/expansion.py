@@ -120,22 +120,7 @@ def sweep_jobs(db: Any, sweep_id: int) -> list[InputJob]:
         ).all()
         added_by = {job_id: str(spec.get("stage")) for job_id, spec in added}
         return [
-            InputJob(
-                job.id,
-                job.key,
-                job.role,
-                job.state,
-                dict(job.spec),
-                job.device,
-                ref_key,
-                (job.queue, job.stage, job.finish_queue),
-                figures.get(job.id, {}),
-                uri,
-                job.error,
-                job.started_at,
-                job.finished_at,
-                added_by.get(job.id),
-            )
+            _input_job(job, ref_key, figures, uri, job.error, job.started_at, job.finished_at, added_by.get(job.id))
             for job, ref_key, uri in rows
         ]
 
@@ -152,20 +137,14 @@ def stage_inputs(db: Any, job_id: int) -> list[InputJob]:
             .order_by(Job.id)
         ).all()
         figures = _figures(s, [row[0].id for row in rows])
-        return [
-            InputJob(
-                job.id,
-                job.key,
-                job.role,
-                job.state,
-                dict(job.spec),
-                job.device,
-                ref_key,
-                (job.queue, job.stage, job.finish_queue),
-                figures.get(job.id, {}),
-            )
-            for job, ref_key in rows
-        ]
+        return [_input_job(job, ref_key, figures) for job, ref_key in rows]
+
+
+def _input_job(job: Job, ref_key: str | None, figures: dict[int, dict[str, Any]], *extra: Any) -> InputJob:
+    """A job row as plain data, with its figures; ``extra``: the fields after them (artifact, error, times)."""
+    route = (job.queue, job.stage, job.finish_queue)
+    return InputJob(job.id, job.key, job.role, job.state, dict(job.spec), job.device, ref_key, route,
+                    figures.get(job.id, {}), *extra)  # fmt: skip
 
 
 def _figures(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
