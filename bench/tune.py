@@ -3,7 +3,8 @@
 Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro] [--runtime torch --runtime onnxruntime ...]
                            [--json out.json]
 
-- encoder / cnn: farm:tiny-encoder (token ids, dynamic int8, cosine) and farm:digits-cnn (static int8, sqnr_db).
+- encoder / cnn: farm:tiny-encoder at dim 256, 4 layers (token ids, dynamic int8, cosine of the embedding) and
+  farm:digits-cnn (static int8, sqnr_db).
   First the global recipes alone (`--good-enough` with a target every one meets: stage 1 only), then the target is
   set just beyond the best global recipe on every runtime asked (sqnr: +2 dB; cosine: half the distance to 1), so
   every global int8 recipe misses it. Targets: the search meets it; its answer is faster than the best fp32 on any
@@ -11,8 +12,9 @@ Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro] [--runtime
   jobs per runtime <= layers + 2*log2(layers) + 4 (the trail's trials of that runtime, fp32 exports included).
 - global: a target the best global recipe meets: the answer is never slower than it (p50 interval ends overlap or
   the answer is faster).
-- wall: the cnn search from an empty database with -j 1 then -j 2 (1 thread per job, fresh FARM_HOME each):
-  wall(-j 2) / wall(-j 1) <= 0.6.
+- wall: the cnn search from an empty database with -j 1 then -j 2 (1 thread per job, fresh FARM_HOME each, its
+  model cache copied from the cnn search: training the built-in model is not the search): wall(-j 2) / wall(-j 1)
+  <= 0.6.
 - repro: the cnn search's chosen recipe re-run as a plain `farm quantize` with its layer rules: the metric is
   identical (exact float equality).
 Each search runs in its own FARM_HOME under a scratch directory (stage 1 of the real search reuses the global
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 CASES = {
-    "encoder": {"model": "farm:tiny-encoder", "dataset": "tokens:32", "method": "dynamic", "metric": "cosine"},
+    # A sentence encoder's shape at a quarter of MiniLM's depth: 256 wide, 4 layers, 8 heads (25 Linear layers).
+    "encoder": {
+        "model": "farm:tiny-encoder?dim=256&layers=4&heads=8",
+        "dataset": "tokens:32",
+        "method": "dynamic",
+        "metric": "cosine",
+        "output": "embedding",  # a sentence encoder is judged on its embedding, as the issue's was
+    },
     "cnn": {"model": "farm:digits-cnn", "dataset": "sklearn:digits", "method": "static", "metric": "sqnr_db"},
 }
 WALL_TARGET = 0.6
@@ -76,6 +86,8 @@ class Bench:
         c = CASES[case]
         argv = ["tune", "--model", c["model"], "--dataset", c["dataset"], "--method", c["method"]]
         argv += ["--metric", c["metric"], *target, "--batch-size", str(self.args.batch), "--json", *extra]
+        if "output" in c:
+            argv += ["--model-output", c["output"]]
         for runtime in self.args.runtime or []:
             argv += ["--runtime", runtime]
         code, out, wall = self.farm(home, *argv)
@@ -176,7 +188,9 @@ def wall(b: Bench, goal: float) -> dict[str, Any]:
     """The cnn search from empty databases with one and with two worker processes."""
     times = {}
     for jobs in (1, 2):
-        _, result, seconds = b.tune(b.root / f"wall-j{jobs}", "cnn", ["--min-metric", str(goal)], "-j", str(jobs))
+        home = b.root / f"wall-j{jobs}"
+        shutil.copytree(b.root / "cnn" / "cache", home / "cache")  # the trained built-in model, not the database
+        _, result, seconds = b.tune(home, "cnn", ["--min-metric", str(goal)], "-j", str(jobs))
         times[jobs] = seconds
         b.say(f"(wall) -j {jobs}: {seconds:.1f} s, {result['jobs']} jobs")
     ratio = times[2] / times[1]
@@ -220,10 +234,13 @@ def main() -> None:
     parser.add_argument("--runtime", action="append", help="runtimes to search (default: farm tune's)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--keep", help="run in this (new) directory and keep every search's FARM_HOME there")
     args = parser.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if args.keep:
+        Path(args.keep).mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="farm-bench-tune-") as tmp:
-        b = Bench(args, Path(tmp))
+        b = Bench(args, Path(args.keep or tmp))
         found: dict[str, Any] = {}
         for case in ("encoder", "cnn"):
             if case in sections or (case == "cnn" and {"wall", "repro"} & set(sections)):

@@ -37,13 +37,13 @@ def layers(model_ref: str, dataset_ref: str | None, method: str | None, as_json:
     from farm.quant.measure import check_runs
     from farm.zoo.data import first_batch, load_dataset
     from farm.zoo.models import load_model
-    from farm.zoo.refs import BUILTIN_DATASETS, parse_dataset_ref, parse_model_ref
+    from farm.zoo.refs import builtin_dataset, parse_dataset_ref, parse_model_ref
 
     parse_model_ref(model_ref)
     if dataset_ref is None:
         if not model_ref.startswith("farm:"):
             raise ConfigError("--dataset is required for models other than the built-in farm: ones")
-        dataset_ref = BUILTIN_DATASETS.get(model_ref.removeprefix("farm:"), "sklearn:digits")
+        dataset_ref = builtin_dataset(model_ref)
     parse_dataset_ref(dataset_ref)
     loaded = load_model(model_ref)
     if loaded.graph:

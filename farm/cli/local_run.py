@@ -43,7 +43,7 @@ def run_plan(p: Any, jobs: int | None, *, wide: bool = False) -> tuple[Any, int,
         f"{len(run.to_run)} to run on {run.workers} worker process(es) x {run.threads} thread(s)"
     )
     try:
-        with _stop_on_termination(), SweepProgress(run.stats) as progress:
+        with stop_on_termination(), SweepProgress(run.stats) as progress:
             sweeps.run_locally(db, run, on_update=progress.update)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted:[/] {run.stats.cancelled} job(s) cancelled, none left running")
@@ -57,7 +57,7 @@ def run_plan(p: Any, jobs: int | None, *, wide: bool = False) -> tuple[Any, int,
 
 
 @contextlib.contextmanager
-def _stop_on_termination() -> Iterator[None]:
+def stop_on_termination() -> Iterator[None]:
     """SIGTERM and SIGHUP (a closed terminal) stop a local run the way Ctrl-C does: jobs end as cancelled."""
     import signal
     import threading

@@ -1,4 +1,4 @@
-"""Click parameter types the commands share: every integer that reaches SQL is bounded here, once.
+"""Click parameter types (and option parsers) the commands share: every integer that reaches SQL is bounded here, once.
 
 A Python int has no upper bound; SQLite's INTEGER and PostgreSQL's bigint stop at 2**63 - 1, and a larger value
 fails in the driver (``OverflowError``) instead of as a user's mistake. Bounding the option makes it one line
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import click
+
+from farm.errors import ConfigError
 
 #: The largest integer SQLite and PostgreSQL (bigint) store.
 SQL_INT_MAX = 2**63 - 1
@@ -44,3 +46,17 @@ class QueueName(click.ParamType):
 
 
 QUEUE = QueueName()
+
+
+def parse_model_output(text: str | None) -> str | int | None:
+    """``--model-output``: an index when it is a number, else a name.
+
+    Raises:
+        ConfigError: an empty value.
+    """
+    if text is None:
+        return None
+    if not text.strip():
+        raise ConfigError("--model-output: expected an output name (a dict key) or index (0, 1, ...)")
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdecimal() else text  # "²" and "-1" are names

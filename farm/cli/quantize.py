@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from farm.cli.params import SEED
+from farm.cli.params import SEED, parse_model_output
 from farm.errors import ConfigError, Problem
 from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import (
@@ -174,9 +174,9 @@ def quantize(
     if dataset_ref is None:
         if not model_ref.startswith("farm:"):
             raise ConfigError("--dataset is required for models other than the built-in farm: ones")
-        from farm.zoo.refs import BUILTIN_DATASETS
+        from farm.zoo.refs import builtin_dataset
 
-        dataset_ref = BUILTIN_DATASETS.get(model_ref.removeprefix("farm:"), "sklearn:digits")
+        dataset_ref = builtin_dataset(model_ref)
     parse_dataset_ref(dataset_ref)
     from farm.cli.layer_rules import rules_from_options, with_rules
 
@@ -203,7 +203,7 @@ def quantize(
     _check_output(target)
     from farm.jobs.contract import JobSpec
 
-    selected = _model_output(model_output)
+    selected = parse_model_output(model_output)
     spec = JobSpec(
         model_ref, dataset_ref, config, weights=weights, seed=seed, benchmark=bench, output=selected, metric=metric_fn
     )
@@ -251,20 +251,6 @@ def build_config(method: str, options: dict[str, Any], extra: tuple[str, ...], d
     if problems or config is None:
         raise ConfigError(problems)
     return config
-
-
-def _model_output(text: str | None) -> str | int | None:
-    """``--model-output``: an index when it is a number, else a name.
-
-    Raises:
-        ConfigError: an empty value.
-    """
-    if text is None:
-        return None
-    if not text.strip():
-        raise ConfigError("--model-output: expected an output name (a dict key) or index (0, 1, ...)")
-    text = text.strip()
-    return int(text) if text.isascii() and text.isdecimal() else text  # "²" and "-1" are names
 
 
 def _option(path: str) -> str:

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from farm.cli import LazyGroup
-from farm.cli.params import ID, POSITIVE_COUNT, PROCESSES
+from farm.cli.params import ID, POSITIVE_COUNT, PROCESSES, parse_model_output
 from farm.cli.render import cell, err, out
 from farm.errors import ConfigError
 from farm.metric_targets import METRICS
@@ -39,6 +39,12 @@ TUNE_METRICS = [name for name in METRICS if name != "metric"]
     help="Deploy runtime to search on (repeatable; default: torch and every CPU runtime installed).",
 )
 @click.option("--metric", type=click.Choice(TUNE_METRICS), default="accuracy", show_default=True)
+@click.option(
+    "--model-output",
+    "model_output",
+    metavar="NAME|INDEX",
+    help="The model output the metric is computed on: a dict key (embedding) or tuple index (0). [the logits]",
+)
 @click.option(
     "--min-metric", type=float, help="Target: the metric at least this (agreement, cosine, sqnr_db, accuracy)."
 )
@@ -98,6 +104,7 @@ def _plan(o: dict[str, Any]) -> Any:
         batch_size=o["batch_size"],
         threads=o["threads"],
         max_time_s=o["max_time_s"],
+        output=parse_model_output(o["model_output"]),
     )
     data = yaml.safe_load(text)
     if o["dataset"] is None:
@@ -143,7 +150,7 @@ def _submit(plan: Any) -> None:
 
 def _run_here(plan: Any, o: dict[str, Any]) -> None:
     """Run the search with the local pool, a line per stage as it ends, then the answer."""
-    from farm.cli.local_run import _stop_on_termination
+    from farm.cli.local_run import stop_on_termination
     from farm.cli.progress import SweepProgress
     from farm.jobs import sweeps
     from farm.jobs.tune_answer import answer_of, settings_from_text
@@ -173,7 +180,7 @@ def _run_here(plan: Any, o: dict[str, Any]) -> None:
                 err.print(f"  stage {name}: {total} job(s) done")
 
     try:
-        with _stop_on_termination(), SweepProgress(run.stats) as progress:
+        with stop_on_termination(), SweepProgress(run.stats) as progress:
             sweeps.run_locally(db, run, on_update=on_update)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted:[/] {run.stats.cancelled} job(s) cancelled; `farm tune status {run.sweep_id}`")

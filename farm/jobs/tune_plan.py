@@ -38,6 +38,8 @@ OBJECTIVES = ("latency", "size")
 #: The stages of a tune in order, each a stage job's expander (stage 1 is planned up front: "global").
 STAGES = ("global", "tune_sensitivity", "tune_candidates", "tune_refine", "tune_answer")
 GRANULARITIES = ("per_tensor", "per_channel")
+#: The warm-up of a tune's timings (``farm tune``; a spec's ``tune:`` sweep sets its own).
+TUNE_WARMUP_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -96,15 +98,20 @@ def tune_text(
     batch_size: int,
     threads: int | None,
     max_time_s: float | None = None,
+    output: str | int | None = None,
 ) -> str:
     """The sweep spec (YAML) of a tune asked on the command line; its ``tune:`` section marks it as a tune.
+
+    ``output`` picks the model output the metric is computed on (a dict key or tuple index; None: the logits).
 
     Raises:
         ConfigError: an unknown method or runtime (before any planning).
     """
     if method not in TUNE_METHODS:
         raise ConfigError(f"--method: a tune searches {', '.join(TUNE_METHODS)}, not {method!r}")
-    bench: dict[str, Any] = {"batch_size": [batch_size]}
+    # A tune times dozens of small jobs one at a time (the measurement lock): a short warm-up (still at least
+    # farm.quant.latency's warmup_reps calls, and every block re-warms) leaves the time to the timed pairs.
+    bench: dict[str, Any] = {"batch_size": [batch_size], "warmup_s": TUNE_WARMUP_S}
     if threads is not None:
         bench["threads"] = threads
     if max_time_s is not None:
@@ -121,6 +128,8 @@ def tune_text(
         "benchmark": bench,
         "tune": settings.to_dict(),
     }
+    if output is not None:
+        data["output"] = output
     if runtimes:
         data["runtime"] = list(runtimes)
     return yaml.safe_dump(data, sort_keys=False)
@@ -290,18 +299,26 @@ def _method_entry(entry: Any, source: str) -> tuple[str, dict[str, Any]]:
     return str(name), params
 
 
-#: Timing budget of a validation-split job: its latency ranks nothing (sensitivity is a metric), so it is timed just
-#: enough to keep the usual figures, and the search's wall time goes to the jobs whose latency picks the answer.
-VALIDATION_TIME_S = 0.25
+#: Timing of a validation-split job: its latency ranks nothing (sensitivity is a metric), so it is timed just enough
+#: to keep the usual figures, and not exclusively (isolation "pinned", recorded with the figure: it holds the host's
+#: measurement lock shared, as a compute phase does): validation jobs time side by side with each other, and the
+#: search's exclusive timing goes to the test-split jobs whose latency picks the answer.
+VALIDATION_TIME_S = 0.1
+VALIDATION_WARMUP_S = 0.02
 VALIDATION_MIN_REPS = 6
+VALIDATION_ISOLATION = "pinned"
 
 
 def validation_spec(spec: JobSpec) -> JobSpec:
-    """``spec`` evaluated on the validation split, timed briefly (:data:`VALIDATION_TIME_S`)."""
+    """``spec`` evaluated on the validation split, timed briefly (:data:`VALIDATION_TIME_S`) and not exclusively
+    (:data:`VALIDATION_ISOLATION`, unless the spec asked for none)."""
+    b = spec.benchmark
     bench = dataclasses.replace(
-        spec.benchmark,
-        max_time_s=min(spec.benchmark.max_time_s, VALIDATION_TIME_S),
-        min_reps=min(spec.benchmark.min_reps, VALIDATION_MIN_REPS),
+        b,
+        max_time_s=min(b.max_time_s, VALIDATION_TIME_S),
+        warmup_s=min(b.warmup_s, VALIDATION_WARMUP_S),
+        min_reps=min(b.min_reps, VALIDATION_MIN_REPS),
+        isolation=b.isolation if b.isolation == "none" else VALIDATION_ISOLATION,
     )
     return dataclasses.replace(spec, split="validation", benchmark=bench)
 

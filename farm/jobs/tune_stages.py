@@ -32,8 +32,9 @@ from farm.spec.plan import PlannedJob, job_key
 
 #: A layer as the search sees it: (qualified name, class name, multiply-accumulates per sample).
 Layer = tuple[str, str, int]
-#: Stage jobs left after the sensitivity stage (candidates, refine, answer): the budget keeps room for them.
-_LATER_STAGES = 3
+#: The stage jobs that follow each stage (the budget keeps room for them): after sensitivity come candidates,
+#: refine and answer; after candidates, refine and answer; after refine, the answer.
+_LATER_STAGES = {"tune_sensitivity": 3, "tune_candidates": 2, "tune_refine": 1}
 
 
 def _layer_table(spec: JobSpec) -> list[Layer]:
@@ -130,7 +131,7 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     if not bases:
         return [_next(stage, "tune_answer", {}, [], _spec_of(inputs))]
     layers = list_layers(JobSpec.from_dict(next(iter(bases.values())).spec))
-    share = _share(settings, used, len(bases))
+    share = _share(settings, used, len(bases), _LATER_STAGES["tune_sensitivity"])
     cap = len(layers) if share is None else min(len(layers), max(share - 1 - _fanout(len(layers)), min(share - 1, 1)))
     if cap < 1:  # the budget leaves no room: the global recipes are the answer
         return [_next(stage, "tune_answer", {}, [], _spec_of(inputs))]
@@ -163,7 +164,7 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     jobs: list[PlannedJob] = []
     rankings: dict[str, list[str]] = {}
     used = dict(p["used"])
-    room = _share(settings, int(p["spent"]) + 1, len(p["bases"]))
+    room = _share(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER_STAGES["tune_candidates"])
     for runtime, base_spec in p["bases"].items():
         ranking = rank(inputs, runtime, names, settings)
         rankings[runtime] = ranking
@@ -196,7 +197,7 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     p = stage.params
     settings = TuneSettings.from_dict(p)
     n_layers = len(p["layers"])
-    room = _share(settings, int(p["spent"]) + 1, len(p["bases"]))
+    room = _share(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER_STAGES["tune_refine"])
     jobs: list[PlannedJob] = []
     for runtime, base_spec in p["bases"].items():
         passing: list[int] = []
@@ -246,11 +247,12 @@ def _fanout(layers: int) -> int:
     return math.ceil(2 * math.log2(max(layers, 2)))
 
 
-def _share(settings: TuneSettings, spent: int, runtimes: int) -> int | None:
-    """Each runtime's share of what ``--budget-jobs`` leaves (None: no budget given)."""
+def _share(settings: TuneSettings, spent: int, runtimes: int, later: int) -> int | None:
+    """Each runtime's share of what ``--budget-jobs`` leaves once ``spent`` jobs and the ``later`` stage jobs still to
+    come are counted (None: no budget given)."""
     if settings.budget_jobs is None:
         return None
-    return max(0, settings.budget_jobs - spent - _LATER_STAGES) // max(runtimes, 1)
+    return max(0, settings.budget_jobs - spent - later) // max(runtimes, 1)
 
 
 def _left(layers: int, used: int, share: int | None) -> int:

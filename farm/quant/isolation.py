@@ -368,9 +368,17 @@ class Measured:
 @contextlib.contextmanager
 def measuring(requested: str, stop: Callable[[], bool] | None = None) -> Iterator[Measured]:
     """Time inside: exclusively on this host when ``requested`` is exclusive (waiting until ``stop`` says so at
-    most), with the host's load sampled over the timing, not over the wait for the lock."""
+    most), with the host's load sampled over the timing, not over the wait for the lock.
+
+    ``pinned`` holds the lock shared, as a compute phase does: it claims no exclusivity, but it is compute all the
+    same, so it waits while another job times exclusively rather than disturb it. ``none`` leaves the lock alone.
+    """
     measured = Measured(requested)
-    hold = _LOCK.exclusive(stop) if requested == "exclusive" else contextlib.nullcontext()
+    holds: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+        "exclusive": lambda: _LOCK.exclusive(stop),
+        "pinned": lambda: _LOCK.shared(stop),
+    }
+    hold = holds.get(requested, contextlib.nullcontext)()
     with hold:
         before = cpu_times()
         try:

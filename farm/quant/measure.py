@@ -252,6 +252,11 @@ def fill_metric(result: JobResult, metric: str | None, outputs: Any, ref: Refere
     result.metric_name, result.metric = metric, user_metric(function, metric, outputs, ref.outputs, labels)
 
 
+#: A host load (farm.quant.hostload: busy share of the capacity a job left) above which an unstable figure's warning
+#: names the host's other processes as the likely cause.
+BUSY_HOST = 0.25
+
+
 def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Reference) -> None:
     """Latency per batch size, and a warning for each figure that is not stable.
 
@@ -273,6 +278,12 @@ def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Referenc
             else "quiet the machine or raise benchmark.max_time_s before trusting its p50"
             + (" and speedup" if lat.get("speedup") is not None and result.method != "fp32" else "")
         )
+        busy = lat.get("host_load")
+        if isinstance(busy, int | float) and busy >= BUSY_HOST:  # name the likeliest cause: the neighbours
+            reason += (
+                f"; other processes kept {busy:.0%} of the CPU time this job left busy while it timed (the "
+                "measurement lock pauses farm jobs only)"
+            )
         result.warnings.append(f"latency at batch {lat['batch_size']} is not stable: {reason}; {remedy}")
 
 

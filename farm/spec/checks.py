@@ -13,7 +13,7 @@ from farm.errors import ConfigError, Problem
 from farm.quant.config import METHODS, parse_method, public_methods
 from farm.quant.layers import param_axis
 from farm.spec.schema import JOB_KEYS
-from farm.zoo.refs import BUILTIN_DATASETS, parse_dataset_ref, parse_model_ref
+from farm.zoo.refs import builtin_dataset, parse_dataset_ref, parse_model_ref
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def check_models(
         ref, weights = item.get("ref"), item.get("weights")
         dataset = item.get("dataset", default_dataset)
         if dataset is None and isinstance(ref, str):
-            dataset = BUILTIN_DATASETS.get(ref.removeprefix("farm:"), "sklearn:digits")
+            dataset = builtin_dataset(ref)
         if not isinstance(ref, str):
             problems.append(Problem(f"{path}.ref", "required: a model reference such as farm:digits-cnn"))
             ok = False

@@ -74,7 +74,7 @@ class TinyEncoder(nn.Module):
     """Token and learned position embeddings, two encoder layers, masked mean pooling and a 4-way head.
 
     ``forward(input_ids, attention_mask)`` takes int64 tensors of shape (B, L), L <= 64, and returns
-    ``{"embedding": (B, 64), "logits": (B, 4)}``. Positions whose mask is 0 neither receive attention nor
+    ``{"embedding": (B, dim), "logits": (B, 4)}``. Positions whose mask is 0 neither receive attention nor
     enter the pooled embedding, so the token ids written there do not change the outputs.
     """
 
@@ -107,8 +107,11 @@ class TinyEncoder(nn.Module):
         return {"embedding": embedding, "logits": self.head(embedding)}
 
 
-def build_tiny_encoder() -> TinyEncoder:
+def build_tiny_encoder(dim: int = DIM, layers: int = LAYERS, heads: int = HEADS) -> TinyEncoder:
     """The built-in ``farm:tiny-encoder`` in eval mode, its weights drawn from seed 0 whatever the caller's RNG.
+
+    ``farm:tiny-encoder?dim=384&layers=6&heads=12`` is a sentence encoder's size (MiniLM's); the default is small
+    enough for tests.
 
     The norms' scales and shifts are drawn too (around 1 and 0), as a trained model's are: with the identity
     init every norm would be exactly representable in any dtype, which hides what half precision does to them.
@@ -117,7 +120,7 @@ def build_tiny_encoder() -> TinyEncoder:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
-        model = TinyEncoder()
+        model = TinyEncoder(dim=dim, heads=heads, layers=layers)
         for module in model.modules():
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.5)

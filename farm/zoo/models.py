@@ -66,7 +66,7 @@ def load_model(
     parsed = parse_model_ref(ref) if isinstance(ref, str) else ref
     graph = False
     if parsed.scheme == "farm":
-        module: nn.Module = _builtin(parsed.body)
+        module: nn.Module = _builtin(parsed)
     elif parsed.scheme == "torchvision":
         module = _torchvision(parsed)
     elif parsed.scheme == "entrypoint":
@@ -81,14 +81,18 @@ def load_model(
     return LoadedModel(module.eval(), str(parsed), graph)
 
 
-def _builtin(name: str) -> nn.Module:
-    if name == "tiny-encoder":
-        from farm.zoo.encoder import build_tiny_encoder
+def _builtin(ref: Ref) -> nn.Module:
+    if ref.body == "tiny-encoder":
+        from farm.zoo.encoder import DIM, HEADS, LAYERS, build_tiny_encoder
 
-        return build_tiny_encoder()
+        return build_tiny_encoder(
+            dim=ref.int_option("dim", DIM),
+            layers=ref.int_option("layers", LAYERS),
+            heads=ref.int_option("heads", HEADS),
+        )
     from farm.zoo.digits import build_digits_model
 
-    return build_digits_model(name, cache_dir() / "zoo")
+    return build_digits_model(ref.body, cache_dir() / "zoo")
 
 
 def _torchvision(ref: Ref) -> nn.Module:

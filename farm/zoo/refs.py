@@ -18,8 +18,12 @@ from farm.errors import ConfigError, Problem
 BUILTIN_MODELS = {
     "digits-cnn": "small CNN trained deterministically on scikit-learn's digits (input 1x8x8, 10 classes)",
     "digits-mlp": "MLP trained deterministically on scikit-learn's digits (input 1x8x8, 10 classes)",
-    "tiny-encoder": "2-layer transformer encoder, seeded random init: (input_ids, attention_mask) int64 [B, L<=64], "
-    "vocab 1000 -> {embedding [B, 64], logits [B, 4]}; pair with tokens:LEN",
+    "tiny-encoder": "transformer encoder, seeded random init: (input_ids, attention_mask) int64 [B, L<=64], "
+    "vocab 1000 -> {embedding [B, dim], logits [B, 4]}; pair with tokens:LEN (?dim=64&layers=2&heads=4)",
+}
+#: The options each built-in model takes (its size), with their (least, most) values.
+BUILTIN_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
+    "tiny-encoder": {"dim": (8, 1024), "layers": (1, 12), "heads": (1, 32)},
 }
 #: The dataset a built-in model runs on when none is named (``farm quantize --model farm:NAME``).
 BUILTIN_DATASETS = {"tiny-encoder": "tokens:32"}
@@ -85,6 +89,13 @@ class Ref:
         return default if value is None else float(value)
 
 
+def builtin_dataset(model_ref: str) -> str:
+    """The dataset a model runs on when none is named: a built-in model's own, else ``sklearn:digits``."""
+    if not model_ref.startswith("farm:"):
+        return "sklearn:digits"
+    return BUILTIN_DATASETS.get(model_ref.removeprefix("farm:").partition("?")[0], "sklearn:digits")
+
+
 def parse_model_ref(text: str) -> Ref:
     """Parse a model reference such as ``torchvision:resnet18?num_classes=10``.
 
@@ -115,7 +126,9 @@ def _parse(text: str, kind: str, schemes: dict[str, str], allowed: dict[str, set
     options = tuple(parse_qsl(query, keep_blank_values=True, strict_parsing=False)) if query else ()
     ref = Ref(kind, scheme, body, options)
     problem = _check_body(ref)
-    if problem is None:
+    if problem is None and scheme == "farm" and kind == "model":
+        problem = _check_builtin_options(ref)
+    elif problem is None:
         problem = _check_options(ref, allowed[scheme])
     if problem:
         raise ConfigError(f"bad {kind} reference {text!r}: {problem}")
@@ -138,6 +151,23 @@ def _check_body(ref: Ref) -> str | None:
         return "expected a sample shape such as 3x224x224"
     if s == "tokens" and not (b.isdigit() and 1 <= int(b) <= MAX_TOKENS):
         return f"expected a sequence length between 1 and {MAX_TOKENS} such as tokens:32"
+    return None
+
+
+def _check_builtin_options(ref: Ref) -> str | None:
+    """A built-in model's size options: known, integers in their range, heads dividing dim."""
+    ranges = BUILTIN_OPTIONS.get(ref.body, {})
+    for key, value in ref.options:
+        if key not in ranges:
+            valid = ", ".join(sorted(ranges)) or "none"
+            return f"unknown option {key!r} for farm:{ref.body} (valid: {valid})"
+        low, high = ranges[key]
+        if not value.isdigit() or not low <= int(value) <= high:
+            return f"option {key} must be an integer from {low} to {high}, got {value!r}"
+    if ref.body == "tiny-encoder":
+        dim, heads = ref.int_option("dim", 64), ref.int_option("heads", 4)
+        if dim % heads:
+            return f"dim {dim} must be a multiple of heads {heads}"
     return None
 
 

@@ -86,4 +86,7 @@ def test_validation_jobs_are_timed_briefly_their_latency_ranks_nothing() -> None
     planned = plan(spec())
     (validation,) = [j for j in planned.jobs if j.spec.split == "validation"]
     test = next(j for j in planned.jobs if j.role == "reference" and j.spec.split == "test")
-    assert validation.spec.benchmark.max_time_s <= 0.25 < test.spec.benchmark.max_time_s
+    assert validation.spec.benchmark.max_time_s <= 0.1 < test.spec.benchmark.max_time_s
+    assert validation.spec.benchmark.warmup_s <= 0.02 < test.spec.benchmark.warmup_s
+    # Not exclusive (pinned holds the lock shared): the test-split jobs' timing is what exclusivity protects.
+    assert (validation.spec.benchmark.isolation, test.spec.benchmark.isolation) == ("pinned", "exclusive")

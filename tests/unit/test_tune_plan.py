@@ -178,6 +178,17 @@ def test_budget_jobs_caps_sensitivity_to_the_layers_doing_the_most_work() -> Non
     assert len(jobs) <= 14
 
 
+@pytest.mark.parametrize("budget", [30, 32])
+def test_a_binding_budget_is_spent_to_the_last_job(budget: int) -> None:
+    # 16 layers where k >= 10 passes: unbounded, the search takes 32 jobs; a budget below that is spent exactly
+    # (each stage keeps room only for the stage jobs still to come after it, not for every later stage).
+    flat16 = [(f"l{i}", "Linear", 100 + i) for i in range(16)]
+    gain16 = {n: 0.31 for n, _, _ in flat16}
+    tune_stages.list_layers = lambda spec: list(flat16)  # type: ignore[assignment]  # fixture restores it
+    jobs, ran = run_chain(tune_plan(budget=budget), lambda j: sqnr_of(j, per_layer=gain16))
+    assert ran[-1] == "tune_answer" and len(jobs) == budget
+
+
 def test_good_enough_stops_after_stage_one_when_a_global_recipe_meets_the_target() -> None:
     jobs, ran = run_chain(tune_plan(good_enough=True), lambda j: sqnr_of(j, base=45.0))
     assert ran == ["tune_sensitivity", "tune_answer"]
@@ -236,3 +247,22 @@ def test_when_none_meets_the_answer_is_the_closest_with_its_shortfall() -> None:
     chosen, met = choose([entry(1, 0.1, 37), entry(2, 0.2, 39.5, ["a"]), entry(3, 0.1, 38, state="failed")], SETTINGS)
     assert not met and chosen is not None and chosen["job_id"] == 2
     assert answer_of([], SETTINGS).chosen is None
+
+
+def test_the_output_a_tune_measures_reaches_every_job() -> None:
+    # A sentence encoder is tuned on its embedding, not its logits (farm tune --model-output embedding).
+    settings = TuneSettings("cosine", min_metric=0.999)
+    text = tune_text(
+        model="farm:tiny-encoder?dim=32&heads=4",
+        dataset="tokens:16",
+        method="dynamic",
+        runtimes=["torch"],
+        settings=settings,
+        batch_size=1,
+        threads=1,
+        output="embedding",
+    )
+    plan = plan_tune(text, yaml.safe_load(text), labelled=False)
+    engine = [j for j in plan.jobs if j.role != "stage"]
+    assert engine and all(j.spec.output == "embedding" for j in engine)
+    assert all(j.spec.model == "farm:tiny-encoder?dim=32&heads=4" for j in engine)

@@ -56,6 +56,7 @@ def test_a_target_no_recipe_meets_ends_with_the_closest_and_exit_1(sweep_home: P
         (["--metric", "cosine", "--min-metric", "1.5"], "cosine ranges"),
         (["--max-accuracy-drop", "0.01", "--budget-jobs", "3"], "below stage 1"),
         (["--max-accuracy-drop", "0.01", "--runtime", "nope"], "unknown runtime"),
+        (["--metric", "cosine", "--min-metric", "0.9", "--model-output", " "], "--model-output: expected"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(sweep_home: Path, args: list[str], message: str) -> None:

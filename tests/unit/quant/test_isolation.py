@@ -290,6 +290,27 @@ def test_an_exclusive_measurement_holds_the_lock_and_samples_the_host(
     with isolation.measuring("none") as unlocked:
         assert can_flock(lock.paths[1], fcntl.LOCK_EX)
     assert unlocked.figures()["isolation"] == "none"
+    # pinned claims no exclusivity but is compute all the same: it holds the lock shared (others may compute,
+    # nobody may time exclusively meanwhile).
+    with isolation.measuring("pinned"):
+        assert can_flock(lock.paths[1], fcntl.LOCK_SH) and not can_flock(lock.paths[1], fcntl.LOCK_EX)
+    assert can_flock(lock.paths[1], fcntl.LOCK_EX)
+
+
+def test_a_pinned_timing_waits_while_another_job_times_exclusively(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(isolation, "_LOCK", MeasureLock(tmp_path))
+    bench = Holder(tmp_path, "exclusive", "bench", env)
+    bench.expect("trying")
+    bench.expect("in")
+    seen: list[bool] = []
+    pinned = threading.Thread(target=enter_after, args=(isolation.measuring("pinned"), bench.marker, seen))
+    pinned.start()
+    bench.release()
+    pinned.join()
+    bench.finish()
+    assert seen == [True]  # it began timing only after the exclusive one was done
 
 
 def test_benchmark_isolation_is_validated_and_kept_out_of_the_key_at_its_default() -> None:

@@ -100,3 +100,17 @@ def test_dynamic_quantization_replaces_every_linear_layer() -> None:
         ref, out = model(ids, mask), quantized(ids, mask)
     cosine = nn.functional.cosine_similarity(out["embedding"], ref["embedding"], dim=1)
     assert cosine.min() > 0.99
+
+
+def test_size_options_build_a_larger_encoder() -> None:
+    loaded = load_model("farm:tiny-encoder?dim=96&layers=3&heads=6")
+    model = loaded.module
+    assert isinstance(model, TinyEncoder) and len(model.layers) == 3
+    assert model.layers[0].attention.heads == 6 and model.tokens.embedding_dim == 96
+    ids, mask = token_batch(5, batch=2, length=16)
+    with torch.no_grad():
+        out = model(ids, mask)
+    assert out["embedding"].shape == (2, 96) and out["logits"].shape == (2, 4)
+    # Seeded like the default: the same options give the same weights.
+    again = build_tiny_encoder(dim=96, layers=3, heads=6).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from farm.errors import ConfigError
@@ -192,3 +194,30 @@ def test_allowlist_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ConfigError) as e:
         check_entrypoint_allowed(entry("tests.toys:tiny_mlp"))
     assert "lists nothing" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("farm:tiny-encoder?width=3", "unknown option 'width' for farm:tiny-encoder (valid: dim, heads, layers)"),
+        ("farm:tiny-encoder?dim=4", "option dim must be an integer from 8 to 1024, got '4'"),
+        ("farm:tiny-encoder?layers=x", "option layers must be an integer from 1 to 12"),
+        ("farm:tiny-encoder?dim=100&heads=8", "dim 100 must be a multiple of heads 8"),
+        ("farm:digits-cnn?dim=64", "unknown option 'dim' for farm:digits-cnn (valid: none)"),
+    ],
+)
+def test_builtin_size_options_are_checked(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        parse_model_ref(text)
+
+
+def test_builtin_dataset_ignores_options() -> None:
+    from farm.zoo.refs import builtin_dataset
+
+    assert builtin_dataset("farm:tiny-encoder?dim=256") == "tokens:32"
+    assert builtin_dataset("farm:tiny-encoder") == "tokens:32"
+    assert builtin_dataset("farm:digits-cnn") == builtin_dataset("torchvision:resnet18") == "sklearn:digits"
+    assert (
+        str(parse_model_ref("farm:tiny-encoder?dim=256&layers=4&heads=8"))
+        == "farm:tiny-encoder?dim=256&layers=4&heads=8"
+    )
