@@ -35,7 +35,8 @@ class BenchmarkConfig:
             them.
         rel_tol: the figures settle once the p50's 95 % interval (and a trial's speedup interval) lies within
             this fraction of it on both sides (farm.quant.latency).
-        isolation: exclusive (lock + own cores), pinned (own cores) or none; left out of to_dict at its default.
+        isolation: exclusive (lock + own cores), pinned (own cores; its timing holds the lock shared) or none;
+            left out of to_dict at its default.
     """
 
     batch_sizes: tuple[int, ...] = (1, 8)

@@ -340,7 +340,8 @@ def cap_threads(threads: int) -> int:
 
 
 def applied(requested: str) -> str:
-    """The isolation a measurement really had: exclusive (the lock), pinned (own cores, no lock), or none."""
+    """The isolation a measurement really had: exclusive (the lock), pinned (own cores, the lock held shared), or
+    none (no cores of its own: a pinned request that found none still held the lock shared)."""
     if requested == "exclusive":
         return "exclusive"
     return "pinned" if _pinning.cores else "none"

@@ -280,9 +280,10 @@ def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Referenc
         )
         busy = lat.get("host_load")
         if isinstance(busy, int | float) and busy >= BUSY_HOST:  # name the likeliest cause: the neighbours
-            reason += (
-                f"; other processes kept {busy:.0%} of the CPU time this job left busy while it timed (the "
-                "measurement lock pauses farm jobs only)"
+            reason += f"; other processes kept {busy:.0%} of the CPU time this job left busy while it timed " + (
+                "(the measurement lock pauses farm jobs only)"
+                if lat.get("isolation") == "exclusive"
+                else f"(isolation {lat.get('isolation') or 'none'}: other farm jobs may have run or timed alongside)"
             )
         result.warnings.append(f"latency at batch {lat['batch_size']} is not stable: {reason}; {remedy}")
 

@@ -71,7 +71,8 @@ class EncoderLayer(nn.Module):
 
 
 class TinyEncoder(nn.Module):
-    """Token and learned position embeddings, two encoder layers, masked mean pooling and a 4-way head.
+    """Token and learned position embeddings, ``layers`` encoder layers (2 by default), masked mean pooling and a
+    4-way head.
 
     ``forward(input_ids, attention_mask)`` takes int64 tensors of shape (B, L), L <= 64, and returns
     ``{"embedding": (B, dim), "logits": (B, 4)}``. Positions whose mask is 0 neither receive attention nor

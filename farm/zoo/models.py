@@ -19,7 +19,7 @@ from torch import nn
 
 from farm.errors import ConfigError
 from farm.settings import cache_dir
-from farm.zoo.refs import BUILTIN_MODELS, Ref, check_entrypoint_allowed, parse_model_ref
+from farm.zoo.refs import BUILTIN_MODELS, Ref, builtin_option, check_entrypoint_allowed, parse_model_ref
 
 
 @dataclass
@@ -83,13 +83,9 @@ def load_model(
 
 def _builtin(ref: Ref) -> nn.Module:
     if ref.body == "tiny-encoder":
-        from farm.zoo.encoder import DIM, HEADS, LAYERS, build_tiny_encoder
+        from farm.zoo.encoder import build_tiny_encoder
 
-        return build_tiny_encoder(
-            dim=ref.int_option("dim", DIM),
-            layers=ref.int_option("layers", LAYERS),
-            heads=ref.int_option("heads", HEADS),
-        )
+        return build_tiny_encoder(**{name: builtin_option(ref, name) for name in ("dim", "layers", "heads")})
     from farm.zoo.digits import build_digits_model
 
     return build_digits_model(ref.body, cache_dir() / "zoo")

@@ -21,10 +21,22 @@ BUILTIN_MODELS = {
     "tiny-encoder": "transformer encoder, seeded random init: (input_ids, attention_mask) int64 [B, L<=64], "
     "vocab 1000 -> {embedding [B, dim], logits [B, 4]}; pair with tokens:LEN (?dim=64&layers=2&heads=4)",
 }
-#: The options each built-in model takes (its size), with their (least, most) values.
-BUILTIN_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
-    "tiny-encoder": {"dim": (8, 1024), "layers": (1, 12), "heads": (1, 32)},
+#: The options each built-in model takes (its size): (least, most, default) of each.
+BUILTIN_OPTIONS: dict[str, dict[str, tuple[int, int, int]]] = {
+    "tiny-encoder": {"dim": (8, 1024, 64), "layers": (1, 12, 2), "heads": (1, 32, 4)},
 }
+
+
+def builtin_option(ref: Ref, name: str) -> int:
+    """A built-in model's size option as given, else its default (:data:`BUILTIN_OPTIONS`)."""
+    return ref.int_option(name, BUILTIN_OPTIONS[ref.body][name][2])
+
+
+def _is_count(value: str) -> bool:
+    """A plain decimal integer as a person writes it: ASCII digits, no sign, no leading zero ("²" is no digit)."""
+    return value.isascii() and value.isdecimal() and (value == "0" or not value.startswith("0"))
+
+
 #: The dataset a built-in model runs on when none is named (``farm quantize --model farm:NAME``).
 BUILTIN_DATASETS = {"tiny-encoder": "tokens:32"}
 SKLEARN_DATASETS = {"digits": "scikit-learn's bundled 8x8 handwritten digits, 1,797 images, 10 classes"}
@@ -149,7 +161,7 @@ def _check_body(ref: Ref) -> str | None:
         return f"no scikit-learn dataset {b!r}; available: {', '.join(SKLEARN_DATASETS)}"
     if s == "synthetic" and not _SHAPE.match(b):
         return "expected a sample shape such as 3x224x224"
-    if s == "tokens" and not (b.isdigit() and 1 <= int(b) <= MAX_TOKENS):
+    if s == "tokens" and not (_is_count(b) and 1 <= int(b) <= MAX_TOKENS):
         return f"expected a sequence length between 1 and {MAX_TOKENS} such as tokens:32"
     return None
 
@@ -157,15 +169,18 @@ def _check_body(ref: Ref) -> str | None:
 def _check_builtin_options(ref: Ref) -> str | None:
     """A built-in model's size options: known, integers in their range, heads dividing dim."""
     ranges = BUILTIN_OPTIONS.get(ref.body, {})
+    keys = [key for key, _ in ref.options]
     for key, value in ref.options:
         if key not in ranges:
             valid = ", ".join(sorted(ranges)) or "none"
             return f"unknown option {key!r} for farm:{ref.body} (valid: {valid})"
-        low, high = ranges[key]
-        if not value.isdigit() or not low <= int(value) <= high:
+        if keys.count(key) > 1:  # one model, one reference: the job key is the reference's text
+            return f"option {key} is given {keys.count(key)} times"
+        low, high, _ = ranges[key]
+        if not _is_count(value) or not low <= int(value) <= high:
             return f"option {key} must be an integer from {low} to {high}, got {value!r}"
     if ref.body == "tiny-encoder":
-        dim, heads = ref.int_option("dim", 64), ref.int_option("heads", 4)
+        dim, heads = builtin_option(ref, "dim"), builtin_option(ref, "heads")
         if dim % heads:
             return f"dim {dim} must be a multiple of heads {heads}"
     return None
@@ -177,7 +192,7 @@ def _check_options(ref: Ref, allowed: set[str] | None) -> str | None:
             valid = ", ".join(sorted(allowed)) or "none"
             return f"unknown option {key!r} for {ref.scheme}: references (valid: {valid})"
         if key in _INT_OPTIONS and allowed is not None:
-            if not value.isdigit() or int(value) < 1:
+            if not _is_count(value) or int(value) < 1:
                 return f"option {key} must be a positive integer, got {value!r}"
         if key == "calibration_fraction":
             try:

@@ -221,3 +221,28 @@ def test_builtin_dataset_ignores_options() -> None:
         str(parse_model_ref("farm:tiny-encoder?dim=256&layers=4&heads=8"))
         == "farm:tiny-encoder?dim=256&layers=4&heads=8"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("farm:tiny-encoder?dim=²", "option dim must be an integer from 8 to 1024, got '²'"),
+        ("farm:tiny-encoder?dim=%C2%B2", "option dim must be an integer"),
+        ("farm:tiny-encoder?dim=0064", "option dim must be an integer from 8 to 1024, got '0064'"),
+        ("farm:tiny-encoder?dim=32&dim=64", "option dim is given 2 times"),
+        ("tokens:²", "expected a sequence length"),
+        ("synthetic:3x8x8?n_test=²", "option n_test must be a positive integer"),
+    ],
+)
+def test_digits_that_are_not_plain_integers_are_one_clear_line(text: str, needle: str) -> None:
+    parse = parse_dataset_ref if text.startswith(("tokens", "synthetic")) else parse_model_ref
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        parse(text)
+
+
+def test_the_encoders_own_defaults_are_the_references() -> None:
+    from farm.zoo import encoder
+    from farm.zoo.refs import BUILTIN_OPTIONS
+
+    defaults = {name: spec[2] for name, spec in BUILTIN_OPTIONS["tiny-encoder"].items()}
+    assert defaults == {"dim": encoder.DIM, "layers": encoder.LAYERS, "heads": encoder.HEADS}
