@@ -375,11 +375,11 @@ def measuring(requested: str, stop: Callable[[], bool] | None = None) -> Iterato
     same, so it waits while another job times exclusively rather than disturb it. ``none`` leaves the lock alone.
     """
     measured = Measured(requested)
-    holds: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
-        "exclusive": lambda: _LOCK.exclusive(stop),
-        "pinned": lambda: _LOCK.shared(stop),
-    }
-    hold = holds.get(requested, contextlib.nullcontext)()
+    hold: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if requested == "exclusive":
+        hold = _LOCK.exclusive(stop)
+    elif requested == "pinned":
+        hold = _LOCK.shared(stop)
     with hold:
         before = cpu_times()
         try:

@@ -56,8 +56,8 @@ DATASET_SCHEMES = {
 }
 
 # Options each scheme understands; entrypoints pass theirs to the function as keyword arguments.
+# (A built-in model's options are its own: BUILTIN_OPTIONS.)
 _MODEL_OPTIONS: dict[str, set[str] | None] = {
-    "farm": set(),
     "torchvision": {"num_classes"},
     "entrypoint": None,
     "file": set(),

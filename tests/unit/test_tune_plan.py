@@ -28,19 +28,24 @@ LAYERS = [
 GAIN = {"conv1": 0.2, "conv2": 3.0, "conv3": 1.0, "fc1": 0.5, "fc2": 0.1}
 
 
+def plan_of(settings: TuneSettings, labelled: bool = True, **given: Any) -> Any:
+    """Stage 1 of a tune of farm:digits-cnn (static, torch, batch 1) unless ``given`` says otherwise."""
+    args: dict[str, Any] = {
+        "model": "farm:digits-cnn",
+        "dataset": "sklearn:digits",
+        "method": "static",
+        "runtimes": ["torch"],
+        "batch_size": 1,
+        "threads": 1,
+        **given,
+    }
+    text = tune_text(settings=settings, **args)
+    return plan_tune(text, yaml.safe_load(text), labelled=labelled)
+
+
 def tune_plan(budget: int | None = None, good_enough: bool = False, runtimes: Sequence[str] = ("torch",)) -> Any:
     settings = TuneSettings("sqnr_db", min_metric=40.0, budget_jobs=budget, good_enough=good_enough)
-    text = tune_text(
-        model="farm:digits-cnn",
-        dataset="sklearn:digits",
-        method="static",
-        runtimes=runtimes,
-        settings=settings,
-        batch_size=1,
-        threads=1,
-        max_time_s=0.2,
-    )
-    return plan_tune(text, yaml.safe_load(text), labelled=True)
+    return plan_of(settings, runtimes=list(runtimes), max_time_s=0.2)
 
 
 def as_input(job: Any, figures: dict[str, Any], i: int, state: str = "succeeded") -> InputJob:
@@ -117,17 +122,7 @@ def test_a_budget_below_stage_one_and_bad_targets_are_refused() -> None:
     with pytest.raises(ConfigError, match="ranges"):
         settings_of({"metric": "cosine", "min_metric": 1.5})
     with pytest.raises(ConfigError, match="no labels"):
-        settings = TuneSettings("accuracy", max_accuracy_drop=0.01)
-        text = tune_text(
-            model="farm:digits-cnn",
-            dataset="sklearn:digits",
-            method="static",
-            runtimes=["torch"],
-            settings=settings,
-            batch_size=1,
-            threads=None,
-        )
-        plan_tune(text, yaml.safe_load(text), labelled=False)
+        plan_of(TuneSettings("accuracy", max_accuracy_drop=0.01), labelled=False, threads=None)
 
 
 def test_the_search_ranks_layers_on_validation_and_falls_back_the_most_sensitive_k_at_once() -> None:
@@ -251,18 +246,8 @@ def test_when_none_meets_the_answer_is_the_closest_with_its_shortfall() -> None:
 
 def test_the_output_a_tune_measures_reaches_every_job() -> None:
     # A sentence encoder is tuned on its embedding, not its logits (farm tune --model-output embedding).
-    settings = TuneSettings("cosine", min_metric=0.999)
-    text = tune_text(
-        model="farm:tiny-encoder?dim=32&heads=4",
-        dataset="tokens:16",
-        method="dynamic",
-        runtimes=["torch"],
-        settings=settings,
-        batch_size=1,
-        threads=1,
-        output="embedding",
-    )
-    plan = plan_tune(text, yaml.safe_load(text), labelled=False)
+    encoder = {"model": "farm:tiny-encoder?dim=32&heads=4", "dataset": "tokens:16", "method": "dynamic"}
+    plan = plan_of(TuneSettings("cosine", min_metric=0.999), labelled=False, output="embedding", **encoder)
     engine = [j for j in plan.jobs if j.role != "stage"]
     assert engine and all(j.spec.output == "embedding" for j in engine)
     assert all(j.spec.model == "farm:tiny-encoder?dim=32&heads=4" for j in engine)
