@@ -153,7 +153,10 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         "used": {r: 5 + len(chosen) for r in bases},
         "spent": used + len(jobs),
     }
-    return [*jobs, _next(stage, "tune_candidates", params, [j.key for j in jobs], _spec_of(inputs))]
+    return [
+        *_longest_first(jobs, inputs),
+        _next(stage, "tune_candidates", params, [j.key for j in jobs], _spec_of(inputs)),
+    ]
 
 
 def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
@@ -174,7 +177,7 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         jobs += [_job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
         used[runtime] += len(ks)
     params = {**_carry(p), "rankings": rankings, "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
-    return [*jobs, _next(stage, "tune_refine", params, [j.key for j in jobs], _spec_of(inputs))]
+    return [*_longest_first(jobs, inputs), _next(stage, "tune_refine", params, [j.key for j in jobs], _spec_of(inputs))]
 
 
 def rank(inputs: Sequence[Any], runtime: str, names: Sequence[str], settings: TuneSettings) -> list[str]:
@@ -216,7 +219,7 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
             _job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in between(k_fail, k_pass, cap)
         ]
     params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
-    return [*jobs, _next(stage, "tune_answer", params, [j.key for j in jobs], _spec_of(inputs))]
+    return [*_longest_first(jobs, inputs), _next(stage, "tune_answer", params, [j.key for j in jobs], _spec_of(inputs))]
 
 
 def between(low: int, high: int, n: int) -> list[int]:
@@ -269,6 +272,19 @@ def _job(stage: Stage, spec: JobSpec, fallback: tuple[str, ...], split: str, ref
     digest = (stage.params.get("weights") or {}).get(spec.model)
     device = new.benchmark.device  # the planner wrote the job's resolved device there
     return PlannedJob(job_key(new, digest), "trial", new, device, digest, reference_key, (stage.key,))
+
+
+def _longest_first(jobs: list[PlannedJob], inputs: Sequence[Any]) -> list[PlannedJob]:
+    """``jobs`` with the slowest runtime's first (by the mean duration of the previous stage's jobs on each runtime;
+    the order within a runtime kept): jobs are released, and a pool or a farm queue takes them, in this order, so a
+    stage ends on short jobs rather than with one process running a long one while the others idle at the stage's
+    end (longest processing time first)."""
+    took: dict[str, list[float]] = {}
+    for i in inputs:
+        if i.role == "trial" and i.duration_s:
+            took.setdefault(info(i)["runtime"], []).append(float(i.duration_s))
+    mean = {runtime: sum(d) / len(d) for runtime, d in took.items()}
+    return sorted(jobs, key=lambda j: -mean.get(j.spec.method.runtime, 0.0))
 
 
 def _carry(p: Mapping[str, Any]) -> dict[str, Any]:

@@ -308,6 +308,18 @@ def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int) -> dict[st
     return out
 
 
+def warm_up(fns: list[Callable[[], object]], seconds: float, *, reps: int = 3, device: str = "cpu") -> None:
+    """Run each of ``fns`` untimed for ``seconds`` (and ``reps`` calls at least), as a measurement's warm-up does:
+    the part of warming that compiles, allocates and profiles (TorchScript's first runs), done before a measurement
+    that then re-warms only briefly (:func:`farm.quant.measure.benchmark` warms outside the host's exclusive
+    lock)."""
+    s = LatencySettings(warmup_s=seconds, warmup_reps=reps)
+    sync = _sync(device)
+    with torch.inference_mode():
+        for fn in fns:
+            _warm(fn, s, sync, time.perf_counter)
+
+
 def _block_reps(per_call_s: float, s: LatencySettings) -> int:
     """Repetitions per block: about ``target_block_s`` of calls, 2 to ``block`` (a slow model still gets the
     :data:`MIN_BLOCKS` blocks its interval needs within ``min_reps``)."""

@@ -87,28 +87,73 @@ def benchmark(
 ) -> list[dict[str, Any]]:
     """Latency figures for each batch size, with real inputs placed and cast before timing.
 
+    Under ``exclusive`` isolation the warm-up (``cfg.warmup_s`` per model: first runs compile, allocate and
+    profile) runs before the exclusive hold, holding the lock shared as any compute does; inside the hold each model
+    re-warms for :data:`REWARM_S` (at least 3 calls), and every timed block starts with an untimed call as before.
+    The host then stays exclusive only while figures are taken.
+
     Args:
         baseline: the fp32 model this job compares with. A trial that is not simulated is timed side by side
             with it (:func:`farm.quant.latency.measure_pair`: same inputs, threads and process), which gives its
             ``speedup``; the fp32 job passes its own (``outcome is baseline.deployed``) and is timed alone. Either
             way the eager fp32 form is timed too where it differs from the deployed one.
     """
-    from farm.quant.isolation import measuring
+    from farm.quant.isolation import compute_step, measuring
+    from farm.quant.latency import warm_up
     from farm.zoo.data import first_batch
 
     figures = []
     with outcome.active():
         for i, batch_size in enumerate(cfg.batch_sizes):
-            batch = first_batch(dataset, batch_size)
+            calls = _Calls.of(outcome, first_batch(dataset, batch_size), baseline)
+            timing = cfg
+            if cfg.isolation == "exclusive" and cfg.warmup_s > REWARM_S:
+                with compute_step(stop):  # warming computes: it pauses while another job here times
+                    warm_up(calls.all(), cfg.warmup_s, device=outcome.device)
+                timing = dataclasses.replace(cfg, warmup_s=REWARM_S)
             with measuring(cfg.isolation, stop) as isolated:  # exclusive: other jobs' compute here pauses
-                entry = _time_batch(outcome, batch, batch_size, cfg, stop, baseline)
+                entry = _time_batch(calls, outcome.device, batch_size, timing, stop)
             figures.append({**entry, **isolated.figures()})
             report("benchmark", (i + 1) / len(cfg.batch_sizes))
     return figures
 
 
+#: Warm-up inside an exclusive hold, the model having warmed for ``warmup_s`` just before it: back to the warm
+#: state (caches, thread pool) after the wait for the lock, not a second full warm-up.
+REWARM_S = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class _Calls:
+    """One batch's forward calls: the trial, its side-by-side fp32 baseline (None: timed alone) and the eager fp32
+    form (None where it is not timed); ``fp32_deployed_as`` is None when no fp32 figure goes with the trial's
+    (no baseline, or a simulated trial)."""
+
+    trial: Callable[[], object]
+    base: Callable[[], object] | None
+    eager: Callable[[], object] | None
+    fp32_deployed_as: str | None
+
+    @staticmethod
+    def of(outcome: Any, batch: Any, baseline: Baseline | None) -> _Calls:
+        def call(model: Any) -> Callable[[], object]:
+            return functools.partial(model.forward, model.prepare_input(batch))
+
+        if baseline is None or outcome.simulated:
+            return _Calls(call(outcome), None, None, None)
+        return _Calls(
+            trial=call(outcome),
+            base=call(baseline.deployed) if baseline.deployed is not outcome else None,
+            eager=call(baseline.eager) if baseline.eager is not None else None,
+            fp32_deployed_as=baseline.deployed_as,
+        )
+
+    def all(self) -> list[Callable[[], object]]:
+        return [fn for fn in (self.trial, self.base, self.eager) if fn is not None]
+
+
 def _time_batch(
-    outcome: Any, batch: Any, batch_size: int, cfg: BenchmarkConfig, stop: Callable[[], bool], baseline: Baseline | None
+    calls: _Calls, device: str, batch_size: int, cfg: BenchmarkConfig, stop: Callable[[], bool]
 ) -> dict[str, Any]:
     """One batch size's latency entry: alone, or side by side with the fp32 baseline (then with its speedup)."""
     from farm.quant.latency import LatencySettings, measure_latency, measure_pair
@@ -116,23 +161,19 @@ def _time_batch(
     settings = LatencySettings(
         warmup_s=cfg.warmup_s, max_time_s=cfg.max_time_s, min_reps=cfg.min_reps, rel_tol=cfg.rel_tol
     )
-    how: dict[str, Any] = {"device": outcome.device, "settings": settings, "should_stop": stop}
-    trial = functools.partial(outcome.forward, outcome.prepare_input(batch))
-    if baseline is not None and baseline.deployed is not outcome and not outcome.simulated:
-        base = functools.partial(baseline.deployed.forward, baseline.deployed.prepare_input(batch))
-        entry = measure_pair(trial, base, batch_size, **how).entry()
+    how: dict[str, Any] = {"device": device, "settings": settings, "should_stop": stop}
+    if calls.base is not None:
+        entry = measure_pair(calls.trial, calls.base, batch_size, **how).entry()
     else:
-        entry = measure_latency(trial, batch_size, **how).to_dict()
-    if baseline is not None and not outcome.simulated:
-        entry["fp32_deployed_as"] = baseline.deployed_as
+        entry = measure_latency(calls.trial, batch_size, **how).to_dict()
+    if calls.fp32_deployed_as is not None:
+        entry["fp32_deployed_as"] = calls.fp32_deployed_as
         entry["fp32_eager_p50_ms"] = None
-        if baseline.eager is not None:
+        if calls.eager is not None:
             # Informative only (what skipping TorchScript would cost), so half the budget and few repetitions:
             # never a speedup's base.
             how["settings"] = dataclasses.replace(settings, max_time_s=settings.max_time_s / 2, min_reps=6)
-            eager = functools.partial(baseline.eager.forward, baseline.eager.prepare_input(batch))
-            lat = measure_latency(eager, batch_size, **how)
-            entry["fp32_eager_p50_ms"] = lat.latency_p50_ms
+            entry["fp32_eager_p50_ms"] = measure_latency(calls.eager, batch_size, **how).latency_p50_ms
     return entry
 
 

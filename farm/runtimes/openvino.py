@@ -24,6 +24,7 @@ from torch import nn
 
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
+from farm.quant.isolation import compute_step
 from farm.runtimes.build import DeployedModel, RuntimeBuild, calibration_batches
 from farm.runtimes.layer_plan import layer_plan
 from farm.runtimes.onnx_export import batch_inputs
@@ -204,22 +205,28 @@ def build(model: nn.Module, cfg: Any, ctx: Any, workdir: str | Path, *, threads:
         check_static(cfg)
         batches = calibration_batches(ctx)
     timings: dict[str, float] = {}
+    # Converting (a trace), NNCF's calibration and compiling compute: each holds the host's measurement lock
+    # shared, so it waits while another job on this host times exclusively (farm.quant.isolation).
     began = time.perf_counter()
-    fp32, signature = convert(model, ctx.example_input, model_ref=ctx.model_ref)
+    with compute_step(ctx.should_stop):
+        fp32, signature = convert(model, ctx.example_input, model_ref=ctx.model_ref)
     timings["convert"] = time.perf_counter() - began
     ctx.check_stop()
     deployed, coverage, baseline = fp32, None, None
     recipe: dict[str, Any] = {}
     if cfg.method != "fp32":
         began = time.perf_counter()
-        ignored = ignored_names(fp32, model, plan.layers, plan.settings) if plan.settings else []
-        deployed, recipe, coverage = _quantize(fp32, signature, cfg, batches, ctx.model_ref, ignored)
+        with compute_step(ctx.should_stop):
+            ignored = ignored_names(fp32, model, plan.layers, plan.settings) if plan.settings else []
+            deployed, recipe, coverage = _quantize(fp32, signature, cfg, batches, ctx.model_ref, ignored)
         recipe.update({**plan.details(), "ignored_scope": ignored} if plan.rules else {})
         timings["quantize"] = time.perf_counter() - began
-        baseline = OvModel.compile(fp32, signature, threads=threads)
+        with compute_step(ctx.should_stop):
+            baseline = OvModel.compile(fp32, signature, threads=threads)
         recipe["nncf_version"] = _version("nncf")
     began = time.perf_counter()
-    outcome = OvModel.compile(deployed, signature, threads=threads)
+    with compute_step(ctx.should_stop):
+        outcome = OvModel.compile(deployed, signature, threads=threads)
     timings["compile"] = time.perf_counter() - began
     outcome.timings_s = dict(timings)
     files = save_ir(ov, deployed, Path(workdir) / "model.xml")

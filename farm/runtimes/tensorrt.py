@@ -24,6 +24,7 @@ from torch import nn
 
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
+from farm.quant.isolation import compute_step
 from farm.runtimes.build import DeployedModel, RuntimeBuild, calibration_batches
 from farm.runtimes.layer_nodes import rule_nodes
 from farm.runtimes.layer_plan import LayerPlan, layer_plan
@@ -234,19 +235,26 @@ def build(
     shapes = profile_shapes(ctx.example_input, [*batch_sizes, EVAL_BATCH_SIZE, ctx.batch_size])
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="farm-trt-") as tmp:
+        # Each step computes on this host's CPU: it holds the measurement lock shared (waits while another job
+        # on this host times exclusively; farm.quant.isolation).
         began = time.perf_counter()
         fp32_path = workdir / "model.onnx" if cfg.method == "fp32" else Path(tmp) / "fp32.onnx"
-        export = export_onnx(model, ctx.example_input, fp32_path)
+        with compute_step(ctx.should_stop):
+            export = export_onnx(model, ctx.example_input, fp32_path)
         timings["export"] = time.perf_counter() - began
         exclude, overrides = _rule_nodes(fp32_path, rules)
         plan = with_fp32_nodes(plan, exclude)
-        graph, recipe = _graph(fp32_path, workdir / "model.onnx", cfg, ctx, plan, timings, overrides)
+        with compute_step(ctx.should_stop):
+            graph, recipe = _graph(fp32_path, workdir / "model.onnx", cfg, ctx, plan, timings, overrides)
         began = time.perf_counter()
-        serialized = build_engine(trt, graph, shapes, plan)
+        with compute_step(ctx.should_stop):
+            serialized = build_engine(trt, graph, shapes, plan)
         timings["build"] = time.perf_counter() - began
         baseline = None
         if cfg.method != "fp32":
-            baseline = TrtModel.load(trt, build_engine(trt, fp32_path, shapes, PrecisionPlan("fp32", ())), export)
+            with compute_step(ctx.should_stop):
+                fp32_engine = build_engine(trt, fp32_path, shapes, PrecisionPlan("fp32", ()))
+            baseline = TrtModel.load(trt, fp32_engine, export)
     (workdir / "model.plan").write_bytes(serialized)
     outcome = TrtModel.load(trt, serialized, export)
     outcome.timings_s = dict(timings)

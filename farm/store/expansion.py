@@ -9,7 +9,7 @@ dependents (farm.store.scheduling.job_ended), and never before its success is co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,8 @@ class InputJob:
     finished_at: datetime | None = None
     #: The expander of the stage job that added it (None: planned up front).
     added_by: str | None = None
+    #: How long it ran, in seconds (None: it has not finished, or ended without running).
+    duration_s: float | None = None
 
 
 _FIGURES = (
@@ -143,8 +145,9 @@ def stage_inputs(db: Any, job_id: int) -> list[InputJob]:
 def _input_job(job: Job, ref_key: str | None, figures: dict[int, dict[str, Any]], *extra: Any) -> InputJob:
     """A job row as plain data, with its figures; ``extra``: the fields after them (artifact, error, times)."""
     route = (job.queue, job.stage, job.finish_queue)
-    return InputJob(job.id, job.key, job.role, job.state, dict(job.spec), job.device, ref_key, route,
+    read = InputJob(job.id, job.key, job.role, job.state, dict(job.spec), job.device, ref_key, route,
                     figures.get(job.id, {}), *extra)  # fmt: skip
+    return replace(read, duration_s=job.duration_s)
 
 
 def _figures(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -251,3 +251,32 @@ def test_the_output_a_tune_measures_reaches_every_job() -> None:
     engine = [j for j in plan.jobs if j.role != "stage"]
     assert engine and all(j.spec.output == "embedding" for j in engine)
     assert all(j.spec.model == "farm:tiny-encoder?dim=32&heads=4" for j in engine)
+
+
+def test_each_stage_hands_out_the_slowest_runtimes_jobs_first() -> None:
+    """Longest processing time first: a stage's jobs are released slowest runtime first (by how long the previous
+    stage's jobs took on each), so a pool does not end a stage with one process on a long job and the rest idle."""
+    import dataclasses
+
+    took = {"torch": 0.5, "onnxruntime": 0.2, "openvino": 3.0}
+    plan = tune_plan(runtimes=("torch", "onnxruntime", "openvino"))
+    jobs = list(plan.jobs)
+
+    def ran(job: Any, n: int) -> InputJob:
+        done = as_input(job, sqnr_of(job, base=36.0) if job.role == "trial" else {}, n)
+        return dataclasses.replace(done, duration_s=took[job.spec.method.runtime] if job.role == "trial" else 0.0)
+
+    results = {j.key: ran(j, n) for n, j in enumerate(jobs, 1)}
+    stage, orders = jobs[-1], []
+    while stage is not None:
+        inputs = [results[k] for k in stage.depends_on if k in results]
+        added = expander_named(stage.expander)(Stage(stage.key, stage.expander, stage.params), inputs)
+        orders.append([j.spec.method.runtime for j in added if j.role == "trial"])
+        stage = next((j for j in added if j.role == "stage"), None)
+        for j in added:
+            jobs.append(j)
+            results[j.key] = ran(j, len(jobs))
+    assert len([o for o in orders if o]) >= 2  # sensitivity and candidates at least
+    for order in orders:
+        assert order == sorted(order, key=lambda r: -took[r])  # openvino's, then torch's, then onnxruntime's
+        assert len(set(order)) in (0, 3)

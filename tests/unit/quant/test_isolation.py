@@ -319,3 +319,46 @@ def test_benchmark_isolation_is_validated_and_kept_out_of_the_key_at_its_default
     assert pinned.to_dict()["isolation"] == "pinned" and BenchmarkConfig.from_dict(pinned.to_dict()) == pinned
     (problem,) = BenchmarkConfig(isolation="sometimes").problems()
     assert problem.path == "isolation" and "exclusive, pinned, none" in problem.message
+
+
+def test_the_warm_up_runs_before_the_exclusive_hold_and_the_timing_inside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host is exclusive only while figures are taken: the warm-up (first runs compile and profile) computes
+    beside other jobs' compute, holding the lock shared; inside the hold each model re-warms briefly."""
+    import torch
+
+    from farm.quant.context import QuantOutcome
+    from farm.quant.measure import REWARM_S, benchmark
+    from farm.quant.reference import Baseline
+
+    lock = MeasureLock(tmp_path)
+    monkeypatch.setattr(isolation, "_LOCK", lock)
+    calls: list[tuple[str, str]] = []  # (model, the lock's state seen from outside)
+
+    class Probe(torch.nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            held = "exclusive" if not can_flock(lock.paths[1], fcntl.LOCK_SH) else "shared"
+            held = held if held == "exclusive" or not can_flock(lock.paths[1], fcntl.LOCK_EX) else "free"
+            calls.append((self.name, held))
+            return x * 2
+
+    trial, fp32 = QuantOutcome(Probe("trial")), QuantOutcome(Probe("fp32"))
+    data = torch.utils.data.TensorDataset(torch.ones(8, 3), torch.zeros(8, dtype=torch.long))
+    cfg = BenchmarkConfig(batch_sizes=(4,), warmup_s=0.05, max_time_s=0.05, min_reps=6)
+    (entry,) = benchmark(trial, data, cfg, lambda *a: None, lambda: False, Baseline(fp32, "eager"))
+    first_timed = next(i for i, (_, held) in enumerate(calls) if held == "exclusive")
+    warm = calls[:first_timed]
+    assert {held for _, held in warm} == {"shared"}  # warmed holding the lock shared, as compute does
+    assert {name for name, _ in warm} == {"trial", "fp32"}  # both sides of the pair
+    assert all(held == "exclusive" for _, held in calls[first_timed:])  # then timed, nothing else in between
+    assert entry["isolation"] == "exclusive" and entry["speedup"] is not None
+    assert REWARM_S < cfg.warmup_s
+    none = BenchmarkConfig(batch_sizes=(4,), warmup_s=0.05, max_time_s=0.05, min_reps=6, isolation="none")
+    calls.clear()
+    benchmark(trial, data, none, lambda *a: None, lambda: False, Baseline(fp32, "eager"))
+    assert {held for _, held in calls} == {"free"}  # isolation none leaves the lock alone, warm-up included

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,47 @@ def test_static_digits_cnn_is_int8_close_to_torch_and_timed_against_fp32(tmp_pat
     base_logits, _ = run_all(built.baseline, splits.test)
     assert (base_logits - reference).abs().max().item() < 1e-3  # the baseline is the fp32 model
     assert "quantize" in built.timings_s
+
+
+@needs_ov
+def test_converting_and_calibrating_hold_the_measurement_lock_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NNCF's calibration and the conversion compute: a benchmark of another job on this host must not time
+    meanwhile (issue 12's lock pauses every compute phase, OpenVINO's as well as torch's and ORT's)."""
+    import fcntl
+
+    from farm.quant import isolation
+
+    lock = isolation.MeasureLock(tmp_path / "locks")
+    (tmp_path / "locks").mkdir()
+    monkeypatch.setattr(isolation, "_LOCK", lock)
+    seen: dict[str, bool] = {}
+
+    def exclusive_free() -> bool:
+        fd = os.open(lock.paths[1], os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+    def watched(name: str, fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[name] = exclusive_free()
+            return fn(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(ov_runtime, "convert", watched("convert", ov_runtime.convert))
+    monkeypatch.setattr(ov_runtime, "quantize_static", watched("quantize", ov_runtime.quantize_static))
+    model, splits = digits()
+    ctx = context("farm:digits-cnn", splits, calibration_size=16)
+    ov_runtime.build(model, parse_method("static", {"calibration_size": 16}), ctx, tmp_path / "out", threads=1)
+    assert seen == {"convert": False, "quantize": False}  # an exclusive timer could not have got in
+    assert exclusive_free()  # and it is let go after
 
 
 @needs_ov
