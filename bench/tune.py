@@ -243,6 +243,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--keep", help="run in this (new) directory and keep every search's FARM_HOME there")
     args = parser.parse_args()
+    if args.wall_pairs < 1:
+        parser.error("--wall-pairs must be at least 1")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if args.keep:
         Path(args.keep).mkdir(parents=True)

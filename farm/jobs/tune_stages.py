@@ -281,7 +281,7 @@ def _longest_first(jobs: list[PlannedJob], inputs: Sequence[Any]) -> list[Planne
     end (longest processing time first)."""
     took: dict[str, list[float]] = {}
     for i in inputs:
-        if i.role == "trial" and i.duration_s:
+        if i.role == "trial" and i.state == SUCCEEDED and i.duration_s:
             took.setdefault(info(i)["runtime"], []).append(float(i.duration_s))
     mean = {runtime: sum(d) / len(d) for runtime, d in took.items()}
     return sorted(jobs, key=lambda j: -mean.get(j.spec.method.runtime, 0.0))

@@ -280,7 +280,8 @@ def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int) -> dict[st
 
     The interval becomes the union of the within-run one and ``p50 * (1 +- rel)``
     (:func:`farm.quant.timing_stats.widen_interval`), and ``stable`` is judged again by the same rule on it: a p50
-    the host moves by more than 5 % between runs is not stable, however long it was timed. The speedup's interval is
+    the host moves by more than 5 % between runs (the 95 % bound from its recent runs, which few runs widen) is not
+    stable, however long it was timed. The speedup's interval is
     left alone: it is measured side by side, where the host's level cancels.
 
     Args:
@@ -303,7 +304,10 @@ def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int) -> dict[st
     wide = wide_interval_reason(p50, low, high)
     if wide:  # the rule's first clause: it replaces a later one (tail, not settled) as unstable_reason does
         if rel > within:  # the drift, not the run's own noise, made it wide: say so
-            wide += f": the host's p50 moves ±{rel:.1%} between runs (its last {n})"
+            wide += (
+                f": a re-run here may land ±{rel:.1%} away (the 95 % bound on the p50's moves between runs, "
+                f"from its last {n})"
+            )
         out["unstable_reason"], out["stable"] = wide, False
     return out
 

@@ -89,7 +89,8 @@ def benchmark(
 
     Under ``exclusive`` isolation the warm-up (``cfg.warmup_s`` per model: first runs compile, allocate and
     profile) runs before the exclusive hold, holding the lock shared as any compute does; inside the hold each model
-    re-warms for :data:`REWARM_S` (at least 3 calls), and every timed block starts with an untimed call as before.
+    re-warms for :data:`REWARM_S` (at least 3 calls), and each block of a side-by-side pair still starts with an
+    untimed call.
     The host then stays exclusive only while figures are taken.
 
     Args:

@@ -141,7 +141,7 @@ def run_to_run_spread(p50s: Sequence[float], confidence: float = CONFIDENCE) -> 
     spread contains a re-run's p50 with about ``confidence``; no distribution is assumed for the differences.
     From n runs the scale itself is uncertain, and a range of a few runs is no 95 % bound (a new run falls outside
     the range of 6 with probability 2/7): the estimate is multiplied by Student's t over the normal quantile at
-    n - 1 degrees of freedom (:func:`small_sample_factor`: 2.2x from 3 runs, 1.2x from 8, 1.05x from 30), as a
+    n - 1 degrees of freedom (:func:`small_sample_factor`: 2.2x from 3 runs, 1.2x from 8, 1.04x from 30), as a
     prediction interval from n samples is.
 
     Args:
@@ -172,7 +172,8 @@ _T975 = (
 
 def student_t(p: float, df: int) -> float:
     """Student's t quantile ``p`` at ``df`` degrees of freedom: exact (3 decimals) for p = 0.975 up to 30 df, else
-    the Cornish-Fisher expansion about the normal quantile (within 1 % from 3 df)."""
+    the Cornish-Fisher expansion about the normal quantile (within 1 % from 3 df for p <= 0.975; it falls short
+    further out in the tail and at fewer degrees of freedom)."""
     if df < 1:
         raise ValueError("a t quantile needs at least one degree of freedom")
     if abs(p - 0.975) < 1e-12 and df <= len(_T975):
