@@ -126,15 +126,15 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     meeting = [g for g in globals_ if _healthy(g) and meets(g.figures, settings.target)]
     used = len(inputs) + 1
     if settings.good_enough and meeting:
-        return [_next(stage, "tune_answer", {}, [], _spec_of(inputs))]
+        return _then(stage, [], inputs, "tune_answer", {})
     bases = {r: b for r in p["runtimes"] if (b := base_recipe(globals_, r, settings)) is not None}
     if not bases:
-        return [_next(stage, "tune_answer", {}, [], _spec_of(inputs))]
+        return _then(stage, [], inputs, "tune_answer", {})
     layers = list_layers(JobSpec.from_dict(next(iter(bases.values())).spec))
     share = _share(settings, used, len(bases), _LATER_STAGES["tune_sensitivity"])
     cap = len(layers) if share is None else min(len(layers), max(share - 1 - _fanout(len(layers)), min(share - 1, 1)))
     if cap < 1:  # the budget leaves no room: the global recipes are the answer
-        return [_next(stage, "tune_answer", {}, [], _spec_of(inputs))]
+        return _then(stage, [], inputs, "tune_answer", {})
     # Capped: the layers that do the most work first (falling back a tiny one can't buy much speed).
     chosen = layers if cap >= len(layers) else sorted(layers, key=lambda x: -x[2])[:cap]
     jobs: list[PlannedJob] = []
@@ -153,10 +153,7 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         "used": {r: 5 + len(chosen) for r in bases},
         "spent": used + len(jobs),
     }
-    return [
-        *_longest_first(jobs, inputs),
-        _next(stage, "tune_candidates", params, [j.key for j in jobs], _spec_of(inputs)),
-    ]
+    return _then(stage, jobs, inputs, "tune_candidates", params)
 
 
 def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
@@ -177,7 +174,7 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         jobs += [_job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
         used[runtime] += len(ks)
     params = {**_carry(p), "rankings": rankings, "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
-    return [*_longest_first(jobs, inputs), _next(stage, "tune_refine", params, [j.key for j in jobs], _spec_of(inputs))]
+    return _then(stage, jobs, inputs, "tune_refine", params)
 
 
 def rank(inputs: Sequence[Any], runtime: str, names: Sequence[str], settings: TuneSettings) -> list[str]:
@@ -219,7 +216,7 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
             _job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in between(k_fail, k_pass, cap)
         ]
     params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
-    return [*_longest_first(jobs, inputs), _next(stage, "tune_answer", params, [j.key for j in jobs], _spec_of(inputs))]
+    return _then(stage, jobs, inputs, "tune_answer", params)
 
 
 def between(low: int, high: int, n: int) -> list[int]:
@@ -302,6 +299,14 @@ def _common(p: Mapping[str, Any]) -> dict[str, Any]:
 def _spec_of(inputs: Sequence[Any]) -> JobSpec:
     job = next(i for i in inputs if i.role != "stage")
     return JobSpec.from_dict(job.spec)
+
+
+def _then(
+    stage: Stage, jobs: list[PlannedJob], inputs: Sequence[Any], name: str, params: Mapping[str, Any]
+) -> list[PlannedJob]:
+    """What a stage adds: its ``jobs``, slowest runtime first (:func:`_longest_first`), and the next stage ``name``,
+    which waits for them."""
+    return [*_longest_first(jobs, inputs), _next(stage, name, params, [j.key for j in jobs], _spec_of(inputs))]
 
 
 def _next(stage: Stage, name: str, params: Mapping[str, Any], keys: Sequence[str], like: JobSpec) -> PlannedJob:
