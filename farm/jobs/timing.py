@@ -75,10 +75,10 @@ def allow_for_drift(
             a runtime's fp32 job), and are recorded; a trial records its side-by-side ``baseline_p50_ms`` instead.
 
     Returns:
-        New entries with ``drift_rel`` and ``drift_n`` and the widened interval.
+        New entries with ``drift_rel``, ``drift_n``, ``drift_from`` and the widened interval.
     """
     from farm.quant.drift import History
-    from farm.quant.latency import allow_for_drift as widen
+    from farm.quant.drift import allow_for_drift as widen
 
     history = History()
     out = []
@@ -91,5 +91,5 @@ def allow_for_drift(
         if fp32_p50 is not None:
             history.record(key, fp32_p50)
         spread = history.spread(key)
-        out.append(widen(lat, spread.rel, spread.n))
+        out.append(widen(lat, spread.rel, spread.n, spread.source))
     return out

@@ -5,7 +5,10 @@ A p50's interval from one run (:mod:`farm.quant.timing_stats`) sees only the noi
 level also moves between jobs (5-13 % over minutes on a 2-vCPU VM), so the same job run twice missed its own
 interval in 3 of 10 pairs. Every trial times the same fp32 baseline side by side, and the fp32 job times it alone:
 the spread of that baseline's p50 across the host's recent jobs is the host's run-to-run noise for that model, batch
-size and thread count. Each job records its fp32 p50 here and widens its own interval by the spread.
+size and thread count. Each job records its fp32 p50 here and widens its own interval by the spread. Until a
+measurement has 3 runs, the spread is the host's (the median of its other measurements') or, on a host that has
+measured nothing yet, an assumed :data:`DEFAULT_PRIOR` (``FARM_DRIFT_PRIOR``): a first run claimed +-1-3 % and
+missed its re-run.
 
 The history is a JSON-lines file beside the measurement lock (``drift-history.jsonl`` in
 :func:`farm.quant.isolation.lock_dir`, so per host and per user; ``FARM_DRIFT_FILE`` names another file), appended
@@ -22,13 +25,14 @@ import json
 import logging
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.quant.timing_stats import run_to_run_spread
+from farm.quant.timing_stats import relative_halfwidth, run_to_run_spread, wide_interval_reason, widen_interval
 
 log = logging.getLogger("farm.drift")
 
@@ -49,6 +53,14 @@ LOCK_TIMEOUT_S = 5.0
 FP32_BASELINE = "fp32 baseline"
 #: What an fp32 job times on its own (not alternating with a trial): kept apart from the paired baseline.
 FP32_ALONE = "fp32 alone"
+#: The spread assumed for a measurement the host has fewer than 3 runs of, when none of its other measurements
+#: has 3 either: what a 2-thread ResNet-18 p50 moves between runs on a shared 2-vCPU cloud VM (+-8-11 %, the 95 %
+#: bound). A first run on an unknown host claims no more than that; a dedicated host's owner may set less.
+DEFAULT_PRIOR = 0.10
+#: Overrides :data:`DEFAULT_PRIOR` on this host (a fraction: ``0.02`` for +-2 %; ``0`` widens nothing before 3 runs).
+PRIOR_ENV = "FARM_DRIFT_PRIOR"
+#: Where a spread came from: the key's own runs, the host's other measurements, or the assumption.
+FROM_RUNS, FROM_HOST, FROM_PRIOR = "runs", "host", "assumed"
 
 
 @dataclass(frozen=True)
@@ -83,11 +95,19 @@ class DriftKey:
 
 @dataclass(frozen=True)
 class Spread:
-    """The run-to-run spread of one key: ``rel`` (a fraction; None with fewer than 3 entries or no history) and
-    ``n``, the entries it came from."""
+    """The run-to-run spread of one key.
+
+    Attributes:
+        rel: a fraction; None where nothing is known or assumed (a history that cannot be read, a prior of 0).
+        n: the key's own entries.
+        source: :data:`FROM_RUNS` (from the key's ``n`` >= 3 entries), :data:`FROM_HOST` (fewer: the median spread of
+            the host's other measurements, same device and isolation, that have 3), :data:`FROM_PRIOR` (fewer, and
+            no other measurement has 3: :func:`prior`), or None with ``rel``.
+    """
 
     rel: float | None
     n: int
+    source: str | None = None
 
 
 class History:
@@ -146,20 +166,38 @@ class History:
     def values(self, key: DriftKey) -> list[float]:
         """The p50s of ``key`` that count (the newest :attr:`max_entries`, none older than :attr:`max_age_s`),
         oldest first; [] when the history cannot be read."""
+        return (self._by_key() or {}).get(key.text(), [])
+
+    def spread(self, key: DriftKey) -> Spread:
+        """The run-to-run spread of ``key`` (:func:`farm.quant.timing_stats.run_to_run_spread`) from its own
+        entries once it has 3; before that, what the host's other measurements say, else :func:`prior`. A first
+        run on a host then claims no narrower interval than the host is known (or assumed) to keep between runs.
+        Nothing is widened when the history cannot be read."""
+        by_key = self._by_key()
+        if by_key is None:
+            return Spread(None, 0)
+        values = by_key.get(key.text(), [])
+        own = run_to_run_spread(values)
+        if own is not None:
+            return Spread(own, len(values), FROM_RUNS)
+        host = _host_spread(by_key, key)
+        if host is not None:
+            return Spread(host, len(values), FROM_HOST)
+        assumed = prior()
+        return Spread(assumed or None, len(values), FROM_PRIOR if assumed else None)
+
+    def _by_key(self) -> dict[str, list[float]] | None:
+        """Every key's p50s that count, oldest first; None when the history cannot be read."""
         try:
             with self._locked(fcntl.LOCK_SH):
                 entries = self._read(self.path)
         except (OSError, TimeoutError, ValueError) as e:
             log.warning("drift history %s not read (%s): p50 intervals are not widened", self._where(), e)
-            return []
-        wanted = key.text()
-        return [p50 for k, _, p50 in entries if k == wanted][-self.max_entries :]
-
-    def spread(self, key: DriftKey) -> Spread:
-        """The run-to-run spread of ``key`` (:func:`farm.quant.timing_stats.run_to_run_spread`) and how many
-        entries it came from."""
-        values = self.values(key)
-        return Spread(run_to_run_spread(values), len(values))
+            return None
+        out: dict[str, list[float]] = {}
+        for k, _, p50 in entries:
+            out.setdefault(k, []).append(p50)
+        return {k: v[-self.max_entries :] for k, v in out.items()}
 
     def _read(self, path: Path) -> list[tuple[str, float, float]]:
         """(key, time, p50) of every well-formed line young enough, in file order; a malformed line (a crash
@@ -215,6 +253,41 @@ class History:
             return "(lock directory unavailable)"
 
 
+def _host_spread(by_key: dict[str, list[float]], key: DriftKey) -> float | None:
+    """The median run-to-run spread of the host's other measurements with 3 runs or more, on the same hardware,
+    device and isolation (a less shielded timing wanders more); None when there are none. A host's level moves
+    every model it runs, so their typical spread is the best guess for a model it has not yet run 3 times."""
+    spreads = []
+    for text, values in by_key.items():
+        try:
+            other = json.loads(text)
+        except ValueError:
+            continue
+        same = isinstance(other, dict) and all(
+            other.get(f) == getattr(key, f) for f in ("hardware_id", "device", "isolation")
+        )
+        rel = run_to_run_spread(values) if same and text != key.text() else None
+        if rel is not None:
+            spreads.append(rel)
+    return statistics.median(spreads) if spreads else None
+
+
+def prior() -> float:
+    """The spread assumed before a host knows its own: ``$FARM_DRIFT_PRIOR`` (a fraction), else
+    :data:`DEFAULT_PRIOR`; a value that is not a fraction in [0, 1] is logged and the default used."""
+    text = os.environ.get(PRIOR_ENV)
+    if not text:
+        return DEFAULT_PRIOR
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        log.warning("%s=%r is not a fraction in [0, 1] (0.05 for ±5 %%): %g used", PRIOR_ENV, text, DEFAULT_PRIOR)
+        return DEFAULT_PRIOR
+    return value
+
+
 def _parse(line: str) -> tuple[str, float, float] | None:
     try:
         data: Any = json.loads(line)
@@ -232,6 +305,56 @@ def record(key: DriftKey, p50_ms: float) -> None:
 
 
 def spread(key: DriftKey) -> float | None:
-    """This host's run-to-run spread of ``key`` as a fraction of the p50, or None with fewer than 3 entries
-    (:meth:`History.spread`); never raises."""
+    """This host's run-to-run spread of ``key`` as a fraction of the p50 (:meth:`History.spread`: from fewer than
+    3 entries, the host's or the assumed one); never raises."""
     return History().spread(key).rel
+
+
+def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int, source: str | None = "runs") -> dict[str, Any]:
+    """A latency entry whose p50 interval also holds the host's run-to-run drift.
+
+    The interval becomes the union of the within-run one and ``p50 * (1 +- rel)``
+    (:func:`farm.quant.timing_stats.widen_interval`), and ``stable`` is judged again by the same rule on it: a p50
+    the host moves by more than 5 % between runs (the 95 % bound from its recent runs, which few runs widen) is not
+    stable, however long it was timed. The speedup's interval is
+    left alone: it is measured side by side, where the host's level cancels.
+
+    Args:
+        entry: a latency entry (:meth:`Latency.to_dict`, or a pair's :meth:`PairLatency.entry`).
+        rel: the host's run-to-run spread as a fraction (:func:`farm.quant.timing_stats.run_to_run_spread`);
+            None: nothing known or assumed, nothing widened.
+        n: the recorded runs of this measurement.
+        source: where ``rel`` came from (:class:`farm.quant.drift.Spread`): ``runs`` (its own ``n``), ``host``
+            (the host's other measurements) or ``assumed``.
+
+    Returns:
+        A new entry with the widened interval, ``stable``, ``unstable_reason``, ``drift_rel``, ``drift_n`` and
+        ``drift_from`` (``source``; None with no ``rel``).
+    """
+    out = {**entry, "drift_rel": rel, "drift_n": n, "drift_from": source if rel is not None else None}
+    p50 = entry.get("latency_p50_ms")
+    low, high = entry.get("latency_p50_ci_low_ms"), entry.get("latency_p50_ci_high_ms")
+    if rel is None or not isinstance(p50, int | float) or low is None or high is None or not p50 > 0:
+        return out
+    within = relative_halfwidth(p50, low, high)
+    low, high = widen_interval(p50, low, high, rel)
+    out["latency_p50_ci_low_ms"], out["latency_p50_ci_high_ms"] = low, high
+    wide = wide_interval_reason(p50, low, high)
+    if wide:  # the rule's first clause: it replaces a later one (tail, not settled) as unstable_reason does
+        if rel > within:  # the drift, not the run's own noise, made it wide: say so
+            wide += f": a re-run here may land ±{rel:.1%} away ({_drift_basis(source, n)})"
+        out["unstable_reason"], out["stable"] = wide, False
+    return out
+
+
+def _drift_basis(source: str | None, n: int) -> str:
+    """What a drift allowance rests on, in words (every wording says "between runs": the warning's remedy keys on
+    it)."""
+    if source == "host":
+        return f"the 95 % bound on this host's moves between runs, from its other measurements; this one has {n} runs"
+    if source == "assumed":
+        return (
+            "assumed: the host has no measurement with 3 runs yet to bound its moves between runs "
+            f"(FARM_DRIFT_PRIOR sets it); this one has {n}"
+        )
+    return f"the 95 % bound on the p50's moves between runs, from its last {n}"

@@ -29,8 +29,6 @@ from farm.quant.timing_stats import (
     ratio_ci,
     relative_halfwidth,
     unstable_reason,
-    wide_interval_reason,
-    widen_interval,
 )
 
 #: A clock in seconds; tests pass a fake one to make timing deterministic.
@@ -74,8 +72,9 @@ class Latency:
     """Latency of one batch size; times in milliseconds, throughput in samples per second.
 
     ``latency_p50_ci_low_ms`` .. ``_high_ms`` bound the median with 95 % confidence (order statistics, no
-    distribution assumed); a job then widens them by the host's run-to-run drift (:func:`allow_for_drift`:
-    ``drift_rel``, the fraction used, None before the host has history, and ``drift_n``, the runs it came from).
+    distribution assumed); a job then widens them by the host's run-to-run drift
+    (:func:`farm.quant.drift.allow_for_drift`: ``drift_rel``, the fraction used, ``drift_n``, the runs of this
+    measurement, ``drift_from``, what the fraction rests on).
     ``unstable_reason`` says why ``stable`` is False (None when it is True).
     """
 
@@ -96,6 +95,7 @@ class Latency:
     unstable_reason: str | None
     drift_rel: float | None = None
     drift_n: int = 0
+    drift_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,43 +273,6 @@ def measure_pair(
         blocks=len(ratios),
         block_reps=k,
     )
-
-
-def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int) -> dict[str, Any]:
-    """A latency entry whose p50 interval also holds the host's run-to-run drift.
-
-    The interval becomes the union of the within-run one and ``p50 * (1 +- rel)``
-    (:func:`farm.quant.timing_stats.widen_interval`), and ``stable`` is judged again by the same rule on it: a p50
-    the host moves by more than 5 % between runs (the 95 % bound from its recent runs, which few runs widen) is not
-    stable, however long it was timed. The speedup's interval is
-    left alone: it is measured side by side, where the host's level cancels.
-
-    Args:
-        entry: a latency entry (:meth:`Latency.to_dict`, or a pair's :meth:`PairLatency.entry`).
-        rel: the host's run-to-run spread as a fraction (:func:`farm.quant.timing_stats.run_to_run_spread`);
-            None: no history yet, nothing widened.
-        n: the recorded runs ``rel`` came from.
-
-    Returns:
-        A new entry with the widened interval, ``stable``, ``unstable_reason``, ``drift_rel`` and ``drift_n``.
-    """
-    out = {**entry, "drift_rel": rel, "drift_n": n}
-    p50 = entry.get("latency_p50_ms")
-    low, high = entry.get("latency_p50_ci_low_ms"), entry.get("latency_p50_ci_high_ms")
-    if rel is None or not isinstance(p50, int | float) or low is None or high is None or not p50 > 0:
-        return out
-    within = relative_halfwidth(p50, low, high)
-    low, high = widen_interval(p50, low, high, rel)
-    out["latency_p50_ci_low_ms"], out["latency_p50_ci_high_ms"] = low, high
-    wide = wide_interval_reason(p50, low, high)
-    if wide:  # the rule's first clause: it replaces a later one (tail, not settled) as unstable_reason does
-        if rel > within:  # the drift, not the run's own noise, made it wide: say so
-            wide += (
-                f": a re-run here may land ±{rel:.1%} away (the 95 % bound on the p50's moves between runs, "
-                f"from its last {n})"
-            )
-        out["unstable_reason"], out["stable"] = wide, False
-    return out
 
 
 def warm_up(fns: list[Callable[[], object]], seconds: float, *, reps: int = 3, device: str = "cpu") -> None:

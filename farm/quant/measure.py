@@ -315,7 +315,10 @@ def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Referenc
         reason = lat.get("unstable_reason") or "unknown"
         # A host whose level moves between runs is not helped by timing one run longer; the side-by-side speedup is.
         remedy = (
-            "compare recipes by their side-by-side speedup, or measure on a quieter (dedicated) host"
+            "run it again: from 3 runs its own spread replaces this one; meanwhile compare recipes by their "
+            "side-by-side speedup"
+            if lat.get("drift_from") in ("host", "assumed") and "between runs" in reason
+            else "compare recipes by their side-by-side speedup, or measure on a quieter (dedicated) host"
             if "between runs" in reason
             else "quiet the machine or raise benchmark.max_time_s before trusting its p50"
             + (" and speedup" if lat.get("speedup") is not None and result.method != "fp32" else "")

@@ -21,8 +21,7 @@ from farm.jobs.timing import allow_for_drift as job_allow_for_drift
 from farm.jobs.timing import drift_key
 from farm.quant import drift
 from farm.quant.config import parse_method
-from farm.quant.drift import DriftKey, History, Spread
-from farm.quant.latency import allow_for_drift
+from farm.quant.drift import DriftKey, History, Spread, allow_for_drift
 from farm.quant.timing_stats import run_to_run_spread, small_sample_factor
 from tests import toys
 
@@ -79,7 +78,7 @@ def test_entries_older_than_a_day_are_ignored(tmp_path: Path) -> None:
     clock.now += 25 * HOUR
     history.record(KEY, 101.0)
     assert history.values(KEY) == [101.0]
-    assert history.spread(KEY) == Spread(None, 1)
+    assert history.spread(KEY) == Spread(drift.DEFAULT_PRIOR, 1, "assumed")  # the old runs count for nothing
 
 
 def test_nonsense_p50s_are_not_recorded(tmp_path: Path) -> None:
@@ -142,15 +141,46 @@ def test_a_few_runs_bound_a_rerun_as_often_as_they_claim() -> None:
         assert 0.90 <= inside / trials <= 0.995, (n, inside / trials)
 
 
-def test_no_spread_below_three_runs(tmp_path: Path) -> None:
+def test_below_three_runs_the_spread_is_assumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_to_run_spread([100.0, 120.0]) is None
     assert run_to_run_spread([100.0, float("nan"), 0.0, 120.0]) is None  # only positive finite values count
     history = History(tmp_path / "h.jsonl")
+    assert history.spread(KEY) == Spread(drift.DEFAULT_PRIOR, 0, "assumed")  # a host never measured
     history.record(KEY, 100.0)
     history.record(KEY, 120.0)
-    assert history.spread(KEY) == Spread(None, 2)
+    assert history.spread(KEY) == Spread(drift.DEFAULT_PRIOR, 2, "assumed")
+    monkeypatch.setenv(drift.PRIOR_ENV, "0.03")  # a dedicated host's owner knows better
+    assert history.spread(KEY) == Spread(0.03, 2, "assumed")
+    monkeypatch.setenv(drift.PRIOR_ENV, "0")
+    assert history.spread(KEY) == Spread(None, 2)  # nothing assumed: nothing widened
     history.record(KEY, 100.0)
-    assert history.spread(KEY) == Spread(pytest.approx(0.2 * small_sample_factor(3)), 3)
+    assert history.spread(KEY) == Spread(pytest.approx(0.2 * small_sample_factor(3)), 3, "runs")
+
+
+@pytest.mark.parametrize("bad", ["abc", "-0.1", "5", "nan"])
+def test_a_bad_prior_is_logged_and_the_default_used(
+    bad: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(drift.PRIOR_ENV, bad)
+    with caplog.at_level(logging.WARNING, logger="farm.drift"):
+        assert drift.prior() == drift.DEFAULT_PRIOR
+    assert any(drift.PRIOR_ENV in r.message and "fraction" in r.message for r in caplog.records)
+
+
+def test_a_new_measurement_takes_the_hosts_spread_from_its_others(tmp_path: Path) -> None:
+    history = History(tmp_path / "h.jsonl")
+    for p50 in (100.0, 102.0, 100.0):  # batch 1: +-2 % between runs
+        history.record(OTHER, p50)
+    for p50 in (50.0, 53.0, 50.0, 53.0):  # another model: +-6 %
+        history.record(dataclasses.replace(KEY, model="farm:digits-mlp"), p50)
+    for p50 in (10.0, 30.0, 10.0):  # another host, another isolation: not this host's level
+        history.record(dataclasses.replace(KEY, hardware_id="hw2"), p50)
+        history.record(dataclasses.replace(KEY, isolation="none"), p50)
+    history.record(KEY, 80.0)
+    host = history.spread(KEY)
+    ours = [run_to_run_spread([100.0, 102.0, 100.0]), run_to_run_spread([50.0, 53.0, 50.0, 53.0])]
+    assert host == Spread(pytest.approx(sum(ours) / 2), 1, "host")  # the median of this host's others
+    assert history.spread(dataclasses.replace(KEY, hardware_id="hw3")).source == "assumed"
 
 
 # --- the interval widened ------------------------------------------------------------------------------------
@@ -188,9 +218,19 @@ def test_the_speedup_interval_is_left_alone() -> None:
     assert {k: out[k] for k in side} == side
 
 
-def test_no_widening_without_history() -> None:
+def test_no_widening_without_a_spread() -> None:
     out = allow_for_drift(entry(), None, 2)
-    assert out == {**entry(), "drift_rel": None, "drift_n": 2}
+    assert out == {**entry(), "drift_rel": None, "drift_n": 2, "drift_from": None}
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [("runs", "from its last 2"), ("host", "from its other measurements"), ("assumed", "FARM_DRIFT_PRIOR")],
+)
+def test_the_reason_says_what_the_allowance_rests_on(source: str, says: str) -> None:
+    out = allow_for_drift(entry(), 0.1, 2, source)
+    assert out["drift_from"] == source and out["stable"] is False
+    assert says in out["unstable_reason"] and "between runs" in out["unstable_reason"]
 
 
 # --- what a job records and how it widens ---------------------------------------------------------------------
@@ -207,7 +247,10 @@ def test_trials_record_their_side_by_side_baseline_and_widen_their_own_p50(drift
         trial = entry(p50=50.0, low=49.5, high=50.5, baseline_p50_ms=baseline, speedup=2.0)
         got.append(job_allow_for_drift([trial], spec, "cpu", "hw1", fp32_timed_here=False)[0])
     assert [g["drift_n"] for g in got] == [1, 2, 3]
-    assert got[0]["drift_rel"] is None and got[0]["latency_p50_ci_low_ms"] == 49.5  # < 3 runs: not widened
+    # Below 3 runs, on a host that has measured nothing else: the assumed spread.
+    assert [g["drift_from"] for g in got] == ["assumed", "assumed", "runs"]
+    assert got[0]["drift_rel"] == drift.DEFAULT_PRIOR
+    assert got[0]["latency_p50_ci_low_ms"] == pytest.approx(50.0 * (1 - drift.DEFAULT_PRIOR))
     rel = 0.1 * small_sample_factor(3)  # the baselines' 10 %, widened for coming from 3 runs
     assert got[2]["drift_rel"] == pytest.approx(rel)
     assert (got[2]["latency_p50_ci_low_ms"], got[2]["latency_p50_ci_high_ms"]) == (
@@ -234,7 +277,9 @@ def test_three_fp32_jobs_widen_the_third(run_trial: Callable[..., Any], drift_hi
     results = [run_trial("entrypoint:tests.toys:tiny_cnn", toys.SYNTHETIC, "fp32")[0] for _ in range(3)]
     lats = [r.latency[0] for r in results]
     assert [lat["drift_n"] for lat in lats] == [1, 2, 3]
-    assert lats[0]["drift_rel"] is None
+    assert lats[0]["drift_rel"] == drift.DEFAULT_PRIOR and lats[0]["drift_from"] == "assumed"
+    assert lats[0]["stable"] is False and any("FARM_DRIFT_PRIOR" in w for w in results[0].warnings)
+    assert any("run it again" in w for w in results[0].warnings)
     rel, p50 = lats[2]["drift_rel"], lats[2]["latency_p50_ms"]
     assert rel == pytest.approx(run_to_run_spread([lat["latency_p50_ms"] for lat in lats]))
     assert lats[2]["latency_p50_ci_low_ms"] <= p50 * max(0.0, 1 - rel) + 1e-12
@@ -266,7 +311,7 @@ def test_an_unwritable_history_warns_and_widens_nothing(
     monkeypatch.setenv(drift.HISTORY_ENV, str(blocker / "drift.jsonl"))
     with caplog.at_level(logging.WARNING, logger="farm.drift"):
         out = job_allow_for_drift([entry(baseline_p50_ms=90.0)], _spec(), "cpu", "hw1", fp32_timed_here=False)
-    assert out == [{**entry(baseline_p50_ms=90.0), "drift_rel": None, "drift_n": 0}]
+    assert out == [{**entry(baseline_p50_ms=90.0), "drift_rel": None, "drift_n": 0, "drift_from": None}]
     assert any("not written" in r.message for r in caplog.records)
     assert any("not read" in r.message for r in caplog.records)
 
