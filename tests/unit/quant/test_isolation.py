@@ -14,7 +14,9 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -362,3 +364,34 @@ def test_the_warm_up_runs_before_the_exclusive_hold_and_the_timing_inside_it(
     calls.clear()
     benchmark(trial, data, none, lambda *a: None, lambda: False, Baseline(fp32, "eager"))
     assert {held for _, held in calls} == {"free"}  # isolation none leaves the lock alone, warm-up included
+
+
+def test_every_step_of_a_job_that_computes_holds_the_lock_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_trial: Callable[..., Any]
+) -> None:
+    """Loading (reading data, building the model, importing what it needs), a runtime's whole build (importing
+    OpenVINO and NNCF alone took seconds of CPU beside another job's exclusive timing) and saving compute: a
+    benchmark of another job on this host must not time meanwhile."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'quantfarm[onnx]')")
+    import farm.quant.artifact
+    import farm.runtimes.engine
+    import farm.zoo.models
+
+    lock = MeasureLock(tmp_path)
+    monkeypatch.setattr(isolation, "_LOCK", lock)
+    seen: dict[str, bool] = {}
+
+    def watched(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[name] = can_flock(lock.paths[1], fcntl.LOCK_EX)  # could an exclusive timer get in now?
+            return fn(*args, **kwargs)
+
+        return call
+
+    for module, name in ((farm.zoo.models, "load_model"), (farm.quant.artifact, "save_model")):
+        monkeypatch.setattr(module, name, watched(name, getattr(module, name)))
+    monkeypatch.setattr(farm.runtimes.engine, "build", watched("build", farm.runtimes.engine.build))
+    run_trial("farm:digits-cnn", "sklearn:digits", "fp32")  # a torch job: loads and saves
+    run_trial("farm:digits-cnn", "sklearn:digits", "dynamic", runtime="onnxruntime")  # a runtime's build
+    assert seen == {"load_model": False, "save_model": False, "build": False}
+    assert can_flock(lock.paths[1], fcntl.LOCK_EX)  # and let go after
