@@ -61,7 +61,11 @@ TUNE_METRICS = [name for name in METRICS if name != "metric"]
 )
 @click.option("--good-enough", is_flag=True, help="Stop after stage 1 when a global recipe meets the target.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
-@click.option("--max-time-s", type=click.FloatRange(min=0.01), hidden=True, help="Timed budget per model (tests).")
+@click.option(
+    "--max-time-s",
+    type=click.FloatRange(min=0.01),
+    help="Timed budget of each side of a job's side-by-side timing (default 1.5 s; a sweep's is 3).",
+)
 @click.pass_context
 def tune(ctx: click.Context, **options: Any) -> None:
     """Find the fastest (or smallest) recipe meeting a target: global recipes, per-layer sensitivity on a

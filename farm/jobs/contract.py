@@ -124,8 +124,9 @@ class JobResult:
     #: (``latency_p50_ci_low_ms``, ``latency_p50_ci_high_ms``), throughput, reps, ``stable`` and
     #: ``unstable_reason``. A trial also carries what it measured side by side with its own fp32 baseline in the
     #: same process: ``baseline_p50_ms``, ``speedup`` (median of per-block ratios) with ``speedup_ci_low`` ..
-    #: ``_high`` (bootstrap, 95 %), ``blocks``, ``fp32_deployed_as`` and ``fp32_eager_p50_ms`` (None where the
-    #: deployed fp32 is eager). The fp32 job's ``speedup`` is 1.0, a simulated model's None.
+    #: ``_high`` (bootstrap, 95 %), ``blocks``, ``fp32_deployed_as`` and ``fp32_eager_p50_ms`` (None: the fp32 job
+    #: times the eager form, where the deployed fp32 is TorchScript). The fp32 job's ``speedup`` is 1.0, a simulated
+    #: model's None.
     latency: list[dict[str, Any]] = field(default_factory=list)
     peak_memory_bytes: int | None = None
     peak_gpu_memory_bytes: int | None = None

@@ -40,6 +40,11 @@ STAGES = ("global", "tune_sensitivity", "tune_candidates", "tune_refine", "tune_
 GRANULARITIES = ("per_tensor", "per_channel")
 #: The warm-up of a tune's timings (``farm tune``; a spec's ``tune:`` sweep sets its own).
 TUNE_WARMUP_S = 0.05
+#: Each side's timed budget in a tune's jobs (``farm tune --max-time-s``; a pair gets twice): half a sweep's. A
+#: pair that has not settled in 3 s is held back by the host, not by too few samples, and a tune's comparisons
+#: already allow for the host's drift between runs (+-5-8 % on a shared VM), beside which a longer timing adds
+#: nothing; every timing holds the host exclusively, so it is what a search's wall time is made of.
+TUNE_MAX_TIME_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -111,11 +116,13 @@ def tune_text(
         raise ConfigError(f"--method: a tune searches {', '.join(TUNE_METHODS)}, not {method!r}")
     # A tune times dozens of small jobs one at a time (the measurement lock): a short warm-up (still at least
     # farm.quant.latency's warmup_reps calls, and every block re-warms) leaves the time to the timed pairs.
-    bench: dict[str, Any] = {"batch_size": [batch_size], "warmup_s": TUNE_WARMUP_S}
+    bench: dict[str, Any] = {
+        "batch_size": [batch_size],
+        "warmup_s": TUNE_WARMUP_S,
+        "max_time_s": TUNE_MAX_TIME_S if max_time_s is None else max_time_s,
+    }
     if threads is not None:
         bench["threads"] = threads
-    if max_time_s is not None:
-        bench["max_time_s"] = max_time_s
     target = (
         f"drop{settings.max_accuracy_drop:g}" if settings.max_accuracy_drop is not None else f"{settings.min_metric:g}"
     )

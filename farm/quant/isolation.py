@@ -111,13 +111,16 @@ class MeasureLock:
 
     @contextlib.contextmanager
     def shared(self, stop: Callable[[], bool] | None = None) -> Iterator[None]:
-        """Hold the lock shared: one batch or step of a compute phase. Nested inside a hold of this thread: no-op.
+        """Hold the lock shared: one batch or step of a compute phase. Nested inside a shared hold of this thread
+        (a build's steps inside the whole build): :meth:`yield_to_benchmark` at its start, then nothing more.
 
         Raises:
             Cancelled: ``stop`` said so while waiting (a job cancelled while another one times).
         """
         held = self._held
         if held.depth:
+            if held.mode == "shared":  # a step inside a longer one (a build's convert, quantize, compile): a batch
+                self.yield_to_benchmark(stop)  # boundary, where a waiting benchmark goes first
             with self._nested():
                 yield
             return
@@ -161,6 +164,30 @@ class MeasureLock:
         finally:
             fcntl.flock(turnstile, fcntl.LOCK_UN)
 
+    def yield_to_benchmark(self, stop: Callable[[], bool] | None = None) -> None:
+        """Between two batches of a compute step held shared: if a benchmark waits for the lock, let go, queue
+        behind it on the turnstile while it times, then hold the lock shared again. A no-op (one non-blocking
+        ``flock``) when none waits, or when this thread does not hold the lock shared.
+
+        Raises:
+            Cancelled: ``stop`` said so while waiting (the lock is then not held again; the step's hold lets go).
+        """
+        held = self._held
+        if held.mode != "shared":
+            return
+        turnstile, lock = self._fds()
+        try:
+            fcntl.flock(turnstile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # a benchmark holds it while it waits for the readers in now (or a reader is passing it)
+        else:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+            return
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        _flock(turnstile, fcntl.LOCK_EX, stop)  # the benchmark's turn: it times, then lets the turnstile go
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        _flock(lock, fcntl.LOCK_SH, stop)
+
     @contextlib.contextmanager
     def _nested(self) -> Iterator[None]:
         self._held.depth += 1
@@ -191,6 +218,14 @@ _LOCK = MeasureLock()
 def measure_lock() -> MeasureLock:
     """This process's handle on the host's measurement lock."""
     return _LOCK
+
+
+def yield_to_benchmark(stop: Callable[[], bool] | None = None) -> None:
+    """Called between batches of a step that holds the lock for a library's whole loop (NNCF's and ONNX Runtime's
+    calibration): a benchmark that asks meanwhile times at the next batch, not after the step (2-3 s of NNCF
+    calibration kept a waiting benchmark, and with it the other process, idle). See
+    :meth:`MeasureLock.yield_to_benchmark`."""
+    _LOCK.yield_to_benchmark(stop)
 
 
 def compute_step(stop: Callable[[], bool] | None = None) -> contextlib.AbstractContextManager[None]:

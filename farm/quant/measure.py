@@ -97,7 +97,8 @@ def benchmark(
         baseline: the fp32 model this job compares with. A trial that is not simulated is timed side by side
             with it (:func:`farm.quant.latency.measure_pair`: same inputs, threads and process), which gives its
             ``speedup``; the fp32 job passes its own (``outcome is baseline.deployed``) and is timed alone. Either
-            way the eager fp32 form is timed too where it differs from the deployed one.
+            way ``fp32_deployed_as`` says how fp32 was deployed; the fp32 job also times the eager form where it
+            differs from the deployed one (``fp32_eager_p50_ms``; None in a trial's entry).
     """
     from farm.quant.isolation import compute_step, measuring
     from farm.quant.latency import warm_up
@@ -127,8 +128,9 @@ REWARM_S = 0.01
 @dataclasses.dataclass(frozen=True)
 class _Calls:
     """One batch's forward calls: the trial, its side-by-side fp32 baseline (None: timed alone) and the eager fp32
-    form (None where it is not timed); ``fp32_deployed_as`` is None when no fp32 figure goes with the trial's
-    (no baseline, or a simulated trial)."""
+    form (timed by the fp32 job only: a figure of fp32, not of a trial, which re-timing in every trial cost the host
+    exclusive time for nothing; None elsewhere); ``fp32_deployed_as`` is None when no fp32 figure goes with the
+    trial's (no baseline, or a simulated trial)."""
 
     trial: Callable[[], object]
     base: Callable[[], object] | None
@@ -142,10 +144,11 @@ class _Calls:
 
         if baseline is None or outcome.simulated:
             return _Calls(call(outcome), None, None, None)
+        own = baseline.deployed is outcome  # the fp32 job: timed alone, and it times the eager form too
         return _Calls(
             trial=call(outcome),
-            base=call(baseline.deployed) if baseline.deployed is not outcome else None,
-            eager=call(baseline.eager) if baseline.eager is not None else None,
+            base=None if own else call(baseline.deployed),
+            eager=call(baseline.eager) if own and baseline.eager is not None else None,
             fp32_deployed_as=baseline.deployed_as,
         )
 

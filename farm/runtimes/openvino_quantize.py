@@ -15,6 +15,7 @@ from typing import Any
 
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
+from farm.quant.isolation import yield_to_benchmark
 from farm.runtimes.ort import make_feeds
 
 #: Our observers -> NNCF's activation range estimator presets (RangeEstimatorParametersSet members).
@@ -88,7 +89,12 @@ def quantize_static(
         weights_quantization_params=QuantizationParameters(per_channel=recipe["per_channel"]),
         activations_range_estimator_params=estimator,
     )
-    dataset = nncf.Dataset(batches, lambda batch: list(make_feeds(batch, inputs).values()))
+
+    def feeds(batch: Batch) -> list[Any]:
+        yield_to_benchmark()  # NNCF's loop holds the lock for the whole step: a waiting benchmark goes first
+        return list(make_feeds(batch, inputs).values())
+
+    dataset = nncf.Dataset(batches, feeds)
     try:
         with _quiet():
             quantized = nncf.quantize(

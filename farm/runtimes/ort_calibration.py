@@ -20,6 +20,7 @@ from typing import Any
 
 from farm.errors import QuantizationError
 from farm.quant.inputs import Batch
+from farm.quant.isolation import yield_to_benchmark
 from farm.runtimes.ort import make_feeds
 
 #: Our observer -> onnxruntime CalibrationMethod member name.
@@ -89,6 +90,7 @@ def calibration_reader(batches: Iterable[Batch], inputs: list[tuple[str, Any]]) 
             self.count = 0
 
         def get_next(self) -> dict[str, Any] | None:
+            yield_to_benchmark()  # the quantizer holds the lock for its whole loop: a waiting benchmark goes first
             batch = next(self._it, None)
             if batch is None:
                 return None

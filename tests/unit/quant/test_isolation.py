@@ -154,6 +154,86 @@ def test_a_waiting_benchmark_goes_before_readers_that_come_after_it(tmp_path: Pa
     first.finish()
 
 
+@pytest.mark.parametrize("boundary", ["yield", "nested step"])
+def test_a_long_compute_step_lets_a_waiting_benchmark_time_between_its_batches(
+    tmp_path: Path, env: dict[str, str], boundary: str
+) -> None:
+    """A library's calibration loop holds the lock for the whole step (2-3 s of NNCF), and a runtime's build holds
+    it around its own steps; a benchmark that asks meanwhile times at the next batch boundary (a yield, or a step
+    nested in the build), and the step carries on after it."""
+    lock = MeasureLock(tmp_path)
+    turnstile, lock_file = lock.paths
+    with lock.shared():
+        lock.yield_to_benchmark()  # nobody waits: nothing changes
+        assert not can_flock(lock_file, fcntl.LOCK_EX)
+        bench = Holder(tmp_path, "exclusive", "bench", env)
+        bench.expect("trying")
+        for _ in range(100_000):  # until the benchmark waits, holding the turnstile
+            if not can_flock(turnstile, fcntl.LOCK_EX):
+                break
+        else:
+            pytest.fail("the waiting benchmark never held the turnstile")
+        done: list[bool] = []
+        step = threading.Thread(target=lambda: (lock.yield_to_benchmark(), done.append(bench.marker.exists())))
+        # The yield is per thread (flock belongs to the open file): run it in a thread that holds nothing, then
+        # in this one, which holds the lock shared.
+        step.start()
+        step.join()
+        assert done == [False]  # a thread that holds nothing has nothing to give up
+        releaser = threading.Thread(target=lambda: (bench.expect("in"), bench.release()))
+        releaser.start()
+        if boundary == "yield":
+            lock.yield_to_benchmark()  # lets the benchmark in, waits for it to time, holds the lock again
+        else:
+            with lock.shared():
+                assert bench.marker.exists()  # the nested step began after the benchmark had timed
+        releaser.join()
+        assert bench.marker.exists()  # it timed while this step waited
+        assert not can_flock(lock_file, fcntl.LOCK_EX)  # and the step holds the lock again
+    bench.finish()
+    assert can_flock(lock_file, fcntl.LOCK_EX)
+
+
+def test_nncf_and_onnxruntime_calibration_yield_between_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both libraries' calibration loops call the yield before each batch (holding the lock shared, as the
+    build step does)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'quantfarm[onnx]')")
+    import farm.runtimes.ort_calibration
+    from farm.quant.config import parse_method
+    from farm.quant.context import QuantContext
+    from farm.runtimes.engine import build
+    from farm.zoo.data import calibration_subset, first_batch, load_dataset
+    from farm.zoo.models import load_model
+
+    lock = MeasureLock(tmp_path / "locks")
+    (tmp_path / "locks").mkdir()
+    monkeypatch.setattr(isolation, "_LOCK", lock)
+    held: list[str | None] = []
+    monkeypatch.setattr(lock, "yield_to_benchmark", lambda stop=None: held.append(lock._held.mode))
+    model, splits = load_model("farm:digits-cnn").module, load_dataset("sklearn:digits")
+    runtimes = ["onnxruntime"]
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+
+        runtimes.append("openvino")
+    except ImportError:
+        pass
+    for runtime in runtimes:
+        held.clear()
+        calibration = calibration_subset(splits, 32, 0)
+        ctx = QuantContext(
+            "farm:digits-cnn", example_input=first_batch(splits.test, 2), calibration=calibration, batch_size=8
+        )
+        cfg = parse_method("static", {"calibration_size": 32, "runtime": runtime})
+        with isolation.compute_step():
+            build(model, cfg, ctx, tmp_path / runtime, threads=1, batch_sizes=(8,))
+        assert len(held) >= 2 and set(held) == {"shared"}, (runtime, held)
+    assert farm.runtimes.ort_calibration.yield_to_benchmark is isolation.yield_to_benchmark
+
+
 def test_a_job_cancelled_while_it_waits_for_the_lock_stops_waiting(tmp_path: Path, env: dict[str, str]) -> None:
     def stop_on_third_check() -> bool:
         checks.append(1)

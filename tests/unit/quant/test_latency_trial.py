@@ -36,8 +36,8 @@ def test_a_trials_speedup_comes_from_its_own_baseline(run_trial: Callable[..., A
     assert lat["speedup_ci_low"] <= lat["speedup"] <= lat["speedup_ci_high"]
     assert lat["blocks"] >= 6 and lat["baseline_p50_ms"] > 0
     assert lat["latency_p50_ci_low_ms"] <= lat["latency_p50_ms"] <= lat["latency_p50_ci_high_ms"]
-    # The deployed fp32 is frozen TorchScript; its eager form was timed beside it.
-    assert lat["fp32_deployed_as"] == "torchscript" and lat["fp32_eager_p50_ms"] > 0
+    # The deployed fp32 is frozen TorchScript; its eager form is the fp32 job's figure, not timed again here.
+    assert lat["fp32_deployed_as"] == "torchscript" and lat["fp32_eager_p50_ms"] is None
     if not lat["stable"]:
         assert lat["unstable_reason"] and any(w.startswith("latency at batch 1 is not stable") for w in result.warnings)
 
