@@ -221,7 +221,7 @@ def plan_tune(
     )
     (reference,) = plan.references
     validation = _validation_reference(reference)
-    jobs = [reference, validation, *(j for j in plan.jobs if j.role != "reference")]
+    jobs = [reference, validation, *_costliest_first([j for j in plan.jobs if j.role != "reference"])]
     stage_params = {
         **settings.to_dict(),
         "method": name,
@@ -328,6 +328,20 @@ def validation_spec(spec: JobSpec) -> JobSpec:
         isolation=b.isolation if b.isolation == "none" else VALIDATION_ISOLATION,
     )
     return dataclasses.replace(spec, split="validation", benchmark=bench)
+
+
+def _costliest_first(jobs: list[PlannedJob]) -> list[PlannedJob]:
+    """Stage 1's global recipes in the order they are released: the runtime whose builds take longest first
+    (``Runtime.build_cost``), a quantized recipe before that runtime's fp32 export, so that a pool does not end the
+    stage on one process building OpenVINO's last recipe while the other idles (longest processing time first,
+    as later stages order theirs by what the previous stage took)."""
+    from farm.runtimes.registry import RUNTIMES
+
+    def cost(job: PlannedJob) -> tuple[int, bool]:
+        runtime = RUNTIMES.get(job.spec.method.runtime)
+        return -(runtime.build_cost if runtime else 0), job.spec.method.method == "fp32"
+
+    return sorted(jobs, key=cost)
 
 
 def _validation_reference(reference: PlannedJob) -> PlannedJob:

@@ -280,3 +280,16 @@ def test_each_stage_hands_out_the_slowest_runtimes_jobs_first() -> None:
     for order in orders:
         assert order == sorted(order, key=lambda r: -took[r])  # openvino's, then torch's, then onnxruntime's
         assert len(set(order)) in (0, 3)
+    # Stage 1 has no earlier stage to go by: the runtimes whose builds are known to take longest come first, and
+    # a runtime's quantized recipes before its fp32 export.
+    first = [(j.spec.method.runtime, j.spec.method.method) for j in plan.jobs if j.role == "trial"]
+    assert first == [
+        ("openvino", "static"),
+        ("openvino", "static"),
+        ("openvino", "fp32"),
+        ("torch", "static"),
+        ("torch", "static"),
+        ("onnxruntime", "static"),
+        ("onnxruntime", "static"),
+        ("onnxruntime", "fp32"),
+    ]
