@@ -152,7 +152,7 @@ def section_d(b: Bench) -> dict[str, Any]:
     """(d) a job's p50 inside a ``-j 2`` pool whose other process calibrates and fine-tunes vs the same job alone.
 
     Both sides run the job in a pool process pinned as ``farm sweep run`` pins its processes
-    (farm.quant.isolation.pin_process, under the default isolation: exclusive); inside the sweep a second pinned
+    (farm.quant.pinning.pin_process, under the default isolation: exclusive); inside the sweep a second pinned
     process runs static (calibration) and qat (fine-tuning) jobs of the same model back to back, started before
     the measured job and stopped after it. The order alternates run by run (alone first, then inside first).
     Target: median(inside) / median(alone) within 5 %.
@@ -199,7 +199,7 @@ def _pinned(threads: int) -> None:
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from farm.quant.isolation import pin_process
+    from farm.quant.pinning import pin_process
 
     pin_process(threads)
 

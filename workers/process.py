@@ -42,7 +42,7 @@ def pin() -> tuple[int, ...] | None:
     """
     from billiard.process import current_process
 
-    from farm.quant.isolation import pin_process
+    from farm.quant.pinning import pin_process
 
     try:
         threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or 1))

@@ -297,7 +297,7 @@ def _run(spec: Any, target: Path, *, show_progress: bool) -> dict[str, Any]:
     """Run the trial in a scratch directory beside ``target``; move it into place only on success."""
     from farm.cli.render import interactive
     from farm.jobs.steps import run_job
-    from farm.quant.isolation import pinned_for
+    from farm.quant.pinning import pinned_for
 
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # removed again on failure
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,7 @@ def _init_worker(database_url: str, artifacts_url: str, threads: int) -> None:
         os.environ[var] = str(threads)
     # Busy-waiting OpenMP threads collapse when jobs share the cores (measured: 2-thread batches 5x slower).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from farm.quant.isolation import pin_process
+    from farm.quant.pinning import pin_process
 
     # Cores of its own, host-wide (before torch starts a thread): a job calibrating next door can't steal them.
     # None when they ran out: the process shares them, as the run's start said (run_local).
@@ -180,7 +180,7 @@ def run_local(
     Raises:
         KeyboardInterrupt: after cancelling the unfinished jobs and stopping the workers.
     """
-    from farm.quant.isolation import oversubscribed
+    from farm.quant.pinning import oversubscribed
     from farm.store import local_runs
 
     crowded = oversubscribed(max(1, jobs), threads)

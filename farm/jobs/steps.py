@@ -151,14 +151,11 @@ def _record_hardware(result: JobResult, device: str) -> None:
 def _load(spec: JobSpec, timings: dict[str, float], report: ProgressFn) -> _Inputs:
     """Load the data first, so that a bad path or calibration size is refused before a model is built (or
     trained), then the model."""
-    from farm.quant.isolation import compute_step
     from farm.zoo.data import calibration_subset, first_batch, for_split, load_dataset
     from farm.zoo.models import load_model
 
     cfg = spec.method
-    # Reading data, building (or training) the model and importing what it needs compute: paused while another
-    # job on this host times, as every compute phase is.
-    with timed_step("load", timings, report), compute_step():
+    with timed_step("load", timings, report):
         splits = for_split(load_dataset(spec.dataset), spec.split)  # metrics on spec.split's samples
         calibration = calibration_subset(splits, cfg.calibration_size, spec.seed) if cfg.calibrated else None  # type: ignore[attr-defined]
         loaded = load_model(spec.model, weights=spec.weights)
@@ -288,7 +285,6 @@ def _save(
     """Write the model file (an fp32 job also writes ``reference.pt``) and record its size; a runtime job's files
     are in ``out_dir`` already."""
     from farm.quant.artifact import save_model
-    from farm.quant.isolation import compute_step
     from farm.quant.measure import fill_size
 
     outcome = measured.outcome
@@ -297,7 +293,7 @@ def _save(
 
         record_artifact(result, measured.runtime, reference)
         return
-    with timed_step("save", timings, report), compute_step():  # serialising and hashing compute too
+    with timed_step("save", timings, report):
         saved = save_model(outcome.model, outcome.prepare_input(example), out_dir, autocast=outcome.autocast_dtype)
         if fp32:
             reference.size_bytes = saved.size_bytes

@@ -66,7 +66,7 @@ def allow_for_drift(
     latency: list[dict[str, Any]], spec: JobSpec, device: str, hardware_id: str | None, *, fp32_timed_here: bool
 ) -> list[dict[str, Any]]:
     """Record this job's fp32 p50s in the host's drift history, then widen every p50 interval by the host's
-    run-to-run spread (:func:`farm.quant.latency.allow_for_drift`); the history never fails a job.
+    run-to-run spread (:func:`farm.quant.drift.allow_for_drift`); the history never fails a job.
 
     Args:
         latency: the job's latency entries, one per batch size.

@@ -42,7 +42,7 @@ GRANULARITIES = ("per_tensor", "per_channel")
 TUNE_WARMUP_S = 0.05
 #: Each side's timed budget in a tune's jobs (``farm tune --max-time-s``; a pair gets twice): half a sweep's. A
 #: pair that has not settled in 3 s is held back by the host, not by too few samples, and a tune's comparisons
-#: already allow for the host's drift between runs (+-5-8 % on a shared VM), beside which a longer timing adds
+#: already allow for the host's drift between runs (several % on a shared VM), beside which a longer timing adds
 #: nothing; every timing holds the host exclusively, so it is what a search's wall time is made of.
 TUNE_MAX_TIME_S = 1.5
 
@@ -335,10 +335,11 @@ def _costliest_first(jobs: list[PlannedJob]) -> list[PlannedJob]:
     (``Runtime.build_cost``), a quantized recipe before that runtime's fp32 export, so that a pool does not end the
     stage on one process building OpenVINO's last recipe while the other idles (longest processing time first,
     as later stages order theirs by what the previous stage took)."""
+    from farm.runtimes.engine import runtime_of
     from farm.runtimes.registry import RUNTIMES
 
     def cost(job: PlannedJob) -> tuple[int, bool]:
-        runtime = RUNTIMES.get(job.spec.method.runtime)
+        runtime = RUNTIMES.get(runtime_of(job.spec.method))
         return -(runtime.build_cost if runtime else 0), job.spec.method.method == "fp32"
 
     return sorted(jobs, key=cost)

@@ -310,7 +310,7 @@ def spread(key: DriftKey) -> float | None:
     return History().spread(key).rel
 
 
-def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int, source: str | None = "runs") -> dict[str, Any]:
+def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int, source: str | None = FROM_RUNS) -> dict[str, Any]:
     """A latency entry whose p50 interval also holds the host's run-to-run drift.
 
     The interval becomes the union of the within-run one and ``p50 * (1 +- rel)``
@@ -350,11 +350,25 @@ def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int, source: st
 def _drift_basis(source: str | None, n: int) -> str:
     """What a drift allowance rests on, in words (every wording says "between runs": the warning's remedy keys on
     it)."""
-    if source == "host":
+    if source == FROM_HOST:
         return f"the 95 % bound on this host's moves between runs, from its other measurements; this one has {n} runs"
-    if source == "assumed":
+    if source == FROM_PRIOR:
         return (
             "assumed: the host has no measurement with 3 runs yet to bound its moves between runs "
             f"(FARM_DRIFT_PRIOR sets it); this one has {n}"
         )
     return f"the 95 % bound on the p50's moves between runs, from its last {n}"
+
+
+def drift_remedy(entry: dict[str, Any], *, fp32: bool) -> str:
+    """What to do about a p50 that the host's drift between runs made too wide to trust (``entry`` from
+    :func:`allow_for_drift`; ``fp32``: the job times fp32 itself, as a trial times its baseline)."""
+    if entry.get("drift_from") in (FROM_HOST, FROM_PRIOR):
+        if fp32 or entry.get("baseline_p50_ms") is not None:  # the job recorded a run of its key: a re-run adds one
+            return (
+                "run it again: from 3 runs its own spread replaces this one; meanwhile compare recipes by their "
+                "side-by-side speedup"
+            )
+        return "each fp32 job of this model here records a run of it: from 3 runs their own spread replaces this one"
+    # A host whose level moves between runs is not helped by timing one run longer; the side-by-side speedup is.
+    return "compare recipes by their side-by-side speedup, or measure on a quieter (dedicated) host"

@@ -343,7 +343,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
-    from farm.quant.isolation import cap_threads
+    from farm.quant.pinning import cap_threads
 
     previous = torch.get_num_threads()
     torch.set_num_threads(cap_threads(n))  # never more than the cores this process is pinned to

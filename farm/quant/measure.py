@@ -310,18 +310,16 @@ def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Referenc
     job's is 1.0: its figures are the reference's own. A simulated model runs fake quantization on fp32
     kernels, so no speedup is claimed for it.
     """
+    from farm.quant.drift import drift_remedy
+
     for lat in latency:
         speedup = 1.0 if result.method == "fp32" and ref.latency.get(lat["batch_size"]) else lat.get("speedup")
         result.latency.append({**lat, "speedup": None if result.simulated else speedup})
     unstable = [lat for lat in result.latency if lat.get("stable") is False]
     for lat in unstable:
         reason = lat.get("unstable_reason") or "unknown"
-        # A host whose level moves between runs is not helped by timing one run longer; the side-by-side speedup is.
         remedy = (
-            "run it again: from 3 runs its own spread replaces this one; meanwhile compare recipes by their "
-            "side-by-side speedup"
-            if lat.get("drift_from") in ("host", "assumed") and "between runs" in reason
-            else "compare recipes by their side-by-side speedup, or measure on a quieter (dedicated) host"
+            drift_remedy(lat, fp32=result.method == "fp32")
             if "between runs" in reason
             else "quiet the machine or raise benchmark.max_time_s before trusting its p50"
             + (" and speedup" if lat.get("speedup") is not None and result.method != "fp32" else "")

@@ -218,7 +218,7 @@ def build(model: nn.Module, cfg: Any, ctx: Any, workdir: str | Path, *, threads:
         began = time.perf_counter()
         with compute_step(ctx.should_stop):
             ignored = ignored_names(fp32, model, plan.layers, plan.settings) if plan.settings else []
-            deployed, recipe, coverage = _quantize(fp32, signature, cfg, batches, ctx.model_ref, ignored)
+            deployed, recipe, coverage = _quantize(fp32, signature, cfg, batches, ctx, ignored)
         recipe.update({**plan.details(), "ignored_scope": ignored} if plan.rules else {})
         timings["quantize"] = time.perf_counter() - began
         with compute_step(ctx.should_stop):
@@ -253,21 +253,21 @@ PER_CHANNEL_NOTE = "OpenVINO's int8 weight compression scales weights per output
 
 
 def _quantize(
-    fp32: Any, signature: Signature, cfg: Any, batches: list[Batch], ref: str, ignored: list[str]
+    fp32: Any, signature: Signature, cfg: Any, batches: list[Batch], ctx: Any, ignored: list[str]
 ) -> tuple[Any, dict, dict]:
     """The static or dynamic model (the ``ignored`` nodes left fp32), its recipe and its coverage."""
     from farm.runtimes.openvino_coverage import ov_coverage
 
     if cfg.method == "static":
         inputs = [(name, _dtype(port)) for name, port in zip(signature.input_names, fp32.inputs, strict=True)]
-        deployed, recipe = quantize_static(fp32, cfg, batches, inputs, ignored)
+        deployed, recipe = quantize_static(fp32, cfg, batches, inputs, ignored, ctx.should_stop)
     else:
         deployed, recipe = compress_weights(fp32, ignored)
     coverage = ov_coverage(deployed)
     if cfg.method == "dynamic" and coverage["layers"] == 0:
         raise QuantizationError(
             f"OpenVINO dynamic (int8 weight compression) found no MatMul, Convolution or embedding weight to "
-            f"compress in {ref}"
+            f"compress in {ctx.model_ref}"
         )
     return deployed, recipe, coverage
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from farm.errors import QuantizationError
@@ -64,7 +64,12 @@ def range_estimator(cfg: Any) -> Any:
 
 
 def quantize_static(
-    ov_model: Any, cfg: Any, batches: list[Batch], inputs: list[tuple[str, Any]], ignored: Sequence[str] = ()
+    ov_model: Any,
+    cfg: Any,
+    batches: list[Batch],
+    inputs: list[tuple[str, Any]],
+    ignored: Sequence[str] = (),
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[Any, dict]:
     """``nncf.quantize`` of ``ov_model`` (a copy) on ``batches``; the quantized model and the recipe it ran. The
     nodes named in ``ignored`` (per-layer rules' skipped layers) are NNCF's ignored scope: they stay fp32.
@@ -91,7 +96,7 @@ def quantize_static(
     )
 
     def feeds(batch: Batch) -> list[Any]:
-        yield_to_benchmark()  # NNCF's loop holds the lock for the whole step: a waiting benchmark goes first
+        yield_to_benchmark(stop)  # NNCF's loop holds the lock for the whole step: a waiting benchmark goes first
         return list(make_feeds(batch, inputs).values())
 
     dataset = nncf.Dataset(batches, feeds)

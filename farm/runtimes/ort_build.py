@@ -220,6 +220,7 @@ def _quantize(cfg: Any, ctx: Any, src: Path, dst: Path, exclude: list[str], over
         reduce_range=bool(cfg.reduce_range),
         nodes_to_exclude=exclude,
         granularity_overrides=granularity,
+        stop=ctx.should_stop,
     )
 
 

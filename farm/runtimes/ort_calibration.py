@@ -14,7 +14,7 @@ Symmetric activations set ``ActivationSymmetric`` and ``CalibTensorRangeSymmetri
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,9 @@ def onnx_inputs(path: str | Path) -> list[tuple[str, Any]]:
     ]
 
 
-def calibration_reader(batches: Iterable[Batch], inputs: list[tuple[str, Any]]) -> Any:
+def calibration_reader(
+    batches: Iterable[Batch], inputs: list[tuple[str, Any]], stop: Callable[[], bool] | None = None
+) -> Any:
     """An ``onnxruntime.quantization.CalibrationDataReader`` feeding ``batches`` (tensors, tuples or dicts of
     tensors, as the torch methods see them) to a graph with ``inputs``; ``count`` says how many it fed.
 
@@ -90,7 +92,7 @@ def calibration_reader(batches: Iterable[Batch], inputs: list[tuple[str, Any]]) 
             self.count = 0
 
         def get_next(self) -> dict[str, Any] | None:
-            yield_to_benchmark()  # the quantizer holds the lock for its whole loop: a waiting benchmark goes first
+            yield_to_benchmark(stop)  # the quantizer holds the lock for its whole loop: a waiting benchmark goes first
             batch = next(self._it, None)
             if batch is None:
                 return None

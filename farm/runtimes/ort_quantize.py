@@ -14,7 +14,7 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,7 @@ def quantize_static_onnx(
     run_preprocess: bool = True,
     nodes_to_exclude: Sequence[str] = (),
     granularity_overrides: Mapping[str, str] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> OrtQuantInfo:
     """Static int8 in QDQ format of the fp32 ONNX file ``src`` into ``dst``, calibrated on ``calibration``.
 
@@ -161,7 +162,7 @@ def quantize_static_onnx(
         if granularity_overrides:
             options["TensorQuantOverrides"] = tensor_overrides(model, granularity_overrides)
             used["TensorQuantOverrides"] = {k: [dict(d) for d in v] for k, v in options["TensorQuantOverrides"].items()}
-        reader = calibration_reader(calibration, onnx_inputs(model))
+        reader = calibration_reader(calibration, onnx_inputs(model), stop)
         try:
             quantize_static(
                 model,

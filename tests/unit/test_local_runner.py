@@ -435,7 +435,8 @@ def test_jobs_a_killed_run_left_queued_or_running_run_again(sweep_home: Path, tm
 def test_pool_processes_time_on_cores_of_their_own(
     sweep_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from farm.quant.isolation import LOCK_DIR_ENV, allowed_cpus
+    from farm.quant.isolation import LOCK_DIR_ENV
+    from farm.quant.pinning import allowed_cpus
 
     monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))  # the pool's claims only: every core is free
     text = f"name: pinned\nmodels: ['{TOY_MLP}']\ndataset: '{TOY_DATA}'\nmethods: [fp32, dynamic]\n{FAST_BENCHMARK}\n"

@@ -333,7 +333,8 @@ def test_isolation_is_recorded_with_every_latency_entry(
 ) -> None:
     import os
 
-    from farm.quant.isolation import LOCK_DIR_ENV, pinned_cores
+    from farm.quant.isolation import LOCK_DIR_ENV
+    from farm.quant.pinning import pinned_cores
 
     monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))  # free cores: no other process claims here
     affinity = os.sched_getaffinity(0)

@@ -375,3 +375,14 @@ def test_the_drift_module_imports_no_torch(subprocess_env: dict[str, str]) -> No
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_remedy_fits_what_a_rerun_would_add() -> None:
+    assumed = allow_for_drift(entry(baseline_p50_ms=90.0), 0.1, 1, "assumed")
+    assert drift.drift_remedy(assumed, fp32=False).startswith("run it again")  # a trial records its baseline
+    assert drift.drift_remedy(allow_for_drift(entry(), 0.1, 1, "assumed"), fp32=True).startswith("run it again")
+    # A simulated trial times no baseline: running it again records nothing; fp32 jobs of the model do.
+    simulated = allow_for_drift(entry(), 0.1, 1, "host")
+    assert "each fp32 job" in drift.drift_remedy(simulated, fp32=False)
+    measured = allow_for_drift(entry(baseline_p50_ms=90.0), 0.1, 9, "runs")
+    assert "quieter (dedicated) host" in drift.drift_remedy(measured, fp32=False)

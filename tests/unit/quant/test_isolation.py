@@ -8,6 +8,7 @@ timed: the order of events is read from the processes' output and from files the
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -21,10 +22,11 @@ from typing import Any
 import pytest
 
 from farm.errors import Cancelled
-from farm.quant import isolation
+from farm.quant import isolation, pinning
 from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.hostload import CpuTimes, host_load
-from farm.quant.isolation import MeasureLock, claim_cores
+from farm.quant.isolation import MeasureLock
+from farm.quant.pinning import claim_cores
 
 HOLDER = """
 import sys
@@ -197,10 +199,11 @@ def test_a_long_compute_step_lets_a_waiting_benchmark_time_between_its_batches(
 def test_nncf_and_onnxruntime_calibration_yield_between_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both libraries' calibration loops call the yield before each batch (holding the lock shared, as the
-    build step does)."""
+    """Both libraries' calibration loops yield before each calibration batch (4 batches of 8 here), with the job's
+    stop function, holding the lock shared as the build step does."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'quantfarm[onnx]')")
-    import farm.runtimes.ort_calibration
+    import importlib
+
     from farm.quant.config import parse_method
     from farm.quant.context import QuantContext
     from farm.runtimes.engine import build
@@ -210,28 +213,30 @@ def test_nncf_and_onnxruntime_calibration_yield_between_batches(
     lock = MeasureLock(tmp_path / "locks")
     (tmp_path / "locks").mkdir()
     monkeypatch.setattr(isolation, "_LOCK", lock)
-    held: list[str | None] = []
-    monkeypatch.setattr(lock, "yield_to_benchmark", lambda stop=None: held.append(lock._held.mode))
     model, splits = load_model("farm:digits-cnn").module, load_dataset("sklearn:digits")
-    runtimes = ["onnxruntime"]
-    try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
+    loops = {"onnxruntime": "farm.runtimes.ort_calibration"}
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        loops["openvino"] = "farm.runtimes.openvino_quantize"
 
-        runtimes.append("openvino")
-    except ImportError:
-        pass
-    for runtime in runtimes:
-        held.clear()
+    def stop() -> bool:
+        return False
+
+    seen: list[tuple[str | None, object]] = []
+    for runtime, module in loops.items():
+        seen.clear()
+        monkeypatch.setattr(
+            importlib.import_module(module), "yield_to_benchmark", lambda s=None: seen.append((lock._held.mode, s))
+        )
         calibration = calibration_subset(splits, 32, 0)
         ctx = QuantContext(
             "farm:digits-cnn", example_input=first_batch(splits.test, 2), calibration=calibration, batch_size=8
         )
+        ctx = dataclasses.replace(ctx, should_stop=stop)
         cfg = parse_method("static", {"calibration_size": 32, "runtime": runtime})
         with isolation.compute_step():
             build(model, cfg, ctx, tmp_path / runtime, threads=1, batch_sizes=(8,))
-        assert len(held) >= 2 and set(held) == {"shared"}, (runtime, held)
-    assert farm.runtimes.ort_calibration.yield_to_benchmark is isolation.yield_to_benchmark
+        assert len(seen) >= 4, (runtime, seen)  # one yield per calibration batch, at least
+        assert {mode for mode, _ in seen} == {"shared"} and {s for _, s in seen} == {stop}, runtime
 
 
 def test_a_job_cancelled_while_it_waits_for_the_lock_stops_waiting(tmp_path: Path, env: dict[str, str]) -> None:
@@ -289,7 +294,7 @@ def test_cores_are_claimed_in_disjoint_groups_and_given_back(tmp_path: Path) -> 
 PINNED = """
 import json, os, sys, threading
 import torch
-from farm.quant.isolation import pin_process
+from farm.quant.pinning import pin_process
 from farm.quant.latency import torch_threads
 
 earlier = threading.Thread(target=sys.stdin.readline)  # a thread started before pinning
@@ -307,7 +312,7 @@ earlier.join()  # holds its cores until told
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning needs sched_setaffinity")
 def test_pool_processes_get_cores_of_their_own_and_torch_threads_stay_within_them(env: dict[str, str]) -> None:
-    allowed = isolation.allowed_cpus()
+    allowed = pinning.allowed_cpus()
     if len(allowed) < 2:
         pytest.skip("needs two CPUs")
     procs = [
@@ -331,19 +336,19 @@ def test_pool_processes_get_cores_of_their_own_and_torch_threads_stay_within_the
 
 
 def test_oversubscription_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(isolation, "allowed_cpus", lambda: [0, 1, 2, 3])
-    assert isolation.oversubscribed(2, 2) is None
-    note = isolation.oversubscribed(3, 2)
+    monkeypatch.setattr(pinning, "allowed_cpus", lambda: [0, 1, 2, 3])
+    assert pinning.oversubscribed(2, 2) is None
+    note = pinning.oversubscribed(3, 2)
     assert note is not None and "6 cores" in note and "4 are available" in note
 
 
 def test_threads_are_capped_and_isolation_recorded_as_applied(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert isolation.pinned_cores() is None  # this test process is never pinned
-    assert isolation.cap_threads(4) == 4
-    assert [isolation.applied(m) for m in isolation.MODES] == ["exclusive", "none", "none"]
-    monkeypatch.setattr(isolation._pinning, "cores", (3, 5))
-    assert isolation.cap_threads(4) == 2 and isolation.cap_threads(1) == 1
-    assert [isolation.applied(m) for m in isolation.MODES] == ["exclusive", "pinned", "pinned"]
+    assert pinning.pinned_cores() is None  # this test process is never pinned
+    assert pinning.cap_threads(4) == 4
+    assert [pinning.applied(m) for m in isolation.MODES] == ["exclusive", "none", "none"]
+    monkeypatch.setattr(pinning._pinning, "cores", (3, 5))
+    assert pinning.cap_threads(4) == 2 and pinning.cap_threads(1) == 1
+    assert [pinning.applied(m) for m in isolation.MODES] == ["exclusive", "pinned", "pinned"]
     with isolation.measuring("pinned") as measured:
         pass
     assert measured.figures()["cores"] == [3, 5] and measured.figures()["isolation"] == "pinned"

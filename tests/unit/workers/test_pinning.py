@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.quant.isolation import LOCK_DIR_ENV, allowed_cpus
+from farm.quant.isolation import LOCK_DIR_ENV
+from farm.quant.pinning import allowed_cpus
 
 ROOT = Path(__file__).resolve().parents[3]
 
