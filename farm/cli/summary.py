@@ -59,7 +59,7 @@ def print_trial(r: dict[str, Any]) -> None:
             number(row["latency_iqr_ms"], ".3f"),
             number(row["throughput"], ".1f"),
             "n/a (simulated)" if r["simulated"] else number(row["speedup"], ".2f", "x"),
-            f"{row['reps']}{'' if row['stable'] else ' (unsettled)'}",
+            f"{row['reps']}{'' if row['stable'] else ' (unstable)'}",
         )
     out.print(lat)
     for w in r["warnings"]:
