@@ -116,9 +116,12 @@ def test_spread_of_known_values() -> None:
     # 25 runs at 100 and 25 at 110: 1200 zero differences, 625 of 0.0909 and 625 of 0.1 -> 0.1 (x 1.025 for 50).
     assert run_to_run_spread([100.0] * 25 + [110.0] * 25) == pytest.approx(0.1 * small_sample_factor(50))
     assert run_to_run_spread([100.0] * 50) == 0.0
-    # One run in 20 twice as slow (another tenant of the VM): it must not widen every interval on the host (the
-    # 95th percentile of the pairs would be 0.525); the median-based estimate ignores it.
-    assert run_to_run_spread([100.0] * 19 + [200.0]) == 0.0
+    # One run in 20 twice as slow (another tenant of the VM): 38 of the 380 ordered pairs hold it, more than 5 %, so
+    # a re-run meets such a difference more often than 1 in 20: the 95 % bound holds it (median-based estimates set
+    # it aside and missed real hosts' recurring jumps: 2 of 10 re-runs).
+    assert run_to_run_spread([100.0] * 19 + [200.0]) == pytest.approx(0.5 * small_sample_factor(20), rel=0.06)
+    # One run in 50 at +10 % is in 98 of the 2450 pairs, 4 %: below 5 %, the bound stays at the bulk's spread.
+    assert run_to_run_spread([100.0] * 49 + [110.0]) == 0.0
     # A steady spread (runs evenly between 100 and 110): about the 95th percentile of the pairs, ~9 %, x 1.07.
     steady = run_to_run_spread([100.0 + i * 10.0 / 19 for i in range(20)])
     assert steady is not None and 0.07 < steady <= 0.1 * small_sample_factor(20)
