@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,30 +32,17 @@ from typing import Any
 from farm.errors import Cancelled
 from farm.quant.bench_config import ISOLATION_MODES
 from farm.quant.hostload import cpu_times, host_load
+from farm.quant.lockdir import LOCK_DIR_ENV as LOCK_DIR_ENV
+from farm.quant.lockdir import lock_dir as lock_dir
+from farm.quant.lockdir import open_lock as _open
+from farm.quant.pinning import applied, pinned_cores
 
 log = logging.getLogger("farm.isolation")
 
 #: What ``benchmark.isolation`` may ask for: the lock and pinning, pinning only, or neither.
 MODES = ISOLATION_MODES
-#: Where the lock files live (default: a per-user directory under the system's temp dir, which is per host).
-LOCK_DIR_ENV = "FARM_LOCK_DIR"
 #: How often a wait for the lock checks whether its job was cancelled.
 POLL_S = 0.01
-
-
-def lock_dir() -> Path:
-    """The per-host, per-user directory of the lock files (created, private).
-
-    /tmp rather than the farm's home: a home on a network file system would make the lock span hosts.
-    """
-    configured = os.environ.get(LOCK_DIR_ENV)
-    path = Path(configured) if configured else Path(tempfile.gettempdir()) / f"farm-locks-{os.getuid()}"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-def _open(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 # --- the measurement lock -------------------------------------------------------------------------------------
@@ -247,8 +233,6 @@ class Measured:
         self.host_load: float | None = None
 
     def figures(self) -> dict[str, Any]:
-        from farm.quant.pinning import applied, pinned_cores
-
         cores = pinned_cores()
         return {
             "isolation": applied(self.requested),

@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.quant.isolation import _open, lock_dir
+from farm.quant.lockdir import lock_dir
+from farm.quant.lockdir import open_lock as _open
 
 log = logging.getLogger("farm.isolation")
 
