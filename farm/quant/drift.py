@@ -299,17 +299,6 @@ def _parse(line: str) -> tuple[str, float, float] | None:
     return key, t, p50
 
 
-def record(key: DriftKey, p50_ms: float) -> None:
-    """Append one p50 of ``key`` to this host's history (:meth:`History.record`); never raises."""
-    History().record(key, p50_ms)
-
-
-def spread(key: DriftKey) -> float | None:
-    """This host's run-to-run spread of ``key`` as a fraction of the p50 (:meth:`History.spread`: from fewer than
-    3 entries, the host's or the assumed one); never raises."""
-    return History().spread(key).rel
-
-
 def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int, source: str | None = FROM_RUNS) -> dict[str, Any]:
     """A latency entry whose p50 interval also holds the host's run-to-run drift.
 

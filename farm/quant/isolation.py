@@ -203,11 +203,6 @@ def _flock(fd: int, how: int, stop: Callable[[], bool] | None) -> None:
 _LOCK = MeasureLock()
 
 
-def measure_lock() -> MeasureLock:
-    """This process's handle on the host's measurement lock."""
-    return _LOCK
-
-
 def yield_to_benchmark(stop: Callable[[], bool] | None = None) -> None:
     """Called between batches of a step that holds the lock for a library's whole loop (NNCF's and ONNX Runtime's
     calibration): a benchmark that asks meanwhile times at the next batch, not after the step (2-3 s of NNCF
