@@ -13,9 +13,10 @@ from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import MethodConfig, config_from_dict
 
 #: Bumped when the engine changes what a job measures: results keyed by an older version are not reused.
-ENGINE_VERSION = "5"  # 2: speedup side by side, CIs, health; 3: intervals allow for drift between blocks;
+ENGINE_VERSION = "6"  # 2: speedup side by side, CIs, health; 3: intervals allow for drift between blocks;
 # 4: p50 intervals also hold the host's run-to-run drift (farm.quant.drift): results key anew, on purpose;
-# 5: that allowance is widened for the few runs it comes from, and before 3 runs is the host's or an assumed one
+# 5: that allowance is widened for the few runs it comes from, and before 3 runs is the host's or an assumed one;
+# 6: speedup = the ratio of the pair's pooled medians, blocks of equal time per side, glibc thresholds fixed
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class JobResult:
     #: One dict per batch size (docs/schema.md): p50 .. IQR in ms with the p50's 95 % interval
     #: (``latency_p50_ci_low_ms``, ``latency_p50_ci_high_ms``), throughput, reps, ``stable`` and
     #: ``unstable_reason``. A trial also carries what it measured side by side with its own fp32 baseline in the
-    #: same process: ``baseline_p50_ms``, ``speedup`` (median of per-block ratios) with ``speedup_ci_low`` ..
+    #: same process: ``baseline_p50_ms``, ``speedup`` (``baseline_p50_ms`` / p50) with ``speedup_ci_low`` ..
     #: ``_high`` (bootstrap, 95 %), ``blocks``, ``fp32_deployed_as`` and ``fp32_eager_p50_ms`` (None: the fp32 job
     #: times the eager form, where the deployed fp32 is TorchScript). The fp32 job's ``speedup`` is 1.0, a simulated
     #: model's None.

@@ -87,12 +87,14 @@ def run_job(
 
     import torch
 
+    from farm.quant import allocator
     from farm.quant.isolation import compute_step
     from farm.quant.latency import torch_threads
     from farm.quant.measure import check_runs, fill_figures
     from farm.quant.memory import peak_rss_bytes, reset_peak
     from farm.quant.registry import quiet_torch_ao
 
+    allocator.steady()  # before the model's buffers: its timings must not depend on this process's history
     report = progress or (lambda step, fraction: None)
     stop = should_stop or (lambda: False)
     timings: dict[str, float] = {}

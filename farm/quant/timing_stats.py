@@ -4,18 +4,21 @@ measurement stable.
 
 Timings are skewed and heavy-tailed (a preempted call costs 10x), so nothing here assumes a distribution: the
 median's interval comes from order statistics (the number of samples below the true median is Binomial(n, 1/2)),
-the speedup's from resampling the per-block ratios. The bootstrap uses a fixed seed, so the same samples always
-give the same interval. Pure Python: no torch, no numpy.
+the speedup's from resampling the pairs of blocks it was timed in. The bootstraps use a fixed seed, so the same
+samples always give the same interval. No torch (numpy only for the pooled bootstrap).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import random
 import statistics
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Two-sided confidence of every interval reported.
 CONFIDENCE = 0.95
@@ -82,26 +85,6 @@ def median_ci(sorted_values: Sequence[float], confidence: float = CONFIDENCE) ->
     return sorted_values[lo], sorted_values[hi]
 
 
-def bootstrap_median_ci(
-    values: Sequence[float],
-    *,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    confidence: float = CONFIDENCE,
-    seed: int = BOOTSTRAP_SEED,
-) -> tuple[float, float]:
-    """Percentile-bootstrap ``confidence`` interval of the median of ``values``; deterministic for a seed."""
-    if not values:
-        return float("nan"), float("nan")
-    if len(values) == 1:
-        return values[0], values[0]
-    rng = random.Random(seed)
-    data = list(values)
-    n = len(data)
-    medians = sorted(statistics.median(rng.choices(data, k=n)) for _ in range(resamples))
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    return percentile(medians, tail), percentile(medians, 100.0 - tail)
-
-
 def clustered_median_ci(blocks: Sequence[Sequence[float]], confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The median's interval allowing for drift: the union of the order-statistic interval over every sample and
     the one over the per-block medians (blocks in the order they were timed).
@@ -120,15 +103,52 @@ def clustered_median_ci(blocks: Sequence[Sequence[float]], confidence: float = C
     return low, high
 
 
-def ratio_ci(ratios: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The interval of a median ratio: the union of the percentile bootstrap (what the field reports) and the
-    distribution-free order-statistic interval, whose coverage holds where the bootstrap's falls short (few
-    blocks: with 10 ratios a bootstrap interval of the median covers well under 95 %)."""
-    if not ratios:
+def pooled_ratio_ci(
+    base_blocks: Sequence[Sequence[float]],
+    trial_blocks: Sequence[Sequence[float]],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """The interval of a side-by-side speedup, ``median(all base samples) / median(all trial samples)``.
+
+    The unit resampled is a pair of blocks (the i-th block of each side, timed back to back): a level shift moves
+    both sides of a pair, so resampling pairs keeps what the pairing cancels cancelled, and resampling whole blocks
+    keeps the correlation within a block. The percentile interval is then widened about the estimate by
+    :func:`small_sample_factor` over the number of pairs, as a bootstrap from few clusters covers less than it
+    claims. Deterministic for a seed; nan when either side is empty.
+    """
+    import numpy as np
+
+    n = min(len(base_blocks), len(trial_blocks))
+    if n == 0 or not all(base_blocks[:n]) or not all(trial_blocks[:n]):
         return float("nan"), float("nan")
-    low, high = bootstrap_median_ci(ratios, confidence=confidence)
-    o_low, o_high = median_ci(sorted(ratios), confidence)
-    return min(low, o_low), max(high, o_high)
+    estimate = statistics.median(_flat(base_blocks[:n])) / statistics.median(_flat(trial_blocks[:n]))
+    if n == 1:
+        return estimate, estimate
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n, size=(resamples, n))
+    ratios = _resampled_medians(base_blocks[:n], picks) / _resampled_medians(trial_blocks[:n], picks)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = (float(v) for v in np.percentile(ratios, [tail, 100.0 - tail]))
+    factor = small_sample_factor(n, confidence)
+    return min(low, estimate - factor * (estimate - low)), max(high, estimate + factor * (high - estimate))
+
+
+def _resampled_medians(blocks: Sequence[Sequence[float]], picks: np.ndarray) -> np.ndarray:
+    """The median of the pooled samples of each row of block indices ``picks`` (resamples x blocks)."""
+    import numpy as np
+
+    lengths = {len(b) for b in blocks}
+    if len(lengths) == 1:  # blocks of one length (the usual case): one vectorised median
+        data = np.asarray(blocks, dtype=float)
+        return np.median(data[picks].reshape(len(picks), -1), axis=1)
+    return np.array([np.median(np.concatenate([blocks[i] for i in row])) for row in picks])
+
+
+def _flat(blocks: Sequence[Sequence[float]]) -> list[float]:
+    return [v for block in blocks for v in block]
 
 
 def run_to_run_spread(p50s: Sequence[float], confidence: float = CONFIDENCE) -> float | None:
