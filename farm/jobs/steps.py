@@ -87,14 +87,12 @@ def run_job(
 
     import torch
 
-    from farm.quant import allocator
     from farm.quant.isolation import compute_step
     from farm.quant.latency import torch_threads
     from farm.quant.measure import check_runs, fill_figures
     from farm.quant.memory import peak_rss_bytes, reset_peak
     from farm.quant.registry import quiet_torch_ao
 
-    allocator.steady()  # before the model's buffers: its timings must not depend on this process's history
     report = progress or (lambda step, fraction: None)
     stop = should_stop or (lambda: False)
     timings: dict[str, float] = {}
@@ -152,11 +150,14 @@ def _record_hardware(result: JobResult, device: str) -> None:
 
 def _load(spec: JobSpec, timings: dict[str, float], report: ProgressFn) -> _Inputs:
     """Load the data first, so that a bad path or calibration size is refused before a model is built (or
-    trained), then the model."""
+    trained), then the model; the C allocator's thresholds are fixed before either (farm.quant.allocator: the
+    job's timings must not depend on what this process ran before)."""
+    from farm.quant.allocator import steady
     from farm.zoo.data import calibration_subset, first_batch, for_split, load_dataset
     from farm.zoo.models import load_model
 
     cfg = spec.method
+    steady()
     with timed_step("load", timings, report):
         splits = for_split(load_dataset(spec.dataset), spec.split)  # metrics on spec.split's samples
         calibration = calibration_subset(splits, cfg.calibration_size, spec.seed) if cfg.calibrated else None  # type: ignore[attr-defined]
