@@ -105,14 +105,14 @@ def benchmark(
     from farm.zoo.data import first_batch
 
     figures = []
+    prewarm = cfg.isolation == "exclusive" and cfg.warmup_s > REWARM_S  # warm before the exclusive hold
+    timing = dataclasses.replace(cfg, warmup_s=REWARM_S) if prewarm else cfg
     with outcome.active():
         for i, batch_size in enumerate(cfg.batch_sizes):
-            calls = _Calls.of(outcome, first_batch(dataset, batch_size), baseline)
-            timing = cfg
-            if cfg.isolation == "exclusive" and cfg.warmup_s > REWARM_S:
-                with compute_step(stop):  # warming computes: it pauses while another job here times
+            with compute_step(stop):  # reloading and warming compute: they pause while another job here times
+                calls = _Calls.of(outcome, first_batch(dataset, batch_size), baseline)
+                if prewarm:
                     warm_up(calls.all(), cfg.warmup_s, device=outcome.device)
-                timing = dataclasses.replace(cfg, warmup_s=REWARM_S)
             with measuring(cfg.isolation, stop) as isolated:  # exclusive: other jobs' compute here pauses
                 entry = _time_batch(calls, outcome.device, batch_size, timing, stop)
             figures.append({**entry, **isolated.figures()})
@@ -120,8 +120,7 @@ def benchmark(
     return figures
 
 
-#: Warm-up inside an exclusive hold, the model having warmed for ``warmup_s`` just before it: back to the warm
-#: state (caches, thread pool) after the wait for the lock, not a second full warm-up.
+#: Warm-up inside an exclusive hold, after ``warmup_s`` of it just before: back to the warm state, no more.
 REWARM_S = 0.01
 
 
@@ -140,7 +139,8 @@ class _Calls:
     @staticmethod
     def of(outcome: Any, batch: Any, baseline: Baseline | None) -> _Calls:
         def call(model: Any) -> Callable[[], object]:
-            return functools.partial(model.forward, model.prepare_input(batch))
+            served = model.as_loaded()  # a fresh TorchScript executor: this job's other calls had other shapes
+            return functools.partial(served.forward, served.prepare_input(batch))
 
         if baseline is None or outcome.simulated:
             return _Calls(call(outcome), None, None, None)

@@ -60,3 +60,47 @@ def test_fp32_says_it_was_timed_as_torchscript(run_trial: Callable[..., Any], tm
     assert back.deployed_as == "torchscript"
     again, _ = run_trial(CNN, DATASET, "fp32", reference=back)  # from the file, on another worker
     assert again.deployed_as == "torchscript"
+
+
+def test_the_benchmark_times_each_torchscript_module_as_a_user_loads_it(
+    run_trial: Callable[..., Any], reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's module has run other shapes (verification, evaluation) that TorchScript specialised it to; the
+    trial and its baseline are timed as fresh copies, reloaded from their bytes."""
+    import farm.quant.measure as measure
+    from farm.quant.context import QuantOutcome
+
+    timed, reloaded = [], []
+    real_time, real_reload = measure._time_batch, QuantOutcome.as_loaded
+
+    def time_batch(calls: Any, *args: Any, **kwargs: Any) -> Any:
+        timed.append(calls)
+        return real_time(calls, *args, **kwargs)
+
+    def as_loaded(self: QuantOutcome) -> QuantOutcome:
+        fresh = real_reload(self)
+        reloaded.append((self.model, fresh.model))
+        return fresh
+
+    monkeypatch.setattr(measure, "_time_batch", time_batch)
+    monkeypatch.setattr(QuantOutcome, "as_loaded", as_loaded)
+    run_trial(CNN, DATASET, "static", reference=reference, **CAL)
+    (calls,) = timed
+    assert len(reloaded) == 2 and all(fresh is not used for used, fresh in reloaded)  # the trial and its baseline
+    timed_modules = {id(calls.trial.func.__self__.model), id(calls.base.func.__self__.model)}
+    assert timed_modules == {id(fresh) for _, fresh in reloaded}
+
+
+def test_as_loaded_gives_a_fresh_copy_of_torchscript_and_leaves_other_modules_alone() -> None:
+    import torch
+
+    from farm.quant.context import QuantOutcome
+
+    eager = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 4)
+    scripted = torch.jit.freeze(torch.jit.trace(eager, x))
+    outcome = QuantOutcome(scripted)
+    fresh = outcome.as_loaded()
+    assert fresh.model is not scripted and isinstance(fresh.model, torch.jit.ScriptModule)
+    assert torch.equal(fresh.forward(x), outcome.forward(x))
+    assert QuantOutcome(eager).as_loaded().model is eager
