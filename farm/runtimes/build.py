@@ -22,7 +22,8 @@ from farm.errors import QuantizationError
 class DeployedModel:
     """What the measuring code reads of a :class:`farm.quant.context.QuantOutcome`, for a model that a runtime
     other than torch runs (:class:`farm.runtimes.ort.OrtModel`, ``OvModel``, ``TrtModel``): fixed settings, the
-    figures a method fills in, and an :meth:`active` with nothing to set (the runtime carries its own settings).
+    figures a method fills in, an :meth:`active` with nothing to set (the runtime carries its own settings) and an
+    :meth:`as_loaded` with nothing to reload.
     Subclasses add the model, ``prepare_input`` and ``forward``.
     """
 
@@ -40,6 +41,11 @@ class DeployedModel:
     def active(self) -> Iterator[None]:
         """Nothing to set: the session, compiled model or engine carries its own settings."""
         yield
+
+    def as_loaded(self) -> DeployedModel:
+        """Itself: a session, compiled model or engine does not specialise to the shapes it ran (cf.
+        :meth:`farm.quant.context.QuantOutcome.as_loaded`)."""
+        return self
 
 
 @dataclass
