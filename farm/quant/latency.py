@@ -245,18 +245,17 @@ def measure_pair(
     sync = _sync(device)
     with torch.inference_mode():
         k_trial, k_base = _pair_reps(_warm(trial_fn, s, sync, clock), _warm(base_fn, s, sync, clock), s)
-        reps = {trial_fn: k_trial, base_fn: k_base}
-        min_pairs = max(MIN_BLOCKS, math.ceil(s.min_reps / min(reps.values())))
+        sides = ((trial_fn, k_trial), (base_fn, k_base))
+        min_pairs = max(MIN_BLOCKS, math.ceil(s.min_reps / min(k_trial, k_base)))
         trial_s: list[list[float]] = []  # the blocks of each side, in order
         base_s: list[list[float]] = []
         ratios: list[float] = []
         settled = False
         began = clock()
-        while len(ratios) * max(reps.values()) < s.max_reps:
-            first, second = (trial_fn, base_fn) if len(ratios) % 2 == 0 else (base_fn, trial_fn)
-            a = _time_block(first, reps[first], sync, clock, rewarm=True)
-            b = _time_block(second, reps[second], sync, clock, rewarm=True)
-            trial_block, base_block = (a, b) if first is trial_fn else (b, a)
+        while len(ratios) * max(k_trial, k_base) < s.max_reps:
+            trial_first = len(ratios) % 2 == 0
+            a, b = (_time_block(fn, k, sync, clock, rewarm=True) for fn, k in (sides if trial_first else sides[::-1]))
+            trial_block, base_block = (a, b) if trial_first else (b, a)
             trial_s.append(trial_block)
             base_s.append(base_block)
             ratios.append(_ratio(statistics.median(base_block), statistics.median(trial_block)))
@@ -278,7 +277,7 @@ def measure_pair(
         speedup_ci_low=low,
         speedup_ci_high=high,
         blocks=len(ratios),
-        block_reps=reps[trial_fn],
+        block_reps=k_trial,
     )
 
 
