@@ -65,7 +65,8 @@ def drift_key(spec: JobSpec, device: str, hardware_id: str | None, batch_size: i
 def allow_for_drift(
     latency: list[dict[str, Any]], spec: JobSpec, device: str, hardware_id: str | None, *, fp32_timed_here: bool
 ) -> list[dict[str, Any]]:
-    """Record this job's fp32 p50s in the host's drift history, then widen every p50 interval by the host's
+    """Record this job's fp32 p50s in the host's drift history (not those timed on a busy host:
+    :func:`farm.quant.hostload.crowded`), then widen every p50 interval by the host's
     run-to-run spread (:func:`farm.quant.drift.allow_for_drift`); the history never fails a job.
 
     Args:
@@ -79,6 +80,7 @@ def allow_for_drift(
     """
     from farm.quant.drift import History
     from farm.quant.drift import allow_for_drift as widen
+    from farm.quant.hostload import crowded
 
     history = History()
     out = []
@@ -88,7 +90,7 @@ def allow_for_drift(
         if fp32_p50 is None and fp32_timed_here:
             fp32_p50 = lat.get("latency_p50_ms")
         key = drift_key(spec, device, hardware_id, lat["batch_size"], paired=paired)
-        if fp32_p50 is not None:
+        if fp32_p50 is not None and not crowded(lat):  # a crowded run measured its neighbours, not the host's drift
             history.record(key, fp32_p50)
         spread = history.spread(key)
         out.append(widen(lat, spread.rel, spread.n, spread.source))

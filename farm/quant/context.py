@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import logging
+import pickle
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -126,9 +128,14 @@ class QuantOutcome:
         if not isinstance(self.model, torch.jit.ScriptModule):
             return self
         buffer = io.BytesIO()
-        torch.jit.save(self.model, buffer)
-        buffer.seek(0)
-        return dataclasses.replace(self, model=torch.jit.load(buffer, map_location=self.device))
+        try:
+            torch.jit.save(self.model, buffer)
+            buffer.seek(0)
+            loaded = torch.jit.load(buffer, map_location=self.device)
+        except (RuntimeError, pickle.PicklingError) as exc:  # a module TorchScript cannot serialize: as it is
+            logging.getLogger(__name__).warning("timing the module as it is: it cannot be reloaded (%s)", exc)
+            return self
+        return dataclasses.replace(self, model=loaded)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:

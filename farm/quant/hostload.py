@@ -11,6 +11,20 @@ import os
 import time
 from dataclasses import dataclass
 
+#: CPU seconds left to other processes below which a host load is not told: /proc/stat counts 10 ms ticks, so over
+#: a 0.1 s timing on 2 CPUs a tick or two read as 30-45 % load on an idle host.
+MIN_CAPACITY_S = 0.5
+#: A host load above which a measurement was crowded: other processes kept a quarter of the CPU time the job left.
+#: Its unstable figure's warning names them as the likely cause, and its p50 stays out of the host's drift history
+#: (it measured the neighbours more than the host's own wander between runs).
+BUSY_HOST = 0.25
+
+
+def crowded(entry: dict[str, object]) -> bool:
+    """Whether a latency entry was timed on a busy host (its ``host_load`` at least :data:`BUSY_HOST`)."""
+    load = entry.get("host_load")
+    return isinstance(load, int | float) and load >= BUSY_HOST
+
 
 @dataclass(frozen=True)
 class CpuTimes:
@@ -35,11 +49,12 @@ def cpu_times() -> CpuTimes | None:
 
 
 def host_load(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
-    """Mean busy fraction of the host's CPU capacity left outside this process between two readings (0..1)."""
+    """Mean busy fraction of the host's CPU capacity left outside this process between two readings (0..1); None
+    when that capacity is under :data:`MIN_CAPACITY_S` (a few clock ticks: their share is noise)."""
     if before is None or after is None:
         return None
     own = after.own_s - before.own_s
     capacity = (after.total_s - before.total_s) - own
-    if capacity <= 0:
+    if capacity < MIN_CAPACITY_S:
         return None
     return round(min(1.0, max(0.0, (after.busy_s - before.busy_s - own) / capacity)), 3)

@@ -24,8 +24,9 @@ import torch
 
 from farm.quant.timing_stats import (
     clustered_median_ci,
-    median_ci,
+    flatten,
     percentile,
+    pooled_ratio,
     pooled_ratio_ci,
     relative_halfwidth,
     unstable_reason,
@@ -36,6 +37,8 @@ Clock = Callable[[], float]
 #: Fewest blocks (or pairs of blocks) before a measurement may call itself settled: with fewer, the interval of the
 #: block medians is their whole range, whose coverage is below 95 %.
 MIN_BLOCKS = 6
+#: Resamples of the bootstrap that decides whether a pair's speedup has settled (the reported one takes 2000).
+SETTLE_RESAMPLES = 200
 
 
 @dataclass(frozen=True)
@@ -223,9 +226,10 @@ def measure_pair(
     should_stop: Callable[[], bool] | None = None,
     clock: Clock = time.perf_counter,
 ) -> PairLatency:
-    """Time a trial and its baseline side by side: warm both, then pairs of blocks (k repetitions of one
-    side, then k of the other, the side that goes first alternating from pair to pair) until both medians and
-    the speedup are known to ``rel_tol``, or ``2 * max_time_s`` passed (never before ``min_reps`` per side).
+    """Time a trial and its baseline side by side: warm both, then pairs of blocks (a block of the slower side,
+    then one of the faster side that lasts about as long: :func:`_pair_reps`; the side that goes first alternating
+    from pair to pair) until both medians and the speedup are known to ``rel_tol``, or ``2 * max_time_s`` passed
+    (never before ``min_reps`` per side, and never past ``max_reps`` on either).
 
     Each block starts with one untimed call: the other model's block evicted this one's weights from the caches
     and let the thread pool sleep, and a model served back to back (what a user deploys) pays neither.
@@ -249,26 +253,25 @@ def measure_pair(
         min_pairs = max(MIN_BLOCKS, math.ceil(s.min_reps / min(k_trial, k_base)))
         trial_s: list[list[float]] = []  # the blocks of each side, in order
         base_s: list[list[float]] = []
-        ratios: list[float] = []
-        settled = False
+        settled, check_at = False, min_pairs
         began = clock()
-        while len(ratios) * max(k_trial, k_base) < s.max_reps:
-            trial_first = len(ratios) % 2 == 0
+        while len(trial_s) * max(k_trial, k_base) < s.max_reps:
+            trial_first = len(trial_s) % 2 == 0
             a, b = (_time_block(fn, k, sync, clock, rewarm=True) for fn, k in (sides if trial_first else sides[::-1]))
-            trial_block, base_block = (a, b) if trial_first else (b, a)
-            trial_s.append(trial_block)
-            base_s.append(base_block)
-            ratios.append(_ratio(statistics.median(base_block), statistics.median(trial_block)))
-            if len(ratios) >= min_pairs and _narrow(trial_s, s.rel_tol) and _narrow(base_s, s.rel_tol):
-                # Settled once the ratio also holds block to block (order statistics: cheap); the reported interval
-                # is the bootstrap's, once, after the loop.
-                low, high = median_ci(sorted(ratios))
-                if relative_halfwidth(statistics.median(ratios), low, high) <= s.rel_tol:
+            trial_s.append(a if trial_first else b)
+            base_s.append(b if trial_first else a)
+            pairs = len(trial_s)
+            if pairs >= check_at and _narrow(trial_s, s.rel_tol) and _narrow(base_s, s.rel_tol):
+                # The speedup's own interval (fewer resamples), checked after 1/8 more pairs each time: a bootstrap
+                # per pair would cost a fast model's pair as much again.
+                check_at = pairs + max(1, pairs // 8)
+                interval = pooled_ratio_ci(base_s, trial_s, resamples=SETTLE_RESAMPLES)
+                if relative_halfwidth(pooled_ratio(base_s, trial_s), *interval) <= s.rel_tol:
                     settled = True
                     break
-            if (len(ratios) >= min_pairs and clock() - began > 2 * s.max_time_s) or (should_stop and should_stop()):
+            if (pairs >= min_pairs and clock() - began > 2 * s.max_time_s) or (should_stop and should_stop()):
                 break
-    trial, baseline = (summarize(batch_size, _flat(b), settled=settled, blocks=b) for b in (trial_s, base_s))
+    trial, baseline = (summarize(batch_size, flatten(b), settled=settled, blocks=b) for b in (trial_s, base_s))
     low, high = pooled_ratio_ci(base_s, trial_s)
     return PairLatency(
         trial=trial,
@@ -276,7 +279,7 @@ def measure_pair(
         speedup=_ratio(baseline.latency_p50_ms, trial.latency_p50_ms),
         speedup_ci_low=low,
         speedup_ci_high=high,
-        blocks=len(ratios),
+        blocks=len(trial_s),
         block_reps=k_trial,
     )
 
@@ -318,14 +321,15 @@ def _sync(device: str) -> Callable[[], None]:
 
 
 def _warm(fn: Callable[[], object], s: LatencySettings, sync: Callable[[], None], clock: Clock) -> float:
-    """Run ``fn`` untimed for ``warmup_s`` and ``warmup_reps``; the mean seconds per call (sizes a pair's blocks)."""
-    start = clock()
-    reps = 0
-    while reps < s.warmup_reps or clock() - start < s.warmup_s:
+    """Run ``fn`` untimed for ``warmup_s`` and ``warmup_reps``; the median seconds of the later half of its calls
+    (sizes a pair's blocks: a fresh TorchScript module's first calls profile and compile)."""
+    start, seconds = clock(), list[float]()
+    while len(seconds) < s.warmup_reps or clock() - start < s.warmup_s:
+        t0 = clock()
         fn()
-        reps += 1
-    sync()
-    return (clock() - start) / reps if reps else 0.0
+        sync()
+        seconds.append(clock() - t0)
+    return statistics.median(seconds[len(seconds) // 2 :]) if seconds else 0.0
 
 
 def _time_block(
@@ -346,11 +350,7 @@ def _time_block(
 def _narrow(blocks: list[list[float]], rel_tol: float) -> bool:
     """The median's 95 % interval (allowing for drift between blocks) lies within ``rel_tol`` of it on both sides."""
     low, high = clustered_median_ci(blocks)
-    return relative_halfwidth(percentile(sorted(_flat(blocks)), 50), low, high) <= rel_tol
-
-
-def _flat(blocks: list[list[float]]) -> list[float]:
-    return [v for block in blocks for v in block]
+    return relative_halfwidth(percentile(sorted(flatten(blocks)), 50), low, high) <= rel_tol
 
 
 def _ratio(base: float, trial: float) -> float:

@@ -1,9 +1,8 @@
 """Measuring a quantized model against its fp32 reference: outputs on the test split, latency side by side, and
 the figures a trial reports (accuracy and fidelity, speedup, layer coverage, size).
 
-The engine's half of a job: :mod:`farm.jobs.steps` decides the order of a job's steps and calls these; they know
-nothing of the farm around them (no database, broker or artifact store) and fill in a
-:class:`farm.jobs.contract.JobResult`.
+The engine's half of a job: :mod:`farm.jobs.steps` orders a job's steps and calls these; they know nothing of the
+farm around them (no database, broker or artifact store) and fill in a :class:`farm.jobs.contract.JobResult`.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from farm.errors import ConfigError, QuantizationError
 from farm.jobs.contract import JobResult, JobSpec
 from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import MethodConfig
+from farm.quant.hostload import crowded
 from farm.quant.reference import Baseline, Reference
 
 EVAL_BATCH_SIZE = 64
@@ -116,6 +116,7 @@ def benchmark(
             with measuring(cfg.isolation, stop) as isolated:  # exclusive: other jobs' compute here pauses
                 entry = _time_batch(calls, outcome.device, batch_size, timing, stop)
             figures.append({**entry, **isolated.figures()})
+            del calls  # the reloaded copies go before the next batch size's come
             report("benchmark", (i + 1) / len(cfg.batch_sizes))
     return figures
 
@@ -297,11 +298,6 @@ def fill_metric(result: JobResult, metric: str | None, outputs: Any, ref: Refere
     result.metric_name, result.metric = metric, user_metric(function, metric, outputs, ref.outputs, labels)
 
 
-#: A host load (farm.quant.hostload: busy share of the capacity a job left) above which an unstable figure's warning
-#: names the host's other processes as the likely cause.
-BUSY_HOST = 0.25
-
-
 def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Reference) -> None:
     """Latency per batch size, and a warning for each figure that is not stable.
 
@@ -324,9 +320,9 @@ def fill_latency(result: JobResult, latency: list[dict[str, Any]], ref: Referenc
             else "quiet the machine or raise benchmark.max_time_s before trusting its p50"
             + (" and speedup" if lat.get("speedup") is not None and result.method != "fp32" else "")
         )
-        busy = lat.get("host_load")
-        if isinstance(busy, int | float) and busy >= BUSY_HOST:  # name the likeliest cause: the neighbours
-            reason += f"; other processes kept {busy:.0%} of the CPU time this job left busy while it timed " + (
+        if crowded(lat):  # name the likeliest cause: the neighbours
+            busy = f"; other processes kept {lat['host_load']:.0%} of the CPU time this job left busy while it timed "
+            reason += busy + (
                 "(the measurement lock pauses farm jobs only)"
                 if lat.get("isolation") == "exclusive"
                 else f"(isolation {lat.get('isolation') or 'none'}: other farm jobs may have run or timed alongside)"

@@ -11,7 +11,12 @@ _STATUS = Path("/proc/self/status")
 
 
 def reset_peak() -> bool:
-    """Reset this process's peak RSS (Linux: writing 5 to clear_refs). False when not possible."""
+    """Reset this process's peak RSS (Linux: writing 5 to clear_refs), once the heap has given back what earlier
+    jobs freed (:func:`farm.quant.allocator.release`: a steady allocator keeps it otherwise). False when not
+    possible."""
+    from farm.quant.allocator import release
+
+    release()
     try:
         _CLEAR_REFS.write_text("5")
         return True

@@ -4,7 +4,7 @@ measurement stable.
 
 Timings are skewed and heavy-tailed (a preempted call costs 10x), so nothing here assumes a distribution: the
 median's interval comes from order statistics (the number of samples below the true median is Binomial(n, 1/2)),
-the speedup's from resampling the pairs of blocks it was timed in. The bootstraps use a fixed seed, so the same
+the speedup's from resampling the pairs of blocks it was timed in. The bootstrap uses a fixed seed, so the same
 samples always give the same interval. No torch (numpy only for the pooled bootstrap).
 """
 
@@ -103,6 +103,16 @@ def clustered_median_ci(blocks: Sequence[Sequence[float]], confidence: float = C
     return low, high
 
 
+def pooled_ratio(base_blocks: Sequence[Sequence[float]], trial_blocks: Sequence[Sequence[float]]) -> float:
+    """A side-by-side speedup: the median of every base sample over the median of every trial sample (inf when
+    the trial's is 0, nan when either side is empty)."""
+    base, trial = flatten(base_blocks), flatten(trial_blocks)
+    if not base or not trial:
+        return float("nan")
+    b, t = statistics.median(base), statistics.median(trial)
+    return b / t if t > 0 else float("inf")
+
+
 def pooled_ratio_ci(
     base_blocks: Sequence[Sequence[float]],
     trial_blocks: Sequence[Sequence[float]],
@@ -111,29 +121,31 @@ def pooled_ratio_ci(
     confidence: float = CONFIDENCE,
     seed: int = BOOTSTRAP_SEED,
 ) -> tuple[float, float]:
-    """The interval of a side-by-side speedup, ``median(all base samples) / median(all trial samples)``.
+    """The interval of :func:`pooled_ratio`.
 
     The unit resampled is a pair of blocks (the i-th block of each side, timed back to back): a level shift moves
     both sides of a pair, so resampling pairs keeps what the pairing cancels cancelled, and resampling whole blocks
-    keeps the correlation within a block. The percentile interval is then widened about the estimate by
-    :func:`small_sample_factor` over the number of pairs, as a bootstrap from few clusters covers less than it
-    claims. Deterministic for a seed; nan when either side is empty.
+    keeps the correlation within a block. The percentile interval is then widened about the estimate, on the log
+    scale (a ratio's ends stay positive), by :func:`small_sample_factor` over the number of pairs, as a bootstrap
+    from few clusters covers less than it claims; it always contains the estimate. Deterministic for a seed; one
+    pair gives the estimate itself (no spread to resample), no pairs nan.
     """
     import numpy as np
 
     n = min(len(base_blocks), len(trial_blocks))
-    if n == 0 or not all(base_blocks[:n]) or not all(trial_blocks[:n]):
-        return float("nan"), float("nan")
-    estimate = statistics.median(_flat(base_blocks[:n])) / statistics.median(_flat(trial_blocks[:n]))
-    if n == 1:
+    estimate = pooled_ratio(base_blocks[:n], trial_blocks[:n])
+    if n <= 1 or not math.isfinite(estimate) or estimate <= 0 or not all(base_blocks[:n]) or not all(trial_blocks[:n]):
         return estimate, estimate
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, n, size=(resamples, n))
-    ratios = _resampled_medians(base_blocks[:n], picks) / _resampled_medians(trial_blocks[:n], picks)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = _resampled_medians(base_blocks[:n], picks) / _resampled_medians(trial_blocks[:n], picks)
     tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = (float(v) for v in np.percentile(ratios, [tail, 100.0 - tail]))
+    low, high = (float(v) for v in np.nanpercentile(ratios, [tail, 100.0 - tail]))
     factor = small_sample_factor(n, confidence)
-    return min(low, estimate - factor * (estimate - low)), max(high, estimate + factor * (high - estimate))
+    low = estimate * (min(low, estimate) / estimate) ** factor if low > 0 else 0.0
+    high = estimate * (max(high, estimate) / estimate) ** factor
+    return low, high
 
 
 def _resampled_medians(blocks: Sequence[Sequence[float]], picks: np.ndarray) -> np.ndarray:
@@ -147,7 +159,8 @@ def _resampled_medians(blocks: Sequence[Sequence[float]], picks: np.ndarray) -> 
     return np.array([np.median(np.concatenate([blocks[i] for i in row])) for row in picks])
 
 
-def _flat(blocks: Sequence[Sequence[float]]) -> list[float]:
+def flatten(blocks: Sequence[Sequence[float]]) -> list[float]:
+    """The samples of ``blocks``, in order."""
     return [v for block in blocks for v in block]
 
 

@@ -35,8 +35,9 @@ print(json.dumps({"label": label, "kept": touched - rss() < size // 2, "fingerpr
 
 
 def _probe(mode: str, **env: str) -> dict[str, object]:
+    base = {k: v for k, v in os.environ.items() if k not in ("FARM_MALLOC", "LD_PRELOAD")}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env={**os.environ, **env}
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env={**base, **env}
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -44,7 +45,7 @@ def _probe(mode: str, **env: str) -> dict[str, object]:
 def test_steady_keeps_a_freed_batch_buffer_for_the_next_call_and_says_so() -> None:
     steady = _probe("steady")
     assert steady["kept"] is True
-    assert str(steady["label"]).startswith("glibc steady") and steady["fingerprint"] == steady["label"]
+    assert steady["label"] == "glibc steady (mmap >= 32 MiB, no trim)" and steady["fingerprint"] == steady["label"]
 
 
 def test_glibc_left_alone_hands_the_buffer_back_and_the_fingerprint_says_default() -> None:
@@ -56,3 +57,20 @@ def test_glibc_left_alone_hands_the_buffer_back_and_the_fingerprint_says_default
 def test_farm_malloc_default_opts_out() -> None:
     opted_out = _probe("steady", FARM_MALLOC="default")
     assert opted_out["kept"] is False and opted_out["label"] == "default"
+
+
+def test_a_preloaded_allocator_is_left_alone_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.quant import allocator
+
+    monkeypatch.delenv("FARM_MALLOC", raising=False)
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.setattr(allocator, "_preloaded", lambda: "jemalloc")
+    monkeypatch.setattr(allocator, "_set_glibc", lambda: pytest.fail("mallopt on a preloaded allocator"))
+    assert allocator.steady() == allocator.label() == "jemalloc (preloaded)"
+
+
+def test_release_gives_a_kept_buffer_back_before_a_jobs_peak_is_measured() -> None:
+    code = PROBE.replace("libc.free(block)", "libc.free(block)\nallocator.release()")
+    base = {k: v for k, v in os.environ.items() if k not in ("FARM_MALLOC", "LD_PRELOAD")}
+    out = subprocess.run([sys.executable, "-c", code, "steady"], capture_output=True, text=True, check=True, env=base)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["kept"] is False

@@ -5,7 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from farm.quant.measure import BUSY_HOST, fill_latency
+from farm.quant.hostload import BUSY_HOST
+from farm.quant.measure import fill_latency
 
 
 def _warnings(host_load: float | None, isolation: str = "exclusive") -> list[str]:

@@ -264,6 +264,16 @@ def test_trials_record_their_side_by_side_baseline_and_widen_their_own_p50(drift
     assert History(drift_history).values(drift_key(spec, "cpu", "hw1", 8)) == [100.0, 100.0, 110.0]
 
 
+def test_a_run_timed_on_a_busy_host_is_not_recorded(drift_history: Path) -> None:
+    """A neighbour that kept the CPUs busy moved the p50 3x (a 1-thread loader beside a 2-thread ResNet-18): such a
+    run would widen every later interval of the measurement by 200 %, while the host's own wander is a few %."""
+    spec = _spec()
+    for baseline, load in ((100.0, 0.02), (300.0, 0.9), (101.0, None)):
+        trial = entry(p50=50.0, low=49.5, high=50.5, baseline_p50_ms=baseline, speedup=2.0, host_load=load)
+        job_allow_for_drift([trial], spec, "cpu", "hw1", fp32_timed_here=False)
+    assert History(drift_history).values(drift_key(spec, "cpu", "hw1", 8)) == [100.0, 101.0]
+
+
 def test_only_fp32_timed_by_the_job_itself_is_recorded(drift_history: Path) -> None:
     spec = _spec("fp32")
     key = drift_key(spec, "cpu", "hw1", 8, paired=False)  # an fp32 job times fp32 alone

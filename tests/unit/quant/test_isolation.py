@@ -358,6 +358,7 @@ def test_host_load_is_the_busy_share_of_what_this_process_left() -> None:
     # 20 CPU-seconds passed, 4 of them this process's own: of the other 16, 10 - 4 = 6 were busy.
     assert host_load(CpuTimes(10.0, 40.0, 1.0), CpuTimes(20.0, 60.0, 5.0)) == pytest.approx(0.375)
     assert host_load(CpuTimes(0.0, 0.0, 0.0), CpuTimes(1.0, 1.0, 2.0)) is None  # no capacity left to judge
+    assert host_load(CpuTimes(0.0, 0.0, 0.0), CpuTimes(0.03, 0.2, 0.0)) is None  # 20 ticks: 3 of them are noise
     assert host_load(None, CpuTimes(1.0, 2.0, 0.0)) is None
     assert host_load(CpuTimes(0.0, 0.0, 0.0), CpuTimes(0.0, 10.0, 0.0)) == 0.0
 

@@ -104,3 +104,21 @@ def test_as_loaded_gives_a_fresh_copy_of_torchscript_and_leaves_other_modules_al
     assert fresh.model is not scripted and isinstance(fresh.model, torch.jit.ScriptModule)
     assert torch.equal(fresh.forward(x), outcome.forward(x))
     assert QuantOutcome(eager).as_loaded().model is eager
+
+
+def test_a_torchscript_module_that_cannot_be_reloaded_is_timed_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    from farm.quant.context import QuantOutcome
+
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("Could not export Python function call 'helper'")
+
+    monkeypatch.setattr(torch.jit, "save", refuse)
+    outcome = QuantOutcome(scripted)
+    assert outcome.as_loaded() is outcome
+    assert "cannot be reloaded" in caplog.text
