@@ -27,8 +27,8 @@ from farm.quant.timing_stats import (
     flatten,
     percentile,
     pooled_ratio,
-    pooled_ratio_ci,
     relative_halfwidth,
+    speedup_ci,
     unstable_reason,
 )
 
@@ -115,8 +115,8 @@ class PairLatency:
             block is a few calls, so its median is near their mean, and on a loaded host one preempted call of
             two moved a block's ratio by 2-4x (ResNet-18 static under a loader: median of block ratios 4.1x,
             ratio of the medians 7.8x, an independent re-timing 7.1x).
-        speedup_ci_low, speedup_ci_high: its 95 % interval, a bootstrap over the pairs of blocks (fixed seed;
-            :func:`farm.quant.timing_stats.pooled_ratio_ci`).
+        speedup_ci_low, speedup_ci_high: its 95 % interval, a bootstrap over the pairs of blocks (fixed seed) joined
+            with the order-statistic interval of the per-pair block ratios (:func:`farm.quant.timing_stats.speedup_ci`).
         blocks: how many pairs of blocks were timed.
         block_reps: the trial's repetitions per block (:func:`_pair_reps`).
     """
@@ -262,17 +262,17 @@ def measure_pair(
             base_s.append(b if trial_first else a)
             pairs = len(trial_s)
             if pairs >= check_at and _narrow(trial_s, s.rel_tol) and _narrow(base_s, s.rel_tol):
-                # The speedup's own interval (fewer resamples), checked after 1/8 more pairs each time: a bootstrap
-                # per pair would cost a fast model's pair as much again.
+                # The speedup's own interval (its bootstrap from fewer resamples), checked after 1/8 more pairs each
+                # time: a bootstrap per pair would cost a fast model's pair as much again.
                 check_at = pairs + max(1, pairs // 8)
-                interval = pooled_ratio_ci(base_s, trial_s, resamples=SETTLE_RESAMPLES)
+                interval = speedup_ci(base_s, trial_s, resamples=SETTLE_RESAMPLES)
                 if relative_halfwidth(pooled_ratio(base_s, trial_s), *interval) <= s.rel_tol:
                     settled = True
                     break
             if (pairs >= min_pairs and clock() - began > 2 * s.max_time_s) or (should_stop and should_stop()):
                 break
     trial, baseline = (summarize(batch_size, flatten(b), settled=settled, blocks=b) for b in (trial_s, base_s))
-    low, high = pooled_ratio_ci(base_s, trial_s)
+    low, high = speedup_ci(base_s, trial_s)
     return PairLatency(
         trial=trial,
         baseline=baseline,
