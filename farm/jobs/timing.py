@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from farm.jobs.contract import ENGINE_VERSION
 from farm.quant.measure import ProgressFn
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def drift_key(spec: JobSpec, device: str, hardware_id: str | None, batch_size: i
         provider=str(provider) if provider is not None else None,
         isolation=spec.benchmark.isolation,
         timed=FP32_BASELINE if paired else FP32_ALONE,
+        engine_version=ENGINE_VERSION,
     )
 
 

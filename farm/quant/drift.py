@@ -74,6 +74,9 @@ class DriftKey:
         runtime, provider: what runs it (``torch``, ``onnxruntime`` with its execution provider, ...).
         isolation: ``exclusive``, ``pinned`` or ``none``: a less shielded timing wanders more.
         timed: what was timed (:data:`FP32_BASELINE`).
+        engine_version: the engine that timed it (:data:`farm.jobs.contract.ENGINE_VERSION`): a new engine times
+            differently (version 6 reloads TorchScript and fixes the allocator: 10-40 % on some models), and its
+            history starts anew rather than read that change as drift.
     """
 
     hardware_id: str | None
@@ -87,6 +90,7 @@ class DriftKey:
     provider: str | None = None
     isolation: str = "exclusive"
     timed: str = FP32_BASELINE
+    engine_version: str | None = None
 
     def text(self) -> str:
         """The key as one canonical string (what the history file stores)."""
@@ -255,8 +259,9 @@ class History:
 
 def _host_spread(by_key: dict[str, list[float]], key: DriftKey) -> float | None:
     """The median run-to-run spread of the host's other measurements with 3 runs or more, on the same hardware,
-    device and isolation (a less shielded timing wanders more); None when there are none. A host's level moves
-    every model it runs, so their typical spread is the best guess for a model it has not yet run 3 times."""
+    device, isolation (a less shielded timing wanders more) and engine version; None when there are none. A host's
+    level moves every model it runs, so their typical spread is the best guess for a model it has not yet run 3
+    times."""
     spreads = []
     for text, values in by_key.items():
         try:
@@ -264,7 +269,7 @@ def _host_spread(by_key: dict[str, list[float]], key: DriftKey) -> float | None:
         except ValueError:
             continue
         same = isinstance(other, dict) and all(
-            other.get(f) == getattr(key, f) for f in ("hardware_id", "device", "isolation")
+            other.get(f) == getattr(key, f) for f in ("hardware_id", "device", "isolation", "engine_version")
         )
         rel = run_to_run_spread(values) if same and text != key.text() else None
         if rel is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from farm.jobs.contract import JobSpec
+from farm.jobs.contract import ENGINE_VERSION, JobSpec
 from farm.jobs.timing import allow_for_drift as job_allow_for_drift
 from farm.jobs.timing import drift_key
 from farm.quant import drift
@@ -272,6 +272,18 @@ def test_a_run_timed_on_a_busy_host_is_not_recorded(drift_history: Path) -> None
         trial = entry(p50=50.0, low=49.5, high=50.5, baseline_p50_ms=baseline, speedup=2.0, host_load=load)
         job_allow_for_drift([trial], spec, "cpu", "hw1", fp32_timed_here=False)
     assert History(drift_history).values(drift_key(spec, "cpu", "hw1", 8)) == [100.0, 101.0]
+
+
+def test_a_new_engine_version_starts_the_history_anew(drift_history: Path) -> None:
+    import dataclasses
+
+    key = drift_key(_spec(), "cpu", "hw1", 8)
+    assert key.engine_version == ENGINE_VERSION
+    old = dataclasses.replace(key, engine_version="5")
+    history = History(drift_history)
+    for p50 in (100.0, 130.0, 90.0):  # the old engine's figures: another program state, not this one's drift
+        history.record(old, p50)
+    assert history.values(key) == [] and history.spread(key).source == "assumed"
 
 
 def test_only_fp32_timed_by_the_job_itself_is_recorded(drift_history: Path) -> None:
