@@ -4,8 +4,9 @@ measurement stable.
 
 Timings are skewed and heavy-tailed (a preempted call costs 10x), so nothing here assumes a distribution: the
 median's interval comes from order statistics (the number of samples below the true median is Binomial(n, 1/2)),
-the speedup's from resampling the pairs of blocks it was timed in. The bootstrap uses a fixed seed, so the same
-samples always give the same interval. No torch (numpy only for the pooled bootstrap).
+the speedup's from resampling the pairs of blocks it was timed in, joined with the order statistics of their
+ratios. The bootstrap uses a fixed seed, so the same samples always give the same interval. No torch (numpy only
+for the pooled bootstrap).
 """
 
 from __future__ import annotations
