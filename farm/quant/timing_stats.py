@@ -167,11 +167,9 @@ def speedup_ci(
     is half preempted, it is wide, which is the truth of such a host.
     """
     low, high = pooled_ratio_ci(base_blocks, trial_blocks, resamples=resamples, confidence=confidence)
-    ratios = sorted(
-        statistics.median(b) / statistics.median(t)
-        for b, t in zip(base_blocks, trial_blocks, strict=False)
-        if b and t and statistics.median(t) > 0
-    )
+    pairs = zip(base_blocks, trial_blocks, strict=False)
+    medians = [(statistics.median(b), statistics.median(t)) for b, t in pairs if b and t]
+    ratios = sorted(b / t for b, t in medians if t > 0)
     if len(ratios) < 2 or not (math.isfinite(low) and math.isfinite(high)):
         return low, high
     o_low, o_high = median_ci(ratios, confidence)
