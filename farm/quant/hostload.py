@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: CPU seconds left to other processes below which a host load is not told: /proc/stat counts 10 ms ticks, so over
@@ -58,3 +59,15 @@ def host_load(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
     if capacity < MIN_CAPACITY_S:
         return None
     return round(min(1.0, max(0.0, (after.busy_s - before.busy_s - own) / capacity)), 3)
+
+
+def busy_since() -> Callable[[], bool]:
+    """A probe that tells whether the host has been busy (a :func:`host_load` of at least :data:`BUSY_HOST`) since it
+    was made; False while too little time passed to tell, or where /proc/stat does not exist."""
+    before = cpu_times()
+
+    def busy() -> bool:
+        load = host_load(before, cpu_times())
+        return load is not None and load >= BUSY_HOST
+
+    return busy

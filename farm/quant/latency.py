@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from farm.quant.hostload import busy_since
 from farm.quant.timing_stats import (
     clustered_median_ci,
     flatten,
@@ -37,6 +38,11 @@ Clock = Callable[[], float]
 #: Fewest blocks (or pairs of blocks) before a measurement may call itself settled: with fewer, the interval of the
 #: block medians is their whole range, whose coverage is below 95 %.
 MIN_BLOCKS = 6
+#: A side of a pair whose call takes less than this starts each block with an untimed call; a slower one times its
+#: block from the first call: refilling the caches the other side's block evicted is a few ms at most, and the
+#: first call of a block measured the same as the rest (fp32 ResNet-18, batch 8: 211 vs 212 ms; its static int8
+#: form 98 vs 99 ms; beside a loader 635 vs 627 ms), so the untimed call only cost a third of a slow side's time.
+REWARM_BELOW_S = 0.05
 #: Resamples of the bootstrap that decides whether a pair's speedup has settled (the reported one takes 2000).
 SETTLE_RESAMPLES = 200
 
@@ -58,6 +64,11 @@ class LatencySettings:
             on both sides.
         target_block_s: a block is as many repetitions as take about this long (2 to ``block``): short
             enough that drift within a block is small, long enough that a fast model's block median is steady.
+        busy_factor: on a busy host (other processes kept :data:`farm.quant.hostload.BUSY_HOST` of the CPU time
+            this process left, since the measurement began) an unsettled measurement goes on up to this many times
+            its time budget: each sample is noisier there, and the budget alone left a static ResNet-18's speedup
+            beside a loader 20 % apart from run to run (its fp32 side's p50 566 vs 708 ms over 20 calls each, a
+            call's time spread from 556 to 798 ms between its 10th and 90th percentiles).
     """
 
     warmup_s: float = 0.2
@@ -68,6 +79,7 @@ class LatencySettings:
     block: int = 10
     rel_tol: float = 0.02
     target_block_s: float = 0.02
+    busy_factor: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,7 @@ def measure_latency(
     settings: LatencySettings | None = None,
     should_stop: Callable[[], bool] | None = None,
     clock: Clock = time.perf_counter,
+    busy: Callable[[], bool] | None = None,
 ) -> Latency:
     """Time ``fn`` (one forward pass of a ``batch_size`` batch) until its median's interval is narrow.
 
@@ -192,6 +205,8 @@ def measure_latency(
         settings: warm-up and stopping rules.
         should_stop: polled between blocks; True ends the measurement early (marked unstable).
         clock: seconds (tests pass a fake one).
+        busy: whether the host has been busy since the measurement began, asked once its time budget is spent
+            (default: :func:`farm.quant.hostload.busy_since`; see ``LatencySettings.busy_factor``).
 
     Returns:
         Percentiles, spread, the median's 95 % interval and whether the figure is stable.
@@ -203,7 +218,7 @@ def measure_latency(
         samples: list[float] = []
         blocks: list[list[float]] = []
         settled = False
-        began = clock()
+        began, busy = clock(), busy or busy_since()
         while len(samples) < s.max_reps:
             blocks.append(_time_block(fn, k, sync, clock))
             samples.extend(blocks[-1])
@@ -211,7 +226,9 @@ def measure_latency(
             if len(samples) >= s.min_reps and len(blocks) >= MIN_BLOCKS and _narrow(blocks, s.rel_tol):
                 settled = True
                 break
-            if (len(samples) >= s.min_reps and clock() - began > s.max_time_s) or (should_stop and should_stop()):
+            if len(samples) >= s.min_reps and _spent(clock() - began, s.max_time_s, s, busy):
+                break
+            if should_stop and should_stop():
                 break
     return summarize(batch_size, samples, settled=settled, blocks=blocks)
 
@@ -225,14 +242,17 @@ def measure_pair(
     settings: LatencySettings | None = None,
     should_stop: Callable[[], bool] | None = None,
     clock: Clock = time.perf_counter,
+    busy: Callable[[], bool] | None = None,
 ) -> PairLatency:
     """Time a trial and its baseline side by side: warm both, then pairs of blocks (a block of the slower side,
     then one of the faster side that lasts about as long: :func:`_pair_reps`; the side that goes first alternating
     from pair to pair) until both medians and the speedup are known to ``rel_tol``, or ``2 * max_time_s`` passed
-    (never before ``min_reps`` per side, and never past ``max_reps`` on either).
+    (``busy_factor`` times that on a busy host; never before ``min_reps`` per side, and never past ``max_reps`` on
+    either).
 
-    Each block starts with one untimed call: the other model's block evicted this one's weights from the caches
-    and let the thread pool sleep, and a model served back to back (what a user deploys) pays neither.
+    Each block of a side faster than :data:`REWARM_BELOW_S` a call starts with one untimed call: the other model's
+    block evicted this one's weights from the caches and let the thread pool sleep, and a model served back to back
+    (what a user deploys) pays neither.
 
     Args:
         trial_fn, base_fn: each runs one batch of the same inputs on its model.
@@ -241,6 +261,7 @@ def measure_pair(
         settings: warm-up and stopping rules (``max_time_s`` is each side's share).
         should_stop: polled between pairs; True ends the measurement early (marked unstable).
         clock: seconds (tests pass a fake one).
+        busy: as :func:`measure_latency`'s.
 
     Returns:
         Both sides' figures and the speedup (baseline / trial) with its 95 % interval.
@@ -248,16 +269,17 @@ def measure_pair(
     s = settings or LatencySettings()
     sync = _sync(device)
     with torch.inference_mode():
-        k_trial, k_base = _pair_reps(_warm(trial_fn, s, sync, clock), _warm(base_fn, s, sync, clock), s)
-        sides = ((trial_fn, k_trial), (base_fn, k_base))
+        per_trial, per_base = _warm(trial_fn, s, sync, clock), _warm(base_fn, s, sync, clock)
+        k_trial, k_base = _pair_reps(per_trial, per_base, s)
+        sides = ((trial_fn, k_trial, per_trial < REWARM_BELOW_S), (base_fn, k_base, per_base < REWARM_BELOW_S))
         min_pairs = max(MIN_BLOCKS, math.ceil(s.min_reps / min(k_trial, k_base)))
         trial_s: list[list[float]] = []  # the blocks of each side, in order
         base_s: list[list[float]] = []
         settled, check_at = False, min_pairs
-        began = clock()
+        began, busy = clock(), busy or busy_since()
         while len(trial_s) * max(k_trial, k_base) < s.max_reps:
             trial_first = len(trial_s) % 2 == 0
-            a, b = (_time_block(fn, k, sync, clock, rewarm=True) for fn, k in (sides if trial_first else sides[::-1]))
+            a, b = (_time_block(fn, k, sync, clock, rewarm=r) for fn, k, r in (sides if trial_first else sides[::-1]))
             trial_s.append(a if trial_first else b)
             base_s.append(b if trial_first else a)
             pairs = len(trial_s)
@@ -269,7 +291,9 @@ def measure_pair(
                 if relative_halfwidth(pooled_ratio(base_s, trial_s), *interval) <= s.rel_tol:
                     settled = True
                     break
-            if (pairs >= min_pairs and clock() - began > 2 * s.max_time_s) or (should_stop and should_stop()):
+            if pairs >= min_pairs and _spent(clock() - began, 2 * s.max_time_s, s, busy):
+                break
+            if should_stop and should_stop():
                 break
     trial, baseline = (summarize(batch_size, flatten(b), settled=settled, blocks=b) for b in (trial_s, base_s))
     low, high = speedup_ci(base_s, trial_s)
@@ -345,6 +369,14 @@ def _time_block(
         sync()
         out.append(clock() - t0)
     return out
+
+
+def _spent(elapsed: float, budget: float, s: LatencySettings, busy: Callable[[], bool]) -> bool:
+    """Whether an unsettled measurement has used its time: ``budget`` seconds, or ``busy_factor`` times that while
+    the host is busy (asked only once the budget is spent: a read of /proc/stat)."""
+    if elapsed <= budget:
+        return False
+    return elapsed > budget * s.busy_factor or not busy()
 
 
 def _narrow(blocks: list[list[float]], rel_tol: float) -> bool:

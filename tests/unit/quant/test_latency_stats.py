@@ -3,6 +3,7 @@ here depends on how fast the machine is)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
@@ -10,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from farm.quant.hostload import CpuTimes
 from farm.quant.latency import LatencySettings, measure_latency, measure_pair, summarize
 from farm.quant.timing_stats import (
     median_ci,
@@ -40,7 +42,10 @@ class FakeClock:
         return run
 
 
-FAST = LatencySettings(warmup_s=0.0, warmup_reps=3, min_reps=20, max_reps=2000, max_time_s=1.0, block=10)
+# busy_factor 1: a fake clock's budget must not stretch with the real host's load while the tests run.
+FAST = LatencySettings(
+    warmup_s=0.0, warmup_reps=3, min_reps=20, max_reps=2000, max_time_s=1.0, block=10, busy_factor=1.0
+)
 
 
 # --- the median's interval -------------------------------------------------------------------------------------
@@ -171,6 +176,51 @@ def test_a_model_that_never_settles_says_so() -> None:
     assert clock.now < 2 * FAST.max_time_s  # the budget bounded it
 
 
+def _flip_flop(clock: FakeClock) -> Callable[[], None]:
+    """A model that never settles: calls of 1 and 4 ms in turn."""
+    costs = iter([0.001, 0.004] * 100_000)
+    return clock.model(lambda: next(costs))
+
+
+@pytest.mark.parametrize(("busy", "low", "high"), [(False, 1.0, 1.1), (True, 4.0, 4.1)])
+def test_an_unsettled_measurement_on_a_busy_host_takes_up_to_busy_factor_times_its_budget(
+    busy: bool, low: float, high: float
+) -> None:
+    settings, asked = dataclasses.replace(FAST, busy_factor=4.0), list[bool]()
+
+    def probe() -> bool:
+        asked.append(busy)
+        return busy
+
+    clock = FakeClock()
+    lat = measure_latency(_flip_flop(clock), 1, settings=settings, clock=clock, busy=probe)
+    assert lat.stable is False and low * settings.max_time_s <= clock.now <= high * settings.max_time_s
+    assert asked  # asked once the budget was spent
+    clock = FakeClock()
+    pair = measure_pair(_flip_flop(clock), clock.model(lambda: 0.002), 1, settings=settings, clock=clock, busy=probe)
+    assert pair.trial.stable is False
+    assert 2 * low * settings.max_time_s <= clock.now <= 2 * high * settings.max_time_s + 0.1
+
+
+def test_a_measurement_that_settles_within_its_budget_never_asks_whether_the_host_is_busy() -> None:
+    clock, asked = FakeClock(), list[int]()
+    settings = dataclasses.replace(FAST, busy_factor=4.0)
+    measure_latency(clock.model(lambda: 0.002), 1, settings=settings, clock=clock, busy=lambda: bool(asked.append(1)))
+    assert asked == []
+
+
+def test_busy_since_reads_the_host_load_since_it_was_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.quant import hostload
+
+    readings = iter([CpuTimes(0.0, 0.0, 0.0), CpuTimes(1.5, 2.0, 0.5), CpuTimes(0.6, 2.0, 0.5)])
+    monkeypatch.setattr(hostload, "cpu_times", lambda: next(readings))
+    busy = hostload.busy_since()
+    assert busy() is True  # others kept 1.0 of the 1.5 CPU-s this process left: 67 %
+    assert busy() is False  # 0.1 of 1.5: 7 %
+    monkeypatch.setattr(hostload, "cpu_times", lambda: None)
+    assert hostload.busy_since()() is False  # no /proc/stat: never busy
+
+
 def test_a_pair_with_a_known_2x_ratio_reports_2x() -> None:
     clock = FakeClock()
     pair = measure_pair(clock.model(lambda: 0.001), clock.model(lambda: 0.002), 8, settings=FAST, clock=clock)
@@ -227,6 +277,19 @@ def test_blocks_alternate_which_side_goes_first() -> None:
     # Blocks of 2 timed calls (capped by block), each after one untimed call: T B | B T | T B ...
     assert timed.startswith("TTTBBBBBBTTTTTTBBB")
     assert timed.count("T") == timed.count("B")
+
+
+def test_a_slow_side_times_its_blocks_from_the_first_call() -> None:
+    """A call of 0.1 s (above REWARM_BELOW_S) gets no untimed call before its blocks; a 1 ms one still does."""
+    clock, log = FakeClock(), list[str]()
+    settings = LatencySettings(warmup_s=0.0, warmup_reps=2, min_reps=4, max_time_s=1.0, block=2, busy_factor=1.0)
+    pair = measure_pair(
+        clock.model(lambda: 0.001, log, "T"), clock.model(lambda: 0.1, log, "B"), 1, settings=settings, clock=clock
+    )
+    timed = "".join(log[4:])
+    # fp32 (B, slow): blocks of 2 timed calls; the trial (T, fast): 2 (capped by block) after one untimed call.
+    assert timed.startswith("TTTBBBBTTT")
+    assert timed.count("B") == pair.baseline.reps and timed.count("T") == pair.trial.reps + pair.blocks
 
 
 def test_should_stop_ends_a_pair_early_and_marks_it_unstable() -> None:
