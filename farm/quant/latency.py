@@ -38,10 +38,8 @@ Clock = Callable[[], float]
 #: Fewest blocks (or pairs of blocks) before a measurement may call itself settled: with fewer, the interval of the
 #: block medians is their whole range, whose coverage is below 95 %.
 MIN_BLOCKS = 6
-#: A side of a pair whose call takes less than this starts each block with an untimed call; a slower one times its
-#: block from the first call: refilling the caches the other side's block evicted is a few ms at most, and the
-#: first call of a block measured the same as the rest (fp32 ResNet-18, batch 8: 211 vs 212 ms; its static int8
-#: form 98 vs 99 ms; beside a loader 635 vs 627 ms), so the untimed call only cost a third of a slow side's time.
+#: A pair's side faster than this a call starts each block with an untimed call; a slower one times it from its
+#: first call, which measured as the rest (fp32 ResNet-18, batch 8: 211 vs 212 ms, under load 635 vs 627 ms).
 REWARM_BELOW_S = 0.05
 #: Resamples of the bootstrap that decides whether a pair's speedup has settled (the reported one takes 2000).
 SETTLE_RESAMPLES = 200
@@ -64,11 +62,9 @@ class LatencySettings:
             on both sides.
         target_block_s: a block is as many repetitions as take about this long (2 to ``block``): short
             enough that drift within a block is small, long enough that a fast model's block median is steady.
-        busy_factor: on a busy host (other processes kept :data:`farm.quant.hostload.BUSY_HOST` of the CPU time
-            this process left, since the measurement began) an unsettled measurement goes on up to this many times
-            its time budget: each sample is noisier there, and the budget alone left a static ResNet-18's speedup
-            beside a loader 20 % apart from run to run (its fp32 side's p50 566 vs 708 ms over 20 calls each, a
-            call's time spread from 556 to 798 ms between its 10th and 90th percentiles).
+        busy_factor: on a busy host (:func:`farm.quant.hostload.busy_since`) an unsettled measurement goes on up
+            to this many times its budget: beside a loader a static ResNet-18's fp32 side read 566 then 708 ms
+            over 20 calls each (its calls spread 556-798 ms between p10 and p90).
     """
 
     warmup_s: float = 0.2
@@ -374,9 +370,7 @@ def _time_block(
 def _spent(elapsed: float, budget: float, s: LatencySettings, busy: Callable[[], bool]) -> bool:
     """Whether an unsettled measurement has used its time: ``budget`` seconds, or ``busy_factor`` times that while
     the host is busy (asked only once the budget is spent: a read of /proc/stat)."""
-    if elapsed <= budget:
-        return False
-    return elapsed > budget * s.busy_factor or not busy()
+    return elapsed > budget and (elapsed > budget * s.busy_factor or not busy())
 
 
 def _narrow(blocks: list[list[float]], rel_tol: float) -> bool:
