@@ -259,9 +259,11 @@ SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 }
 
 
-def retime(fp32_dir: Path, trial_dir: Path, batch: int, threads: int, rounds: int = 30, reps: int = 3) -> float:
+def retime(fp32_dir: Path, trial_dir: Path, batch: int, threads: int, rounds: int = 60, reps: int = 3) -> float:
     """fp32 median / trial median over ``rounds`` alternating rounds of ``reps`` calls each: a plain loop of its
-    own, independent of farm.quant.latency."""
+    own, independent of farm.quant.latency. 180 calls a side: with 90, beside the loader, the reference itself
+    moved by 3 % (sd) from run to run (AMD EPYC, AVX2: 2.45, 2.47, 2.50, 2.51, 2.63), as much as the job's
+    figure it judges."""
     import torch
 
     from farm.quant.artifact import load_artifact
