@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.jobs.tune_plan import TuneSettings
-from farm.jobs.tune_stages import info
+from farm.jobs.tune_plan import SCREENING_ISOLATION, TuneSettings, info
 from farm.metric_targets import figure, meets, shortfall
 
 #: The trail's name of the stage that added a job (None: planned up front, stage 1).
@@ -24,9 +23,10 @@ STAGE_OF = {
     "tune_sensitivity": "sensitivity",
     "tune_candidates": "candidates",
     "tune_refine": "refine",
+    "tune_verify": "verify",
 }
 #: The stages in order, as the trail and ``farm tune status`` name them.
-STAGE_NAMES = ("global", "sensitivity", "candidates", "refine", "answer")
+STAGE_NAMES = ("global", "sensitivity", "candidates", "refine", "verify", "answer")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "fp32": what["method"] == "fp32",
                 "split": what["split"],
                 "fallback": what["fallback"],
+                "isolation": what["isolation"],
                 "state": job.state,
                 "health": f.get("health"),
                 settings.metric: f.get(settings.metric),
@@ -128,6 +129,9 @@ def choose(entries: Sequence[Mapping[str, Any]], settings: TuneSettings) -> tupl
         for e in entries
         if e["state"] == "succeeded" and not e["fp32"] and e["split"] == "test" and e["health"] in (None, "ok")
     ]
+    if any(e["fallback"] and not _screened(e) for e in pool):
+        # The verify stage timed a candidate as the tune's benchmark says: screening figures no longer compete.
+        pool = [e for e in pool if not _screened(e)]
     meeting = [e for e in pool if e["meets"]]
     if meeting:
         best = min(meeting, key=lambda e: (_objective(e, settings)[0], len(e["fallback"]), e["job_id"]))
@@ -151,6 +155,11 @@ def choose(entries: Sequence[Mapping[str, Any]], settings: TuneSettings) -> tupl
         return math.inf if gap is None else gap
 
     return min(scored, key=lambda e: (miss(e), _objective(e, settings)[0], e["job_id"])), False
+
+
+def _screened(e: Mapping[str, Any]) -> bool:
+    """A candidate timed as it is screened (pinned), not as the tune's benchmark says."""
+    return bool(e["fallback"]) and e.get("isolation") == SCREENING_ISOLATION
 
 
 def _objective(e: Mapping[str, Any], settings: TuneSettings) -> tuple[float, float, float]:

@@ -36,7 +36,7 @@ TUNE_METHODS = ("dynamic", "static", "qat")
 TUNE_METRICS = tuple(name for name in METRICS if name != "metric")
 OBJECTIVES = ("latency", "size")
 #: The stages of a tune in order, each a stage job's expander (stage 1 is planned up front: "global").
-STAGES = ("global", "tune_sensitivity", "tune_candidates", "tune_refine", "tune_answer")
+STAGES = ("global", "tune_sensitivity", "tune_candidates", "tune_refine", "tune_verify", "tune_answer")
 GRANULARITIES = ("per_tensor", "per_channel")
 #: The warm-up of a tune's timings (``farm tune``; a spec's ``tune:`` sweep sets its own).
 TUNE_WARMUP_S = 0.05
@@ -328,6 +328,35 @@ def validation_spec(spec: JobSpec) -> JobSpec:
         isolation=b.isolation if b.isolation == "none" else VALIDATION_ISOLATION,
     )
     return dataclasses.replace(spec, split="validation", benchmark=bench)
+
+
+#: Timing of a candidate (the candidates and refine stages: the test split, the base recipe with layers in floating
+#: point): its latency only ranks candidates of one recipe family, so it is timed pinned (own cores, the host's
+#: measurement lock held shared: candidates time side by side with each other) instead of holding the host
+#: exclusively, and the one candidate that may be the answer is timed again as the tune's own benchmark says
+#: (``tune_verify``). Under -j 2 the exclusive timings were a fifth of a search's wall time and serialised it.
+SCREENING_ISOLATION = "pinned"
+
+
+def screening_spec(spec: JobSpec) -> JobSpec:
+    """``spec`` timed as a candidate is screened (:data:`SCREENING_ISOLATION`, unless the spec asked for none)."""
+    b = spec.benchmark
+    isolation = b.isolation if b.isolation == "none" else SCREENING_ISOLATION
+    return dataclasses.replace(spec, benchmark=dataclasses.replace(b, isolation=isolation))
+
+
+def info(job: Any) -> dict[str, Any]:
+    """What the search reads of a job: runtime, split, granularity, the layers it keeps in floating point and how it
+    was timed (``isolation``: a candidate is screened pinned, :data:`SCREENING_ISOLATION`)."""
+    method = job.spec.get("method", {})
+    return {
+        "runtime": method.get("runtime", "torch"),
+        "split": job.spec.get("split", "test"),
+        "method": method.get("method"),
+        "granularity": method.get("granularity"),
+        "fallback": [r["name"] for r in method.get("layers", []) if r.get("skip")],
+        "isolation": (job.spec.get("benchmark") or {}).get("isolation", "exclusive"),
+    }
 
 
 def _costliest_first(jobs: list[PlannedJob]) -> list[PlannedJob]:

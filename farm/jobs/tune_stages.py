@@ -7,7 +7,12 @@ waited for and add the next stage's jobs, through the one scheduling policy (far
   that layer in floating point: higher means the layer hurts more when quantized); the k most sensitive fall back
   for every power of two k below the layer count, all at once, on the test split; then ``tune_refine``.
 - ``tune_refine``: the k's between the largest failing and the smallest passing k, evenly spaced, at most
-  log2(layers) of them; then ``tune_answer``.
+  log2(layers) of them; then ``tune_verify``.
+- ``tune_verify``: candidates and refine time their jobs pinned (farm/jobs/tune_plan.py's ``screening_spec``): they
+  only rank one recipe family, and under -j 2 exclusive timings serialised the search. The candidate the answer
+  would be (farm/jobs/tune_answer.py's ``choose`` over the screened jobs) runs once more, timed as the tune's own
+  benchmark says (exclusive by default), unless the candidates took that runtime's last job (the answer then keeps
+  its screening figures, labelled ``isolation: pinned``); then ``tune_answer``.
 - ``tune_answer``: adds nothing; its success marks the search done (the answer is farm/jobs/tune_answer.py's, a
   pure function of the sweep's rows).
 
@@ -25,16 +30,30 @@ from typing import Any
 from farm.jobs.contract import JobSpec
 from farm.jobs.policy import SUCCEEDED
 from farm.jobs.stages import Stage, register, stage_job
-from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, validation_spec
+from farm.jobs.tune_answer import choose, trail
+from farm.jobs.tune_plan import (
+    SCREENING_ISOLATION,
+    TuneSettings,
+    budget_per_runtime,
+    info,
+    screening_spec,
+    validation_spec,
+)
 from farm.metric_targets import figure, meets
 from farm.quant.layers import LayerRule
+from farm.runtimes.registry import DEFAULT_RUNTIME
 from farm.spec.plan import PlannedJob, job_key
 
 #: A layer as the search sees it: (qualified name, class name, multiply-accumulates per sample).
 Layer = tuple[str, str, int]
 #: The stage jobs that follow each stage (the budget keeps room for them): after sensitivity come candidates,
-#: refine and answer; after candidates, refine and answer; after refine, the answer.
-_LATER_STAGES = {"tune_sensitivity": 3, "tune_candidates": 2, "tune_refine": 1}
+#: refine, verify and answer; after candidates, refine, verify and answer; after refine, verify and answer.
+_LATER_STAGES = {"tune_sensitivity": 4, "tune_candidates": 3, "tune_refine": 2}
+#: The trials the verify stage adds: the candidate that may be the answer, timed as the tune's benchmark says.
+#: Refine keeps room for it in every runtime's bound (not knowing which runtime's candidate it will be);
+#: candidates do not (a small model's search would lose its only candidate), so a search whose candidates took a
+#: runtime's last job answers with that candidate's screening figures, and says so (``isolation: pinned``).
+_VERIFY = 1
 
 
 def _layer_table(spec: JobSpec) -> list[Layer]:
@@ -58,21 +77,10 @@ def register_all() -> None:
         ("tune_sensitivity", sensitivity),
         ("tune_candidates", candidates),
         ("tune_refine", refine),
+        ("tune_verify", verify),
         ("tune_answer", answer),
     ):
         register(name)(expander)
-
-
-def info(job: Any) -> dict[str, Any]:
-    """What the search reads of a job: runtime, split, granularity and the layers it keeps in floating point."""
-    method = job.spec.get("method", {})
-    return {
-        "runtime": method.get("runtime", "torch"),
-        "split": job.spec.get("split", "test"),
-        "method": method.get("method"),
-        "granularity": method.get("granularity"),
-        "fallback": [r["name"] for r in method.get("layers", []) if r.get("skip")],
-    }
 
 
 def score(figures: Mapping[str, Any], settings: TuneSettings) -> float | None:
@@ -148,9 +156,9 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     params = {
         "bases": {r: b.spec for r, b in bases.items()},
         "layers": [list(x) for x in layers],
-        # Per runtime: stage 1's 4 (the fp32 reference or export, the validation reference, per tensor, per
-        # channel), the base on validation and one job per layer.
-        "used": {r: 5 + len(chosen) for r in bases},
+        # Per runtime: its stage 1 jobs (torch: the fp32 references on both splits; elsewhere: the fp32 export),
+        # per tensor and per channel, the base on validation and one job per layer.
+        "used": {r: _stage1_jobs(r) + 1 + len(chosen) for r in bases},
         "spent": used + len(jobs),
     }
     return _then(stage, jobs, inputs, "tune_candidates", params)
@@ -198,6 +206,7 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     settings = TuneSettings.from_dict(p)
     n_layers = len(p["layers"])
     room = _share(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER_STAGES["tune_refine"])
+    used = dict(p["used"])
     jobs: list[PlannedJob] = []
     for runtime, base_spec in p["bases"].items():
         passing: list[int] = []
@@ -209,14 +218,16 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         # Every layer in floating point is fp32 itself, which meets any target: the bound when no k passed yet.
         k_pass = min(passing, default=n_layers)
         k_fail = max(k for k in failing if k < k_pass)
-        cap = min(math.floor(math.log2(max(n_layers, 1))), max(_left(n_layers, p["used"][runtime], room), 0))
+        left = _left(n_layers, used[runtime], room) - _VERIFY
         spec = JobSpec.from_dict(base_spec)
         ranking = p["rankings"][runtime]
-        jobs += [
-            _job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in between(k_fail, k_pass, cap)
-        ]
-    params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
-    return _then(stage, jobs, inputs, "tune_answer", params)
+        ks = between(k_fail, k_pass, min(math.floor(math.log2(max(n_layers, 1))), max(left, 0)))
+        jobs += [_job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
+        used[runtime] += len(ks)
+    params = {**_carry(p), "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
+    # The verify stage chooses among the candidates too: it waits for them as well (finished already).
+    screened = [i.key for i in inputs if i.role == "trial"]
+    return _then(stage, jobs, inputs, "tune_verify", params, screened)
 
 
 def between(low: int, high: int, n: int) -> list[int]:
@@ -227,6 +238,22 @@ def between(low: int, high: int, n: int) -> list[int]:
     if n <= 0:
         return []
     return sorted({inner[round((i + 1) * (len(inner) + 1) / (n + 1)) - 1] for i in range(n)})
+
+
+def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
+    """The screened candidate the answer would be, timed again as the tune's benchmark says; nothing when no
+    candidate meets the target (the answer is then a global recipe, timed so in stage 1) or the budget is spent."""
+    p = stage.params
+    settings = TuneSettings.from_dict(p)
+    screened = [e for e in trail(inputs, settings) if e["fallback"] and e["isolation"] == SCREENING_ISOLATION]
+    pick, met = choose(screened, settings)
+    jobs: list[PlannedJob] = []
+    room = _share(settings, int(p["spent"]) + 1, 1, 1)
+    if pick is not None and met and _left(len(p["layers"]), p["used"][pick["runtime"]], room) >= _VERIFY:
+        spec = JobSpec.from_dict(p["bases"][pick["runtime"]])
+        jobs.append(_job(stage, spec, tuple(pick["fallback"]), "test", p["references"]["test"], screen=False))
+    params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
+    return _then(stage, jobs, inputs, "tune_answer", params)
 
 
 def answer(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
@@ -240,6 +267,12 @@ def answer(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
 def _healthy(job: Any) -> bool:
     """Succeeded, with figures that mean something (farm.quant.metrics' health)."""
     return job.state == SUCCEEDED and bool(job.figures) and job.figures.get("health") in (None, "ok")
+
+
+def _stage1_jobs(runtime: str) -> int:
+    """Stage 1's jobs that are ``runtime``'s: the two global recipes, and torch's two fp32 references (test and
+    validation split) or another runtime's fp32 export."""
+    return 2 + (2 if runtime == DEFAULT_RUNTIME else 1)
 
 
 def _fanout(layers: int) -> int:
@@ -261,11 +294,17 @@ def _left(layers: int, used: int, share: int | None) -> int:
     return left if share is None else min(left, share)
 
 
-def _job(stage: Stage, spec: JobSpec, fallback: tuple[str, ...], split: str, reference_key: str) -> PlannedJob:
-    """``spec``'s recipe with the ``fallback`` layers kept in floating point, evaluated on ``split``."""
+def _job(
+    stage: Stage, spec: JobSpec, fallback: tuple[str, ...], split: str, reference_key: str, *, screen: bool = True
+) -> PlannedJob:
+    """``spec``'s recipe with the ``fallback`` layers kept in floating point, evaluated on ``split`` (a test-split
+    candidate timed as it is screened, unless ``screen`` is False)."""
     method = spec.method.replace(layers=tuple(LayerRule(name=n, skip=True) for n in fallback))
     new = dataclasses.replace(spec, method=method)
-    new = validation_spec(new) if split == "validation" else dataclasses.replace(new, split=split)
+    if split == "validation":
+        new = validation_spec(new)
+    else:
+        new = dataclasses.replace(screening_spec(new) if screen else new, split=split)
     digest = (stage.params.get("weights") or {}).get(spec.model)
     device = new.benchmark.device  # the planner wrote the job's resolved device there
     return PlannedJob(job_key(new, digest), "trial", new, device, digest, reference_key, (stage.key,))
@@ -296,17 +335,25 @@ def _common(p: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in p.items() if k not in drop}
 
 
-def _spec_of(inputs: Sequence[Any]) -> JobSpec:
-    job = next(i for i in inputs if i.role != "stage")
-    return JobSpec.from_dict(job.spec)
+def _spec_of(stage: Stage, inputs: Sequence[Any]) -> JobSpec:
+    """A spec of the tune's model and dataset (routes the next stage job): an input's, or a base recipe's when the
+    stage waited for no trial (a stage that added no job)."""
+    job = next((i for i in inputs if i.role != "stage"), None)
+    return JobSpec.from_dict(job.spec if job is not None else next(iter(stage.params["bases"].values())))
 
 
 def _then(
-    stage: Stage, jobs: list[PlannedJob], inputs: Sequence[Any], name: str, params: Mapping[str, Any]
+    stage: Stage,
+    jobs: list[PlannedJob],
+    inputs: Sequence[Any],
+    name: str,
+    params: Mapping[str, Any],
+    also: Sequence[str] = (),
 ) -> list[PlannedJob]:
     """What a stage adds: its ``jobs``, slowest runtime first (:func:`_longest_first`), and the next stage ``name``,
-    which waits for them."""
-    return [*_longest_first(jobs, inputs), _next(stage, name, params, [j.key for j in jobs], _spec_of(inputs))]
+    which waits for them (and for the jobs ``also``: keys of finished jobs it reads as well)."""
+    keys = [*[j.key for j in jobs], *also]
+    return [*_longest_first(jobs, inputs), _next(stage, name, params, keys, _spec_of(stage, inputs))]
 
 
 def _next(stage: Stage, name: str, params: Mapping[str, Any], keys: Sequence[str], like: JobSpec) -> PlannedJob:

@@ -27,8 +27,8 @@ from farm.report.tune_data import Sensitivity, TuneView, better_sign, target_val
 #: Most layers one sensitivity chart draws (the most sensitive; the caption counts the rest).
 MAX_BARS = 40
 #: The stages whose points the trail draws (sensitivity jobs ran on the validation split: not comparable).
-TRAIL_STAGES = ("global", "candidates", "refine")
-_STAGE_COLOURS = {"global": "C0", "candidates": "C1", "refine": "C2"}
+TRAIL_STAGES = ("global", "candidates", "refine", "verify")
+_STAGE_COLOURS = {"global": "C0", "candidates": "C1", "refine": "C2", "verify": "C3"}
 _FALLBACK = "C3"
 _TARGET = "#c62828"
 #: Where an infinite figure (an SQNR whose outputs matched fp32's) is drawn: this far past the finite ones.
@@ -180,7 +180,9 @@ def trail_chart(view: TuneView) -> Chart:
         0,
         f"Each point is a trial on the test split: its {settings.metric} against its {axis}; colour is its stage, "
         "marker its runtime, filled when it meets the target. The ring marks the answer (the closest recipe when "
-        "none meets the target). Sensitivity jobs (the validation split) are in the chart above.",
+        "none meets the target). Candidates and refinements are screened (timed pinned, beside each other); the "
+        "verified point is the answer's candidate timed again as the tune's benchmark says. Sensitivity jobs (the "
+        "validation split) are in the chart above.",
     )
     if view.fp32 and not by_size:
         notes.append("Dotted vertical lines: the fastest fp32 of each runtime.")

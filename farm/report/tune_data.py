@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm.jobs.tune_answer import Answer, answer_of
-from farm.jobs.tune_plan import TuneSettings
-from farm.jobs.tune_stages import info, rank
+from farm.jobs.tune_plan import TuneSettings, info
+from farm.jobs.tune_stages import rank
 
 
 @dataclass(frozen=True)

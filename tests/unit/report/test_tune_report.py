@@ -189,7 +189,9 @@ def test_a_failed_tune_says_how_far_the_closest_recipe_falls_short() -> None:
         f"falls short by {sig(result.shortfall, 4)}." in answer
     )
     assert "closest" in answer and "chosen" not in answer
-    assert f"closest (misses): {result.chosen['recipe']}" in page.svg_text["trail"]
+    from farm.report.svg import label
+
+    assert label(f"closest (misses): {result.chosen['recipe']}", 60) in page.svg_text["trail"]
     # The closest recipe's fallback layers are marked as its, and a target far off every figure is named, not drawn.
     assert "kept in fp32 by the closest recipe" in page.svg_text["sensitivity"]
     assert "target: sqnr_db >= 100 (off the chart)" in page.svg_text["trail"]
