@@ -129,8 +129,9 @@ def choose(entries: Sequence[Mapping[str, Any]], settings: TuneSettings) -> tupl
         for e in entries
         if e["state"] == "succeeded" and not e["fp32"] and e["split"] == "test" and e["health"] in (None, "ok")
     ]
-    if any(e["fallback"] and not _screened(e) for e in pool):
-        # The verify stage timed a candidate as the tune's benchmark says: screening figures no longer compete.
+    if any(e["fallback"] and e["meets"] and not _screened(e) for e in pool):
+        # The verify stage timed a candidate as the tune's benchmark says (and it met the target again): screening
+        # figures no longer compete.
         pool = [e for e in pool if not _screened(e)]
     meeting = [e for e in pool if e["meets"]]
     if meeting:
@@ -230,6 +231,7 @@ def chosen_json(chosen: Mapping[str, Any], settings: TuneSettings) -> dict[str, 
         "speedup": chosen["speedup"],
         "size_ratio": chosen["size_ratio"],
         "latency": chosen["latency"],
+        "isolation": chosen.get("isolation"),
         "job_id": chosen["job_id"],
         "artifact_uri": chosen["artifact_uri"],
     }

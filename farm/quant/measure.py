@@ -166,6 +166,10 @@ def _time_batch(
     settings = LatencySettings(
         warmup_s=cfg.warmup_s, max_time_s=cfg.max_time_s, min_reps=cfg.min_reps, rel_tol=cfg.rel_tol
     )
+    if cfg.isolation != "exclusive":
+        # Pinned or unisolated, the load is this host's own other jobs (a -j 2 pool's sibling): waiting longer
+        # for a quieter host would only stretch every timing of the pool.
+        settings = dataclasses.replace(settings, busy_factor=1.0)
     how: dict[str, Any] = {"device": device, "settings": settings, "should_stop": stop}
     if calls.base is not None:
         entry = measure_pair(calls.trial, calls.base, batch_size, **how).entry()

@@ -145,6 +145,7 @@ def test_the_search_ranks_layers_on_validation_and_falls_back_the_most_sensitive
 
 
 EIGHT = [(f"l{i}", "Linear", 100 + i) for i in range(8)]
+NAMES8 = [n for n, _, _ in EIGHT]
 
 
 def test_the_candidate_the_answer_would_be_is_timed_again_as_the_tunes_benchmark_says() -> None:
@@ -279,6 +280,27 @@ def test_screening_figures_give_way_once_a_candidate_was_verified() -> None:
     assert chosen is not None and chosen["job_id"] == 6
     chosen, _ = choose([entry(1, 0.2, 41), screened], SETTINGS)
     assert chosen is not None and chosen["job_id"] == 5
+    # A verified candidate that no longer meets the target (a QAT retrained elsewhere) leaves the screened ones in.
+    missed = entry(6, 0.16, 39.9, ["conv2"], isolation="exclusive")
+    chosen, met = choose([entry(1, 0.2, 37), screened, missed], SETTINGS)
+    assert met and chosen is not None and chosen["job_id"] == 5
+
+
+@pytest.mark.parametrize("isolation", ["pinned", "none"])
+def test_a_tune_timed_pinned_or_unisolated_throughout_verifies_nothing(isolation: str) -> None:
+    tune_stages.list_layers = lambda spec: list(EIGHT)  # type: ignore[assignment]  # fixture restores it
+    text = tune_text(model="farm:digits-cnn", dataset="sklearn:digits", method="static", runtimes=["torch"],
+                     settings=SETTINGS, batch_size=1, threads=1, max_time_s=0.2)  # fmt: skip
+    data = yaml.safe_load(text)
+    data["benchmark"]["isolation"] = isolation
+    text = yaml.safe_dump(data, sort_keys=False)
+    jobs, ran = run_chain(
+        plan_tune(text, data, labelled=True), lambda j: sqnr_of(j, per_layer={n: 0.7 for n in NAMES8})
+    )
+    assert ran[-2:] == ["tune_verify", "tune_answer"]
+    tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
+    assert tested and {j.spec.benchmark.isolation for j in tested} == {isolation}
+    assert len({j.key for j in tested}) == len(tested)  # screening timed them as the tune says: nothing twice
 
 
 def test_nothing_is_verified_when_no_candidate_meets_the_target() -> None:

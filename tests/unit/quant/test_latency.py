@@ -68,7 +68,7 @@ def test_max_time_bounds_an_unsettled_measurement() -> None:
 
     durations = iter([0.001, 0.004] * 1000)  # alternating: the median keeps moving by 2x-4x
     settings = LatencySettings(warmup_s=0.0, warmup_reps=0, min_reps=5, max_time_s=0.05, block=5, rel_tol=0.0001)
-    lat = measure_latency(lambda: time.sleep(next(durations)), 1, settings=settings)
+    lat = measure_latency(lambda: time.sleep(next(durations)), 1, settings=settings, busy=lambda: False)
     assert lat.reps < 100
 
 
