@@ -240,19 +240,10 @@ def _finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: flo
 
 def _print_trail(result: Any, settings: Any) -> None:
     table = Table(show_edge=False, header_style="bold")
-    for col in (
-        "job",
-        "stage",
-        "runtime",
-        "recipe",
-        "split",
-        settings.metric,
-        "meets",
-        "speedup",
-        "p50 ms",
-        "size",
-        "state",
-    ):
+    # How each figure was timed, where it varies: screened candidates are timed pinned, the rest exclusively.
+    timed = len({e.get("isolation") for e in result.trail}) > 1
+    columns = ["job", "stage", "runtime", "recipe", "split", settings.metric, "meets", "speedup", "p50 ms"]
+    for col in [*columns, *(["timed"] if timed else []), "size", "state"]:
         table.add_column(col)
     chosen_id = result.chosen["job_id"] if result.chosen else None
     for e in result.trail:
@@ -268,6 +259,7 @@ def _print_trail(result: Any, settings: Any) -> None:
             "yes" if e["meets"] else "",
             cell(e["speedup"]),
             cell(lat.get("p50_ms")),
+            *([str(e.get("isolation") or "")] if timed else []),
             cell(e["size_ratio"]),
             e["state"],
         )
@@ -281,7 +273,7 @@ def _print_trail(result: Any, settings: Any) -> None:
         out.print(
             f"{word}: job {c['job_id']} [bold]{escape(c['recipe'])}[/] on {c['runtime']}, "
             f"{settings.metric} {cell(c[settings.metric])}, speedup {cell(c['speedup'])}, "
-            f"layers in fp: {escape(fallback)}"
+            f"layers in fp: {escape(fallback)}, timed {c.get('isolation') or 'exclusive'}"
         )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.jobs.tune_plan import SCREENING_ISOLATION, TuneSettings, info
+from farm.jobs.tune_plan import TuneSettings, info, screened
 from farm.metric_targets import figure, meets, shortfall
 
 #: The trail's name of the stage that added a job (None: planned up front, stage 1).
@@ -129,10 +129,10 @@ def choose(entries: Sequence[Mapping[str, Any]], settings: TuneSettings) -> tupl
         for e in entries
         if e["state"] == "succeeded" and not e["fp32"] and e["split"] == "test" and e["health"] in (None, "ok")
     ]
-    if any(e["fallback"] and e["meets"] and not _screened(e) for e in pool):
+    if any(e["fallback"] and e["meets"] and not screened(e) for e in pool):
         # The verify stage timed a candidate as the tune's benchmark says (and it met the target again): screening
         # figures no longer compete.
-        pool = [e for e in pool if not _screened(e)]
+        pool = [e for e in pool if not screened(e)]
     meeting = [e for e in pool if e["meets"]]
     if meeting:
         best = min(meeting, key=lambda e: (_objective(e, settings)[0], len(e["fallback"]), e["job_id"]))
@@ -156,11 +156,6 @@ def choose(entries: Sequence[Mapping[str, Any]], settings: TuneSettings) -> tupl
         return math.inf if gap is None else gap
 
     return min(scored, key=lambda e: (miss(e), _objective(e, settings)[0], e["job_id"])), False
-
-
-def _screened(e: Mapping[str, Any]) -> bool:
-    """A candidate timed as it is screened (pinned), not as the tune's benchmark says."""
-    return bool(e["fallback"]) and e.get("isolation") == SCREENING_ISOLATION
 
 
 def _objective(e: Mapping[str, Any], settings: TuneSettings) -> tuple[float, float, float]:

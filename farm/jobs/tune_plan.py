@@ -346,6 +346,11 @@ def screening_spec(spec: JobSpec) -> JobSpec:
     return dataclasses.replace(spec, benchmark=dataclasses.replace(b, isolation=isolation))
 
 
+def screened(entry: Mapping[str, Any]) -> bool:
+    """A trail entry of a candidate timed as it is screened (pinned), not as the tune's benchmark says."""
+    return bool(entry["fallback"]) and entry.get("isolation") == SCREENING_ISOLATION
+
+
 def info(job: Any) -> dict[str, Any]:
     """What the search reads of a job: runtime, split, granularity, the layers it keeps in floating point and how it
     was timed (``isolation``: a candidate is screened pinned, :data:`SCREENING_ISOLATION`)."""

@@ -36,6 +36,7 @@ from farm.jobs.tune_plan import (
     TuneSettings,
     budget_per_runtime,
     info,
+    screened,
     screening_spec,
     validation_spec,
 )
@@ -245,8 +246,7 @@ def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     candidate meets the target (the answer is then a global recipe, timed so in stage 1) or the budget is spent."""
     p = stage.params
     settings = TuneSettings.from_dict(p)
-    screened = [e for e in trail(inputs, settings) if e["fallback"] and e["isolation"] == SCREENING_ISOLATION]
-    pick, met = choose(screened, settings)
+    pick, met = choose([e for e in trail(inputs, settings) if screened(e)], settings)
     jobs: list[PlannedJob] = []
     if pick is not None and met:
         spec = JobSpec.from_dict(p["bases"][pick["runtime"]])

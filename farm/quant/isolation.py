@@ -31,7 +31,7 @@ from typing import Any
 
 from farm.errors import Cancelled
 from farm.quant.bench_config import ISOLATION_MODES
-from farm.quant.hostload import cpu_times, host_load
+from farm.quant.hostload import BUSY_HOST, CpuTimes, cpu_times, host_load
 from farm.quant.lockdir import LOCK_DIR_ENV as LOCK_DIR_ENV
 from farm.quant.lockdir import lock_dir as lock_dir
 from farm.quant.lockdir import open_lock as _open
@@ -226,6 +226,16 @@ class Measured:
     def __init__(self, requested: str) -> None:
         self.requested = requested
         self.host_load: float | None = None
+        self.started: CpuTimes | None = None
+
+    def busy(self) -> bool:
+        """Whether other processes have kept the host busy (:data:`BUSY_HOST`) since the timing began: an exclusive
+        timing's reason to wait longer for a settled figure. Pinned or unisolated, the load is this host's own other
+        jobs (a -j 2 pool's sibling), and waiting for a quieter host would only stretch every timing of the pool."""
+        if self.requested != "exclusive":
+            return False
+        load = host_load(self.started, cpu_times())
+        return load is not None and load >= BUSY_HOST
 
     def figures(self) -> dict[str, Any]:
         cores = pinned_cores()
@@ -251,8 +261,8 @@ def measuring(requested: str, stop: Callable[[], bool] | None = None) -> Iterato
     elif requested == "pinned":
         hold = _LOCK.shared(stop)
     with hold:
-        before = cpu_times()
+        measured.started = cpu_times()
         try:
             yield measured
         finally:
-            measured.host_load = host_load(before, cpu_times())
+            measured.host_load = host_load(measured.started, cpu_times())

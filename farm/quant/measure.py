@@ -114,7 +114,7 @@ def benchmark(
                 if prewarm:
                     warm_up(calls.all(), cfg.warmup_s, device=outcome.device)
             with measuring(cfg.isolation, stop) as isolated:  # exclusive: other jobs' compute here pauses
-                entry = _time_batch(calls, outcome.device, batch_size, timing, stop)
+                entry = _time_batch(calls, outcome.device, batch_size, timing, stop, isolated.busy)
             figures.append({**entry, **isolated.figures()})
             del calls  # the reloaded copies go before the next batch size's come
             report("benchmark", (i + 1) / len(cfg.batch_sizes))
@@ -158,19 +158,20 @@ class _Calls:
 
 
 def _time_batch(
-    calls: _Calls, device: str, batch_size: int, cfg: BenchmarkConfig, stop: Callable[[], bool]
+    calls: _Calls,
+    device: str,
+    batch_size: int,
+    cfg: BenchmarkConfig,
+    stop: Callable[[], bool],
+    busy: Callable[[], bool],
 ) -> dict[str, Any]:
-    """One batch size's latency entry: alone, or side by side with the fp32 baseline (then with its speedup)."""
+    """One batch size's latency entry: alone, or beside the fp32 baseline (with its speedup); ``busy``: the host's."""
     from farm.quant.latency import LatencySettings, measure_latency, measure_pair
 
     settings = LatencySettings(
         warmup_s=cfg.warmup_s, max_time_s=cfg.max_time_s, min_reps=cfg.min_reps, rel_tol=cfg.rel_tol
     )
-    if cfg.isolation != "exclusive":
-        # Pinned or unisolated, the load is this host's own other jobs (a -j 2 pool's sibling): waiting longer
-        # for a quieter host would only stretch every timing of the pool.
-        settings = dataclasses.replace(settings, busy_factor=1.0)
-    how: dict[str, Any] = {"device": device, "settings": settings, "should_stop": stop}
+    how: dict[str, Any] = {"device": device, "settings": settings, "should_stop": stop, "busy": busy}
     if calls.base is not None:
         entry = measure_pair(calls.trial, calls.base, batch_size, **how).entry()
     else:
@@ -179,8 +180,7 @@ def _time_batch(
         entry["fp32_deployed_as"] = calls.fp32_deployed_as
         entry["fp32_eager_p50_ms"] = None
         if calls.eager is not None:
-            # Informative only (what skipping TorchScript would cost), so half the budget and few repetitions:
-            # never a speedup's base.
+            # Informative only (what skipping TorchScript costs; never a speedup's base): half the budget, few reps.
             how["settings"] = dataclasses.replace(settings, max_time_s=settings.max_time_s / 2, min_reps=6)
             entry["fp32_eager_p50_ms"] = measure_latency(calls.eager, batch_size, **how).latency_p50_ms
     return entry

@@ -385,6 +385,20 @@ def test_an_exclusive_measurement_holds_the_lock_and_samples_the_host(
     assert can_flock(lock.paths[1], fcntl.LOCK_EX)
 
 
+@pytest.mark.parametrize(("requested", "waits"), [("exclusive", True), ("pinned", False), ("none", False)])
+def test_only_an_exclusive_timing_counts_a_busy_host_as_a_reason_to_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, requested: str, waits: bool
+) -> None:
+    # Others kept 1.0 of the 1.5 CPU-s this process left (67 %): busy. Pinned or unisolated, that load is this
+    # host's own other jobs (a pool's sibling), and a longer timing would only stretch the pool's.
+    monkeypatch.setattr(isolation, "_LOCK", MeasureLock(tmp_path))
+    readings = iter([CpuTimes(0.0, 0.0, 0.0), CpuTimes(1.5, 2.0, 0.5), CpuTimes(1.5, 2.0, 0.5)])
+    monkeypatch.setattr(isolation, "cpu_times", lambda: next(readings))
+    with isolation.measuring(requested) as measured:
+        assert measured.busy() is waits
+    assert measured.host_load == pytest.approx(0.667, abs=0.001)
+
+
 def test_a_pinned_timing_waits_while_another_job_times_exclusively(
     tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
