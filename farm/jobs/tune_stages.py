@@ -11,8 +11,8 @@ waited for and add the next stage's jobs, through the one scheduling policy (far
 - ``tune_verify``: candidates and refine time their jobs pinned (farm/jobs/tune_plan.py's ``screening_spec``): they
   only rank one recipe family, and under -j 2 exclusive timings serialised the search. The candidate the answer
   would be (farm/jobs/tune_answer.py's ``choose`` over the screened jobs) runs once more, timed as the tune's own
-  benchmark says (exclusive by default), unless the candidates took that runtime's last job (the answer then keeps
-  its screening figures, labelled ``isolation: pinned``); then ``tune_answer``.
+  benchmark says (exclusive by default); candidates that take their runtime's last jobs are timed so themselves
+  (nothing could verify them); then ``tune_answer``.
 - ``tune_answer``: adds nothing; its success marks the search done (the answer is farm/jobs/tune_answer.py's, a
   pure function of the sweep's rows).
 
@@ -52,8 +52,8 @@ Layer = tuple[str, str, int]
 _LATER_STAGES = {"tune_sensitivity": 4, "tune_candidates": 3, "tune_refine": 2}
 #: The trials the verify stage adds: the candidate that may be the answer, timed as the tune's benchmark says.
 #: Refine keeps room for it in every runtime's bound (not knowing which runtime's candidate it will be);
-#: candidates do not (a small model's search would lose its only candidate), so a search whose candidates took a
-#: runtime's last job answers with that candidate's screening figures, and says so (``isolation: pinned``).
+#: candidates do not (a small model's search would lose candidates it needs): where they take a runtime's last jobs,
+#: they are timed as the tune's benchmark says instead of screened, and there is nothing to verify.
 _VERIFY = 1
 
 
@@ -179,8 +179,11 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         rankings[runtime] = ranking
         left = _left(len(names), used[runtime], room)
         ks = [2**e for e in range(len(names)) if 2**e < len(names)][: max(left, 0)]
+        # Where they take the runtime's last jobs, nothing can verify them: they are timed as the answer is.
+        screen = left >= len(ks) + _VERIFY
         spec = JobSpec.from_dict(base_spec)
-        jobs += [_job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
+        reference = p["references"]["test"]
+        jobs += [_job(stage, spec, tuple(ranking[:k]), "test", reference, screen=screen) for k in ks]
         used[runtime] += len(ks)
     params = {**_carry(p), "rankings": rankings, "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
     return _then(stage, jobs, inputs, "tune_refine", params)

@@ -284,6 +284,13 @@ def _spawned_workers(pid: int) -> list[int]:
     return found
 
 
+def _as_from_a_terminal() -> None:
+    """In the child: Ctrl-C as a terminal's shell leaves it. A suite started in the background (``cmd &`` in a
+    script) ignores SIGINT, every child inherits that, and a Python started so keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.slow  # a real `farm sweep run` process, interrupted
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find worker processes")
 @pytest.mark.parametrize("moment", ["while a job runs", "while a worker starts"])
@@ -300,6 +307,7 @@ def test_ctrl_c_cancels_unfinished_jobs_and_leaves_no_worker(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches the whole group
+        preexec_fn=_as_from_a_terminal,
     )
     try:
         deadline = time.monotonic() + 90

@@ -131,14 +131,14 @@ def test_the_search_ranks_layers_on_validation_and_falls_back_the_most_sensitive
     sens = [j for j in jobs if j.role == "trial" and j.spec.split == "validation"]
     assert sorted(r.name for j in sens for r in j.spec.method.layers) == sorted(n for n, _, _ in LAYERS)
     assert all(j.reference_key == jobs[1].key for j in sens)  # the validation fp32 reference
-    # Base per channel (the better of the two globals: equal here, the first wins), k = 1, 2, 4 most sensitive,
-    # screened (timed pinned).
+    # Base per channel (the better of the two globals: equal here, the first wins), k = 1, 2, 4 most sensitive.
+    # They take torch's last jobs (5 layers: 13 in all), so no verify job could follow: they are timed as the
+    # tune's benchmark says (exclusive), not screened.
     cands = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
     fallbacks = [[r.name for r in j.spec.method.layers] for j in cands]
     assert fallbacks == [["conv2"], ["conv2", "conv3"], ["conv2", "conv3", "fc1", "conv1"]]
-    assert all(j.spec.benchmark.isolation == "pinned" for j in cands)
-    # 37 + 3 = 40 meets at k = 1: nothing to refine. The candidates took torch's 13th job (5 layers: 13 in all),
-    # so nothing is verified: the answer keeps its screening figures, and says so.
+    assert all(j.spec.benchmark.isolation == "exclusive" for j in cands)
+    # 37 + 3 = 40 meets at k = 1: nothing to refine, nothing to verify.
     globals_ = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and not j.spec.method.layers]
     assert all(j.spec.benchmark.isolation == "exclusive" for j in globals_)
     assert len([j for j in jobs if j.role != "stage"]) == budget_per_runtime(len(LAYERS))
@@ -170,6 +170,28 @@ def test_the_candidate_the_answer_would_be_is_timed_again_as_the_tunes_benchmark
     answer = answer_of(inputs, SETTINGS)
     assert answer.met and answer.chosen is not None
     assert len(answer.chosen["fallback"]) == 6 and answer.chosen["isolation"] == "exclusive"
+
+
+def test_candidates_that_take_the_last_jobs_are_timed_as_the_answer_is() -> None:
+    from farm.jobs.tune_answer import answer_of
+
+    five = [(f"l{i}", "Conv2d", 100 + i) for i in range(5)]
+    tune_stages.list_layers = lambda spec: list(five)  # type: ignore[assignment]  # fixture restores it
+    # 5 layers allow 13 jobs: stage 1 (4), sensitivity (6) and the candidates k = 1, 2, 4 take them all, so no
+    # verify job could follow: the candidates are not screened but timed as the tune's benchmark says.
+    gain = {n: 1.5 for n, _, _ in five}
+    jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, per_layer=gain))
+    assert len([j for j in jobs if j.role != "stage"]) == budget_per_runtime(len(five))
+    tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
+    assert [(len(j.spec.method.layers), j.spec.benchmark.isolation) for j in tested] == [
+        (1, "exclusive"),
+        (2, "exclusive"),
+        (4, "exclusive"),
+    ]
+    inputs = [as_input(j, sqnr_of(j, per_layer=gain) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)]
+    answer = answer_of(inputs, SETTINGS)
+    assert answer.met and answer.chosen is not None
+    assert len(answer.chosen["fallback"]) == 2 and answer.chosen["isolation"] == "exclusive"
 
 
 def test_refine_fans_out_the_ks_between_the_largest_failing_and_the_smallest_passing() -> None:
@@ -304,10 +326,11 @@ def test_a_tune_timed_pinned_or_unisolated_throughout_verifies_nothing(isolation
 
 
 def test_nothing_is_verified_when_no_candidate_meets_the_target() -> None:
-    jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, base=20.0))
+    tune_stages.list_layers = lambda spec: list(EIGHT)  # type: ignore[assignment]  # fixture restores it
+    jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, base=20.0, per_layer={n: 0.7 for n in NAMES8}))
     assert "tune_verify" in ran
     tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
-    assert tested and all(j.spec.benchmark.isolation == "pinned" for j in tested)
+    assert tested and all(j.spec.benchmark.isolation == "pinned" for j in tested)  # screened, none verified
 
 
 def test_when_none_meets_the_answer_is_the_closest_with_its_shortfall() -> None:
