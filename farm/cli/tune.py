@@ -240,8 +240,9 @@ def _finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: flo
 
 def _print_trail(result: Any, settings: Any) -> None:
     table = Table(show_edge=False, header_style="bold")
-    # How each figure was timed, where it varies: screened candidates are timed pinned, the rest exclusively.
-    timed = len({e.get("isolation") for e in result.trail}) > 1
+    # How each test-split figure was timed, where it varies: screened candidates pinned, the rest exclusively
+    # (validation-split sensitivity jobs are always pinned: their latency ranks nothing).
+    timed = len({e.get("isolation") for e in result.trail if e["split"] == "test"}) > 1
     columns = ["job", "stage", "runtime", "recipe", "split", settings.metric, "meets", "speedup", "p50 ms"]
     for col in [*columns, *(["timed"] if timed else []), "size", "state"]:
         table.add_column(col)
@@ -273,7 +274,7 @@ def _print_trail(result: Any, settings: Any) -> None:
         out.print(
             f"{word}: job {c['job_id']} [bold]{escape(c['recipe'])}[/] on {c['runtime']}, "
             f"{settings.metric} {cell(c[settings.metric])}, speedup {cell(c['speedup'])}, "
-            f"layers in fp: {escape(fallback)}, timed {c.get('isolation') or 'exclusive'}"
+            f"layers in fp: {escape(fallback)}, timed {c.get('isolation')}"
         )
 
 

@@ -129,9 +129,9 @@ def choose(entries: Sequence[Mapping[str, Any]], settings: TuneSettings) -> tupl
         for e in entries
         if e["state"] == "succeeded" and not e["fp32"] and e["split"] == "test" and e["health"] in (None, "ok")
     ]
-    if any(e["fallback"] and e["meets"] and not screened(e) for e in pool):
+    if any(e.get("stage") == "verify" and e["meets"] for e in pool):
         # The verify stage timed a candidate as the tune's benchmark says (and it met the target again): screening
-        # figures no longer compete.
+        # figures no longer compete. A failed or missing verify job leaves them in (the answer then says pinned).
         pool = [e for e in pool if not screened(e)]
     meeting = [e for e in pool if e["meets"]]
     if meeting:

@@ -230,8 +230,8 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         used[runtime] += len(ks)
     params = {**_carry(p), "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
     # The verify stage chooses among the candidates too: it waits for them as well (finished already).
-    screened = [i.key for i in inputs if i.role == "trial"]
-    return _then(stage, jobs, inputs, "tune_verify", params, screened)
+    candidates_so_far = [i.key for i in inputs if i.role == "trial"]
+    return _then(stage, jobs, inputs, "tune_verify", params, candidates_so_far)
 
 
 def between(low: int, high: int, n: int) -> list[int]:

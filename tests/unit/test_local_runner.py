@@ -284,11 +284,12 @@ def _spawned_workers(pid: int) -> list[int]:
     return found
 
 
-def _as_from_a_terminal() -> None:
-    """In the child: Ctrl-C as a terminal's shell leaves it. A suite started in the background (``cmd &`` in a
-    script) ignores SIGINT, every child inherits that, and a Python started so keeps ignoring it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+#: ``farm`` with Ctrl-C as a terminal's shell leaves it: a suite started in the background (``cmd &`` in a script)
+#: ignores SIGINT, every child inherits that, and a Python started so keeps ignoring it.
+AS_FROM_A_TERMINAL = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); from farm.cli import main; main()"
+)
 
 
 @pytest.mark.slow  # a real `farm sweep run` process, interrupted
@@ -301,13 +302,12 @@ def test_ctrl_c_cancels_unfinished_jobs_and_leaves_no_worker(
     env = {**subprocess_env, "FARM_HOME": str(sweep_home)}
     workers = "1" if moment == "while a job runs" else "2"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from farm.cli import main; main()", "sweep", "run", str(spec), "--jobs", workers],
+        [sys.executable, "-c", AS_FROM_A_TERMINAL, "sweep", "run", str(spec), "--jobs", workers],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches the whole group
-        preexec_fn=_as_from_a_terminal,
     )
     try:
         deadline = time.monotonic() + 90

@@ -48,6 +48,10 @@ def tune_plan(budget: int | None = None, good_enough: bool = False, runtimes: Se
     return plan_of(settings, runtimes=list(runtimes), max_time_s=0.2)
 
 
+#: The stage expander that added each job :func:`run_chain` ran (by job key), as the store records it.
+_ADDED_BY: dict[str, str] = {}
+
+
 def as_input(job: Any, figures: dict[str, Any], i: int, state: str = "succeeded") -> InputJob:
     return InputJob(
         i,
@@ -59,6 +63,7 @@ def as_input(job: Any, figures: dict[str, Any], i: int, state: str = "succeeded"
         job.reference_key,
         ("local", "all", None),
         figures,
+        added_by=_ADDED_BY.get(job.key),
     )
 
 
@@ -89,9 +94,11 @@ def run_chain(plan: Any, figures: Callable[[Any], dict[str, Any]]) -> tuple[list
     while stage is not None:
         ran.append(stage.expander)
         inputs = [results[k] for k in stage.depends_on if k in results]
-        added = expander_named(stage.expander)(Stage(stage.key, stage.expander, stage.params), inputs)
+        by = stage.expander
+        added = expander_named(by)(Stage(stage.key, by, stage.params), inputs)
         stage = None
         for j in added:
+            _ADDED_BY[j.key] = by
             jobs.append(j)
             results[j.key] = as_input(j, figures(j) if j.role == "trial" else {}, len(jobs))
             if j.role == "stage":
@@ -296,16 +303,21 @@ def test_an_interval_tie_goes_to_the_simpler_recipe_and_never_to_one_slower_than
 def test_screening_figures_give_way_once_a_candidate_was_verified() -> None:
     # A screened candidate reading faster than the verified one (a quieter moment) is not the answer once a
     # candidate was verified; before, it competes.
-    screened = entry(5, 0.05, 42, ["conv2", "conv3"], isolation="pinned")
-    verified = entry(6, 0.16, 41, ["conv2"], isolation="exclusive")
+    screened = entry(5, 0.05, 42, ["conv2", "conv3"], isolation="pinned", stage="candidates")
+    verified = entry(6, 0.16, 41, ["conv2"], isolation="exclusive", stage="verify")
     chosen, _ = choose([entry(1, 0.2, 41), screened, verified], SETTINGS)
     assert chosen is not None and chosen["job_id"] == 6
     chosen, _ = choose([entry(1, 0.2, 41), screened], SETTINGS)
     assert chosen is not None and chosen["job_id"] == 5
     # A verified candidate that no longer meets the target (a QAT retrained elsewhere) leaves the screened ones in.
-    missed = entry(6, 0.16, 39.9, ["conv2"], isolation="exclusive")
+    missed = entry(6, 0.16, 39.9, ["conv2"], isolation="exclusive", stage="verify")
     chosen, met = choose([entry(1, 0.2, 37), screened, missed], SETTINGS)
     assert met and chosen is not None and chosen["job_id"] == 5
+    # Another runtime's candidates timed exclusively (they filled its bound) verified nothing: the screened ones
+    # stay in, and the answer says how it was timed.
+    filled = entry(7, 0.16, 41, ["conv2"], isolation="exclusive", stage="candidates", runtime="onnxruntime")
+    chosen, met = choose([entry(1, 0.2, 37), screened, filled], SETTINGS)
+    assert met and chosen is not None and (chosen["job_id"], chosen["isolation"]) == (5, "pinned")
 
 
 @pytest.mark.parametrize("isolation", ["pinned", "none"])
@@ -371,6 +383,7 @@ def test_each_stage_hands_out_the_slowest_runtimes_jobs_first() -> None:
         orders.append([j.spec.method.runtime for j in added if j.role == "trial"])
         stage = next((j for j in added if j.role == "stage"), None)
         for j in added:
+            _ADDED_BY[j.key] = stage.expander
             jobs.append(j)
             results[j.key] = ran(j, len(jobs))
     assert len([o for o in orders if len(o) > 1]) >= 2  # sensitivity and candidates at least
