@@ -21,10 +21,14 @@ MIN_CAPACITY_S = 0.5
 BUSY_HOST = 0.25
 
 
-def crowded(entry: dict[str, object]) -> bool:
-    """Whether a latency entry was timed on a busy host (its ``host_load`` at least :data:`BUSY_HOST`)."""
-    load = entry.get("host_load")
+def is_busy(load: object) -> bool:
+    """Whether a :func:`host_load` figure (None: not told) is a busy host's: at least :data:`BUSY_HOST`."""
     return isinstance(load, int | float) and load >= BUSY_HOST
+
+
+def crowded(entry: dict[str, object]) -> bool:
+    """Whether a latency entry was timed on a busy host (its ``host_load``: :func:`is_busy`)."""
+    return is_busy(entry.get("host_load"))
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,6 @@ def busy_since() -> Callable[[], bool]:
     before = cpu_times()
 
     def busy() -> bool:
-        load = host_load(before, cpu_times())
-        return load is not None and load >= BUSY_HOST
+        return is_busy(host_load(before, cpu_times()))
 
     return busy

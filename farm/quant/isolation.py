@@ -31,7 +31,7 @@ from typing import Any
 
 from farm.errors import Cancelled
 from farm.quant.bench_config import ISOLATION_MODES
-from farm.quant.hostload import BUSY_HOST, CpuTimes, cpu_times, host_load
+from farm.quant.hostload import CpuTimes, cpu_times, host_load, is_busy
 from farm.quant.lockdir import LOCK_DIR_ENV as LOCK_DIR_ENV
 from farm.quant.lockdir import lock_dir as lock_dir
 from farm.quant.lockdir import open_lock as _open
@@ -229,13 +229,10 @@ class Measured:
         self.started: CpuTimes | None = None
 
     def busy(self) -> bool:
-        """Whether other processes have kept the host busy (:data:`BUSY_HOST`) since the timing began: an exclusive
-        timing's reason to wait longer for a settled figure. Pinned or unisolated, the load is this host's own other
-        jobs (a -j 2 pool's sibling), and waiting for a quieter host would only stretch every timing of the pool."""
-        if self.requested != "exclusive":
-            return False
-        load = host_load(self.started, cpu_times())
-        return load is not None and load >= BUSY_HOST
+        """Whether other processes have kept the host busy (``hostload.is_busy``) since the timing began: an
+        exclusive timing's reason to wait longer for a settled figure. Pinned or unisolated, the load is this host's
+        own other jobs (a -j 2 pool's sibling), and waiting for a quieter host would only stretch the pool's timings."""
+        return self.requested == "exclusive" and is_busy(host_load(self.started, cpu_times()))
 
     def figures(self) -> dict[str, Any]:
         cores = pinned_cores()
