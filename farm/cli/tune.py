@@ -240,7 +240,7 @@ def _finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: flo
 
 def _print_trail(result: Any, settings: Any) -> None:
     table = Table(show_edge=False, header_style="bold")
-    # How each test-split figure was timed, where it varies: screened candidates pinned, the rest exclusively
+    # How each test-split figure was timed, where it varies: screened recipes pinned, the rest exclusively
     # (validation-split sensitivity jobs are always pinned: their latency ranks nothing).
     timed = len({e.get("isolation") for e in result.trail if e["split"] == "test"}) > 1
     columns = ["job", "stage", "runtime", "recipe", "split", settings.metric, "meets", "speedup", "p50 ms"]

@@ -129,9 +129,11 @@ def choose(entries: Sequence[Mapping[str, Any]], settings: TuneSettings) -> tupl
         for e in entries
         if e["state"] == "succeeded" and not e["fp32"] and e["split"] == "test" and e["health"] in (None, "ok")
     ]
-    if any(e.get("stage") == "verify" and e["meets"] for e in pool):
-        # The verify stage timed a candidate as the tune's benchmark says (and it met the target again): screening
-        # figures no longer compete. A failed or missing verify job leaves them in (the answer then says pinned).
+    verified = [e for e in pool if e.get("stage") == "verify"]
+    if verified and (any(e["meets"] for e in verified) or not any(e["meets"] for e in pool if screened(e))):
+        # The verify stage timed the screened recipe the answer would be as the tune's benchmark says: screening
+        # figures no longer compete. A failed or missing verify job leaves them in (the answer then says pinned), as
+        # does one that missed a target a screened recipe met (a QAT retrained elsewhere).
         pool = [e for e in pool if not screened(e)]
     meeting = [e for e in pool if e["meets"]]
     if meeting:

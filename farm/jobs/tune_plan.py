@@ -222,11 +222,15 @@ def plan_tune(
     )
     (reference,) = plan.references
     validation = _validation_reference(reference)
-    jobs = [reference, validation, *_costliest_first([j for j in plan.jobs if j.role != "reference"])]
+    # Global int8 recipes only rank (the bar, the bases): screened as candidates are, the answer timed again
+    # (tune_verify). fp32 keeps the tune's timing: the answer's "faster than fp32" compares with it.
+    globals_ = [_screened_job(j) if j.spec.method.method != "fp32" else j for j in plan.jobs if j.role != "reference"]
+    jobs = [reference, validation, *_costliest_first(globals_)]
     stage_params = {
         **settings.to_dict(),
         "method": name,
         "runtimes": runtimes,
+        "isolation": reference.spec.benchmark.isolation,
         "references": {"test": reference.key, "validation": validation.key},
         "weights": {reference.spec.model: reference.weights_digest},
     }
@@ -346,9 +350,18 @@ def screening_spec(spec: JobSpec) -> JobSpec:
     return dataclasses.replace(spec, benchmark=dataclasses.replace(b, isolation=isolation))
 
 
+def _screened_job(job: PlannedJob) -> PlannedJob:
+    """A planned global recipe timed as it is screened (its key follows its spec)."""
+    spec = screening_spec(job.spec)
+    if spec == job.spec:
+        return job
+    return dataclasses.replace(job, key=job_key(spec, job.weights_digest), spec=spec)
+
+
 def screened(entry: Mapping[str, Any]) -> bool:
-    """A trail entry of a candidate timed as it is screened (pinned), not as the tune's benchmark says."""
-    return bool(entry["fallback"]) and entry.get("isolation") == SCREENING_ISOLATION
+    """A trail entry of a quantized recipe (a global or a candidate) timed as it is screened (pinned), not as the
+    tune's benchmark says."""
+    return not entry.get("fp32") and entry.get("isolation") == SCREENING_ISOLATION
 
 
 def info(job: Any) -> dict[str, Any]:

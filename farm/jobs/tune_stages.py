@@ -134,16 +134,21 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     globals_ = [i for i in inputs if i.role == "trial" and info(i)["method"] == p["method"] and not info(i)["fallback"]]
     meeting = [g for g in globals_ if _healthy(g) and meets(g.figures, settings.target)]
     used = len(inputs) + 1
+    # The verify stage chooses among the global recipes too: it reads them (they are screened, like candidates).
+    tested = [i.key for i in inputs if i.role == "trial" and info(i)["split"] == "test"]
+    # No search (a global is good enough, no runtime can win, or no budget for it): the answer is a global recipe,
+    # timed again as the tune's benchmark says.
+    stop = {"bases": {}, "layers": None, "used": {r: _stage1_jobs(r) for r in p["runtimes"]}, "spent": used}
     if settings.good_enough and meeting:
-        return _then(stage, [], inputs, "tune_answer", {})
+        return _then(stage, [], inputs, "tune_verify", {**stop, "globals": tested}, tested)
     bases = {r: b for r in p["runtimes"] if (b := base_recipe(globals_, r, settings)) is not None}
     if not bases:
-        return _then(stage, [], inputs, "tune_answer", {})
+        return _then(stage, [], inputs, "tune_verify", {**stop, "globals": tested}, tested)
     layers = list_layers(JobSpec.from_dict(next(iter(bases.values())).spec))
     share = _share(settings, used, len(bases), _LATER_STAGES["tune_sensitivity"])
     cap = len(layers) if share is None else min(len(layers), max(share - 1 - _fanout(len(layers)), min(share - 1, 1)))
     if cap < 1:  # the budget leaves no room: the global recipes are the answer
-        return _then(stage, [], inputs, "tune_answer", {})
+        return _then(stage, [], inputs, "tune_verify", {**stop, "globals": tested}, tested)
     # Capped: the layers that do the most work first (falling back a tiny one can't buy much speed).
     chosen = layers if cap >= len(layers) else sorted(layers, key=lambda x: -x[2])[:cap]
     jobs: list[PlannedJob] = []
@@ -161,6 +166,7 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         # per tensor and per channel, the base on validation and one job per layer.
         "used": {r: _stage1_jobs(r) + 1 + len(chosen) for r in bases},
         "spent": used + len(jobs),
+        "globals": tested,
     }
     return _then(stage, jobs, inputs, "tune_candidates", params)
 
@@ -231,7 +237,7 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     params = {**_carry(p), "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
     # The verify stage chooses among the candidates too: it waits for them as well (finished already).
     candidates_so_far = [i.key for i in inputs if i.role == "trial"]
-    return _then(stage, jobs, inputs, "tune_verify", params, candidates_so_far)
+    return _then(stage, jobs, inputs, "tune_verify", params, [*candidates_so_far, *p.get("globals", [])])
 
 
 def between(low: int, high: int, n: int) -> list[int]:
@@ -245,18 +251,22 @@ def between(low: int, high: int, n: int) -> list[int]:
 
 
 def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
-    """The screened candidate the answer would be, timed again as the tune's benchmark says; nothing when no
-    candidate meets the target (the answer is then a global recipe, timed so in stage 1) or the budget is spent."""
+    """The screened recipe the answer would be (a candidate or a global recipe; the closest when none meets the
+    target), timed again as the tune's benchmark says; nothing when the budget or its runtime's bound is spent (the
+    answer then says it was timed pinned)."""
     p = stage.params
     settings = TuneSettings.from_dict(p)
-    pick, met = choose([e for e in trail(inputs, settings) if screened(e)], settings)
+    pick, _ = choose([e for e in trail(inputs, settings) if screened(e)], settings)
     jobs: list[PlannedJob] = []
-    if pick is not None and met:
-        spec = JobSpec.from_dict(p["bases"][pick["runtime"]])
+    # A tune timed pinned or unisolated throughout: its screening figures are timed as its benchmark says.
+    if pick is not None and _isolation(p) not in (SCREENING_ISOLATION, "none"):
+        runtime = pick["runtime"]
         room = _share(settings, int(p["spent"]) + 1, 1, 1)
-        # A tune timed pinned or unisolated throughout: its screening figures are timed as its benchmark says.
-        timed_so = spec.benchmark.isolation in (SCREENING_ISOLATION, "none")
-        if not timed_so and _left(len(p["layers"]), p["used"][pick["runtime"]], room) >= _VERIFY:
+        used = p["used"].get(runtime, _stage1_jobs(runtime))
+        left = room if p["layers"] is None else _left(len(p["layers"]), used, room)
+        if left is None or left >= _VERIFY:
+            picked = next(i for i in inputs if i.id == pick["job_id"])
+            spec = JobSpec.from_dict(picked.spec)
             jobs.append(_job(stage, spec, tuple(pick["fallback"]), "test", p["references"]["test"], screen=False))
     params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
     return _then(stage, jobs, inputs, "tune_answer", params)
@@ -273,6 +283,14 @@ def answer(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
 def _healthy(job: Any) -> bool:
     """Succeeded, with figures that mean something (farm.quant.metrics' health)."""
     return job.state == SUCCEEDED and bool(job.figures) and job.figures.get("health") in (None, "ok")
+
+
+def _isolation(p: Mapping[str, Any]) -> str:
+    """How the tune's benchmark times the answer (a tune started before stage 1 was screened: its references')."""
+    if "isolation" in p:
+        return str(p["isolation"])
+    bases = [b.get("benchmark") or {} for b in (p.get("bases") or {}).values()]
+    return str(next((b.get("isolation", "exclusive") for b in bases), "exclusive"))
 
 
 def _stage1_jobs(runtime: str) -> int:
@@ -309,8 +327,11 @@ def _job(
     new = dataclasses.replace(spec, method=method)
     if split == "validation":
         new = validation_spec(new)
-    else:
-        new = dataclasses.replace(screening_spec(new) if screen else new, split=split)
+    elif screen:
+        new = dataclasses.replace(screening_spec(new), split=split)
+    else:  # timed as the tune's benchmark says (the base recipe it came from was screened)
+        timed = dataclasses.replace(new.benchmark, isolation=_isolation(stage.params))
+        new = dataclasses.replace(new, split=split, benchmark=timed)
     digest = (stage.params.get("weights") or {}).get(spec.model)
     device = new.benchmark.device  # the planner wrote the job's resolved device there
     return PlannedJob(job_key(new, digest), "trial", new, device, digest, reference_key, (stage.key,))
@@ -331,13 +352,13 @@ def _longest_first(jobs: list[PlannedJob], inputs: Sequence[Any]) -> list[Planne
 
 def _carry(p: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters every later stage reads."""
-    keep = ("bases", "layers", "used", "rankings", "spent")
+    keep = ("bases", "layers", "used", "rankings", "spent", "globals")
     return {k: v for k, v in p.items() if k in keep}
 
 
 def _common(p: Mapping[str, Any]) -> dict[str, Any]:
     """The tune's own parameters (settings, method, runtimes, references, weights), passed down every stage."""
-    drop = ("bases", "layers", "used", "rankings", "spent")
+    drop = ("bases", "layers", "used", "rankings", "spent", "globals")
     return {k: v for k, v in p.items() if k not in drop}
 
 

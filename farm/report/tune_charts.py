@@ -180,10 +180,10 @@ def trail_chart(view: TuneView) -> Chart:
         0,
         f"Each point is a trial on the test split: its {settings.metric} against its {axis}; colour is its stage, "
         "marker its runtime, filled when it meets the target. The ring marks the answer (the closest recipe when "
-        "none meets the target). Candidates and refinements are screened (timed pinned, beside each other) unless "
-        "they took their runtime's last jobs; the verified point is the answer's candidate timed again as the "
-        "tune's benchmark says. How each point was timed is its trail entry's isolation (farm tune status). "
-        "Sensitivity jobs (the validation split) are in the chart above.",
+        "none meets the target). Global int8 recipes, candidates and refinements are screened (timed pinned, beside "
+        "each other; candidates that took their runtime's last jobs excepted); the verified point is the answer "
+        "timed again as the tune's benchmark says. How each point was timed is its trail entry's isolation (farm "
+        "tune status). Sensitivity jobs (the validation split) are in the chart above.",
     )
     if view.fp32 and not by_size:
         notes.append("Dotted vertical lines: the fastest fp32 of each runtime.")

@@ -145,9 +145,11 @@ def test_the_search_ranks_layers_on_validation_and_falls_back_the_most_sensitive
     fallbacks = [[r.name for r in j.spec.method.layers] for j in cands]
     assert fallbacks == [["conv2"], ["conv2", "conv3"], ["conv2", "conv3", "fc1", "conv1"]]
     assert all(j.spec.benchmark.isolation == "exclusive" for j in cands)
-    # 37 + 3 = 40 meets at k = 1: nothing to refine, nothing to verify.
+    # 37 + 3 = 40 meets at k = 1: nothing to refine, nothing to verify. The global int8 recipes only rank: they
+    # are screened (pinned); the fp32 references keep the tune's benchmark (exclusive).
     globals_ = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and not j.spec.method.layers]
-    assert all(j.spec.benchmark.isolation == "exclusive" for j in globals_)
+    assert globals_ and all(j.spec.benchmark.isolation == "pinned" for j in globals_)
+    assert jobs[0].spec.benchmark.isolation == "exclusive"
     assert len([j for j in jobs if j.role != "stage"]) == budget_per_runtime(len(LAYERS))
 
 
@@ -209,7 +211,10 @@ def test_refine_fans_out_the_ks_between_the_largest_failing_and_the_smallest_pas
     ks = [
         len(j.spec.method.layers)
         for j in jobs
-        if j.role == "trial" and j.spec.split == "test" and j.spec.benchmark.isolation == "pinned"
+        if j.role == "trial"
+        and j.spec.split == "test"
+        and j.spec.benchmark.isolation == "pinned"
+        and j.spec.method.layers
     ]
     assert ks[:4] == [1, 2, 4, 8]
     refined = ks[4:]
@@ -248,15 +253,37 @@ def test_a_binding_budget_is_spent_to_the_last_job(budget: int) -> None:
     assert ran[-1] == "tune_answer" and len(jobs) == budget
 
 
+def _global_answer_verified(jobs: list[Any]) -> None:
+    """The global recipes were screened; the one that is the answer was timed again as the tune says."""
+    from farm.jobs.tune_answer import answer_of
+
+    tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.method != "fp32"]
+    assert [j.spec.benchmark.isolation for j in tested] == ["pinned", "pinned", "exclusive"]
+    assert not tested[-1].spec.method.layers and tested[-1].spec.method in (
+        tested[0].spec.method,
+        tested[1].spec.method,
+    )
+    inputs = [as_input(j, sqnr_of(j, base=45.0) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)]
+    answer = answer_of(inputs, SETTINGS)
+    assert answer.met and answer.chosen is not None
+    assert (answer.chosen["stage"], answer.chosen["isolation"], answer.chosen["fallback"]) == (
+        "verify",
+        "exclusive",
+        [],
+    )
+
+
 def test_good_enough_stops_after_stage_one_when_a_global_recipe_meets_the_target() -> None:
     jobs, ran = run_chain(tune_plan(good_enough=True), lambda j: sqnr_of(j, base=45.0))
-    assert ran == ["tune_sensitivity", "tune_answer"]
+    assert ran == ["tune_sensitivity", "tune_verify", "tune_answer"]
     assert not any(j.spec.split == "validation" and j.role == "trial" for j in jobs)
+    _global_answer_verified(jobs)
 
 
 def test_a_fastest_global_that_meets_the_target_leaves_nothing_to_search() -> None:
     jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, base=45.0))
-    assert ran == ["tune_sensitivity", "tune_answer"]
+    assert ran == ["tune_sensitivity", "tune_verify", "tune_answer"]
+    _global_answer_verified(jobs)
 
 
 def entry(
@@ -337,12 +364,24 @@ def test_a_tune_timed_pinned_or_unisolated_throughout_verifies_nothing(isolation
     assert len({j.key for j in tested}) == len(tested)  # screening timed them as the tune says: nothing twice
 
 
-def test_nothing_is_verified_when_no_candidate_meets_the_target() -> None:
+def test_when_no_recipe_meets_the_target_the_closest_is_verified() -> None:
+    from farm.jobs.tune_answer import answer_of
+
     tune_stages.list_layers = lambda spec: list(EIGHT)  # type: ignore[assignment]  # fixture restores it
-    jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, base=20.0, per_layer={n: 0.7 for n in NAMES8}))
+    figures = {n: 0.7 for n in NAMES8}
+    jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, base=20.0, per_layer=figures))
     assert "tune_verify" in ran
     tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
-    assert tested and all(j.spec.benchmark.isolation == "pinned" for j in tested)  # screened, none verified
+    assert [j.spec.benchmark.isolation for j in tested[:-1]] == ["pinned"] * (len(tested) - 1)  # screened
+    closest = max(tested[:-1], key=lambda j: len(j.spec.method.layers))  # 20 + 0.7 k: the most layers in fp32
+    assert tested[-1].spec.benchmark.isolation == "exclusive" and tested[-1].spec.method == closest.spec.method
+    inputs = [
+        as_input(j, sqnr_of(j, base=20.0, per_layer=figures) if j.role == "trial" else {}, n)
+        for n, j in enumerate(jobs, 1)
+    ]
+    answer = answer_of(inputs, SETTINGS)
+    assert not answer.met and answer.chosen is not None
+    assert (answer.chosen["stage"], answer.chosen["isolation"]) == ("verify", "exclusive")
 
 
 def test_when_none_meets_the_answer_is_the_closest_with_its_shortfall() -> None:
