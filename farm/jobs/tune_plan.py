@@ -43,8 +43,8 @@ TUNE_WARMUP_S = 0.05
 #: Each side's timed budget in a tune's jobs (``farm tune --max-time-s``; a pair gets twice): half a sweep's. A
 #: pair that has not settled in 3 s is held back by the host, not by too few samples, and a tune's comparisons
 #: already allow for the host's drift between runs (several % on a shared VM), beside which a longer timing adds
-#: nothing; an exclusive timing (the global recipes, the answer's candidate) holds the host, so it is what a search's
-#: wall time is made of.
+#: nothing; an exclusive timing (fp32, the answer) holds the host, so it is what a search's wall time is made
+#: of.
 TUNE_MAX_TIME_S = 1.5
 
 
@@ -222,8 +222,7 @@ def plan_tune(
     )
     (reference,) = plan.references
     validation = _validation_reference(reference)
-    # Global int8 recipes only rank (the bar, the bases): screened as candidates are, the answer timed again
-    # (tune_verify). fp32 keeps the tune's timing: the answer's "faster than fp32" compares with it.
+    # Global int8 recipes only rank: screened, the answer timed again (tune_verify); fp32 keeps the tune's timing.
     globals_ = [_screened_job(j) if j.spec.method.method != "fp32" else j for j in plan.jobs if j.role != "reference"]
     jobs = [reference, validation, *_costliest_first(globals_)]
     stage_params = {
@@ -314,7 +313,7 @@ def _method_entry(entry: Any, source: str) -> tuple[str, dict[str, Any]]:
 #: Timing of a validation-split job: its latency ranks nothing (sensitivity is a metric), so it is timed just enough
 #: to keep the usual figures, and not exclusively (isolation "pinned", recorded with the figure: it holds the host's
 #: measurement lock shared, as a compute phase does): validation jobs time side by side with each other, and the
-#: search's exclusive timing goes to the jobs whose latency decides (the global recipes, the answer's candidate).
+#: search's exclusive timing goes to the figures reported (fp32, the answer).
 VALIDATION_TIME_S = 0.1
 VALIDATION_WARMUP_S = 0.02
 VALIDATION_MIN_REPS = 6

@@ -8,11 +8,12 @@ waited for and add the next stage's jobs, through the one scheduling policy (far
   for every power of two k below the layer count, all at once, on the test split; then ``tune_refine``.
 - ``tune_refine``: the k's between the largest failing and the smallest passing k, evenly spaced, at most
   log2(layers) of them; then ``tune_verify``.
-- ``tune_verify``: candidates and refine time their jobs pinned (farm/jobs/tune_plan.py's ``screening_spec``): they
-  only rank one recipe family, and under -j 2 exclusive timings serialised the search. The candidate the answer
-  would be (farm/jobs/tune_answer.py's ``choose`` over the screened jobs) runs once more, timed as the tune's own
-  benchmark says (exclusive by default); candidates that take their runtime's last jobs are timed so themselves
-  (nothing could verify them); then ``tune_answer``.
+- ``tune_verify``: the global int8 recipes, candidates and refine time their jobs pinned (farm/jobs/tune_plan.py's
+  ``screening_spec``): they only rank, and under -j 2 exclusive timings serialised the search. The recipe the
+  answer would be (farm/jobs/tune_answer.py's ``choose`` over the screened jobs: a candidate, a global recipe, or
+  the closest when none meets) runs once more, timed as the tune's own benchmark says (exclusive by default);
+  candidates that take their runtime's last jobs are timed so themselves (nothing could verify them; where a
+  global meets the target they leave a job for the verify stage instead); then ``tune_answer``.
 - ``tune_answer``: adds nothing; its success marks the search done (the answer is farm/jobs/tune_answer.py's, a
   pure function of the sweep's rows).
 
@@ -50,10 +51,10 @@ Layer = tuple[str, str, int]
 #: The stage jobs that follow each stage (the budget keeps room for them): after sensitivity come candidates,
 #: refine, verify and answer; after candidates, refine, verify and answer; after refine, verify and answer.
 _LATER_STAGES = {"tune_sensitivity": 4, "tune_candidates": 3, "tune_refine": 2}
-#: The trials the verify stage adds: the candidate that may be the answer, timed as the tune's benchmark says.
-#: Refine keeps room for it in every runtime's bound (not knowing which runtime's candidate it will be);
-#: candidates do not (a small model's search would lose candidates it needs): where they take a runtime's last jobs,
-#: they are timed as the tune's benchmark says instead of screened, and there is nothing to verify.
+#: The trials the verify stage adds: the recipe that may be the answer, timed as the tune's benchmark says.
+#: Refine keeps room for it in every runtime's bound (not knowing which runtime's recipe it will be); candidates
+#: do not unless a global recipe meets the target (a small model's search would lose candidates it needs): where
+#: they take a runtime's last jobs, they are timed as the tune's benchmark says instead of screened.
 _VERIFY = 1
 
 
@@ -134,21 +135,27 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     globals_ = [i for i in inputs if i.role == "trial" and info(i)["method"] == p["method"] and not info(i)["fallback"]]
     meeting = [g for g in globals_ if _healthy(g) and meets(g.figures, settings.target)]
     used = len(inputs) + 1
-    # The verify stage chooses among the global recipes too: it reads them (they are screened, like candidates).
+    # The verify stage reads the global recipes too (screened, like candidates).
     tested = [i.key for i in inputs if i.role == "trial" and info(i)["split"] == "test"]
-    # No search (a global is good enough, no runtime can win, or no budget for it): the answer is a global recipe,
-    # timed again as the tune's benchmark says.
-    stop = {"bases": {}, "layers": None, "used": {r: _stage1_jobs(r) for r in p["runtimes"]}, "spent": used}
+    # How the answer is timed (a tune planned before its globals were screened: as its test reference was).
+    isolation = p.get("isolation") or next(
+        (info(i)["isolation"] for i in inputs if i.role == "reference" and info(i)["split"] == "test"), "exclusive"
+    )
+    # No search (good enough, no runtime can win, no budget): a global is the answer, verified if the budget allows.
+    stop: dict[str, Any] = {"bases": {}, "layers": None, "used": {r: _stage1_jobs(r) for r in p["runtimes"]}}
+    stop.update(spent=used, globals=tested, isolation=isolation)
+    room = _share(settings, used, 1, 2)
+    end = "tune_verify" if room is None or room >= _VERIFY else "tune_answer"
     if settings.good_enough and meeting:
-        return _then(stage, [], inputs, "tune_verify", {**stop, "globals": tested}, tested)
+        return _then(stage, [], inputs, end, stop, tested)
     bases = {r: b for r in p["runtimes"] if (b := base_recipe(globals_, r, settings)) is not None}
     if not bases:
-        return _then(stage, [], inputs, "tune_verify", {**stop, "globals": tested}, tested)
+        return _then(stage, [], inputs, end, stop, tested)
     layers = list_layers(JobSpec.from_dict(next(iter(bases.values())).spec))
     share = _share(settings, used, len(bases), _LATER_STAGES["tune_sensitivity"])
     cap = len(layers) if share is None else min(len(layers), max(share - 1 - _fanout(len(layers)), min(share - 1, 1)))
     if cap < 1:  # the budget leaves no room: the global recipes are the answer
-        return _then(stage, [], inputs, "tune_verify", {**stop, "globals": tested}, tested)
+        return _then(stage, [], inputs, end, stop, tested)
     # Capped: the layers that do the most work first (falling back a tiny one can't buy much speed).
     chosen = layers if cap >= len(layers) else sorted(layers, key=lambda x: -x[2])[:cap]
     jobs: list[PlannedJob] = []
@@ -167,6 +174,9 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         "used": {r: _stage1_jobs(r) + 1 + len(chosen) for r in bases},
         "spent": used + len(jobs),
         "globals": tested,
+        "isolation": isolation,
+        # A global recipe already meets the target: it may be the answer, so candidates keep room to verify it.
+        "bar": bool(meeting),
     }
     return _then(stage, jobs, inputs, "tune_candidates", params)
 
@@ -184,7 +194,9 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         ranking = rank(inputs, runtime, names, settings)
         rankings[runtime] = ranking
         left = _left(len(names), used[runtime], room)
-        ks = [2**e for e in range(len(names)) if 2**e < len(names)][: max(left, 0)]
+        # Where a global meets the target (it may be the answer), the largest k gives way to its verify job.
+        keep = _VERIFY if p.get("bar") else 0
+        ks = [2**e for e in range(len(names)) if 2**e < len(names)][: max(left - keep, 0)]
         # Where they take the runtime's last jobs, nothing can verify them: they are timed as the answer is.
         screen = left >= len(ks) + _VERIFY
         spec = JobSpec.from_dict(base_spec)
@@ -286,7 +298,7 @@ def _healthy(job: Any) -> bool:
 
 
 def _isolation(p: Mapping[str, Any]) -> str:
-    """How the tune's benchmark times the answer (a tune started before stage 1 was screened: its references')."""
+    """How the tune times the answer (a tune from before it carried that: as its base recipes were timed)."""
     if "isolation" in p:
         return str(p["isolation"])
     bases = [b.get("benchmark") or {} for b in (p.get("bases") or {}).values()]
@@ -352,13 +364,13 @@ def _longest_first(jobs: list[PlannedJob], inputs: Sequence[Any]) -> list[Planne
 
 def _carry(p: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters every later stage reads."""
-    keep = ("bases", "layers", "used", "rankings", "spent", "globals")
+    keep = ("bases", "layers", "used", "rankings", "spent", "globals", "bar")
     return {k: v for k, v in p.items() if k in keep}
 
 
 def _common(p: Mapping[str, Any]) -> dict[str, Any]:
     """The tune's own parameters (settings, method, runtimes, references, weights), passed down every stage."""
-    drop = ("bases", "layers", "used", "rankings", "spent", "globals")
+    drop = ("bases", "layers", "used", "rankings", "spent", "globals", "bar")
     return {k: v for k, v in p.items() if k not in drop}
 
 

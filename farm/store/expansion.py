@@ -114,10 +114,14 @@ def sweep_jobs(db: Any, sweep_id: int) -> list[InputJob]:
         ).all()
         figures = _figures(s, [row[0].id for row in rows])
         stage = aliased(Job)
+        # The sweep's own stage jobs only: a job another sweep's stage also added (equal keys, one job) keeps, here,
+        # the stage of this sweep that added it, or none.
+        stage_of_sweep = aliased(SweepJob)
         added = s.execute(
             select(JobDependency.job_id, stage.spec)
             .join(stage, stage.id == JobDependency.depends_on_id)
             .join(SweepJob, SweepJob.job_id == JobDependency.job_id)
+            .join(stage_of_sweep, (stage_of_sweep.job_id == stage.id) & (stage_of_sweep.sweep_id == sweep_id))
             .where(SweepJob.sweep_id == sweep_id, stage.role == "stage")
         ).all()
         added_by = {job_id: str(spec.get("stage")) for job_id, spec in added}

@@ -442,3 +442,45 @@ def test_each_stage_hands_out_the_slowest_runtimes_jobs_first() -> None:
         ("onnxruntime", "static"),
         ("onnxruntime", "fp32"),
     ]
+
+
+def test_where_a_global_meets_the_target_candidates_leave_its_verify_job_room() -> None:
+    from farm.jobs.tune_answer import answer_of
+
+    # Per tensor meets 40 (the bar, 0.10 ms); per channel misses (37) but is not clearly slower (0.09 ms): it is
+    # the base searched. Five layers fill torch's 13 jobs with k = 1, 2, 4: with a global that may be the answer,
+    # k = 4 gives way to the verify job, and the candidates are screened.
+    def figures(job: Any) -> dict[str, Any]:
+        f = sqnr_of(job)
+        if not job.spec.method.layers and job.spec.method.granularity == "per_tensor":
+            f.update(sqnr_db=40.5)
+        elif not job.spec.method.layers:
+            f.update(latency_p50_ms=0.09, latency_p50_ci_low_ms=0.085, latency_p50_ci_high_ms=0.095)
+        return f
+
+    jobs, ran = run_chain(tune_plan(), figures)
+    assert ran[-2:] == ["tune_verify", "tune_answer"]
+    tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.method != "fp32"]
+    cands = [j for j in tested if j.spec.method.layers]
+    assert [len(j.spec.method.layers) for j in cands] == [1, 2]
+    assert {j.spec.benchmark.isolation for j in cands} == {"pinned"}
+    verified = tested[-1]
+    assert verified.spec.benchmark.isolation == "exclusive" and not verified.spec.method.layers
+    assert verified.spec.method.granularity == "per_tensor"
+    assert len([j for j in jobs if j.role != "stage"]) <= budget_per_runtime(len(LAYERS))
+    inputs = [as_input(j, figures(j) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)]
+    answer = answer_of(inputs, SETTINGS)
+    assert answer.met and answer.chosen is not None
+    assert (answer.chosen["stage"], answer.chosen["isolation"], answer.chosen["fallback"]) == (
+        "verify",
+        "exclusive",
+        [],
+    )
+
+
+def test_a_budget_that_leaves_no_room_for_verify_ends_after_stage_one() -> None:
+    # Stage 1 is 5 jobs; a budget of 6 has no room for a verify job and its stage job: the answer follows at once.
+    jobs, ran = run_chain(tune_plan(budget=6, good_enough=True), lambda j: sqnr_of(j, base=45.0))
+    assert ran == ["tune_sensitivity", "tune_answer"] and len(jobs) == 6
+    jobs, ran = run_chain(tune_plan(budget=8, good_enough=True), lambda j: sqnr_of(j, base=45.0))
+    assert ran == ["tune_sensitivity", "tune_verify", "tune_answer"] and len(jobs) == 8
