@@ -142,8 +142,8 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         (info(i)["isolation"] for i in inputs if i.role == "reference" and info(i)["split"] == "test"), "exclusive"
     )
     # No search (good enough, no runtime can win, no budget): a global is the answer, verified if the budget allows.
-    stop: dict[str, Any] = {"bases": {}, "layers": None, "used": {r: _stage1_jobs(r) for r in p["runtimes"]}}
-    stop.update(spent=used, globals=tested, isolation=isolation)
+    used_by = {r: _stage1_jobs(r) for r in p["runtimes"]}
+    stop = {"bases": {}, "layers": None, "used": used_by, "spent": used, "isolation": isolation}
     room = _share(settings, used, 1, 2)
     end = "tune_verify" if room is None or room >= _VERIFY else "tune_answer"
     if settings.good_enough and meeting:

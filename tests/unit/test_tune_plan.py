@@ -253,9 +253,16 @@ def test_a_binding_budget_is_spent_to_the_last_job(budget: int) -> None:
     assert ran[-1] == "tune_answer" and len(jobs) == budget
 
 
+def answer_for(jobs: list[Any], figures: Callable[[Any], dict[str, Any]]) -> Any:
+    """The tune's answer once every job of ``jobs`` succeeded with ``figures`` (its trials')."""
+    from farm.jobs.tune_answer import answer_of
+
+    inputs = [as_input(j, figures(j) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)]
+    return answer_of(inputs, SETTINGS)
+
+
 def _global_answer_verified(jobs: list[Any]) -> None:
     """The global recipes were screened; the one that is the answer was timed again as the tune says."""
-    from farm.jobs.tune_answer import answer_of
 
     tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.method != "fp32"]
     assert [j.spec.benchmark.isolation for j in tested] == ["pinned", "pinned", "exclusive"]
@@ -263,8 +270,7 @@ def _global_answer_verified(jobs: list[Any]) -> None:
         tested[0].spec.method,
         tested[1].spec.method,
     )
-    inputs = [as_input(j, sqnr_of(j, base=45.0) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)]
-    answer = answer_of(inputs, SETTINGS)
+    answer = answer_for(jobs, lambda j: sqnr_of(j, base=45.0))
     assert answer.met and answer.chosen is not None
     assert (answer.chosen["stage"], answer.chosen["isolation"], answer.chosen["fallback"]) == (
         "verify",
@@ -365,7 +371,6 @@ def test_a_tune_timed_pinned_or_unisolated_throughout_verifies_nothing(isolation
 
 
 def test_when_no_recipe_meets_the_target_the_closest_is_verified() -> None:
-    from farm.jobs.tune_answer import answer_of
 
     tune_stages.list_layers = lambda spec: list(EIGHT)  # type: ignore[assignment]  # fixture restores it
     figures = {n: 0.7 for n in NAMES8}
@@ -375,11 +380,7 @@ def test_when_no_recipe_meets_the_target_the_closest_is_verified() -> None:
     assert [j.spec.benchmark.isolation for j in tested[:-1]] == ["pinned"] * (len(tested) - 1)  # screened
     closest = max(tested[:-1], key=lambda j: len(j.spec.method.layers))  # 20 + 0.7 k: the most layers in fp32
     assert tested[-1].spec.benchmark.isolation == "exclusive" and tested[-1].spec.method == closest.spec.method
-    inputs = [
-        as_input(j, sqnr_of(j, base=20.0, per_layer=figures) if j.role == "trial" else {}, n)
-        for n, j in enumerate(jobs, 1)
-    ]
-    answer = answer_of(inputs, SETTINGS)
+    answer = answer_for(jobs, lambda j: sqnr_of(j, base=20.0, per_layer=figures))
     assert not answer.met and answer.chosen is not None
     assert (answer.chosen["stage"], answer.chosen["isolation"]) == ("verify", "exclusive")
 
@@ -445,7 +446,6 @@ def test_each_stage_hands_out_the_slowest_runtimes_jobs_first() -> None:
 
 
 def test_where_a_global_meets_the_target_candidates_leave_its_verify_job_room() -> None:
-    from farm.jobs.tune_answer import answer_of
 
     # Per tensor meets 40 (the bar, 0.10 ms); per channel misses (37) but is not clearly slower (0.09 ms): it is
     # the base searched. Five layers fill torch's 13 jobs with k = 1, 2, 4: with a global that may be the answer,
@@ -468,8 +468,7 @@ def test_where_a_global_meets_the_target_candidates_leave_its_verify_job_room() 
     assert verified.spec.benchmark.isolation == "exclusive" and not verified.spec.method.layers
     assert verified.spec.method.granularity == "per_tensor"
     assert len([j for j in jobs if j.role != "stage"]) <= budget_per_runtime(len(LAYERS))
-    inputs = [as_input(j, figures(j) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)]
-    answer = answer_of(inputs, SETTINGS)
+    answer = answer_for(jobs, figures)
     assert answer.met and answer.chosen is not None
     assert (answer.chosen["stage"], answer.chosen["isolation"], answer.chosen["fallback"]) == (
         "verify",
