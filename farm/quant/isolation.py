@@ -146,17 +146,20 @@ class MeasureLock:
         finally:
             fcntl.flock(turnstile, fcntl.LOCK_UN)
 
-    def yield_to_benchmark(self, stop: Callable[[], bool] | None = None) -> None:
-        """Between two batches of a compute step held shared: if a benchmark waits for the lock, let go, queue
-        behind it on the turnstile while it times, then hold the lock shared again. A no-op (one non-blocking
-        ``flock``) when none waits, or when this thread does not hold the lock shared.
+    def yield_to_benchmark(
+        self, stop: Callable[[], bool] | None = None, on_wait: Callable[[], None] | None = None
+    ) -> bool:
+        """Between two batches of a compute step held shared: if a benchmark waits for the lock, let go (calling
+        ``on_wait`` first), queue behind it on the turnstile while it times, then hold the lock shared again
+        (True). A no-op (one non-blocking ``flock``; False) when none waits, or when this thread does not hold the
+        lock shared.
 
         Raises:
             Cancelled: ``stop`` said so while waiting (the lock is then not held again; the step's hold lets go).
         """
         held = self._held
         if held.mode != "shared" or held.files is None or held.files.pid != os.getpid():
-            return  # nothing held here (a forked child's inherited hold is its parent's to give up)
+            return False  # nothing held here (a forked child's inherited hold is its parent's to give up)
         turnstile, lock = self._fds()
         try:
             fcntl.flock(turnstile, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -164,9 +167,12 @@ class MeasureLock:
             pass  # a benchmark holds it while it waits for the readers in now (or a reader is passing it)
         else:
             fcntl.flock(turnstile, fcntl.LOCK_UN)
-            return
+            return False
+        if on_wait is not None:
+            on_wait()
         fcntl.flock(lock, fcntl.LOCK_UN)
         _share(turnstile, lock, stop)  # behind the benchmark: it times, then lets the turnstile go
+        return True
 
     @contextlib.contextmanager
     def _nested(self) -> Iterator[None]:
@@ -221,12 +227,36 @@ def compute_step(stop: Callable[[], bool] | None = None) -> contextlib.AbstractC
 
 
 class Measured:
-    """The isolation figures of one timed measurement: ``isolation``, ``host_load`` and ``cores``."""
+    """The isolation figures of one timed measurement: ``isolation``, ``host_load`` and ``cores``; and, for the
+    timing loop, :meth:`poll` between blocks and :meth:`waited`."""
 
-    def __init__(self, requested: str) -> None:
+    def __init__(self, requested: str, stop: Callable[[], bool] | None = None) -> None:
         self.requested = requested
+        self.stop = stop
         self.host_load: float | None = None
         self.started: CpuTimes | None = None
+        self.paused_s = 0.0
+
+    def poll(self) -> bool:
+        """Between two blocks (a side-by-side timing: two pairs): a pinned timing (held shared, as compute is) lets a
+        benchmark that waits for the lock time first, exclusively, then goes on; the wait is left out of its time
+        budget (:meth:`waited`) and of its host load. Without it an exclusive timing waited for the whole of a
+        pinned one (2-3 s under a tune's -j 2). Then whether the job was cancelled.
+
+        Raises:
+            Cancelled: ``stop`` said so while waiting.
+        """
+        if self.requested == "pinned":
+            before: list[tuple[float, CpuTimes | None]] = []
+            if _LOCK.yield_to_benchmark(self.stop, lambda: before.append((time.perf_counter(), cpu_times()))):
+                (began, counters), *_ = before
+                self.paused_s += time.perf_counter() - began
+                self.started = _skip(self.started, counters, cpu_times())
+        return bool(self.stop and self.stop())
+
+    def waited(self) -> float:
+        """Seconds :meth:`poll` has given to other jobs' benchmarks so far: not this timing's time."""
+        return self.paused_s
 
     def busy(self) -> bool:
         """Whether other processes have kept the host busy (``hostload.is_busy``) since the timing began: an
@@ -251,7 +281,7 @@ def measuring(requested: str, stop: Callable[[], bool] | None = None) -> Iterato
     ``pinned`` holds the lock shared, as a compute phase does: it claims no exclusivity, but it is compute all the
     same, so it waits while another job times exclusively rather than disturb it. ``none`` leaves the lock alone.
     """
-    measured = Measured(requested)
+    measured = Measured(requested, stop)
     hold: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if requested == "exclusive":
         hold = _LOCK.exclusive(stop)
@@ -263,3 +293,11 @@ def measuring(requested: str, stop: Callable[[], bool] | None = None) -> Iterato
             yield measured
         finally:
             measured.host_load = host_load(measured.started, cpu_times())
+
+
+def _skip(started: CpuTimes | None, before: CpuTimes | None, after: CpuTimes | None) -> CpuTimes | None:
+    """``started`` moved on by the counters' moves from ``before`` to ``after``: a wait left out of a host load."""
+    if started is None or before is None or after is None:
+        return started
+    moved = (after.busy_s - before.busy_s, after.total_s - before.total_s, after.own_s - before.own_s)
+    return CpuTimes(started.busy_s + moved[0], started.total_s + moved[1], started.own_s + moved[2])

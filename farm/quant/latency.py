@@ -12,17 +12,17 @@ bracketed by ``torch.cuda.synchronize``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from farm.quant.hostload import busy_since
+from farm.quant.pinning import torch_threads as torch_threads  # where callers have always found it
 from farm.quant.timing_stats import (
     clustered_median_ci,
     flatten,
@@ -191,6 +191,7 @@ def measure_latency(
     should_stop: Callable[[], bool] | None = None,
     clock: Clock = time.perf_counter,
     busy: Callable[[], bool] | None = None,
+    paused: Callable[[], float] | None = None,
 ) -> Latency:
     """Time ``fn`` (one forward pass of a ``batch_size`` batch) until its median's interval is narrow.
 
@@ -203,6 +204,8 @@ def measure_latency(
         clock: seconds (tests pass a fake one).
         busy: whether the host has been busy since the measurement began, asked once its time budget is spent
             (default: :func:`farm.quant.hostload.busy_since`; see ``LatencySettings.busy_factor``).
+        paused: the seconds ``should_stop`` has waited so far for other jobs' timings (a pinned timing lets an
+            exclusive one go first): not counted against the time budget.
 
     Returns:
         Percentiles, spread, the median's 95 % interval and whether the figure is stable.
@@ -222,7 +225,7 @@ def measure_latency(
             if len(samples) >= s.min_reps and len(blocks) >= MIN_BLOCKS and _narrow(blocks, s.rel_tol):
                 settled = True
                 break
-            if len(samples) >= s.min_reps and _spent(clock() - began, s.max_time_s, s, busy):
+            if len(samples) >= s.min_reps and _spent(clock() - began - _waited(paused), s.max_time_s, s, busy):
                 break
             if should_stop and should_stop():
                 break
@@ -239,6 +242,7 @@ def measure_pair(
     should_stop: Callable[[], bool] | None = None,
     clock: Clock = time.perf_counter,
     busy: Callable[[], bool] | None = None,
+    paused: Callable[[], float] | None = None,
 ) -> PairLatency:
     """Time a trial and its baseline side by side: warm both, then pairs of blocks (a block of the slower side,
     then one of the faster side that lasts about as long: :func:`_pair_reps`; the side that goes first alternating
@@ -257,7 +261,7 @@ def measure_pair(
         settings: warm-up and stopping rules (``max_time_s`` is each side's share).
         should_stop: polled between pairs; True ends the measurement early (marked unstable).
         clock: seconds (tests pass a fake one).
-        busy: as :func:`measure_latency`'s.
+        busy, paused: as :func:`measure_latency`'s.
 
     Returns:
         Both sides' figures and the speedup (baseline / trial) with its 95 % interval.
@@ -287,7 +291,7 @@ def measure_pair(
                 if relative_halfwidth(pooled_ratio(base_s, trial_s), *interval) <= s.rel_tol:
                     settled = True
                     break
-            if pairs >= min_pairs and _spent(clock() - began, 2 * s.max_time_s, s, busy):
+            if pairs >= min_pairs and _spent(clock() - began - _waited(paused), 2 * s.max_time_s, s, busy):
                 break
             if should_stop and should_stop():
                 break
@@ -373,6 +377,10 @@ def _spent(elapsed: float, budget: float, s: LatencySettings, busy: Callable[[],
     return elapsed > budget and (elapsed > budget * s.busy_factor or not busy())
 
 
+def _waited(paused: Callable[[], float] | None) -> float:
+    return paused() if paused is not None else 0.0
+
+
 def _narrow(blocks: list[list[float]], rel_tol: float) -> bool:
     """The median's 95 % interval (allowing for drift between blocks) lies within ``rel_tol`` of it on both sides."""
     low, high = clustered_median_ci(blocks)
@@ -381,19 +389,3 @@ def _narrow(blocks: list[list[float]], rel_tol: float) -> bool:
 
 def _ratio(base: float, trial: float) -> float:
     return base / trial if trial > 0 else float("inf")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` intra-op threads (None: leave as is)."""
-    if n is None:
-        yield
-        return
-    from farm.quant.pinning import cap_threads
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(cap_threads(n))  # never more than the cores this process is pinned to
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

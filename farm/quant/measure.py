@@ -17,6 +17,7 @@ from farm.jobs.contract import JobResult, JobSpec
 from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import MethodConfig
 from farm.quant.hostload import crowded
+from farm.quant.isolation import Measured, compute_step, measuring
 from farm.quant.reference import Baseline, Reference
 
 EVAL_BATCH_SIZE = 64
@@ -49,7 +50,6 @@ def evaluate(
 
     from farm.errors import Cancelled
     from farm.quant.inputs import batch_len, select_output
-    from farm.quant.isolation import compute_step
     from farm.quant.metrics import all_finite
     from farm.zoo.data import iterate
 
@@ -100,7 +100,6 @@ def benchmark(
             way ``fp32_deployed_as`` says how fp32 was deployed; the fp32 job also times the eager form where it
             differs from the deployed one (``fp32_eager_p50_ms``; None in a trial's entry).
     """
-    from farm.quant.isolation import compute_step, measuring
     from farm.quant.latency import warm_up
     from farm.zoo.data import first_batch
 
@@ -114,7 +113,7 @@ def benchmark(
                 if prewarm:
                     warm_up(calls.all(), cfg.warmup_s, device=outcome.device)
             with measuring(cfg.isolation, stop) as isolated:  # exclusive: other jobs' compute here pauses
-                entry = _time_batch(calls, outcome.device, batch_size, timing, stop, isolated.busy)
+                entry = _time_batch(calls, outcome.device, batch_size, timing, isolated)
             figures.append({**entry, **isolated.figures()})
             del calls  # the reloaded copies go before the next batch size's come
             report("benchmark", (i + 1) / len(cfg.batch_sizes))
@@ -162,16 +161,16 @@ def _time_batch(
     device: str,
     batch_size: int,
     cfg: BenchmarkConfig,
-    stop: Callable[[], bool],
-    busy: Callable[[], bool],
+    isolated: Measured,
 ) -> dict[str, Any]:
-    """One batch size's latency entry: alone, or beside the fp32 baseline (with its speedup); ``busy``: the host's."""
+    """One batch size's latency entry: alone, or beside the fp32 baseline (with its speedup), held as ``isolated``."""
     from farm.quant.latency import LatencySettings, measure_latency, measure_pair
 
     settings = LatencySettings(
         warmup_s=cfg.warmup_s, max_time_s=cfg.max_time_s, min_reps=cfg.min_reps, rel_tol=cfg.rel_tol
     )
-    how: dict[str, Any] = {"device": device, "settings": settings, "should_stop": stop, "busy": busy}
+    how: dict[str, Any] = {"device": device, "settings": settings, "busy": isolated.busy}
+    how.update(should_stop=isolated.poll, paused=isolated.waited)
     if calls.base is not None:
         entry = measure_pair(calls.trial, calls.base, batch_size, **how).entry()
     else:

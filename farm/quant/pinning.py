@@ -1,6 +1,7 @@
 """Pinning of pool processes to cores of their own (:mod:`farm.quant.isolation`'s first remedy): each claims
 ``threads`` cores with a file lock per core, held for the process's life, so claims are disjoint whichever executor
-started the process; torch threads never exceed them. Standard library only.
+started the process; torch threads never exceed them (:func:`torch_threads`). Standard library only (torch is
+imported inside :func:`torch_threads`, whose callers have it already).
 """
 
 from __future__ import annotations
@@ -162,3 +163,19 @@ def applied(requested: str) -> str:
     if requested == "exclusive":
         return "exclusive"
     return "pinned" if _pinning.cores else "none"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (None: leave as is)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cap_threads(n))  # never more than the cores this process is pinned to
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -413,6 +414,38 @@ def test_a_pinned_timing_waits_while_another_job_times_exclusively(
     pinned.join()
     bench.finish()
     assert seen == [True]  # it began timing only after the exclusive one was done
+
+
+def test_a_pinned_timing_lets_an_exclusive_one_time_between_its_blocks_and_leaves_the_wait_out(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pinned timing holds the lock shared for all its blocks: an exclusive timing that asks meanwhile goes at
+    the next block (its poll), not after the whole timing, and the wait counts neither in the pinned timing's time
+    budget nor in its host load."""
+    lock = MeasureLock(tmp_path)
+    monkeypatch.setattr(isolation, "_LOCK", lock)
+    turnstile, lock_file = lock.paths
+    with isolation.measuring("pinned") as measured:
+        assert measured.poll() is False and measured.waited() == 0.0  # nobody waits, not cancelled: go on
+        bench = Holder(tmp_path, "exclusive", "bench", env)
+        bench.expect("trying")
+        for _ in range(100_000):  # until the benchmark waits, holding the turnstile
+            if not can_flock(turnstile, fcntl.LOCK_EX):
+                break
+        else:
+            pytest.fail("the waiting benchmark never held the turnstile")
+        releaser = threading.Thread(target=lambda: (bench.expect("in"), time.sleep(0.3), bench.release()))
+        releaser.start()
+        started = measured.started
+        assert measured.poll() is False  # it let the benchmark time, then goes on
+        releaser.join()
+        assert bench.marker.exists()  # the exclusive timing ran during the poll
+        assert measured.waited() >= 0.3  # the wait, which its time budget leaves out
+        assert started is not None and measured.started is not None and measured.started.total_s > started.total_s
+        assert not can_flock(lock_file, fcntl.LOCK_EX)  # it holds the lock shared again
+    bench.finish()
+    with isolation.measuring("exclusive") as alone:
+        assert alone.poll() is False and alone.waited() == 0.0  # an exclusive timing has nobody to let go first
 
 
 def test_benchmark_isolation_is_validated_and_kept_out_of_the_key_at_its_default() -> None:

@@ -72,6 +72,29 @@ def test_max_time_bounds_an_unsettled_measurement() -> None:
     assert lat.reps < 100
 
 
+def test_time_waited_for_another_jobs_timing_is_not_spent_from_the_budget() -> None:
+    """A pinned timing that let an exclusive one go first (its poll between blocks) has not used that wait: with a
+    fake clock, each block takes about 0.01 s and each poll waits 1 s; a 0.05 s budget still gets about 5 blocks."""
+    now = [0.0]
+    waited = [0.0]
+    durations = iter([0.001, 0.003] * 1000)  # 5 calls a block, about 0.01 s; the median keeps moving: unsettled
+
+    def call() -> None:
+        now[0] += next(durations)
+
+    def poll() -> bool:
+        now[0] += 1.0  # another job's exclusive timing
+        waited[0] += 1.0
+        return False
+
+    settings = LatencySettings(warmup_s=0.0, warmup_reps=0, min_reps=5, max_time_s=0.05, block=5, rel_tol=0.0001)
+    common = {"settings": settings, "busy": lambda: False, "clock": lambda: now[0], "should_stop": poll}
+    lat = measure_latency(call, 1, paused=lambda: waited[0], **common)  # type: ignore[arg-type]
+    assert 4 * 5 <= lat.reps <= 7 * 5  # its own 0.05 s, not one block and a wait
+    unpaused = measure_latency(call, 1, **common)  # type: ignore[arg-type]
+    assert unpaused.reps == 2 * 5  # the same wait counted as its time: two blocks, then out of budget
+
+
 def test_torch_threads_restores_the_count() -> None:
     import torch
 
