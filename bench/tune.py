@@ -8,9 +8,10 @@ Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro] [--runtime
   First the global recipes alone (`--good-enough` with a target every one meets: stage 1, then the fastest timed again
   by the verify stage), then the target is set just beyond the best global recipe on every runtime asked (sqnr: +2 dB;
   cosine: half the distance to 1), so every global int8 recipe misses it. Targets: the search meets it; its answer is
-  faster than the best fp32 on any runtime (p50 below the fastest fp32 export's, and the interval's high end below its
-  low end for "clearly"); jobs per runtime <= layers + 2*log2(layers) + 4 (the trail's trials of that runtime, fp32
-  exports included).
+  clearly faster than the best fp32 on any runtime (than every fp32 whose p50 interval reaches the fastest's: its own
+  runtime's side by side, the answer's speedup interval above 1; another runtime's by the jobs' intervals, the
+  answer's high end below the fp32's low end); jobs per runtime <= layers + 2*log2(layers) + 4 (the trail's trials
+  of that runtime, fp32 exports included).
 - global: a target the best global recipe meets: the answer is never slower than it (p50 interval ends overlap or
   the answer is faster).
 - wall: the cnn search from an empty database with -j 1 and with -j 2 (1 thread per job, fresh FARM_HOME each, its
@@ -118,6 +119,32 @@ def _fp32s(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in result["trail"] if e["fp32"] and e["split"] == "test" and e.get("latency")]
 
 
+def faster_than_fp32(chosen: dict[str, Any], fp32s: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Whether the answer is clearly faster than every fp32 that may be the fastest of all runtimes (those whose p50
+    interval reaches the fastest's), and the figures that say so.
+
+    Against its own runtime's fp32: side by side (the answer's speedup, both timed alternately in one process, its
+    95 % interval above 1), the comparison every QuantFarm speedup rests on. Jobs timed minutes apart differ by the
+    host's drift (the encoder's answer on a Xeon: 12.61 ms beside OpenVINO fp32's 13.29 ms measured 4 min before,
+    while side by side it was 1.28x [1.24, 1.37] faster). Against another runtime's fp32, which no job times beside
+    it: the two jobs' intervals, the answer's high end below the fp32's low end.
+    """
+    fastest = min(fp32s, key=lambda e: _p50(e)[0])
+    p50, _, high = _p50({"latency": chosen.get("latency")})
+    verdicts: list[tuple[bool, str]] = []
+    for e in (e for e in fp32s if _p50(e)[1] <= _p50(fastest)[2]):
+        fp_p50, fp_low, _ = _p50(e)
+        if e["runtime"] == chosen.get("runtime") and chosen.get("speedup") is not None:
+            speedup = float(chosen["speedup"])
+            low, up = chosen.get("speedup_ci") or (speedup, speedup)
+            text = f"{speedup:.3f}x [{low:.3f}, {up:.3f}] over {e['recipe']} side by side"
+            verdicts.append((speedup > 1 and low > 1, text))
+        else:
+            text = f"{p50:.4f} ms (CI high {high:.4f}) vs {e['recipe']} {fp_p50:.4f} ms (CI low {fp_low:.4f})"
+            verdicts.append((p50 < fp_p50 and high < fp_low, text))
+    return all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)
+
+
 def tight_target(case: str, best: float) -> float:
     """Just beyond the best global recipe: +2 dB of SQNR, or half the remaining distance of cosine to 1."""
     if CASES[case]["metric"] == "sqnr_db":
@@ -139,13 +166,15 @@ def search(b: Bench, case: str) -> dict[str, Any]:
     code, result, wall = b.tune(home, case, ["--min-metric", str(goal)])
     chosen = result.get("chosen") or {}
     fp32 = min(_fp32s(result), key=lambda e: _p50(e)[0])
-    p50, _, high = _p50({"latency": chosen.get("latency")})
-    fp_p50, fp_low, _ = _p50(fp32)
+    p50, _, _ = _p50({"latency": chosen.get("latency")})
+    fp_p50, _, _ = _p50(fp32)
     b.say(
         f"({case}) chosen {chosen.get('recipe')} on {chosen.get('runtime')}: {metric} {chosen.get(metric)}, "
         f"fallback {chosen.get('fallback')}, p50 {p50:.4f} ms vs best fp32 {fp32['recipe']} {fp_p50:.4f} ms, "
-        f"speedup {chosen.get('speedup')}, {result['jobs']} jobs, {wall:.0f} s"
+        f"speedup {chosen.get('speedup')} {chosen.get('speedup_ci')} over fp32 on {chosen.get('runtime')} side by "
+        f"side, {result['jobs']} jobs, {wall:.0f} s"
     )
+    faster, how = faster_than_fp32(chosen, _fp32s(result))
     layers = b.layers(case)
     bound = layers + 2 * math.log2(max(layers, 1)) + 4
     per_runtime: dict[str, int] = {}
@@ -153,11 +182,7 @@ def search(b: Bench, case: str) -> dict[str, Any]:
         per_runtime[e["runtime"]] = per_runtime.get(e["runtime"], 0) + 1
     b.target(f"({case}) every global recipe misses the target", best < goal, f"best global {best} < {goal}")
     b.target(f"({case}) the search meets the target", code == 0 and bool(result.get("met")), f"exit {code}")
-    b.target(
-        f"({case}) faster than the best fp32 on any runtime",
-        p50 < fp_p50 and high < fp_low,
-        f"{p50:.4f} ms (CI high {high:.4f}) vs {fp_p50:.4f} ms (CI low {fp_low:.4f})",
-    )
+    b.target(f"({case}) faster than the best fp32 on any runtime", faster, how)
     b.target(
         f"({case}) jobs per runtime <= layers + 2 log2(layers) + 4 = {bound:.1f} ({layers} layers)",
         all(n <= bound for n in per_runtime.values()),

@@ -96,6 +96,7 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "meets": bool(f) and what["method"] != "fp32" and meets(f, settings.target),
                 "value": value,
                 "speedup": f.get("speedup"),
+                "speedup_ci": _interval(f),
                 "size_ratio": f.get("size_ratio"),
                 "size_bytes": f.get("size_bytes"),
                 "latency": _latency(f),
@@ -104,6 +105,12 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _interval(f: Mapping[str, Any]) -> list[float] | None:
+    """The speedup's 95 % interval, [low, high], over the same runtime's fp32 timed side by side (None: none)."""
+    low, high = f.get("speedup_ci_low"), f.get("speedup_ci_high")
+    return None if low is None or high is None else [low, high]
 
 
 def _latency(f: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -226,6 +233,7 @@ def chosen_json(chosen: Mapping[str, Any], settings: TuneSettings) -> dict[str, 
         settings.metric: chosen[settings.metric],
         **({"accuracy_drop": chosen["accuracy_drop"]} if settings.metric == "accuracy" else {}),
         "speedup": chosen["speedup"],
+        "speedup_ci": chosen.get("speedup_ci"),
         "size_ratio": chosen["size_ratio"],
         "latency": chosen["latency"],
         "isolation": chosen.get("isolation"),

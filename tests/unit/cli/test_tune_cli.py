@@ -23,6 +23,8 @@ def test_a_local_tune_meets_the_target_through_its_stages(sweep_home: Path) -> N
     chosen = data["chosen"]
     assert chosen["sqnr_db"] >= 40 and chosen["fallback"], data
     assert chosen["artifact_uri"] and chosen["speedup"] is not None
+    low, high = chosen["speedup_ci"]  # over torch's fp32, timed side by side: its 95 % interval holds it
+    assert low <= chosen["speedup"] <= high
     stages = {e["stage"] for e in data["trail"]}
     assert {"global", "sensitivity", "candidates"} <= stages
     assert all(e["split"] == "validation" for e in data["trail"] if e["stage"] == "sensitivity")
@@ -39,6 +41,7 @@ def test_a_local_tune_meets_the_target_through_its_stages(sweep_home: Path) -> N
     table = farm("tune", "status", str(data["tune_id"]))
     header = next(line for line in table.stdout.splitlines() if "recipe" in line and "stage" in line)
     assert "timed" in header and "timed exclusive" in table.stdout, describe(table)  # test figures timed two ways
+    assert "over fp32 on torch (side by side)" in table.stdout, describe(table)
     listed = farm("tune", "list")
     assert str(data["tune_id"]) in listed.stdout and "sqnr_db >= 40" in listed.stdout
     query = farm("results", "query", "--tune", str(data["tune_id"]), "--format", "json")
@@ -77,3 +80,14 @@ def test_accuracy_without_labels_is_refused(sweep_home: Path) -> None:
     result = farm("tune", "--model", "farm:tiny-encoder", "--method", "dynamic", "--max-accuracy-drop", "0.01")
     assert result.exit_code == 2 and "no labels" in result.stderr, describe(result)
     assert sweep_count(sweep_home) == (0, 0)
+
+
+def test_a_metric_prints_with_the_digits_that_tell_it_from_its_target() -> None:
+    from farm.cli.tune import _metric
+    from farm.jobs.tune_plan import TuneSettings
+
+    tight = TuneSettings("cosine", min_metric=0.999977)
+    assert _metric(0.9999779135, tight) == "0.9999779"  # not "1", which reads as fp32 itself
+    assert _metric(0.9999702, tight) == "0.9999702"  # a miss reads as one
+    assert _metric(47.0808504, TuneSettings("sqnr_db", min_metric=46.63)) == "47.081"
+    assert _metric(0.93, TuneSettings("accuracy", max_accuracy_drop=0.01)) == "0.93"
