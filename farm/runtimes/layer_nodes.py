@@ -167,6 +167,10 @@ def rule_nodes(
         (nodes to keep in floating point: the skipped layers' nodes and the activation MatMuls of wholly skipped
         blocks; node -> setting for each node of a layer quantized with overrides).
 
+    A selected layer with no node is not in the graph when every weight-carrying node of the graph belongs to
+    another layer: the export dropped it, since it does not feed the output exported (an encoder's classifier head
+    beside the embedding compared), and there is nothing to keep in floating point or to set for it.
+
     Raises:
         QuantizationError: a layer a rule selects has no node in the graph (its scope was lost).
     """
@@ -175,7 +179,11 @@ def rule_nodes(
         return [], {}
     by_layer = layer_nodes(onnx_model.graph, layers, root=root)
     lost = [name for name in settings if not by_layer.get(name)]
-    if lost:
+    inits = {t.name: t for t in onnx_model.graph.initializer}
+    weights = sum(1 for node in onnx_model.graph.node if _weight_input(node, inits) is not None)
+    if lost and weights == sum(len(nodes) for nodes in by_layer.values()):  # every weight node is another layer's
+        settings = {name: s for name, s in settings.items() if name not in lost}
+    elif lost:
         raise QuantizationError(
             f"per-layer rules: no node of layer(s) {', '.join(lost[:6])} found in the exported ONNX graph "
             "(neither a module scope nor a weight name leads to them)"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from farm.errors import ConfigError
+from farm.errors import ConfigError, QuantizationError
 from farm.quant.config import parse_method
 from farm.quant.context import QuantContext
 from farm.quant.layers import LayerRule
@@ -133,6 +133,29 @@ def test_skipping_a_whole_block_also_keeps_its_attention_matmuls(tmp_path: Path)
     assert exclude == ["/model/layers.0/attention/q/MatMul"]  # one layer of the block: the scores stay quantized
     _, overrides = rule_nodes(proto, (LayerRule(type="Linear", granularity="per_tensor"),), layers)
     assert len(overrides) == len(layers) and {s.granularity for s in overrides.values()} == {"per_tensor"}
+
+
+def test_a_layer_the_export_dropped_needs_nothing_and_a_lost_one_still_fails(tmp_path: Path) -> None:
+    """Exported for its embedding, the encoder's graph has no classifier head: a rule skipping it (by name, or every
+    Linear) has nothing to keep in floating point there, not a lost layer; a layer whose nodes lost both their
+    scope and their weight's name (another weight node is left unowned) still fails, naming it."""
+    model, splits = encoder()
+    export_onnx(model, first_batch(splits.test, 2), tmp_path / "e.onnx", output="embedding")
+    proto = onnx.load(str(tmp_path / "e.onnx"))
+    layers = linear_layers(model)
+    assert "head" in layers and not layer_nodes(proto.graph, layers)["head"]
+    exclude, _ = rule_nodes(proto, (LayerRule(name="head", skip=True),), layers)
+    assert exclude == []
+    exclude, _ = rule_nodes(proto, (LayerRule(type="Linear", skip=True),), layers)
+    assert len(exclude) >= len(layers) - 1 and not any("head" in n for n in exclude)
+    q = next(n for n in proto.graph.node if n.name == "/model/layers.0/attention/q/MatMul")
+    q.name = "anonymous"  # its scope lost ...
+    weight = q.input[1]
+    for t in proto.graph.initializer:  # ... and its weight's name too
+        if t.name == weight:
+            t.name = q.input[1] = "w0"
+    with pytest.raises(QuantizationError, match="layers.0.attention.q"):
+        rule_nodes(proto, (LayerRule(name="layers.0.attention.q", skip=True),), layers)
 
 
 # --- ONNX Runtime -------------------------------------------------------------------------------------------------
