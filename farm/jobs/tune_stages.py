@@ -1,8 +1,8 @@
 """The stages of a tune (farm/jobs/tune_plan.py plans stage 1): expanders that read the results of the jobs they
 waited for and add the next stage's jobs, through the one scheduling policy (farm/jobs/stages.py).
 
-- ``tune_sensitivity``: per runtime, the base recipe (see :func:`base_recipe`) with ONE layer kept in floating
-  point, one job per quantizable layer, on the validation split; then ``tune_candidates``.
+- ``tune_sensitivity``: per runtime, the base recipe (:func:`base_recipe`) with ONE layer in floating point, one job
+  per quantizable layer that feeds the output compared, on the validation split; then ``tune_candidates``.
 - ``tune_candidates``: the layers ranked by sensitivity (the metric the base reaches on the validation split with
   that layer in floating point: higher means the layer hurts more when quantized); the k most sensitive fall back
   for every power of two k below the layer count, all at once, on the test split; then ``tune_refine``.
@@ -14,11 +14,10 @@ waited for and add the next stage's jobs, through the one scheduling policy (far
   the closest when none meets) runs once more, timed as the tune's own benchmark says (exclusive by default);
   candidates that take their runtime's last jobs are timed so themselves (nothing could verify them; where a
   global meets the target they leave a job for the verify stage instead); then ``tune_answer``.
-- ``tune_answer``: adds nothing; its success marks the search done (the answer is farm/jobs/tune_answer.py's, a
-  pure function of the sweep's rows).
+- ``tune_answer``: adds nothing; its success marks the search done (farm/jobs/tune_answer.py gives the answer).
 
-Expanders are pure functions of their stage's parameters and inputs, save the layer list, which the sensitivity
-stage reads from the model itself (:data:`list_layers`, importing the engine lazily: stages run on workers).
+Expanders are pure functions of their stage's parameters and inputs, save the layer list, read from the model itself
+(:data:`list_layers`, importing the engine lazily: stages run on workers).
 """
 
 from __future__ import annotations
@@ -59,14 +58,16 @@ _VERIFY = 1
 
 
 def _layer_table(spec: JobSpec) -> list[Layer]:
-    """The layers ``spec``'s method would quantize on its model, in model order, with their MACs."""
-    from farm.quant.layer_list import layer_table
+    """The layers ``spec``'s method would quantize that feed the output compared (model order, with their MACs)."""
+    from farm.quant.layer_list import feeding, layer_table
     from farm.zoo.data import first_batch, load_dataset
     from farm.zoo.models import load_model
 
     loaded = load_model(spec.model, weights=spec.weights)
     example = first_batch(load_dataset(spec.dataset).test, 1)
-    return [(row.name, row.type, row.macs) for row in layer_table(loaded.module, example, spec.method.method)]
+    rows = layer_table(loaded.module, example, spec.method.method)
+    live = feeding(loaded.module.eval(), example, [row.name for row in rows], spec.output)
+    return [(row.name, row.type, row.macs) for row in rows if row.name in live]
 
 
 #: How the sensitivity stage lists a model's layers (tests replace it with a fixed list).
@@ -277,8 +278,7 @@ def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         used = p["used"].get(runtime, _stage1_jobs(runtime))
         left = room if p["layers"] is None else _left(len(p["layers"]), used, room)
         if left is None or left >= _VERIFY:
-            picked = next(i for i in inputs if i.id == pick["job_id"])
-            spec = JobSpec.from_dict(picked.spec)
+            spec = JobSpec.from_dict(next(i for i in inputs if i.id == pick["job_id"]).spec)  # the picked job's own
             jobs.append(_job(stage, spec, tuple(pick["fallback"]), "test", p["references"]["test"], screen=False))
     params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
     return _then(stage, jobs, inputs, "tune_answer", params)

@@ -14,7 +14,7 @@ anything is quantized, ``farm layers MODEL`` can list them, and ``farm tune`` kn
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -205,6 +205,51 @@ def layer_table(model: nn.Module, example_batch: Any, method: str) -> list[Layer
             LayerInfo(name, kind, params, params / total_params, macs, macs / total_macs if total_macs else 0.0)
         )
     return rows
+
+
+def feeding(model: nn.Module, example_batch: Any, names: Iterable[str], output: str | int | None = None) -> set[str]:
+    """The modules of ``names`` the selected output of ``model`` depends on; the others are dropped by an export of
+    that output alone and change nothing it computes (an encoder's classifier head beside the embedding compared).
+
+    One forward pass adds a probe (a zero that requires grad) to each module's output; the selected output's
+    gradient reaches the probes of the modules it depends on. A module whose output is not a floating-point tensor
+    counts as feeding it (nothing tells), as does every module when the pass can't be followed (no gradient to the
+    output, an in-place op autograd refuses).
+    """
+    import torch
+
+    from farm.quant.inputs import call, select_output
+
+    names = list(names)
+    modules = dict(model.named_modules())
+    probes: list[tuple[str, torch.Tensor]] = []  # a module called twice has two
+    opaque: set[str] = set()
+
+    def probe(name: str) -> Any:
+        def add(module: nn.Module, args: Any, out: Any) -> Any:
+            if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+                opaque.add(name)
+                return None
+            probes.append((name, torch.zeros((), dtype=out.dtype, requires_grad=True)))
+            return out + probes[-1][1]
+
+        return add
+
+    handles = [modules[n].register_forward_hook(probe(n)) for n in names if n in modules]
+    try:
+        with torch.enable_grad():
+            selected = select_output(call(model, example_batch), output)
+            if not probes or not selected.requires_grad:
+                return set(names)
+            grads = torch.autograd.grad(selected.float().sum(), [t for _, t in probes], allow_unused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return set(names)
+    finally:
+        for handle in handles:
+            handle.remove()
+    fed = opaque | {name for (name, _), grad in zip(probes, grads, strict=True) if grad is not None}
+    ran = opaque | {name for name, _ in probes}
+    return {n for n in names if n in fed or n not in ran}  # a module the pass never called: nothing tells
 
 
 def kept_by_rules(model: nn.Module, method: str, rules: Rules) -> dict[str, str]:

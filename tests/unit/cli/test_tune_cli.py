@@ -60,6 +60,23 @@ def test_a_target_no_recipe_meets_ends_with_the_closest_and_exit_1(sweep_home: P
     assert "falls short by" in result.stderr
 
 
+def test_an_encoder_tuned_on_its_embedding_searches_only_the_layers_that_feed_it(sweep_home: Path) -> None:
+    """Compared on its embedding, the encoder's classifier head changes nothing: no sensitivity job for it (on ONNX
+    Runtime its export of the embedding has no head, and a job skipping it failed), and every job succeeds."""
+    model = "farm:tiny-encoder?dim=32&layers=1&heads=2"
+    result = farm(
+        "tune", "--model", model, "--dataset", "tokens:16?n_test=32&n_calibration=32", "--method", "dynamic",
+        "--runtime", "onnxruntime", "--metric", "cosine", "--min-metric", "0.99999", "--model-output", "embedding",
+        "--batch-size", "4", "--max-time-s", "0.1", "-j", "2", "--json",
+    )  # fmt: skip
+    assert result.exit_code in (0, 1), describe(result)
+    data = json.loads(result.stdout)
+    sensitivity = [e for e in data["trail"] if e["stage"] == "sensitivity" and e["fallback"]]
+    assert sensitivity and all(e["state"] == "succeeded" for e in data["trail"]), data["trail"]
+    assert not any("head" in name for e in data["trail"] for name in e["fallback"])
+    assert len(sensitivity) == 6  # q, k, v, out and the two MLP layers of its one block
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -13,7 +13,7 @@ from farm.errors import ConfigError
 from farm.quant import coverage
 from farm.quant.config import parse_method
 from farm.quant.context import QuantContext
-from farm.quant.layer_list import check_rules, kept_by_rules, layer_table, quantizable_layers
+from farm.quant.layer_list import check_rules, feeding, kept_by_rules, layer_table, quantizable_layers
 from farm.quant.registry import apply_method, quiet_torch_ao
 from tests import toys
 
@@ -76,6 +76,36 @@ def test_layer_table_gives_shares_that_add_up() -> None:
     assert rows[2].params == 32 * 32 * 9 and rows[2].macs == 8 * 8 * 32 * 32 * 9
     assert sum(r.mac_share for r in rows) == pytest.approx(1.0)
     assert 0.9 < sum(r.param_share for r in rows) < 1.0  # the batch norms hold the rest
+
+
+class TwoHeads(nn.Module):
+    """An embedding and the head that reads it, beside a layer the forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head, self.unused = nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        embedding = torch.relu(self.body(x))
+        return {"embedding": embedding, "logits": self.head(embedding)}
+
+
+def test_the_layers_an_output_depends_on_are_told_from_those_it_does_not() -> None:
+    """A tune compares one output: a layer that does not feed it (the head, beside the embedding) changes nothing
+    it computes, and the export of that output drops it; a layer the forward never calls tells nothing."""
+    from farm.zoo.data import first_batch, load_dataset
+    from farm.zoo.models import load_model
+
+    model, x = TwoHeads().eval(), torch.randn(3, 4)
+    names = ["body", "head", "unused"]
+    assert feeding(model, x, names, "embedding") == {"body", "unused"}
+    assert feeding(model, x, names, "logits") == {"body", "head", "unused"}
+    encoder = load_model("farm:tiny-encoder").module.eval()
+    tokens = first_batch(load_dataset("tokens:16").test, 2)
+    layers = list(quantizable_layers(encoder, "dynamic"))
+    assert set(layers) - feeding(encoder, tokens, layers, "embedding") == {"head"}
+    assert feeding(encoder, tokens, layers) == set(layers)  # the logits read every layer
+    assert not any(p.grad is not None for p in encoder.parameters())  # the probes' gradients touch no weight
 
 
 def test_dynamic_skip_keeps_the_layer_a_float_linear_and_coverage_drops() -> None:
