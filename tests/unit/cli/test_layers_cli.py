@@ -46,6 +46,18 @@ def test_layers_prints_a_table() -> None:
 def test_layers_refuses_bad_input_in_one_line() -> None:
     assert_one_line(farm("layers", TOY_CNN), "--dataset is required")
     assert_one_line(farm("layers", "farm:digits-cnn", "--method", "int3"), "--method")
+    assert_one_line(farm("layers", "farm:tiny-encoder", "--model-output", "nope"), "embedding, logits")
+
+
+def test_layers_mark_those_the_output_compared_does_not_read() -> None:
+    args = ("layers", "farm:tiny-encoder", "--method", "dynamic", "--model-output", "embedding")
+    result = farm(*args, "--json")
+    assert result.exit_code == 0, describe(result)
+    data = json.loads(result.stdout)
+    assert data["output"] == "embedding"
+    assert [r["name"] for r in data["layers"] if not r["feeds_output"]] == ["head"]
+    table = farm(*args)
+    assert "feeds output" in table.stdout and "does not read head" in table.stdout, describe(table)
 
 
 @pytest.mark.parametrize(
