@@ -249,7 +249,7 @@ class Measured:
         if self.requested == "pinned":
             before: list[tuple[float, CpuTimes | None]] = []
             if _LOCK.yield_to_benchmark(self.stop, lambda: before.append((time.perf_counter(), cpu_times()))):
-                (began, counters), *_ = before
+                began, counters = before[0]
                 self.paused_s += time.perf_counter() - began
                 self.started = _skip(self.started, counters, cpu_times())
         return bool(self.stop and self.stop())

@@ -92,6 +92,16 @@ def can_flock(path: Path, how: int) -> bool:
     return True
 
 
+def waiting_benchmark(directory: Path, env: dict[str, str], turnstile: Path) -> Holder:
+    """A process that asks for the lock exclusively, once it waits for it (holding the turnstile)."""
+    bench = Holder(directory, "exclusive", "bench", env)
+    bench.expect("trying")
+    for _ in range(100_000):
+        if not can_flock(turnstile, fcntl.LOCK_EX):
+            return bench
+    pytest.fail("the waiting benchmark never held the turnstile")
+
+
 def enter_after(hold: object, marker: Path, seen: list[bool]) -> None:
     with hold:  # type: ignore[attr-defined]
         seen.append(marker.exists())
@@ -169,13 +179,7 @@ def test_a_long_compute_step_lets_a_waiting_benchmark_time_between_its_batches(
     with lock.shared():
         lock.yield_to_benchmark()  # nobody waits: nothing changes
         assert not can_flock(lock_file, fcntl.LOCK_EX)
-        bench = Holder(tmp_path, "exclusive", "bench", env)
-        bench.expect("trying")
-        for _ in range(100_000):  # until the benchmark waits, holding the turnstile
-            if not can_flock(turnstile, fcntl.LOCK_EX):
-                break
-        else:
-            pytest.fail("the waiting benchmark never held the turnstile")
+        bench = waiting_benchmark(tmp_path, env, turnstile)
         done: list[bool] = []
         step = threading.Thread(target=lambda: (lock.yield_to_benchmark(), done.append(bench.marker.exists())))
         # The yield is per thread (flock belongs to the open file): run it in a thread that holds nothing, then
@@ -427,13 +431,7 @@ def test_a_pinned_timing_lets_an_exclusive_one_time_between_its_blocks_and_leave
     turnstile, lock_file = lock.paths
     with isolation.measuring("pinned") as measured:
         assert measured.poll() is False and measured.waited() == 0.0  # nobody waits, not cancelled: go on
-        bench = Holder(tmp_path, "exclusive", "bench", env)
-        bench.expect("trying")
-        for _ in range(100_000):  # until the benchmark waits, holding the turnstile
-            if not can_flock(turnstile, fcntl.LOCK_EX):
-                break
-        else:
-            pytest.fail("the waiting benchmark never held the turnstile")
+        bench = waiting_benchmark(tmp_path, env, turnstile)
         releaser = threading.Thread(target=lambda: (bench.expect("in"), time.sleep(0.3), bench.release()))
         releaser.start()
         started = measured.started
