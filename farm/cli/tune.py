@@ -198,7 +198,7 @@ def _finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: flo
     """Print the answer (JSON or a table); exit 1 when it misses the target."""
     from farm.jobs.tune_answer import chosen_json
 
-    chosen = chosen_json(result.chosen, settings) if result.chosen is not None else None
+    chosen = chosen_json(result.chosen, settings, result.trail) if result.chosen is not None else None
     if as_json:
         data = {
             "tune_id": tune_id,
@@ -228,11 +228,18 @@ def _finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: flo
     else:
         err.print(f"tune {tune_id}: `farm tune status {tune_id}`, `farm results query --tune {tune_id}`")
     if result.chosen is not None and result.fp32_faster is not None:
+        from farm.jobs.tune_answer import over_fp32
+
         f = result.fp32_faster
+        beside = over_fp32(result.chosen, f)
+        how = (
+            f"the answer runs at {_times(beside)} its speed"
+            if beside["side_by_side"]
+            else f"{f['latency']['p50_ms']:.4g} vs {result.chosen['latency']['p50_ms']:.4g} ms p50"
+        )
         err.print(
             f"[yellow]tune {tune_id}: {escape(f['recipe'])} (job {f['job_id']}, fp32 on {f['runtime']}) is faster than "
-            f"the answer beyond the noise ({f['latency']['p50_ms']:.4g} vs {result.chosen['latency']['p50_ms']:.4g} "
-            "ms p50): no quantized recipe within the target beats plain fp32 there[/]"
+            f"the answer beyond the noise ({how}): no quantized recipe within the target beats plain fp32 there[/]"
         )
     if result.done and not result.met:
         sys.exit(1)
@@ -276,6 +283,11 @@ def _print_trail(result: Any, settings: Any) -> None:
             f"{settings.metric} {_metric(c[settings.metric], settings)}, {_speedup(c)}, "
             f"layers in fp: {escape(fallback)}, timed {c.get('isolation')}"
         )
+        from farm.jobs.tune_answer import chosen_json
+
+        others = [o for o in chosen_json(c, settings, result.trail)["over_fp32"] if o["runtime"] != c["runtime"]]
+        if others:
+            out.print("over fp32 elsewhere: " + "; ".join(f"{o['runtime']} {_times(o)}" for o in others))
 
 
 def _metric(value: Any, settings: Any) -> str:
@@ -294,6 +306,17 @@ def _speedup(chosen: dict[str, Any]) -> str:
     interval = chosen.get("speedup_ci")
     within = escape(f" [{cell(interval[0])}, {cell(interval[1])}]") if interval else ""
     return f"speedup {cell(chosen['speedup'])}{within} over fp32 on {chosen['runtime']} (side by side)"
+
+
+def _times(o: dict[str, Any]) -> str:
+    """A speedup over one fp32 (:func:`farm.jobs.tune_answer.over_fp32`): with its interval when timed side by side,
+    else marked as two jobs timed apart."""
+    if o.get("speedup") is None:
+        return "-"
+    if not o["side_by_side"]:
+        return f"{cell(o['speedup'])}x (jobs timed apart)"
+    ci = o.get("speedup_ci")
+    return f"{cell(o['speedup'])}x" + (escape(f" [{cell(ci[0])}, {cell(ci[1])}]") if ci else "") + " (side by side)"
 
 
 @tune.command()

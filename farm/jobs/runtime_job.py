@@ -9,6 +9,7 @@ reference a runtime trial compares with stays the torch fp32 job's (accuracy dro
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -47,19 +48,22 @@ def measure_on_runtime(
     """Build ``spec``'s method for its runtime, evaluate it on ``test`` and time it against the runtime's fp32.
 
     The fp32 job of a runtime is timed alone (its speedup is 1.0, as the torch fp32 job's); any other is timed side
-    by side with the same runtime's fp32 model, same threads and provider (its ``speedup`` and interval).
+    by side with the same runtime's fp32 model, same threads and provider (its ``speedup`` and interval), then with
+    each of ``benchmark.rivals``' fp32 (:mod:`farm.jobs.rivals`).
 
     Raises:
         ConfigError: the runtime cannot serve the job here.
         QuantizationError: export, build or the built model's run failed (one line).
         Cancelled: ``stop`` said so.
     """
+    from farm.jobs.rivals import rival_models
     from farm.jobs.timing import timed_step
     from farm.quant.isolation import compute_step
     from farm.runtimes.engine import build, runtime_of
 
     cfg = spec.method
     runtime = runtime_of(cfg)
+    untouched = copy.deepcopy(module) if spec.benchmark.rivals else None  # a build may train or rewrite it
     with tempfile.TemporaryDirectory(prefix=f"farm-{runtime}-") as tmp:
         # The whole build, not only its export, calibration and compile: importing the runtime (OpenVINO and NNCF
         # take seconds of CPU on first use) and the Python between its steps must not run beside another job's
@@ -75,7 +79,8 @@ def measure_on_runtime(
             outputs = evaluate(chosen, test, report, stop, label=cfg.label(), output=None)
         with timed_step("benchmark", timings, report):
             baseline = Baseline(deployed=built.baseline or built.outcome, deployed_as=runtime, eager=None)
-            latency = benchmark(built.outcome, test, spec.benchmark, report, stop, baseline)
+            with rival_models(spec, untouched, ctx, result.warnings, stop) as rivals:
+                latency = benchmark(built.outcome, test, spec.benchmark, report, stop, baseline, rivals)
         with timed_step("save", timings, report):
             out_dir.mkdir(parents=True, exist_ok=True)
             files = [Path(shutil.copy2(f, out_dir / f.name)) for f in built.files]

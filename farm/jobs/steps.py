@@ -217,6 +217,7 @@ def _quantize_and_measure(
     """
     import copy
 
+    from farm.jobs.rivals import rival_models
     from farm.quant.artifact import deployable
     from farm.quant.isolation import compute_step
     from farm.quant.measure import fill_coverage
@@ -241,8 +242,9 @@ def _quantize_and_measure(
     with timed_step("evaluate", timings, report):
         outputs = evaluate(outcome, inputs.splits.test, report, stop, label=cfg.label(), output=spec.output)
     with timed_step("benchmark", timings, report):
-        baseline = None if outcome.simulated else fp32_baseline(untouched, inputs.example, device)
-        latency = benchmark(outcome, inputs.splits.test, spec.benchmark, report, stop, baseline)
+        with rival_models(spec, untouched, ctx, result.warnings, stop) as rivals:  # before the baseline moves it
+            baseline = None if outcome.simulated else fp32_baseline(untouched, inputs.example, device)
+            latency = benchmark(outcome, inputs.splits.test, spec.benchmark, report, stop, baseline, rivals)
     return _Measured(outcome, outputs, latency)
 
 

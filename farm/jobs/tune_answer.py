@@ -70,12 +70,13 @@ def settings_from_text(spec_text: str) -> TuneSettings | None:
 
 
 def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
-    """One entry per trial of the tune (fp32 exports included, marked ``fp32``), in job order."""
+    """One entry per trial of the tune (fp32 exports included, marked ``fp32``, and the torch fp32 references, marked
+    ``reference`` too: every fp32 the answer must beat), in job order."""
     from farm.quant.recipe import recipe_label
 
     out = []
     for job in jobs:
-        if job.role != "trial":
+        if job.role not in ("trial", "reference"):
             continue
         what, f = info(job), job.figures
         value = figure(f, settings.target.column) if f else None
@@ -86,6 +87,7 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "runtime": what["runtime"],
                 "recipe": recipe_label(job.spec["method"]),
                 "fp32": what["method"] == "fp32",
+                "reference": job.role == "reference",
                 "split": what["split"],
                 "fallback": what["fallback"],
                 "isolation": what["isolation"],
@@ -97,6 +99,7 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "value": value,
                 "speedup": f.get("speedup"),
                 "speedup_ci": _interval(f),
+                "rivals": _rivals(f),
                 "size_ratio": f.get("size_ratio"),
                 "size_bytes": f.get("size_bytes"),
                 "latency": _latency(f),
@@ -111,6 +114,16 @@ def _interval(f: Mapping[str, Any]) -> list[float] | None:
     """The speedup's 95 % interval, [low, high], over the same runtime's fp32 timed side by side (None: none)."""
     low, high = f.get("speedup_ci_low"), f.get("speedup_ci_high")
     return None if low is None or high is None else [low, high]
+
+
+def _rivals(f: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Other runtimes' fp32 timed side by side with the trial (``benchmark.rivals``): runtime, the trial's speedup
+    over it and that speedup's 95 % interval."""
+    return [
+        {"runtime": r["runtime"], "speedup": r.get("speedup"), "speedup_ci": _interval(r)}
+        for r in f.get("rivals") or []
+        if r.get("speedup") is not None
+    ]
 
 
 def _latency(f: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -209,23 +222,66 @@ def answer_of(jobs: Sequence[Any], settings: TuneSettings, sweep_state: str | No
 def fp32_faster(
     entries: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any] | None, settings: TuneSettings
 ) -> dict[str, Any] | None:
-    """The fastest fp32 of the trail when it is clearly faster than ``chosen`` (latency objective only): the answer
-    a user must then hear is "deploy fp32 there", not a slower quantized recipe."""
+    """The fastest fp32 of the trail that is clearly faster than ``chosen`` (latency objective only): the answer a
+    user must then hear is "deploy fp32 there", not a slower quantized recipe.
+
+    Clearly: where the answer was timed side by side with that fp32 (its own runtime's, or a rival's), the
+    speedup's 95 % interval lies below 1; elsewhere, the fp32 job's p50 interval ends below the answer's.
+    """
     if chosen is None or settings.objective != "latency":
         return None
-    fp32 = [
-        dict(e)
+    faster = []
+    for e in _fp32s(entries):
+        beside = over_fp32(chosen, e)
+        ci = beside.get("speedup_ci") if beside["side_by_side"] else None
+        if ci is not None and ci[1] < 1 or ci is None and _objective(e, settings)[2] < _objective(chosen, settings)[1]:
+            faster.append(dict(e))
+    return min(faster, key=lambda e: _objective(e, settings)[0]) if faster else None
+
+
+def over_fp32(chosen: Mapping[str, Any], fp32: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer's speedup over one fp32 of the trail: side by side where the answer's job timed it (its own
+    runtime's fp32, or a rival's: ``benchmark.rivals``), with its 95 % interval; otherwise the ratio of the two
+    jobs' p50, timed apart (no interval: the host drifts between jobs)."""
+    runtime = fp32.get("runtime")
+    if runtime == chosen.get("runtime") and chosen.get("speedup") is not None:
+        return {"runtime": runtime, "speedup": chosen["speedup"], "speedup_ci": chosen.get("speedup_ci"),
+                "side_by_side": True}  # fmt: skip
+    rival = next((r for r in chosen.get("rivals") or [] if r["runtime"] == runtime), None)
+    if rival is not None:
+        return {**rival, "side_by_side": True}
+    mine, theirs = (chosen.get("latency") or {}).get("p50_ms"), (fp32.get("latency") or {}).get("p50_ms")
+    ratio = theirs / mine if mine and theirs else None
+    return {"runtime": runtime, "speedup": ratio, "speedup_ci": None, "side_by_side": False}
+
+
+def fp32_rivals(entries: Sequence[Mapping[str, Any]], runtime: str) -> tuple[str, ...]:
+    """The runtimes other than ``runtime`` whose fp32 may be the fastest of all (its p50 interval reaches the
+    fastest fp32's): the tune's verify job times the answer side by side with each (``benchmark.rivals``), so that
+    "faster than fp32 on any runtime" rests on one process's timing, not on jobs timed minutes apart."""
+    fp32 = _fp32s(entries)
+    if not fp32:
+        return ()
+    fastest = min(fp32, key=lambda e: e["latency"]["p50_ms"])["latency"]
+    reach = fastest.get("ci_high_ms") or fastest["p50_ms"]
+    low = {e["runtime"]: e["latency"].get("ci_low_ms") or e["latency"]["p50_ms"] for e in fp32}
+    return tuple(sorted(r for r, end in low.items() if r != runtime and end <= reach))
+
+
+def _fp32s(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The succeeded test-split fp32 entries with a latency (one per runtime: exports and the torch reference)."""
+    return [
+        e
         for e in entries
         if e["fp32"] and e["state"] == "succeeded" and e["split"] == "test" and (e.get("latency") or {}).get("p50_ms")
     ]
-    if not fp32:
-        return None
-    fastest = min(fp32, key=lambda e: _objective(e, settings)[0])
-    return fastest if _objective(fastest, settings)[2] < _objective(chosen, settings)[1] else None
 
 
-def chosen_json(chosen: Mapping[str, Any], settings: TuneSettings) -> dict[str, Any]:
-    """The ``chosen`` object of ``farm tune --json``."""
+def chosen_json(
+    chosen: Mapping[str, Any], settings: TuneSettings, entries: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """The ``chosen`` object of ``farm tune --json``; ``over_fp32``: its speedup over each runtime's fp32 in
+    ``entries`` (the trail), side by side where its job timed them (:func:`over_fp32`)."""
     return {
         "recipe": chosen["recipe"],
         "runtime": chosen["runtime"],
@@ -234,6 +290,7 @@ def chosen_json(chosen: Mapping[str, Any], settings: TuneSettings) -> dict[str, 
         **({"accuracy_drop": chosen["accuracy_drop"]} if settings.metric == "accuracy" else {}),
         "speedup": chosen["speedup"],
         "speedup_ci": chosen.get("speedup_ci"),
+        "over_fp32": [over_fp32(chosen, e) for e in _fp32s(entries)],
         "size_ratio": chosen["size_ratio"],
         "latency": chosen["latency"],
         "isolation": chosen.get("isolation"),

@@ -11,9 +11,9 @@ waited for and add the next stage's jobs, through the one scheduling policy (far
 - ``tune_verify``: the global int8 recipes, candidates and refine time their jobs pinned (farm/jobs/tune_plan.py's
   ``screening_spec``): they only rank, and under -j 2 exclusive timings serialised the search. The recipe the
   answer would be (farm/jobs/tune_answer.py's ``choose`` over the screened jobs: a candidate, a global recipe, or
-  the closest when none meets) runs once more, timed as the tune's own benchmark says (exclusive by default);
-  candidates that take their runtime's last jobs are timed so themselves (nothing could verify them; where a
-  global meets the target they leave a job for the verify stage instead); then ``tune_answer``.
+  the closest when none meets) runs once more, timed as the tune's own benchmark says (exclusive by default) and
+  beside every other runtime's fp32 that may be the fastest (``benchmark.rivals``); candidates that take their
+  runtime's last jobs are timed as the benchmark says themselves (nothing could verify them); then ``tune_answer``.
 - ``tune_answer``: adds nothing; its success marks the search done (farm/jobs/tune_answer.py gives the answer).
 
 Expanders are pure functions of their stage's parameters and inputs, save the layer list, read from the model itself
@@ -30,7 +30,7 @@ from typing import Any
 from farm.jobs.contract import JobSpec
 from farm.jobs.policy import SUCCEEDED
 from farm.jobs.stages import Stage, register, stage_job
-from farm.jobs.tune_answer import choose, trail
+from farm.jobs.tune_answer import choose, fp32_rivals, trail
 from farm.jobs.tune_plan import (
     SCREENING_ISOLATION,
     TuneSettings,
@@ -47,13 +47,12 @@ from farm.spec.plan import PlannedJob, job_key
 
 #: A layer as the search sees it: (qualified name, class name, multiply-accumulates per sample).
 Layer = tuple[str, str, int]
+Rivals = tuple[str, ...] | None  # the fp32s a test-split job is timed beside (None: it is screened)
 #: The stage jobs that follow each stage (the budget keeps room for them): after sensitivity come candidates,
 #: refine, verify and answer; after candidates, refine, verify and answer; after refine, verify and answer.
 _LATER_STAGES = {"tune_sensitivity": 4, "tune_candidates": 3, "tune_refine": 2}
-#: The trials the verify stage adds: the recipe that may be the answer, timed as the tune's benchmark says.
-#: Refine keeps room for it in every runtime's bound (not knowing which runtime's recipe it will be); candidates
-#: do not unless a global recipe meets the target (a small model's search would lose candidates it needs): where
-#: they take a runtime's last jobs, they are timed as the tune's benchmark says instead of screened.
+#: The trials the verify stage adds: the recipe that may be the answer, timed as the tune's benchmark says. Refine
+#: keeps room for it in every runtime's bound; candidates only where a global recipe meets the target.
 _VERIFY = 1
 
 
@@ -136,8 +135,8 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     globals_ = [i for i in inputs if i.role == "trial" and info(i)["method"] == p["method"] and not info(i)["fallback"]]
     meeting = [g for g in globals_ if _healthy(g) and meets(g.figures, settings.target)]
     used = len(inputs) + 1
-    # The verify stage reads the global recipes too (screened, like candidates).
-    tested = [i.key for i in inputs if i.role == "trial" and info(i)["split"] == "test"]
+    # The verify stage reads the global recipes too (screened, like candidates), and every fp32 (its rivals).
+    tested = [i.key for i in inputs if i.role in ("trial", "reference") and info(i)["split"] == "test"]
     # How the answer is timed (a tune planned before its globals were screened: as its test reference was).
     isolation = p.get("isolation") or next(
         (info(i)["isolation"] for i in inputs if i.role == "reference" and info(i)["split"] == "test"), "exclusive"
@@ -202,7 +201,7 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         screen = left >= len(ks) + _VERIFY
         spec = JobSpec.from_dict(base_spec)
         reference = p["references"]["test"]
-        jobs += [_job(stage, spec, tuple(ranking[:k]), "test", reference, screen=screen) for k in ks]
+        jobs += [_job(stage, spec, tuple(ranking[:k]), "test", reference, rivals=None if screen else ()) for k in ks]
         used[runtime] += len(ks)
     params = {**_carry(p), "rankings": rankings, "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
     return _then(stage, jobs, inputs, "tune_refine", params)
@@ -265,11 +264,11 @@ def between(low: int, high: int, n: int) -> list[int]:
 
 def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     """The screened recipe the answer would be (a candidate or a global recipe; the closest when none meets the
-    target), timed again as the tune's benchmark says; nothing when the budget or its runtime's bound is spent (the
-    answer then says it was timed pinned)."""
+    target), timed again as the tune's benchmark says; nothing when the budget or its runtime's bound is spent."""
     p = stage.params
     settings = TuneSettings.from_dict(p)
-    pick, _ = choose([e for e in trail(inputs, settings) if screened(e)], settings)
+    entries = trail(inputs, settings)
+    pick, _ = choose([e for e in entries if screened(e)], settings)
     jobs: list[PlannedJob] = []
     # A tune timed pinned or unisolated throughout: its screening figures are timed as its benchmark says.
     if pick is not None and _isolation(p) not in (SCREENING_ISOLATION, "none"):
@@ -279,7 +278,8 @@ def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         left = room if p["layers"] is None else _left(len(p["layers"]), used, room)
         if left is None or left >= _VERIFY:
             spec = JobSpec.from_dict(next(i for i in inputs if i.id == pick["job_id"]).spec)  # the picked job's own
-            jobs.append(_job(stage, spec, tuple(pick["fallback"]), "test", p["references"]["test"], screen=False))
+            rivals = fp32_rivals(entries, runtime)  # timed side by side with each fp32 that may be the fastest
+            jobs.append(_job(stage, spec, tuple(pick["fallback"]), "test", p["references"]["test"], rivals=rivals))
     params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
     return _then(stage, jobs, inputs, "tune_answer", params)
 
@@ -331,22 +331,22 @@ def _left(layers: int, used: int, share: int | None) -> int:
 
 
 def _job(
-    stage: Stage, spec: JobSpec, fallback: tuple[str, ...], split: str, reference_key: str, *, screen: bool = True
+    stage: Stage, spec: JobSpec, fallback: tuple[str, ...], split: str, ref: str, *, rivals: Rivals = None
 ) -> PlannedJob:
     """``spec``'s recipe with the ``fallback`` layers kept in floating point, evaluated on ``split`` (a test-split
-    candidate timed as it is screened, unless ``screen`` is False)."""
+    candidate timed as it is screened, unless ``rivals`` is given: then as the answer is, beside those fp32s)."""
     method = spec.method.replace(layers=tuple(LayerRule(name=n, skip=True) for n in fallback))
     new = dataclasses.replace(spec, method=method)
     if split == "validation":
         new = validation_spec(new)
-    elif screen:
+    elif rivals is None:
         new = dataclasses.replace(screening_spec(new), split=split)
     else:  # timed as the tune's benchmark says (the base recipe it came from was screened)
-        timed = dataclasses.replace(new.benchmark, isolation=_isolation(stage.params))
+        timed = dataclasses.replace(new.benchmark, isolation=_isolation(stage.params), rivals=rivals)
         new = dataclasses.replace(new, split=split, benchmark=timed)
     digest = (stage.params.get("weights") or {}).get(spec.model)
     device = new.benchmark.device  # the planner wrote the job's resolved device there
-    return PlannedJob(job_key(new, digest), "trial", new, device, digest, reference_key, (stage.key,))
+    return PlannedJob(job_key(new, digest), "trial", new, device, digest, ref, (stage.key,))
 
 
 def _longest_first(jobs: list[PlannedJob], inputs: Sequence[Any]) -> list[PlannedJob]:

@@ -37,6 +37,11 @@ class BenchmarkConfig:
             this fraction of it on both sides (farm.quant.latency).
         isolation: exclusive (lock + own cores), pinned (own cores; its timing holds the lock shared) or none;
             left out of to_dict at its default.
+        rivals: other runtimes whose fp32 export the trial is also timed side by side with (each a pair of its
+            own after the one with its own runtime's fp32: ``latency[i]["rivals"]``), so "faster than fp32 on
+            OpenVINO" rests on one process's alternating timing rather than on two jobs timed minutes apart; a
+            tune's verify stage sets it to every other runtime whose fp32 may be the fastest. Left out of to_dict
+            when empty.
     """
 
     batch_sizes: tuple[int, ...] = (1, 8)
@@ -47,6 +52,7 @@ class BenchmarkConfig:
     min_reps: int = 20
     rel_tol: float = 0.02
     isolation: str = "exclusive"
+    rivals: tuple[str, ...] = ()
 
     def problems(self) -> list[Problem]:
         out = []
@@ -67,6 +73,7 @@ class BenchmarkConfig:
             out.append(Problem("", "warmup_s >= 0, max_time_s > 0, min_reps >= 1 and 0 < rel_tol < 1 are required"))
         if self.isolation not in ISOLATION_MODES:
             out.append(Problem("isolation", f"{self.isolation!r} is not one of {', '.join(ISOLATION_MODES)}"))
+        out.extend(_rival_problems(self.rivals))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +81,10 @@ class BenchmarkConfig:
         d["batch_sizes"] = list(self.batch_sizes)
         if self.isolation == "exclusive":
             del d["isolation"]
+        if self.rivals:
+            d["rivals"] = list(self.rivals)
+        else:
+            del d["rivals"]
         return d
 
     @classmethod
@@ -81,4 +92,20 @@ class BenchmarkConfig:
         d = dict(data)
         if "batch_sizes" in d:
             d["batch_sizes"] = tuple(d["batch_sizes"])
+        if isinstance(d.get("rivals"), list | tuple):
+            d["rivals"] = tuple(d["rivals"])
+        elif isinstance(d.get("rivals"), str):
+            d["rivals"] = (d["rivals"],)
         return cls(**d)
+
+
+def _rival_problems(rivals: Any) -> list[Problem]:
+    """A rival list's problems: runtime names (:data:`farm.runtimes.registry.RUNTIMES`), each once."""
+    from farm.runtimes.registry import RUNTIMES
+
+    if not isinstance(rivals, tuple) or not all(isinstance(r, str) for r in rivals):
+        return [Problem("rivals", f"must be a list of runtime names, got {rivals!r}")]
+    out = [Problem("rivals", f"{r!r} is not one of {', '.join(RUNTIMES)}") for r in rivals if r not in RUNTIMES]
+    if len(set(rivals)) != len(rivals):
+        out.append(Problem("rivals", "runtimes repeat"))
+    return out

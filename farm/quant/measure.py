@@ -8,8 +8,7 @@ farm around them (no database, broker or artifact store) and fill in a :class:`f
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from farm.errors import ConfigError, QuantizationError
@@ -17,8 +16,9 @@ from farm.jobs.contract import JobResult, JobSpec
 from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import MethodConfig
 from farm.quant.hostload import crowded
-from farm.quant.isolation import Measured, compute_step, measuring
+from farm.quant.isolation import compute_step, measuring
 from farm.quant.reference import Baseline, Reference
+from farm.quant.timed_calls import Calls, time_batch
 
 EVAL_BATCH_SIZE = 64
 
@@ -84,6 +84,7 @@ def benchmark(
     report: ProgressFn,
     stop: Callable[[], bool],
     baseline: Baseline | None = None,
+    rivals: Sequence[tuple[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Latency figures for each batch size, with real inputs placed and cast before timing.
 
@@ -99,6 +100,8 @@ def benchmark(
             ``speedup``; the fp32 job passes its own (``outcome is baseline.deployed``) and is timed alone. Either
             way ``fp32_deployed_as`` says how fp32 was deployed; the fp32 job also times the eager form where it
             differs from the deployed one (``fp32_eager_p50_ms``; None in a trial's entry).
+        rivals: (runtime, fp32 model) of other runtimes (``cfg.rivals``, built by :mod:`farm.jobs.rivals`): a trial
+            timed beside its baseline is then timed beside each of them too (``rivals`` in its entry).
     """
     from farm.quant.latency import warm_up
     from farm.zoo.data import first_batch
@@ -109,11 +112,11 @@ def benchmark(
     with outcome.active():
         for i, batch_size in enumerate(cfg.batch_sizes):
             with compute_step(stop):  # reloading and warming compute: they pause while another job here times
-                calls = _Calls.of(outcome, first_batch(dataset, batch_size), baseline)
+                calls = Calls.of(outcome, first_batch(dataset, batch_size), baseline, rivals)
                 if prewarm:
                     warm_up(calls.all(), cfg.warmup_s, device=outcome.device)
             with measuring(cfg.isolation, stop) as isolated:  # exclusive: other jobs' compute here pauses
-                entry = _time_batch(calls, outcome.device, batch_size, timing, isolated)
+                entry = time_batch(calls, outcome.device, batch_size, timing, isolated)
             figures.append({**entry, **isolated.figures()})
             del calls  # the reloaded copies go before the next batch size's come
             report("benchmark", (i + 1) / len(cfg.batch_sizes))
@@ -122,67 +125,6 @@ def benchmark(
 
 #: Warm-up inside an exclusive hold, after ``warmup_s`` of it just before: back to the warm state, no more.
 REWARM_S = 0.01
-
-
-@dataclasses.dataclass(frozen=True)
-class _Calls:
-    """One batch's forward calls: the trial, its side-by-side fp32 baseline (None: timed alone) and the eager fp32
-    form (timed by the fp32 job only: a figure of fp32, not of a trial, which re-timing in every trial cost the host
-    exclusive time for nothing; None elsewhere); ``fp32_deployed_as`` is None when no fp32 figure goes with the
-    trial's (no baseline, or a simulated trial)."""
-
-    trial: Callable[[], object]
-    base: Callable[[], object] | None
-    eager: Callable[[], object] | None
-    fp32_deployed_as: str | None
-
-    @staticmethod
-    def of(outcome: Any, batch: Any, baseline: Baseline | None) -> _Calls:
-        def call(model: Any) -> Callable[[], object]:
-            served = model.as_loaded()  # a fresh TorchScript executor: this job's other calls had other shapes
-            return functools.partial(served.forward, served.prepare_input(batch))
-
-        if baseline is None or outcome.simulated:
-            return _Calls(call(outcome), None, None, None)
-        own = baseline.deployed is outcome  # the fp32 job: timed alone, and it times the eager form too
-        return _Calls(
-            trial=call(outcome),
-            base=None if own else call(baseline.deployed),
-            eager=call(baseline.eager) if own and baseline.eager is not None else None,
-            fp32_deployed_as=baseline.deployed_as,
-        )
-
-    def all(self) -> list[Callable[[], object]]:
-        return [fn for fn in (self.trial, self.base, self.eager) if fn is not None]
-
-
-def _time_batch(
-    calls: _Calls,
-    device: str,
-    batch_size: int,
-    cfg: BenchmarkConfig,
-    isolated: Measured,
-) -> dict[str, Any]:
-    """One batch size's latency entry: alone, or beside the fp32 baseline (with its speedup), held as ``isolated``."""
-    from farm.quant.latency import LatencySettings, measure_latency, measure_pair
-
-    settings = LatencySettings(
-        warmup_s=cfg.warmup_s, max_time_s=cfg.max_time_s, min_reps=cfg.min_reps, rel_tol=cfg.rel_tol
-    )
-    how: dict[str, Any] = {"device": device, "settings": settings, "busy": isolated.busy}
-    how.update(should_stop=isolated.poll, paused=isolated.waited)
-    if calls.base is not None:
-        entry = measure_pair(calls.trial, calls.base, batch_size, **how).entry()
-    else:
-        entry = measure_latency(calls.trial, batch_size, **how).to_dict()
-    if calls.fp32_deployed_as is not None:
-        entry["fp32_deployed_as"] = calls.fp32_deployed_as
-        entry["fp32_eager_p50_ms"] = None
-        if calls.eager is not None:
-            # Informative only (what skipping TorchScript costs; never a speedup's base): half the budget, few reps.
-            how["settings"] = dataclasses.replace(settings, max_time_s=settings.max_time_s / 2, min_reps=6)
-            entry["fp32_eager_p50_ms"] = measure_latency(calls.eager, batch_size, **how).latency_p50_ms
-    return entry
 
 
 def fill_figures(

@@ -117,10 +117,14 @@ def _speedup(chosen: Mapping[str, Any], figures: Mapping[str, Any], rows: Sequen
     text = f"{sig(value)}× over fp32 on {esc(chosen['runtime'])}"
     if low is not None and high is not None:
         text += f" (95 % interval {sig(low)}–{sig(high)}×)"
+    for rival in chosen.get("rivals") or []:  # other runtimes' fp32, timed side by side in the same job
+        ci = rival.get("speedup_ci")
+        within = f" (95 % interval {sig(ci[0])}–{sig(ci[1])}×)" if ci else ""
+        text += f"; {sig(rival['speedup'])}× over fp32 on {esc(rival['runtime'])}{within}, side by side"
     row = next((r for r in rows if r.get("job_id") == chosen["job_id"]), None)
     best = row.get("speedup_vs_best_fp32") if row else None
     if best is not None and len({r.get("runtime") or "torch" for r in rows}) > 1:
-        text += f"; {sig(best)}× over the fastest fp32 of any runtime"
+        text += f"; {sig(best)}× over the fastest fp32 of any runtime (its job timed apart)"
     return text
 
 

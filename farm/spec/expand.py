@@ -9,6 +9,7 @@ device) that every other job of that model is compared with. fp32 on a runtime o
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -287,7 +288,7 @@ def _named_pool(cfg: MethodConfig, device: str, pools: Pools | None) -> str | No
 
 
 def _with_device(bench: BenchmarkConfig, device: str) -> BenchmarkConfig:
-    return BenchmarkConfig(**{**bench.to_dict(), "batch_sizes": bench.batch_sizes, "device": device})
+    return dataclasses.replace(bench, device=device)
 
 
 def _matches(attrs: dict[str, Any], entry: dict[str, Any]) -> bool:

@@ -37,6 +37,8 @@ class BenchmarkSpec(_Strict):
     min_reps: int = Field(20, ge=1)
     rel_tol: float = Field(0.02, gt=0, lt=1)
     isolation: str = "exclusive"
+    #: Other runtimes whose fp32 export each trial is also timed side by side with (farm.quant.bench_config).
+    rivals: list[str] = Field(default_factory=list)
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -72,6 +74,16 @@ class BenchmarkSpec(_Strict):
             raise ValueError(f"{v!r} is not one of {', '.join(ISOLATION_MODES)}")
         return v
 
+    @field_validator("rivals")
+    @classmethod
+    def _rivals(cls, v: list[str]) -> list[str]:
+        unknown = [r for r in v if r not in RUNTIMES]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not one of {', '.join(RUNTIMES)}")
+        if len(set(v)) != len(v):
+            raise ValueError("runtimes repeat")
+        return v
+
     def config(self) -> BenchmarkConfig:
         return BenchmarkConfig(
             batch_sizes=tuple(self.batch_size),
@@ -82,6 +94,7 @@ class BenchmarkSpec(_Strict):
             min_reps=self.min_reps,
             rel_tol=self.rel_tol,
             isolation=self.isolation,
+            rivals=tuple(self.rivals),
         )
 
 

@@ -160,10 +160,16 @@ def _figures(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, An
         return out
     columns = [getattr(Metric, name) for name in _FIGURES]
     rows = session.execute(
-        select(Metric.job_id, *columns).where(Metric.job_id.in_(job_ids)).order_by(Metric.job_id, Metric.batch_size)
+        select(Metric.job_id, *columns, Metric.extra)
+        .where(Metric.job_id.in_(job_ids))
+        .order_by(Metric.job_id, Metric.batch_size)
     ).all()
     for row in rows:
-        out.setdefault(row[0], dict(zip(_FIGURES, row[1:], strict=True)))
+        if row[0] not in out:
+            figures = dict(zip(_FIGURES, row[1:-1], strict=True))
+            # Other runtimes' fp32 timed side by side with the trial (benchmark.rivals; farm.quant.timed_calls).
+            figures["rivals"] = ((row[-1] or {}).get("latency") or {}).get("rivals")
+            out[row[0]] = figures
     return out
 
 

@@ -84,11 +84,17 @@ def sqnr_of(job: Any, base: float = 37.0, per_layer: dict[str, float] | None = N
     }
 
 
-def run_chain(plan: Any, figures: Callable[[Any], dict[str, Any]]) -> tuple[list[Any], list[str]]:
-    """Run stage after stage as the scheduler would: every job succeeds with ``figures``; returns (every planned
-    job, the stages run in order)."""
+def run_chain(
+    plan: Any, figures: Callable[[Any], dict[str, Any]], reference: dict[str, Any] | None = None
+) -> tuple[list[Any], list[str]]:
+    """Run stage after stage as the scheduler would: every job succeeds with ``figures`` (the references with
+    ``reference``, or none); returns (every planned job, the stages run in order)."""
     jobs = list(plan.jobs)
-    results = {j.key: as_input(j, figures(j) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)}
+
+    def of(j: Any) -> dict[str, Any]:
+        return figures(j) if j.role == "trial" else (reference or {}) if j.role == "reference" else {}
+
+    results = {j.key: as_input(j, of(j), n) for n, j in enumerate(jobs, 1)}
     stage = jobs[-1]
     ran = []
     while stage is not None:
@@ -100,7 +106,7 @@ def run_chain(plan: Any, figures: Callable[[Any], dict[str, Any]]) -> tuple[list
         for j in added:
             _ADDED_BY[j.key] = by
             jobs.append(j)
-            results[j.key] = as_input(j, figures(j) if j.role == "trial" else {}, len(jobs))
+            results[j.key] = as_input(j, of(j), len(jobs))
             if j.role == "stage":
                 stage = j
     return jobs, ran
@@ -483,3 +489,54 @@ def test_a_budget_that_leaves_no_room_for_verify_ends_after_stage_one() -> None:
     assert ran == ["tune_sensitivity", "tune_answer"] and len(jobs) == 6
     jobs, ran = run_chain(tune_plan(budget=8, good_enough=True), lambda j: sqnr_of(j, base=45.0))
     assert ran == ["tune_sensitivity", "tune_verify", "tune_answer"] and len(jobs) == 8
+
+
+def timed(p50: float, half: float, **figures: Any) -> dict[str, Any]:
+    return {"health": "ok", "latency_p50_ms": p50, "latency_p50_ci_low_ms": p50 - half,
+            "latency_p50_ci_high_ms": p50 + half, **figures}  # fmt: skip
+
+
+def test_the_verify_job_is_timed_beside_every_other_runtimes_fp32_that_may_be_the_fastest() -> None:
+    """ "Faster than fp32 on any runtime" rests on side-by-side timings: the verify job's ``benchmark.rivals`` names
+    each other runtime whose fp32 p50 interval reaches the fastest fp32's (not one clearly slower)."""
+    from farm.jobs.tune_answer import answer_of, chosen_json
+
+    fp32 = {"onnxruntime": timed(0.50, 0.04), "openvino": timed(0.53, 0.04), "torch": timed(0.90, 0.05)}
+
+    def figures(j: Any) -> dict[str, Any]:
+        if j.spec.method.method == "fp32":
+            return fp32[j.spec.method.runtime]
+        return sqnr_of(j, base=40.5 if j.spec.method.runtime == "torch" else 37.0)  # torch's globals meet 40
+
+    plan = tune_plan(runtimes=("torch", "onnxruntime", "openvino"))
+    jobs, ran = run_chain(plan, figures, reference=fp32["torch"])
+    assert ran[-2:] == ["tune_verify", "tune_answer"]
+    verify = [j for j in jobs if _ADDED_BY.get(j.key) == "tune_verify" and j.role == "trial"]
+    assert [(j.spec.method.runtime, j.spec.benchmark.rivals) for j in verify] == [
+        ("torch", ("onnxruntime", "openvino"))
+    ]
+    assert verify[0].spec.benchmark.to_dict()["rivals"] == ["onnxruntime", "openvino"]  # part of its key
+    # Its result carries the side-by-side speedups; the answer reports them beside the jobs timed apart.
+    rivals = [
+        {"runtime": "onnxruntime", "speedup": 1.2, "speedup_ci_low": 1.1, "speedup_ci_high": 1.3},
+        {"runtime": "openvino", "speedup": 0.8, "speedup_ci_low": 0.7, "speedup_ci_high": 0.9},
+    ]
+    inputs = []
+    for n, j in enumerate(jobs, 1):
+        if j in verify:
+            f = {**figures(j), "speedup": 3.0, "speedup_ci_low": 2.9, "speedup_ci_high": 3.1, "rivals": rivals}
+        else:
+            f = figures(j) if j.role == "trial" else fp32["torch"] if j.role == "reference" else {}
+        inputs.append(as_input(j, f, n))
+    answer = answer_of(inputs, SETTINGS)
+    assert answer.chosen is not None and answer.chosen["stage"] == "verify"
+    over = {o["runtime"]: o for o in chosen_json(answer.chosen, SETTINGS, answer.trail)["over_fp32"]}
+    assert over["torch"] == {"runtime": "torch", "speedup": 3.0, "speedup_ci": [2.9, 3.1], "side_by_side": True}
+    assert over["onnxruntime"]["speedup_ci"] == [1.1, 1.3] and over["onnxruntime"]["side_by_side"]
+    # OpenVINO's fp32 is faster side by side (interval below 1), though the jobs timed apart overlap: say so.
+    assert answer.fp32_faster is not None and answer.fp32_faster["runtime"] == "openvino"
+    references = [e for e in answer.trail if e["reference"]]
+    assert {(e["runtime"], e["fp32"], e["split"]) for e in references} == {
+        ("torch", True, "test"),
+        ("torch", True, "validation"),
+    }

@@ -71,7 +71,7 @@ def test_the_benchmark_times_each_torchscript_module_as_a_user_loads_it(
     from farm.quant.context import QuantOutcome
 
     timed, reloaded = [], []
-    real_time, real_reload = measure._time_batch, QuantOutcome.as_loaded
+    real_time, real_reload = measure.time_batch, QuantOutcome.as_loaded
 
     def time_batch(calls: Any, *args: Any, **kwargs: Any) -> Any:
         timed.append(calls)
@@ -82,7 +82,7 @@ def test_the_benchmark_times_each_torchscript_module_as_a_user_loads_it(
         reloaded.append((self.model, fresh.model))
         return fresh
 
-    monkeypatch.setattr(measure, "_time_batch", time_batch)
+    monkeypatch.setattr(measure, "time_batch", time_batch)
     monkeypatch.setattr(QuantOutcome, "as_loaded", as_loaded)
     run_trial(CNN, DATASET, "static", reference=reference, **CAL)
     (calls,) = timed
