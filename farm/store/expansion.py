@@ -159,17 +159,17 @@ def _figures(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, An
     if not job_ids:
         return out
     columns = [getattr(Metric, name) for name in _FIGURES]
+    # Other runtimes' fp32 timed side by side with the trial (benchmark.rivals; farm.quant.timed_calls): read out
+    # of metrics.extra by the database, not the whole document (a tune reads every job's figures as each ends).
+    rivals = Metric.extra["latency"]["rivals"]
     rows = session.execute(
-        select(Metric.job_id, *columns, Metric.extra)
+        select(Metric.job_id, *columns, rivals)
         .where(Metric.job_id.in_(job_ids))
         .order_by(Metric.job_id, Metric.batch_size)
     ).all()
     for row in rows:
         if row[0] not in out:
-            figures = dict(zip(_FIGURES, row[1:-1], strict=True))
-            # Other runtimes' fp32 timed side by side with the trial (benchmark.rivals; farm.quant.timed_calls).
-            figures["rivals"] = ((row[-1] or {}).get("latency") or {}).get("rivals")
-            out[row[0]] = figures
+            out[row[0]] = {**dict(zip(_FIGURES, row[1:-1], strict=True)), "rivals": row[-1]}
     return out
 
 

@@ -146,3 +146,29 @@ def test_0007_reads_old_jobs_as_torch_and_goes_down_and_up_again(db: Database) -
     assert_params(db)  # 0006's view is back, whole
     upgrade(db)
     assert runtimes() == [(1, "torch", None, None), (2, "torch", None, None), (3, "torch", None, None)]
+
+
+def test_the_rivals_a_trial_was_timed_beside_reach_the_figures_a_tune_reads(db: Database) -> None:
+    """``latency[i].rivals`` (benchmark.rivals) is stored in metrics.extra and read back, by the database's own JSON
+    path, into the figures of farm.store.expansion.sweep_jobs: on SQLite and PostgreSQL alike."""
+    from farm.store.expansion import sweep_jobs
+
+    rival = {"runtime": "openvino", "fp32_p50_ms": 6.5, "p50_ms": 3.0, "speedup": 2.1, "speedup_ci_low": 2.0,
+             "speedup_ci_high": 2.2, "stable": True, "blocks": 8}  # fmt: skip
+    plan = load_spec(SPEC)
+    upgrade(db)
+    with db.session() as s:
+        record = plans.create_sweep(s, plan, "tester")
+        ids = {(j.spec.method.method, j.spec.method.runtime): record.ids[j.key] for j in plan.jobs}
+        queue_as_sent(s, list(ids.values()), queue="cpu")
+        for (method, runtime), job_id in ids.items():
+            result = _result(method, runtime)
+            if (method, runtime) == ("static", "onnxruntime"):
+                result["latency"][0]["rivals"] = [rival]
+            lifecycle.claim_job(s, job_id, "w", 60)
+            obj = StoredObject(f"jobs/{job_id}/model", f"file:///store/{job_id}", "0" * 64, 1)
+            assert lifecycle.finish_job(s, job_id, "w", result, [("model", obj)])
+    figures = {j.id: j.figures for j in sweep_jobs(db, record.sweep_id)}
+    assert figures[ids[("static", "onnxruntime")]]["rivals"] == [rival]  # batch size 1's, the first row
+    assert figures[ids[("static", "torch")]]["rivals"] is None
+    assert figures[ids[("static", "onnxruntime")]]["latency_p50_ms"] == 3.0
