@@ -8,10 +8,11 @@ Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro] [--runtime
   First the global recipes alone (`--good-enough` with a target every one meets: stage 1, then the fastest timed again
   by the verify stage), then the target is set just beyond the best global recipe on every runtime asked (sqnr: +2 dB;
   cosine: half the distance to 1), so every global int8 recipe misses it. Targets: the search meets it; its answer is
-  clearly faster than the best fp32 on any runtime (than every fp32 whose p50 interval reaches the fastest's: its own
-  runtime's side by side, the answer's speedup interval above 1; another runtime's by the jobs' intervals, the
-  answer's high end below the fp32's low end); jobs per runtime <= layers + 2*log2(layers) + 4 (the trail's trials
-  of that runtime, fp32 exports included).
+  clearly faster than the best fp32 on any runtime (than every fp32 whose p50 interval reaches the fastest's: side by
+  side wherever the answer's job timed it beside itself, its own runtime's and the verify stage's rivals, the
+  speedup's interval above 1; elsewhere by the jobs' intervals, the answer's high end below the fp32's low end);
+  jobs per runtime <= layers + 2*log2(layers) + 4 (the trail's entries of that runtime, fp32 exports and torch's
+  two fp32 references included, as the planner counts them).
 - global: a target the best global recipe meets: the answer is never slower than it (p50 interval ends overlap or
   the answer is faster).
 - wall: the cnn search from an empty database with -j 1 and with -j 2 (1 thread per job, fresh FARM_HOME each, its

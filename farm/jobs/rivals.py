@@ -22,13 +22,15 @@ from farm.jobs.contract import JobSpec
 
 @contextlib.contextmanager
 def rival_models(
-    spec: JobSpec, module: Any, ctx: Any, warnings: list[str], stop: Callable[[], bool]
+    spec: JobSpec | None, module: Any, ctx: Any, warnings: list[str], stop: Callable[[], bool]
 ) -> Iterator[list[tuple[str, Any]]]:
     """(runtime, fp32 model) for each of ``spec.benchmark.rivals`` other than the job's own runtime, deployed as
     that runtime's fp32 job deploys it (torch: frozen TorchScript, :func:`farm.quant.reference.fp32_baseline`;
     elsewhere: the runtime's fp32 build), alive while the context is open (their files in a temporary directory).
 
     A rival that cannot be built here is left out with a warning in ``warnings``: the trial's own figures stand.
+    An fp32 job has none (it is the figure the rivals' own jobs compare with), nor has a simulated trial (it claims
+    no speed): the caller passes ``spec`` None for it.
 
     Args:
         module: the untouched fp32 ``nn.Module`` (each rival gets a copy).
@@ -38,9 +40,8 @@ def rival_models(
     from farm.quant.isolation import compute_step
     from farm.runtimes.engine import runtime_of
 
-    own = runtime_of(spec.method)
-    names = [r for r in spec.benchmark.rivals if r != own]
-    if not names:
+    names = [] if spec is None else [r for r in spec.benchmark.rivals if r != runtime_of(spec.method)]
+    if spec is None or not names or spec.method.method == "fp32":
         yield []
         return
     with tempfile.TemporaryDirectory(prefix="farm-rivals-") as tmp:

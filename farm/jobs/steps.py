@@ -242,7 +242,8 @@ def _quantize_and_measure(
     with timed_step("evaluate", timings, report):
         outputs = evaluate(outcome, inputs.splits.test, report, stop, label=cfg.label(), output=spec.output)
     with timed_step("benchmark", timings, report):
-        with rival_models(spec, untouched, ctx, result.warnings, stop) as rivals:  # before the baseline moves it
+        timed = None if outcome.simulated else spec  # a simulated trial claims no speed: no rivals
+        with rival_models(timed, untouched, ctx, result.warnings, stop) as rivals:  # before the baseline moves it
             baseline = None if outcome.simulated else fp32_baseline(untouched, inputs.example, device)
             latency = benchmark(outcome, inputs.splits.test, spec.benchmark, report, stop, baseline, rivals)
     return _Measured(outcome, outputs, latency)

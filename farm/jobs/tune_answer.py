@@ -85,6 +85,7 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "job_id": job.id,
                 "stage": STAGE_OF.get(job.added_by, job.added_by or "global"),
                 "runtime": what["runtime"],
+                "device": job.device,
                 "recipe": recipe_label(job.spec["method"]),
                 "fp32": what["method"] == "fp32",
                 "reference": job.role == "reference",
@@ -255,11 +256,13 @@ def over_fp32(chosen: Mapping[str, Any], fp32: Mapping[str, Any]) -> dict[str, A
     return {"runtime": runtime, "speedup": ratio, "speedup_ci": None, "side_by_side": False}
 
 
-def fp32_rivals(entries: Sequence[Mapping[str, Any]], runtime: str) -> tuple[str, ...]:
-    """The runtimes other than ``runtime`` whose fp32 may be the fastest of all (its p50 interval reaches the
-    fastest fp32's): the tune's verify job times the answer side by side with each (``benchmark.rivals``), so that
-    "faster than fp32 on any runtime" rests on one process's timing, not on jobs timed minutes apart."""
-    fp32 = _fp32s(entries)
+def fp32_rivals(entries: Sequence[Mapping[str, Any]], runtime: str, device: str) -> tuple[str, ...]:
+    """The runtimes other than ``runtime`` whose fp32 on ``device`` may be the fastest of all there (its p50 interval
+    reaches the fastest fp32's): the tune's verify job times the answer side by side with each
+    (``benchmark.rivals``), so that "faster than fp32 on any runtime" rests on one process's timing, not on jobs
+    timed minutes apart. An fp32 that ran on another device (TensorRT's on the GPU beside a CPU answer) is none:
+    the answer's process could not time it where it ran."""
+    fp32 = [e for e in _fp32s(entries) if e.get("device", device) == device]
     if not fp32:
         return ()
     fastest = min(fp32, key=lambda e: e["latency"]["p50_ms"])["latency"]

@@ -278,7 +278,7 @@ def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         left = room if p["layers"] is None else _left(len(p["layers"]), used, room)
         if left is None or left >= _VERIFY:
             spec = JobSpec.from_dict(next(i for i in inputs if i.id == pick["job_id"]).spec)  # the picked job's own
-            rivals = fp32_rivals(entries, runtime)  # timed side by side with each fp32 that may be the fastest
+            rivals = fp32_rivals(entries, runtime, pick["device"])  # timed beside each fp32 that may be the fastest
             jobs.append(_job(stage, spec, tuple(pick["fallback"]), "test", p["references"]["test"], rivals=rivals))
     params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
     return _then(stage, jobs, inputs, "tune_answer", params)

@@ -66,21 +66,31 @@ def time_batch(
         warmup_s=cfg.warmup_s, max_time_s=cfg.max_time_s, min_reps=cfg.min_reps, rel_tol=cfg.rel_tol
     )
     how: dict[str, Any] = {"device": device, "settings": settings, "busy": isolated.busy}
-    how.update(should_stop=isolated.poll, paused=isolated.waited)
+    how.update(should_stop=isolated.poll, paused=_since(isolated.waited))
     if calls.base is not None:
         entry = measure_pair(calls.trial, calls.base, batch_size, **how).entry()
     else:
         entry = measure_latency(calls.trial, batch_size, **how).to_dict()
     if calls.rivals:
-        entry["rivals"] = [_rival(name, measure_pair(calls.trial, fn, batch_size, **how)) for name, fn in calls.rivals]
+        entry["rivals"] = []
+        for name, fn in calls.rivals:
+            how["paused"] = _since(isolated.waited)  # this pair's waits only, not the ones before it
+            entry["rivals"].append(_rival(name, measure_pair(calls.trial, fn, batch_size, **how)))
     if calls.fp32_deployed_as is not None:
         entry["fp32_deployed_as"] = calls.fp32_deployed_as
         entry["fp32_eager_p50_ms"] = None
         if calls.eager is not None:
             # Informative only (what skipping TorchScript costs; never a speedup's base): half the budget, few reps.
             how["settings"] = dataclasses.replace(settings, max_time_s=settings.max_time_s / 2, min_reps=6)
+            how["paused"] = _since(isolated.waited)
             entry["fp32_eager_p50_ms"] = measure_latency(calls.eager, batch_size, **how).latency_p50_ms
     return entry
+
+
+def _since(waited: Callable[[], float]) -> Callable[[], float]:
+    """The seconds ``waited`` adds from now on: each measurement leaves out of its budget the waits inside it."""
+    start = waited()
+    return lambda: waited() - start
 
 
 def _rival(runtime: str, pair: Any) -> dict[str, Any]:

@@ -540,3 +540,19 @@ def test_the_verify_job_is_timed_beside_every_other_runtimes_fp32_that_may_be_th
         ("torch", True, "test"),
         ("torch", True, "validation"),
     }
+
+
+def test_an_fp32_timed_on_another_device_is_no_rival() -> None:
+    """TensorRT's fp32 ran on the GPU: a CPU answer's process cannot time it where it ran, however fast it is."""
+    from farm.jobs.tune_answer import fp32_rivals
+
+    def fp32(runtime: str, device: str, p50: float) -> dict[str, Any]:
+        lat = {"p50_ms": p50, "ci_low_ms": p50 * 0.95, "ci_high_ms": p50 * 1.05}
+        return {"runtime": runtime, "device": device, "fp32": True, "state": "succeeded", "split": "test",
+                "latency": lat}  # fmt: skip
+
+    entries = [fp32("tensorrt", "cuda", 0.05), fp32("openvino", "cpu", 0.50), fp32("onnxruntime", "cpu", 0.52),
+               fp32("torch", "cpu", 0.90)]  # fmt: skip
+    assert fp32_rivals(entries, "torch", "cpu") == ("onnxruntime", "openvino")
+    assert fp32_rivals(entries, "openvino", "cpu") == ("onnxruntime",)
+    assert fp32_rivals(entries, "tensorrt", "cuda") == ()

@@ -95,3 +95,58 @@ def test_a_bad_rival_list_is_refused_in_one_line(rivals: list[str], message: str
     text = f"name: r\nmodels: [farm:digits-mlp]\nmethods: [fp32]\nbenchmark: {{rivals: {json.dumps(rivals)}}}\n"
     with pytest.raises(ConfigError, match=message):
         load_spec(text)
+
+
+def test_each_pair_leaves_out_of_its_budget_only_the_waits_inside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pinned timing's waits for exclusive ones are not spent from its budget; a rival's pair, timed after the
+    trial's own, must not be credited with the waits of the pairs before it (its budget would grow by them)."""
+    import farm.quant.latency as latency
+    from farm.quant.timed_calls import Calls, time_batch
+
+    waited = [0.0]
+    seen: list[float] = []
+
+    class Pair:
+        def __init__(self) -> None:
+            fig = latency.summarize(1, [0.001] * 6, settled=True)
+            self.trial = self.baseline = fig
+            self.speedup, self.speedup_ci_low, self.speedup_ci_high, self.blocks = 1.0, 0.9, 1.1, 6
+
+        def entry(self) -> dict[str, Any]:
+            return {"speedup": 1.0}
+
+    def pair(*args: Any, paused: Any, **kwargs: Any) -> Pair:
+        seen.append(paused())
+        waited[0] += 2.0  # this pair waited 2 s for another job's exclusive timing
+        return Pair()
+
+    class Held:
+        busy = None
+
+        def poll(self) -> bool:
+            return False
+
+        def waited(self) -> float:
+            return waited[0]
+
+    monkeypatch.setattr(latency, "measure_pair", pair)
+    calls = Calls(
+        lambda: None, lambda: None, None, "onnxruntime", rivals=(("torch", lambda: None), ("openvino", lambda: None))
+    )
+    entry = time_batch(calls, "cpu", 1, bench(), Held())  # type: ignore[arg-type]
+    assert seen == [0.0, 0.0, 0.0] and [r["runtime"] for r in entry["rivals"]] == ["torch", "openvino"]
+
+
+def test_an_fp32_job_and_a_simulated_trial_build_no_rivals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: Reference
+) -> None:
+    import farm.jobs.rivals as rivals
+
+    built: list[str] = []
+    real = rivals._built
+    monkeypatch.setattr(rivals, "_built", lambda name, *a: built.append(name) or real(name, *a))
+    fp32 = run(tmp_path / "fp32", monkeypatch, "fp32", reference, "torch", runtime="onnxruntime")
+    simulated = run(tmp_path / "sim", monkeypatch, "static", reference, "onnxruntime", bits=4, calibration_size=32)
+    assert built == []  # the fp32 job is what rivals compare with; a simulated trial claims no speed
+    assert "rivals" not in fp32.latency[0] and "rivals" not in simulated.latency[0]
+    assert simulated.simulated is True
