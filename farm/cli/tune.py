@@ -157,7 +157,7 @@ def _run_here(plan: Any, o: dict[str, Any]) -> None:
     from farm.cli.local_run import stop_on_termination
     from farm.cli.progress import SweepProgress
     from farm.jobs import sweeps
-    from farm.jobs.tune_answer import answer_of, settings_from_text
+    from farm.jobs.tune_answer import answer_of, settings_from_text, stage_counts
     from farm.spec.load import check_runtimes_available
     from farm.store.expansion import sweep_head, sweep_jobs
     from farm.store.migrate import open_database
@@ -177,7 +177,7 @@ def _run_here(plan: Any, o: dict[str, Any]) -> None:
 
     def on_update(stats: Any) -> None:
         progress.update(stats)
-        counts = answer_of(sweep_jobs(db, run.sweep_id), settings).stages
+        counts = stage_counts(sweep_jobs(db, run.sweep_id, figures=False))  # after every job: no figures, no trail
         for name, (done, total) in counts.items():
             if total and done == total and name not in reported:
                 reported.add(name)

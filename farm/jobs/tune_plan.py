@@ -382,11 +382,10 @@ def _costliest_first(jobs: list[PlannedJob]) -> list[PlannedJob]:
     (``Runtime.build_cost``), a quantized recipe before that runtime's fp32 export, so that a pool does not end the
     stage on one process building OpenVINO's last recipe while the other idles (longest processing time first,
     as later stages order theirs by what the previous stage took)."""
-    from farm.runtimes.engine import runtime_of
-    from farm.runtimes.registry import RUNTIMES
+    # RUNTIMES, not farm.runtimes.engine: that imports torch, 2 s of the CLI before any job starts.
 
     def cost(job: PlannedJob) -> tuple[int, bool]:
-        runtime = RUNTIMES.get(runtime_of(job.spec.method))
+        runtime = RUNTIMES.get(job.spec.method.runtime or DEFAULT_RUNTIME)
         return -(runtime.build_cost if runtime else 0), job.spec.method.method == "fp32"
 
     return sorted(jobs, key=cost)

@@ -99,9 +99,9 @@ def sweep_heads(db: Any, contains: str, limit: int) -> list[SweepHead]:
         return [SweepHead(sw.id, sw.name, sw.state, sw.spec_text, sw.created_at, sw.finished_at) for sw in rows]
 
 
-def sweep_jobs(db: Any, sweep_id: int) -> list[InputJob]:
-    """Every job of sweep ``sweep_id`` (its own and those it reuses), in id order, with figures, model artifact,
-    error and times."""
+def sweep_jobs(db: Any, sweep_id: int, *, figures: bool = True) -> list[InputJob]:
+    """Every job of sweep ``sweep_id`` (its own and those it reuses), in id order, with figures (left empty with
+    ``figures=False``: a progress count needs none), model artifact, error and times."""
     reference = aliased(Job)
     with db.session(write=False) as s:
         rows = s.execute(
@@ -112,7 +112,7 @@ def sweep_jobs(db: Any, sweep_id: int) -> list[InputJob]:
             .where(SweepJob.sweep_id == sweep_id)
             .order_by(Job.id)
         ).all()
-        figures = _figures(s, [row[0].id for row in rows])
+        read = _figures(s, [row[0].id for row in rows]) if figures else {}
         stage = aliased(Job)
         # The sweep's own stage jobs only: a job another sweep's stage also added (equal keys, one job) keeps, here,
         # the stage of this sweep that added it, or none.
@@ -126,7 +126,7 @@ def sweep_jobs(db: Any, sweep_id: int) -> list[InputJob]:
         ).all()
         added_by = {job_id: str(spec.get("stage")) for job_id, spec in added}
         return [
-            _input_job(job, ref_key, figures, uri, job.error, job.started_at, job.finished_at, added_by.get(job.id))
+            _input_job(job, ref_key, read, uri, job.error, job.started_at, job.finished_at, added_by.get(job.id))
             for job, ref_key, uri in rows
         ]
 

@@ -52,3 +52,20 @@ def test_config_and_refs_import_no_torch(subprocess_env: dict[str, str]) -> None
     loaded = loaded_after_import(("farm.quant.config", "farm.zoo.refs"), subprocess_env)
     assert {"farm.quant.config", "farm.zoo.refs"} <= loaded
     assert top_level(loaded) & {"torch", "numpy", "torchvision", "sklearn", *OUTSIDE_SYSTEMS} == set()
+
+
+def test_planning_a_tune_imports_no_torch(subprocess_env: dict[str, str]) -> None:
+    """`farm tune` plans stage 1 before any worker starts: importing torch there (2 s) delayed every job."""
+    code = (
+        "import json, sys, yaml\n"
+        "from farm.jobs.tune_plan import TuneSettings, plan_tune, tune_text\n"
+        "text = tune_text(model='farm:digits-cnn', dataset='sklearn:digits', method='static',\n"
+        "                 runtimes=['torch', 'onnxruntime', 'openvino'], settings=TuneSettings('sqnr_db', min_metric=40.0),\n"
+        "                 batch_size=1, threads=1)\n"
+        "plan = plan_tune(text, yaml.safe_load(text), labelled=True)\n"
+        "assert len(plan.jobs) > 5\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch" not in top_level(set(json.loads(proc.stdout)))
