@@ -59,9 +59,9 @@ def test_planning_a_tune_imports_no_torch(subprocess_env: dict[str, str]) -> Non
     code = (
         "import json, sys, yaml\n"
         "from farm.jobs.tune_plan import TuneSettings, plan_tune, tune_text\n"
-        "text = tune_text(model='farm:digits-cnn', dataset='sklearn:digits', method='static',\n"
-        "                 runtimes=['torch', 'onnxruntime', 'openvino'], settings=TuneSettings('sqnr_db', min_metric=40.0),\n"
-        "                 batch_size=1, threads=1)\n"
+        "settings = TuneSettings('sqnr_db', min_metric=40.0)\n"
+        "text = tune_text(model='farm:digits-cnn', dataset='sklearn:digits', method='static', settings=settings,\n"
+        "                 runtimes=['torch', 'onnxruntime', 'openvino'], batch_size=1, threads=1)\n"
         "plan = plan_tune(text, yaml.safe_load(text), labelled=True)\n"
         "assert len(plan.jobs) > 5\n"
         "print(json.dumps(sorted(sys.modules)))\n"
