@@ -84,8 +84,11 @@ def _result(method: str, runtime: str) -> dict[str, Any]:
     return result
 
 
-def _run_sweep(db: Database) -> dict[tuple[str, str], int]:
-    """Persist SPEC's plan and record a result for each of its jobs; returns the job ids by (method, runtime)."""
+def _run_sweep(
+    db: Database, result: Callable[[str, str], dict[str, Any]] = _result
+) -> tuple[dict[tuple[str, str], int], int]:
+    """Persist SPEC's plan and record ``result(method, runtime)`` for each of its jobs; returns the job ids by
+    (method, runtime) and the sweep's id."""
     plan = load_spec(SPEC)
     upgrade(db)
     with db.session() as s:
@@ -95,12 +98,12 @@ def _run_sweep(db: Database) -> dict[tuple[str, str], int]:
         for (method, runtime), job_id in ids.items():
             lifecycle.claim_job(s, job_id, "w", 60)
             obj = StoredObject(f"jobs/{job_id}/model", f"file:///store/{job_id}", "0" * 64, 1)
-            assert lifecycle.finish_job(s, job_id, "w", _result(method, runtime), [("model", obj)])
-    return ids
+            assert lifecycle.finish_job(s, job_id, "w", result(method, runtime), [("model", obj)])
+    return ids, record.sweep_id
 
 
 def test_the_runtime_is_written_and_the_view_compares_every_runtime_with_the_fastest_fp32(db: Database) -> None:
-    ids = _run_sweep(db)
+    ids, _ = _run_sweep(db)
     assert set(ids) == set(P50)
     rows = query(db, ResultsQuery.parse(columns="job_id,batch_size,runtime,runtime_version,execution_provider,"
                                                 "speedup_vs_best_fp32,recipe"))  # fmt: skip
@@ -155,20 +158,15 @@ def test_the_rivals_a_trial_was_timed_beside_reach_the_figures_a_tune_reads(db: 
 
     rival = {"runtime": "openvino", "fp32_p50_ms": 6.5, "p50_ms": 3.0, "speedup": 2.1, "speedup_ci_low": 2.0,
              "speedup_ci_high": 2.2, "stable": True, "blocks": 8}  # fmt: skip
-    plan = load_spec(SPEC)
-    upgrade(db)
-    with db.session() as s:
-        record = plans.create_sweep(s, plan, "tester")
-        ids = {(j.spec.method.method, j.spec.method.runtime): record.ids[j.key] for j in plan.jobs}
-        queue_as_sent(s, list(ids.values()), queue="cpu")
-        for (method, runtime), job_id in ids.items():
-            result = _result(method, runtime)
-            if (method, runtime) == ("static", "onnxruntime"):
-                result["latency"][0]["rivals"] = [rival]
-            lifecycle.claim_job(s, job_id, "w", 60)
-            obj = StoredObject(f"jobs/{job_id}/model", f"file:///store/{job_id}", "0" * 64, 1)
-            assert lifecycle.finish_job(s, job_id, "w", result, [("model", obj)])
-    figures = {j.id: j.figures for j in sweep_jobs(db, record.sweep_id)}
+
+    def result(method: str, runtime: str) -> dict[str, Any]:
+        out = _result(method, runtime)
+        if (method, runtime) == ("static", "onnxruntime"):
+            out["latency"][0]["rivals"] = [rival]
+        return out
+
+    ids, sweep_id = _run_sweep(db, result)
+    figures = {j.id: j.figures for j in sweep_jobs(db, sweep_id)}
     assert figures[ids[("static", "onnxruntime")]]["rivals"] == [rival]  # batch size 1's, the first row
     assert figures[ids[("static", "torch")]]["rivals"] is None
     assert figures[ids[("static", "onnxruntime")]]["latency_p50_ms"] == 3.0
