@@ -66,3 +66,23 @@ def test_planning_a_tune_imports_no_torch(subprocess_env: dict[str, str]) -> Non
         "assert len(plan.jobs) > 5\n"
     )
     assert "torch" not in top_level(loaded_after(code, subprocess_env))
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch (a few seconds)
+def test_the_digits_data_is_read_without_importing_sklearn_datasets(subprocess_env: dict[str, str]) -> None:
+    """`sklearn:digits` reads the file scikit-learn ships: importing sklearn.datasets took 0.9 s of every fresh
+    worker process's first job; the arrays are load_digits' own."""
+    code = (
+        "import numpy as np\n"
+        "from farm.zoo.digits import _digits_arrays, digits_data\n"
+        "data, target = _digits_arrays()\n"
+        "assert data.shape == (1797, 64) and target.shape == (1797,) and data.dtype == np.float64\n"
+        "assert len(digits_data().x_test) == 360\n"
+        "import sys\n"
+        "assert 'sklearn.datasets' not in sys.modules, 'imported'\n"
+        "from sklearn.datasets import load_digits\n"
+        "raw = load_digits()\n"
+        "assert np.array_equal(data, raw.data) and np.array_equal(target, raw.target)\n"
+        "assert target.dtype == raw.target.dtype\n"
+    )
+    loaded_after(code, subprocess_env)
