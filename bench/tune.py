@@ -12,7 +12,7 @@ Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro] [--runtime
   side wherever the answer's job timed it beside itself, its own runtime's and the verify stage's rivals, the
   speedup's interval above 1; elsewhere by the jobs' intervals, the answer's high end below the fp32's low end);
   jobs per runtime <= layers + 2*log2(layers) + 4 (the trail's entries of that runtime, fp32 exports and torch's
-  two fp32 references included, as the planner counts them).
+  fp32 reference included, as the planner counts them).
 - global: a target the best global recipe meets: the answer is never slower than it (p50 interval ends overlap or
   the answer is faster).
 - wall: the cnn search from an empty database with -j 1 and with -j 2 (1 thread per job, fresh FARM_HOME each, its
@@ -185,7 +185,7 @@ def search(b: Bench, case: str) -> dict[str, Any]:
     layers = b.layers(case)
     bound = layers + 2 * math.log2(max(layers, 1)) + 4
     per_runtime: dict[str, int] = {}
-    for e in result["trail"]:  # torch's includes the two fp32 references, as the planner counts them
+    for e in result["trail"]:  # torch's includes its fp32 reference, as the planner counts it
         per_runtime[e["runtime"]] = per_runtime.get(e["runtime"], 0) + 1
     b.target(f"({case}) every global recipe misses the target", best < goal, f"best global {best} < {goal}")
     b.target(f"({case}) the search meets the target", code == 0 and bool(result.get("met")), f"exit {code}")

@@ -110,7 +110,7 @@ def reclaim_abandoned(db: Any, job_ids: list[int]) -> list[int]:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(database_url: str, artifacts_url: str, threads: int) -> None:
+def _init_worker(database_url: str, artifacts_url: str, threads: int, warm: bool = False) -> None:
     # The parent handles Ctrl-C (and a closed terminal) and cancels through the database; workers finish or
     # stop cleanly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -131,6 +131,13 @@ def _init_worker(database_url: str, artifacts_url: str, threads: int) -> None:
     _worker["store"] = open_store(artifacts_url)
     _worker["name"] = local_name()
     atexit.register(_exit_now)
+    if warm:  # torch and the engine (1.5-2 s), while the run's first jobs (its fp32 reference) run elsewhere
+        import farm.jobs.execute  # noqa: F401
+        import farm.jobs.steps  # noqa: F401
+
+
+def _ready() -> None:
+    """A pool process's first task when the run warms its pool: it only makes the pool start the process."""
 
 
 def _exit_now() -> None:
@@ -188,8 +195,13 @@ def run_local(
     threads: int,
     on_update: Callable[[RunStats], None] | None = None,
     stats: RunStats,
+    warm: bool = False,
 ) -> RunStats:
     """Run ``job_ids`` of sweep ``sweep_id`` in ``jobs`` worker processes.
+
+    ``warm``: the jobs load the engine: every process starts at once and imports it before its first job. A pool
+    otherwise starts a process when a job finds none idle: a tune's second process started (and imported torch,
+    1.5-2 s) only once its fp32 reference ended and released stage 1.
 
     The store decides what runs when (farm.jobs.policy, through farm.store.local_runs): a job starts once every
     job it waits for succeeded (an fp32 reference before the trials that compare with it), and ends without
@@ -208,8 +220,13 @@ def run_local(
     ctx = multiprocessing.get_context("spawn")
 
     def new_executor() -> ProcessPoolExecutor:
-        init_args = (db.url, artifacts_url, threads)
-        return ProcessPoolExecutor(max(1, jobs), mp_context=ctx, initializer=_init_worker, initargs=init_args)
+        init_args = (db.url, artifacts_url, threads, warm and jobs > 1)
+        pool = ProcessPoolExecutor(max(1, jobs), mp_context=ctx, initializer=_init_worker, initargs=init_args)
+        if warm and jobs > 1:
+            with _sigint_blocked():  # each submit finds no process idle and starts one
+                for _ in range(jobs):
+                    pool.submit(_ready)
+        return pool
 
     run = _Run(db, stats, on_update or (lambda s: None), new_executor, set(job_ids))
     try:

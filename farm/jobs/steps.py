@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.errors import ConfigError
 from farm.jobs.contract import JobResult, JobSpec
+from farm.jobs.fp32_reference import compute_reference, on_split
 from farm.jobs.manifest import write_job_manifest
 from farm.jobs.preflight import preflight
 from farm.jobs.timing import allow_for_drift, seeded, timed_step
@@ -110,6 +110,9 @@ def run_job(
         result.warnings.extend(inputs.splits.notes)
         reference_here = reference is None  # its fp32 p50 joins the host's drift history (farm.jobs.timing)
         reference = reference or _reference_here(spec, inputs, device, timings, report, stop)
+        if reference.split != spec.split:  # an fp32 job's reference, measured on the test split (farm tune)
+            with timed_step("reference", timings, report), compute_step(stop):
+                reference = on_split(reference, spec, inputs.loaded.module, inputs.splits, device, report, stop)
         _record_hardware(result, device)
         fp32 = cfg.method == "fp32" and runtime_of(cfg) == "torch"  # fp32 on another runtime is a trial
         if fp32:
@@ -318,48 +321,6 @@ def _checkpoint(path: Path) -> dict[str, Any]:
     from farm.quant.checkpoint import read_checkpoint
 
     return read_checkpoint(path)
-
-
-def compute_reference(
-    model: Any,
-    test: Any,
-    labelled: bool,
-    spec: JobSpec,
-    device: str,
-    report: ProgressFn,
-    stop: Callable[[], bool],
-    num_classes: int | None = None,
-) -> Reference:
-    """Evaluate and time the fp32 model (accuracy only on class scores: :func:`farm.quant.metrics.is_class_scores`).
-
-    Raises:
-        ConfigError: the model produces NaN or Inf on the reference inputs.
-    """
-    from farm.quant.artifact import model_size_bytes
-    from farm.quant.fingerprint import fingerprint, hardware_id
-    from farm.quant.inputs import place
-    from farm.quant.metrics import all_finite, is_class_scores, labels_fit, topk_accuracy
-    from farm.quant.reference import fp32_baseline
-    from farm.zoo.data import first_batch
-
-    baseline = fp32_baseline(model, first_batch(test, 1), device)
-    outcome = baseline.deployed
-    outputs, labels = evaluate(outcome, test, report, stop, label="fp32", with_labels=True, output=spec.output)
-    if not all_finite(outputs):
-        raise ConfigError(
-            f"model {spec.model} produces NaN/Inf outputs on the reference inputs ({spec.dataset} test split); "
-            "check its weights"
-        )
-    latency = {lat["batch_size"]: lat for lat in benchmark(outcome, test, spec.benchmark, report, stop, baseline)}
-    shape = tuple(outputs.shape)
-    scores = labelled and is_class_scores(shape, num_classes, spec.output) and labels_fit(shape, num_classes)
-    accuracy = topk_accuracy(outputs, labels, 1) if scores else None
-    top5 = topk_accuracy(outputs, labels, 5) if scores and outputs.shape[-1] >= 10 else None
-    size = model_size_bytes(model, place(first_batch(test, 1), device))
-    return Reference(
-        outputs, labels, labelled, accuracy, top5, latency, size, device, hardware_id(fingerprint(device)),
-        module=outcome.model, deployed_as=baseline.deployed_as,
-    )  # fmt: skip
 
 
 def _blank_result(spec: JobSpec, device: str) -> JobResult:

@@ -261,6 +261,9 @@ class LocalRun:
     threads: int
     artifacts_url: str
     stats: Any  # farm.jobs.local.RunStats, updated as jobs end
+    #: Whether its jobs load the engine (not bookkeeping noop jobs): the pool's processes then start together and
+    #: import it before their first job (farm.jobs.local.run_local's ``warm``).
+    warm: bool = False
 
 
 def start_local_run(db: Any, plan: Any, jobs: int | None, artifacts_url: str) -> LocalRun:
@@ -288,6 +291,7 @@ def start_local_run(db: Any, plan: Any, jobs: int | None, artifacts_url: str) ->
         threads=threads,
         artifacts_url=artifacts_url,
         stats=RunStats(total=record.total, cached=record.cached),
+        warm=any(job.spec.method.method != "noop" for job in plan.jobs),
     )
 
 
@@ -308,4 +312,5 @@ def run_locally(db: Any, run: LocalRun, on_update: Callable[[Any], None] | None 
         threads=run.threads,
         on_update=on_update,
         stats=run.stats,
+        warm=run.warm,
     )

@@ -3,7 +3,8 @@
 A tune is a sweep. Its spec text is an ordinary sweep spec of ONE model and ONE quantized method plus a ``tune:``
 section (metric, target, objective, budget); stage 1 is planned here, up front:
 
-- the fp32 reference on the test split and on the validation split (the sensitivity stage compares with it);
+- the fp32 reference on the test split (the sensitivity stage's validation-split jobs compare with its fp32 outputs
+  on their split, computed in their process: farm.jobs.fp32_reference);
 - per runtime asked: fp32 exported to that runtime (other than torch), and the method's all-quantized recipe per
   tensor and per channel (test split): the global recipes, the bar the search must beat;
 - the stage job ``tune_sensitivity`` after all of them (farm/jobs/tune_stages.py), which adds the next stage.
@@ -25,7 +26,7 @@ import yaml
 from farm.errors import ConfigError, Problem
 from farm.jobs.contract import JobSpec
 from farm.metric_targets import METRICS, Target, make_target
-from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, runtime_problems, unavailable
+from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, granularity_runs, runtime_problems, unavailable
 from farm.spec.plan import Plan, PlannedJob, job_key
 
 #: The methods a tune searches (layers fall back to floating point; the fp methods have nothing to fall back).
@@ -43,8 +44,7 @@ TUNE_WARMUP_S = 0.05
 #: Each side's timed budget in a tune's jobs (``farm tune --max-time-s``; a pair gets twice): half a sweep's. A
 #: pair that has not settled in 3 s is held back by the host, not by too few samples, and a tune's comparisons
 #: already allow for the host's drift between runs (several % on a shared VM), beside which a longer timing adds
-#: nothing; an exclusive timing (fp32, the answer) holds the host, so it is what a search's wall time is made
-#: of.
+#: nothing; an exclusive timing (fp32, the answer) holds the host: a search's wall time is made of them.
 TUNE_MAX_TIME_S = 1.5
 
 
@@ -180,10 +180,11 @@ def settings_of(section: Any, source: str = "tune") -> TuneSettings:
     return settings
 
 
-def stage1_size(runtimes: Sequence[str]) -> int:
-    """Stage 1's jobs: two fp32 references, per runtime two global recipes and (off torch) the exported fp32,
-    and the sensitivity stage job."""
-    return 2 + sum(2 + (r != DEFAULT_RUNTIME) for r in runtimes) + 1
+def stage1_size(runtimes: Sequence[str], method: str = "static", granularity: str | None = None) -> int:
+    """Stage 1's jobs: the fp32 reference, per runtime its global recipes (per tensor and per channel, one where
+    the tune fixes it or the runtime runs one) and (off torch) the exported fp32, and the sensitivity stage job."""
+    one = [bool(granularity or RUNTIMES[r].fixed_granularity(method)) for r in runtimes]
+    return 2 + sum((2 - fixed) + (r != DEFAULT_RUNTIME) for r, fixed in zip(runtimes, one, strict=True))
 
 
 def plan_tune(
@@ -221,16 +222,18 @@ def plan_tune(
         yaml.safe_dump(grid, sort_keys=False), source=source, limit=None, pools=pools, remote_digest=remote_digest
     )
     (reference,) = plan.references
-    validation = _validation_reference(reference)
     # Global int8 recipes only rank: screened, the answer timed again (tune_verify); fp32 keeps the tune's timing.
     globals_ = [_screened_job(j) if j.spec.method.method != "fp32" else j for j in plan.jobs if j.role != "reference"]
-    jobs = [reference, validation, *_costliest_first(globals_)]
+    if "granularity" not in params:  # both enumerated: not the one a runtime would not run (the same build twice)
+        globals_ = [j for j in globals_ if granularity_runs(j.spec.method)]
+    jobs = [reference, *_costliest_first(globals_)]
     stage_params = {
         **settings.to_dict(),
         "method": name,
         "runtimes": runtimes,
         "isolation": reference.spec.benchmark.isolation,
-        "references": {"test": reference.key, "validation": validation.key},
+        # One fp32 reference job: a validation-split job carries it to its split (farm.jobs.fp32_reference).
+        "references": {"test": reference.key, "validation": reference.key},
         "weights": {reference.spec.model: reference.weights_digest},
     }
     stage = stage_job("tune_sensitivity", stage_params, [j.key for j in jobs], reference.spec)
@@ -279,7 +282,7 @@ def _checked(data: Mapping[str, Any], settings: TuneSettings, source: str) -> tu
     problems += [Problem("runtime", why) for r in runtimes if r in RUNTIMES and (why := unavailable(r)) is not None]
     if problems:
         raise ConfigError(problems, source=source)
-    size = stage1_size(runtimes)
+    size = stage1_size(runtimes, name, params.get("granularity"))
     if settings.budget_jobs is not None and settings.budget_jobs < size:
         raise ConfigError(
             f"--budget-jobs {settings.budget_jobs} is below stage 1's {size} jobs (fp32 references, the global "
@@ -312,8 +315,7 @@ def _method_entry(entry: Any, source: str) -> tuple[str, dict[str, Any]]:
 
 #: Timing of a validation-split job: its latency ranks nothing (sensitivity is a metric), so it is timed just enough
 #: to keep the usual figures, and not exclusively (isolation "pinned", recorded with the figure: it holds the host's
-#: measurement lock shared, as a compute phase does): validation jobs time side by side with each other, and the
-#: search's exclusive timing goes to the figures reported (fp32, the answer).
+#: measurement lock shared, as compute does): the search's exclusive timing goes to the figures reported.
 VALIDATION_TIME_S = 0.1
 VALIDATION_WARMUP_S = 0.02
 VALIDATION_MIN_REPS = 6
@@ -389,11 +391,3 @@ def _costliest_first(jobs: list[PlannedJob]) -> list[PlannedJob]:
         return -(runtime.build_cost if runtime else 0), job.spec.method.method == "fp32"
 
     return sorted(jobs, key=cost)
-
-
-def _validation_reference(reference: PlannedJob) -> PlannedJob:
-    """The fp32 reference measured on the validation split (what the sensitivity jobs compare with)."""
-    spec = validation_spec(reference.spec)
-    return PlannedJob(
-        job_key(spec, reference.weights_digest), "reference", spec, reference.device, reference.weights_digest, None
-    )

@@ -42,7 +42,6 @@ from farm.jobs.tune_plan import (
 )
 from farm.metric_targets import figure, meets
 from farm.quant.layers import LayerRule
-from farm.runtimes.registry import DEFAULT_RUNTIME
 from farm.spec.plan import PlannedJob, job_key
 
 #: A layer as the search sees it: (qualified name, class name, multiply-accumulates per sample).
@@ -142,7 +141,7 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         (info(i)["isolation"] for i in inputs if i.role == "reference" and info(i)["split"] == "test"), "exclusive"
     )
     # No search (good enough, no runtime can win, no budget): a global is the answer, verified if the budget allows.
-    used_by = {r: _stage1_jobs(r) for r in p["runtimes"]}
+    used_by = {r: _stage1_jobs(r, inputs) for r in p["runtimes"]}
     stop = {"bases": {}, "layers": None, "used": used_by, "spent": used, "isolation": isolation}
     room = _share(settings, used, 1, 2)
     end = "tune_verify" if room is None or room >= _VERIFY else "tune_answer"
@@ -169,9 +168,9 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     params = {
         "bases": {r: b.spec for r, b in bases.items()},
         "layers": [list(x) for x in layers],
-        # Per runtime: its stage 1 jobs (torch: the fp32 references on both splits; elsewhere: the fp32 export),
+        # Per runtime: its stage 1 jobs (torch: the fp32 reference; elsewhere: the fp32 export),
         # per tensor and per channel, the base on validation and one job per layer.
-        "used": {r: _stage1_jobs(r) + 1 + len(chosen) for r in bases},
+        "used": {r: used_by[r] + 1 + len(chosen) for r in bases},
         "spent": used + len(jobs),
         "globals": tested,
         "isolation": isolation,
@@ -305,10 +304,10 @@ def _isolation(p: Mapping[str, Any]) -> str:
     return str(next((b.get("isolation", "exclusive") for b in bases), "exclusive"))
 
 
-def _stage1_jobs(runtime: str) -> int:
-    """Stage 1's jobs that are ``runtime``'s: the two global recipes, and torch's two fp32 references (test and
-    validation split) or another runtime's fp32 export."""
-    return 2 + (2 if runtime == DEFAULT_RUNTIME else 1)
+def _stage1_jobs(runtime: str, inputs: Sequence[Any] = ()) -> int:
+    """Stage 1's jobs that are ``runtime``'s, counted in ``inputs`` (its global recipes, and torch's fp32 reference or
+    another runtime's fp32 export); without them, the most there can be (two globals and one fp32)."""
+    return sum(1 for i in inputs if i.role in ("trial", "reference") and info(i)["runtime"] == runtime) or 3
 
 
 def _fanout(layers: int) -> int:

@@ -47,6 +47,9 @@ class Reference:
     #: The form the fp32 figures were measured in: "torchscript" (what :func:`farm.quant.artifact.deployable`
     #: made of it) or "eager"; None in files written before it was recorded.
     deployed_as: str | None = None
+    #: The split the outputs are on ("test"; "validation": a reference job of a tune's validation split, or one
+    #: carried there by farm.jobs.fp32_reference.on_split). Files written before it was recorded hold "test".
+    split: str = "test"
 
     def save(self, path: Path) -> None:
         """Write the figures as tensors plus JSON (what :meth:`load` accepts with ``weights_only=True``)."""
@@ -61,6 +64,7 @@ class Reference:
             "device": self.device,
             "hardware_id": self.hardware_id,
             "deployed_as": self.deployed_as,
+            "split": self.split,
         }
         torch.save({"outputs": self.outputs, "labels": self.labels, "meta": json.dumps(jsonable(meta))}, path)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Any
 
 from farm.errors import Problem
 
@@ -31,6 +32,9 @@ class Runtime:
         build_cost: how long its builds take, as a rank (a tune hands out its first stage's jobs, which no earlier
             stage has timed, highest first): TensorRT's engine builds, then NNCF's calibration (about 3 s a
             digits-cnn job), torch's FX calibration and scripting, ONNX Runtime's quantizer (0.3 s).
+        granularity_of: (method, granularity) pairs: the one weight granularity the runtime runs ``method`` with,
+            whatever the job asks (OpenVINO's dynamic int8: its weight compression scales per output channel). A
+            tune plans that granularity only, not a second global recipe that builds the same model.
     """
 
     name: str
@@ -41,6 +45,11 @@ class Runtime:
     devices: tuple[str, ...]
     providers: tuple[str, ...] = ()
     build_cost: int = 0
+    granularity_of: tuple[tuple[str, str], ...] = ()
+
+    def fixed_granularity(self, method: str) -> str | None:
+        """The granularity this runtime runs ``method`` with whatever a job asks, or None where the job decides."""
+        return dict(self.granularity_of).get(method)
 
 
 RUNTIMES: dict[str, Runtime] = {
@@ -65,11 +74,26 @@ RUNTIMES: dict[str, Runtime] = {
             ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"),
         ),
         Runtime(
-            "openvino", "ov", ("fp32", "dynamic", "static"), ("openvino", "nncf"), "openvino", ("cpu",), build_cost=2
+            "openvino",
+            "ov",
+            ("fp32", "dynamic", "static"),
+            ("openvino", "nncf"),
+            "openvino",
+            ("cpu",),
+            build_cost=2,
+            granularity_of=(("dynamic", "per_channel"),),
         ),
         Runtime("tensorrt", "trt", ("fp32", "fp16", "static"), ("tensorrt",), "tensorrt", ("cuda",), build_cost=3),
     )
 }
+
+
+def granularity_runs(cfg: Any) -> bool:
+    """Whether a method config's weight granularity is what its runtime runs (not one it ignores: OpenVINO's dynamic
+    int8 is per channel whatever a job asks; the job then says so in a warning)."""
+    runtime = RUNTIMES.get(getattr(cfg, "runtime", None) or DEFAULT_RUNTIME)
+    fixed = runtime.fixed_granularity(cfg.method) if runtime else None
+    return fixed is None or getattr(cfg, "granularity", fixed) == fixed
 
 
 def runtime_problems(runtime: str, method: str, device: str | None = None, *, path: str = "runtime") -> list[Problem]:

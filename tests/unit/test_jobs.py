@@ -177,3 +177,30 @@ def test_a_method_that_produces_nan_is_a_quantization_error() -> None:
         evaluate(QuantOutcome(toys.nan_model()), split, lambda *_: None, lambda: False, label="static int8")
     outputs = evaluate(QuantOutcome(toys.tiny_mlp()), split, lambda *_: None, lambda: False, label="static int8")
     assert outputs.shape == (4, 10)
+
+
+@pytest.mark.slow
+def test_a_validation_split_trial_carries_the_test_reference_to_its_split(
+    cnn_reference: Reference, tmp_path: Path
+) -> None:
+    """farm tune's sensitivity jobs compare with the one fp32 reference job (test split): the fp32 outputs on their
+    own split are computed in their process, as a reference job on that split computes them, and every figure the
+    trial reports is the one it gets beside such a job's reference."""
+    from farm.jobs import fp32_reference
+
+    assert cnn_reference.split == "test"
+    fp32 = JobSpec(CNN, DIGITS, parse_method("fp32", {}), benchmark=fast_benchmark(), split="validation")
+    run_job(fp32, tmp_path / "ref")
+    own = Reference.load(tmp_path / "ref" / REFERENCE_FILE)  # what a validation-split reference job records
+    assert own.split == "validation" and len(own.outputs) != len(cnn_reference.outputs)
+    trial = JobSpec(CNN, DIGITS, parse_method("static", {}), benchmark=fast_benchmark(), split="validation")
+    fp32_reference._ON_SPLIT.clear()
+    carried = run_job(trial, tmp_path / "carried", reference=cnn_reference)
+    assert len(fp32_reference._ON_SPLIT) == 1  # computed once: the next job of this process on the split reuses it
+    (here,) = fp32_reference._ON_SPLIT.values()
+    assert torch.equal(here.outputs, own.outputs) and torch.equal(here.labels, own.labels)
+    beside_own = run_job(trial, tmp_path / "own", reference=own)
+    for name in ("accuracy", "accuracy_fp32", "accuracy_drop", "agreement", "sqnr_db", "cosine", "health"):
+        assert getattr(carried, name) == getattr(beside_own, name), name
+    assert carried.size_fp32_bytes == cnn_reference.size_bytes  # the model's own, whatever the split
+    assert "reference" in carried.timings_s

@@ -83,9 +83,12 @@ def test_eager_static_refuses_a_skip_rule_it_could_not_run() -> None:
 
 
 def test_validation_jobs_are_timed_briefly_their_latency_ranks_nothing() -> None:
+    from farm.jobs.tune_plan import validation_spec
+
     planned = plan(spec())
-    (validation,) = [j for j in planned.jobs if j.spec.split == "validation"]
-    test = next(j for j in planned.jobs if j.role == "reference" and j.spec.split == "test")
+    assert {j.spec.split for j in planned.jobs} == {"test"}  # one fp32 reference: sensitivity carries it over
+    test = next(j for j in planned.jobs if j.role == "reference")
+    validation = type(test)(test.key, "trial", validation_spec(test.spec), test.device, None, None)  # a stage's
     assert validation.spec.benchmark.max_time_s <= 0.1 < test.spec.benchmark.max_time_s
     assert validation.spec.benchmark.warmup_s <= 0.02 < test.spec.benchmark.warmup_s
     # Not exclusive (pinned holds the lock shared): the test-split jobs' timing is what exclusivity protects.

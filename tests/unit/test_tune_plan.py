@@ -14,7 +14,7 @@ from farm.errors import ConfigError
 from farm.jobs import tune_stages
 from farm.jobs.stages import Stage, expander_named
 from farm.jobs.tune_answer import choose
-from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, plan_tune, settings_of, tune_text
+from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, plan_tune, settings_of, stage1_size, tune_text
 from farm.store.expansion import InputJob
 
 LAYERS = [
@@ -117,25 +117,58 @@ def fixed_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tune_stages, "list_layers", lambda spec: list(LAYERS))
 
 
-def test_stage_one_is_references_on_both_splits_the_global_recipes_and_the_sensitivity_stage() -> None:
+def test_stage_one_is_the_reference_the_global_recipes_and_the_sensitivity_stage() -> None:
+    """One fp32 reference, on the test split: the validation-split jobs carry it to their split themselves
+    (farm.jobs.fp32_reference.on_split), so torch's budget keeps a job for its verify."""
     plan = tune_plan()
     roles = [(j.role, j.spec.split) for j in plan.jobs]
-    assert roles[:2] == [("reference", "test"), ("reference", "validation")]
-    assert plan.jobs[0].key != plan.jobs[1].key  # the split is part of the key
+    assert roles == [("reference", "test"), ("trial", "test"), ("trial", "test"), ("stage", "test")]
     globals_ = [j for j in plan.jobs if j.role == "trial"]
     assert sorted(j.spec.method.granularity for j in globals_) == ["per_channel", "per_tensor"]
     assert all(j.reference_key == plan.jobs[0].key for j in globals_)
-    assert plan.jobs[-1].expander == "tune_sensitivity" and len(plan.jobs) == 5
+    assert plan.jobs[-1].expander == "tune_sensitivity" and len(plan.jobs) == 4
+    params = plan.jobs[-1].params
+    assert params["references"] == {"test": plan.jobs[0].key, "validation": plan.jobs[0].key}
     assert "tune:" in plan.text
 
 
 def test_a_budget_below_stage_one_and_bad_targets_are_refused() -> None:
-    with pytest.raises(ConfigError, match="below stage 1's 5 jobs"):
-        tune_plan(budget=4)
+    with pytest.raises(ConfigError, match="below stage 1's 4 jobs"):
+        tune_plan(budget=3)
     with pytest.raises(ConfigError, match="ranges"):
         settings_of({"metric": "cosine", "min_metric": 1.5})
     with pytest.raises(ConfigError, match="no labels"):
         plan_of(TuneSettings("accuracy", max_accuracy_drop=0.01), labelled=False, threads=None)
+
+
+def test_a_runtime_that_runs_one_granularity_gets_one_global_recipe() -> None:
+    """OpenVINO's dynamic int8 is per channel whatever a job asks: a tune plans its per-channel global only (the
+    per-tensor one built the same model, a job of its budget spent twice); a fixed granularity plans one anywhere."""
+    settings = TuneSettings("cosine", min_metric=0.99)
+    plan = plan_of(settings, method="dynamic", runtimes=["torch", "openvino"], max_time_s=0.2)
+    globals_ = sorted(
+        (j.spec.method.runtime, j.spec.method.granularity)
+        for j in plan.jobs
+        if j.role == "trial" and j.spec.method.method == "dynamic"
+    )
+    assert globals_ == [("openvino", "per_channel"), ("torch", "per_channel"), ("torch", "per_tensor")]
+    assert len(plan.jobs) == stage1_size(["torch", "openvino"], "dynamic") == 1 + 2 + (1 + 1) + 1
+    with pytest.raises(ConfigError, match="below stage 1's 6 jobs"):
+        plan_of(
+            TuneSettings("cosine", min_metric=0.99, budget_jobs=5), method="dynamic", runtimes=["torch", "openvino"]
+        )
+    text = tune_text(
+        model="farm:digits-cnn", dataset="sklearn:digits", method="static", runtimes=["torch", "openvino"],
+        settings=settings, batch_size=1, threads=1,
+    )  # fmt: skip
+    data = yaml.safe_load(text)
+    data["methods"] = [{"static": {"granularity": "per_tensor"}}]
+    fixed = plan_tune(yaml.safe_dump(data), data, labelled=True)
+    assert len(fixed.jobs) == stage1_size(["torch", "openvino"], "static", "per_tensor") == 1 + 1 + (1 + 1) + 1
+    assert {j.spec.method.granularity for j in fixed.jobs if j.role == "trial" and j.spec.method.method != "fp32"} == {
+        "per_tensor"
+    }
+    assert stage1_size(["torch", "openvino"], "static") == 1 + 2 + (2 + 1) + 1  # static runs either on OpenVINO
 
 
 def test_the_search_ranks_layers_on_validation_and_falls_back_the_most_sensitive_k_at_once() -> None:
@@ -143,16 +176,16 @@ def test_the_search_ranks_layers_on_validation_and_falls_back_the_most_sensitive
     assert ran == ["tune_sensitivity", "tune_candidates", "tune_refine", "tune_verify", "tune_answer"]
     sens = [j for j in jobs if j.role == "trial" and j.spec.split == "validation"]
     assert sorted(r.name for j in sens for r in j.spec.method.layers) == sorted(n for n, _, _ in LAYERS)
-    assert all(j.reference_key == jobs[1].key for j in sens)  # the validation fp32 reference
-    # Base per channel (the better of the two globals: equal here, the first wins), k = 1, 2, 4 most sensitive.
-    # They take torch's last jobs (5 layers: 13 in all), so no verify job could follow: they are timed as the
-    # tune's benchmark says (exclusive), not screened.
+    assert all(j.reference_key == jobs[0].key for j in sens)  # the one fp32 reference, carried to validation
+    # Base per channel (the better of the two globals: equal here, the first wins), k = 1, 2, 4 most sensitive,
+    # screened (pinned): 5 layers allow torch 13 jobs, stage 1 (3), sensitivity (6) and candidates (3) leave one
+    # for the verify job, which times the answer (k = 1: 37 + 3 = 40 meets) as the tune's benchmark says.
     cands = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
     fallbacks = [[r.name for r in j.spec.method.layers] for j in cands]
-    assert fallbacks == [["conv2"], ["conv2", "conv3"], ["conv2", "conv3", "fc1", "conv1"]]
-    assert all(j.spec.benchmark.isolation == "exclusive" for j in cands)
-    # 37 + 3 = 40 meets at k = 1: nothing to refine, nothing to verify. The global int8 recipes only rank: they
-    # are screened (pinned); the fp32 references keep the tune's benchmark (exclusive).
+    assert fallbacks == [["conv2"], ["conv2", "conv3"], ["conv2", "conv3", "fc1", "conv1"], ["conv2"]]
+    assert [j.spec.benchmark.isolation for j in cands] == ["pinned", "pinned", "pinned", "exclusive"]
+    # The global int8 recipes only rank: they are screened (pinned); the fp32 reference keeps the tune's
+    # benchmark (exclusive).
     globals_ = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and not j.spec.method.layers]
     assert globals_ and all(j.spec.benchmark.isolation == "pinned" for j in globals_)
     assert jobs[0].spec.benchmark.isolation == "exclusive"
@@ -167,8 +200,8 @@ def test_the_candidate_the_answer_would_be_is_timed_again_as_the_tunes_benchmark
     from farm.jobs.tune_answer import answer_of
 
     tune_stages.list_layers = lambda spec: list(EIGHT)  # type: ignore[assignment]  # fixture restores it
-    # 37 + 0.7 k meets 40 from k = 5: candidates 1, 2, 4 miss; 8 layers make 18 jobs, 13 of them stage 1 and
-    # sensitivity, 3 candidates: refine keeps one for the verify stage and tries one k (6) between 4 and 8.
+    # 37 + 0.7 k meets 40 from k = 5: candidates 1, 2, 4 miss; 8 layers make 18 jobs, 12 of them stage 1 and
+    # sensitivity, 3 candidates: refine keeps one for the verify stage and tries two k's (5, 7) between 4 and 8.
     gain = {n: 0.7 for n, _, _ in EIGHT}
     jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, per_layer=gain))
     assert ran == ["tune_sensitivity", "tune_candidates", "tune_refine", "tune_verify", "tune_answer"]
@@ -177,14 +210,15 @@ def test_the_candidate_the_answer_would_be_is_timed_again_as_the_tunes_benchmark
         (1, "pinned"),
         (2, "pinned"),
         (4, "pinned"),
-        (6, "pinned"),
-        (6, "exclusive"),  # the fastest that meets, once more: the verify stage's one job
+        (5, "pinned"),
+        (7, "pinned"),
+        (5, "exclusive"),  # the fastest that meets, once more: the verify stage's one job
     ]
     assert len([j for j in jobs if j.role != "stage"]) == budget_per_runtime(len(EIGHT))
     inputs = [as_input(j, sqnr_of(j, per_layer=gain) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)]
     answer = answer_of(inputs, SETTINGS)
     assert answer.met and answer.chosen is not None
-    assert len(answer.chosen["fallback"]) == 6 and answer.chosen["isolation"] == "exclusive"
+    assert len(answer.chosen["fallback"]) == 5 and answer.chosen["isolation"] == "exclusive"
 
 
 def test_candidates_that_take_the_last_jobs_are_timed_as_the_answer_is() -> None:
@@ -192,11 +226,12 @@ def test_candidates_that_take_the_last_jobs_are_timed_as_the_answer_is() -> None
 
     five = [(f"l{i}", "Conv2d", 100 + i) for i in range(5)]
     tune_stages.list_layers = lambda spec: list(five)  # type: ignore[assignment]  # fixture restores it
-    # 5 layers allow 13 jobs: stage 1 (4), sensitivity (6) and the candidates k = 1, 2, 4 take them all, so no
-    # verify job could follow: the candidates are not screened but timed as the tune's benchmark says.
+    # --budget-jobs 13: stage 1 (4 with its stage job), the sensitivity and candidates stage jobs and the answer's
+    # take 7, sensitivity gets 3 and the candidates k = 1, 2, 4 the last 3, so no verify job could follow: the
+    # candidates are not screened but timed as the tune's benchmark says.
     gain = {n: 1.5 for n, _, _ in five}
-    jobs, ran = run_chain(tune_plan(), lambda j: sqnr_of(j, per_layer=gain))
-    assert len([j for j in jobs if j.role != "stage"]) == budget_per_runtime(len(five))
+    jobs, ran = run_chain(tune_plan(budget=13), lambda j: sqnr_of(j, per_layer=gain))
+    assert len(jobs) <= 13 and len([j for j in jobs if j.role != "stage"]) == 8
     tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
     assert [(len(j.spec.method.layers), j.spec.benchmark.isolation) for j in tested] == [
         (1, "exclusive"),
@@ -454,8 +489,8 @@ def test_each_stage_hands_out_the_slowest_runtimes_jobs_first() -> None:
 def test_where_a_global_meets_the_target_candidates_leave_its_verify_job_room() -> None:
 
     # Per tensor meets 40 (the bar, 0.10 ms); per channel misses (37) but is not clearly slower (0.09 ms): it is
-    # the base searched. Five layers fill torch's 13 jobs with k = 1, 2, 4: with a global that may be the answer,
-    # k = 4 gives way to the verify job, and the candidates are screened.
+    # the base searched. Five layers leave torch one job after k = 1, 2, 4: the verify job's, so the candidates
+    # are screened, and the per-tensor global (still the fastest that meets) is timed again.
     def figures(job: Any) -> dict[str, Any]:
         f = sqnr_of(job)
         if not job.spec.method.layers and job.spec.method.granularity == "per_tensor":
@@ -468,7 +503,7 @@ def test_where_a_global_meets_the_target_candidates_leave_its_verify_job_room() 
     assert ran[-2:] == ["tune_verify", "tune_answer"]
     tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.method != "fp32"]
     cands = [j for j in tested if j.spec.method.layers]
-    assert [len(j.spec.method.layers) for j in cands] == [1, 2]
+    assert [len(j.spec.method.layers) for j in cands] == [1, 2, 4]
     assert {j.spec.benchmark.isolation for j in cands} == {"pinned"}
     verified = tested[-1]
     assert verified.spec.benchmark.isolation == "exclusive" and not verified.spec.method.layers
@@ -484,11 +519,11 @@ def test_where_a_global_meets_the_target_candidates_leave_its_verify_job_room() 
 
 
 def test_a_budget_that_leaves_no_room_for_verify_ends_after_stage_one() -> None:
-    # Stage 1 is 5 jobs; a budget of 6 has no room for a verify job and its stage job: the answer follows at once.
-    jobs, ran = run_chain(tune_plan(budget=6, good_enough=True), lambda j: sqnr_of(j, base=45.0))
-    assert ran == ["tune_sensitivity", "tune_answer"] and len(jobs) == 6
-    jobs, ran = run_chain(tune_plan(budget=8, good_enough=True), lambda j: sqnr_of(j, base=45.0))
-    assert ran == ["tune_sensitivity", "tune_verify", "tune_answer"] and len(jobs) == 8
+    # Stage 1 is 4 jobs; a budget of 5 has no room for a verify job and its stage job: the answer follows at once.
+    jobs, ran = run_chain(tune_plan(budget=5, good_enough=True), lambda j: sqnr_of(j, base=45.0))
+    assert ran == ["tune_sensitivity", "tune_answer"] and len(jobs) == 5
+    jobs, ran = run_chain(tune_plan(budget=7, good_enough=True), lambda j: sqnr_of(j, base=45.0))
+    assert ran == ["tune_sensitivity", "tune_verify", "tune_answer"] and len(jobs) == 7
 
 
 def timed(p50: float, half: float, **figures: Any) -> dict[str, Any]:
@@ -536,10 +571,7 @@ def test_the_verify_job_is_timed_beside_every_other_runtimes_fp32_that_may_be_th
     # OpenVINO's fp32 is faster side by side (interval below 1), though the jobs timed apart overlap: say so.
     assert answer.fp32_faster is not None and answer.fp32_faster["runtime"] == "openvino"
     references = [e for e in answer.trail if e["reference"]]
-    assert {(e["runtime"], e["fp32"], e["split"]) for e in references} == {
-        ("torch", True, "test"),
-        ("torch", True, "validation"),
-    }
+    assert {(e["runtime"], e["fp32"], e["split"]) for e in references} == {("torch", True, "test")}
 
 
 def test_an_fp32_timed_on_another_device_is_no_rival() -> None:
