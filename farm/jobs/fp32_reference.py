@@ -87,13 +87,21 @@ def on_split(
     stop: Callable[[], bool],
 ) -> Reference:
     """``reference`` (an fp32 job's, measured on another split) carried to ``spec.split``: the fp32 outputs, labels
-    and accuracy on the job's split (``splits``, loaded for it), computed here from an untouched copy of ``module``;
-    latency, size and how fp32 was deployed stay the reference job's."""
-    key = (_digest(reference), spec.dataset, spec.split, spec.output, device, spec.benchmark.threads)
+    and accuracy on the job's split (``splits``, loaded for it), computed here from an untouched copy of ``module``
+    on the device the reference job ran on (a trial on a GPU runtime compares with the same fp32 as on the test
+    split: no TF32 convolutions), where this host has it; latency, size and how fp32 was deployed stay the
+    reference job's."""
+    import torch
+
+    cpu = not reference.device.startswith("cuda")
+    where = reference.device if cpu or torch.cuda.is_available() else device
+    n = len(splits.test)
+    key: tuple[Any, ...] = (_digest(reference), spec.model, spec.weights, spec.dataset, spec.split, spec.output)
+    key += (where, n, spec.benchmark.threads)
     here = _ON_SPLIT.get(key)
-    if here is None:
+    if here is None or len(here.outputs) != n:
         here = compute_reference(
-            copy.deepcopy(module), splits.test, splits.labelled, spec, device, report, stop, splits.num_classes,
+            copy.deepcopy(module), splits.test, splits.labelled, spec, where, report, stop, splits.num_classes,
             timed=False,
         )  # fmt: skip
         here.module = None  # the trial builds its own baseline; the copy goes

@@ -132,8 +132,11 @@ def _init_worker(database_url: str, artifacts_url: str, threads: int, warm: bool
     _worker["name"] = local_name()
     atexit.register(_exit_now)
     if warm:  # torch and the engine (1.5-2 s), while the run's first jobs (its fp32 reference) run elsewhere
-        import farm.jobs.execute  # noqa: F401
-        import farm.jobs.steps  # noqa: F401
+        from farm.quant.isolation import compute_step
+
+        with compute_step():  # it computes: never beside another job's exclusive timing
+            import farm.jobs.execute  # noqa: F401
+            import farm.jobs.steps  # noqa: F401
 
 
 def _ready() -> None:
@@ -220,11 +223,12 @@ def run_local(
     ctx = multiprocessing.get_context("spawn")
 
     def new_executor() -> ProcessPoolExecutor:
-        init_args = (db.url, artifacts_url, threads, warm and jobs > 1)
+        starts = min(jobs, len(job_ids)) if warm else 0  # the processes the run's jobs can keep busy
+        init_args = (db.url, artifacts_url, threads, starts > 1)
         pool = ProcessPoolExecutor(max(1, jobs), mp_context=ctx, initializer=_init_worker, initargs=init_args)
-        if warm and jobs > 1:
+        if starts > 1:
             with _sigint_blocked():  # each submit finds no process idle and starts one
-                for _ in range(jobs):
+                for _ in range(starts):
                     pool.submit(_ready)
         return pool
 

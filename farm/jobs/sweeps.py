@@ -279,6 +279,7 @@ def start_local_run(db: Any, plan: Any, jobs: int | None, artifacts_url: str) ->
     to_run_now = set(record.to_run)
     abandoned = reclaim_abandoned(db, [i for i in record.ids.values() if i not in to_run_now])
     threads = plan.spec.benchmark.threads
+    runs = to_run_now | set(abandoned)
     return LocalRun(
         sweep_id=record.sweep_id,
         name=plan.spec.name,
@@ -291,7 +292,7 @@ def start_local_run(db: Any, plan: Any, jobs: int | None, artifacts_url: str) ->
         threads=threads,
         artifacts_url=artifacts_url,
         stats=RunStats(total=record.total, cached=record.cached),
-        warm=any(job.spec.method.method != "noop" for job in plan.jobs),
+        warm=any(job.spec.method.method != "noop" for job in plan.jobs if record.ids.get(job.key) in runs),
     )
 
 

@@ -285,8 +285,8 @@ def _checked(data: Mapping[str, Any], settings: TuneSettings, source: str) -> tu
     size = stage1_size(runtimes, name, params.get("granularity"))
     if settings.budget_jobs is not None and settings.budget_jobs < size:
         raise ConfigError(
-            f"--budget-jobs {settings.budget_jobs} is below stage 1's {size} jobs (fp32 references, the global "
-            f"recipes per tensor and per channel on {', '.join(runtimes)}, and the sensitivity stage)",
+            f"--budget-jobs {settings.budget_jobs} is below stage 1's {size} jobs (the fp32 reference and exports, "
+            f"the global recipes on {', '.join(runtimes)}, and the sensitivity stage)",
             source=source,
         )
     return name, params, runtimes

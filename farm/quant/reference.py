@@ -2,11 +2,13 @@
 device and shared by every trial that compares with it (accuracy drop, agreement, speedup, size ratio).
 
 A reference job writes it as ``reference.pt`` beside its artifact; a trial on another worker loads that file
-instead of measuring the fp32 model again.
+instead of measuring the fp32 model again. A trial on another split (a tune's validation-split jobs) carries it
+there itself (farm.jobs.fp32_reference.on_split): ``split`` says which split the outputs are on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,8 @@ REFERENCE_FILE = "reference.pt"
 
 @dataclass
 class Reference:
-    """The fp32 model's figures on the test split, shared by every job of the same model.
+    """The fp32 model's figures on its job's split (``split``; the test split unless a tune's), shared by every job
+    of the same model.
 
     Attributes:
         outputs: fp32 outputs on the test split, (N, classes), CPU float32.
@@ -89,7 +92,8 @@ class Reference:
         data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         meta = json.loads(data["meta"])
         meta["latency"] = {int(k): v for k, v in meta["latency"].items()}
-        return cls(outputs=data["outputs"], labels=data["labels"], **meta)
+        known = {f.name for f in dataclasses.fields(cls)}  # a file from a newer engine: the fields this one knows
+        return cls(outputs=data["outputs"], labels=data["labels"], **{k: v for k, v in meta.items() if k in known})
 
 
 @dataclass

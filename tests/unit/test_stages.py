@@ -124,6 +124,7 @@ def test_a_two_stage_sweep_runs_locally_and_stage_two_comes_from_stage_one(sweep
     upgrade(db)
     run = start_local_run(db, plan, 2, artifacts_url())
     assert run.total == 4  # the reference, two trials, the stage: stage 2 does not exist yet
+    assert run.warm  # its jobs load the engine: both pool processes start at once and import it
     stats = run_locally(db, run)
     db.dispose()
     jobs = query("SELECT * FROM jobs ORDER BY id")
@@ -139,4 +140,5 @@ def test_a_two_stage_sweep_runs_locally_and_stage_two_comes_from_stage_one(sweep
     again = start_local_run(db, plan, 2, artifacts_url())
     db.dispose()
     assert (again.total, again.cached, again.to_run) == (6, 6, [])
+    assert not again.warm  # nothing to run: no process imports torch for nothing
     assert len(query("SELECT * FROM sweep_jobs")) == 6
