@@ -109,10 +109,7 @@ def run_job(
             check_runs(inputs.loaded.module, inputs.example, spec)
         result.warnings.extend(inputs.splits.notes)
         reference_here = reference is None  # its fp32 p50 joins the host's drift history (farm.jobs.timing)
-        reference = reference or _reference_here(spec, inputs, device, timings, report, stop)
-        if reference.split != spec.split:  # an fp32 job's reference, measured on the test split (farm tune)
-            with timed_step("reference", timings, report), compute_step(stop):
-                reference = on_split(reference, spec, inputs.loaded.module, inputs.splits, device, report, stop)
+        reference = _reference(reference, spec, inputs, device, timings, report, stop)
         _record_hardware(result, device)
         fp32 = cfg.method == "fp32" and runtime_of(cfg) == "torch"  # fp32 on another runtime is a trial
         if fp32:
@@ -133,12 +130,26 @@ def run_job(
     return result
 
 
-def _reference_here(
-    spec: JobSpec, inputs: _Inputs, device: str, timings: dict[str, float], report: ProgressFn, stop: Callable[[], bool]
+def _reference(
+    given: Reference | None,
+    spec: JobSpec,
+    inputs: _Inputs,
+    device: str,
+    timings: dict[str, float],
+    report: ProgressFn,
+    stop: Callable[[], bool],
 ) -> Reference:
-    """The fp32 reference computed in this job (no fp32 job's reference was handed in)."""
+    """The fp32 reference on the job's split: the one handed in, carried to the job's split where it was measured
+    on another (a tune's validation-split jobs: farm.jobs.fp32_reference.on_split), or computed in this job."""
+    from farm.quant.isolation import compute_step
+
+    splits = inputs.splits
+    if given is not None and given.split == spec.split:
+        return given
     with timed_step("reference", timings, report):
-        splits = inputs.splits
+        if given is not None:
+            with compute_step(stop):
+                return on_split(given, spec, inputs.loaded.module, splits, device, report, stop)
         return compute_reference(
             inputs.loaded.module, splits.test, splits.labelled, spec, device, report, stop, splits.num_classes
         )
