@@ -5,7 +5,8 @@ static: ``nncf.quantize`` (FakeQuantize nodes the CPU plugin runs as int8 kernel
 torch methods calibrate on. dynamic: OpenVINO has no ONNX-Runtime-style dynamic quantization; what runs is NNCF's
 int8 weight compression (MatMul and embedding weights; NNCF 3.x compresses Convolution weights too).
 The artifact is the IR (model.xml + model.bin). docs/runtimes.md ("OpenVINO") says why each setting is what it is.
-openvino and nncf are imported only inside functions; without them a build fails in one line naming the extra.
+openvino and nncf are imported only inside functions (:func:`require_openvino` first: without them a build fails in
+one line naming the extra, and their usage telemetry is declined before either can send an event).
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ from farm.runtimes.openvino_layers import ignored_names
 from farm.runtimes.openvino_quantize import check_static, compress_weights, quantize_static
 from farm.runtimes.ort import make_feeds
 from farm.runtimes.registry import runtime_problems, unavailable
+from farm.runtimes.vendor_telemetry import decline as decline_telemetry
 
 #: The OpenVINO device every model is compiled for.
 DEVICE = "CPU"
 
 
 def require_openvino(*, nncf: bool = False) -> Any:
-    """The openvino module (nncf too must be there, when asked), or one QuantizationError line naming the extra."""
+    """The openvino module (nncf too must be there, when asked), or one QuantizationError line naming the extra;
+    OpenVINO's and NNCF's usage telemetry declined in this process first (farm.runtimes.vendor_telemetry)."""
+    decline_telemetry()
     reason = unavailable("openvino")
     if reason is not None and (nncf or importlib.util.find_spec("openvino") is None):
         raise QuantizationError(reason)
