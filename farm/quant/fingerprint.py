@@ -83,12 +83,7 @@ def fingerprint(device: str = "cpu") -> dict[str, Any]:
         # buffers then page-fault in afresh on some calls, 15 % on a ResNet-18's fp32 side.
         "allocator": label(),
     }
-    try:
-        import torchvision
-
-        fp["torchvision"] = torchvision.__version__
-    except ImportError:
-        fp["torchvision"] = None
+    fp["torchvision"] = torchvision_version()
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
@@ -99,6 +94,36 @@ def fingerprint(device: str = "cpu") -> dict[str, Any]:
             "cuda": torch.version.cuda,
         }
     return fp
+
+
+def torchvision_version() -> str | None:
+    """torchvision's ``__version__`` (``0.29.1+cu130``: the build's CUDA label too), without importing torchvision
+    where this process has not: its import pulls in torch._dynamo, 1.4 s of every job's first fingerprint (and of a
+    tune's fp32 reference, which every other job waited for). None when it is not installed."""
+    import sys
+
+    loaded = sys.modules.get("torchvision")
+    if loaded is not None:
+        return str(getattr(loaded, "__version__", None) or "") or None
+    import importlib.metadata
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None:
+        return None
+    for where in spec.submodule_search_locations or ():
+        try:
+            text = (Path(where) / "version.py").read_text()
+        except OSError:
+            continue
+        found = re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", text, re.MULTILINE)
+        if found:
+            return found.group(1)
+    try:
+        return importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def hardware_label(fp: dict[str, Any]) -> str:

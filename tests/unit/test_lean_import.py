@@ -86,3 +86,20 @@ def test_the_digits_data_is_read_without_importing_sklearn_datasets(subprocess_e
         "assert target.dtype == raw.target.dtype\n"
     )
     loaded_after(code, subprocess_env)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch (a few seconds)
+def test_a_fingerprint_names_torchvision_without_importing_it(subprocess_env: dict[str, str]) -> None:
+    """Every job fingerprints its host, and importing torchvision for its version pulled in torch._dynamo: 1.4 s of
+    each process's first job, the tune's fp32 reference (which every other job waits for) among them."""
+    pytest.importorskip("torchvision")
+    code = (
+        "import sys\n"
+        "from farm.quant.fingerprint import fingerprint\n"
+        "named = fingerprint('cpu')['torchvision']\n"
+        "assert 'torchvision' not in sys.modules and 'torch._dynamo' not in sys.modules, 'imported'\n"
+        "import torchvision\n"
+        "assert named == torchvision.__version__, (named, torchvision.__version__)\n"
+        "assert fingerprint('cpu')['torchvision'] == named\n"
+    )
+    loaded_after(code, subprocess_env)
