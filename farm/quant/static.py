@@ -7,10 +7,11 @@ quantizers with narrowed ranges (quant_min / quant_max), batch norm folded as it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -46,12 +47,28 @@ def fx_prepare(method: str, ctx: QuantContext, build: Callable[[], Any]) -> Any:
     that any exception it raises comes from tracing the user's model.
     """
     try:
-        with compute_step(ctx.should_stop):  # tracing and observer insertion compute: paused while another times
+        with compute_step(ctx.should_stop), _no_stack_traces():  # compute: paused while another job times
             return build()
     except QuantizationError:
         raise
     except Exception as e:  # torch.fx raises TraceError, TypeError, NotImplementedError, ... when it can't trace
         raise untraceable(method, ctx.model_ref, e) from e
+
+
+@contextlib.contextmanager
+def _no_stack_traces() -> Iterator[None]:
+    """torch.ao's tracer without per-node stack traces (``torch.fx.config.do_not_emit_stack_traces``): recording
+    them symbolizes a traceback per node, and its first use imports torch._inductor and torch._dynamo, 0.9 s of each
+    process's first static or QAT job. The quantized model is the same; only ``node.meta["stack_trace"]``, which
+    nothing here reads, stays unset (an error raised while tracing still carries its own traceback)."""
+    import torch.fx.config as fx_config
+
+    before = fx_config.do_not_emit_stack_traces
+    fx_config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        fx_config.do_not_emit_stack_traces = before
 
 
 def example_args(batch: Any, model: nn.Module | None = None) -> tuple[Any, ...]:

@@ -104,10 +104,26 @@ def convert(model: nn.Module, example: Batch, *, model_ref: str = "the model") -
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer chatter
-            converted = ov.convert_model(wrapper, example_input=tuple(tensors))
+            converted = ov.convert_model(_decoder(wrapper, tuple(tensors)), example_input=tuple(tensors))
     except Exception as e:
         raise QuantizationError(f"OpenVINO cannot convert {model_ref}: {_one_line(e)}") from e
     return converted, Signature(tuple(names), by_key, kind, out_names)
+
+
+def _decoder(wrapper: nn.Module, tensors: tuple[torch.Tensor, ...]) -> Any:
+    """What ``ov.convert_model`` is given: OpenVINO's TorchScript decoder of ``wrapper``, traced on ``tensors``
+    without ``torch.jit.trace``'s check (``check_trace=False``), or ``wrapper`` itself where this OpenVINO has no
+    such decoder (it then traces the same way, checking).
+
+    The check traces the model a second time and runs both traces to compare them, only to warn (the warnings are
+    silenced here), and its comparison imports torch.distributed.tensor: 0.64 s of each process's first OpenVINO
+    job. The decoder is the one ``ov.convert_model`` builds itself for a module (same example input, weights
+    shared): the IR is the same (tested)."""
+    try:
+        from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+    except ImportError:
+        return wrapper
+    return TorchScriptPythonDecoder(wrapper, example_input=tensors, trace_kwargs={"check_trace": False})
 
 
 def compile_config(threads: int | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ thresholds below are about fidelity: a broken method gives agreement near chance
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -396,3 +397,33 @@ def test_should_stop_cancels_a_job(allow_toys: str, tmp_path: Any) -> None:
     spec = JobSpec(MLP, DATASET, parse_method("static", CAL), benchmark=fast_benchmark())
     with pytest.raises(Cancelled):
         run_job(spec, tmp_path / "out", should_stop=lambda: True)
+
+
+def test_static_traces_without_per_node_stack_traces_and_converts_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.ao's tracer recorded a symbolized stack trace per node (its first use imported torch._inductor and
+    torch._dynamo, 0.9 s of each process's first static job): off while farm traces, back after, and the model
+    converts to the same int8 modules and outputs as with them recorded."""
+    import torch.fx.config as fx_config
+
+    from farm.quant import static
+
+    prepared: list[Any] = []
+    real = static.fx_prepare
+
+    def keep(method: str, ctx: Any, build: Callable[[], Any]) -> Any:
+        prepared.append(real(method, ctx, build))
+        return prepared[-1]
+
+    monkeypatch.setattr(static, "fx_prepare", keep)
+    model = toys.tiny_cnn()
+    cfg = parse_method("static", CAL)
+    ours = apply_method(model, cfg, context())
+    assert fx_config.do_not_emit_stack_traces is False  # restored
+    assert prepared and not any(n.stack_trace for n in prepared[-1].graph.nodes)
+    monkeypatch.setattr(static, "_no_stack_traces", contextlib.nullcontext)  # torch.ao's default: recorded
+    theirs = apply_method(model, cfg, context())
+    assert any(n.stack_trace for n in prepared[-1].graph.nodes)
+    assert quantized_modules(ours.model) == quantized_modules(theirs.model)
+    x = torch.randn((8, *toys.SHAPE), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(ours.forward(ours.prepare_input(x)), theirs.forward(theirs.prepare_input(x)))

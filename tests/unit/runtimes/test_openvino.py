@@ -157,6 +157,42 @@ def test_fp32_tiny_encoder_keeps_int64_inputs_and_the_dict_output(tmp_path: Path
     assert (out["logits"] - ref["logits"]).abs().max().item() < 1e-4
 
 
+def _ir_text(ov_model: Any, path: Path) -> str:
+    """The IR's XML with the names OpenVINO numbers per process (Model0, Multiply_3125) made alike."""
+    import re
+
+    import openvino
+
+    openvino.save_model(ov_model, path)
+    return re.sub(r"(Model|_)\d+", r"\1N", path.read_text())
+
+
+@needs_ov
+@pytest.mark.parametrize("case", ["digits", "encoder"])
+def test_conversion_traces_once_without_the_check_and_builds_the_same_ir(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.jit.trace's check traced the model again only to warn (silenced), importing torch.distributed.tensor
+    (0.64 s a process): the decoder OpenVINO would build, without the check, converts to the same IR."""
+    model, splits = digits() if case == "digits" else encoder()
+    example = first_batch(splits.test, 4)
+    calls: list[dict[str, Any]] = []
+    trace = torch.jit.trace
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return trace(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "trace", recording)
+    ours, _ = ov_runtime.convert(model, example)
+    assert calls and all(kw.get("check_trace") is False for kw in calls)
+    monkeypatch.setattr(ov_runtime, "_decoder", lambda wrapper, tensors: wrapper)  # what convert_model does alone
+    calls.clear()
+    theirs, _ = ov_runtime.convert(model, example)
+    assert calls and all(kw.get("check_trace", True) is True for kw in calls)
+    assert _ir_text(ours, tmp_path / "ours.xml") == _ir_text(theirs, tmp_path / "theirs.xml")
+
+
 @needs_ov
 def test_dynamic_compresses_matmul_weights_to_int8(tmp_path: Path) -> None:
     model, splits = encoder()
