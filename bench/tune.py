@@ -1,7 +1,7 @@
 """`farm tune` against its targets (issue 14), each search run as a user runs it: `farm tune ... --json`.
 
-Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro] [--runtime torch --runtime onnxruntime ...]
-                           [--json out.json]
+Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro,wall-encoder]
+                           [--runtime torch --runtime onnxruntime ...] [--json out.json]
 
 - encoder / cnn: farm:tiny-encoder at dim 256, 4 layers (token ids, dynamic int8, cosine of the embedding) and
   farm:digits-cnn (static int8, sqnr_db).
@@ -18,6 +18,8 @@ Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro] [--runtime
 - wall: the cnn search from an empty database with -j 1 and with -j 2 (1 thread per job, fresh FARM_HOME each, its
   model cache copied from the cnn search: training the built-in model is not the search), in --wall-pairs
   alternating pairs (j1 j2, j2 j1, ...): the median over pairs of wall(-j 2) / wall(-j 1) <= 0.6.
+- wall-encoder (not in the default sections: 113 jobs a search, some 4 minutes a pair): the same for the encoder
+  search, whose stages hold more work than the cnn's 9-18 jobs each.
 - repro: the cnn search's chosen recipe re-run as a plain `farm quantize` with its layer rules: the metric is
   identical (exact float equality).
 Each search runs in its own FARM_HOME under a scratch directory (stage 1 of the real search reuses the global
@@ -220,22 +222,24 @@ def global_met(b: Bench) -> dict[str, Any]:
     return {"target": goal, "chosen": chosen, "global": fastest}
 
 
-def wall(b: Bench, goal: float) -> dict[str, Any]:
-    """The cnn search from empty databases with one and with two worker processes, in alternating pairs (this
-    host's speed drifts by 10-20 % over minutes: a ratio is taken within a pair, and the median over pairs kept)."""
+def wall(b: Bench, goal: float, case: str = "cnn") -> dict[str, Any]:
+    """A search (the cnn's, or with --sections wall-encoder the encoder's) from empty databases with one and with
+    two worker processes, in alternating pairs (this host's speed drifts by 10-20 % over minutes: a ratio is taken
+    within a pair, and the median over pairs kept)."""
     pairs: list[dict[str, float]] = []
+    tag = "wall" if case == "cnn" else f"wall {case}"
     for n in range(b.args.wall_pairs):
         times: dict[int, float] = {}
         for jobs in (1, 2) if n % 2 == 0 else (2, 1):
-            home = b.root / f"wall-{n}-j{jobs}"
-            shutil.copytree(b.root / "cnn" / "cache", home / "cache")  # the trained built-in model, not the database
-            _, result, seconds = b.tune(home, "cnn", ["--min-metric", str(goal)], "-j", str(jobs))
+            home = b.root / f"{tag.replace(' ', '-')}-{n}-j{jobs}"
+            shutil.copytree(b.root / case / "cache", home / "cache")  # the trained built-in model, not the database
+            _, result, seconds = b.tune(home, case, ["--min-metric", str(goal)], "-j", str(jobs))
             times[jobs] = seconds
-            b.say(f"(wall) pair {n + 1} -j {jobs}: {seconds:.1f} s, {result['jobs']} jobs")
+            b.say(f"({tag}) pair {n + 1} -j {jobs}: {seconds:.1f} s, {result['jobs']} jobs")
         pairs.append({"j1_s": times[1], "j2_s": times[2], "ratio": times[2] / times[1]})
     ratio = statistics.median(p["ratio"] for p in pairs)
     b.target(
-        f"(wall) -j 2 / -j 1 <= {WALL_TARGET}",
+        f"({tag}) -j 2 / -j 1 <= {WALL_TARGET}",
         ratio <= WALL_TARGET,
         f"median {ratio:.2f} over {len(pairs)} pairs: "
         + ", ".join(f"{p['j2_s']:.1f} s / {p['j1_s']:.1f} s = {p['ratio']:.2f}" for p in pairs),
@@ -287,13 +291,19 @@ def main() -> None:
         b = Bench(args, Path(args.keep or tmp))
         found: dict[str, Any] = {}
         for case in ("encoder", "cnn"):
-            if case in sections or (case == "cnn" and {"wall", "repro"} & set(sections)):
+            if (
+                case in sections
+                or {f"wall-{case}"} & set(sections)
+                or (case == "cnn" and {"wall", "repro"} & set(sections))
+            ):
                 found[case] = search(b, case)
                 b.figures[case] = {k: v for k, v in found[case].items() if k != "result"}
         if "global" in sections:
             b.figures["global"] = global_met(b)
         if "wall" in sections:
             b.figures["wall"] = wall(b, found["cnn"]["target"])
+        if "wall-encoder" in sections:
+            b.figures["wall_encoder"] = wall(b, found["encoder"]["target"], "encoder")
         if "repro" in sections:
             b.figures["repro"] = repro(b, found["cnn"])
     misses = [t for t in b.targets if not t["pass"]]
