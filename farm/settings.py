@@ -8,6 +8,7 @@
 | FARM_BROKER_URL       | redis://127.0.0.1:6379/0                  |
 | FARM_ALLOWED_MODULES  | (empty: no entrypoint may run)            |
 | FARM_JOB_LIMIT        | 10000 (jobs a spec may expand to)         |
+| FARM_VENDOR_TELEMETRY | (empty: OpenVINO's and NNCF's declined)   |
 
 The farm's reliability knobs (docs/farm.md says why each default):
 

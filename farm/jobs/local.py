@@ -20,13 +20,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from farm.errors import TransientError
 from farm.jobs.execute import Outcome
+from farm.jobs.lanes import Lanes
 from farm.jobs.policy import FINISHED_STATES, LOCAL_QUEUE, gave_up, needs_decision
 
 if TYPE_CHECKING:
@@ -222,27 +223,32 @@ def run_local(
         log.warning("%s", crowded)
     ctx = multiprocessing.get_context("spawn")
 
-    def new_executor() -> ProcessPoolExecutor:
-        starts = min(jobs, len(job_ids)) if warm else 0  # the processes the run's jobs can keep busy
-        init_args = (db.url, artifacts_url, threads, starts > 1)
-        pool = ProcessPoolExecutor(max(1, jobs), mp_context=ctx, initializer=_init_worker, initargs=init_args)
-        if starts > 1:
-            with _sigint_blocked():  # each submit finds no process idle and starts one
-                for _ in range(starts):
-                    pool.submit(_ready)
+    starts = min(jobs, len(job_ids)) if warm else 0  # the processes the run's jobs can keep busy
+    lane_numbers = iter(range(max(1, jobs)))
+
+    def new_pool() -> ProcessPoolExecutor:
+        """One lane's process (farm/jobs/lanes.py): with ``warm``, the first ``starts`` lanes' start at once and
+        import the engine; a lane's new process after a death starts with its next job."""
+        number = next(lane_numbers, None)
+        early = starts > 1 and number is not None and number < starts
+        init_args = (db.url, artifacts_url, threads, early)
+        pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=init_args)
+        if early:
+            with _sigint_blocked():  # the submit finds no process idle and starts one
+                pool.submit(_ready)
         return pool
 
-    run = _Run(db, stats, on_update or (lambda s: None), new_executor, set(job_ids))
+    run = _Run(db, stats, on_update or (lambda s: None), Lanes(jobs, new_pool, _run_one), set(job_ids))
     try:
         run.execute(local_runs.start(db, job_ids, run.owner))
         run.notify(stats)
         run.drain()
         local_runs.settle(db, sweep_id)
     except KeyboardInterrupt:
-        _cancel(db, sweep_id, sorted(run.job_ids), run.executor, run.futures, stats)
+        _cancel(db, sweep_id, sorted(run.job_ids), run.lanes, stats)
         raise
     finally:
-        run.executor.shutdown(wait=True, cancel_futures=True)
+        run.lanes.shutdown()
     # Jobs still waiting now wait for a job another live run holds, or are held by it: that run runs them.
     stats.cached += max(0, stats.to_run - stats.done)
     return stats
@@ -253,18 +259,11 @@ class _Run:
     released to it since: a stage's new jobs)."""
 
     def __init__(
-        self,
-        db: Any,
-        stats: RunStats,
-        notify: Callable[[RunStats], None],
-        new_executor: Callable[[], ProcessPoolExecutor],
-        job_ids: set[int],
+        self, db: Any, stats: RunStats, notify: Callable[[RunStats], None], lanes: Lanes, job_ids: set[int]
     ) -> None:
-        self.db, self.stats, self.notify, self.new_executor = db, stats, notify, new_executor
+        self.db, self.stats, self.notify, self.lanes = db, stats, notify, lanes
         self.job_ids = job_ids
         self.owner = local_name()
-        self.executor = new_executor()
-        self.futures: dict[Future[Outcome], int] = {}
 
     def execute(self, decided: LocalDecision) -> None:
         """Carry out a store decision: count the run's jobs it ended, submit every job it released here."""
@@ -284,8 +283,9 @@ class _Run:
             if message.job_id not in self.job_ids:  # another run's job that waited for ours: it runs here
                 self.job_ids.add(message.job_id)
                 self.stats.total += 1
-            with _sigint_blocked():  # submit may start a worker process
-                self.futures[self.executor.submit(_run_one, message.job_id)] = message.job_id
+            self.lanes.add(message.job_id, decided.runtimes.get(message.job_id))
+        with _sigint_blocked():  # a lane's submit may start its worker process
+            self.lanes.dispatch()
 
     def ended(self, outcome: Outcome) -> None:
         """Count a job's end and carry out what it decided. A trial nobody waits for decides nothing (the statement
@@ -303,27 +303,32 @@ class _Run:
         self.execute(end.decided)
 
     def drain(self) -> None:
-        """Wait for the jobs in flight, and for those their ends release, until none is left."""
-        while self.futures:
-            finished, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)
+        """Wait for the jobs in flight, and for those their ends release, until none is left. A lane that comes free
+        takes its next job before this process asks the store what the end released (a round trip)."""
+        while self.lanes.futures:
+            finished, _ = wait(list(self.lanes.futures), return_when=FIRST_COMPLETED)
             lost: list[int] = []
             for fut in finished:
-                job_id = self.futures.pop(fut)
+                lane = self.lanes.futures[fut]
+                job_id = self.lanes.finished(fut)
                 try:
-                    self.ended(fut.result())
+                    outcome = fut.result()
                 except BrokenProcessPool:
                     lost.append(job_id)
+                    self.lanes.replace(lane)
+                    continue
+                with _sigint_blocked():
+                    self.lanes.dispatch()
+                self.ended(outcome)
                 self.notify(self.stats)
             if lost:
-                self.recover(lost + [self.futures.pop(f) for f in list(self.futures)])
+                self.recover(lost)
 
     def recover(self, lost: list[int]) -> None:
-        """A worker process died (the OOM killer, a crash in native code): the pool is broken and every job it held
-        is lost. A new pool runs them again, up to MAX_WORKER_LOSSES deaths each (farm.jobs.policy.worker_lost)."""
+        """A worker process died (the OOM killer, a crash in native code) and the job it ran is lost; its lane has a
+        new process. The job runs again, up to MAX_WORKER_LOSSES deaths (farm.jobs.policy.worker_lost)."""
         from farm.store import local_runs
 
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        self.executor = self.new_executor()
         recovery = local_runs.recover(self.db, lost, self.owner, MAX_WORKER_LOSSES)
         for job in recovery.finished:
             _count(self.stats, Outcome(job.id, job.state, job.error, role=job.role))
@@ -364,17 +369,12 @@ def _count(stats: RunStats, outcome: Outcome) -> None:
             stats.errors[outcome.job_id] = outcome.error
 
 
-def _cancel(
-    db: Any,
-    sweep_id: int,
-    job_ids: list[int],
-    executor: ProcessPoolExecutor,
-    futures: dict[Future[Outcome], int],
-    stats: RunStats,
-) -> None:
+def _cancel(db: Any, sweep_id: int, job_ids: list[int], lanes: Lanes, stats: RunStats) -> None:
     """Ctrl-C: cancel every unfinished job, let running ones notice, then make sure no worker is left."""
     from farm.store import sweeps
 
+    futures = list(lanes.futures)
+    lanes.pending.clear()
     for fut in futures:
         fut.cancel()
     # The jobs waiting for them end too (in any sweep: a reference shared with another), and the sweep settles.
@@ -387,7 +387,7 @@ def _cancel(
         except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
             break
         pending = list(not_done)
-    for proc in list(getattr(executor, "_processes", {}).values()):
+    for proc in lanes.processes():
         if proc.is_alive():
             proc.terminate()
     stats.cancelled = stats.total - stats.cached - stats.succeeded - stats.failed

@@ -10,7 +10,7 @@ run can tell that a run killed before it started them left them behind (:func:`r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, select, update
@@ -40,10 +40,13 @@ class LocalDecision:
         decision: as the store took it; its local messages are the jobs the run submits to its pool.
         cancelled: the jobs among ``decision.ended`` that ended cancelled (with a cancelled dependency); the
             others failed.
+        runtimes: the deploy runtime of each job released to the local queue (None: torch): the run gives a job
+            to a process that has that runtime loaded where it can (farm/jobs/lanes.py).
     """
 
     decision: Decision = field(default_factory=Decision)
     cancelled: frozenset[int] = frozenset()
+    runtimes: Mapping[int, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,9 @@ def start(db: Database, job_ids: Sequence[int], owner: str) -> LocalDecision:
         waited_for = _waited_for(s, [m.job_id for m in decided.decision.messages])
     messages = sorted(decided.decision.messages, key=lambda m: m.job_id not in waited_for)
     decision = decided.decision
-    return LocalDecision(Decision(messages, decision.ended, decision.settled, decision.added), decided.cancelled)
+    return LocalDecision(
+        Decision(messages, decision.ended, decision.settled, decision.added), decided.cancelled, decided.runtimes
+    )
 
 
 def job_ended(db: Database, job_id: int, owner: str) -> JobEnd:
@@ -189,6 +194,7 @@ def settle(db: Database, sweep_id: int) -> str:
 def _for_local_run(s: Session, decision: Decision, owner: str) -> LocalDecision:
     """Record ``owner`` on the jobs released to the local queue, and tell the cancelled among the ended jobs."""
     held = [m.job_id for m in decision.messages if m.queue == LOCAL_QUEUE]
+    runtimes: dict[int, str | None] = {}
     for condition in bulk.in_values(s, Job.id, held):
         s.execute(
             update(Job)
@@ -196,10 +202,11 @@ def _for_local_run(s: Session, decision: Decision, owner: str) -> LocalDecision:
             .values(worker=owner)
             .execution_options(synchronize_session=False)
         )
+        runtimes.update((row.id, row.runtime) for row in s.execute(select(Job.id, Job.runtime).where(condition)))
     cancelled: set[int] = set()
     for condition in bulk.in_values(s, Job.id, decision.ended):
         cancelled.update(s.scalars(select(Job.id).where(condition, Job.state == CANCELLED)))
-    return LocalDecision(decision, frozenset(cancelled))
+    return LocalDecision(decision, frozenset(cancelled), runtimes)
 
 
 def _waited_for(s: Session, job_ids: Sequence[int]) -> set[int]:
