@@ -40,8 +40,9 @@ class LocalDecision:
         decision: as the store took it; its local messages are the jobs the run submits to its pool.
         cancelled: the jobs among ``decision.ended`` that ended cancelled (with a cancelled dependency); the
             others failed.
-        runtimes: the deploy runtime of each job released to the local queue (None: torch): the run gives a job
-            to a process that has that runtime loaded where it can (farm/jobs/lanes.py).
+        runtimes: the deploy runtime of each job released to the local queue ("torch", or None in rows from before
+            the column): the run gives a job to a process that has that runtime loaded where it can
+            (farm/jobs/lanes.py).
     """
 
     decision: Decision = field(default_factory=Decision)

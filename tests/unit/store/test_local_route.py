@@ -115,3 +115,18 @@ def test_a_pool_process_death_says_what_usually_kills_one() -> None:
         "its worker process died 3 times while running it (killed by the OS, out of memory, or a crash in native "
         "code); not retried again"
     )
+
+
+def test_a_local_run_is_told_the_runtime_of_each_job_it_releases(migrated_db: Database) -> None:
+    """The pool gives a job to a process that has its runtime loaded where it can (farm/jobs/lanes.py)."""
+    spec = "name: rt\nmodels: [farm:digits-mlp]\nmethods: [fp32, dynamic]\nbenchmark: {batch_size: [1]}\n"
+    spec += "runtime: [torch, onnxruntime]\n"
+    record = store.create(migrated_db, load_spec(spec), "laptop@host", route=lambda job: policy.LOCAL_ROUTE)
+    first = local_runs.start(migrated_db, record.to_run, "local:laptop:1")
+    ref = first.decision.messages[0].job_id
+    assert first.runtimes == {ref: "torch"}  # the fp32 reference
+    with migrated_db.session() as s:
+        s.execute(update(Job).where(Job.id == ref).values(state="succeeded"))
+    released = local_runs.job_ended(migrated_db, ref, "local:laptop:1").decided
+    assert sorted(released.runtimes.values()) == ["onnxruntime", "onnxruntime", "torch"]
+    assert set(released.runtimes) == {m.job_id for m in released.decision.messages}
