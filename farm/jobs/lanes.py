@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,10 +61,15 @@ class Lanes:
             if index is None:
                 continue
             job_id, runtime = self.pending.pop(index)
+            try:
+                future = start(lane, job_id)
+            except BrokenProcessPool:  # its process died while it had no job: a new one takes this job
+                self.replace(lane)
+                future = start(lane, job_id)
             lane.job = (job_id, runtime, time.monotonic())
             if runtime not in NEUTRAL:
                 lane.runtimes.add(str(runtime))
-            self.futures[start(lane, job_id)] = lane
+            self.futures[future] = lane
 
     def finished(self, future: Future[Any]) -> int:
         """The job of ``future`` ended: its lane is free again. Returns the job's id."""

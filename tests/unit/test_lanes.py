@@ -102,3 +102,19 @@ def test_a_lane_whose_process_died_starts_cold() -> None:
     run.finished(next(iter(run.futures)))
     run.replace(lane)
     assert lane.runtimes == set() and lane.job is None and lane.pool.given == []  # type: ignore[attr-defined]
+
+
+def test_a_lane_whose_process_died_while_idle_runs_its_next_job_in_a_new_one() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DeadPool(FakePool):
+        def submit(self, fn: Any, job_id: int) -> Future[Any]:
+            raise BrokenProcessPool("a child process terminated abruptly")
+
+    pools: list[FakePool] = [DeadPool()]
+    run = Lanes(1, lambda: pools.pop() if pools else FakePool(), lambda job_id: None)  # type: ignore[arg-type,return-value]
+    run.add(7, "openvino")
+    run.dispatch()
+    lane = run.lanes[0]
+    assert lane.pool.given == [7] and lane.job is not None and lane.job[0] == 7  # type: ignore[attr-defined]
+    assert lane.runtimes == {"openvino"} and len(run.futures) == 1
