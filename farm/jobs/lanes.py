@@ -35,7 +35,7 @@ class Lane:
     job: tuple[int, str | None, float] | None = None  # (job id, runtime, started at), while it runs one
 
     def processes(self) -> list[Any]:
-        return list(getattr(self.pool, "_processes", {}).values())
+        return list((getattr(self.pool, "_processes", None) or {}).values())  # None once the pool is shut down
 
 
 class Lanes:
@@ -53,23 +53,28 @@ class Lanes:
         self.pending.append((job_id, runtime))
 
     def dispatch(self, submit: Callable[[Lane, int], Future[Any]] | None = None) -> None:
-        """Give each free lane a pending job (:func:`choose`); ``submit`` starts it there (default: ``run`` in the
-        lane's pool)."""
+        """Give each free lane a pending job (:func:`choose`): first every free lane a job that costs it nothing to
+        start, then the lanes still free one that does (so a free lane that has a runtime loaded gets its job before
+        another free lane loads it); ``submit`` starts a job (default: ``run`` in the lane's pool)."""
         start = submit or (lambda lane, job_id: lane.pool.submit(self.run, job_id))
-        for lane in [lane for lane in self.lanes if lane.job is None]:
-            index = choose(lane, self.lanes, self.pending, self.took, time.monotonic())
-            if index is None:
-                continue
-            job_id, runtime = self.pending.pop(index)
-            try:
-                future = start(lane, job_id)
-            except BrokenProcessPool:  # its process died while it had no job: a new one takes this job
-                self.replace(lane)
-                future = start(lane, job_id)
-            lane.job = (job_id, runtime, time.monotonic())
-            if runtime not in NEUTRAL:
-                lane.runtimes.add(str(runtime))
-            self.futures[future] = lane
+        for fallback in (False, True):
+            for lane in [lane for lane in self.lanes if lane.job is None]:
+                index = choose(lane, self.lanes, self.pending, self.took, time.monotonic(), fallback=fallback)
+                if index is not None:
+                    self._start(lane, index, start)
+
+    def _start(self, lane: Lane, index: int, start: Callable[[Lane, int], Future[Any]]) -> None:
+        job_id, runtime = self.pending[index]
+        try:
+            future = start(lane, job_id)
+        except BrokenProcessPool:  # its process died while it had no job: a new one takes this job
+            self.replace(lane)
+            future = start(lane, job_id)
+        del self.pending[index]  # once started: a submit that raises leaves it pending
+        lane.job = (job_id, runtime, time.monotonic())
+        if runtime not in NEUTRAL:
+            lane.runtimes.add(str(runtime))
+        self.futures[future] = lane
 
     def finished(self, future: Future[Any]) -> int:
         """The job of ``future`` ended: its lane is free again. Returns the job's id."""
@@ -94,8 +99,11 @@ class Lanes:
         return [p for lane in self.lanes for p in lane.processes()]
 
     def shutdown(self) -> None:
+        """Shut every lane's pool down, the processes ending together (then joined)."""
         for lane in self.lanes:
-            lane.pool.shutdown(wait=True, cancel_futures=True)
+            lane.pool.shutdown(wait=False, cancel_futures=True)
+        for lane in self.lanes:
+            lane.pool.shutdown(wait=True)
 
 
 def choose(
@@ -104,9 +112,12 @@ def choose(
     pending: list[tuple[int, str | None]],
     took: dict[str, list[float]],
     now: float,
+    *,
+    fallback: bool = True,
 ) -> int | None:
     """The index in ``pending`` of the job free ``lane`` takes, or None when it had better wait (see the module's
-    docstring)."""
+    docstring). ``fallback`` False: only a job that costs it nothing to start (:meth:`Lanes.dispatch` asks every
+    free lane that first)."""
     others = [other for other in lanes if other is not lane]
 
     def loaded_elsewhere(runtime: str | None) -> bool:
@@ -115,7 +126,7 @@ def choose(
     for index, (_, runtime) in enumerate(pending):
         if runtime in NEUTRAL or runtime in lane.runtimes or not loaded_elsewhere(runtime):
             return index
-    if not pending:
+    if not pending or not fallback:
         return None
     runtime = pending[0][1]
     left = sum(1 for _, r in pending if r == runtime)
@@ -127,7 +138,7 @@ def choose(
 
 def _soon_free(lane: Lane, runtime: str | None, took: dict[str, list[float]], now: float) -> bool:
     """Whether ``lane`` is running a job of ``runtime`` that has run for less than that runtime's jobs took on
-    average (a free lane that has it loaded would have taken the job already)."""
+    average (a free lane that has it loaded took the job in :meth:`Lanes.dispatch`'s first pass)."""
     if lane.job is None or lane.job[1] != runtime or not took.get(str(runtime)):
         return False
     history = took[str(runtime)]

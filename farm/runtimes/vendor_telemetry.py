@@ -22,21 +22,27 @@ from typing import Any
 ENV = "FARM_VENDOR_TELEMETRY"
 
 
+_missing: list[bool] = []
+
+
 def allowed() -> bool:
     """Whether the user asked for the vendors' telemetry to be left as their own setting says."""
     return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def decline() -> None:
-    """Make ``openvino-telemetry`` decline in this process: call before ``openvino.convert_model`` or ``import nncf``
-    (an instance made earlier is turned off too). Idempotent; nothing happens where the package is not installed or
-    :func:`allowed` says so."""
-    if allowed():
+    """Make ``openvino-telemetry`` decline in this process: call before ``import openvino`` or ``import nncf`` (each
+    sends an event as it is imported; an instance made earlier is turned off too). Called where QuantFarm uses
+    OpenVINO (``farm.runtimes.openvino.require_openvino``) and before any model is loaded (a user's module may import
+    either: ``farm.zoo.models.load_model``, which every job runs). Idempotent; nothing happens where the package is
+    not installed or :func:`allowed` says so."""
+    if allowed() or _missing:
         return
     try:
         from openvino_telemetry import Telemetry
         from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
     except ImportError:
+        _missing.append(True)  # not installed: not looked for again in this process
         return
     if not getattr(OptInChecker.check, "_farm_declined", False):
 

@@ -63,6 +63,9 @@ def load_model(
     Raises:
         ConfigError: unknown model, entrypoint outside the allowlist, unreadable or mismatched weights.
     """
+    from farm.runtimes.vendor_telemetry import decline
+
+    decline()  # a user's module may import OpenVINO or NNCF, whose import alone sends an event
     parsed = parse_model_ref(ref) if isinstance(ref, str) else ref
     graph = False
     if parsed.scheme == "farm":

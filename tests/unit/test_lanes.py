@@ -118,3 +118,26 @@ def test_a_lane_whose_process_died_while_idle_runs_its_next_job_in_a_new_one() -
     lane = run.lanes[0]
     assert lane.pool.given == [7] and lane.job is not None and lane.job[0] == 7  # type: ignore[attr-defined]
     assert lane.runtimes == {"openvino"} and len(run.futures) == 1
+
+
+def test_a_free_lane_that_has_the_runtime_loaded_gets_its_job_before_another_free_lane_loads_it() -> None:
+    run = lanes(2)
+    run.lanes[0].runtimes.add("onnxruntime")
+    run.lanes[1].runtimes.add("openvino")
+    run.add(2, "openvino")
+    run.dispatch()
+    assert given(run) == [[], [2]]  # lane 0 is asked first, and would have loaded OpenVINO for it
+
+
+def test_a_job_whose_start_fails_stays_pending() -> None:
+    class Refusing(FakePool):
+        def submit(self, fn: Any, job_id: int) -> Future[Any]:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    run = Lanes(1, Refusing, lambda job_id: None)  # type: ignore[arg-type]
+    run.add(3, None)
+    try:
+        run.dispatch()
+    except RuntimeError:
+        pass
+    assert run.pending == [(3, None)] and not run.futures and run.lanes[0].job is None

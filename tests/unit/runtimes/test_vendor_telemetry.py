@@ -91,3 +91,20 @@ def test_an_openvino_build_sends_nothing_and_starts_no_process(subprocess_env: d
     pytest.importorskip("nncf")
     seen = _run(CONVERT_AND_QUANTIZE, subprocess_env, tmp_path)
     assert seen == {"started": [], "consent": False, "intel": False}
+
+
+def test_loading_any_model_declines_first(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """A user's model module may import OpenVINO or NNCF (each sends an event as it is imported): every job, and
+    `farm layers`, load their model through load_model, which declines before anything is imported."""
+    code = (
+        "from farm.zoo.models import load_model\n"
+        "load_model('farm:digits-mlp')\n"
+        "from openvino_telemetry.utils.opt_in_checker import OptInChecker\n"
+        "import json\n"
+        "print(json.dumps(getattr(OptInChecker.check, '_farm_declined', False)))\n"
+    )
+    env = {k: v for k, v in subprocess_env.items() if k not in (*CI_VARIABLES, "FARM_VENDOR_TELEMETRY")}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) is True
