@@ -45,6 +45,15 @@ def drift_history(drift_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """OpenVINO's and NNCF's usage telemetry declined in the test process (farm.runtimes.vendor_telemetry), as in
+    QuantFarm's own: some tests import openvino or nncf directly, and each import sends an event and writes a client
+    id under ~/intel on a developer's machine (CI=true declines it anyway)."""
+    from farm.runtimes.vendor_telemetry import decline
+
+    decline()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run the tests marked slow")
 
