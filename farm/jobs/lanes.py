@@ -91,10 +91,6 @@ class Lanes:
         lane.pool.shutdown(wait=True, cancel_futures=True)
         lane.pool, lane.runtimes, lane.job = self.new_pool(), set(), None
 
-    def job_ids(self) -> list[int]:
-        """The jobs running and waiting."""
-        return [lane.job[0] for lane in self.lanes if lane.job is not None] + [j for j, _ in self.pending]
-
     def processes(self) -> list[Any]:
         return [p for lane in self.lanes for p in lane.processes()]
 

@@ -15,14 +15,12 @@ leaves the vendor's setting in force. Standard library only; the package is impo
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 #: Set to 1 (or true, yes, on) to leave OpenVINO's and NNCF's telemetry as the vendor's own opt-out file says.
 ENV = "FARM_VENDOR_TELEMETRY"
-
-
-_missing: list[bool] = []
 
 
 def allowed() -> bool:
@@ -36,14 +34,10 @@ def decline() -> None:
     OpenVINO (``farm.runtimes.openvino.require_openvino``) and before any model is loaded (a user's module may import
     either: ``farm.zoo.models.load_model``, which every job runs). Idempotent; nothing happens where the package is
     not installed or :func:`allowed` says so."""
-    if allowed() or _missing:
+    package = None if allowed() else _package()
+    if package is None:
         return
-    try:
-        from openvino_telemetry import Telemetry
-        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
-    except ImportError:
-        _missing.append(True)  # not installed: not looked for again in this process
-        return
+    Telemetry, ConsentCheckResult, OptInChecker = package
     if not getattr(OptInChecker.check, "_farm_declined", False):
 
         def check(self: Any, enable_opt_in_dialog: bool, disable_in_ci: bool = False) -> Any:
@@ -56,3 +50,15 @@ def decline() -> None:
     instance = getattr(Telemetry, "_SingletonMetaClass__single_instance", None)
     if instance is not None:
         instance.consent = False
+
+
+@functools.cache
+def _package() -> tuple[Any, Any, Any] | None:
+    """openvino-telemetry's singleton, consent results and checker; None where it is not installed (looked for once
+    a process)."""
+    try:
+        from openvino_telemetry import Telemetry
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:
+        return None
+    return Telemetry, ConsentCheckResult, OptInChecker
