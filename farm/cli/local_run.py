@@ -23,12 +23,23 @@ def run_plan(p: Any, jobs: int | None, *, wide: bool = False) -> tuple[Any, int,
     Returns:
         (the database, the sweep id, the run's RunStats).
     """
+    from farm.jobs.local_workers import artifacts_url, start_workers
+
+    artifacts = artifacts_url()  # before anything is written: every job would fail to upload
+    # The worker processes import the engine while this one writes the run (the imports below included).
+    starter = start_workers(p, jobs, artifacts)
+    try:
+        return _run_started(p, jobs, artifacts, starter, wide)
+    finally:
+        starter.close()
+
+
+def _run_started(p: Any, jobs: int | None, artifacts_url: str, starter: Any, wide: bool) -> tuple[Any, int, Any]:
     from farm.cli.progress import SweepProgress
     from farm.cli.sweep_views import print_sweep_summary
     from farm.jobs import sweeps
     from farm.store.migrate import open_database
 
-    artifacts_url = sweeps.artifacts_url()  # before anything is written: every job would fail to upload
     db = open_database()
     run = sweeps.start_local_run(db, p, jobs, artifacts_url)
     # Jobs a killed `farm sweep run` left queued or running go again.
@@ -44,7 +55,7 @@ def run_plan(p: Any, jobs: int | None, *, wide: bool = False) -> tuple[Any, int,
     )
     try:
         with stop_on_termination(), SweepProgress(run.stats) as progress:
-            sweeps.run_locally(db, run, on_update=progress.update)
+            sweeps.run_locally(db, run, on_update=progress.update, starter=starter)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted:[/] {run.stats.cancelled} job(s) cancelled, none left running")
         sys.exit(130)

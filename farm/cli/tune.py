@@ -154,19 +154,30 @@ def _submit(plan: Any) -> None:
 
 def _run_here(plan: Any, o: dict[str, Any]) -> None:
     """Run the search with the local pool, a line per stage as it ends, then the answer."""
+    from farm.jobs.local_workers import artifacts_url, start_workers
+    from farm.spec.load import check_runtimes_available
+
+    check_runtimes_available(plan, source="farm tune")
+    artifacts = artifacts_url()
+    start = time.monotonic()
+    # The worker processes import the engine while this one writes the run (the imports below included).
+    starter = start_workers(plan, o["jobs"], artifacts)
+    try:
+        _run_started(plan, o, artifacts, starter, start)
+    finally:
+        starter.close()
+
+
+def _run_started(plan: Any, o: dict[str, Any], artifacts_url: str, starter: Any, start: float) -> None:
     from farm.cli.local_run import stop_on_termination
     from farm.cli.progress import SweepProgress
     from farm.jobs import sweeps
     from farm.jobs.tune_answer import answer_of, settings_from_text, stage_counts
-    from farm.spec.load import check_runtimes_available
     from farm.store.expansion import sweep_head, sweep_jobs
     from farm.store.migrate import open_database
 
-    check_runtimes_available(plan, source="farm tune")
-    artifacts_url = sweeps.artifacts_url()
     settings = settings_from_text(plan.text)
     assert settings is not None  # plan_tune wrote the section
-    start = time.monotonic()
     db = open_database()
     run = sweeps.start_local_run(db, plan, o["jobs"], artifacts_url)
     err.print(
@@ -185,7 +196,7 @@ def _run_here(plan: Any, o: dict[str, Any]) -> None:
 
     try:
         with stop_on_termination(), SweepProgress(run.stats) as progress:
-            sweeps.run_locally(db, run, on_update=on_update)
+            sweeps.run_locally(db, run, on_update=on_update, starter=starter)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted:[/] {run.stats.cancelled} job(s) cancelled; `farm tune status {run.sweep_id}`")
         sys.exit(130)

@@ -2,15 +2,20 @@
 lane holds yet, given out as lanes come free (farm/jobs/local.py runs them).
 
 A process pays for each deploy runtime once, on its first job there: importing OpenVINO and NNCF, ONNX Runtime's
-quantization tools (0.3-1.3 s a runtime; a torch job's imports come with the engine, before the first job). One
-shared queue handed every process every runtime's jobs in turn, so each paid for every runtime: a tune's stage 1
-(OpenVINO's, torch's and ONNX Runtime's global recipes) had both processes import OpenVINO and NNCF side by side,
-then both ONNX Runtime's tools. Here a free lane takes, in release order (slowest runtime first: farm.jobs.stages),
-the first job that costs it nothing to start — a torch job, a job of a runtime it has loaded, or of one no lane has
-loaded yet — so at a stage's start the lanes take different runtimes. When nothing pending is such a job, it takes
-the first one anyway, unless the only lane that has that runtime loaded is running one of its jobs and will likely
-be free before this lane could load it: one job left of that runtime, and that lane's job has run for less than the
-runtime's jobs took on average so far in this run (no estimate yet: it does not wait).
+quantization tools (1.0-1.3 s a runtime on digits-cnn; a torch job's imports come with the engine, before the first
+job; a process started early may have loaded one already: farm/jobs/local_workers.py). One shared queue handed every
+process every runtime's jobs in turn, so each paid for every runtime. Here a free lane takes, in release order
+(slowest runtime first: farm.jobs.stages):
+
+1. a job of a runtime it alone has loaded (no other lane can start it as cheaply);
+2. else the first job that costs it nothing to start: a torch job, one of a runtime it has loaded, or of one no lane
+   has loaded yet — so at a stage's start the lanes take different runtimes;
+3. else a job of a runtime only other lanes have loaded, when helping them is worth loading it: the work of that
+   runtime still to do (its pending jobs, and what its lanes' current jobs have left, at this run's averages)
+   shared among the lanes that have it exceeds what this lane would spend loading it and running one job (the
+   load: how much longer this run's first job of that runtime in a lane took than its others; until that is known,
+   one job's time). The runtimes are tried in release order; none worth it: the lane waits for the next release or
+   end. With no average yet for a runtime it does not wait.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from farm.jobs.local_workers import stop_unused
+
 #: Runtimes whose jobs cost nothing extra in any process (the engine imports torch before the first job).
 NEUTRAL = (None, "torch")
 
@@ -32,10 +39,32 @@ class Lane:
 
     pool: ProcessPoolExecutor
     runtimes: set[str] = field(default_factory=set)
-    job: tuple[int, str | None, float] | None = None  # (job id, runtime, started at), while it runs one
+    job: tuple[int, str | None, float, bool] | None = None  # (job id, runtime, started at, loads it), while running
+    ran: bool = False  # it was given a job (one that never was holds nothing: its process is stopped at the end)
 
     def processes(self) -> list[Any]:
         return list((getattr(self.pool, "_processes", None) or {}).values())  # None once the pool is shut down
+
+
+@dataclass
+class History:
+    """How long this run's finished jobs of each runtime took: those that loaded it in their lane (``loading``) and
+    the others (``took``)."""
+
+    took: dict[str, list[float]] = field(default_factory=dict)
+    loading: dict[str, list[float]] = field(default_factory=dict)
+
+    def mean(self, runtime: str) -> float | None:
+        """A job's usual time on ``runtime`` (its loading jobs only while there is nothing else), or None."""
+        times = self.took.get(runtime) or self.loading.get(runtime)
+        return sum(times) / len(times) if times else None
+
+    def load(self, runtime: str) -> float | None:
+        """What loading ``runtime`` in a process costs: its loading jobs' mean less the others', or None."""
+        first, rest = self.loading.get(runtime), self.took.get(runtime)
+        if not first or not rest:
+            return None
+        return max(0.0, sum(first) / len(first) - sum(rest) / len(rest))
 
 
 class Lanes:
@@ -43,10 +72,10 @@ class Lanes:
 
     def __init__(self, count: int, new_pool: Callable[[], ProcessPoolExecutor], run: Callable[[int], Any]) -> None:
         self.new_pool, self.run = new_pool, run
-        self.lanes = [Lane(new_pool()) for _ in range(max(1, count))]
+        self.lanes = [self._lane(new_pool()) for _ in range(max(1, count))]
         self.pending: list[tuple[int, str | None]] = []  # (job id, runtime), in release order
         self.futures: dict[Future[Any], Lane] = {}
-        self.took: dict[str, list[float]] = {}  # seconds each finished job of a runtime ran, in this run
+        self.history = History()
 
     def add(self, job_id: int, runtime: str | None) -> None:
         """A job released to the run: it runs when a lane takes it (:meth:`dispatch`)."""
@@ -59,7 +88,7 @@ class Lanes:
         start = submit or (lambda lane, job_id: lane.pool.submit(self.run, job_id))
         for fallback in (False, True):
             for lane in [lane for lane in self.lanes if lane.job is None]:
-                index = choose(lane, self.lanes, self.pending, self.took, time.monotonic(), fallback=fallback)
+                index = choose(lane, self.lanes, self.pending, self.history, time.monotonic(), fallback=fallback)
                 if index is not None:
                     self._start(lane, index, start)
 
@@ -71,7 +100,8 @@ class Lanes:
             self.replace(lane)
             future = start(lane, job_id)
         del self.pending[index]  # once started: a submit that raises leaves it pending
-        lane.job = (job_id, runtime, time.monotonic())
+        loads = runtime not in NEUTRAL and runtime not in lane.runtimes
+        lane.job, lane.ran = (job_id, runtime, time.monotonic(), loads), True
         if runtime not in NEUTRAL:
             lane.runtimes.add(str(runtime))
         self.futures[future] = lane
@@ -80,25 +110,34 @@ class Lanes:
         """The job of ``future`` ended: its lane is free again. Returns the job's id."""
         lane = self.futures.pop(future)
         assert lane.job is not None
-        job_id, runtime, started = lane.job
+        job_id, runtime, started, loaded = lane.job
         lane.job = None
-        if runtime not in NEUTRAL:
-            self.took.setdefault(str(runtime), []).append(time.monotonic() - started)
+        times = self.history.loading if loaded else self.history.took
+        times.setdefault(str(runtime), []).append(time.monotonic() - started)  # torch's too (and "None": stage jobs)
         return job_id
 
     def replace(self, lane: Lane) -> None:
         """A lane whose process died: a new process (the runtimes it had loaded went with the old one)."""
         lane.pool.shutdown(wait=True, cancel_futures=True)
-        lane.pool, lane.runtimes, lane.job = self.new_pool(), set(), None
+        new = self._lane(self.new_pool())
+        lane.pool, lane.runtimes, lane.job = new.pool, new.runtimes, None
+
+    @staticmethod
+    def _lane(pool: ProcessPoolExecutor) -> Lane:
+        """A lane of ``pool``, with the runtimes its process loads before its first job (a Starter's LanePool)."""
+        return Lane(pool, runtimes=set(getattr(pool, "preloaded", ())))
 
     def processes(self) -> list[Any]:
         return [p for lane in self.lanes for p in lane.processes()]
 
     def shutdown(self) -> None:
-        """Shut every lane's pool down, the processes ending together (then joined)."""
-        for lane in self.lanes:
+        """Shut every lane's pool down, the processes ending together (then joined); a lane never given a job has
+        its process (started early, maybe still importing the engine) stopped at once."""
+        stop_unused([lane.pool for lane in self.lanes if not lane.ran])
+        used = [lane for lane in self.lanes if lane.ran]
+        for lane in used:
             lane.pool.shutdown(wait=False, cancel_futures=True)
-        for lane in self.lanes:
+        for lane in used:
             lane.pool.shutdown(wait=True)
 
 
@@ -106,7 +145,7 @@ def choose(
     lane: Lane,
     lanes: list[Lane],
     pending: list[tuple[int, str | None]],
-    took: dict[str, list[float]],
+    history: History,
     now: float,
     *,
     fallback: bool = True,
@@ -116,26 +155,35 @@ def choose(
     free lane that first)."""
     others = [other for other in lanes if other is not lane]
 
-    def loaded_elsewhere(runtime: str | None) -> bool:
-        return runtime not in NEUTRAL and any(runtime in other.runtimes for other in others)
+    def owners(runtime: str | None) -> list[Lane]:
+        return [] if runtime in NEUTRAL else [other for other in others if runtime in other.runtimes]
 
-    for index, (_, runtime) in enumerate(pending):
-        if runtime in NEUTRAL or runtime in lane.runtimes or not loaded_elsewhere(runtime):
+    for index, (_, runtime) in enumerate(pending):  # 1: its own runtime, which no other lane starts as cheaply
+        if runtime not in NEUTRAL and runtime in lane.runtimes and not owners(runtime):
             return index
-    if not pending or not fallback:
+    for index, (_, runtime) in enumerate(pending):  # 2: free to start
+        if runtime in NEUTRAL or runtime in lane.runtimes or not owners(runtime):
+            return index
+    if not fallback:
         return None
-    runtime = pending[0][1]
-    left = sum(1 for _, r in pending if r == runtime)
-    owners = [other for other in others if runtime in other.runtimes]
-    if left == 1 and owners and all(_soon_free(other, runtime, took, now) for other in owners):
-        return None
-    return 0
+    for runtime in dict.fromkeys(r for _, r in pending):  # 3: worth loading, in release order
+        if _worth_loading(str(runtime), owners(runtime), pending, history, now):
+            return next(i for i, (_, r) in enumerate(pending) if r == runtime)
+    return None
 
 
-def _soon_free(lane: Lane, runtime: str | None, took: dict[str, list[float]], now: float) -> bool:
-    """Whether ``lane`` is running a job of ``runtime`` that has run for less than that runtime's jobs took on
-    average (a free lane that has it loaded took the job in :meth:`Lanes.dispatch`'s first pass)."""
-    if lane.job is None or lane.job[1] != runtime or not took.get(str(runtime)):
-        return False
-    history = took[str(runtime)]
-    return now - lane.job[2] < sum(history) / len(history)
+def _worth_loading(
+    runtime: str, owners: list[Lane], pending: list[tuple[int, str | None]], history: History, now: float
+) -> bool:
+    """Whether a free lane should load ``runtime`` to help the lanes that have it (``owners``): their share of its
+    work still to do exceeds a load and one job (no average for it yet: yes)."""
+    mean = history.mean(runtime)
+    if mean is None:
+        return True
+    left = sum(1 for _, r in pending if r == runtime) * mean
+    for owner in owners:  # what their current jobs have left, at their runtimes' averages
+        if owner.job is not None:
+            usual = history.mean(str(owner.job[1]))
+            left += max(0.0, (usual if usual is not None else mean) - (now - owner.job[2]))
+    load = history.load(runtime)
+    return left / len(owners) > (mean if load is None else load) + mean

@@ -9,38 +9,27 @@ database: queued jobs never start, running ones stop at their next check, and no
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
-import multiprocessing
 import os
-import signal
 import socket
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from farm.errors import TransientError
 from farm.jobs.execute import Outcome
 from farm.jobs.lanes import Lanes
-from farm.jobs.policy import FINISHED_STATES, LOCAL_QUEUE, gave_up, needs_decision
+from farm.jobs.local_workers import MAX_WORKER_LOSSES, Starter, local_name, run_one, sigint_blocked
+from farm.jobs.policy import FINISHED_STATES, LOCAL_QUEUE, needs_decision
 
 if TYPE_CHECKING:
     from farm.store.local_runs import LocalDecision
 
 log = logging.getLogger("farm.local")
 
-RETRIES = 3
-#: A job whose worker process dies under it this many times (killed by the OS, a crash in native code) fails.
-MAX_WORKER_LOSSES = 3
 GRACE_S = 20.0
-#: How often a running job renews its lease and checks for cancellation: Ctrl-C stops it within about this.
-HEARTBEAT_S = 1.0
 
 
 @dataclass
@@ -61,17 +50,6 @@ class RunStats:
     @property
     def to_run(self) -> int:
         return self.total - self.cached
-
-
-def default_jobs(threads: int) -> int:
-    """Worker processes for this machine: one per ``threads`` usable cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, threads))
-
-
-def local_name(pid: int | None = None) -> str:
-    """The name a local process records on the jobs it holds: ``local:HOST:PID``."""
-    return f"local:{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def is_gone(name: str | None) -> bool:
@@ -106,86 +84,6 @@ def reclaim_abandoned(db: Any, job_ids: list[int]) -> list[int]:
     return local_runs.reclaim_abandoned(db, job_ids, is_gone, MAX_WORKER_LOSSES)
 
 
-# --- worker process side -------------------------------------------------------------------------------
-
-_worker: dict[str, Any] = {}
-
-
-def _init_worker(database_url: str, artifacts_url: str, threads: int, warm: bool = False) -> None:
-    # The parent handles Ctrl-C (and a closed terminal) and cancels through the database; workers finish or
-    # stop cleanly.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    # Busy-waiting OpenMP threads collapse when jobs share the cores (measured: 2-thread batches 5x slower).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from farm.quant.pinning import pin_process
-
-    # Cores of its own, host-wide (before torch starts a thread): a job calibrating next door can't steal them.
-    # None when they ran out: the process shares them, as the run's start said (run_local).
-    pin_process(threads)
-    from farm.artifacts import open_store
-    from farm.store.db import Database
-
-    _worker["db"] = Database(database_url)
-    _worker["store"] = open_store(artifacts_url)
-    _worker["name"] = local_name()
-    atexit.register(_exit_now)
-    if warm:  # torch and the engine (1.5-2 s), while the run's first jobs (its fp32 reference) run elsewhere
-        from farm.quant.isolation import compute_step
-
-        with compute_step():  # it computes: never beside another job's exclusive timing
-            import farm.jobs.execute  # noqa: F401
-            import farm.jobs.steps  # noqa: F401
-
-
-def _ready() -> None:
-    """A pool process's first task when the run warms its pool: it only makes the pool start the process."""
-
-
-def _exit_now() -> None:
-    """A pool process's end, once the pool shut it down: every job it ran is recorded and its files closed, so
-    it closes its database connections, flushes its logs and output, and exits without tearing down the
-    interpreter. That teardown (torch, OpenVINO, NNCF and ONNX Runtime loaded) took 1.7 s at the end of every
-    local run, which the run waited for (ProcessPoolExecutor.shutdown joins its processes). Registered as the
-    process starts, it runs after the atexit handlers the libraries register later (last in, first out) and
-    skips only those registered before it (logging's, whose flush it does itself)."""
-    with contextlib.suppress(Exception):
-        _worker["db"].dispose()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(0)
-
-
-def _run_one(job_id: int) -> Outcome:
-    from farm.jobs.execute import execute_job
-    from farm.store import execution
-
-    delay = 1.0
-    for attempt in range(RETRIES + 1):
-        try:
-            return execute_job(
-                job_id,
-                db=_worker["db"],
-                store=_worker["store"],
-                worker=_worker["name"],
-                heartbeat_s=HEARTBEAT_S,
-                max_losses=MAX_WORKER_LOSSES,
-            )
-        except TransientError as e:
-            if attempt == RETRIES:
-                # As a Celery task gives up: end it here, and the executor (the run's process) decides its end.
-                reason = gave_up(RETRIES + 1, e)
-                execution.end_job(_worker["db"], job_id, None, "failed", reason)
-                return Outcome(job_id, "failed", reason)
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
-
-
 # --- scheduler side -------------------------------------------------------------------------------------
 
 
@@ -200,12 +98,15 @@ def run_local(
     on_update: Callable[[RunStats], None] | None = None,
     stats: RunStats,
     warm: bool = False,
+    starter: Starter | None = None,
 ) -> RunStats:
     """Run ``job_ids`` of sweep ``sweep_id`` in ``jobs`` worker processes.
 
     ``warm``: the jobs load the engine: every process starts at once and imports it before its first job. A pool
     otherwise starts a process when a job finds none idle: a tune's second process started (and imported torch,
     1.5-2 s) only once its fp32 reference ended and released stage 1.
+    ``starter``: the processes, started by the caller before it wrote the run (farm/jobs/local_workers.py; it
+    closes it too); without it the run starts its own as ``warm`` says.
 
     The store decides what runs when (farm.jobs.policy, through farm.store.local_runs): a job starts once every
     job it waits for succeeded (an fp32 reference before the trials that compare with it), and ends without
@@ -221,24 +122,11 @@ def run_local(
     crowded = oversubscribed(max(1, jobs), threads)
     if crowded:  # said once, here; each process pins to free cores when it can
         log.warning("%s", crowded)
-    ctx = multiprocessing.get_context("spawn")
+    if starter is None:  # with ``warm``, the lanes the run's jobs can keep busy start at once
+        starts = min(jobs, len(job_ids)) if warm else 0
+        starter = Starter(db.url, artifacts_url, threads, warm=warm, early=starts if starts > 1 else 0)
 
-    starts = min(jobs, len(job_ids)) if warm else 0  # the processes the run's jobs can keep busy
-    lane_numbers = iter(range(max(1, jobs)))
-
-    def new_pool() -> ProcessPoolExecutor:
-        """One lane's process (farm/jobs/lanes.py): with ``warm``, the first ``starts`` lanes' start at once and
-        import the engine; a lane's new process after a death starts with its next job."""
-        number = next(lane_numbers, None)
-        early = starts > 1 and number is not None and number < starts
-        init_args = (db.url, artifacts_url, threads, early)
-        pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=init_args)
-        if early:
-            with _sigint_blocked():  # the submit finds no process idle and starts one
-                pool.submit(_ready)
-        return pool
-
-    run = _Run(db, stats, on_update or (lambda s: None), Lanes(jobs, new_pool, _run_one), set(job_ids))
+    run = _Run(db, stats, on_update or (lambda s: None), Lanes(jobs, starter.new_pool, run_one), set(job_ids))
     try:
         run.execute(local_runs.start(db, job_ids, run.owner))
         run.notify(stats)
@@ -249,6 +137,7 @@ def run_local(
         raise
     finally:
         run.lanes.shutdown()
+        starter.close()
     # Jobs still waiting now wait for a job another live run holds, or are held by it: that run runs them.
     stats.cached += max(0, stats.to_run - stats.done)
     return stats
@@ -284,7 +173,7 @@ class _Run:
                 self.job_ids.add(message.job_id)
                 self.stats.total += 1
             self.lanes.add(message.job_id, decided.runtimes.get(message.job_id))
-        with _sigint_blocked():  # a lane's submit may start its worker process
+        with sigint_blocked():  # a lane's submit may start its worker process
             self.lanes.dispatch()
 
     def ended(self, outcome: Outcome) -> None:
@@ -317,7 +206,7 @@ class _Run:
                     lost.append(job_id)
                     self.lanes.replace(lane)
                     continue
-                with _sigint_blocked():
+                with sigint_blocked():
                     self.lanes.dispatch()
                 self.ended(outcome)
                 self.notify(self.stats)
@@ -334,26 +223,6 @@ class _Run:
             _count(self.stats, Outcome(job.id, job.state, job.error, role=job.role))
         self.execute(recovery.decided)
         self.notify(self.stats)
-
-
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Hold Ctrl-C back while worker processes may be started, and deliver it to this process right after.
-
-    A worker ignores SIGINT only once its initializer runs; a Ctrl-C (sent to the whole process group) while
-    it is still starting up would print its KeyboardInterrupt traceback. A process started with SIGINT
-    blocked keeps it blocked, so a new worker never sees one: this process alone handles Ctrl-C.
-    """
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    # SIGHUP too (a closed terminal reaches the whole group): workers inherit both blocked, and the parent
-    # alone stops the run, cancelling through the database. SIGTERM stays deliverable: _cancel terminates.
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _count(stats: RunStats, outcome: Outcome) -> None:

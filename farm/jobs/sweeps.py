@@ -231,21 +231,6 @@ def resume(db: Any, broker: Broker, sweep_id: int) -> Resumed:
 # --- on this machine --------------------------------------------------------------------------------------------
 
 
-def artifacts_url() -> str:
-    """The artifact store a local run uploads to, checked before anything is written (a bad one would fail
-    every job).
-
-    Raises:
-        ConfigError: FARM_ARTIFACTS_URL is not a store this machine can use.
-    """
-    from farm.artifacts import check_store_url
-    from farm.settings import Settings
-
-    url = Settings.from_env().artifacts_url
-    check_store_url(url)
-    return url
-
-
 @dataclass(frozen=True)
 class LocalRun:
     """A sweep persisted to run on this machine: what runs, on how many processes, and its live counts."""
@@ -273,7 +258,8 @@ def start_local_run(db: Any, plan: Any, jobs: int | None, artifacts_url: str) ->
     Args:
         jobs: worker processes (default: cores / the spec's threads per job).
     """
-    from farm.jobs.local import RunStats, default_jobs, reclaim_abandoned
+    from farm.jobs.local import RunStats, reclaim_abandoned
+    from farm.jobs.local_workers import default_jobs
 
     record = store.create(db, plan, submitter(), route=lambda job: policy.LOCAL_ROUTE)
     to_run_now = set(record.to_run)
@@ -296,8 +282,9 @@ def start_local_run(db: Any, plan: Any, jobs: int | None, artifacts_url: str) ->
     )
 
 
-def run_locally(db: Any, run: LocalRun, on_update: Callable[[Any], None] | None = None) -> Any:
+def run_locally(db: Any, run: LocalRun, on_update: Callable[[Any], None] | None = None, starter: Any = None) -> Any:
     """Run a persisted local run's jobs in a process pool (farm.jobs.local.run_local); returns its RunStats.
+    ``starter``: its worker processes, started before the run was written (farm.jobs.local_workers.start_workers).
 
     Raises:
         KeyboardInterrupt: Ctrl-C (or SIGTERM through the caller): the unfinished jobs ended as cancelled.
@@ -314,4 +301,5 @@ def run_locally(db: Any, run: LocalRun, on_update: Callable[[Any], None] | None 
         on_update=on_update,
         stats=run.stats,
         warm=run.warm,
+        starter=starter,
     )

@@ -95,6 +95,26 @@ def build(
     return built
 
 
+def preload(runtime: str) -> None:
+    """Import what a job of ``runtime`` imports on its first build (OpenVINO and NNCF's quantization path, ONNX
+    Runtime's quantization tools: 1.0-1.3 s a process), so that a worker process with nothing else to do can pay it
+    before the job arrives (farm/jobs/local_workers.py). It computes: each step holds the host's measurement lock
+    shared, and a timing that waits for the host goes first between two. A runtime that is not installed here, or
+    whose builder has no ``preload``, loads nothing: its first job reports what is missing."""
+    from farm.quant.isolation import compute_step
+
+    if runtime == DEFAULT_RUNTIME or unavailable(runtime):
+        return
+    steps = getattr(_builder(runtime), "preload", None)
+    if not callable(steps):
+        return
+    loading = iter(steps())
+    while True:
+        with compute_step():
+            if next(loading, StopIteration) is StopIteration:
+                return
+
+
 def artifact_format(path: Path) -> str:
     """The manifest's ``format`` for a runtime's main file (its suffix without the dot when it is not known)."""
     return FORMATS.get(path.suffix, path.suffix.lstrip(".") or "file")

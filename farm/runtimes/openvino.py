@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,24 @@ from farm.runtimes.vendor_telemetry import decline as decline_telemetry
 
 #: The OpenVINO device every model is compiled for.
 DEVICE = "CPU"
+
+
+def preload() -> Iterator[None]:
+    """What a process's first OpenVINO job imports and initialises, a step per ``yield`` (a timing waiting for the
+    host goes first between two): OpenVINO (its telemetry declined) with its PyTorch frontend and CPU core, NNCF's
+    OpenVINO quantization path, and ONNX (NNCF imports it to tell backends apart). Measured on digits-cnn: the first
+    static build 1.73 s without it, 0.61 s after it (later ones 0.4-0.5 s)."""
+    ov = require_openvino(nncf=True)
+    yield
+    import nncf.openvino.quantization.quantize_model  # noqa: F401
+
+    yield
+    import onnx  # noqa: F401
+
+    yield
+    import openvino.frontend.pytorch  # noqa: F401
+
+    ov.Core()
 
 
 def require_openvino(*, nncf: bool = False) -> Any:

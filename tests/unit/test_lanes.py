@@ -6,7 +6,9 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
-from farm.jobs.lanes import Lane, Lanes, choose
+import pytest
+
+from farm.jobs.lanes import History, Lane, Lanes, choose
 
 
 class FakePool:
@@ -82,15 +84,60 @@ def test_a_free_process_takes_a_loaded_runtime_elsewhere_rather_than_idle() -> N
 
 
 def test_the_last_job_of_a_runtime_waits_for_the_process_that_will_soon_be_free() -> None:
-    busy = Lane(FakePool(), {"openvino"}, (1, "openvino", 100.0))  # type: ignore[arg-type]
+    busy = Lane(FakePool(), {"openvino"}, (1, "openvino", 100.0, False))  # type: ignore[arg-type]
     free = Lane(FakePool())  # type: ignore[arg-type]
     pending: list[tuple[int, str | None]] = [(2, "openvino")]
-    took = {"openvino": [0.5, 0.5]}
-    assert choose(free, [busy, free], pending, took, now=100.2) is None  # 0.2 s into a 0.5 s job: it waits
-    assert choose(free, [busy, free], pending, took, now=101.0) == 0  # past the runtime's usual time: it takes it
-    assert choose(free, [busy, free], pending, {}, now=100.2) == 0  # no estimate yet: it never waits
+    usual = History(took={"openvino": [0.5, 0.5]})
+    # 0.8 s of OpenVINO work left (this job, and 0.3 s of the running one) < a load (one job's time, unmeasured
+    # yet) and a job: it waits, whether or not the running job is past its usual time.
+    assert choose(free, [busy, free], pending, usual, now=100.2) is None
+    assert choose(free, [busy, free], pending, usual, now=101.0) is None
+    assert choose(free, [busy, free], pending, History(), now=100.2) == 0  # no estimate yet: it never waits
     two = [(2, "openvino"), (3, "openvino")]
-    assert choose(free, [busy, free], two, took, now=100.2) == 0  # two left: one for each
+    assert choose(free, [busy, free], two, usual, now=100.2) == 0  # 1.3 s left: worth a load and a job
+
+
+def test_a_measured_load_decides_whether_to_help() -> None:
+    busy = Lane(FakePool(), {"openvino"}, (1, "openvino", 100.0, False))  # type: ignore[arg-type]
+    free = Lane(FakePool())  # type: ignore[arg-type]
+    # The first job of OpenVINO in a process took 1.7 s, the others 0.5 s: a load costs 1.2 s.
+    history = History(took={"openvino": [0.5, 0.5]}, loading={"openvino": [1.7]})
+    assert history.load("openvino") == pytest.approx(1.2) and history.mean("openvino") == 0.5
+    three: list[tuple[int, str | None]] = [(2, "openvino"), (3, "openvino"), (4, "openvino")]
+    assert choose(free, [busy, free], three, history, now=100.5) is None  # 1.5 s left < 1.2 + 0.5
+    four = [*three, (5, "openvino")]
+    assert choose(free, [busy, free], four, history, now=100.5) == 0  # 2.0 s left
+
+
+def test_a_lane_loads_the_runtime_worth_it_and_skips_one_about_to_be_done() -> None:
+    ov = Lane(FakePool(), {"openvino"}, (1, "openvino", 100.0, False))  # type: ignore[arg-type]
+    ort = Lane(FakePool(), {"onnxruntime"}, (2, "onnxruntime", 100.0, False))  # type: ignore[arg-type]
+    free = Lane(FakePool())  # type: ignore[arg-type]
+    history = History(took={"openvino": [0.6], "onnxruntime": [0.4]})
+    pending: list[tuple[int, str | None]] = [(3, "openvino"), *((i, "onnxruntime") for i in range(4, 10))]
+    # OpenVINO comes first but one job is left of it; ONNX Runtime has 2.4 s of work left for one lane.
+    assert choose(free, [ov, ort, free], pending, history, now=100.6) == 1
+
+
+def test_a_lane_takes_the_runtime_it_alone_has_loaded_before_a_torch_job() -> None:
+    run = lanes(2)
+    run.lanes[0].runtimes.add("openvino")
+    run.add(5, None)
+    run.add(2, "openvino")
+    run.dispatch()
+    # The torch job goes to the lane that could not start OpenVINO's without loading it.
+    assert given(run) == [[2], [5]]
+
+
+def test_a_job_that_loads_its_runtime_counts_as_a_load() -> None:
+    run = lanes(1)
+    run.add(2, "openvino")
+    run.add(3, "openvino")
+    run.dispatch()
+    finish(run, 0)
+    run.dispatch()
+    finish(run, 0)
+    assert len(run.history.loading["openvino"]) == 1 and len(run.history.took["openvino"]) == 1
 
 
 def test_a_lane_whose_process_died_starts_cold() -> None:

@@ -114,7 +114,8 @@ def test_expanders_are_registered_explicitly_once_per_name() -> None:
 
 @pytest.mark.slow  # five small jobs in worker processes
 def test_a_two_stage_sweep_runs_locally_and_stage_two_comes_from_stage_one(sweep_home: Path) -> None:
-    from farm.jobs.sweeps import artifacts_url, run_locally, start_local_run
+    from farm.jobs.local_workers import artifacts_url
+    from farm.jobs.sweeps import run_locally, start_local_run
     from farm.store.db import Database
     from farm.store.migrate import upgrade
     from tests.sweeps import query

@@ -14,6 +14,7 @@ import pytest
 
 from farm.errors import NotFound, TransientError
 from farm.jobs import sweeps
+from farm.jobs.local_workers import artifacts_url
 from farm.jobs.policy import Message
 from farm.routing import Pools
 from farm.store import sweeps as store
@@ -135,7 +136,7 @@ def test_operations_on_a_missing_sweep_say_not_found(sweep_home: Path) -> None:
 
 def test_a_local_run_routes_its_jobs_to_the_local_queue(sweep_home: Path, tmp_path: Path) -> None:
     db = open_database()
-    run = sweeps.start_local_run(db, _plan(tmp_path), 2, sweeps.artifacts_url())
+    run = sweeps.start_local_run(db, _plan(tmp_path), 2, artifacts_url())
 
     assert (run.total, run.cached, len(run.to_run), run.workers) == (3, 0, 3, 2)
     assert {j["queue"] for j in _jobs(run.sweep_id)} == {"local"}

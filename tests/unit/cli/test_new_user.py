@@ -104,7 +104,7 @@ def test_sweep_run_names_its_sweep_at_the_end_and_a_second_spec_is_sweep_2(
     # After `farm demo` (sweep 1) the README's own sweep is 2: the run says so where its output ends.
     from farm.jobs import sweeps
 
-    def not_run(db: Any, run: Any, on_update: Any = None) -> Any:
+    def not_run(db: Any, run: Any, on_update: Any = None, starter: Any = None) -> Any:
         return run.stats  # the jobs stay pending: what is printed is under test, not the pool
 
     monkeypatch.setattr(sweeps, "run_locally", not_run)
