@@ -26,12 +26,14 @@ def run_plan(p: Any, jobs: int | None, *, wide: bool = False) -> tuple[Any, int,
     from farm.jobs.local_workers import artifacts_url, start_workers
 
     artifacts = artifacts_url()  # before anything is written: every job would fail to upload
-    # The worker processes import the engine while this one writes the run (the imports below included).
-    starter = start_workers(p, jobs, artifacts)
-    try:
-        return _run_started(p, jobs, artifacts, starter, wide)
-    finally:
-        starter.close()
+    # From here a closed terminal or SIGTERM stops the run as Ctrl-C does, the worker processes included.
+    with stop_on_termination():
+        # They import the engine while this process opens the database and writes the run.
+        starter = start_workers(p, jobs, artifacts)
+        try:
+            return _run_started(p, jobs, artifacts, starter, wide)
+        finally:
+            starter.close()
 
 
 def _run_started(p: Any, jobs: int | None, artifacts_url: str, starter: Any, wide: bool) -> tuple[Any, int, Any]:

@@ -14,8 +14,10 @@ process every runtime's jobs in turn, so each paid for every runtime. Here a fre
    runtime still to do (its pending jobs, and what its lanes' current jobs have left, at this run's averages)
    shared among the lanes that have it exceeds what this lane would spend loading it and running one job (the
    load: how much longer this run's first job of that runtime in a lane took than its others; until that is known,
-   one job's time). The runtimes are tried in release order; none worth it: the lane waits for the next release or
-   end. With no average yet for a runtime it does not wait.
+   one job's time; what a running job has left: its runtime's average less its time so far, or as long again once
+   past it). The runtimes are tried in release order; none worth it: the lane waits, and is asked again whenever a
+   job ends or is released. With no average yet for a runtime it does not wait. A process's first job is left out
+   of the averages: its time includes the process's start.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Lane:
     runtimes: set[str] = field(default_factory=set)
     job: tuple[int, str | None, float, bool] | None = None  # (job id, runtime, started at, loads it), while running
     ran: bool = False  # it was given a job (one that never was holds nothing: its process is stopped at the end)
+    #: Its process has run no job yet: the first one's time includes the process's start (the engine, a preload).
+    cold: bool = True
 
     def processes(self) -> list[Any]:
         return list((getattr(self.pool, "_processes", None) or {}).values())  # None once the pool is shut down
@@ -72,7 +76,13 @@ class Lanes:
 
     def __init__(self, count: int, new_pool: Callable[[], ProcessPoolExecutor], run: Callable[[int], Any]) -> None:
         self.new_pool, self.run = new_pool, run
-        self.lanes = [self._lane(new_pool()) for _ in range(max(1, count))]
+        self.lanes: list[Lane] = []
+        try:
+            for _ in range(max(1, count)):
+                self.lanes.append(self._lane(new_pool()))
+        except BaseException:  # Ctrl-C while they are made: the processes started early are not left behind
+            stop_unused([lane.pool for lane in self.lanes])
+            raise
         self.pending: list[tuple[int, str | None]] = []  # (job id, runtime), in release order
         self.futures: dict[Future[Any], Lane] = {}
         self.history = History()
@@ -111,16 +121,17 @@ class Lanes:
         lane = self.futures.pop(future)
         assert lane.job is not None
         job_id, runtime, started, loaded = lane.job
-        lane.job = None
-        times = self.history.loading if loaded else self.history.took
-        times.setdefault(str(runtime), []).append(time.monotonic() - started)  # torch's too (and "None": stage jobs)
+        lane.job, cold, lane.cold = None, lane.cold, False
+        if not cold:  # a process's first job also waited for it to start: it tells neither a job's time nor a load
+            times = self.history.loading if loaded else self.history.took
+            times.setdefault(str(runtime), []).append(time.monotonic() - started)  # torch's too; "None": stage jobs
         return job_id
 
     def replace(self, lane: Lane) -> None:
         """A lane whose process died: a new process (the runtimes it had loaded went with the old one)."""
         lane.pool.shutdown(wait=True, cancel_futures=True)
         new = self._lane(self.new_pool())
-        lane.pool, lane.runtimes, lane.job = new.pool, new.runtimes, None
+        lane.pool, lane.runtimes, lane.job, lane.cold = new.pool, new.runtimes, None, True
 
     @staticmethod
     def _lane(pool: ProcessPoolExecutor) -> Lane:
@@ -181,9 +192,11 @@ def _worth_loading(
     if mean is None:
         return True
     left = sum(1 for _, r in pending if r == runtime) * mean
-    for owner in owners:  # what their current jobs have left, at their runtimes' averages
-        if owner.job is not None:
+    for owner in owners:  # what their current jobs have left: their runtimes' average less their time so far, or,
+        if owner.job is not None:  # past it, as long again (a QAT job an hour in is not about to end)
             usual = history.mean(str(owner.job[1]))
-            left += max(0.0, (usual if usual is not None else mean) - (now - owner.job[2]))
+            ran = now - owner.job[2]
+            expected = usual if usual is not None else mean
+            left += expected - ran if ran < expected else ran
     load = history.load(runtime)
     return left / len(owners) > (mean if load is None else load) + mean

@@ -126,8 +126,14 @@ def run_local(
         starts = min(jobs, len(job_ids)) if warm else 0
         starter = Starter(db.url, artifacts_url, threads, warm=warm, early=starts if starts > 1 else 0)
 
-    run = _Run(db, stats, on_update or (lambda s: None), Lanes(jobs, starter.new_pool, run_one), set(job_ids))
     try:
+        lanes = Lanes(jobs, starter.new_pool, run_one)
+    except BaseException:
+        starter.close()
+        raise
+    run = _Run(db, stats, on_update or (lambda s: None), lanes, set(job_ids))
+    try:
+        starter.release()  # an interrupt held since the processes started arrives here, and cancels the run
         run.execute(local_runs.start(db, job_ids, run.owner))
         run.notify(stats)
         run.drain()

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import resource_tracker
 from typing import Any
 
 from farm.errors import TransientError
@@ -65,14 +66,15 @@ def start_workers(plan: Any, jobs: int | None, artifacts: str) -> Starter:
     """Start the worker processes a local run of ``plan`` will use, before it is written to the database: as many
     as it has lanes (``jobs``, default :func:`default_jobs`) and jobs, each importing the engine when a job of
     ``plan`` needs it. The caller passes it to the run (farm.jobs.sweeps.run_locally) and closes it when done."""
-    from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES
+    from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, unavailable
     from farm.settings import Settings
 
     threads = plan.spec.benchmark.threads
     lanes = min(jobs or default_jobs(threads), len(plan.jobs))
     warm = any(job.spec.method.method != "noop" for job in plan.jobs)
-    used = {getattr(job.spec.method, "runtime", None) or DEFAULT_RUNTIME for job in plan.jobs} - {DEFAULT_RUNTIME}
-    costliest = tuple(sorted(used, key=lambda r: (-(RUNTIMES[r].build_cost if r in RUNTIMES else 0), r)))
+    used = {getattr(job.spec.method, "runtime", None) or DEFAULT_RUNTIME for job in plan.jobs}
+    loadable = [r for r in used if r in RUNTIMES and RUNTIMES[r].preloads and not unavailable(r)]
+    costliest = tuple(sorted(loadable, key=lambda r: (-RUNTIMES[r].build_cost, r)))
     url = Settings.from_env().database_url
     return Starter(url, artifacts, threads, warm=warm, early=lanes, runtimes=costliest)
 
@@ -94,10 +96,11 @@ class Starter:
         threads: torch threads per job (each process pins that many cores).
         warm: the jobs load the engine: the processes started now import it before their first job.
         early: how many processes to start now (the run's lanes that will have a job at once).
-        runtimes: deploy runtimes the run's jobs use (torch aside), costliest to build first. With ``warm``, the
-            processes started now after the first each load one of them too (farm.runtimes.engine.preload): the first
-            process takes the run's first job (its fp32 reference) while the others, which would wait for it, pay
-            for a runtime whose jobs they then take (farm/jobs/lanes.py prefers a process that has its runtime).
+        runtimes: deploy runtimes the run's jobs use that can be preloaded here, costliest to build first. With
+            ``warm``, the processes started now after the first each load one of them too
+            (farm.runtimes.engine.preload): the first process takes the run's first job (its fp32 reference) while
+            the others, which would wait for it, pay for a runtime whose jobs they then take (farm/jobs/lanes.py
+            prefers a process that has its runtime).
     """
 
     def __init__(
@@ -113,18 +116,39 @@ class Starter:
         self.args = (database_url, artifacts_url, threads)
         self.warm = warm
         self.ctx = multiprocessing.get_context("spawn")
+        # Ctrl-C and a closed terminal wait from here until the run's scheduler takes over (:meth:`release`): the
+        # processes exist before the run is written, and an interrupt meanwhile then cancels the run as one during
+        # it does (its jobs end cancelled, the processes are stopped, exit 130), never leaving them behind.
+        # multiprocessing's resource tracker unblocks SIGINT once it has started (whatever the mask was): started first.
+        resource_tracker.ensure_running()
+        self._held = _hold_interrupts()
         loads = [(), *((r,) for r in runtimes)] if warm else []
-        self.started = [self._pool(True, loads[i] if i < len(loads) else ()) for i in range(max(0, early))]
+        self.started: list[LanePool] = []
+        try:
+            for i in range(max(0, early)):
+                self.started.append(self._pool(True, loads[i] if i < len(loads) else ()))
+        except BaseException:  # Ctrl-C (delivered as a start unblocks it): none of them is left behind
+            self.close()
+            raise
 
     def new_pool(self) -> LanePool:
         """A lane's pool: one started early while any is left, else one whose process starts with its first job."""
         return self.started.pop(0) if self.started else self._pool(False, ())
 
+    def release(self) -> None:
+        """Let Ctrl-C and a closed terminal through again (one held meanwhile arrives now): the run's scheduler
+        (farm.jobs.local.run_local) calls this once it can cancel the run."""
+        if self._held is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._held)
+            self._held = None
+
     def close(self) -> None:
         """Stop the processes started early that no lane took (a run that had nothing to run, or one that never
-        began): they hold no job, so they are ended at once rather than after importing the engine."""
+        began): they hold no job, so they are ended at once rather than after importing the engine. Interrupts go
+        through again."""
         stop_unused(list(self.started))
         self.started = []
+        self.release()
 
     def _pool(self, early: bool, preload: tuple[str, ...]) -> LanePool:
         database_url, artifacts_url, threads = self.args
@@ -138,11 +162,22 @@ class Starter:
 
 def stop_unused(pools: list[Any]) -> None:
     """End pools that never ran a job: their processes terminated (mid-import, they would finish it first)."""
+    procs = [proc for pool in pools for proc in list((getattr(pool, "_processes", None) or {}).values())]
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.terminate()
     for pool in pools:
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            with contextlib.suppress(Exception):
-                proc.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:  # SIGTERM ends them at once: reaped here, none left for the caller to find
+        with contextlib.suppress(Exception):
+            proc.join(5)
+
+
+def _hold_interrupts() -> Any:
+    """Block SIGINT and SIGHUP in this thread (the main one only); the mask to restore, or None."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
 
 
 @contextlib.contextmanager

@@ -32,6 +32,8 @@ class Runtime:
         build_cost: how long its builds take, as a rank (a tune hands out its first stage's jobs, which no earlier
             stage has timed, highest first): TensorRT's engine builds, then NNCF's calibration (about 3 s a
             digits-cnn job), torch's FX calibration and scripting, ONNX Runtime's quantizer (0.3 s).
+        preloads: its builder has ``preload`` (farm.runtimes.engine.preload): a local run's idle worker process can
+            import what its first job would before the job arrives.
         granularity_of: (method, granularity) pairs: the one weight granularity the runtime runs ``method`` with,
             whatever the job asks (OpenVINO's dynamic int8: its weight compression scales per output channel). A
             tune plans that granularity only, not a second global recipe that builds the same model.
@@ -46,6 +48,7 @@ class Runtime:
     providers: tuple[str, ...] = ()
     build_cost: int = 0
     granularity_of: tuple[tuple[str, str], ...] = ()
+    preloads: bool = False
 
     def fixed_granularity(self, method: str) -> str | None:
         """The granularity this runtime runs ``method`` with whatever a job asks, or None where the job decides."""
@@ -72,6 +75,7 @@ RUNTIMES: dict[str, Runtime] = {
             "onnx",
             ("cpu", "cuda"),
             ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"),
+            preloads=True,
         ),
         Runtime(
             "openvino",
@@ -82,6 +86,7 @@ RUNTIMES: dict[str, Runtime] = {
             ("cpu",),
             build_cost=2,
             granularity_of=(("dynamic", "per_channel"),),
+            preloads=True,
         ),
         Runtime("tensorrt", "trt", ("fp32", "fp16", "static"), ("tensorrt",), "tensorrt", ("cuda",), build_cost=3),
     )

@@ -89,11 +89,12 @@ def test_the_last_job_of_a_runtime_waits_for_the_process_that_will_soon_be_free(
     pending: list[tuple[int, str | None]] = [(2, "openvino")]
     usual = History(took={"openvino": [0.5, 0.5]})
     # 0.8 s of OpenVINO work left (this job, and 0.3 s of the running one) < a load (one job's time, unmeasured
-    # yet) and a job: it waits, whether or not the running job is past its usual time.
+    # yet) and a job: it waits.
     assert choose(free, [busy, free], pending, usual, now=100.2) is None
-    assert choose(free, [busy, free], pending, usual, now=101.0) is None
+    # 1 s into a 0.5 s job: expected to run as long again, 1.5 s left: it loads OpenVINO and takes the job.
+    assert choose(free, [busy, free], pending, usual, now=101.0) == 0
     assert choose(free, [busy, free], pending, History(), now=100.2) == 0  # no estimate yet: it never waits
-    two = [(2, "openvino"), (3, "openvino")]
+    two: list[tuple[int, str | None]] = [(2, "openvino"), (3, "openvino")]
     assert choose(free, [busy, free], two, usual, now=100.2) == 0  # 1.3 s left: worth a load and a job
 
 
@@ -103,10 +104,21 @@ def test_a_measured_load_decides_whether_to_help() -> None:
     # The first job of OpenVINO in a process took 1.7 s, the others 0.5 s: a load costs 1.2 s.
     history = History(took={"openvino": [0.5, 0.5]}, loading={"openvino": [1.7]})
     assert history.load("openvino") == pytest.approx(1.2) and history.mean("openvino") == 0.5
-    three: list[tuple[int, str | None]] = [(2, "openvino"), (3, "openvino"), (4, "openvino")]
-    assert choose(free, [busy, free], three, history, now=100.5) is None  # 1.5 s left < 1.2 + 0.5
-    four = [*three, (5, "openvino")]
-    assert choose(free, [busy, free], four, history, now=100.5) == 0  # 2.0 s left
+    two: list[tuple[int, str | None]] = [(2, "openvino"), (3, "openvino")]
+    assert choose(free, [busy, free], two, history, now=100.2) is None  # 1.0 + 0.3 s left < 1.2 + 0.5
+    four = [*two, (4, "openvino"), (5, "openvino")]
+    assert choose(free, [busy, free], four, history, now=100.2) == 0  # 2.3 s left
+
+
+def test_a_lane_does_not_wait_out_a_long_job_of_the_process_that_has_the_runtime() -> None:
+    """The only OpenVINO process is an hour into a torch job that usually takes 2 s: one OpenVINO job waits for it
+    no longer than a load takes."""
+    busy = Lane(FakePool(), {"openvino"}, (1, "torch", 100.0, False))  # type: ignore[arg-type]
+    free = Lane(FakePool())  # type: ignore[arg-type]
+    history = History(took={"torch": [2.0], "openvino": [0.5]}, loading={"openvino": [2.5]})  # a load: 2 s
+    pending: list[tuple[int, str | None]] = [(2, "openvino")]
+    assert choose(free, [busy, free], pending, history, now=100.5) is None  # 1.5 + 0.5 s left < 2 + 0.5: it waits
+    assert choose(free, [busy, free], pending, history, now=3700.0) == 0
 
 
 def test_a_lane_loads_the_runtime_worth_it_and_skips_one_about_to_be_done() -> None:
@@ -115,8 +127,8 @@ def test_a_lane_loads_the_runtime_worth_it_and_skips_one_about_to_be_done() -> N
     free = Lane(FakePool())  # type: ignore[arg-type]
     history = History(took={"openvino": [0.6], "onnxruntime": [0.4]})
     pending: list[tuple[int, str | None]] = [(3, "openvino"), *((i, "onnxruntime") for i in range(4, 10))]
-    # OpenVINO comes first but one job is left of it; ONNX Runtime has 2.4 s of work left for one lane.
-    assert choose(free, [ov, ort, free], pending, history, now=100.6) == 1
+    # OpenVINO comes first but 0.9 s of it is left; ONNX Runtime has 2.5 s of work left for one lane.
+    assert choose(free, [ov, ort, free], pending, history, now=100.3) == 1
 
 
 def test_a_lane_takes_the_runtime_it_alone_has_loaded_before_a_torch_job() -> None:
@@ -129,15 +141,17 @@ def test_a_lane_takes_the_runtime_it_alone_has_loaded_before_a_torch_job() -> No
     assert given(run) == [[2], [5]]
 
 
-def test_a_job_that_loads_its_runtime_counts_as_a_load() -> None:
+def test_a_job_that_loads_its_runtime_counts_as_a_load_and_a_process_first_job_as_nothing() -> None:
     run = lanes(1)
-    run.add(2, "openvino")
-    run.add(3, "openvino")
-    run.dispatch()
-    finish(run, 0)
-    run.dispatch()
-    finish(run, 0)
-    assert len(run.history.loading["openvino"]) == 1 and len(run.history.took["openvino"]) == 1
+    for job in [(1, "openvino"), (2, None), (3, "onnxruntime"), (4, "onnxruntime")]:
+        run.add(*job)
+    for _ in range(4):
+        run.dispatch()
+        finish(run, 0)
+    # Job 1 waited for its process to start (and loaded OpenVINO): neither a job's time nor a load's.
+    assert "openvino" not in run.history.took and "openvino" not in run.history.loading
+    assert len(run.history.took["None"]) == 1
+    assert len(run.history.loading["onnxruntime"]) == 1 and len(run.history.took["onnxruntime"]) == 1
 
 
 def test_a_lane_whose_process_died_starts_cold() -> None:

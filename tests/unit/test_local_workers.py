@@ -102,14 +102,15 @@ def test_a_cached_rerun_leaves_no_worker_process_behind(sweep_home: Path, tmp_pa
 def test_the_processes_after_the_first_each_preload_a_runtime_of_the_run_and_their_lanes_know_it(
     sweep_home: Path,
 ) -> None:
-    jobs = ["static"] * 4
+    jobs = ["static"] * 5
     p = plan(jobs)
-    for job, runtime in zip(p.jobs, ["onnxruntime", "openvino", "torch", "openvino"], strict=True):
+    for job, runtime in zip(p.jobs, ["onnxruntime", "openvino", "torch", "openvino", "tensorrt"], strict=True):
         job.spec.method.runtime = runtime
     starter = start_workers(p, 3, "file:///tmp/unused")
     try:
         # The first process takes the run's first job (its fp32 reference); the next ones load the runtimes whose
-        # builds cost most first (OpenVINO's NNCF calibration before ONNX Runtime's quantizer).
+        # builds cost most first (OpenVINO's NNCF calibration before ONNX Runtime's quantizer). TensorRT has no
+        # preload (and is not installed here): no process is given it.
         assert [pool.preloaded for pool in starter.started] == [
             frozenset(),
             frozenset({"openvino"}),
@@ -186,3 +187,54 @@ def test_a_runtime_preload_imports_what_its_first_job_would(runtime: str, module
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
     assert not (tmp_path / "intel").exists()
+
+
+def test_ctrl_c_while_the_processes_start_leaves_none_behind(sweep_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Any] = []
+    real = Starter._pool
+
+    def pool(self: Starter, early: bool, preload: tuple[str, ...]) -> Any:
+        if made:
+            raise KeyboardInterrupt  # delivered as the second start unblocks SIGINT
+        started = real(self, early, preload)
+        made.extend(started._processes.values())  # type: ignore[attr-defined]
+        return started
+
+    monkeypatch.setattr(Starter, "_pool", pool)
+    with pytest.raises(KeyboardInterrupt):
+        start_workers(plan(["noop", "noop"]), 2, "file:///tmp/unused")
+    (first,) = made
+    assert first.exitcode == -signal.SIGTERM  # stopped and reaped before the interrupt went on
+
+
+def test_ctrl_c_while_the_lanes_are_made_stops_the_pools_already_taken() -> None:
+    pools: list[Pool] = []
+
+    def new_pool() -> Pool:
+        if pools:
+            raise KeyboardInterrupt
+        pools.append(Pool())
+        return pools[-1]
+
+    with pytest.raises(KeyboardInterrupt):
+        Lanes(2, new_pool, lambda job_id: None)  # type: ignore[arg-type]
+    assert pools[0]._processes[1].terminated and pools[0].shutdowns == [False]
+
+
+def test_interrupts_wait_from_the_processes_start_until_the_run_can_cancel(sweep_home: Path) -> None:
+    """Ctrl-C between the processes' start and the run's scheduler (the run being written) arrives once the run can
+    cancel it, not in the middle of writing it. multiprocessing's resource tracker, started by the first spawn,
+    unblocks SIGINT whatever the mask: it is started before the hold."""
+
+    def blocked() -> set[int]:
+        return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    assert signal.SIGINT not in blocked()
+    starter = start_workers(plan(["noop", "noop"]), 2, "file:///tmp/unused")
+    try:
+        assert {signal.SIGINT, signal.SIGHUP} <= blocked()  # after two spawns
+        starter.release()
+        assert signal.SIGINT not in blocked() and signal.SIGHUP not in blocked()
+    finally:
+        starter.close()
+    assert signal.SIGINT not in blocked()
