@@ -23,15 +23,23 @@ def run_plan(p: Any, jobs: int | None, *, wide: bool = False) -> tuple[Any, int,
     Returns:
         (the database, the sweep id, the run's RunStats).
     """
+    with started_workers(p, jobs) as (artifacts, starter):
+        return _run_started(p, jobs, artifacts, starter, wide)
+
+
+@contextlib.contextmanager
+def started_workers(plan: Any, jobs: int | None) -> Iterator[tuple[str, Any]]:
+    """The artifact store (checked before anything is written: every job would fail to upload) and the run's worker
+    processes, started now to import the engine while this process opens the database and writes the run
+    (farm.jobs.local_workers.start_workers); closed at the end. Meanwhile a closed terminal or SIGTERM stops the run
+    as Ctrl-C does, the worker processes included."""
     from farm.jobs.local_workers import artifacts_url, start_workers
 
-    artifacts = artifacts_url()  # before anything is written: every job would fail to upload
-    # From here a closed terminal or SIGTERM stops the run as Ctrl-C does, the worker processes included.
+    artifacts = artifacts_url()
     with stop_on_termination():
-        # They import the engine while this process opens the database and writes the run.
-        starter = start_workers(p, jobs, artifacts)
+        starter = start_workers(plan, jobs, artifacts)
         try:
-            return _run_started(p, jobs, artifacts, starter, wide)
+            yield artifacts, starter
         finally:
             starter.close()
 

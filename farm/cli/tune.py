@@ -154,21 +154,13 @@ def _submit(plan: Any) -> None:
 
 def _run_here(plan: Any, o: dict[str, Any]) -> None:
     """Run the search with the local pool, a line per stage as it ends, then the answer."""
-    from farm.cli.local_run import stop_on_termination
-    from farm.jobs.local_workers import artifacts_url, start_workers
+    from farm.cli.local_run import started_workers
     from farm.spec.load import check_runtimes_available
 
     check_runtimes_available(plan, source="farm tune")
-    artifacts = artifacts_url()
     start = time.monotonic()
-    # From here a closed terminal or SIGTERM stops the run as Ctrl-C does, the worker processes included.
-    with stop_on_termination():
-        # They import the engine while this process opens the database and writes the run.
-        starter = start_workers(plan, o["jobs"], artifacts)
-        try:
-            _run_started(plan, o, artifacts, starter, start)
-        finally:
-            starter.close()
+    with started_workers(plan, o["jobs"]) as (artifacts, starter):
+        _run_started(plan, o, artifacts, starter, start)
 
 
 def _run_started(plan: Any, o: dict[str, Any], artifacts_url: str, starter: Any, start: float) -> None:

@@ -188,16 +188,14 @@ def sigint_blocked() -> Iterator[None]:
     it is still starting up would print its KeyboardInterrupt traceback. A process started with SIGINT
     blocked keeps it blocked, so a new worker never sees one: this process alone handles Ctrl-C.
     """
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
     # SIGHUP too (a closed terminal reaches the whole group): workers inherit both blocked, and the parent
     # alone stops the run, cancelling through the database. SIGTERM stays deliverable: _cancel terminates.
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
+    previous = _hold_interrupts()
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # --- in the worker process -------------------------------------------------------------------------------
