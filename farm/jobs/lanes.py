@@ -29,7 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.jobs.local_workers import stop_unused
+from farm.jobs.local_workers import end_pools, stop_unused
 
 #: Runtimes whose jobs cost nothing extra in any process (the engine imports torch before the first job).
 NEUTRAL = (None, "torch")
@@ -145,11 +145,7 @@ class Lanes:
         """Shut every lane's pool down, the processes ending together (then joined); a lane never given a job has
         its process (started early, maybe still importing the engine) stopped at once."""
         stop_unused([lane.pool for lane in self.lanes if not lane.ran])
-        used = [lane for lane in self.lanes if lane.ran]
-        for lane in used:
-            lane.pool.shutdown(wait=False, cancel_futures=True)
-        for lane in used:
-            lane.pool.shutdown(wait=True)
+        end_pools([lane.pool for lane in self.lanes if lane.ran])
 
 
 def choose(

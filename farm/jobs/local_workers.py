@@ -162,15 +162,31 @@ class Starter:
 
 def stop_unused(pools: list[Any]) -> None:
     """End pools that never ran a job: their processes terminated (mid-import, they would finish it first)."""
+    end_pools(pools, stop=True)
+
+
+def end_pools(pools: list[Any], *, stop: bool = False) -> None:
+    """Shut ``pools`` down together and wait until their processes have ended and are reaped, none left for the
+    caller to find; with ``stop``, the processes are terminated first (and waited for 5 s at most).
+
+    Each pool's manager thread joins its processes too: it is waited for first, since two threads reaping one
+    process race (the loser reads no exit status). Both are taken before the shutdown, which forgets them: a
+    shutdown(wait=True) after one with wait=False waits for nothing."""
     procs = [proc for pool in pools for proc in list((getattr(pool, "_processes", None) or {}).values())]
-    for proc in procs:
-        with contextlib.suppress(Exception):
-            proc.terminate()
+    managers = [getattr(pool, "_executor_manager_thread", None) for pool in pools]
+    timeout = 5.0 if stop else None
+    if stop:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.terminate()
     for pool in pools:
         pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:  # SIGTERM ends them at once: reaped here, none left for the caller to find
+    for thread in managers:
+        if thread is not None:
+            thread.join(timeout)
+    for proc in procs:
         with contextlib.suppress(Exception):
-            proc.join(5)
+            proc.join(timeout)
 
 
 def _hold_interrupts() -> Any:

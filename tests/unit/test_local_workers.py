@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from farm.jobs.lanes import Lanes
-from farm.jobs.local_workers import Starter, default_jobs, start_workers
+from farm.jobs.local_workers import Starter, default_jobs, end_pools, start_workers
 from tests.sweeps import TOY_DATA, TOY_MLP, describe, farm, write_spec
 
 
@@ -59,9 +59,13 @@ def test_bookkeeping_jobs_import_nothing_and_a_run_never_starts_more_processes_t
 class Proc:
     def __init__(self) -> None:
         self.terminated = False
+        self.joined = False
 
     def terminate(self) -> None:
         self.terminated = True
+
+    def join(self, timeout: float | None = None) -> None:
+        self.joined = True
 
 
 class Pool:
@@ -84,14 +88,33 @@ def test_a_lane_never_given_a_job_is_stopped_and_one_that_ran_is_shut_down_clean
     run.dispatch()
     used, idle = (lane.pool for lane in run.lanes)
     run.shutdown()
-    assert not used._processes[1].terminated and used.shutdowns == [False, True]  # type: ignore[attr-defined]
-    assert idle._processes[1].terminated and idle.shutdowns == [False]  # type: ignore[attr-defined]
+    # Both shut down at once, then waited for: the used one's process ends after its job, the idle one's at once.
+    used_proc, idle_proc = used._processes[1], idle._processes[1]  # type: ignore[attr-defined]
+    assert not used_proc.terminated and used_proc.joined and used.shutdowns == [False]  # type: ignore[attr-defined]
+    assert idle_proc.terminated and idle_proc.joined and idle.shutdowns == [False]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["after its jobs", "stopped"])
+def test_ended_pools_leave_every_process_reaped_with_its_exit_status(stop: bool) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    pools = [ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) for _ in range(2)]
+    for pool in pools:
+        pool.submit(os.getpid).result(timeout=60)
+    procs = [proc for pool in pools for proc in pool._processes.values()]  # type: ignore[attr-defined]
+    end_pools(pools, stop=stop)
+    # Read at once: a pool shut down twice (wait=False, then wait=True) used to return with its processes
+    # still ending, and a reaping race left one with no exit status.
+    assert [proc.exitcode for proc in procs] == [-signal.SIGTERM if stop else 0] * 2
+    assert multiprocessing.active_children() == []
 
 
 def test_a_cached_rerun_leaves_no_worker_process_behind(sweep_home: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, f"name: again\nmodels: ['{TOY_MLP}']\ndataset: '{TOY_DATA}'\nmethods: [fp32]\n")
     first = farm("sweep", "run", str(spec), "-j", "2")
     assert first.exit_code == 0, describe(first)
+    # The process that ran the job ended with the run: joined before the command returned.
+    assert multiprocessing.active_children() == []
     again = farm("sweep", "run", str(spec), "-j", "2")
     assert again.exit_code == 0, describe(again)
     assert "1 cached, 0 to run" in " ".join(again.stderr.split()), again.stderr
