@@ -37,8 +37,8 @@ class BenchmarkConfig:
             this fraction of it on both sides (farm.quant.latency).
         isolation: exclusive (lock + own cores), pinned (own cores; its timing holds the lock shared) or none;
             left out of to_dict at its default.
-        rivals: other runtimes whose fp32 export the trial is also timed side by side with (each a pair of its
-            own after the one with its own runtime's fp32: ``latency[i]["rivals"]``), so "faster than fp32 on
+        rivals: other runtimes whose fp32 export the trial is also timed side by side with (in the same
+            interleaved loop as its own runtime's fp32: ``latency[i]["rivals"]``), so "faster than fp32 on
             OpenVINO" rests on one process's alternating timing rather than on two jobs timed minutes apart; a
             tune's verify stage sets it to every other runtime whose fp32 may be the fastest. Left out of to_dict
             when empty.

@@ -314,7 +314,7 @@ def allow_for_drift(entry: dict[str, Any], rel: float | None, n: int, source: st
     left alone: it is measured side by side, where the host's level cancels.
 
     Args:
-        entry: a latency entry (:meth:`Latency.to_dict`, or a pair's :meth:`PairLatency.entry`).
+        entry: a latency entry (:meth:`Latency.to_dict`, or a pair's :meth:`farm.quant.side_by_side.PairLatency.entry`).
         rel: the host's run-to-run spread as a fraction (:func:`farm.quant.timing_stats.run_to_run_spread`);
             None: nothing known or assumed, nothing widened.
         n: the recorded runs of this measurement.

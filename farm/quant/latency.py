@@ -1,18 +1,17 @@
 """Latency measurement: warm-up, a fixed thread count, repetitions until the median's confidence interval is
-narrow, and a trial timed side by side with its fp32 baseline.
+narrow, and the rules a trial timed side by side with its fp32 baselines follows (:mod:`farm.quant.side_by_side`).
 
 Timings on shared machines are noisy and drift (frequency scaling, a neighbour's burst): a figure measured a
-minute apart from its comparison says little. :func:`measure_pair` therefore interleaves the two models in ABAB
-blocks in one process, so drift hits both alike, and reports the speedup as the ratio of the two sides' medians
-with a bootstrap interval over the pairs of blocks. Every median comes with its distribution-free 95 % interval,
-which allows for drift between blocks (:mod:`farm.quant.timing_stats`), and
+minute apart from its comparison says little. :func:`farm.quant.side_by_side.measure_pair` therefore interleaves
+the two models in ABAB blocks in one process, so drift hits both alike, and reports the speedup as the ratio of the
+two sides' medians with a bootstrap interval over the pairs of blocks. Every median comes with its
+distribution-free 95 % interval, which allows for drift between blocks (:mod:`farm.quant.timing_stats`), and
 :func:`farm.quant.timing_stats.unstable_reason` decides whether it is stable. On CUDA every repetition is
 bracketed by ``torch.cuda.synchronize``.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -27,9 +26,7 @@ from farm.quant.timing_stats import (
     clustered_median_ci,
     flatten,
     percentile,
-    pooled_ratio,
     relative_halfwidth,
-    speedup_ci,
     unstable_reason,
 )
 
@@ -55,11 +52,11 @@ class LatencySettings:
             a median (a slow model then runs past ``max_time_s``; ``should_stop`` still ends it at once).
         max_reps: stop after this many (per model).
         max_time_s: timed wall time per model: one model stops after this long, a side-by-side pair after twice
-            this (each model gets its share), settled or not.
+            this, a trial beside n baselines after n + 1 times this (each model gets its share), settled or not.
         block: the most timed repetitions in one block (a block is about ``target_block_s`` of calls, at least 2);
             the stopping rules are checked after each block.
-        rel_tol: stop once the p50's 95 % interval (and a pair's speedup interval) is within this fraction of it
-            on both sides.
+        rel_tol: stop once the p50's 95 % interval (and a side-by-side timing's speedup intervals) is within this
+            fraction of it on both sides.
         target_block_s: a block is as many repetitions as take about this long (2 to ``block``): short
             enough that drift within a block is small, long enough that a fast model's block median is steady.
         busy_factor: on a busy host (:func:`farm.quant.hostload.busy_since`) an unsettled measurement goes on up
@@ -110,43 +107,6 @@ class Latency:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class PairLatency:
-    """A trial timed side by side with its fp32 baseline (:func:`measure_pair`).
-
-    Attributes:
-        trial, baseline: each side's figures over all its timed repetitions.
-        speedup: the baseline's p50 over the trial's, both over every repetition of the interleaved blocks (the
-            figures shown beside it divide into it exactly); > 1 is faster. Not the median of per-block ratios: a
-            block is a few calls, so its median is near their mean, and on a loaded host one preempted call of
-            two moved a block's ratio by 2-4x (ResNet-18 static under a loader: median of block ratios 4.1x,
-            ratio of the medians 7.8x, an independent re-timing 7.1x).
-        speedup_ci_low, speedup_ci_high: its 95 % interval, a bootstrap over the pairs of blocks (fixed seed) joined
-            with the order-statistic interval of the per-pair block ratios (:func:`farm.quant.timing_stats.speedup_ci`).
-        blocks: how many pairs of blocks were timed.
-        block_reps: the trial's repetitions per block (:func:`_pair_reps`).
-    """
-
-    trial: Latency
-    baseline: Latency
-    speedup: float
-    speedup_ci_low: float
-    speedup_ci_high: float
-    blocks: int
-    block_reps: int
-
-    def entry(self) -> dict[str, Any]:
-        """The trial's latency entry (``JobResult.latency[i]``) with its side-by-side figures."""
-        return {
-            **self.trial.to_dict(),
-            "baseline_p50_ms": self.baseline.latency_p50_ms,
-            "speedup": self.speedup,
-            "speedup_ci_low": self.speedup_ci_low,
-            "speedup_ci_high": self.speedup_ci_high,
-            "blocks": self.blocks,
-        }
 
 
 def summarize(
@@ -232,82 +192,6 @@ def measure_latency(
     return summarize(batch_size, samples, settled=settled, blocks=blocks)
 
 
-def measure_pair(
-    trial_fn: Callable[[], object],
-    base_fn: Callable[[], object],
-    batch_size: int,
-    *,
-    device: str = "cpu",
-    settings: LatencySettings | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    clock: Clock = time.perf_counter,
-    busy: Callable[[], bool] | None = None,
-    paused: Callable[[], float] | None = None,
-) -> PairLatency:
-    """Time a trial and its baseline side by side: warm both, then pairs of blocks (a block of the slower side,
-    then one of the faster side that lasts about as long: :func:`_pair_reps`; the side that goes first alternating
-    from pair to pair) until both medians and the speedup are known to ``rel_tol``, or ``2 * max_time_s`` passed
-    (``busy_factor`` times that on a busy host; never before ``min_reps`` per side, and never past ``max_reps`` on
-    either).
-
-    Each block of a side faster than :data:`REWARM_BELOW_S` a call starts with one untimed call: the other model's
-    block evicted this one's weights from the caches and let the thread pool sleep, and a model served back to back
-    (what a user deploys) pays neither.
-
-    Args:
-        trial_fn, base_fn: each runs one batch of the same inputs on its model.
-        batch_size: samples per call.
-        device: "cuda" synchronises around every repetition.
-        settings: warm-up and stopping rules (``max_time_s`` is each side's share).
-        should_stop: polled between pairs; True ends the measurement early (marked unstable).
-        clock: seconds (tests pass a fake one).
-        busy, paused: as :func:`measure_latency`'s.
-
-    Returns:
-        Both sides' figures and the speedup (baseline / trial) with its 95 % interval.
-    """
-    s = settings or LatencySettings()
-    sync = _sync(device)
-    with torch.inference_mode():
-        per_trial, per_base = _warm(trial_fn, s, sync, clock), _warm(base_fn, s, sync, clock)
-        k_trial, k_base = _pair_reps(per_trial, per_base, s)
-        sides = ((trial_fn, k_trial, per_trial < REWARM_BELOW_S), (base_fn, k_base, per_base < REWARM_BELOW_S))
-        min_pairs = max(MIN_BLOCKS, math.ceil(s.min_reps / min(k_trial, k_base)))
-        trial_s: list[list[float]] = []  # the blocks of each side, in order
-        base_s: list[list[float]] = []
-        settled, check_at = False, min_pairs
-        began, busy = clock(), busy or busy_since()
-        while len(trial_s) * max(k_trial, k_base) < s.max_reps:
-            trial_first = len(trial_s) % 2 == 0
-            a, b = (_time_block(fn, k, sync, clock, rewarm=r) for fn, k, r in (sides if trial_first else sides[::-1]))
-            trial_s.append(a if trial_first else b)
-            base_s.append(b if trial_first else a)
-            pairs = len(trial_s)
-            if pairs >= check_at and _narrow(trial_s, s.rel_tol) and _narrow(base_s, s.rel_tol):
-                # The speedup's own interval (its bootstrap from fewer resamples), checked after 1/8 more pairs each
-                # time: a bootstrap per pair would cost a fast model's pair as much again.
-                check_at = pairs + max(1, pairs // 8)
-                interval = speedup_ci(base_s, trial_s, resamples=SETTLE_RESAMPLES)
-                if relative_halfwidth(pooled_ratio(base_s, trial_s), *interval) <= s.rel_tol:
-                    settled = True
-                    break
-            if pairs >= min_pairs and _spent(clock() - began - _waited(paused), 2 * s.max_time_s, s, busy):
-                break
-            if should_stop and should_stop():
-                break
-    trial, baseline = (summarize(batch_size, flatten(b), settled=settled, blocks=b) for b in (trial_s, base_s))
-    low, high = speedup_ci(base_s, trial_s)
-    return PairLatency(
-        trial=trial,
-        baseline=baseline,
-        speedup=_ratio(baseline.latency_p50_ms, trial.latency_p50_ms),
-        speedup_ci_low=low,
-        speedup_ci_high=high,
-        blocks=len(trial_s),
-        block_reps=k_trial,
-    )
-
-
 def warm_up(fns: list[Callable[[], object]], seconds: float, *, reps: int = 3, device: str = "cpu") -> None:
     """Run each of ``fns`` untimed for ``seconds`` (and ``reps`` calls at least), as a measurement's warm-up does:
     the part of warming that compiles, allocates and profiles (TorchScript's first runs), done before a measurement
@@ -324,20 +208,6 @@ def _block_reps(per_call_s: float, s: LatencySettings) -> int:
     """Repetitions per block: about ``target_block_s`` of calls, 2 to ``block`` (a slow model still gets the
     :data:`MIN_BLOCKS` blocks its interval needs within ``min_reps``)."""
     return max(1, min(s.block, max(2, int(s.target_block_s / per_call_s) if per_call_s > 0 else s.block)))
-
-
-def _pair_reps(per_trial_s: float, per_base_s: float, s: LatencySettings) -> tuple[int, int]:
-    """Repetitions per block of the trial and of its baseline: the slower side's block is :func:`_block_reps`
-    long, the faster side repeats until its block lasts about as long (at most ``block``).
-
-    Each side then gets its share of the time and the faster one many more samples: with equal counts an int8
-    ResNet-18 got 2 calls a block beside fp32's 2, 20 in all, and on a loaded host, where a call is preempted or
-    not, its median flipped between modes 2x apart from run to run.
-    """
-    slow, fast = max(per_trial_s, per_base_s), min(per_trial_s, per_base_s)
-    k_slow = _block_reps(slow, s)
-    k_fast = max(k_slow, min(s.block, round(k_slow * slow / fast))) if fast > 0 else s.block
-    return (k_fast, k_slow) if per_trial_s <= per_base_s else (k_slow, k_fast)
 
 
 def _sync(device: str) -> Callable[[], None]:

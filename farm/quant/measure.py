@@ -96,12 +96,12 @@ def benchmark(
 
     Args:
         baseline: the fp32 model this job compares with. A trial that is not simulated is timed side by side
-            with it (:func:`farm.quant.latency.measure_pair`: same inputs, threads and process), which gives its
+            with it (:func:`farm.quant.side_by_side.measure_pair`: same inputs, threads and process), which gives its
             ``speedup``; the fp32 job passes its own (``outcome is baseline.deployed``) and is timed alone. Either
             way ``fp32_deployed_as`` says how fp32 was deployed; the fp32 job also times the eager form where it
             differs from the deployed one (``fp32_eager_p50_ms``; None in a trial's entry).
         rivals: (runtime, fp32 model) of other runtimes (``cfg.rivals``, built by :mod:`farm.jobs.rivals`): a trial
-            timed beside its baseline is then timed beside each of them too (``rivals`` in its entry).
+            timed beside its baseline is timed beside each of them too, in the same loop (``rivals`` in its entry).
     """
     from farm.quant.latency import warm_up
     from farm.zoo.data import first_batch

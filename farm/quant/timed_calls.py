@@ -18,11 +18,11 @@ from farm.quant.reference import Baseline
 
 @dataclasses.dataclass(frozen=True)
 class Calls:
-    """One batch's forward calls: the trial, its side-by-side fp32 baseline (None: timed alone), the eager fp32
-    form (timed by the fp32 job only: a figure of fp32, not of a trial, which re-timing in every trial cost the host
-    exclusive time for nothing; None elsewhere) and the rivals (other runtimes' fp32 exports, by runtime, each timed
-    side by side with the trial after its own baseline; ``benchmark.rivals``); ``fp32_deployed_as`` is None when no
-    fp32 figure goes with the trial's (no baseline, or a simulated trial)."""
+    """One batch's forward calls: the trial, its side-by-side fp32 baseline (None: timed alone), the eager fp32 form
+    (timed by the fp32 job only: a figure of fp32, not of a trial, which re-timing in every trial cost the host
+    exclusive time for nothing; None elsewhere) and the rivals (other runtimes' fp32 exports, by runtime, each
+    timed side by side with the trial in the same interleaved loop as its own baseline; ``benchmark.rivals``);
+    ``fp32_deployed_as`` is None when no fp32 figure goes with the trial's (no baseline, or a simulated trial)."""
 
     trial: Callable[[], object]
     base: Callable[[], object] | None
@@ -59,23 +59,23 @@ def time_batch(
     isolated: Measured,
 ) -> dict[str, Any]:
     """One batch size's latency entry: alone, or beside the fp32 baseline (with its speedup) and the rivals (their
-    side-by-side speedups under ``rivals``), held as ``isolated``."""
-    from farm.quant.latency import LatencySettings, measure_latency, measure_pair
+    side-by-side speedups under ``rivals``) in one interleaved loop (:func:`farm.quant.side_by_side.measure_group`),
+    held as ``isolated``."""
+    from farm.quant.latency import LatencySettings, measure_latency
+    from farm.quant.side_by_side import measure_group
 
     settings = LatencySettings(
         warmup_s=cfg.warmup_s, max_time_s=cfg.max_time_s, min_reps=cfg.min_reps, rel_tol=cfg.rel_tol
     )
     how: dict[str, Any] = {"device": device, "settings": settings, "busy": isolated.busy}
     how.update(should_stop=isolated.poll, paused=_since(isolated.waited))
-    if calls.base is not None:
-        entry = measure_pair(calls.trial, calls.base, batch_size, **how).entry()
+    if calls.base is not None:  # beside its own fp32 and the rivals' in one interleaved loop
+        own, *rivals = measure_group(calls.trial, [calls.base, *(fn for _, fn in calls.rivals)], batch_size, **how)
+        entry = own.entry()
+        if calls.rivals:
+            entry["rivals"] = [_rival(name, pair) for (name, _), pair in zip(calls.rivals, rivals, strict=True)]
     else:
         entry = measure_latency(calls.trial, batch_size, **how).to_dict()
-    if calls.rivals:
-        entry["rivals"] = []
-        for name, fn in calls.rivals:
-            how["paused"] = _since(isolated.waited)  # this pair's waits only, not the ones before it
-            entry["rivals"].append(_rival(name, measure_pair(calls.trial, fn, batch_size, **how)))
     if calls.fp32_deployed_as is not None:
         entry["fp32_deployed_as"] = calls.fp32_deployed_as
         entry["fp32_eager_p50_ms"] = None
@@ -94,7 +94,8 @@ def _since(waited: Callable[[], float]) -> Callable[[], float]:
 
 
 def _rival(runtime: str, pair: Any) -> dict[str, Any]:
-    """A rival's figures in a trial's latency entry: its fp32 p50 and the trial's speedup over it, side by side."""
+    """A rival's figures in a trial's latency entry: its fp32 p50 and the trial's speedup over it, side by side (the
+    trial's p50 and blocks are its own entry's: one loop timed them all)."""
     return {
         "runtime": runtime,
         "fp32_p50_ms": pair.baseline.latency_p50_ms,

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from farm.quant.hostload import CpuTimes
-from farm.quant.latency import LatencySettings, measure_latency, measure_pair, summarize
+from farm.quant.latency import LatencySettings, measure_latency, summarize
+from farm.quant.side_by_side import measure_group, measure_pair
 from farm.quant.timing_stats import (
     median_ci,
     median_ci_ranks,
@@ -277,6 +278,42 @@ def test_blocks_alternate_which_side_goes_first() -> None:
     # Blocks of 2 timed calls (capped by block), each after one untimed call: T B | B T | T B ...
     assert timed.startswith("TTTBBBBBBTTTTTTBBB")
     assert timed.count("T") == timed.count("B")
+
+
+def test_a_trial_beside_two_baselines_times_its_blocks_once_for_both_speedups() -> None:
+    clock = FakeClock()
+    trial, fp32, rival = (clock.model(lambda c=c: c) for c in (0.001, 0.002, 0.004))  # type: ignore[misc]
+    own, other = measure_group(trial, [fp32, rival], 8, settings=FAST, clock=clock)
+    assert (own.speedup, other.speedup) == (pytest.approx(2.0), pytest.approx(4.0))
+    assert (other.speedup_ci_low, other.speedup_ci_high) == (pytest.approx(4.0), pytest.approx(4.0))
+    # One loop: the same trial figures behind both speedups, settled as soon as allowed (6 rounds). The slowest
+    # model's block is 5 calls (0.02 s), the others repeat to last as long (capped at 10).
+    assert own.trial is other.trial and own.blocks == other.blocks == 6 and own.trial.stable
+    assert (own.trial.reps, own.baseline.reps, other.baseline.reps) == (60, 60, 30)
+    assert other.entry()["baseline_p50_ms"] == pytest.approx(4.0)
+
+
+def test_a_group_times_one_block_of_each_model_a_round_the_trial_first_then_last() -> None:
+    clock, log = FakeClock(), list[str]()
+    settings = LatencySettings(warmup_s=0.0, warmup_reps=1, min_reps=2, max_time_s=1.0, block=2, busy_factor=1.0)
+    models = [clock.model(lambda: 0.1, log, name) for name in "TAB"]  # slow calls: no untimed call before a block
+    measure_group(models[0], models[1:], 1, settings=settings, clock=clock)
+    assert log[:3] == ["T", "A", "B"]  # warm-up
+    timed = "".join(log[3:])
+    assert timed.startswith("TTAABB" + "BBAATT" + "TTAABB")
+    assert timed.count("T") == timed.count("A") == timed.count("B")
+
+
+def test_an_unsettled_group_stops_after_each_models_share_of_the_budget() -> None:
+    clock = FakeClock()
+    trial = _flip_flop(clock)
+    bases = [clock.model(lambda: 0.002) for _ in range(3)]
+    group = measure_group(trial, bases, 1, settings=FAST, clock=clock)
+    spent = clock.now
+    assert not group[0].trial.stable and len(group) == 3
+    assert 4 * FAST.max_time_s <= spent < 4 * FAST.max_time_s + 0.1  # 4 models, 1 s each, then one more round
+    pair = measure_pair(trial, bases[0], 1, settings=FAST, clock=clock)
+    assert not pair.trial.stable and 2 * FAST.max_time_s <= clock.now - spent < 2 * FAST.max_time_s + 0.1
 
 
 def test_a_slow_side_times_its_blocks_from_the_first_call() -> None:

@@ -97,28 +97,28 @@ def test_a_bad_rival_list_is_refused_in_one_line(rivals: list[str], message: str
         load_spec(text)
 
 
-def test_each_pair_leaves_out_of_its_budget_only_the_waits_inside_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pinned timing's waits for exclusive ones are not spent from its budget; a rival's pair, timed after the
-    trial's own, must not be credited with the waits of the pairs before it (its budget would grow by them)."""
-    import farm.quant.latency as latency
+def test_the_trial_its_fp32_and_the_rivals_are_timed_in_one_loop_whose_budget_leaves_out_earlier_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One interleaved loop times the trial beside its own fp32 and every rival's (the trial's blocks serve each
+    comparison); a pinned timing's waits for exclusive ones are not spent from its budget, and the loop is not
+    credited with waits from before it began."""
+    import farm.quant.side_by_side as side_by_side
+    from farm.quant import latency
     from farm.quant.timed_calls import Calls, time_batch
 
-    waited = [0.0]
-    seen: list[float] = []
+    waited = [5.0]  # waits before this batch size's timing (another batch size's): not this loop's
+    groups: list[tuple[int, float]] = []
+    trial, own, torch_fp32, ov_fp32 = (lambda: None for _ in range(4))
 
-    class Pair:
-        def __init__(self) -> None:
-            fig = latency.summarize(1, [0.001] * 6, settled=True)
-            self.trial = self.baseline = fig
-            self.speedup, self.speedup_ci_low, self.speedup_ci_high, self.blocks = 1.0, 0.9, 1.1, 6
-
-        def entry(self) -> dict[str, Any]:
-            return {"speedup": 1.0}
-
-    def pair(*args: Any, paused: Any, **kwargs: Any) -> Pair:
-        seen.append(paused())
-        waited[0] += 2.0  # this pair waited 2 s for another job's exclusive timing
-        return Pair()
+    def group(trial_fn: Any, base_fns: list[Any], batch_size: int, *, paused: Any, **kwargs: Any) -> list[Any]:
+        assert trial_fn is trial and base_fns == [own, torch_fp32, ov_fp32]
+        groups.append((len(base_fns), paused()))
+        fig = latency.summarize(1, [0.001] * 6, settled=True)
+        return [
+            side_by_side.PairLatency(fig, fig, speedup, speedup - 0.1, speedup + 0.1, 6, 10)
+            for speedup in (1.5, 2.0, 0.9)
+        ]
 
     class Held:
         busy = None
@@ -129,12 +129,13 @@ def test_each_pair_leaves_out_of_its_budget_only_the_waits_inside_it(monkeypatch
         def waited(self) -> float:
             return waited[0]
 
-    monkeypatch.setattr(latency, "measure_pair", pair)
-    calls = Calls(
-        lambda: None, lambda: None, None, "onnxruntime", rivals=(("torch", lambda: None), ("openvino", lambda: None))
-    )
+    monkeypatch.setattr(side_by_side, "measure_group", group)
+    calls = Calls(trial, own, None, "onnxruntime", rivals=(("torch", torch_fp32), ("openvino", ov_fp32)))
     entry = time_batch(calls, "cpu", 1, bench(), Held())  # type: ignore[arg-type]
-    assert seen == [0.0, 0.0, 0.0] and [r["runtime"] for r in entry["rivals"]] == ["torch", "openvino"]
+    assert groups == [(3, 0.0)]  # one loop, its budget free of the 5 s waited before it
+    assert entry["speedup"] == 1.5
+    rivals = [(r["runtime"], r["speedup"], r["blocks"]) for r in entry["rivals"]]
+    assert rivals == [("torch", 2.0, 6), ("openvino", 0.9, 6)]
 
 
 def test_an_fp32_job_and_a_simulated_trial_build_no_rivals(
