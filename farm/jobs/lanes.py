@@ -141,11 +141,13 @@ class Lanes:
     def processes(self) -> list[Any]:
         return [p for lane in self.lanes for p in lane.processes()]
 
-    def shutdown(self) -> None:
+    def shutdown(self, stop: bool = False) -> None:
         """Shut every lane's pool down, the processes ending together (then joined); a lane never given a job has
-        its process (started early, maybe still importing the engine) stopped at once."""
-        stop_unused([lane.pool for lane in self.lanes if not lane.ran])
-        end_pools([lane.pool for lane in self.lanes if lane.ran])
+        its process (started early, maybe still importing the engine) stopped at once, and with ``stop`` (a run
+        that failed) every process is: a job still running would otherwise hold the command until it ended."""
+        stop_unused([lane.pool for lane in self.lanes if stop or not lane.ran])
+        if not stop:
+            end_pools([lane.pool for lane in self.lanes if lane.ran])
 
 
 def choose(

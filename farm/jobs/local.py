@@ -132,17 +132,19 @@ def run_local(
         starter.close()
         raise
     run = _Run(db, stats, on_update or (lambda s: None), lanes, set(job_ids))
+    failed = True
     try:
         starter.release()  # an interrupt held since the processes started arrives here, and cancels the run
         run.execute(local_runs.start(db, job_ids, run.owner))
         run.notify(stats)
         run.drain()
         local_runs.settle(db, sweep_id)
+        failed = False
     except KeyboardInterrupt:
         _cancel(db, sweep_id, sorted(run.job_ids), run.lanes, stats)
         raise
     finally:
-        run.lanes.shutdown()
+        run.lanes.shutdown(stop=failed)  # a failed run (the store gone, say) stops its jobs rather than wait
         starter.close()
     # Jobs still waiting now wait for a job another live run holds, or are held by it: that run runs them.
     stats.cached += max(0, stats.to_run - stats.done)

@@ -167,26 +167,31 @@ def stop_unused(pools: list[Any]) -> None:
 
 def end_pools(pools: list[Any], *, stop: bool = False) -> None:
     """Shut ``pools`` down together and wait until their processes have ended and are reaped, none left for the
-    caller to find; with ``stop``, the processes are terminated first (and waited for 5 s at most).
+    caller to find; with ``stop``, the processes are terminated first (and waited for 5 s at most, all together).
 
-    Each pool's manager thread joins its processes too: it is waited for first, since two threads reaping one
-    process race (the loser reads no exit status). Both are taken before the shutdown, which forgets them: a
-    shutdown(wait=True) after one with wait=False waits for nothing."""
-    procs = [proc for pool in pools for proc in list((getattr(pool, "_processes", None) or {}).values())]
-    managers = [getattr(pool, "_executor_manager_thread", None) for pool in pools]
-    timeout = 5.0 if stop else None
+    Each pool's manager thread joins its processes too: it is waited for first, and a pool whose thread is still at
+    it when the time is up is left to it, since two threads reaping one process race (the loser reads no exit
+    status). Both are taken before the shutdown, which forgets them: a shutdown(wait=True) after one with
+    wait=False waits for nothing."""
+    held = [
+        (getattr(pool, "_executor_manager_thread", None), list((getattr(pool, "_processes", None) or {}).values()))
+        for pool in pools
+    ]
+    deadline = time.monotonic() + 5.0 if stop else None
     if stop:
-        for proc in procs:
+        for proc in (proc for _, procs in held for proc in procs):
             with contextlib.suppress(Exception):
                 proc.terminate()
     for pool in pools:
         pool.shutdown(wait=False, cancel_futures=True)
-    for thread in managers:
+    for thread, procs in held:
         if thread is not None:
-            thread.join(timeout)
-    for proc in procs:
-        with contextlib.suppress(Exception):
-            proc.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                continue
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 def _hold_interrupts() -> Any:

@@ -29,8 +29,8 @@ class BenchmarkConfig:
         threads: torch intra-op threads for the whole job (one per worker process by default).
         device: where the model is evaluated and timed.
         warmup_s: untimed warm-up per batch size.
-        max_time_s: timed budget per model and batch size (a trial timed side by side with its fp32 baseline gets
-            twice this); repetitions stop earlier once the figures settle.
+        max_time_s: timed budget per model and batch size (a trial timed side by side with its fp32 baseline and n
+            rivals gets n + 2 times this, each model its share); repetitions stop earlier once the figures settle.
         min_reps: repetitions before the median may be called stable; timing runs past ``max_time_s`` until it has
             them.
         rel_tol: the figures settle once the p50's 95 % interval (and a trial's speedup interval) lies within

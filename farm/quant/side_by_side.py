@@ -75,11 +75,32 @@ class PairLatency:
 
 
 def measure_pair(
-    trial_fn: Callable[[], object], base_fn: Callable[[], object], batch_size: int, **how: Any
+    trial_fn: Callable[[], object],
+    base_fn: Callable[[], object],
+    batch_size: int,
+    *,
+    device: str = "cpu",
+    settings: LatencySettings | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    clock: Clock = time.perf_counter,
+    busy: Callable[[], bool] | None = None,
+    paused: Callable[[], float] | None = None,
 ) -> PairLatency:
     """Time a trial and its baseline side by side: :func:`measure_group` with one baseline (pairs of blocks, the side
-    that goes first alternating from pair to pair; stopped after ``2 * max_time_s`` at most)."""
-    return measure_group(trial_fn, [base_fn], batch_size, **how)[0]
+    that goes first alternating from pair to pair: T B, B T, T B, ...; stopped after ``2 * max_time_s`` at most).
+
+    Args:
+        trial_fn, base_fn, batch_size, device, settings, should_stop, clock, busy, paused: as
+            :func:`measure_group`'s.
+
+    Returns:
+        Both sides' figures and the speedup (baseline / trial) with its 95 % interval.
+    """
+    group = measure_group(
+        trial_fn, [base_fn], batch_size, device=device, settings=settings, should_stop=should_stop, clock=clock,
+        busy=busy, paused=paused,
+    )  # fmt: skip
+    return group[0]
 
 
 def measure_group(
@@ -96,9 +117,10 @@ def measure_group(
 ) -> list[PairLatency]:
     """Time a trial beside each of ``base_fns`` in one loop: warm every model, then rounds of one block each (the
     slowest model's block :func:`farm.quant.latency._block_reps` long, a faster one's repeating until it lasts about
-    as long: :func:`_group_reps`), the trial first in even rounds and last in odd ones, until every median and every
-    speedup is known to ``rel_tol``, or ``max_time_s`` per model has passed (``busy_factor`` times that on a busy
-    host; never before ``min_reps`` per model, and never past ``max_reps`` on any).
+    as long: :func:`_group_reps`) in an order that rotates from round to round (T A B, A B T, B T A, ...: each model
+    in each place equally often, and none twice in a row across a round's end; with one baseline T B, B T), until
+    every median and every speedup is known to ``rel_tol``, or ``max_time_s`` per model has passed (``busy_factor``
+    times that on a busy host; never before ``min_reps`` per model, and never past ``max_reps`` on any).
 
     One loop rather than a pair per baseline: the trial's blocks serve every comparison, so each speedup rests on as
     many of its calls as a pair's would, at (n + 1) / 2n of the pairs' time (a tune's verify job beside three fp32s:
@@ -133,8 +155,8 @@ def measure_group(
         settled, check_at = False, min_rounds
         began, busy = clock(), busy or busy_since()
         while len(timed[0]) * max(reps) < s.max_reps:
-            order = range(len(fns)) if len(timed[0]) % 2 == 0 else range(len(fns) - 1, -1, -1)
-            for i in order:
+            start = len(timed[0]) % len(fns)
+            for i in (*range(start, len(fns)), *range(start)):
                 fn, k, rewarm = sides[i]
                 timed[i].append(_time_block(fn, k, sync, clock, rewarm=rewarm))
             rounds = len(timed[0])

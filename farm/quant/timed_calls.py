@@ -30,6 +30,10 @@ class Calls:
     fp32_deployed_as: str | None
     rivals: tuple[tuple[str, Callable[[], object]], ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.rivals and self.base is None:  # they are timed in the baseline's loop: alone they would go untimed
+            raise ValueError("rivals are timed beside the trial's own fp32 baseline, and there is none")
+
     @staticmethod
     def of(outcome: Any, batch: Any, baseline: Baseline | None, rivals: Sequence[tuple[str, Any]] = ()) -> Calls:
         def call(model: Any) -> Callable[[], object]:

@@ -293,14 +293,14 @@ def test_a_trial_beside_two_baselines_times_its_blocks_once_for_both_speedups() 
     assert other.entry()["baseline_p50_ms"] == pytest.approx(4.0)
 
 
-def test_a_group_times_one_block_of_each_model_a_round_the_trial_first_then_last() -> None:
+def test_a_group_times_one_block_of_each_model_a_round_in_an_order_that_rotates() -> None:
     clock, log = FakeClock(), list[str]()
     settings = LatencySettings(warmup_s=0.0, warmup_reps=1, min_reps=2, max_time_s=1.0, block=2, busy_factor=1.0)
     models = [clock.model(lambda: 0.1, log, name) for name in "TAB"]  # slow calls: no untimed call before a block
     measure_group(models[0], models[1:], 1, settings=settings, clock=clock)
     assert log[:3] == ["T", "A", "B"]  # warm-up
     timed = "".join(log[3:])
-    assert timed.startswith("TTAABB" + "BBAATT" + "TTAABB")
+    assert timed.startswith("TTAABB" + "AABBTT" + "BBTTAA" + "TTAABB")  # the order rotates: no model twice in a row
     assert timed.count("T") == timed.count("A") == timed.count("B")
 
 

@@ -151,3 +151,10 @@ def test_an_fp32_job_and_a_simulated_trial_build_no_rivals(
     assert built == []  # the fp32 job is what rivals compare with; a simulated trial claims no speed
     assert "rivals" not in fp32.latency[0] and "rivals" not in simulated.latency[0]
     assert simulated.simulated is True
+
+
+def test_rivals_without_the_trials_own_baseline_are_refused_not_left_untimed() -> None:
+    from farm.quant.timed_calls import Calls
+
+    with pytest.raises(ValueError, match="beside the trial's own fp32 baseline"):
+        Calls(lambda: None, None, None, None, rivals=(("torch", lambda: None),))
