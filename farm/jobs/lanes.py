@@ -145,9 +145,9 @@ class Lanes:
         """Shut every lane's pool down, the processes ending together (then joined); a lane never given a job has
         its process (started early, maybe still importing the engine) stopped at once, and with ``stop`` (a run
         that failed) every process is: a job still running would otherwise hold the command until it ended."""
-        stop_unused([lane.pool for lane in self.lanes if stop or not lane.ran])
-        if not stop:
-            end_pools([lane.pool for lane in self.lanes if lane.ran])
+        unused = [lane.pool for lane in self.lanes if stop or not lane.ran]
+        end_pools(unused, stop=True)
+        end_pools([lane.pool for lane in self.lanes if lane.pool not in unused])
 
 
 def choose(

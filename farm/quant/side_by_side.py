@@ -153,7 +153,7 @@ def measure_group(
         min_rounds = max(MIN_BLOCKS, math.ceil(s.min_reps / min(reps)))
         timed: list[list[list[float]]] = [[] for _ in fns]  # per model, its blocks in order
         settled, check_at = False, min_rounds
-        began, busy = clock(), busy or busy_since()
+        began, busy, budget = clock(), busy or busy_since(), len(fns) * s.max_time_s
         while len(timed[0]) * max(reps) < s.max_reps:
             start = len(timed[0]) % len(fns)
             for i in (*range(start, len(fns)), *range(start)):
@@ -167,7 +167,6 @@ def measure_group(
                 if all(_speedup_narrow(base, timed[0], s.rel_tol) for base in timed[1:]):
                     settled = True
                     break
-            budget = len(fns) * s.max_time_s
             if rounds >= min_rounds and _spent(clock() - began - _waited(paused), budget, s, busy):
                 break
             if should_stop and should_stop():
