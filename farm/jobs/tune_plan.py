@@ -26,6 +26,7 @@ import yaml
 from farm.errors import ConfigError, Problem
 from farm.jobs.contract import JobSpec
 from farm.metric_targets import METRICS, Target, make_target
+from farm.quant.timing_stats import MAX_CI_REL
 from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, granularity_runs, runtime_problems, unavailable
 from farm.spec.plan import Plan, PlannedJob, job_key
 
@@ -232,6 +233,7 @@ def plan_tune(
         "method": name,
         "runtimes": runtimes,
         "isolation": reference.spec.benchmark.isolation,
+        "rel_tol": reference.spec.benchmark.rel_tol,  # the verify job's (screened timings settle looser)
         # One fp32 reference job: a validation-split job carries it to its split (farm.jobs.fp32_reference).
         "references": {"test": reference.key, "validation": reference.key},
         "weights": {reference.spec.model: reference.weights_digest},
@@ -342,13 +344,24 @@ def validation_spec(spec: JobSpec) -> JobSpec:
 #: exclusively, and the one candidate that may be the answer is timed again as the tune's own benchmark says
 #: (``tune_verify``). Under -j 2 the exclusive timings were a fifth of a search's wall time and serialised it.
 SCREENING_ISOLATION = "pinned"
+#: How closely a screened timing must know its figures before it stops (``benchmark.rel_tol``): the bar a p50 is
+#: called stable at (farm.quant.timing_stats.MAX_CI_REL, 5 %), not the tune's own 2 %. A screened figure only picks
+#: the recipe the verify stage times again, and the answer prefers the simpler of two recipes whose intervals
+#: overlap. Beside the other process's jobs, whose compute comes and goes, the blocks' medians drift by more than
+#: 2 % and every screened timing ran to its budget (3 s a pair against 0.2-0.8 s with the other core idle: a
+#: -j 2 search spent 40 % more time timing than -j 1); at 5 % they stop as they do alone.
+SCREENING_REL_TOL = MAX_CI_REL
 
 
 def screening_spec(spec: JobSpec) -> JobSpec:
-    """``spec`` timed as a candidate is screened (:data:`SCREENING_ISOLATION`, unless the spec asked for none)."""
+    """``spec`` timed as a candidate is screened: pinned (:data:`SCREENING_ISOLATION`) and settled at
+    :data:`SCREENING_REL_TOL` (or the spec's own, if looser) where the spec times exclusively; a spec timed pinned or
+    unisolated as it is (nothing will be verified: farm/jobs/tune_stages.py)."""
     b = spec.benchmark
-    isolation = b.isolation if b.isolation == "none" else SCREENING_ISOLATION
-    return dataclasses.replace(spec, benchmark=dataclasses.replace(b, isolation=isolation))
+    if b.isolation != "exclusive":  # pinned or none throughout: these figures are the answer's, timed as asked
+        return spec
+    rel_tol = max(b.rel_tol, SCREENING_REL_TOL)
+    return dataclasses.replace(spec, benchmark=dataclasses.replace(b, isolation=SCREENING_ISOLATION, rel_tol=rel_tol))
 
 
 def _screened_job(job: PlannedJob) -> PlannedJob:

@@ -41,6 +41,7 @@ from farm.jobs.tune_plan import (
     validation_spec,
 )
 from farm.metric_targets import figure, meets
+from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.layers import LayerRule
 from farm.spec.plan import PlannedJob, job_key
 
@@ -296,6 +297,14 @@ def _healthy(job: Any) -> bool:
     return job.state == SUCCEEDED and bool(job.figures) and job.figures.get("health") in (None, "ok")
 
 
+def _rel_tol(p: Mapping[str, Any]) -> float:
+    """How closely the tune's own timings settle (a tune from before it carried that: as its base recipes did)."""
+    if "rel_tol" in p:
+        return float(p["rel_tol"])
+    bases = [b.get("benchmark") or {} for b in (p.get("bases") or {}).values()]
+    return float(next((b["rel_tol"] for b in bases if "rel_tol" in b), BenchmarkConfig.rel_tol))
+
+
 def _isolation(p: Mapping[str, Any]) -> str:
     """How the tune times the answer (a tune from before it carried that: as its base recipes were timed)."""
     if "isolation" in p:
@@ -341,7 +350,8 @@ def _job(
     elif rivals is None:
         new = dataclasses.replace(screening_spec(new), split=split)
     else:  # timed as the tune's benchmark says (the base recipe it came from was screened)
-        timed = dataclasses.replace(new.benchmark, isolation=_isolation(stage.params), rivals=rivals)
+        p = stage.params
+        timed = dataclasses.replace(new.benchmark, isolation=_isolation(p), rel_tol=_rel_tol(p), rivals=rivals)
         new = dataclasses.replace(new, split=split, benchmark=timed)
     digest = (stage.params.get("weights") or {}).get(spec.model)
     device = new.benchmark.device  # the planner wrote the job's resolved device there

@@ -184,11 +184,14 @@ def test_the_search_ranks_layers_on_validation_and_falls_back_the_most_sensitive
     fallbacks = [[r.name for r in j.spec.method.layers] for j in cands]
     assert fallbacks == [["conv2"], ["conv2", "conv3"], ["conv2", "conv3", "fc1", "conv1"], ["conv2"]]
     assert [j.spec.benchmark.isolation for j in cands] == ["pinned", "pinned", "pinned", "exclusive"]
+    # A screened timing settles at the stability bar (5 %); the verify job's at the tune's own 2 %.
+    assert [j.spec.benchmark.rel_tol for j in cands] == [0.05, 0.05, 0.05, 0.02]
     # The global int8 recipes only rank: they are screened (pinned); the fp32 reference keeps the tune's
     # benchmark (exclusive).
     globals_ = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and not j.spec.method.layers]
     assert globals_ and all(j.spec.benchmark.isolation == "pinned" for j in globals_)
-    assert jobs[0].spec.benchmark.isolation == "exclusive"
+    assert all(j.spec.benchmark.rel_tol == 0.05 for j in globals_)
+    assert jobs[0].spec.benchmark.isolation == "exclusive" and jobs[0].spec.benchmark.rel_tol == 0.02
     assert len([j for j in jobs if j.role != "stage"]) == budget_per_runtime(len(LAYERS))
 
 
@@ -408,6 +411,7 @@ def test_a_tune_timed_pinned_or_unisolated_throughout_verifies_nothing(isolation
     assert ran[-2:] == ["tune_verify", "tune_answer"]
     tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
     assert tested and {j.spec.benchmark.isolation for j in tested} == {isolation}
+    assert {j.spec.benchmark.rel_tol for j in tested} == {0.02}  # the answer's figures, settled as the tune asks
     assert len({j.key for j in tested}) == len(tested)  # screening timed them as the tune says: nothing twice
 
 
