@@ -592,3 +592,11 @@ def test_an_fp32_timed_on_another_device_is_no_rival() -> None:
     assert fp32_rivals(entries, "torch", "cpu") == ("onnxruntime", "openvino")
     assert fp32_rivals(entries, "openvino", "cpu") == ("onnxruntime",)
     assert fp32_rivals(entries, "tensorrt", "cuda") == ()
+
+
+def test_a_tune_planned_before_screening_settled_looser_verifies_at_its_bases_rel_tol() -> None:
+    # Its stage parameters carry no rel_tol; its bases were screened at the tune's own.
+    old = {"bases": {"torch": {"benchmark": {"rel_tol": 0.03, "isolation": "pinned"}}}}
+    assert tune_stages._rel_tol(old) == 0.03
+    assert tune_stages._rel_tol({"bases": {"torch": {"benchmark": {}}}}) == 0.02
+    assert tune_stages._rel_tol({**old, "rel_tol": 0.01}) == 0.01
