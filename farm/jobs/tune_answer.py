@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.jobs.tune_plan import TuneSettings, info, screened
+from farm.jobs.tune_plan import TuneSettings, info
+from farm.jobs.tune_timing import screened
 from farm.metric_targets import figure, meets, shortfall
 
 #: The trail's name of the stage that added a job (None: planned up front, stage 1).

@@ -8,7 +8,7 @@ waited for and add the next stage's jobs, through the one scheduling policy (far
   for every power of two k below the layer count, all at once, on the test split; then ``tune_refine``.
 - ``tune_refine``: the k's between the largest failing and the smallest passing k, evenly spaced, at most
   log2(layers) of them; then ``tune_verify``.
-- ``tune_verify``: the global int8 recipes, candidates and refine time their jobs pinned (farm/jobs/tune_plan.py's
+- ``tune_verify``: the global int8 recipes, candidates and refine time their jobs pinned (farm/jobs/tune_timing.py's
   ``screening_spec``): they only rank, and under -j 2 exclusive timings serialised the search. The recipe the
   answer would be (farm/jobs/tune_answer.py's ``choose`` over the screened jobs: a candidate, a global recipe, or
   the closest when none meets) runs once more, timed as the tune's own benchmark says (exclusive by default) and
@@ -31,17 +31,16 @@ from farm.jobs.contract import JobSpec
 from farm.jobs.policy import SUCCEEDED
 from farm.jobs.stages import Stage, register, stage_job
 from farm.jobs.tune_answer import choose, fp32_rivals, trail
-from farm.jobs.tune_plan import (
+from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, info
+from farm.jobs.tune_timing import (
     SCREENING_ISOLATION,
-    TuneSettings,
-    budget_per_runtime,
-    info,
+    answer_isolation,
+    answer_rel_tol,
     screened,
     screening_spec,
     validation_spec,
 )
 from farm.metric_targets import figure, meets
-from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.layers import LayerRule
 from farm.spec.plan import PlannedJob, job_key
 
@@ -271,7 +270,7 @@ def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     pick, _ = choose([e for e in entries if screened(e)], settings)
     jobs: list[PlannedJob] = []
     # A tune timed pinned or unisolated throughout: its screening figures are timed as its benchmark says.
-    if pick is not None and _isolation(p) not in (SCREENING_ISOLATION, "none"):
+    if pick is not None and answer_isolation(p) not in (SCREENING_ISOLATION, "none"):
         runtime = pick["runtime"]
         room = _share(settings, int(p["spent"]) + 1, 1, 1)
         used = p["used"].get(runtime, _stage1_jobs(runtime))
@@ -295,22 +294,6 @@ def answer(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
 def _healthy(job: Any) -> bool:
     """Succeeded, with figures that mean something (farm.quant.metrics' health)."""
     return job.state == SUCCEEDED and bool(job.figures) and job.figures.get("health") in (None, "ok")
-
-
-def _rel_tol(p: Mapping[str, Any]) -> float:
-    """How closely the tune's own timings settle (a tune from before it carried that: as its base recipes did)."""
-    if "rel_tol" in p:
-        return float(p["rel_tol"])
-    bases = [b.get("benchmark") or {} for b in (p.get("bases") or {}).values()]
-    return float(next((b["rel_tol"] for b in bases if "rel_tol" in b), BenchmarkConfig.rel_tol))
-
-
-def _isolation(p: Mapping[str, Any]) -> str:
-    """How the tune times the answer (a tune from before it carried that: as its base recipes were timed)."""
-    if "isolation" in p:
-        return str(p["isolation"])
-    bases = [b.get("benchmark") or {} for b in (p.get("bases") or {}).values()]
-    return str(next((b.get("isolation", "exclusive") for b in bases), "exclusive"))
 
 
 def _stage1_jobs(runtime: str, inputs: Sequence[Any] = ()) -> int:
@@ -351,7 +334,8 @@ def _job(
         new = dataclasses.replace(screening_spec(new), split=split)
     else:  # timed as the tune's benchmark says (the base recipe it came from was screened)
         p = stage.params
-        timed = dataclasses.replace(new.benchmark, isolation=_isolation(p), rel_tol=_rel_tol(p), rivals=rivals)
+        bench = new.benchmark
+        timed = dataclasses.replace(bench, isolation=answer_isolation(p), rel_tol=answer_rel_tol(p), rivals=rivals)
         new = dataclasses.replace(new, split=split, benchmark=timed)
     digest = (stage.params.get("weights") or {}).get(spec.model)
     device = new.benchmark.device  # the planner wrote the job's resolved device there

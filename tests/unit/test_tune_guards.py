@@ -83,7 +83,7 @@ def test_eager_static_refuses_a_skip_rule_it_could_not_run() -> None:
 
 
 def test_validation_jobs_are_timed_briefly_their_latency_ranks_nothing() -> None:
-    from farm.jobs.tune_plan import validation_spec
+    from farm.jobs.tune_timing import validation_spec
 
     planned = plan(spec())
     assert {j.spec.split for j in planned.jobs} == {"test"}  # one fp32 reference: sensitivity carries it over

@@ -15,6 +15,7 @@ from farm.jobs import tune_stages
 from farm.jobs.stages import Stage, expander_named
 from farm.jobs.tune_answer import choose
 from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, plan_tune, settings_of, stage1_size, tune_text
+from farm.jobs.tune_timing import answer_rel_tol
 from farm.store.expansion import InputJob
 
 LAYERS = [
@@ -597,6 +598,6 @@ def test_an_fp32_timed_on_another_device_is_no_rival() -> None:
 def test_a_tune_planned_before_screening_settled_looser_verifies_at_its_bases_rel_tol() -> None:
     # Its stage parameters carry no rel_tol; its bases were screened at the tune's own.
     old = {"bases": {"torch": {"benchmark": {"rel_tol": 0.03, "isolation": "pinned"}}}}
-    assert tune_stages._rel_tol(old) == 0.03
-    assert tune_stages._rel_tol({"bases": {"torch": {"benchmark": {}}}}) == 0.02
-    assert tune_stages._rel_tol({**old, "rel_tol": 0.01}) == 0.01
+    assert answer_rel_tol(old) == 0.03
+    assert answer_rel_tol({"bases": {"torch": {"benchmark": {}}}}) == 0.02
+    assert answer_rel_tol({**old, "rel_tol": 0.01}) == 0.01
