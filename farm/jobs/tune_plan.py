@@ -324,7 +324,7 @@ def _screened_job(job: PlannedJob) -> PlannedJob:
 
 def info(job: Any) -> dict[str, Any]:
     """What the search reads of a job: runtime, split, granularity, the layers it keeps in floating point and how it
-    was timed (``isolation``: a candidate is screened pinned, :data:`SCREENING_ISOLATION`)."""
+    was timed (``isolation``: a candidate is screened pinned, farm.jobs.tune_timing.SCREENING_ISOLATION)."""
     method = job.spec.get("method", {})
     return {
         "runtime": method.get("runtime", "torch"),

@@ -334,8 +334,8 @@ def _job(
         new = dataclasses.replace(screening_spec(new), split=split)
     else:  # timed as the tune's benchmark says (the base recipe it came from was screened)
         p = stage.params
-        bench = new.benchmark
-        timed = dataclasses.replace(bench, isolation=answer_isolation(p), rel_tol=answer_rel_tol(p), rivals=rivals)
+        rel_tol = answer_rel_tol(p, new)
+        timed = dataclasses.replace(new.benchmark, isolation=answer_isolation(p), rel_tol=rel_tol, rivals=rivals)
         new = dataclasses.replace(new, split=split, benchmark=timed)
     digest = (stage.params.get("weights") or {}).get(spec.model)
     device = new.benchmark.device  # the planner wrote the job's resolved device there

@@ -1,7 +1,7 @@
 """How a tune's jobs are timed (farm/jobs/tune_plan.py plans them, farm/jobs/tune_stages.py adds them): briefly on
 the validation split (:func:`validation_spec`), screened on the test split (:func:`screening_spec`: pinned, settled
 at 5 %), and the answer as the tune's own benchmark says (:func:`answer_isolation`, :func:`answer_rel_tol`: the
-verify job). Standard library only, as the planner.
+verify job, and candidates that take their runtime's last jobs). Standard library only, as the planner.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from farm.jobs.contract import JobSpec
-from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.timing_stats import MAX_CI_REL
 
 #: Timing of a validation-split job: its latency ranks nothing (sensitivity is a metric), so it is timed just enough
@@ -69,12 +68,10 @@ def screened(entry: Mapping[str, Any]) -> bool:
     return not entry.get("fp32") and entry.get("isolation") == SCREENING_ISOLATION
 
 
-def answer_rel_tol(p: Mapping[str, Any]) -> float:
-    """How closely the tune's own timings settle (a tune from before it carried that: as its base recipes did)."""
-    if "rel_tol" in p:
-        return float(p["rel_tol"])
-    bases = [b.get("benchmark") or {} for b in (p.get("bases") or {}).values()]
-    return float(next((b["rel_tol"] for b in bases if "rel_tol" in b), BenchmarkConfig.rel_tol))
+def answer_rel_tol(p: Mapping[str, Any], spec: JobSpec) -> float:
+    """How closely the tune's own timings settle, for ``spec`` (a screened recipe) timed as the answer; a tune from
+    before it carried that screened at its own rel_tol: ``spec``'s."""
+    return float(p.get("rel_tol", spec.benchmark.rel_tol))
 
 
 def answer_isolation(p: Mapping[str, Any]) -> str:

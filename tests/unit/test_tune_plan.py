@@ -595,9 +595,12 @@ def test_an_fp32_timed_on_another_device_is_no_rival() -> None:
     assert fp32_rivals(entries, "tensorrt", "cuda") == ()
 
 
-def test_a_tune_planned_before_screening_settled_looser_verifies_at_its_bases_rel_tol() -> None:
-    # Its stage parameters carry no rel_tol; its bases were screened at the tune's own.
-    old = {"bases": {"torch": {"benchmark": {"rel_tol": 0.03, "isolation": "pinned"}}}}
-    assert answer_rel_tol(old) == 0.03
-    assert answer_rel_tol({"bases": {"torch": {"benchmark": {}}}}) == 0.02
-    assert answer_rel_tol({**old, "rel_tol": 0.01}) == 0.01
+def test_a_tune_planned_before_screening_settled_looser_verifies_at_its_screened_specs_rel_tol() -> None:
+    # Its stage parameters carry no rel_tol; it screened at the tune's own, which its picked spec still holds.
+    text = tune_text(model="farm:digits-cnn", dataset="sklearn:digits", method="static", runtimes=["torch"],
+                     settings=SETTINGS, batch_size=1, threads=1)  # fmt: skip
+    data = yaml.safe_load(text)
+    data["benchmark"]["rel_tol"] = 0.01
+    spec = plan_tune(yaml.safe_dump(data, sort_keys=False), data, labelled=True).jobs[0].spec
+    assert answer_rel_tol({}, spec) == 0.01
+    assert answer_rel_tol({"rel_tol": 0.03}, spec) == 0.03
