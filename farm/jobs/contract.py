@@ -13,11 +13,12 @@ from farm.quant.bench_config import BenchmarkConfig
 from farm.quant.config import MethodConfig, config_from_dict
 
 #: Bumped when the engine changes what a job measures: results keyed by an older version are not reused.
-ENGINE_VERSION = "6"  # 2: speedup side by side, CIs, health; 3: intervals allow for drift between blocks;
+ENGINE_VERSION = "7"  # 2: speedup side by side, CIs, health; 3: intervals allow for drift between blocks;
 # 4: p50 intervals also hold the host's run-to-run drift (farm.quant.drift): results key anew, on purpose;
 # 5: that allowance is widened for the few runs it comes from, and before 3 runs is the host's or an assumed one;
 # 6: speedup = the ratio of the pair's pooled medians, the faster side's blocks as long as the slower's (up to
-# 10 calls), TorchScript timed as reloaded from its bytes, glibc thresholds fixed
+# 10 calls), TorchScript timed as reloaded from its bytes, glibc thresholds fixed; 7: OpenVINO runs its request
+# with the inputs bound once (farm/runtimes/openvino.py: the per-call dispatch cost 1.4-2.1x on a small model)
 
 
 @dataclass(frozen=True)

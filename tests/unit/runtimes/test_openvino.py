@@ -78,6 +78,49 @@ def test_fp32_digits_cnn_matches_torch_and_writes_the_ir(tmp_path: Path) -> None
 
 
 @needs_ov
+def test_forward_binds_its_inputs_once_and_runs_the_request_without_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prepared batch run over and over (the latency harness) is bound to the request once, and the request runs
+    with no arguments: ``request.infer(arrays)`` dispatched the inputs on every call, through a path whose cost grew
+    with the libraries loaded in the process. Outputs are copies, not the request's buffers a next run overwrites,
+    and a batch changed in place is what the request reads."""
+    model, splits = digits()
+    built = ov_runtime.build(model, parse_method("fp32"), context("farm:digits-cnn", splits), tmp_path, threads=1)
+    outcome = built.outcome
+    request = outcome.request
+    calls: list[str] = []
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(request, name)
+
+        def set_input_tensor(self, *args: Any) -> None:
+            calls.append("bind")
+            request.set_input_tensor(*args)
+
+        def infer(self, *args: Any, **kwargs: Any) -> Any:
+            calls.append(f"infer{len(args) + len(kwargs)}")
+            return request.infer(*args, **kwargs)
+
+    monkeypatch.setattr(outcome, "request", Spy())
+    batches = [x for x, _ in iterate(splits.test, 8)][:2]
+    prepared = outcome.prepare_input(batches[0])
+    first = outcome.forward(prepared)
+    again = [outcome.forward(prepared) for _ in range(3)]
+    assert calls == ["bind", "infer0", "infer0", "infer0", "infer0"]
+    other = outcome.forward(outcome.prepare_input(batches[1]))
+    assert calls[-2:] == ["bind", "infer0"]
+    with torch.no_grad():
+        expected = [model(b) for b in batches]
+    assert (first - expected[0]).abs().max().item() < 1e-3  # not overwritten by the runs after it
+    assert all(torch.equal(a, first) for a in again)
+    assert (other - expected[1]).abs().max().item() < 1e-3
+    prepared[0][...] = outcome.prepare_input(batches[1])[0]  # the bound batch changed in place
+    assert (outcome.forward(prepared) - expected[1]).abs().max().item() < 1e-3
+
+
+@needs_ov
 def test_static_digits_cnn_is_int8_close_to_torch_and_timed_against_fp32(tmp_path: Path) -> None:
     import openvino as ov
 
