@@ -205,10 +205,11 @@ class OvModel(DeployedModel):
 
         The request's input tensors share memory with ``arrays``, bound when they change (:meth:`_bind`), and it
         runs with no arguments, as OpenVINO's benchmark_app runs a request: ``request.infer(arrays)`` dispatches its
-        inputs in Python and pybind11 on every call, and that path throws and catches C++ exceptions whose
-        unwinding grows with every shared library in the process. Measured on a digits-cnn int8 IR, batch 8, one
-        thread (Xeon with AMX): 0.21 ms a call bound, 0.30 ms through ``infer(arrays)``, and 0.35 ms once
-        onnxruntime was imported — so a job's figure moved by a third with the jobs its worker had run before.
+        inputs in Python and pybind11 on every call, on a path that throws and catches C++ exceptions whose
+        unwinding costs more with every shared library in the process. On digits-cnn's per-channel int8 IR, batch
+        8, one thread (a Xeon with AMX; ``python bench/openvino_call.py``): 0.097 ms a call bound; 1.40x that
+        through ``infer(arrays)`` with torch and OpenVINO loaded, 2.12x once onnxruntime was imported too, as in a
+        worker that had run an ONNX Runtime job — a job's figure moved with the jobs its worker ran before.
         """
         self._bind(arrays)
         self.request.infer()
@@ -225,15 +226,25 @@ class OvModel(DeployedModel):
 
     def _bind(self, arrays: list[np.ndarray]) -> None:
         """Share the request's input tensors with ``arrays`` unless they are the arrays already bound (the
-        latency harness runs one prepared batch over and over; evaluation binds each batch once). They are kept
-        alive here for as long as the request reads them, and changes made to them in place are what it reads."""
-        if len(arrays) == len(self.bound) and all(a is b for a, (b, _) in zip(arrays, self.bound, strict=True)):
+        latency harness runs one prepared batch over and over; evaluation binds each batch once), so that changes
+        made to them in place are what the request reads. An array the request cannot share (not contiguous, not
+        of the dtype the model declares, read-only: never one :meth:`prepare_input` made) is bound as a copy, again
+        on every call. What is bound is kept alive here for as long as the request reads it."""
+        if all(a is b is c for a, (b, c) in zip(arrays, self.bound, strict=False)) and len(arrays) == len(self.bound):
             return
         ov = require_openvino()
-        bound = [(array, np.ascontiguousarray(array)) for array in arrays]  # contiguous already: the same array
+        self.bound = []  # nothing is reused while the request holds a mix of old and new inputs
+        bound = [(array, _shareable(array, dtype)) for array, (_, dtype) in zip(arrays, self.inputs, strict=True)]
         for i, (_, shared) in enumerate(bound):
             self.request.set_input_tensor(i, ov.Tensor(shared, shared_memory=True))
         self.bound = bound
+
+
+def _shareable(array: np.ndarray, dtype: Any) -> np.ndarray:
+    """``array`` itself where an OpenVINO tensor can share its memory (contiguous, of ``dtype``, writable), else a
+    copy that can."""
+    out = np.ascontiguousarray(array, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
 
 
 def _one_line(e: BaseException) -> str:

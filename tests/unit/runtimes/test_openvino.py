@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,7 +106,7 @@ def test_forward_binds_its_inputs_once_and_runs_the_request_without_arguments(
 
     monkeypatch.setattr(outcome, "request", Spy())
     batches = [x for x, _ in iterate(splits.test, 8)][:2]
-    prepared = outcome.prepare_input(batches[0])
+    prepared = [a.copy() for a in outcome.prepare_input(batches[0])]  # changed in place below, not the batch
     first = outcome.forward(prepared)
     again = [outcome.forward(prepared) for _ in range(3)]
     assert calls == ["bind", "infer0", "infer0", "infer0", "infer0"]
@@ -118,6 +119,19 @@ def test_forward_binds_its_inputs_once_and_runs_the_request_without_arguments(
     assert (other - expected[1]).abs().max().item() < 1e-3
     prepared[0][...] = outcome.prepare_input(batches[1])[0]  # the bound batch changed in place
     assert (outcome.forward(prepared) - expected[1]).abs().max().item() < 1e-3
+    calls.clear()
+    small = batches[0][:5]  # evaluation's last batch: another shape, bound anew
+    assert (outcome.forward(outcome.prepare_input(small)) - model(small).detach()).abs().max().item() < 1e-3
+    assert calls == ["bind", "infer0"]
+    # An array the request cannot share (here not contiguous) is bound as a copy on every call, so it is always
+    # what the request reads.
+    strided = [np.asfortranarray(outcome.prepare_input(batches[0])[0])]
+    assert not strided[0].flags.c_contiguous
+    calls.clear()
+    assert (outcome.forward(strided) - expected[0]).abs().max().item() < 1e-3
+    strided[0][...] = outcome.prepare_input(batches[1])[0]
+    assert (outcome.forward(strided) - expected[1]).abs().max().item() < 1e-3
+    assert calls == ["bind", "infer0", "bind", "infer0"]
 
 
 @needs_ov
