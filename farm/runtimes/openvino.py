@@ -162,8 +162,8 @@ class OvModel(DeployedModel):
         model: the ``openvino.CompiledModel``.
         request: the infer request ``forward`` runs (one, reused: no per-call allocation).
         inputs: (name, numpy dtype) of each model input, in order.
-        bound: ``forward``'s last inputs, each with the contiguous array the request's input tensor shares memory
-            with (the same array when it was contiguous).
+        bound: the arrays the request's input tensors share memory with (``forward``'s last inputs, or copies of
+            those it could not share).
         signature: input and output names and the output structure ``forward`` returns.
         the rest (device, dtypes, figures, active()): :class:`farm.runtimes.build.DeployedModel`.
     """
@@ -172,7 +172,7 @@ class OvModel(DeployedModel):
     request: Any
     inputs: list[tuple[str, Any]]
     signature: Signature
-    bound: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    bound: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @classmethod
     def compile(cls, ov_model: Any, signature: Signature, *, threads: int | None = None) -> OvModel:
@@ -230,12 +230,12 @@ class OvModel(DeployedModel):
         made to them in place are what the request reads. An array the request cannot share (not contiguous, not
         of the dtype the model declares, read-only: never one :meth:`prepare_input` made) is bound as a copy, again
         on every call. What is bound is kept alive here for as long as the request reads it."""
-        if all(a is b is c for a, (b, c) in zip(arrays, self.bound, strict=False)) and len(arrays) == len(self.bound):
-            return
+        if len(arrays) == len(self.bound) and all(a is b for a, b in zip(arrays, self.bound, strict=True)):
+            return  # a copy is never the caller's array: it is bound again
         ov = require_openvino()
         self.bound = []  # nothing is reused while the request holds a mix of old and new inputs
-        bound = [(array, _shareable(array, dtype)) for array, (_, dtype) in zip(arrays, self.inputs, strict=True)]
-        for i, (_, shared) in enumerate(bound):
+        bound = [_shareable(array, dtype) for array, (_, dtype) in zip(arrays, self.inputs, strict=True)]
+        for i, shared in enumerate(bound):
             self.request.set_input_tensor(i, ov.Tensor(shared, shared_memory=True))
         self.bound = bound
 
