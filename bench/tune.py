@@ -20,6 +20,11 @@ Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro,wall-encode
   alternating pairs (j1 j2, j2 j1, ...): the median over pairs of wall(-j 2) / wall(-j 1) <= 0.6.
 - wall-encoder (not in the default sections: 113 jobs a search, some 4 minutes a pair): the same for the encoder
   search, whose stages hold more work than the cnn's 9-18 jobs each.
+- methods (not in the default sections, some 5 minutes more than encoder): the encoder's search again at its
+  target over ``--method dynamic --method static``, each method a line of its own on every runtime that runs it:
+  the search meets the target, faster than the best fp32 on any runtime, each searched line within the bound; the
+  two answers (dynamic alone, both methods) are printed. Then at a target between the best static and the best
+  dynamic global (a dynamic global meets it): the answer is never slower than that global (and which method won).
 - repro: the cnn search's chosen recipe re-run as a plain `farm quantize` with its layer rules: the metric is
   identical (exact float equality).
 Each search runs in its own FARM_HOME under a scratch directory (stage 1 of the real search reuses the global
@@ -99,10 +104,10 @@ class Bench:
         code, out, wall = self.farm(home, *argv)
         return code, json.loads(out), wall
 
-    def layers(self, case: str) -> int:
+    def layers(self, case: str, method: str | None = None) -> int:
         c = CASES[case]
         _, out, _ = self.farm(
-            self.root, "layers", c["model"], "--dataset", c["dataset"], "--method", c["method"], "--json"
+            self.root, "layers", c["model"], "--dataset", c["dataset"], "--method", method or c["method"], "--json"
         )
         data = json.loads(out)
         return len(data["layers"] if isinstance(data, dict) else data)
@@ -222,6 +227,66 @@ def global_met(b: Bench) -> dict[str, Any]:
     return {"target": goal, "chosen": chosen, "global": fastest}
 
 
+def methods(b: Bench, found: dict[str, Any]) -> dict[str, Any]:
+    """The encoder's search over dynamic AND static int8 (each a line on every runtime that runs it), in the encoder
+    search's FARM_HOME (its dynamic jobs are reused by key): at the encoder's tight target, then at a target between
+    the best static and the best dynamic global recipe, where a dynamic global meets it and static's lines may beat
+    it."""
+    home, goal = Path(found["home"]), found["target"]
+    one = found["result"].get("chosen") or {}
+    code, result, wall_s = b.tune(home, "encoder", ["--min-metric", str(goal)], "--method", "static")
+    chosen = result.get("chosen") or {}
+    for name, c in (("dynamic alone", one), ("dynamic + static", chosen)):
+        b.say(f"(methods) {name} at cosine >= {goal}: {_answer(c)}")
+    faster, how = faster_than_fp32(chosen, _fp32s(result))
+    per_line: dict[str, int] = {}
+    for e in result["trail"]:  # each runtime's fp32 (torch's reference) counts in each of its lines
+        for m in ("dynamic", "static") if e["fp32"] else (e.get("method"),):
+            per_line[f"{e['runtime']}/{m}"] = per_line.get(f"{e['runtime']}/{m}", 0) + 1
+    searched = {f"{e['runtime']}/{e.get('method')}" for e in result["trail"] if e["stage"] != "global"}
+    layers = {m: b.layers("encoder", m) for m in ("dynamic", "static")}
+    bound = {m: n + 2 * math.log2(max(n, 1)) + 4 for m, n in layers.items()}
+    lines = {k: n for k, n in per_line.items() if k in searched}
+    b.target("(methods) the search over two methods meets the target", code == 0 and bool(result.get("met")),
+             f"exit {code}, {result['jobs']} jobs, {wall_s:.0f} s")  # fmt: skip
+    b.target("(methods) faster than the best fp32 on any runtime", faster, how)
+    b.target(
+        f"(methods) jobs per searched line <= layers + 2 log2(layers) + 4 ({layers} layers)",
+        all(n <= bound[k.split("/")[1]] for k, n in lines.items()),
+        json.dumps(lines),
+    )
+    figures: dict[str, Any] = {"target": goal, "one_method": one, "chosen": chosen, "jobs": result["jobs"]}
+    best = {m: max((e["cosine"] for e in _globals(result) if e.get("method") == m and e.get("cosine")), default=None)
+            for m in ("dynamic", "static")}  # fmt: skip
+    if best["static"] is None or best["dynamic"] is None or best["static"] >= best["dynamic"]:
+        b.say(f"(methods) no target between the methods' best globals: {best}")
+        return figures
+    mid = round((best["static"] + best["dynamic"]) / 2, 6)
+    code, result, wall_s = b.tune(home, "encoder", ["--min-metric", str(mid)], "--method", "static")
+    chosen = result.get("chosen") or {}
+    meeting = [e for e in _globals(result) if e.get("meets")]
+    fastest = min(meeting, key=lambda e: _p50(e)[0]) if meeting else {}
+    b.say(f"(methods) best globals {best}; target cosine >= {mid}: {_answer(chosen)}")
+    b.say(f"(methods) the fastest global meeting it: {_answer(fastest)}")
+    p50, low, _ = _p50({"latency": chosen.get("latency")})
+    g50, _, g_high = _p50(fastest)
+    b.target(
+        "(methods) a dynamic global meets the target: the answer is never slower",
+        code == 0 and bool(meeting) and (p50 <= g50 or low <= g_high),
+        f"answer {chosen.get('method')} {p50:.4f} ms vs global {fastest.get('recipe')} {g50:.4f} ms "
+        f"({g50 / p50:.2f}x), {result['jobs']} jobs ({wall_s:.0f} s, the first search's jobs reused by key)",
+    )
+    return {**figures, "mid_target": mid, "mid_chosen": chosen, "mid_global": fastest}
+
+
+def _answer(c: dict[str, Any]) -> str:
+    return (
+        f"{c.get('recipe')} on {c.get('runtime')}, cosine {c.get('cosine')}, {len(c.get('fallback') or [])} layers "
+        f"in fp32, p50 {_p50({'latency': c.get('latency')})[0]:.4f} ms, {c.get('speedup')} {c.get('speedup_ci')} "
+        f"over fp32 on {c.get('runtime')} side by side"
+    )
+
+
 def wall(b: Bench, goal: float, case: str = "cnn") -> dict[str, Any]:
     """A search (the cnn's, or with --sections wall-encoder the encoder's) from empty databases with one and with
     two worker processes, in alternating pairs (this host's speed drifts by 10-20 % over minutes: a ratio is taken
@@ -294,6 +359,7 @@ def main() -> None:
             if (
                 case in sections
                 or {f"wall-{case}"} & set(sections)
+                or (case == "encoder" and "methods" in sections)
                 or (case == "cnn" and {"wall", "repro"} & set(sections))
             ):
                 found[case] = search(b, case)
@@ -302,6 +368,8 @@ def main() -> None:
             b.figures["global"] = global_met(b)
         if "wall" in sections:
             b.figures["wall"] = wall(b, found["cnn"]["target"])
+        if "methods" in sections:
+            b.figures["methods"] = methods(b, found["encoder"])
         if "wall-encoder" in sections:
             b.figures["wall_encoder"] = wall(b, found["encoder"]["target"], "encoder")
         if "repro" in sections:

@@ -30,7 +30,11 @@ TUNE_METRICS = [name for name in METRICS if name != "metric"]
 @click.option("--model", help="Model reference (farm:digits-cnn, entrypoint:pkg.mod:fn, ...).")
 @click.option("--dataset", help="Dataset reference (default: the model's own, sklearn:digits for the digits models).")
 @click.option(
-    "--method", type=click.Choice(["dynamic", "static", "qat"]), help="The method whose layers the search falls back."
+    "--method",
+    "methods",
+    multiple=True,
+    type=click.Choice(["dynamic", "static", "qat"]),
+    help="The method whose layers the search falls back (repeatable: each is searched on every runtime that runs it).",
 )
 @click.option(
     "--runtime",
@@ -76,7 +80,7 @@ def tune(ctx: click.Context, **options: Any) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    if not options["model"] or not options["method"]:
+    if not options["model"] or not options["methods"]:
         raise ConfigError("farm tune needs --model and --method (and a target: --min-metric or --max-accuracy-drop)")
     if options["submit"] and options["jobs"]:
         raise ConfigError("-j/--jobs runs the search here; --submit sends it to the farm: give one")
@@ -102,7 +106,7 @@ def _plan(o: dict[str, Any]) -> Any:
     text = tune_text(
         model=o["model"],
         dataset=o["dataset"],
-        method=o["method"],
+        method=list(o["methods"]),
         runtimes=o["runtimes"],
         settings=settings,
         batch_size=o["batch_size"],

@@ -86,6 +86,7 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "job_id": job.id,
                 "stage": STAGE_OF.get(job.added_by, job.added_by or "global"),
                 "runtime": what["runtime"],
+                "method": what["method"],
                 "device": job.device,
                 "recipe": recipe_label(job.spec["method"]),
                 "fp32": what["method"] == "fp32",
@@ -289,6 +290,7 @@ def chosen_json(
     return {
         "recipe": chosen["recipe"],
         "runtime": chosen["runtime"],
+        "method": chosen.get("method"),
         "fallback": list(chosen["fallback"]),
         settings.metric: chosen[settings.metric],
         **({"accuracy_drop": chosen["accuracy_drop"]} if settings.metric == "accuracy" else {}),

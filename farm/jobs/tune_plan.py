@@ -1,16 +1,20 @@
 """Planning a tune (``farm tune``, or a sweep spec with a ``tune:`` section): stage 1 of the search, no torch.
 
-A tune is a sweep. Its spec text is an ordinary sweep spec of ONE model and ONE quantized method plus a ``tune:``
-section (metric, target, objective, budget); stage 1 is planned here, up front:
+A tune is a sweep. Its spec text is an ordinary sweep spec of ONE model and one or more quantized methods plus a
+``tune:`` section (metric, target, objective, budget); stage 1 is planned here, up front:
 
 - the fp32 reference on the test split (the sensitivity stage's validation-split jobs compare with its fp32 outputs
   on their split, computed in their process: farm.jobs.fp32_reference);
-- per runtime asked: fp32 exported to that runtime (other than torch), and the method's all-quantized recipe per
-  tensor and per channel (test split): the global recipes, the bar the search must beat;
+- per runtime asked: fp32 exported to that runtime (other than torch), and each method's all-quantized recipe per
+  tensor and per channel (test split), on the runtimes that run it: the global recipes, the bar the search must beat;
 - the stage job ``tune_sensitivity`` after all of them (farm/jobs/tune_stages.py), which adds the next stage.
 
-Budget: per runtime at most ``layers + 2*log2(layers) + 4`` jobs (:func:`budget_per_runtime`). ``budget_jobs``
-below stage 1's size is refused before anything is written; above it, the later stages are capped to it.
+Several methods (``--method static --method dynamic``): each runtime searches each method as its own line (its
+base recipe, sensitivity, candidates), so a faster method is not left out because another scores higher globally.
+
+Budget: per runtime (per runtime and method, with several) at most ``layers + 2*log2(layers) + 4`` jobs
+(:func:`budget_per_runtime`). ``budget_jobs`` below stage 1's size is refused before anything is written; above it,
+the later stages are capped to it.
 """
 
 from __future__ import annotations
@@ -24,13 +28,12 @@ from typing import Any
 import yaml
 
 from farm.errors import ConfigError, Problem
+from farm.jobs.tune_spec import TUNE_METHODS, checked_spec
 from farm.jobs.tune_timing import screening_spec
 from farm.metric_targets import METRICS, Target, make_target
-from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, granularity_runs, runtime_problems, unavailable
+from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, granularity_runs
 from farm.spec.plan import Plan, PlannedJob, job_key
 
-#: The methods a tune searches (layers fall back to floating point; the fp methods have nothing to fall back).
-TUNE_METHODS = ("dynamic", "static", "qat")
 #: The metrics ``farm tune --metric`` offers (farm.metric_targets has their ranges).
 #: The metrics a tune targets: every one of farm.metric_targets.METRICS but a sweep's own metric function (its
 #: stages read the built-in figures only).
@@ -85,20 +88,11 @@ def budget_per_runtime(layers: int) -> int:
     return int(layers + 2 * math.log2(max(layers, 1)) + 4)
 
 
-def default_runtimes(method: str) -> list[str]:
-    """torch and every CPU runtime installed here that runs ``method``."""
-    return [
-        name
-        for name, rt in RUNTIMES.items()
-        if name == DEFAULT_RUNTIME or ("cpu" in rt.devices and method in rt.methods and unavailable(name) is None)
-    ]
-
-
 def tune_text(
     *,
     model: str,
     dataset: str,
-    method: str,
+    method: str | Sequence[str],
     runtimes: Sequence[str],
     settings: TuneSettings,
     batch_size: int,
@@ -108,13 +102,18 @@ def tune_text(
 ) -> str:
     """The sweep spec (YAML) of a tune asked on the command line; its ``tune:`` section marks it as a tune.
 
-    ``output`` picks the model output the metric is computed on (a dict key or tuple index; None: the logits).
+    ``method`` is one method or several (each searched on every runtime that runs it). ``output`` picks the model
+    output the metric is computed on (a dict key or tuple index; None: the logits).
 
     Raises:
-        ConfigError: an unknown method or runtime (before any planning).
+        ConfigError: an unknown or repeated method (before any planning).
     """
-    if method not in TUNE_METHODS:
-        raise ConfigError(f"--method: a tune searches {', '.join(TUNE_METHODS)}, not {method!r}")
+    methods = [method] if isinstance(method, str) else list(method)
+    for m in methods:
+        if m not in TUNE_METHODS:
+            raise ConfigError(f"--method: a tune searches {', '.join(TUNE_METHODS)}, not {m!r}")
+    if not methods or len(set(methods)) != len(methods):
+        raise ConfigError(f"--method: give each of {', '.join(TUNE_METHODS)} at most once, at least one")
     # A tune times dozens of small jobs one at a time (the measurement lock): a short warm-up (still at least
     # farm.quant.latency's warmup_reps calls, and every block re-warms) leaves the time to the timed pairs.
     bench: dict[str, Any] = {
@@ -127,12 +126,12 @@ def tune_text(
     target = (
         f"drop{settings.max_accuracy_drop:g}" if settings.max_accuracy_drop is not None else f"{settings.min_metric:g}"
     )
-    name = f"tune {model} {method} {settings.metric} {target} {settings.objective}"
+    name = f"tune {model} {'+'.join(methods)} {settings.metric} {target} {settings.objective}"
     data: dict[str, Any] = {
         "name": name[:200],
         "models": [model],
         "dataset": dataset,
-        "methods": [method],
+        "methods": methods,
         "benchmark": bench,
         "tune": settings.to_dict(),
     }
@@ -180,13 +179,6 @@ def settings_of(section: Any, source: str = "tune") -> TuneSettings:
     return settings
 
 
-def stage1_size(runtimes: Sequence[str], method: str = "static", granularity: str | None = None) -> int:
-    """Stage 1's jobs: the fp32 reference, per runtime its global recipes (per tensor and per channel, one where
-    the tune fixes it or the runtime runs one) and (off torch) the exported fp32, and the sensitivity stage job."""
-    one = [bool(granularity or RUNTIMES[r].fixed_granularity(method)) for r in runtimes]
-    return 2 + sum((2 - fixed) + (r != DEFAULT_RUNTIME) for r, fixed in zip(runtimes, one, strict=True))
-
-
 def plan_tune(
     text: str,
     data: Mapping[str, Any],
@@ -214,22 +206,28 @@ def plan_tune(
 
     settings = settings_of(data.get("tune"), source)
     make_target(settings.metric, settings.min_metric, settings.max_accuracy_drop, labelled)
-    name, params, runtimes = _checked(data, settings, source)
+    entries, runtimes = checked_spec(data, settings.objective, settings.budget_jobs, source)
     grid = {k: v for k, v in data.items() if k != "tune"}
-    axes = {**params, "granularity": [params["granularity"]] if "granularity" in params else list(GRANULARITIES)}
-    grid.update(methods=["fp32", {name: axes}], runtime=runtimes)
+    methods: list[Any] = ["fp32"]
+    for name, params in entries:
+        grains = [params["granularity"]] if "granularity" in params else list(GRANULARITIES)
+        methods.append({name: {**params, "granularity": grains}})
+    grid.update(methods=methods, runtime=runtimes)
     plan = load_spec(
         yaml.safe_dump(grid, sort_keys=False), source=source, limit=None, pools=pools, remote_digest=remote_digest
     )
     (reference,) = plan.references
     # Global int8 recipes only rank: screened, the answer timed again (tune_verify); fp32 keeps the tune's timing.
     globals_ = [_screened_job(j) if j.spec.method.method != "fp32" else j for j in plan.jobs if j.role != "reference"]
-    if "granularity" not in params:  # both enumerated: not the one a runtime would not run (the same build twice)
-        globals_ = [j for j in globals_ if granularity_runs(j.spec.method)]
+    # Both granularities enumerated: not the one a runtime would not run (the same build twice).
+    fixed = {name for name, params in entries if "granularity" in params}
+    globals_ = [j for j in globals_ if j.spec.method.method in fixed or granularity_runs(j.spec.method)]
     jobs = [reference, *_costliest_first(globals_)]
+    names = [name for name, _ in entries]
     stage_params = {
         **settings.to_dict(),
-        "method": name,
+        "method": names[0],
+        "methods": names,
         "runtimes": runtimes,
         "isolation": reference.spec.benchmark.isolation,
         "rel_tol": reference.spec.benchmark.rel_tol,  # the verify job's (screened timings settle looser)
@@ -243,75 +241,6 @@ def plan_tune(
         f"tune: {settings.target.describe()}, objective {settings.objective}, runtimes {', '.join(runtimes)}",
     ]
     return Plan(plan.spec, text, [*jobs, stage], notes)
-
-
-#: The keys a tune's spec may have: one model, one method, the runtimes, how to measure, and the tune section.
-TUNE_SPEC_KEYS = ("name", "description", "models", "dataset", "methods", "runtime", "benchmark", "seed", "output",
-                  "metric", "tune")  # fmt: skip
-
-
-def _checked(data: Mapping[str, Any], settings: TuneSettings, source: str) -> tuple[str, dict[str, Any], list[str]]:
-    """The tuned method, its parameters and the runtimes, once the spec is a tune's: only a tune's keys, one model,
-    one method, bits 8 for a latency search, runtimes that can run it here, a budget that holds stage 1.
-
-    Raises:
-        ConfigError: every problem found.
-    """
-    extra = [k for k in data if k not in TUNE_SPEC_KEYS]
-    if extra:  # a tune plans its own grid: another axis would break its budget and its stages' reading of it
-        raise ConfigError(
-            [Problem(k, f"not part of a tune (a tune spec has {', '.join(TUNE_SPEC_KEYS)})") for k in extra],
-            source=source,
-        )
-    models, methods = data.get("models"), data.get("methods")
-    if not isinstance(models, list) or len(models) != 1:
-        raise ConfigError("a tune searches one model: models must list exactly one", source=source)
-    if not isinstance(methods, list) or len(methods) != 1:
-        raise ConfigError(
-            f"a tune searches one method: methods must list one of {', '.join(TUNE_METHODS)}", source=source
-        )
-    name, params = _method_entry(methods[0], source)
-    if settings.objective == "latency" and int(params.get("bits", 8)) < 8:
-        raise ConfigError(
-            f"bits {params['bits']} is simulated (fake quantization on fp32 kernels): it has no deployed latency "
-            "to search for; use bits 8, or --objective size",
-            source=source,
-        )
-    given = data.get("runtime")
-    runtimes = list([given] if isinstance(given, str) else (given or default_runtimes(name)))
-    problems = [p for r in runtimes for p in runtime_problems(r, name)]
-    problems += [Problem("runtime", why) for r in runtimes if r in RUNTIMES and (why := unavailable(r)) is not None]
-    if problems:
-        raise ConfigError(problems, source=source)
-    size = stage1_size(runtimes, name, params.get("granularity"))
-    if settings.budget_jobs is not None and settings.budget_jobs < size:
-        raise ConfigError(
-            f"--budget-jobs {settings.budget_jobs} is below stage 1's {size} jobs (the fp32 reference and exports, "
-            f"the global recipes on {', '.join(runtimes)}, and the sensitivity stage)",
-            source=source,
-        )
-    return name, params, runtimes
-
-
-def _method_entry(entry: Any, source: str) -> tuple[str, dict[str, Any]]:
-    """(name, fixed parameters) of the one method entry of a tune (a name, or {name: {param: value}})."""
-    if isinstance(entry, str):
-        name, params = entry, {}
-    elif isinstance(entry, Mapping) and len(entry) == 1:
-        name, raw = next(iter(entry.items()))
-        params = dict(raw or {}) if isinstance(raw, Mapping) else {}
-    else:
-        raise ConfigError(f"methods[0]: a method name or {{name: {{param: value}}}}, got {entry!r}", source=source)
-    if name not in TUNE_METHODS:
-        raise ConfigError(f"methods[0]: a tune searches {', '.join(TUNE_METHODS)}, not {name!r}", source=source)
-    lists = [k for k, v in params.items() if isinstance(v, list)]
-    if lists:
-        raise ConfigError(
-            f"methods[0].{name}: a tune takes one value per parameter, not an axis ({', '.join(lists)})", source=source
-        )
-    if "layers" in params:
-        raise ConfigError(f"methods[0].{name}.layers: the tune chooses the layer rules itself", source=source)
-    return str(name), params
 
 
 def _screened_job(job: PlannedJob) -> PlannedJob:

@@ -1,8 +1,10 @@
 """The stages of a tune (farm/jobs/tune_plan.py plans stage 1): expanders that read the results of the jobs they
 waited for and add the next stage's jobs, through the one scheduling policy (farm/jobs/stages.py).
 
-- ``tune_sensitivity``: per runtime, the base recipe (:func:`base_recipe`) with ONE layer in floating point, one job
-  per quantizable layer that feeds the output compared, on the validation split; then ``tune_candidates``.
+- ``tune_sensitivity``: per search line (a runtime; with several methods, a runtime and a method: :func:`line_of`),
+  the base recipe (:func:`base_recipe`) with ONE layer in floating point, one job per quantizable layer that feeds
+  the output compared, on the validation split; then ``tune_candidates``. A line whose base another method's on the
+  same runtime beats on both counts (clearly faster, scoring as well) is not searched.
 - ``tune_candidates``: the layers ranked by sensitivity (the metric the base reaches on the validation split with
   that layer in floating point: higher means the layer hurts more when quantized); the k most sensitive fall back
   for every power of two k below the layer count, all at once, on the test split; then ``tune_refine``.
@@ -31,7 +33,21 @@ from farm.jobs.contract import JobSpec
 from farm.jobs.policy import SUCCEEDED
 from farm.jobs.stages import Stage, register, stage_job
 from farm.jobs.tune_answer import choose, fp32_rivals, trail
-from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, info
+from farm.jobs.tune_lines import (
+    base_recipe,
+    fanout,
+    healthy,
+    layers_of,
+    line_of,
+    methods_of,
+    room_left,
+    runtime_of,
+    score,
+    share_of,
+    stage1_jobs,
+    undominated,
+)
+from farm.jobs.tune_plan import TuneSettings, info
 from farm.jobs.tune_timing import (
     SCREENING_ISOLATION,
     answer_isolation,
@@ -40,7 +56,7 @@ from farm.jobs.tune_timing import (
     screening_spec,
     validation_spec,
 )
-from farm.metric_targets import figure, meets
+from farm.metric_targets import meets
 from farm.quant.layers import LayerRule
 from farm.spec.plan import PlannedJob, job_key
 
@@ -84,55 +100,14 @@ def register_all() -> None:
         register(name)(expander)
 
 
-def score(figures: Mapping[str, Any], settings: TuneSettings) -> float | None:
-    """The figure a target is about, as "higher is better" (an accuracy drop negated); None when not measured."""
-    target = settings.target
-    value = figure(figures, target.column)
-    if value is None:
-        return None
-    return -value if target.max_accuracy_drop is not None else value
-
-
-def _speed(figures: Mapping[str, Any], objective: str) -> tuple[float, float, float]:
-    """(value, interval low, interval high) of the objective, smaller is better (p50 with its CI, or bytes)."""
-    if objective == "size":
-        size = float(figures.get("size_bytes") or math.inf)
-        return size, size, size
-    p50 = float(figures.get("latency_p50_ms") or math.inf)
-    low = figures.get("latency_p50_ci_low_ms")
-    high = figures.get("latency_p50_ci_high_ms")
-    return p50, float(low if low is not None else p50), float(high if high is not None else p50)
-
-
-def base_recipe(globals_: Sequence[Any], runtime: str, settings: TuneSettings) -> Any | None:
-    """The global recipe of ``runtime`` the search falls layers back from, or None when nothing there can win.
-
-    When some global recipe (on any runtime) meets the target, only a recipe that may beat the best of them is
-    worth searching: the best-scoring global of ``runtime`` that misses it and is not clearly slower (its
-    interval starts below the bar's end). When none meets, the best-scoring global of ``runtime``.
-    """
-    ok = [g for g in globals_ if _healthy(g) and info(g)["runtime"] == runtime]
-    meeting = [g for g in globals_ if _healthy(g) and meets(g.figures, settings.target)]
-    pool = [g for g in ok if not meets(g.figures, settings.target)]
-    if meeting:
-        bar = min(meeting, key=lambda g: _speed(g.figures, settings.objective)[0])
-        bar_high = _speed(bar.figures, settings.objective)[2]
-        pool = [g for g in pool if _speed(g.figures, settings.objective)[1] < bar_high]
-    elif not pool:
-        pool = ok
-    scored = [g for g in pool if score(g.figures, settings) is not None]
-    if not scored:
-        return None
-    return max(scored, key=lambda g: (score(g.figures, settings), -g.id))
-
-
 def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
-    """On each runtime worth searching, the base recipe and one job per layer (that layer in floating point), on the
-    validation split."""
+    """On each search line worth searching, the base recipe and one job per layer (that layer in floating point), on
+    the validation split."""
     p = stage.params
     settings = TuneSettings.from_dict(p)
-    globals_ = [i for i in inputs if i.role == "trial" and info(i)["method"] == p["method"] and not info(i)["fallback"]]
-    meeting = [g for g in globals_ if _healthy(g) and meets(g.figures, settings.target)]
+    methods = methods_of(p)
+    globals_ = [i for i in inputs if i.role == "trial" and info(i)["method"] in methods and not info(i)["fallback"]]
+    meeting = [g for g in globals_ if healthy(g) and meets(g.figures, settings.target)]
     used = len(inputs) + 1
     # The verify stage reads the global recipes too (screened, like candidates), and every fp32 (its rivals).
     tested = [i.key for i in inputs if i.role in ("trial", "reference") and info(i)["split"] == "test"]
@@ -140,37 +115,50 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     isolation = p.get("isolation") or next(
         (info(i)["isolation"] for i in inputs if i.role == "reference" and info(i)["split"] == "test"), "exclusive"
     )
-    # No search (good enough, no runtime can win, no budget): a global is the answer, verified if the budget allows.
-    used_by = {r: _stage1_jobs(r, inputs) for r in p["runtimes"]}
+    # The lines: each runtime, and with several methods each method it ran a global recipe of.
+    ran = {(info(g)["runtime"], info(g)["method"]) for g in globals_}
+    lines = {line_of(r, m, methods): (r, m) for r in p["runtimes"] for m in methods if (r, m) in ran}
+    # No search (good enough, no line can win, no budget): a global is the answer, verified if the budget allows.
+    used_by = {line: stage1_jobs(r, inputs, m) for line, (r, m) in lines.items()}
     stop = {"bases": {}, "layers": None, "used": used_by, "spent": used, "isolation": isolation}
-    room = _share(settings, used, 1, 2)
+    room = share_of(settings, used, 1, 2)
     end = "tune_verify" if room is None or room >= _VERIFY else "tune_answer"
     if settings.good_enough and meeting:
         return _then(stage, [], inputs, end, stop, tested)
-    bases = {r: b for r in p["runtimes"] if (b := base_recipe(globals_, r, settings)) is not None}
-    if not bases:
-        return _then(stage, [], inputs, end, stop, tested)
-    layers = list_layers(JobSpec.from_dict(next(iter(bases.values())).spec))
-    share = _share(settings, used, len(bases), _LATER_STAGES["tune_sensitivity"])
-    cap = len(layers) if share is None else min(len(layers), max(share - 1 - _fanout(len(layers)), min(share - 1, 1)))
-    if cap < 1:  # the budget leaves no room: the global recipes are the answer
-        return _then(stage, [], inputs, end, stop, tested)
-    # Capped: the layers that do the most work first (falling back a tiny one can't buy much speed).
-    chosen = layers if cap >= len(layers) else sorted(layers, key=lambda x: -x[2])[:cap]
+    found = {line: b for line, (r, m) in lines.items() if (b := base_recipe(globals_, r, settings, m)) is not None}
+    bases = undominated(found, settings)
+    share = share_of(settings, used, len(bases), _LATER_STAGES["tune_sensitivity"])
+    layers: dict[str, list[Layer]] = {}  # per method (the model's layers that method quantizes)
     jobs: list[PlannedJob] = []
-    for base in bases.values():
+    searched: dict[str, Any] = {}
+    used_lines: dict[str, int] = {}
+    for line, base in bases.items():
         spec = JobSpec.from_dict(base.spec)
+        if spec.method.method not in layers:
+            layers[spec.method.method] = list_layers(spec)
+        mine = layers[spec.method.method]
+        cap = len(mine) if share is None else min(len(mine), max(share - 1 - fanout(len(mine)), min(share - 1, 1)))
+        if cap < 1:  # the budget leaves this line no room
+            continue
+        # Capped: the layers that do the most work first (falling back a tiny one can't buy much speed).
+        chosen = mine if cap >= len(mine) else sorted(mine, key=lambda x: -x[2])[:cap]
         # The base itself on the validation split: what each layer's job gains is measured from it (the report's
         # sensitivity chart), on the same samples.
         jobs.append(_job(stage, spec, (), "validation", p["references"]["validation"]))
         for name, _, _ in chosen:
             jobs.append(_job(stage, spec, (name,), "validation", p["references"]["validation"]))
+        searched[line] = base.spec
+        # Per line: its stage 1 jobs (torch: the fp32 reference; elsewhere: the fp32 export), per tensor and per
+        # channel, the base on validation and one job per layer.
+        used_lines[line] = used_by[line] + 1 + len(chosen)
+    if not searched:  # no line can win, or the budget leaves no room: the global recipes are the answer
+        return _then(stage, [], inputs, end, stop, tested)
+    stored = {m: [list(x) for x in ls] for m, ls in layers.items()}
     params = {
-        "bases": {r: b.spec for r, b in bases.items()},
-        "layers": [list(x) for x in layers],
-        # Per runtime: its stage 1 jobs (torch: the fp32 reference; elsewhere: the fp32 export),
-        # per tensor and per channel, the base on validation and one job per layer.
-        "used": {r: used_by[r] + 1 + len(chosen) for r in bases},
+        "bases": searched,
+        # One method: its layers (as a tune of one method always stored them); several: per method.
+        "layers": stored[methods[0]] if len(methods) == 1 else stored,
+        "used": used_lines,
         "spent": used + len(jobs),
         "globals": tested,
         "isolation": isolation,
@@ -181,38 +169,42 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
 
 
 def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
-    """The k most sensitive layers in floating point, k = 1, 2, 4, ... below the layer count, per runtime."""
+    """The k most sensitive layers in floating point, k = 1, 2, 4, ... below the layer count, per search line."""
     p = stage.params
     settings = TuneSettings.from_dict(p)
-    names = [x[0] for x in p["layers"]]
     jobs: list[PlannedJob] = []
     rankings: dict[str, list[str]] = {}
     used = dict(p["used"])
-    room = _share(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER_STAGES["tune_candidates"])
-    for runtime, base_spec in p["bases"].items():
-        ranking = rank(inputs, runtime, names, settings)
-        rankings[runtime] = ranking
-        left = _left(len(names), used[runtime], room)
+    room = share_of(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER_STAGES["tune_candidates"])
+    for line, base_spec in p["bases"].items():
+        spec = JobSpec.from_dict(base_spec)
+        names = [x[0] for x in layers_of(p, spec.method.method)]
+        ranking = rank(inputs, runtime_of(spec), names, settings, spec.method.method)
+        rankings[line] = ranking
+        left = room_left(len(names), used[line], room)
         # Where a global meets the target (it may be the answer), the largest k gives way to its verify job.
         keep = _VERIFY if p.get("bar") else 0
         ks = [2**e for e in range(len(names)) if 2**e < len(names)][: max(left - keep, 0)]
-        # Where they take the runtime's last jobs, nothing can verify them: they are timed as the answer is.
+        # Where they take the line's last jobs, nothing can verify them: they are timed as the answer is.
         screen = left >= len(ks) + _VERIFY
-        spec = JobSpec.from_dict(base_spec)
         reference = p["references"]["test"]
         jobs += [_job(stage, spec, tuple(ranking[:k]), "test", reference, rivals=None if screen else ()) for k in ks]
-        used[runtime] += len(ks)
+        used[line] += len(ks)
     params = {**_carry(p), "rankings": rankings, "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
     return _then(stage, jobs, inputs, "tune_refine", params)
 
 
-def rank(inputs: Sequence[Any], runtime: str, names: Sequence[str], settings: TuneSettings) -> list[str]:
-    """The layers of ``runtime``'s sensitivity jobs, most sensitive first (the highest score with that layer in
-    floating point); layers without a measured score follow in model order."""
+def rank(
+    inputs: Sequence[Any], runtime: str, names: Sequence[str], settings: TuneSettings, method: str | None = None
+) -> list[str]:
+    """The layers of ``runtime``'s sensitivity jobs (of ``method``, where given), most sensitive first (the highest
+    score with that layer in floating point); layers without a measured score follow in model order."""
     scores: dict[str, float] = {}
     for i in inputs:
         what = info(i)
         if i.role != "trial" or i.state != SUCCEEDED or what["split"] != "validation" or what["runtime"] != runtime:
+            continue
+        if method is not None and what["method"] != method:
             continue
         s = score(i.figures, settings)
         if s is not None and len(what["fallback"]) == 1:
@@ -222,29 +214,32 @@ def rank(inputs: Sequence[Any], runtime: str, names: Sequence[str], settings: Tu
 
 
 def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
-    """The k's strictly between the largest failing and the smallest passing k, evenly spaced, per runtime."""
+    """The k's strictly between the largest failing and the smallest passing k, evenly spaced, per search line."""
     p = stage.params
     settings = TuneSettings.from_dict(p)
-    n_layers = len(p["layers"])
-    room = _share(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER_STAGES["tune_refine"])
+    room = share_of(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER_STAGES["tune_refine"])
     used = dict(p["used"])
     jobs: list[PlannedJob] = []
-    for runtime, base_spec in p["bases"].items():
+    for line, base_spec in p["bases"].items():
+        spec = JobSpec.from_dict(base_spec)
+        runtime, method = runtime_of(spec), spec.method.method
+        n_layers = len(layers_of(p, method))
         passing: list[int] = []
         failing = [0]  # k = 0 is the base global recipe, which misses the target
         for i in inputs:
             what = info(i)
-            if i.role == "trial" and i.state == SUCCEEDED and what["runtime"] == runtime and what["split"] == "test":
+            if i.role != "trial" or i.state != SUCCEEDED or what["split"] != "test":
+                continue
+            if what["runtime"] == runtime and what["method"] == method:
                 (passing if meets(i.figures, settings.target) else failing).append(len(what["fallback"]))
         # Every layer in floating point is fp32 itself, which meets any target: the bound when no k passed yet.
         k_pass = min(passing, default=n_layers)
         k_fail = max(k for k in failing if k < k_pass)
-        left = _left(n_layers, used[runtime], room) - _VERIFY
-        spec = JobSpec.from_dict(base_spec)
-        ranking = p["rankings"][runtime]
+        left = room_left(n_layers, used[line], room) - _VERIFY
+        ranking = p["rankings"][line]
         ks = between(k_fail, k_pass, min(math.floor(math.log2(max(n_layers, 1))), max(left, 0)))
         jobs += [_job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
-        used[runtime] += len(ks)
+        used[line] += len(ks)
     params = {**_carry(p), "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
     # The verify stage chooses among the candidates too: it waits for them as well (finished already).
     candidates_so_far = [i.key for i in inputs if i.role == "trial"]
@@ -272,9 +267,9 @@ def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     # A tune timed pinned or unisolated throughout: its screening figures are timed as its benchmark says.
     if pick is not None and answer_isolation(p) not in (SCREENING_ISOLATION, "none"):
         runtime = pick["runtime"]
-        room = _share(settings, int(p["spent"]) + 1, 1, 1)
-        used = p["used"].get(runtime, _stage1_jobs(runtime))
-        left = room if p["layers"] is None else _left(len(p["layers"]), used, room)
+        room = share_of(settings, int(p["spent"]) + 1, 1, 1)
+        used = p["used"].get(line_of(runtime, pick["method"], methods_of(p)), stage1_jobs(runtime))
+        left = room if p["layers"] is None else room_left(len(layers_of(p, pick["method"])), used, room)
         if left is None or left >= _VERIFY:
             spec = JobSpec.from_dict(next(i for i in inputs if i.id == pick["job_id"]).spec)  # the picked job's own
             rivals = fp32_rivals(entries, runtime, pick["device"])  # timed beside each fp32 that may be the fastest
@@ -289,36 +284,6 @@ def answer(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
-
-
-def _healthy(job: Any) -> bool:
-    """Succeeded, with figures that mean something (farm.quant.metrics' health)."""
-    return job.state == SUCCEEDED and bool(job.figures) and job.figures.get("health") in (None, "ok")
-
-
-def _stage1_jobs(runtime: str, inputs: Sequence[Any] = ()) -> int:
-    """Stage 1's jobs that are ``runtime``'s, counted in ``inputs`` (its global recipes, and torch's fp32 reference or
-    another runtime's fp32 export); without them, the most there can be (two globals and one fp32)."""
-    return sum(1 for i in inputs if i.role in ("trial", "reference") and info(i)["runtime"] == runtime) or 3
-
-
-def _fanout(layers: int) -> int:
-    """The candidate and refine jobs one runtime may still need: 2*log2(layers), rounded up."""
-    return math.ceil(2 * math.log2(max(layers, 2)))
-
-
-def _share(settings: TuneSettings, spent: int, runtimes: int, later: int) -> int | None:
-    """Each runtime's share of what ``--budget-jobs`` leaves once ``spent`` jobs and the ``later`` stage jobs still to
-    come are counted (None: no budget given)."""
-    if settings.budget_jobs is None:
-        return None
-    return max(0, settings.budget_jobs - spent - later) // max(runtimes, 1)
-
-
-def _left(layers: int, used: int, share: int | None) -> int:
-    """Jobs a runtime may still add: the per-runtime bound less what it used, within the budget's share."""
-    left = budget_per_runtime(layers) - used
-    return left if share is None else min(left, share)
 
 
 def _job(

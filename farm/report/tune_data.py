@@ -55,10 +55,10 @@ class LayerLoss:
 
 @dataclass(frozen=True)
 class Sensitivity:
-    """The sensitivity stage of one runtime.
+    """The sensitivity stage of one search line (a runtime; where the tune searched several methods, one of them on it).
 
     Attributes:
-        runtime: the runtime.
+        runtime: the runtime, and the method where the tune searched several ("openvino (static)").
         recipe: the all-quantized recipe the layers fell back from (its label).
         base: the target's figure of that recipe (``base_split``); None when it was not measured.
         base_split: "validation" when the sweep measured it there, else "test" (the split of the global recipe).
@@ -105,11 +105,13 @@ def tune_view(tune: TuneInput) -> TuneView:
     """
     answer = answer_of(tune.jobs, tune.settings, tune.state)
     chosen = answer.chosen
-    runtimes = list(dict.fromkeys(e["runtime"] for e in answer.trail if e["stage"] == "sensitivity"))
+    lines = list(dict.fromkeys((e["runtime"], e["method"]) for e in answer.trail if e["stage"] == "sensitivity"))
     sensitivities = []
-    for runtime in runtimes:
-        fallback = set(chosen["fallback"]) if chosen is not None and chosen["runtime"] == runtime else set()
-        sensitivities.append(_sensitivity(tune.jobs, answer.trail, runtime, tune.settings, fallback))
+    for line in lines:
+        ours = chosen is not None and (chosen["runtime"], chosen["method"]) == line
+        fallback = set(chosen["fallback"]) if chosen is not None and ours else set()
+        several = len({m for _, m in lines}) > 1
+        sensitivities.append(_sensitivity(tune.jobs, answer.trail, line, tune.settings, fallback, several))
     figures = {j.id: j.figures for j in tune.jobs if j.figures}
     return TuneView(tune.settings, answer, sensitivities, _fp32(tune.jobs), figures)
 
@@ -129,24 +131,31 @@ def target_value(settings: TuneSettings) -> float:
 def _sensitivity(
     jobs: Sequence[Any],
     trail: Sequence[Mapping[str, Any]],
-    runtime: str,
+    line: tuple[str, str],
     settings: TuneSettings,
     fallback: set[str],
+    several: bool,
 ) -> Sensitivity:
-    probes = [e for e in trail if e["stage"] == "sensitivity" and e["runtime"] == runtime and len(e["fallback"]) == 1]
+    runtime, method = line
+    probes = [
+        e
+        for e in trail
+        if e["stage"] == "sensitivity" and (e["runtime"], e["method"]) == line and len(e["fallback"]) == 1
+    ]
     names = list(dict.fromkeys(e["fallback"][0] for e in probes))
     values = {e["fallback"][0]: e["value"] for e in probes if e["state"] == "succeeded" and e["value"] is not None}
     granularity = _granularity(jobs, {e["job_id"] for e in probes})
-    recipe, base, split = _base(jobs, trail, runtime, granularity)
+    recipe, base, split = _base(jobs, trail, line, granularity)
     sign = better_sign(settings)
     layers = []
-    for name in rank(jobs, runtime, names, settings):  # the candidates stage's order: most sensitive first
+    for name in rank(jobs, runtime, names, settings, method):  # the candidates stage's order: most sensitive first
         if name not in values:
             continue
         value = values[name]
         loss = math.nan if base is None else sign * (value - base) + 0.0  # + 0.0: no "-0" on the chart
         layers.append(LayerLoss(name, value, loss, name in fallback))
-    return Sensitivity(runtime, recipe, base, split, layers, [n for n in names if n not in values])
+    label = f"{runtime} ({method})" if several else runtime
+    return Sensitivity(label, recipe, base, split, layers, [n for n in names if n not in values])
 
 
 def _granularity(jobs: Sequence[Any], ids: set[int]) -> str | None:
@@ -158,7 +167,7 @@ def _granularity(jobs: Sequence[Any], ids: set[int]) -> str | None:
 
 
 def _base(
-    jobs: Sequence[Any], trail: Sequence[Mapping[str, Any]], runtime: str, granularity: str | None
+    jobs: Sequence[Any], trail: Sequence[Mapping[str, Any]], line: tuple[str, str], granularity: str | None
 ) -> tuple[str, float | None, str]:
     """(label, figure, split) of the all-quantized recipe the sensitivity jobs fell layers back from: measured on
     the validation split where the sweep has it, else the global recipe on the test split."""
@@ -166,7 +175,7 @@ def _base(
     pool = [
         e
         for e in trail
-        if e["runtime"] == runtime
+        if (e["runtime"], e["method"]) == line
         and not e["fp32"]
         and not e["fallback"]
         and e["state"] == "succeeded"

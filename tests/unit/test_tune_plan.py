@@ -14,7 +14,8 @@ from farm.errors import ConfigError
 from farm.jobs import tune_stages
 from farm.jobs.stages import Stage, expander_named
 from farm.jobs.tune_answer import choose
-from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, plan_tune, settings_of, stage1_size, tune_text
+from farm.jobs.tune_plan import TuneSettings, budget_per_runtime, plan_tune, settings_of, tune_text
+from farm.jobs.tune_spec import stage1_size
 from farm.jobs.tune_timing import answer_rel_tol
 from farm.store.expansion import InputJob
 
@@ -604,3 +605,96 @@ def test_a_tune_planned_before_screening_settled_looser_verifies_at_its_screened
     spec = plan_tune(yaml.safe_dump(data, sort_keys=False), data, labelled=True).jobs[0].spec
     assert answer_rel_tol({}, spec) == 0.01
     assert answer_rel_tol({"rel_tol": 0.03}, spec) == 0.03
+
+
+# --- several methods ------------------------------------------------------------------------------------------
+
+
+def two_methods(j: Any, static_p50: float = 0.10, static_base: float = 37.0) -> dict[str, Any]:
+    """Static int8 faster than dynamic (0.10 against 0.20 ms) and 1 dB worse (37 against 38 dB) unless told."""
+    if j.spec.method.method == "static":
+        f = sqnr_of(j, base=static_base)
+        shift = static_p50 - 0.10
+    else:
+        f = sqnr_of(j, base=38.0)
+        shift = 0.10
+    for k in ("latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms"):
+        f[k] += shift
+    return f
+
+
+def test_a_tune_of_several_methods_plans_each_ones_globals_on_the_runtimes_that_run_it() -> None:
+    settings = TuneSettings("sqnr_db", min_metric=40.0)
+    plan = plan_of(settings, method=["static", "qat"], runtimes=["torch", "openvino"], max_time_s=0.2)
+    globals_ = sorted(
+        (j.spec.method.runtime or "torch", j.spec.method.method)
+        for j in plan.jobs
+        if j.role == "trial" and j.spec.method.method != "fp32"
+    )
+    # OpenVINO runs static, not QAT: its QAT globals are not planned (and the tune is no error).
+    assert globals_ == sorted([("openvino", "static")] * 2 + [("torch", "static")] * 2 + [("torch", "qat")] * 2)
+    sizes = {"static": None, "qat": None}
+    assert len(plan.jobs) == stage1_size(["torch", "openvino"], methods=sizes) == 1 + 4 + (2 + 1) + 1
+    assert plan.jobs[-1].params["methods"] == ["static", "qat"]
+    assert "static+qat" in yaml.safe_load(plan.text)["name"]
+
+
+@pytest.mark.parametrize(
+    ("methods", "runtimes", "message"),
+    [
+        (["static", "static"], ["torch"], "at most once"),
+        (["dynamic", "qat"], ["torch", "tensorrt"], "runtime tensorrt runs none of dynamic, qat"),
+        (["dynamic", "qat"], ["openvino"], r"no runtime asked \(openvino\) runs qat"),
+        (["qat"], ["openvino"], "cannot run method 'qat'"),
+    ],
+)
+def test_a_method_twice_or_a_runtime_that_runs_none_of_them_is_refused(
+    methods: list[str], runtimes: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan_of(TuneSettings("sqnr_db", min_metric=40.0), method=methods, runtimes=runtimes)
+
+
+def test_a_spec_listing_a_method_twice_is_refused() -> None:
+    text = tune_text(
+        model="farm:digits-cnn", dataset="sklearn:digits", method="static", runtimes=["torch"],
+        settings=TuneSettings("sqnr_db", min_metric=40.0), batch_size=1, threads=1,
+    )  # fmt: skip
+    data = yaml.safe_load(text)
+    data["methods"] = ["static", {"static": {"granularity": "per_tensor"}}]
+    with pytest.raises(ConfigError, match="static is listed twice"):
+        plan_tune(yaml.safe_dump(data), data, labelled=True)
+
+
+def test_each_method_is_its_own_line_and_the_faster_one_can_be_the_answer() -> None:
+    """Dynamic scores higher globally (38 against 37 dB), static runs at half its latency: a search that fell back
+    from the best-scoring global alone would never try static. Both lines are searched, each within its own bound,
+    and the answer is static with its most sensitive layer in floating point (40 dB, 0.15 ms), not dynamic's."""
+    from farm.jobs.tune_answer import answer_of
+
+    settings = TuneSettings("sqnr_db", min_metric=40.0)
+    plan = plan_of(settings, method=["dynamic", "static"], max_time_s=0.2)
+    jobs, ran = run_chain(plan, two_methods)
+    assert ran == ["tune_sensitivity", "tune_candidates", "tune_refine", "tune_verify", "tune_answer"]
+    sens = [j for j in jobs if j.role == "trial" and j.spec.split == "validation"]
+    assert sorted({j.spec.method.method for j in sens}) == ["dynamic", "static"]
+    candidates = next(j for j in jobs if j.role == "stage" and j.expander == "tune_candidates")
+    assert sorted(candidates.params["bases"]) == ["torch/dynamic", "torch/static"]
+    assert set(candidates.params["layers"]) == {"dynamic", "static"}
+    for method in ("dynamic", "static"):  # the torch fp32 reference counts in each line, as in a one-method tune
+        mine = [j for j in jobs if j.role == "reference" or (j.role == "trial" and j.spec.method.method == method)]
+        assert len(mine) <= budget_per_runtime(len(LAYERS))
+    inputs = [as_input(j, two_methods(j) if j.role == "trial" else {}, n) for n, j in enumerate(jobs, 1)]
+    chosen = answer_of(inputs, settings, "succeeded").chosen
+    assert chosen is not None
+    assert (chosen["method"], chosen["fallback"], chosen["sqnr_db"]) == ("static", ["conv2"], 40.0)
+
+
+def test_a_method_another_beats_on_both_counts_on_the_same_runtime_is_not_searched() -> None:
+    """Static both faster and scoring as well as dynamic on torch: falling dynamic's layers back can't win."""
+    plan = plan_of(TuneSettings("sqnr_db", min_metric=40.0), method=["dynamic", "static"], max_time_s=0.2)
+    jobs, _ = run_chain(plan, lambda j: two_methods(j, static_base=38.0))
+    sens = [j for j in jobs if j.role == "trial" and j.spec.split == "validation"]
+    assert sens and {j.spec.method.method for j in sens} == {"static"}
+    later = [j for j in jobs if j.role == "trial" and j.spec.method.layers]
+    assert {j.spec.method.method for j in later} == {"static"}

@@ -89,6 +89,8 @@ def test_an_encoder_tuned_on_its_embedding_searches_only_the_layers_that_feed_it
         (["--max-accuracy-drop", "0.01", "--budget-jobs", "3"], "below stage 1"),
         (["--max-accuracy-drop", "0.01", "--runtime", "nope"], "unknown runtime"),
         (["--metric", "cosine", "--min-metric", "0.9", "--model-output", " "], "--model-output: expected"),
+        (["--metric", "cosine", "--min-metric", "0.9", "--method", "static"], "at most once"),
+        (["--metric", "cosine", "--min-metric", "0.9", "--method", "qat", "--runtime", "openvino"], "runs qat"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(sweep_home: Path, args: list[str], message: str) -> None:
@@ -96,6 +98,29 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(sweep_home: Path, args:
     assert result.exit_code == 2, describe(result)
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert sweep_count(sweep_home) == (0, 0)
+
+
+def test_a_tune_of_two_methods_finds_the_faster_method_a_meeting_global_of_the_other_hides(sweep_home: Path) -> None:
+    """digits-cnn on torch, static and dynamic int8. Dynamic quantizes its Linear layers alone: its globals meet
+    40 dB (about 51) at about fp32's latency. A search of dynamic alone would stop there; static's line falls its
+    layers back and finds a recipe meeting the target at a fraction of that latency."""
+    result = farm(
+        "tune", *BASE, "--method", "dynamic", "--metric", "sqnr_db", "--min-metric", "40", "-j", "2", "--json"
+    )
+    assert result.exit_code == 0, describe(result)
+    data = json.loads(result.stdout)
+    globals_ = [e for e in data["trail"] if e["stage"] == "global" and not e["fp32"]]
+    assert {e["method"] for e in globals_} == {"static", "dynamic"}
+    dynamic = [e for e in globals_ if e["method"] == "dynamic" and e["meets"]]
+    assert dynamic and not any(e["meets"] for e in globals_ if e["method"] == "static")
+    sens = [e for e in data["trail"] if e["stage"] == "sensitivity"]
+    assert sens and {e["method"] for e in sens} == {"static"}  # a global meeting the target has nothing to gain
+    chosen = data["chosen"]
+    assert chosen["method"] == "static" and chosen["fallback"] and chosen["sqnr_db"] >= 40
+    fastest = min(e["latency"]["p50_ms"] for e in dynamic)
+    assert chosen["latency"]["p50_ms"] < fastest, (chosen, dynamic)
+    status = farm("tune", "status", str(data["tune_id"]), "--json")
+    assert status.exit_code == 0 and json.loads(status.stdout)["chosen"]["method"] == "static"
 
 
 def test_accuracy_without_labels_is_refused(sweep_home: Path) -> None:

@@ -20,7 +20,8 @@ import yaml
 from farm.jobs import tune_stages
 from farm.jobs.stages import Stage, expander_named
 from farm.jobs.tune_answer import answer_of
-from farm.jobs.tune_plan import TuneSettings, plan_tune, stage1_size, tune_text
+from farm.jobs.tune_plan import TuneSettings, plan_tune, tune_text
+from farm.jobs.tune_spec import stage1_size
 from farm.report import SweepInfo, build_report
 from farm.report.fmt import sig
 from farm.report.tune_data import TuneInput, tune_view
