@@ -284,6 +284,12 @@ def _print_trail(result: Any, settings: Any) -> None:
     out.print(table)
     stages = ", ".join(f"{k} {d}/{n}" for k, (d, n) in result.stages.items() if n)
     out.print(f"stages: {stages}{'' if result.done else ' (searching)'}")
+    failed: dict[str, list[str]] = {}  # why each failed job failed, once per reason (a method a model can't take)
+    for e in result.trail:
+        if e["state"] == "failed":
+            failed.setdefault(e.get("error") or "no error recorded", []).append(str(e["job_id"]))
+    for why, ids in failed.items():
+        out.print(f"[yellow]failed[/]: job {', '.join(ids)}: {escape(why)}")
     if result.chosen is not None:
         c = result.chosen
         fallback = ", ".join(c["fallback"]) or "none"
@@ -298,6 +304,15 @@ def _print_trail(result: Any, settings: Any) -> None:
         others = [o for o in chosen_json(c, settings, result.trail)["over_fp32"] if o["runtime"] != c["runtime"]]
         if others:
             out.print("over fp32 elsewhere: " + "; ".join(f"{o['runtime']} {_times(o)}" for o in others))
+
+
+def _state(state: str, result: Any) -> str:
+    """The tune's state: a search that ended with an answer is done, whatever jobs of it failed (the sweep's state
+    says "failed" then: a global recipe a runtime could not build, listed with its error under the trail)."""
+    failed = sum(1 for e in result.trail if e["state"] == "failed")
+    if state == "failed" and result.done and result.chosen is not None:
+        return f"done ({failed} job(s) failed)"
+    return state
 
 
 def _metric(value: Any, settings: Any) -> str:
@@ -346,7 +361,9 @@ def status(tune_id: int, as_json: bool) -> None:
     result = answer_of(sweep_jobs(db, tune_id), settings, head.state)
     wall = (head.finished_at - head.created_at).total_seconds() if head.finished_at else None
     if not as_json:
-        out.print(f"tune {tune_id} [bold]{escape(head.name)}[/]: {head.state}, {settings.target.describe()}")
+        out.print(
+            f"tune {tune_id} [bold]{escape(head.name)}[/]: {_state(head.state, result)}, {settings.target.describe()}"
+        )
     _finish(tune_id, result, settings, as_json, wall)
 
 

@@ -96,10 +96,15 @@ def undominated(bases: Mapping[str, Any], settings: TuneSettings) -> dict[str, A
             other is not base
             and info(other)["runtime"] == info(base)["runtime"]
             and speed(other.figures, settings.objective)[2] < speed(base.figures, settings.objective)[1]
-            and (score(other.figures, settings) or -math.inf) >= (score(base.figures, settings) or -math.inf)
+            and _scored(other, settings) >= _scored(base, settings)
         )
 
     return {line: b for line, b in bases.items() if not any(beaten(b, o) for o in bases.values())}
+
+
+def _scored(job: Any, settings: TuneSettings) -> float:
+    value = score(job.figures, settings)
+    return -math.inf if value is None else value
 
 
 def healthy(job: Any) -> bool:
@@ -124,19 +129,20 @@ def stage1_jobs(runtime: str, inputs: Sequence[Any] = (), method: str | None = N
 
 
 def fanout(layers: int) -> int:
-    """The candidate and refine jobs one runtime may still need: 2*log2(layers), rounded up."""
+    """The candidate and refine jobs one line may still need: 2*log2(layers), rounded up."""
     return math.ceil(2 * math.log2(max(layers, 2)))
 
 
-def share_of(settings: TuneSettings, spent: int, runtimes: int, later: int) -> int | None:
-    """Each runtime's share of what ``--budget-jobs`` leaves once ``spent`` jobs and the ``later`` stage jobs still to
-    come are counted (None: no budget given)."""
+def share_of(settings: TuneSettings, spent: int, lines: int, later: int) -> int | None:
+    """Each of ``lines`` lines' share of what ``--budget-jobs`` leaves once ``spent`` jobs and the ``later`` stage
+    jobs still to come are counted (None: no budget given)."""
     if settings.budget_jobs is None:
         return None
-    return max(0, settings.budget_jobs - spent - later) // max(runtimes, 1)
+    return max(0, settings.budget_jobs - spent - later) // max(lines, 1)
 
 
 def room_left(layers: int, used: int, share: int | None) -> int:
-    """Jobs a runtime may still add: the per-runtime bound less what it used, within the budget's share."""
+    """Jobs a line may still add: its bound (``layers + 2*log2(layers) + 4``) less what it used, within the budget's
+    share."""
     left = budget_per_runtime(layers) - used
     return left if share is None else min(left, share)

@@ -108,12 +108,15 @@ def tune_text(
     Raises:
         ConfigError: an unknown or repeated method (before any planning).
     """
-    methods = [method] if isinstance(method, str) else list(method)
-    for m in methods:
+    given = [method] if isinstance(method, str) else list(method)
+    for m in given:
         if m not in TUNE_METHODS:
             raise ConfigError(f"--method: a tune searches {', '.join(TUNE_METHODS)}, not {m!r}")
-    if not methods or len(set(methods)) != len(methods):
-        raise ConfigError(f"--method: give each of {', '.join(TUNE_METHODS)} at most once, at least one")
+    again = next((m for i, m in enumerate(given) if m in given[:i]), None)
+    if not given or again is not None:
+        raise ConfigError(f"--method {again}: give each of {', '.join(TUNE_METHODS)} at most once, at least one")
+    # In one order whatever the flags' (the spec text names the tune: the same search is the same tune).
+    methods = [m for m in TUNE_METHODS if m in given]
     # A tune times dozens of small jobs one at a time (the measurement lock): a short warm-up (still at least
     # farm.quant.latency's warmup_reps calls, and every block re-warms) leaves the time to the timed pairs.
     bench: dict[str, Any] = {
@@ -198,8 +201,8 @@ def plan_tune(
         The plan: references, global recipes, and the ``tune_sensitivity`` stage job last.
 
     Raises:
-        ConfigError: the spec's problems, not one model and one tuned method, a bad target, a runtime that can't
-            run the method, a budget below stage 1's size.
+        ConfigError: the spec's problems, not one model, a method listed twice, a bad target, a runtime that runs
+            none of the methods, a budget below stage 1's size.
     """
     from farm.jobs.stages import stage_job
     from farm.spec.load import load_spec
@@ -227,7 +230,9 @@ def plan_tune(
     stage_params = {
         **settings.to_dict(),
         "method": names[0],
-        "methods": names,
+        # Several methods only: a tune of one has the parameters (and so the stage job's key) it always had, so a
+        # tune stored before is resumed, not started again.
+        **({"methods": names} if len(names) > 1 else {}),
         "runtimes": runtimes,
         "isolation": reference.spec.benchmark.isolation,
         "rel_tol": reference.spec.benchmark.rel_tol,  # the verify job's (screened timings settle looser)

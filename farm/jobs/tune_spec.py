@@ -93,11 +93,12 @@ def checked_spec(
         if all(cant):  # a runtime that runs none of the methods (one that runs some searches those)
             problems += cant[0] if len(names) == 1 or r not in RUNTIMES else [_runs_none(r, names)]
     known = [r for r in runtimes if r in RUNTIMES]
-    problems += [
-        Problem("methods", f"no runtime asked ({', '.join(runtimes)}) runs {name}")
-        for name in names
-        if known and len(names) > 1 and not any(name in RUNTIMES[r].methods for r in known)
-    ]
+    if not problems and len(names) > 1:  # each runtime runs one of them: is any method left to no runtime?
+        problems += [
+            Problem("methods", f"no runtime asked ({', '.join(known)}) runs {name}")
+            for name in names
+            if not any(name in RUNTIMES[r].methods for r in known)
+        ]
     problems += [Problem("runtime", why) for r in known if (why := unavailable(r)) is not None]
     if problems:
         raise ConfigError(problems, source=source)

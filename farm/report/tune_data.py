@@ -110,7 +110,7 @@ def tune_view(tune: TuneInput) -> TuneView:
     for line in lines:
         ours = chosen is not None and (chosen["runtime"], chosen["method"]) == line
         fallback = set(chosen["fallback"]) if chosen is not None and ours else set()
-        several = len({m for _, m in lines}) > 1
+        several = len({e["method"] for e in answer.trail if not e["fp32"]}) > 1  # the tune's methods, searched or not
         sensitivities.append(_sensitivity(tune.jobs, answer.trail, line, tune.settings, fallback, several))
     figures = {j.id: j.figures for j in tune.jobs if j.figures}
     return TuneView(tune.settings, answer, sensitivities, _fp32(tune.jobs), figures)

@@ -132,6 +132,9 @@ def test_stage_one_is_the_reference_the_global_recipes_and_the_sensitivity_stage
     params = plan.jobs[-1].params
     assert params["references"] == {"test": plan.jobs[0].key, "validation": plan.jobs[0].key}
     assert "tune:" in plan.text
+    # A tune of one method keeps the stage parameters (so the stage job's key) it had before several could be
+    # searched: a tune stored then is resumed, not started again.
+    assert params["method"] == "static" and "methods" not in params
 
 
 def test_a_budget_below_stage_one_and_bad_targets_are_refused() -> None:
@@ -637,12 +640,15 @@ def test_a_tune_of_several_methods_plans_each_ones_globals_on_the_runtimes_that_
     assert len(plan.jobs) == stage1_size(["torch", "openvino"], methods=sizes) == 1 + 4 + (2 + 1) + 1
     assert plan.jobs[-1].params["methods"] == ["static", "qat"]
     assert "static+qat" in yaml.safe_load(plan.text)["name"]
+    # One order whatever the flags': the same search is the same tune (its spec text names it).
+    again = plan_of(settings, method=["qat", "static"], runtimes=["torch", "openvino"], max_time_s=0.2)
+    assert again.text == plan.text
 
 
 @pytest.mark.parametrize(
     ("methods", "runtimes", "message"),
     [
-        (["static", "static"], ["torch"], "at most once"),
+        (["static", "static"], ["torch"], "--method static: give each"),
         (["dynamic", "qat"], ["torch", "tensorrt"], "runtime tensorrt runs none of dynamic, qat"),
         (["dynamic", "qat"], ["openvino"], r"no runtime asked \(openvino\) runs qat"),
         (["qat"], ["openvino"], "cannot run method 'qat'"),

@@ -138,3 +138,16 @@ def test_a_metric_prints_with_the_digits_that_tell_it_from_its_target() -> None:
     assert _metric(0.9999702, tight) == "0.9999702"  # a miss reads as one
     assert _metric(47.0808504, TuneSettings("sqnr_db", min_metric=46.63)) == "47.081"
     assert _metric(0.93, TuneSettings("accuracy", max_accuracy_drop=0.01)) == "0.93"
+
+
+def test_a_search_that_ended_with_its_answer_reads_done_whatever_jobs_of_it_failed() -> None:
+    """The sweep's state is "failed" once any job failed (a method a runtime can't build for the model): the tune
+    found its answer all the same, and says so."""
+    from types import SimpleNamespace
+
+    from farm.cli.tune import _state
+
+    trail = [{"state": "failed"}, {"state": "failed"}, {"state": "succeeded"}]
+    assert _state("failed", SimpleNamespace(trail=trail, done=True, chosen={"job_id": 3})) == "done (2 job(s) failed)"
+    assert _state("failed", SimpleNamespace(trail=trail, done=True, chosen=None)) == "failed"
+    assert _state("running", SimpleNamespace(trail=trail, done=False, chosen={"job_id": 3})) == "running"
