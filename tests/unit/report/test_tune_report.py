@@ -96,11 +96,12 @@ def fabricated_tune(
     min_metric: float = 40.0,
     figures: Callable[[Any], dict[str, Any]] = figures_of,
     runtimes: Sequence[str] = ("torch",),
+    methods: Sequence[str] = ("static",),
 ) -> tuple[TuneSettings, list[InputJob]]:
     """A finished tune of sqnr_db >= ``min_metric``: every stage run by the real expanders."""
     settings = TuneSettings("sqnr_db", min_metric=min_metric)
-    text = tune_text(model="farm:digits-cnn", dataset="sklearn:digits", method="static", runtimes=list(runtimes),
-                     settings=settings, batch_size=1, threads=1)  # fmt: skip
+    text = tune_text(model="farm:digits-cnn", dataset="sklearn:digits", method=list(methods),
+                     runtimes=list(runtimes), settings=settings, batch_size=1, threads=1)  # fmt: skip
     plan = plan_tune(text, yaml.safe_load(text), labelled=True)
     jobs = [as_input(j, n, None, figures) for n, j in enumerate(plan.jobs, 1)]
     by_key = {j.key: j for j in jobs}
@@ -120,6 +121,32 @@ def fabricated_tune(
 def report(settings: TuneSettings, jobs: Sequence[InputJob], state: str = "succeeded") -> str:
     return build_report([], sweep=SweepInfo(7, "tune", state), fingerprints={}, generated_at=WHEN,
                         tune=TuneInput(settings, jobs, state))  # fmt: skip
+
+
+def test_a_tune_of_two_methods_has_a_sensitivity_chart_per_method_each_from_its_own_base() -> None:
+    """Dynamic int8 here scores 1 dB more and runs 0.3 ms slower than static: both lines are searched, and each
+    chart measures its layers from its own method's base recipe; the fallback is marked on the answer's line only."""
+
+    def two(job: Any) -> dict[str, Any]:
+        f = figures_of(job)
+        if job.role == "trial" and job.spec.method.method == "dynamic":
+            f = {**f, "sqnr_db": f["sqnr_db"] + 1.0}
+            for k in ("latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms"):
+                f[k] += 0.3
+        return f
+
+    settings, jobs = fabricated_tune(figures=two, methods=("dynamic", "static"))
+    view = tune_view(TuneInput(settings, jobs, "succeeded"))
+    by_line = {s.runtime: s for s in view.sensitivities}
+    assert set(by_line) == {"torch (dynamic)", "torch (static)"}
+    assert by_line["torch (static)"].base == pytest.approx(37.4)
+    assert by_line["torch (dynamic)"].base == pytest.approx(38.4)
+    chosen = answer_of(jobs, settings).chosen
+    assert chosen is not None and chosen["method"] == "static" and chosen["fallback"] == ["conv2"]  # 40.4 dB, 0.3 ms
+    assert [x.name for x in by_line["torch (static)"].layers if x.fallback] == ["conv2"]
+    assert not [x.name for x in by_line["torch (dynamic)"].layers if x.fallback]
+    html = report(settings, jobs)
+    assert "Layer sensitivity on torch (dynamic)" in html and "Layer sensitivity on torch (static)" in html
 
 
 def test_the_sensitivity_chart_has_one_bar_per_layer_sorted_by_loss_with_the_fallback_marked() -> None:
