@@ -72,7 +72,8 @@ class Farm:
         import psycopg
 
         with psycopg.connect(self.url, autocommit=True) as conn:
-            return list(conn.execute(sql, params).fetchall())
+            cur = conn.execute(sql, params)
+            return list(cur.fetchall()) if cur.description is not None else []
 
     def start(self, concurrency: int) -> None:
         log = open(self.root / f"worker-c{concurrency}.log", "ab")  # noqa: SIM115  (the worker's lifetime)
