@@ -115,6 +115,30 @@ class Farm:
             time.sleep(0.25)
         raise SystemExit(f"tune {tune_id} did not end in 15 minutes")
 
+    def where(self, tune_id: int) -> str:
+        """Where the search's wall time went: before its first job, each stage (wall, and the jobs' time in it: their
+        ratio is how many processes it kept busy), after its last job."""
+        (created, finished) = self.query("SELECT created_at, finished_at FROM sweeps WHERE id = %s", tune_id)[0]
+        rows = self.query(
+            "SELECT j.role, j.started_at, j.finished_at, j.duration_s FROM jobs j JOIN sweep_jobs s ON s.job_id = j.id "
+            "WHERE s.sweep_id = %s AND j.started_at IS NOT NULL ORDER BY j.started_at",
+            tune_id,
+        )
+        parts = [f"before the first job {(rows[0][1] - created).total_seconds():.2f} s"] if rows else []
+        stage: list[Any] = []
+        for role, started, ended, took in [*rows, ("stage", None, None, None)]:
+            if role != "stage":
+                stage.append((started, ended, took or 0.0))
+                continue
+            if stage:
+                wall = (max(e for _, e, _ in stage) - min(s for s, _, _ in stage)).total_seconds()
+                busy = sum(t for _, _, t in stage)
+                parts.append(f"{len(stage)} jobs {wall:.2f} s (busy {busy / wall if wall else 0:.2f})")
+            stage = []
+        last = max((r[2] for r in rows if r[2] is not None), default=finished)
+        parts.append(f"after the last {(finished - last).total_seconds():.2f} s")
+        return "; ".join(parts)
+
     def empty(self) -> None:
         """Every table but the workers' and Alembic's emptied, and the artifacts: nothing is reused by key."""
         import psycopg
@@ -174,6 +198,7 @@ def main() -> None:
                     farm.empty()
                     timed = farm.search(["--min-metric", str(goal)])
                     farm.stop()
+                    say(f"pair {n + 1} -c {c}: {farm.where(timed['tune_id'])}")
                     chosen = timed.get("chosen") or {}
                     walls[c] = timed["wall"]
                     say(
