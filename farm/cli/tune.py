@@ -7,7 +7,6 @@ the answer farm.jobs.tune_answer's. This module parses, calls them, and renders.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
@@ -18,7 +17,8 @@ from rich.table import Table
 
 from farm.cli import LazyGroup
 from farm.cli.params import ID, POSITIVE_COUNT, PROCESSES, parse_model_output
-from farm.cli.render import cell, err, out
+from farm.cli.render import err, out
+from farm.cli.tune_views import finish, state_of
 from farm.errors import ConfigError
 from farm.metric_targets import METRICS
 
@@ -201,147 +201,7 @@ def _run_started(plan: Any, o: dict[str, Any], artifacts_url: str, starter: Any,
         sys.exit(130)
     head = sweep_head(db, run.sweep_id)
     result = answer_of(sweep_jobs(db, run.sweep_id), settings, head.state)
-    _finish(run.sweep_id, result, settings, o["as_json"], time.monotonic() - start)
-
-
-def _finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: float | None) -> None:
-    """Print the answer (JSON or a table); exit 1 when it misses the target."""
-    from farm.jobs.tune_answer import chosen_json
-
-    chosen = chosen_json(result.chosen, settings, result.trail) if result.chosen is not None else None
-    if as_json:
-        data = {
-            "tune_id": tune_id,
-            "done": result.done,
-            "target": settings.target.describe(),
-            "met": result.met,
-            "shortfall": result.shortfall,
-            "chosen": chosen,
-            "fp32_faster": None
-            if result.fp32_faster is None
-            else {k: result.fp32_faster[k] for k in ("recipe", "runtime", "latency", "job_id")},
-            "stages": {k: {"done": d, "jobs": n} for k, (d, n) in result.stages.items()},
-            "trail": result.trail,
-            "jobs": result.jobs,
-            "wall_s": None if wall_s is None else round(wall_s, 2),
-        }
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        _print_trail(result, settings)
-    if result.chosen is None:
-        err.print(f"tune {tune_id}: no recipe succeeded on the test split")
-    elif not result.met:
-        err.print(
-            f"[red]tune {tune_id}: no recipe meets {settings.target.describe()}[/]; the closest, "
-            f"{escape(result.chosen['recipe'])} (job {result.chosen['job_id']}), falls short by {result.shortfall:.4g}"
-        )
-    else:
-        err.print(f"tune {tune_id}: `farm tune status {tune_id}`, `farm results query --tune {tune_id}`")
-    if result.chosen is not None and result.fp32_faster is not None:
-        from farm.jobs.tune_answer import over_fp32
-
-        f = result.fp32_faster
-        beside = over_fp32(result.chosen, f)
-        how = (
-            f"the answer runs at {_times(beside)} its speed"
-            if beside["side_by_side"]
-            else f"{f['latency']['p50_ms']:.4g} vs {result.chosen['latency']['p50_ms']:.4g} ms p50"
-        )
-        err.print(
-            f"[yellow]tune {tune_id}: {escape(f['recipe'])} (job {f['job_id']}, fp32 on {f['runtime']}) is faster than "
-            f"the answer beyond the noise ({how}): no quantized recipe within the target beats plain fp32 there[/]"
-        )
-    if result.done and not result.met:
-        sys.exit(1)
-
-
-def _print_trail(result: Any, settings: Any) -> None:
-    table = Table(show_edge=False, header_style="bold")
-    # How each test-split figure was timed, where it varies: screened recipes pinned, the rest exclusively
-    # (validation-split sensitivity jobs are always pinned: their latency ranks nothing).
-    timed = len({e.get("isolation") for e in result.trail if e["split"] == "test"}) > 1
-    columns = ["job", "stage", "runtime", "recipe", "split", settings.metric, "meets", "speedup", "p50 ms"]
-    for col in [*columns, *(["timed"] if timed else []), "size", "state"]:
-        table.add_column(col)
-    chosen_id = result.chosen["job_id"] if result.chosen else None
-    for e in result.trail:
-        lat = e["latency"] or {}
-        mark = " *" if e["job_id"] == chosen_id else ""
-        table.add_row(
-            f"{e['job_id']}{mark}",
-            e["stage"],
-            e["runtime"],
-            escape(e["recipe"]),
-            e["split"],
-            _metric(e[settings.metric], settings),
-            "yes" if e["meets"] else "",
-            cell(e["speedup"]),
-            cell(lat.get("p50_ms")),
-            *([str(e.get("isolation") or "")] if timed else []),
-            cell(e["size_ratio"]),
-            e["state"],
-        )
-    out.print(table)
-    stages = ", ".join(f"{k} {d}/{n}" for k, (d, n) in result.stages.items() if n)
-    out.print(f"stages: {stages}{'' if result.done else ' (searching)'}")
-    failed: dict[str, list[str]] = {}  # why each failed job failed, once per reason (a method a model can't take)
-    for e in result.trail:
-        if e["state"] == "failed":
-            failed.setdefault(e.get("error") or "no error recorded", []).append(str(e["job_id"]))
-    for why, ids in failed.items():
-        out.print(f"[yellow]failed[/]: job {', '.join(ids)}: {escape(why)}")
-    if result.chosen is not None:
-        c = result.chosen
-        fallback = ", ".join(c["fallback"]) or "none"
-        word = "chosen" if result.met else "closest (misses the target)"
-        out.print(
-            f"{word}: job {c['job_id']} [bold]{escape(c['recipe'])}[/] on {c['runtime']}, "
-            f"{settings.metric} {_metric(c[settings.metric], settings)}, {_speedup(c)}, "
-            f"layers in fp: {escape(fallback)}, timed {c.get('isolation')}"
-        )
-        from farm.jobs.tune_answer import chosen_json
-
-        others = [o for o in chosen_json(c, settings, result.trail)["over_fp32"] if o["runtime"] != c["runtime"]]
-        if others:
-            out.print("over fp32 elsewhere: " + "; ".join(f"{o['runtime']} {_times(o)}" for o in others))
-
-
-def _state(state: str, result: Any) -> str:
-    """The tune's state: a search that ended with an answer is done, whatever jobs of it failed (the sweep's state
-    says "failed" then: a global recipe a runtime could not build, listed with its error under the trail)."""
-    failed = sum(1 for e in result.trail if e["state"] == "failed")
-    if state == "failed" and result.done and result.chosen is not None:
-        return f"done ({failed} job(s) failed)"
-    return state
-
-
-def _metric(value: Any, settings: Any) -> str:
-    """The metric with a digit more than its target has: a cosine of 0.9999779 against a target of 0.999977 is
-    not "1" (4 significant digits at least)."""
-    if not isinstance(value, float) or settings.min_metric is None:
-        return cell(value)
-    digits = len(f"{settings.min_metric:g}".lstrip("-0.").replace(".", "").split("e")[0])
-    return f"{value:.{max(4, digits + 1)}g}"
-
-
-def _speedup(chosen: dict[str, Any]) -> str:
-    """The answer's speedup over its runtime's fp32, timed side by side, with its 95 % interval."""
-    if chosen.get("speedup") is None:
-        return "speedup -"
-    interval = chosen.get("speedup_ci")
-    within = escape(f" [{cell(interval[0])}, {cell(interval[1])}]") if interval else ""
-    return f"speedup {cell(chosen['speedup'])}{within} over fp32 on {chosen['runtime']} (side by side)"
-
-
-def _times(o: dict[str, Any]) -> str:
-    """A speedup over one fp32 (:func:`farm.jobs.tune_answer.over_fp32`): with its interval when timed side by side,
-    else marked as two jobs timed apart."""
-    if o.get("speedup") is None:
-        return "-"
-    if not o["side_by_side"]:
-        return f"{cell(o['speedup'])}x (jobs timed apart)"
-    ci = o.get("speedup_ci")
-    return f"{cell(o['speedup'])}x" + (escape(f" [{cell(ci[0])}, {cell(ci[1])}]") if ci else "") + " (side by side)"
+    finish(run.sweep_id, result, settings, o["as_json"], time.monotonic() - start)
 
 
 @tune.command()
@@ -358,13 +218,14 @@ def status(tune_id: int, as_json: bool) -> None:
     settings = settings_from_text(head.spec_text)
     if settings is None:
         raise ConfigError(f"sweep {tune_id} is no tune (`farm tune list` lists them; `farm sweep status {tune_id}`)")
-    result = answer_of(sweep_jobs(db, tune_id), settings, head.state)
+    jobs = sweep_jobs(db, tune_id)
+    result = answer_of(jobs, settings, head.state)
     wall = (head.finished_at - head.created_at).total_seconds() if head.finished_at else None
     if not as_json:
         out.print(
-            f"tune {tune_id} [bold]{escape(head.name)}[/]: {_state(head.state, result)}, {settings.target.describe()}"
+            f"tune {tune_id} [bold]{escape(head.name)}[/]: {state_of(head.state, jobs)}, {settings.target.describe()}"
         )
-    _finish(tune_id, result, settings, as_json, wall)
+    finish(tune_id, result, settings, as_json, wall)
 
 
 @tune.command("list")
@@ -372,20 +233,23 @@ def status(tune_id: int, as_json: bool) -> None:
 def list_tunes(limit: int) -> None:
     """List tunes (sweeps with a tune section), newest first."""
     from farm.jobs.tune_answer import settings_from_text
-    from farm.store.expansion import sweep_heads
+    from farm.store.expansion import sweep_heads, sweep_jobs
     from farm.store.migrate import open_database
 
+    db = open_database(read_only=True)
     table = Table(show_edge=False, header_style="bold")
     for col in ("id", "name", "state", "target", "objective", "created"):
         table.add_column(col)
-    for head in sweep_heads(open_database(read_only=True), "tune:", limit):
+    for head in sweep_heads(db, "tune:", limit):
         settings = settings_from_text(head.spec_text)
         if settings is None:
             continue
+        # A failed sweep may be a search that ended with its answer (its jobs read only then: no figures).
+        state = head.state if head.state != "failed" else state_of(head.state, sweep_jobs(db, head.id, figures=False))
         table.add_row(
             str(head.id),
             escape(head.name),
-            head.state,
+            state,
             settings.target.describe(),
             settings.objective,
             f"{head.created_at:%Y-%m-%d %H:%M}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,7 +131,7 @@ def test_accuracy_without_labels_is_refused(sweep_home: Path) -> None:
 
 
 def test_a_metric_prints_with_the_digits_that_tell_it_from_its_target() -> None:
-    from farm.cli.tune import _metric
+    from farm.cli.tune_views import metric_text as _metric
     from farm.jobs.tune_plan import TuneSettings
 
     tight = TuneSettings("cosine", min_metric=0.999977)
@@ -145,9 +146,14 @@ def test_a_search_that_ended_with_its_answer_reads_done_whatever_jobs_of_it_fail
     found its answer all the same, and says so."""
     from types import SimpleNamespace
 
-    from farm.cli.tune import _state
+    from farm.cli.tune_views import state_of
 
-    trail = [{"state": "failed"}, {"state": "failed"}, {"state": "succeeded"}]
-    assert _state("failed", SimpleNamespace(trail=trail, done=True, chosen={"job_id": 3})) == "done (2 job(s) failed)"
-    assert _state("failed", SimpleNamespace(trail=trail, done=True, chosen=None)) == "failed"
-    assert _state("running", SimpleNamespace(trail=trail, done=False, chosen={"job_id": 3})) == "running"
+    def job(role: str, state: str, stage: str | None = None) -> Any:
+        return SimpleNamespace(role=role, state=state, spec={"stage": stage} if stage else {})
+
+    ended = [job("trial", "failed"), job("trial", "failed"), job("trial", "succeeded"),
+             job("stage", "succeeded", "tune_answer")]  # fmt: skip
+    assert state_of("failed", ended) == "done (2 job(s) failed)"
+    assert state_of("failed", ended[:3]) == "failed"  # its answer stage never ran
+    assert state_of("failed", [job("trial", "failed"), ended[3]]) == "failed"  # nothing succeeded
+    assert state_of("running", ended) == "running"
