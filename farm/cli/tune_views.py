@@ -122,9 +122,10 @@ def state_of(state: str, jobs: Sequence[Any]) -> str:
     stage ran, with a recipe that succeeded, is done whatever jobs of it failed. The sweep's state says "failed"
     then (a global recipe a runtime could not build: a model FX cannot trace for static), which read as a failed
     search; `farm tune status` lists why each failed."""
-    answered = any(j.role == "stage" and j.spec.get("stage") == "tune_answer" and j.state == "succeeded" for j in jobs)
+    from farm.jobs.tune_answer import answered
+
     found = any(j.role == "trial" and j.state == "succeeded" for j in jobs)
-    if state == "failed" and answered and found:
+    if state == "failed" and answered(jobs) and found:
         failed = sum(1 for j in jobs if j.state == "failed")
         return f"done ({failed} job(s) failed)"
     return state

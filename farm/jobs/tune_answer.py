@@ -209,6 +209,12 @@ def stage_counts(jobs: Sequence[Any]) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def answered(jobs: Sequence[Any]) -> bool:
+    """Whether the search ended as planned: its ``tune_answer`` stage job succeeded (farm.store.expansion.sweep_jobs'
+    jobs, figures or not)."""
+    return any(j.role == "stage" and j.spec.get("stage") == "tune_answer" and j.state == "succeeded" for j in jobs)
+
+
 def answer_of(jobs: Sequence[Any], settings: TuneSettings, sweep_state: str | None = None) -> Answer:
     """The tune's answer so far from its sweep's jobs (farm.store.expansion.sweep_jobs)."""
     entries = trail(jobs, settings)
@@ -216,8 +222,7 @@ def answer_of(jobs: Sequence[Any], settings: TuneSettings, sweep_state: str | No
     gap = None
     if chosen is not None and chosen["value"] is not None:
         gap = shortfall({settings.target.column: chosen["value"]}, settings.target)
-    done = any(j.role == "stage" and j.spec.get("stage") == "tune_answer" and j.state == "succeeded" for j in jobs)
-    done = done or sweep_state in ("succeeded", "failed", "cancelled")
+    done = answered(jobs) or sweep_state in ("succeeded", "failed", "cancelled")
     faster = fp32_faster(entries, chosen, settings)
     return Answer(chosen, met, gap, done, entries, stage_counts(jobs), len(jobs), faster)
 
