@@ -64,6 +64,12 @@ TUNE_METRICS = [name for name in METRICS if name != "metric"]
     "--budget-jobs", type=POSITIVE_COUNT, help="At most this many jobs in all (below stage 1's size: refused)."
 )
 @click.option("--good-enough", is_flag=True, help="Stop after stage 1 when a global recipe meets the target.")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=0),
+    help="Explore stage: this many recipes per search line asked of Optuna's multi-objective sampler (which of the "
+    "most sensitive layers stay in floating point), beyond the per-line bound. [0: none]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 @click.option(
     "--max-time-s",
@@ -99,7 +105,13 @@ def _plan(o: dict[str, Any]) -> Any:
 
     settings = settings_of(
         TuneSettings(
-            o["metric"], o["min_metric"], o["max_accuracy_drop"], o["objective"], o["budget_jobs"], o["good_enough"]
+            o["metric"],
+            o["min_metric"],
+            o["max_accuracy_drop"],
+            o["objective"],
+            o["budget_jobs"],
+            o["good_enough"],
+            o["trials"] or None,
         ).to_dict(),
         source="farm tune",
     )
@@ -183,14 +195,15 @@ def _run_started(plan: Any, o: dict[str, Any], artifacts_url: str, starter: Any,
         f"tune {run.sweep_id}: {settings.target.describe()}, objective {settings.objective}; stage 1: "
         f"{run.total} jobs ({run.cached} cached) on {run.workers} worker process(es)"
     )
-    reported: set[str] = set()
+    reported: dict[str, int] = {}  # per stage, the jobs it had when its end was printed
 
     def on_update(stats: Any) -> None:
         progress.update(stats)
         counts = stage_counts(sweep_jobs(db, run.sweep_id, figures=False))  # after every job: no figures, no trail
         for name, (done, total) in counts.items():
-            if total and done == total and name not in reported:
-                reported.add(name)
+            # The explore stage comes in batches: each batch's end is printed, with the stage's jobs so far.
+            if total and done == total and total > reported.get(name, 0):
+                reported[name] = total
                 err.print(f"  stage {name}: {total} job(s) done")
 
     try:

@@ -114,6 +114,7 @@ LAZY_EXPANDERS = {
     "tune_sensitivity": "farm.jobs.tune_stages",
     "tune_candidates": "farm.jobs.tune_stages",
     "tune_refine": "farm.jobs.tune_stages",
+    "tune_explore": "farm.jobs.tune_stages",
     "tune_verify": "farm.jobs.tune_stages",
     "tune_answer": "farm.jobs.tune_stages",
 }

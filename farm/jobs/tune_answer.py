@@ -24,10 +24,11 @@ STAGE_OF = {
     "tune_sensitivity": "sensitivity",
     "tune_candidates": "candidates",
     "tune_refine": "refine",
+    "tune_explore": "explore",
     "tune_verify": "verify",
 }
 #: The stages in order, as the trail and ``farm tune status`` name them.
-STAGE_NAMES = ("global", "sensitivity", "candidates", "refine", "verify", "answer")
+STAGE_NAMES = ("global", "sensitivity", "candidates", "refine", "explore", "verify", "answer")
 
 
 @dataclass(frozen=True)

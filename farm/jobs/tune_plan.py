@@ -40,7 +40,15 @@ from farm.spec.plan import Plan, PlannedJob, job_key
 TUNE_METRICS = tuple(name for name in METRICS if name != "metric")
 OBJECTIVES = ("latency", "size")
 #: The stages of a tune in order, each a stage job's expander (stage 1 is planned up front: "global").
-STAGES = ("global", "tune_sensitivity", "tune_candidates", "tune_refine", "tune_verify", "tune_answer")
+STAGES = (
+    "global",
+    "tune_sensitivity",
+    "tune_candidates",
+    "tune_refine",
+    "tune_explore",
+    "tune_verify",
+    "tune_answer",
+)
 GRANULARITIES = ("per_tensor", "per_channel")
 #: The warm-up of a tune's timings (``farm tune``; a spec's ``tune:`` sweep sets its own).
 TUNE_WARMUP_S = 0.05
@@ -62,6 +70,9 @@ class TuneSettings:
         objective: "latency" (p50) or "size" (bytes).
         budget_jobs: at most this many jobs in all (None: the per-runtime bound alone).
         good_enough: stop after stage 1 when a global recipe meets the target.
+        trials: the explore stage's recipes per search line (farm/jobs/tune_explore.py: Optuna's multi-objective
+            sampler over which layers stay in floating point); None: no explore stage. Left out of
+            :meth:`to_dict` (and so of the stage jobs' keys) while None.
     """
 
     metric: str
@@ -70,6 +81,7 @@ class TuneSettings:
     objective: str = "latency"
     budget_jobs: int | None = None
     good_enough: bool = False
+    trials: int | None = None
 
     @property
     def target(self) -> Target:
@@ -168,6 +180,9 @@ def settings_of(section: Any, source: str = "tune") -> TuneSettings:
     budget = section.get("budget_jobs")
     if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
         problems.append(Problem("tune.budget_jobs", f"must be a positive integer, got {budget!r}"))
+    trials = section.get("trials")
+    if trials is not None and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 0):
+        problems.append(Problem("tune.trials", f"must be a whole number >= 0, got {trials!r}"))
     if not isinstance(section.get("good_enough", False), bool):
         problems.append(Problem("tune.good_enough", f"must be true or false, got {section.get('good_enough')!r}"))
     for key in ("min_metric", "max_accuracy_drop"):
@@ -177,7 +192,8 @@ def settings_of(section: Any, source: str = "tune") -> TuneSettings:
     if problems:
         raise ConfigError(problems, source=source)
     floats = {k: float(section[k]) for k in ("min_metric", "max_accuracy_drop") if section.get(k) is not None}
-    settings = TuneSettings.from_dict({**section, "metric": metric, **floats})
+    # trials: 0 is no explore stage, as None (the same tune, the same stage keys).
+    settings = TuneSettings.from_dict({**section, "metric": metric, **floats, "trials": trials or None})
     make_target(settings.metric, settings.min_metric, settings.max_accuracy_drop)
     return settings
 

@@ -9,7 +9,9 @@ waited for and add the next stage's jobs, through the one scheduling policy (far
   that layer in floating point: higher means the layer hurts more when quantized); the k most sensitive fall back
   for every power of two k below the layer count, all at once, on the test split; then ``tune_refine``.
 - ``tune_refine``: the k's between the largest failing and the smallest passing k, evenly spaced, at most
-  log2(layers) of them; then ``tune_verify``.
+  log2(layers) of them; then ``tune_verify`` (``tune_explore`` first with ``--trials``).
+- ``tune_explore`` (farm/jobs/tune_explore.py, with ``--trials N``): recipes asked of Optuna's multi-objective
+  sampler, which layers of the most sensitive stay in floating point, a batch per stage; then ``tune_verify``.
 - ``tune_verify``: the global int8 recipes, candidates and refine time their jobs pinned (farm/jobs/tune_timing.py's
   ``screening_spec``): they only rank, and under -j 2 exclusive timings serialised the search. The recipe the
   answer would be (farm/jobs/tune_answer.py's ``choose`` over the screened jobs: a candidate, a global recipe, or
@@ -24,15 +26,16 @@ Expanders are pure functions of their stage's parameters and inputs, save the la
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from farm.jobs.contract import JobSpec
 from farm.jobs.policy import SUCCEEDED
-from farm.jobs.stages import Stage, register, stage_job
+from farm.jobs.stages import Stage, register
 from farm.jobs.tune_answer import choose, fp32_rivals, trail
+from farm.jobs.tune_explore import explore
+from farm.jobs.tune_jobs import carry, job, then
 from farm.jobs.tune_lines import (
     base_recipe,
     fanout,
@@ -48,24 +51,23 @@ from farm.jobs.tune_lines import (
     undominated,
 )
 from farm.jobs.tune_plan import TuneSettings, info
-from farm.jobs.tune_timing import (
-    SCREENING_ISOLATION,
-    answer_isolation,
-    answer_rel_tol,
-    screened,
-    screening_spec,
-    validation_spec,
-)
+from farm.jobs.tune_timing import SCREENING_ISOLATION, answer_isolation, screened
 from farm.metric_targets import meets
-from farm.quant.layers import LayerRule
-from farm.spec.plan import PlannedJob, job_key
+from farm.spec.plan import PlannedJob
 
 #: A layer as the search sees it: (qualified name, class name, multiply-accumulates per sample).
 Layer = tuple[str, str, int]
-Rivals = tuple[str, ...] | None  # the fp32s a test-split job is timed beside (None: it is screened)
 #: The stage jobs that follow each stage (the budget keeps room for them): after sensitivity come candidates,
 #: refine, verify and answer; after candidates, refine, verify and answer; after refine, verify and answer.
 _LATER_STAGES = {"tune_sensitivity": 4, "tune_candidates": 3, "tune_refine": 2}
+
+
+def _later(name: str, settings: TuneSettings) -> int:
+    """The stage jobs after stage ``name``: one more with ``--trials`` (an explore stage; farm/jobs/tune_explore.py
+    keeps the room for any further one itself)."""
+    return _LATER_STAGES[name] + (1 if settings.trials else 0)
+
+
 #: The trials the verify stage adds: the recipe that may be the answer, timed as the tune's benchmark says. Refine
 #: keeps room for it in every runtime's bound; candidates only where a global recipe meets the target.
 _VERIFY = 1
@@ -94,6 +96,7 @@ def register_all() -> None:
         ("tune_sensitivity", sensitivity),
         ("tune_candidates", candidates),
         ("tune_refine", refine),
+        ("tune_explore", explore),
         ("tune_verify", verify),
         ("tune_answer", answer),
     ):
@@ -124,10 +127,10 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     room = share_of(settings, used, 1, 2)
     end = "tune_verify" if room is None or room >= _VERIFY else "tune_answer"
     if settings.good_enough and meeting:
-        return _then(stage, [], inputs, end, stop, tested)
+        return then(stage, [], inputs, end, stop, tested)
     found = {line: b for line, (r, m) in lines.items() if (b := base_recipe(globals_, r, settings, m)) is not None}
     bases = undominated(found, settings)
-    share = share_of(settings, used, len(bases), _LATER_STAGES["tune_sensitivity"])
+    share = share_of(settings, used, len(bases), _later("tune_sensitivity", settings))
     layers: dict[str, list[Layer]] = {}  # per method (the model's layers that method quantizes)
     jobs: list[PlannedJob] = []
     searched: dict[str, Any] = {}
@@ -144,15 +147,15 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         chosen = mine if cap >= len(mine) else sorted(mine, key=lambda x: -x[2])[:cap]
         # The base itself on the validation split: what each layer's job gains is measured from it (the report's
         # sensitivity chart), on the same samples.
-        jobs.append(_job(stage, spec, (), "validation", p["references"]["validation"]))
+        jobs.append(job(stage, spec, (), "validation", p["references"]["validation"]))
         for name, _, _ in chosen:
-            jobs.append(_job(stage, spec, (name,), "validation", p["references"]["validation"]))
+            jobs.append(job(stage, spec, (name,), "validation", p["references"]["validation"]))
         searched[line] = base.spec
         # Per line: its stage 1 jobs (torch: the fp32 reference; elsewhere: the fp32 export), per tensor and per
         # channel, the base on validation and one job per layer.
         used_lines[line] = used_by[line] + 1 + len(chosen)
     if not searched:  # no line can win, or the budget leaves no room: the global recipes are the answer
-        return _then(stage, [], inputs, end, stop, tested)
+        return then(stage, [], inputs, end, stop, tested)
     stored = {m: [list(x) for x in ls] for m, ls in layers.items()}
     params = {
         "bases": searched,
@@ -165,7 +168,7 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         # A global recipe already meets the target: it may be the answer, so candidates keep room to verify it.
         "bar": bool(meeting),
     }
-    return _then(stage, jobs, inputs, "tune_candidates", params)
+    return then(stage, jobs, inputs, "tune_candidates", params)
 
 
 def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
@@ -175,7 +178,7 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     jobs: list[PlannedJob] = []
     rankings: dict[str, list[str]] = {}
     used = dict(p["used"])
-    room = share_of(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER_STAGES["tune_candidates"])
+    room = share_of(settings, int(p["spent"]) + 1, len(p["bases"]), _later("tune_candidates", settings))
     for line, base_spec in p["bases"].items():
         spec = JobSpec.from_dict(base_spec)
         names = [x[0] for x in layers_of(p, spec.method.method)]
@@ -188,10 +191,10 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         # Where they take the line's last jobs, nothing can verify them: they are timed as the answer is.
         screen = left >= len(ks) + _VERIFY
         reference = p["references"]["test"]
-        jobs += [_job(stage, spec, tuple(ranking[:k]), "test", reference, rivals=None if screen else ()) for k in ks]
+        jobs += [job(stage, spec, tuple(ranking[:k]), "test", reference, rivals=None if screen else ()) for k in ks]
         used[line] += len(ks)
-    params = {**_carry(p), "rankings": rankings, "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
-    return _then(stage, jobs, inputs, "tune_refine", params)
+    params = {**carry(p), "rankings": rankings, "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
+    return then(stage, jobs, inputs, "tune_refine", params)
 
 
 def rank(
@@ -217,7 +220,7 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     """The k's strictly between the largest failing and the smallest passing k, evenly spaced, per search line."""
     p = stage.params
     settings = TuneSettings.from_dict(p)
-    room = share_of(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER_STAGES["tune_refine"])
+    room = share_of(settings, int(p["spent"]) + 1, len(p["bases"]), _later("tune_refine", settings))
     used = dict(p["used"])
     jobs: list[PlannedJob] = []
     for line, base_spec in p["bases"].items():
@@ -238,12 +241,14 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         left = room_left(n_layers, used[line], room) - _VERIFY
         ranking = p["rankings"][line]
         ks = between(k_fail, k_pass, min(math.floor(math.log2(max(n_layers, 1))), max(left, 0)))
-        jobs += [_job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
+        jobs += [job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
         used[line] += len(ks)
-    params = {**_carry(p), "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
-    # The verify stage chooses among the candidates too: it waits for them as well (finished already).
+    params = {**carry(p), "used": used, "spent": int(p["spent"]) + 1 + len(jobs)}
+    # The verify stage (the explore stage first, with --trials) chooses among the candidates too: it waits for them
+    # as well (finished already).
     candidates_so_far = [i.key for i in inputs if i.role == "trial"]
-    return _then(stage, jobs, inputs, "tune_verify", params, [*candidates_so_far, *p.get("globals", [])])
+    after = "tune_explore" if settings.trials else "tune_verify"
+    return then(stage, jobs, inputs, after, params, [*candidates_so_far, *p.get("globals", [])])
 
 
 def between(low: int, high: int, n: int) -> list[int]:
@@ -273,86 +278,11 @@ def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         if left is None or left >= _VERIFY:
             spec = JobSpec.from_dict(next(i for i in inputs if i.id == pick["job_id"]).spec)  # the picked job's own
             rivals = fp32_rivals(entries, runtime, pick["device"])  # timed beside each fp32 that may be the fastest
-            jobs.append(_job(stage, spec, tuple(pick["fallback"]), "test", p["references"]["test"], rivals=rivals))
-    params = {**_carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
-    return _then(stage, jobs, inputs, "tune_answer", params)
+            jobs.append(job(stage, spec, tuple(pick["fallback"]), "test", p["references"]["test"], rivals=rivals))
+    params = {**carry(p), "spent": int(p["spent"]) + 1 + len(jobs)}
+    return then(stage, jobs, inputs, "tune_answer", params)
 
 
 def answer(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     """The search is done: adds no job (farm.jobs.tune_answer chooses from the sweep's rows)."""
     return []
-
-
-# --- helpers ---------------------------------------------------------------------------------------------------
-
-
-def _job(
-    stage: Stage, spec: JobSpec, fallback: tuple[str, ...], split: str, ref: str, *, rivals: Rivals = None
-) -> PlannedJob:
-    """``spec``'s recipe with the ``fallback`` layers kept in floating point, evaluated on ``split`` (a test-split
-    candidate timed as it is screened, unless ``rivals`` is given: then as the answer is, beside those fp32s)."""
-    method = spec.method.replace(layers=tuple(LayerRule(name=n, skip=True) for n in fallback))
-    new = dataclasses.replace(spec, method=method)
-    if split == "validation":
-        new = validation_spec(new)
-    elif rivals is None:
-        new = dataclasses.replace(screening_spec(new), split=split)
-    else:  # timed as the tune's benchmark says (the base recipe it came from was screened)
-        p = stage.params
-        rel_tol = answer_rel_tol(p, new)
-        timed = dataclasses.replace(new.benchmark, isolation=answer_isolation(p), rel_tol=rel_tol, rivals=rivals)
-        new = dataclasses.replace(new, split=split, benchmark=timed)
-    digest = (stage.params.get("weights") or {}).get(spec.model)
-    device = new.benchmark.device  # the planner wrote the job's resolved device there
-    return PlannedJob(job_key(new, digest), "trial", new, device, digest, ref, (stage.key,))
-
-
-def _longest_first(jobs: list[PlannedJob], inputs: Sequence[Any]) -> list[PlannedJob]:
-    """``jobs`` with the slowest runtime's first (by the mean duration of the previous stage's jobs on each runtime;
-    the order within a runtime kept): jobs are released, and a pool or a farm queue takes them, in this order, so a
-    stage ends on short jobs rather than with one process running a long one while the others idle at the stage's
-    end (longest processing time first)."""
-    took: dict[str, list[float]] = {}
-    for i in inputs:
-        if i.role == "trial" and i.state == SUCCEEDED and i.duration_s:
-            took.setdefault(info(i)["runtime"], []).append(float(i.duration_s))
-    mean = {runtime: sum(d) / len(d) for runtime, d in took.items()}
-    return sorted(jobs, key=lambda j: -mean.get(j.spec.method.runtime, 0.0))
-
-
-def _carry(p: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters every later stage reads."""
-    keep = ("bases", "layers", "used", "rankings", "spent", "globals", "bar")
-    return {k: v for k, v in p.items() if k in keep}
-
-
-def _common(p: Mapping[str, Any]) -> dict[str, Any]:
-    """The tune's own parameters (settings, method, runtimes, references, weights), passed down every stage."""
-    drop = ("bases", "layers", "used", "rankings", "spent", "globals", "bar")
-    return {k: v for k, v in p.items() if k not in drop}
-
-
-def _spec_of(stage: Stage, inputs: Sequence[Any]) -> JobSpec:
-    """A spec of the tune's model and dataset (routes the next stage job): an input's, or a base recipe's when the
-    stage waited for no trial (a stage that added no job)."""
-    job = next((i for i in inputs if i.role != "stage"), None)
-    return JobSpec.from_dict(job.spec if job is not None else next(iter(stage.params["bases"].values())))
-
-
-def _then(
-    stage: Stage,
-    jobs: list[PlannedJob],
-    inputs: Sequence[Any],
-    name: str,
-    params: Mapping[str, Any],
-    also: Sequence[str] = (),
-) -> list[PlannedJob]:
-    """What a stage adds: its ``jobs``, slowest runtime first (:func:`_longest_first`), and the next stage ``name``,
-    which waits for them (and for the jobs ``also``: keys of finished jobs it reads as well)."""
-    keys = [*[j.key for j in jobs], *also]
-    return [*_longest_first(jobs, inputs), _next(stage, name, params, keys, _spec_of(stage, inputs))]
-
-
-def _next(stage: Stage, name: str, params: Mapping[str, Any], keys: Sequence[str], like: JobSpec) -> PlannedJob:
-    """The next stage job: it waits for this stage and the jobs it just added."""
-    return stage_job(name, {**_common(stage.params), **params}, [stage.key, *keys], like)

@@ -27,8 +27,8 @@ from farm.report.tune_data import Sensitivity, TuneView, better_sign, target_val
 #: Most layers one sensitivity chart draws (the most sensitive; the caption counts the rest).
 MAX_BARS = 40
 #: The stages whose points the trail draws (sensitivity jobs ran on the validation split: not comparable).
-TRAIL_STAGES = ("global", "candidates", "refine", "verify")
-_STAGE_COLOURS = {"global": "C0", "candidates": "C1", "refine": "C2", "verify": "C4"}
+TRAIL_STAGES = ("global", "candidates", "refine", "explore", "verify")
+_STAGE_COLOURS = {"global": "C0", "candidates": "C1", "refine": "C2", "explore": "C5", "verify": "C4"}
 _FALLBACK = "C3"
 _TARGET = "#c62828"
 #: Where an infinite figure (an SQNR whose outputs matched fp32's) is drawn: this far past the finite ones.

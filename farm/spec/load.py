@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -126,5 +127,8 @@ def check_runtimes_available(plan: Plan, *, source: str = "spec") -> None:
     """
     needed = dict.fromkeys(j.spec.method.runtime for j in plan.jobs if j.role != "stage")
     problems = [Problem("runtime", why) for why in map(unavailable, needed) if why is not None]
+    explores = any((getattr(j, "params", None) or {}).get("trials") for j in plan.jobs if j.role == "stage")
+    if explores and importlib.util.find_spec("optuna") is None:
+        problems.append(Problem("tune.trials", "the explore stage needs Optuna: pip install 'quantfarm[engine]'"))
     if problems:
         raise ConfigError(problems, source=source)

@@ -92,6 +92,7 @@ def test_an_encoder_tuned_on_its_embedding_searches_only_the_layers_that_feed_it
         (["--metric", "cosine", "--min-metric", "0.9", "--model-output", " "], "--model-output: expected"),
         (["--metric", "cosine", "--min-metric", "0.9", "--method", "static"], "at most once"),
         (["--metric", "cosine", "--min-metric", "0.9", "--method", "qat", "--runtime", "openvino"], "runs qat"),
+        (["--metric", "cosine", "--min-metric", "0.9", "--trials", "-1"], "--trials"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(sweep_home: Path, args: list[str], message: str) -> None:
@@ -122,6 +123,42 @@ def test_a_tune_of_two_methods_finds_the_faster_method_a_meeting_global_of_the_o
     assert chosen["latency"]["p50_ms"] < fastest, (chosen, dynamic)
     status = farm("tune", "status", str(data["tune_id"]), "--json")
     assert status.exit_code == 0 and json.loads(status.stdout)["chosen"]["method"] == "static"
+
+
+def test_the_explore_stage_asks_new_recipes_of_optuna_and_verify_chooses_among_all(sweep_home: Path) -> None:
+    """digits-cnn at 42 dB: the classifier alone in fp32 meets it. Four explore trials: each a set of the most
+    sensitive layers in fp32 that no candidate tried, screened on the test split; the answer is verified."""
+    pytest.importorskip("optuna")
+    args = ["--metric", "sqnr_db", "--min-metric", "42", "-j", "2", "--trials", "4", "--json"]
+    result = farm("tune", *BASE, *args)
+    assert result.exit_code == 0, describe(result)
+    data = json.loads(result.stdout)
+    explored = [e for e in data["trail"] if e["stage"] == "explore"]
+    tried = [set(e["fallback"]) for e in data["trail"] if e["stage"] in ("global", "candidates", "refine")]
+    assert len(explored) == 4, data
+    assert all(e["split"] == "test" and e["isolation"] == "pinned" and e["state"] == "succeeded" for e in explored)
+    sets = [set(e["fallback"]) for e in explored]
+    assert all(s and s not in tried for s in sets) and len({frozenset(s) for s in sets}) == 4
+    ranked = [e["fallback"][0] for e in data["trail"] if e["stage"] == "sensitivity" and e["fallback"]]
+    assert set().union(*sets) <= set(ranked)  # layers of the model the sensitivity stage measured
+    chosen = data["chosen"]
+    assert chosen["sqnr_db"] >= 42 and chosen["isolation"] == "exclusive"
+    status = farm("tune", "status", str(data["tune_id"]), "--json")
+    assert json.loads(status.stdout)["stages"]["explore"] == {"done": 4, "jobs": 4}
+    assert "stage explore: 4 job(s) done" in result.stderr
+
+
+def test_trials_without_optuna_is_refused_before_anything_is_written(
+    sweep_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    result = farm("tune", *BASE, "--metric", "sqnr_db", "--min-metric", "42", "--trials", "4")
+    assert result.exit_code == 2 and "needs Optuna" in result.stderr, describe(result)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sweep_count(sweep_home) == (0, 0)
 
 
 def test_accuracy_without_labels_is_refused(sweep_home: Path) -> None:

@@ -97,9 +97,10 @@ def fabricated_tune(
     figures: Callable[[Any], dict[str, Any]] = figures_of,
     runtimes: Sequence[str] = ("torch",),
     methods: Sequence[str] = ("static",),
+    trials: int | None = None,
 ) -> tuple[TuneSettings, list[InputJob]]:
     """A finished tune of sqnr_db >= ``min_metric``: every stage run by the real expanders."""
-    settings = TuneSettings("sqnr_db", min_metric=min_metric)
+    settings = TuneSettings("sqnr_db", min_metric=min_metric, trials=trials)
     text = tune_text(model="farm:digits-cnn", dataset="sklearn:digits", method=list(methods),
                      runtimes=list(runtimes), settings=settings, batch_size=1, threads=1)  # fmt: skip
     plan = plan_tune(text, yaml.safe_load(text), labelled=True)
@@ -204,6 +205,16 @@ def test_the_trail_marks_the_chosen_point_and_the_answer_names_it() -> None:
     assert f"{sig(1 / lat)}× over fp32 on torch (95 % interval {sig(0.95 / lat)}–{sig(1.05 / lat)}×)" in answer
     assert "layers in fp32conv2" in answer and "No recipe meets" not in answer
     assert page.section_ids[:4] == ["summary", "tune", "sensitivity", "trail"]
+
+
+def test_the_explore_stages_trials_are_drawn_on_the_trail_in_their_own_colour() -> None:
+    pytest.importorskip("optuna")
+    settings, jobs = fabricated_tune(trials=3)
+    explored = [j for j in jobs if j.added_by == "tune_explore" and j.role == "trial"]
+    assert len(explored) == 3
+    page = parse(report(settings, jobs))
+    assert "explore" in page.svg_text["trail"]  # its legend entry: the trail draws its points
+    assert "explore 3/3" in page.section_text["tune"]
 
 
 def test_a_failed_tune_says_how_far_the_closest_recipe_falls_short() -> None:
