@@ -118,11 +118,21 @@ def test_a_tune_of_two_methods_finds_the_faster_method_a_meeting_global_of_the_o
     sens = [e for e in data["trail"] if e["stage"] == "sensitivity"]
     assert sens and {e["method"] for e in sens} == {"static"}  # a global meeting the target has nothing to gain
     chosen = data["chosen"]
-    assert chosen["method"] == "static" and chosen["fallback"] and chosen["sqnr_db"] >= 40
+    found = [e for e in data["trail"] if e["method"] == "static" and e["split"] == "test" and e["fallback"]]
+    found = [e for e in found if e["meets"] and e["latency"]]
+    assert found, data  # static's line found a recipe meeting the target
     fastest = min(e["latency"]["p50_ms"] for e in dynamic)
-    assert chosen["latency"]["p50_ms"] < fastest, (chosen, dynamic)
+    assert min(e["latency"]["p50_ms"] for e in found) < fastest, (found, dynamic)
     status = farm("tune", "status", str(data["tune_id"]), "--json")
-    assert status.exit_code == 0 and json.loads(status.stdout)["chosen"]["method"] == "static"
+    assert status.exit_code == 0 and json.loads(status.stdout)["chosen"]["method"] == chosen["method"]
+    if chosen["method"] == "static":
+        assert chosen["fallback"] and chosen["sqnr_db"] >= 40 and chosen["latency"]["p50_ms"] < fastest, data
+        return
+    # A dynamic answer only by the tie rule: where the screened p50 intervals of the fastest recipes overlap (on a
+    # loaded host, with these 0.2 s timings), the simpler one wins, and a global keeps no layer in floating point.
+    best = min(found, key=lambda e: e["latency"]["p50_ms"])
+    screened = [e["latency"]["ci_high_ms"] for e in dynamic if e["recipe"] == chosen["recipe"]]
+    assert not chosen["fallback"] and screened and best["latency"]["ci_low_ms"] <= max(screened), data
 
 
 def test_the_explore_stage_asks_new_recipes_of_optuna_and_verify_chooses_among_all(sweep_home: Path) -> None:
