@@ -134,8 +134,9 @@ def ask(
         seen.setdefault(fallback, values)
         study.enqueue_trial({name: FP32 if name in fallback else INT8 for name in space})
         _tell(study, study.ask(dist), values)
-    # First, the fastest recipe meeting the target with one of its layers quantized again (the least sensitive
-    # first): the recipes next to it that may be faster still; then what the sampler asks.
+    # First, the meeting recipe with the fewest layers in floating point with one of them quantized again (the
+    # least sensitive first): the recipes next to it that may be faster still (an explore trial that meets with
+    # fewer becomes the next stage's starting point); then what the sampler asks.
     for fallback in _neighbours(seen, space):
         study.enqueue_trial({name: FP32 if name in fallback else INT8 for name in space})
     found: list[frozenset[str]] = []
