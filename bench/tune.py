@@ -1,6 +1,6 @@
 """`farm tune` against its targets (issue 14), each search run as a user runs it: `farm tune ... --json`.
 
-Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro,wall-encoder]
+Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro,wall-encoder,explore] [--trials N]
                            [--runtime torch --runtime onnxruntime ...] [--json out.json]
 
 - encoder / cnn: farm:tiny-encoder at dim 256, 4 layers (token ids, dynamic int8, cosine of the embedding) and
@@ -20,6 +20,10 @@ Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro,wall-encode
   alternating pairs (j1 j2, j2 j1, ...): the median over pairs of wall(-j 2) / wall(-j 1) <= 0.6.
 - wall-encoder (not in the default sections: 113 jobs a search, some 4 minutes a pair): the same for the encoder
   search, whose stages hold more work than the cnn's 9-18 jobs each.
+- explore, explore-cnn, explore-encoder (not in the default sections): the case's search again at its target with
+  ``--trials N`` (``--trials``, default 12: the explore stage, Optuna's sampler over which of the most sensitive
+  layers stay in fp32; the rest reused by key): it meets the target, and its answer is never slower than the
+  search's without trials (p50 below, or the intervals overlap). ``explore`` runs it for each case searched.
 - methods (not in the default sections, some 5 minutes more than encoder): the encoder's search again at its
   target over ``--method dynamic --method static``, each method a line of its own on every runtime that runs it:
   the search meets the target, faster than the best fp32 on any runtime, each searched line within the bound; the
@@ -279,6 +283,40 @@ def methods(b: Bench, found: dict[str, Any]) -> dict[str, Any]:
     return {**figures, "mid_target": mid, "mid_chosen": chosen, "mid_global": fastest}
 
 
+def explore(b: Bench, case: str, found: dict[str, Any]) -> dict[str, Any]:
+    """The case's search again at its target with ``--trials`` (farm tune's explore stage: Optuna's sampler over
+    which of the most sensitive layers stay in fp32), in the search's FARM_HOME (everything before the explore stage
+    reused by key): it meets the target, and its answer is never slower than the search's without trials."""
+    home, goal = Path(found["home"]), found["target"]
+    before = found["result"].get("chosen") or {}
+    trials = str(b.args.trials)
+    code, result, wall_s = b.tune(home, case, ["--min-metric", str(goal)], "--trials", trials)
+    chosen = result.get("chosen") or {}
+    metric = CASES[case]["metric"]
+    explored = [e for e in result["trail"] if e["stage"] == "explore"]
+    fewer = [e for e in explored if len(e["fallback"]) < len(before.get("fallback") or [])]
+    b.say(f"({case} explore) without trials: {before.get('recipe')}, {len(before.get('fallback') or [])} layers "
+          f"in fp32, {metric} {before.get(metric)}, p50 {_p50(before)[0]:.4f} ms")  # fmt: skip
+    b.say(
+        f"({case} explore) --trials {trials}: {len(explored)} trials ({sum(e['meets'] for e in explored)} meet), "
+        f"{len(fewer)} with fewer layers in fp32 than that answer ({sum(e['meets'] for e in fewer)} meet); "
+        f"answer {chosen.get('recipe')}, {len(chosen.get('fallback') or [])} layers in fp32, {metric} "
+        f"{chosen.get(metric)}, p50 {_p50(chosen)[0]:.4f} ms, {chosen.get('speedup')} {chosen.get('speedup_ci')} "
+        f"over fp32 on {chosen.get('runtime')} side by side; {result['jobs']} jobs, {wall_s:.0f} s"
+    )
+    b.target(f"({case} explore) the search with --trials {trials} meets the target",
+             code == 0 and bool(result.get("met")), f"exit {code}")  # fmt: skip
+    p50, low, _ = _p50(chosen)
+    b50, _, b_high = _p50(before)
+    b.target(
+        f"({case} explore) its answer is never slower than the search's without trials",
+        p50 <= b50 or low <= b_high,
+        f"{p50:.4f} ms [{low:.4f}, ...] vs {b50:.4f} ms [..., {b_high:.4f}]",
+    )
+    figures = {"trials": b.args.trials, "chosen": chosen, "before": before, "explored": len(explored)}
+    return {**figures, "jobs": result["jobs"], "wall_s": wall_s}
+
+
 def _answer(c: dict[str, Any]) -> str:
     return (
         f"{c.get('recipe')} on {c.get('runtime')}, cosine {c.get('cosine')}, {len(c.get('fallback') or [])} layers "
@@ -344,6 +382,7 @@ def main() -> None:
     parser.add_argument("--runtime", action="append", help="runtimes to search (default: farm tune's)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--wall-pairs", type=int, default=3, help="alternating -j 1 / -j 2 pairs for wall")
+    parser.add_argument("--trials", type=int, default=12, help="explore sections: farm tune --trials")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--keep", help="run in this (new) directory and keep every search's FARM_HOME there")
     args = parser.parse_args()
@@ -360,6 +399,7 @@ def main() -> None:
                 case in sections
                 or {f"wall-{case}"} & set(sections)
                 or (case == "encoder" and "methods" in sections)
+                or f"explore-{case}" in sections
                 or (case == "cnn" and {"wall", "repro"} & set(sections))
             ):
                 found[case] = search(b, case)
@@ -370,6 +410,9 @@ def main() -> None:
             b.figures["wall"] = wall(b, found["cnn"]["target"])
         if "methods" in sections:
             b.figures["methods"] = methods(b, found["encoder"])
+        for case in ("cnn", "encoder"):
+            if f"explore-{case}" in sections or ("explore" in sections and case in found):
+                b.figures[f"explore_{case}"] = explore(b, case, found[case])
         if "wall-encoder" in sections:
             b.figures["wall_encoder"] = wall(b, found["encoder"]["target"], "encoder")
         if "repro" in sections:
