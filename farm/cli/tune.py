@@ -111,7 +111,7 @@ def _plan(o: dict[str, Any]) -> Any:
             o["objective"],
             o["budget_jobs"],
             o["good_enough"],
-            o["trials"] or None,
+            o["trials"],
         ).to_dict(),
         source="farm tune",
     )

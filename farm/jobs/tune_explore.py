@@ -39,10 +39,10 @@ from typing import Any
 
 from farm.jobs.contract import JobSpec
 from farm.jobs.stages import Stage
-from farm.jobs.tune_jobs import carry, job, then
+from farm.jobs.tune_jobs import VERIFY, carry, job, then
 from farm.jobs.tune_lines import healthy, runtime_of, score, share_of, speed
 from farm.jobs.tune_plan import TuneSettings, info
-from farm.metric_targets import meets
+from farm.metric_targets import meets, shortfall
 from farm.spec.plan import PlannedJob
 
 #: Recipes a line asks per explore stage: enough to keep a pool busy, few enough that each stage learns from the
@@ -54,8 +54,6 @@ MIN_SPACE = 4
 INT8, FP32 = "int8", "fp32"
 #: The stage jobs after an explore stage (the budget keeps room for them): another explore stage, verify, answer.
 _LATER = 3
-#: The verify job's room, kept in the budget (farm.jobs.tune_stages).
-_VERIFY = 1
 
 
 def explore(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
@@ -76,7 +74,7 @@ def explore(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         space = spaces.setdefault(line, search_space(ranking, mine, settings))
         want = min(trials - asked.get(line, 0), BATCH)
         if room is not None:
-            want = min(want, room - _VERIFY)
+            want = min(want, room - VERIFY)
         if want <= 0 or not space:
             continue
         found = ask(space, mine, settings, want, seed=_seed(spec.seed, line))
@@ -197,16 +195,8 @@ def _values(j: Any, settings: TuneSettings) -> Told | None:
     if value is None or cost == float("inf"):
         return None
     met = meets(j.figures, settings.target)
-    short = _floor(settings) - value
-    # As meets() says: a drop within its tolerance of the budget meets it, a miss is some way short.
-    return Told(value, cost, met, min(short, 0.0) if met else max(short, 1e-12))
-
-
-def _floor(settings: TuneSettings) -> float:
-    """The target as a score (farm.jobs.tune_lines.score: higher is better, an accuracy drop negated)."""
-    if settings.max_accuracy_drop is not None:
-        return -settings.max_accuracy_drop
-    return float(settings.min_metric if settings.min_metric is not None else 0.0)
+    # As meets() says (a drop within its tolerance of the budget meets it): feasible at 0, a miss by how far.
+    return Told(value, cost, met, 0.0 if met else max(shortfall(j.figures, settings.target) or 0.0, 1e-12))
 
 
 def _seed(seed: int, line: str) -> int:

@@ -21,6 +21,9 @@ from farm.quant.layers import LayerRule
 from farm.spec.plan import PlannedJob, job_key
 
 Rivals = tuple[str, ...] | None  # the fp32s a test-split job is timed beside (None: it is screened)
+#: The trials the verify stage adds (the recipe that may be the answer, timed as the tune's benchmark says): the
+#: stages before it keep this room in every runtime's bound and in the budget.
+VERIFY = 1
 #: The parameters a stage hands to every later one (the rest are the tune's own: settings, methods, references).
 CARRIED = ("bases", "layers", "used", "rankings", "spent", "globals", "bar", "explore")
 

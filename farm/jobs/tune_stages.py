@@ -35,7 +35,7 @@ from farm.jobs.policy import SUCCEEDED
 from farm.jobs.stages import Stage, register
 from farm.jobs.tune_answer import choose, fp32_rivals, trail
 from farm.jobs.tune_explore import explore
-from farm.jobs.tune_jobs import carry, job, then
+from farm.jobs.tune_jobs import VERIFY, carry, job, then
 from farm.jobs.tune_lines import (
     base_recipe,
     fanout,
@@ -66,11 +66,6 @@ def _later(name: str, settings: TuneSettings) -> int:
     """The stage jobs after stage ``name``: one more with ``--trials`` (an explore stage; farm/jobs/tune_explore.py
     keeps the room for any further one itself)."""
     return _LATER_STAGES[name] + (1 if settings.trials else 0)
-
-
-#: The trials the verify stage adds: the recipe that may be the answer, timed as the tune's benchmark says. Refine
-#: keeps room for it in every runtime's bound; candidates only where a global recipe meets the target.
-_VERIFY = 1
 
 
 def _layer_table(spec: JobSpec) -> list[Layer]:
@@ -125,7 +120,7 @@ def sensitivity(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     used_by = {line: stage1_jobs(r, inputs, m) for line, (r, m) in lines.items()}
     stop = {"bases": {}, "layers": None, "used": used_by, "spent": used, "isolation": isolation}
     room = share_of(settings, used, 1, 2)
-    end = "tune_verify" if room is None or room >= _VERIFY else "tune_answer"
+    end = "tune_verify" if room is None or room >= VERIFY else "tune_answer"
     if settings.good_enough and meeting:
         return then(stage, [], inputs, end, stop, tested)
     found = {line: b for line, (r, m) in lines.items() if (b := base_recipe(globals_, r, settings, m)) is not None}
@@ -186,10 +181,10 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         rankings[line] = ranking
         left = room_left(len(names), used[line], room)
         # Where a global meets the target (it may be the answer), the largest k gives way to its verify job.
-        keep = _VERIFY if p.get("bar") else 0
+        keep = VERIFY if p.get("bar") else 0
         ks = [2**e for e in range(len(names)) if 2**e < len(names)][: max(left - keep, 0)]
         # Where they take the line's last jobs, nothing can verify them: they are timed as the answer is.
-        screen = left >= len(ks) + _VERIFY
+        screen = left >= len(ks) + VERIFY
         reference = p["references"]["test"]
         jobs += [job(stage, spec, tuple(ranking[:k]), "test", reference, rivals=None if screen else ()) for k in ks]
         used[line] += len(ks)
@@ -238,7 +233,7 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         # Every layer in floating point is fp32 itself, which meets any target: the bound when no k passed yet.
         k_pass = min(passing, default=n_layers)
         k_fail = max(k for k in failing if k < k_pass)
-        left = room_left(n_layers, used[line], room) - _VERIFY
+        left = room_left(n_layers, used[line], room) - VERIFY
         ranking = p["rankings"][line]
         ks = between(k_fail, k_pass, min(math.floor(math.log2(max(n_layers, 1))), max(left, 0)))
         jobs += [job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
@@ -275,7 +270,7 @@ def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         room = share_of(settings, int(p["spent"]) + 1, 1, 1)
         used = p["used"].get(line_of(runtime, pick["method"], methods_of(p)), stage1_jobs(runtime))
         left = room if p["layers"] is None else room_left(len(layers_of(p, pick["method"])), used, room)
-        if left is None or left >= _VERIFY:
+        if left is None or left >= VERIFY:
             spec = JobSpec.from_dict(next(i for i in inputs if i.id == pick["job_id"]).spec)  # the picked job's own
             rivals = fp32_rivals(entries, runtime, pick["device"])  # timed beside each fp32 that may be the fastest
             jobs.append(job(stage, spec, tuple(pick["fallback"]), "test", p["references"]["test"], rivals=rivals))
