@@ -42,6 +42,12 @@ TUNE_METRICS = [name for name in METRICS if name != "metric"]
     multiple=True,
     help="Deploy runtime to search on (repeatable; default: torch and every CPU runtime installed).",
 )
+@click.option(
+    "--bits",
+    type=click.IntRange(2, 8),
+    help="Bit-width of static and qat (default 8, real int8 kernels). 2-7 are simulated (fake quantization, torch "
+    "only), for --objective size: the layers the search falls back go to int8, not floating point.",
+)
 @click.option("--metric", type=click.Choice(TUNE_METRICS), default="accuracy", show_default=True)
 @click.option(
     "--model-output",
@@ -125,6 +131,7 @@ def _plan(o: dict[str, Any]) -> Any:
         threads=o["threads"],
         max_time_s=o["max_time_s"],
         output=parse_model_output(o["model_output"]),
+        bits=o["bits"],
     )
     data = yaml.safe_load(text)
     if o["dataset"] is None:

@@ -46,6 +46,11 @@ def finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: floa
             f"[red]tune {tune_id}: no recipe meets {settings.target.describe()}[/]; the closest, "
             f"{escape(result.chosen['recipe'])} (job {result.chosen['job_id']}), falls short by {result.shortfall:.4g}"
         )
+        if any(e.get("fallback_to") not in (None, "fp32") for e in result.trail):
+            err.print(
+                "its layers fell back to int8 from a simulated base, never to floating point: a tune at bits 8 "
+                "keeps layers in floating point"
+            )
     else:
         err.print(f"tune {tune_id}: `farm tune status {tune_id}`, `farm results query --tune {tune_id}`")
     if result.chosen is not None and result.fp32_faster is not None:
@@ -82,7 +87,7 @@ def print_trail(result: Any, settings: Any) -> None:
             f"{e['job_id']}{mark}",
             e["stage"],
             e["runtime"],
-            escape(e["recipe"]),
+            escape(e["recipe"] + (" (sim)" if e.get("simulated") else "")),
             e["split"],
             metric_text(e[settings.metric], settings),
             "yes" if e["meets"] else "",
@@ -102,13 +107,16 @@ def print_trail(result: Any, settings: Any) -> None:
     for why, ids in failed.items():
         out.print(f"[yellow]failed[/]: job {', '.join(ids)}: {escape(why)}")
     if result.chosen is not None:
+        from farm.jobs.tune_answer import fallback_words
+
         c = result.chosen
         fallback = ", ".join(c["fallback"]) or "none"
         word = "chosen" if result.met else "closest (misses the target)"
+        size = "" if c.get("size_ratio") is None else f"size {cell(c['size_ratio'])} of fp32's, "
         out.print(
             f"{word}: job {c['job_id']} [bold]{escape(c['recipe'])}[/] on {c['runtime']}, "
-            f"{settings.metric} {metric_text(c[settings.metric], settings)}, {speedup_text(c)}, "
-            f"layers in fp: {escape(fallback)}, timed {c.get('isolation')}"
+            f"{settings.metric} {metric_text(c[settings.metric], settings)}, {speedup_text(c)}, {size}"
+            f"{fallback_words(c, short=True)}: {escape(fallback)}, timed {c.get('isolation')}"
         )
         from farm.jobs.tune_answer import chosen_json
 
@@ -142,6 +150,8 @@ def metric_text(value: Any, settings: Any) -> str:
 
 def speedup_text(chosen: dict[str, Any]) -> str:
     """The answer's speedup over its runtime's fp32, timed side by side, with its 95 % interval."""
+    if chosen.get("simulated"):
+        return "simulated (fake quantization: no deployed speed)"
     if chosen.get("speedup") is None:
         return "speedup -"
     interval = chosen.get("speedup_ci")

@@ -91,9 +91,12 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "device": job.device,
                 "recipe": recipe_label(job.spec["method"]),
                 "fp32": what["method"] == "fp32",
+                # Fake quantization below 8 bits: its figures are not a deployed model's (no speedup, a size estimate).
+                "simulated": bool(f.get("simulated")),
                 "reference": job.role == "reference",
                 "split": what["split"],
                 "fallback": what["fallback"],
+                "fallback_to": what["fallback_to"],
                 "isolation": what["isolation"],
                 "state": job.state,
                 "health": f.get("health"),
@@ -112,6 +115,15 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def fallback_words(entry: Mapping[str, Any], short: bool = False) -> str:
+    """How an entry's fallen-back layers are named: "layers in fp32" ("in fp" where ``short``), or "layers at int8"
+    (over a simulated base: farm.jobs.tune_jobs.rung)."""
+    to = entry.get("fallback_to")
+    if to and to != "fp32":
+        return f"layers at {to}"
+    return "layers in fp" if short else "layers in fp32"
 
 
 def _interval(f: Mapping[str, Any]) -> list[float] | None:
@@ -251,8 +263,11 @@ def fp32_faster(
 def over_fp32(chosen: Mapping[str, Any], fp32: Mapping[str, Any]) -> dict[str, Any]:
     """The answer's speedup over one fp32 of the trail: side by side where the answer's job timed it (its own
     runtime's fp32, or a rival's: ``benchmark.rivals``), with its 95 % interval; otherwise the ratio of the two
-    jobs' p50, timed apart (no interval: the host drifts between jobs)."""
+    jobs' p50, timed apart (no interval: the host drifts between jobs). None for a simulated answer: fake
+    quantization on fp32 kernels has no deployed latency."""
     runtime = fp32.get("runtime")
+    if chosen.get("simulated"):
+        return {"runtime": runtime, "speedup": None, "speedup_ci": None, "side_by_side": False}
     if runtime == chosen.get("runtime") and chosen.get("speedup") is not None:
         return {"runtime": runtime, "speedup": chosen["speedup"], "speedup_ci": chosen.get("speedup_ci"),
                 "side_by_side": True}  # fmt: skip
@@ -298,12 +313,15 @@ def chosen_json(
         "runtime": chosen["runtime"],
         "method": chosen.get("method"),
         "fallback": list(chosen["fallback"]),
+        "fallback_to": chosen.get("fallback_to"),
         settings.metric: chosen[settings.metric],
         **({"accuracy_drop": chosen["accuracy_drop"]} if settings.metric == "accuracy" else {}),
         "speedup": chosen["speedup"],
         "speedup_ci": chosen.get("speedup_ci"),
         "over_fp32": [over_fp32(chosen, e) for e in _fp32s(entries)],
         "size_ratio": chosen["size_ratio"],
+        "size_bytes": chosen.get("size_bytes"),
+        "simulated": bool(chosen.get("simulated")),
         "latency": chosen["latency"],
         "isolation": chosen.get("isolation"),
         "job_id": chosen["job_id"],

@@ -1,9 +1,10 @@
 """The jobs a tune's stage adds, and the stage job that follows them (farm/jobs/tune_stages.py's and
 farm/jobs/tune_explore.py's expanders share these).
 
-A stage's jobs are its base recipe with some layers kept in floating point (:func:`job`), evaluated on the validation
-split or screened on the test split (farm/jobs/tune_timing.py); :func:`then` orders them slowest runtime first and
-adds the next stage job, which waits for them.
+A stage's jobs are its base recipe with some layers fallen back one rung (:func:`job`, :func:`rung`: kept in floating
+point, or at int8 where the base is simulated below 8 bits), evaluated on the validation split or screened on the test
+split (farm/jobs/tune_timing.py); :func:`then` orders them slowest runtime first and adds the next stage job, which
+waits for them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ Rivals = tuple[str, ...] | None  # the fp32s a test-split job is timed beside (N
 #: The trials the verify stage adds (the recipe that may be the answer, timed as the tune's benchmark says): the
 #: stages before it keep this room in every runtime's bound and in the budget.
 VERIFY = 1
+#: The bit-width a layer of a simulated base (below 8 bits) falls back to: real int8 (NNCF's and HAWQ's 4/8-bit mixed
+#: precision), not floating point, which would cost a size search 4x that layer's int8 bytes.
+RUNG_BITS = 8
 #: The parameters a stage hands to every later one (the rest are the tune's own: settings, methods, references).
 CARRIED = ("bases", "layers", "used", "rankings", "spent", "globals", "bar", "explore")
 
@@ -31,9 +35,11 @@ CARRIED = ("bases", "layers", "used", "rankings", "spent", "globals", "bar", "ex
 def job(
     stage: Stage, spec: JobSpec, fallback: tuple[str, ...], split: str, ref: str, *, rivals: Rivals = None
 ) -> PlannedJob:
-    """``spec``'s recipe with the ``fallback`` layers kept in floating point, evaluated on ``split`` (a test-split
+    """``spec``'s recipe with the ``fallback`` layers one rung up (:func:`rung`), evaluated on ``split`` (a test-split
     candidate timed as it is screened, unless ``rivals`` is given: then as the answer is, beside those fp32s)."""
-    method = spec.method.replace(layers=tuple(LayerRule(name=n, skip=True) for n in fallback))
+    up = rung(spec)
+    rules = (LayerRule(name=n, skip=True) if up == "fp32" else LayerRule(name=n, bits=RUNG_BITS) for n in fallback)
+    method = spec.method.replace(layers=tuple(rules))
     new = dataclasses.replace(spec, method=method)
     if split == "validation":
         new = validation_spec(new)
@@ -47,6 +53,12 @@ def job(
     digest = (stage.params.get("weights") or {}).get(spec.model)
     device = new.benchmark.device  # the planner wrote the job's resolved device there
     return PlannedJob(job_key(new, digest), "trial", new, device, digest, ref, (stage.key,))
+
+
+def rung(spec: JobSpec) -> str:
+    """What a line's fallen-back layers run at: ``int8`` where its base recipe is simulated below 8 bits (the next
+    rung up: a size search at int4 keeps its sensitive layers at int8), else ``fp32`` (kept in floating point)."""
+    return f"int{RUNG_BITS}" if spec.method.simulated else "fp32"
 
 
 def _longest_first(jobs: list[PlannedJob], inputs: Sequence[Any]) -> list[PlannedJob]:

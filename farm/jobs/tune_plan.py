@@ -111,11 +111,13 @@ def tune_text(
     threads: int | None,
     max_time_s: float | None = None,
     output: str | int | None = None,
+    bits: int | None = None,
 ) -> str:
     """The sweep spec (YAML) of a tune asked on the command line; its ``tune:`` section marks it as a tune.
 
     ``method`` is one method or several (each searched on every runtime that runs it). ``output`` picks the model
-    output the metric is computed on (a dict key or tuple index; None: the logits).
+    output the metric is computed on (a dict key or tuple index; None: the logits). ``bits`` (below 8: simulated)
+    is each method's bit-width; None or 8: real int8.
 
     Raises:
         ConfigError: an unknown or repeated method (before any planning).
@@ -146,7 +148,7 @@ def tune_text(
         "name": name[:200],
         "models": [model],
         "dataset": dataset,
-        "methods": methods,
+        "methods": [{m: {"bits": bits}} if bits not in (None, 8) else m for m in methods],
         "benchmark": bench,
         "tune": settings.to_dict(),
     }
@@ -273,15 +275,19 @@ def _screened_job(job: PlannedJob) -> PlannedJob:
 
 
 def info(job: Any) -> dict[str, Any]:
-    """What the search reads of a job: runtime, split, granularity, the layers it keeps in floating point and how it
-    was timed (``isolation``: a candidate is screened pinned, farm.jobs.tune_timing.SCREENING_ISOLATION)."""
+    """What the search reads of a job: runtime, split, granularity, the layers it falls back (``fallback``: kept in
+    floating point, or at int8 over a simulated base: ``fallback_to``, farm.jobs.tune_jobs.rung; a tune's methods take
+    no layer rules but the search's) and how it was timed (``isolation``: a candidate is screened pinned,
+    farm.jobs.tune_timing.SCREENING_ISOLATION)."""
     method = job.spec.get("method", {})
+    rules = [r for r in method.get("layers", []) if r.get("skip") or r.get("bits") is not None]
     return {
         "runtime": method.get("runtime", "torch"),
         "split": job.spec.get("split", "test"),
         "method": method.get("method"),
         "granularity": method.get("granularity"),
-        "fallback": [r["name"] for r in method.get("layers", []) if r.get("skip")],
+        "fallback": [r["name"] for r in rules],
+        "fallback_to": None if not rules else "fp32" if rules[0].get("skip") else f"int{rules[0]['bits']}",
         "isolation": (job.spec.get("benchmark") or {}).get("isolation", "exclusive"),
     }
 

@@ -14,9 +14,12 @@ from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, runtime_problems, 
 TUNE_METHODS = ("dynamic", "static", "qat")
 
 
-def default_runtimes(methods: str | Sequence[str]) -> list[str]:
-    """torch and every CPU runtime installed here that runs ``methods`` (one of them, where several are asked)."""
+def default_runtimes(methods: str | Sequence[str], simulated: bool = False) -> list[str]:
+    """torch and every CPU runtime installed here that runs ``methods`` (one of them, where several are asked); torch
+    alone where they are ``simulated`` (below 8 bits)."""
     wanted = [methods] if isinstance(methods, str) else list(methods)
+    if simulated:
+        return [DEFAULT_RUNTIME]
     return [
         name
         for name, rt in RUNTIMES.items()
@@ -79,14 +82,16 @@ def checked_spec(
     if again is not None:
         raise ConfigError(f"methods: {again} is listed twice (a tune searches each method once)", source=source)
     for _, params in entries:
-        if objective == "latency" and int(params.get("bits", 8)) < 8:
+        if objective == "latency" and _bits(params) < 8:
             raise ConfigError(
                 f"bits {params['bits']} is simulated (fake quantization on fp32 kernels): it has no deployed latency "
                 "to search for; use bits 8, or --objective size",
                 source=source,
             )
     given = data.get("runtime")
-    runtimes = list([given] if isinstance(given, str) else (given or default_runtimes(names)))
+    # Below 8 bits a method is simulated in torch (no other runtime has its kernels): torch alone by default.
+    simulated = any(_bits(params) < 8 for _, params in entries)
+    runtimes = list([given] if isinstance(given, str) else (given or default_runtimes(names, simulated)))
     problems = []
     for r in runtimes:
         cant = [runtime_problems(r, name) for name in names]
@@ -110,6 +115,15 @@ def checked_spec(
             source=source,
         )
     return entries, runtimes
+
+
+def _bits(params: Mapping[str, Any]) -> int:
+    """A method entry's bit-width (8 where it names none, or none that reads as a number: the method's own checks
+    say what is wrong with it)."""
+    try:
+        return int(params.get("bits", 8))
+    except (TypeError, ValueError):
+        return 8
 
 
 def _runs_none(runtime: str, names: Sequence[str]) -> Problem:

@@ -2,12 +2,14 @@
 waited for and add the next stage's jobs, through the one scheduling policy (farm/jobs/stages.py).
 
 - ``tune_sensitivity``: per search line (a runtime; with several methods, a runtime and a method: :func:`line_of`),
-  the base recipe (:func:`base_recipe`) with ONE layer in floating point, one job per quantizable layer that feeds
+  the base recipe (:func:`base_recipe`) with ONE layer fallen back (in floating point; at int8 where the base is
+  simulated below 8 bits: farm.jobs.tune_jobs.rung), one job per quantizable layer that feeds
   the output compared, on the validation split; then ``tune_candidates``. A line whose base another method's on the
   same runtime beats on both counts (clearly faster, scoring as well) is not searched.
 - ``tune_candidates``: the layers ranked by sensitivity (the metric the base reaches on the validation split with
-  that layer in floating point: higher means the layer hurts more when quantized); the k most sensitive fall back
-  for every power of two k below the layer count, all at once, on the test split; then ``tune_refine``.
+  that layer fallen back: higher means the layer hurts more when quantized); the k most sensitive fall back
+  for every power of two k below the layer count (and every layer, where they fall back to int8), all at once, on
+  the test split; then ``tune_refine``.
 - ``tune_refine``: the k's between the largest failing and the smallest passing k, evenly spaced, at most
   log2(layers) of them; then ``tune_verify`` (``tune_explore`` first with ``--trials``).
 - ``tune_explore`` (farm/jobs/tune_explore.py, with ``--trials N``): recipes asked of Optuna's multi-objective
@@ -35,7 +37,7 @@ from farm.jobs.policy import SUCCEEDED
 from farm.jobs.stages import Stage, register
 from farm.jobs.tune_answer import choose, fp32_rivals, trail
 from farm.jobs.tune_explore import explore
-from farm.jobs.tune_jobs import VERIFY, carry, job, then
+from farm.jobs.tune_jobs import VERIFY, carry, job, rung, then
 from farm.jobs.tune_lines import (
     base_recipe,
     fanout,
@@ -182,7 +184,10 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         left = room_left(len(names), used[line], room)
         # Where a global meets the target (it may be the answer), the largest k gives way to its verify job.
         keep = VERIFY if p.get("bar") else 0
-        ks = [2**e for e in range(len(names)) if 2**e < len(names)][: max(left - keep, 0)]
+        # Every layer at int8 (over a simulated base) is a recipe of its own, which may miss; in floating point it is
+        # fp32 itself, which meets any target.
+        every = [len(names)] if rung(spec) != "fp32" else []
+        ks = [*[2**e for e in range(len(names)) if 2**e < len(names)], *every][: max(left - keep, 0)]
         # Where they take the line's last jobs, nothing can verify them: they are timed as the answer is.
         screen = left >= len(ks) + VERIFY
         reference = p["references"]["test"]
@@ -230,8 +235,9 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
                 continue
             if what["runtime"] == runtime and what["method"] == method:
                 (passing if meets(i.figures, settings.target) else failing).append(len(what["fallback"]))
-        # Every layer in floating point is fp32 itself, which meets any target: the bound when no k passed yet.
-        k_pass = min(passing, default=n_layers)
+        # Every layer in floating point is fp32 itself, which meets any target: the bound when no k passed yet (every
+        # layer at int8 is a candidate of its own: where it missed too, nothing lies between).
+        k_pass = min(passing, default=n_layers + (rung(spec) != "fp32"))
         k_fail = max(k for k in failing if k < k_pass)
         left = room_left(n_layers, used[line], room) - VERIFY
         ranking = p["rankings"][line]

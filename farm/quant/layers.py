@@ -187,13 +187,16 @@ def rules_to_list(rules: Rules) -> list[dict[str, Any]]:
 
 def rules_label(rules: Rules) -> str:
     """A short label for a recipe: up to :data:`LABEL_RULES` rules by name (``fp:fc``), more as a count and a
-    digest (``fp×6#3fa2``) so two rule sets never share a label."""
+    digest (``fp×6#3fa2``, ``int8×6#91c0`` where each only sets the bit-width) so two rule sets never share a label."""
     if not rules:
         return ""
     if len(rules) <= LABEL_RULES:
         return " ".join(r.label() for r in rules)
     digest = hashlib.sha256(json.dumps(rules_to_list(rules), sort_keys=True).encode()).hexdigest()[:4]
-    kind = "fp" if all(r.skip for r in rules) else "layers"
+    bits = {r.bits for r in rules}
+    only_bits = all(set(r.to_dict()) <= {"name", "type", "bits"} for r in rules)
+    raised = len(bits) == 1 and None not in bits and only_bits  # a tune's int8 rung
+    kind = "fp" if all(r.skip for r in rules) else f"int{bits.pop()}" if raised else "layers"
     return f"{kind}×{len(rules)}#{digest}"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from farm.jobs.tune_answer import fallback_words
 from farm.report.fmt import MISSING, esc, fixed, human_bytes, sig
 from farm.report.svg import chart_html
 from farm.report.tune_charts import sensitivity_chart, trail_chart
@@ -80,7 +81,7 @@ def answer_block(view: TuneView, rows: Sequence[Mapping[str, Any]] = ()) -> str:
     fallback = chosen["fallback"]
     facts.append(
         (
-            "layers in fp32",
+            fallback_words(chosen),
             esc(", ".join(fallback)) if fallback else "none (a global recipe: every layer quantized)",
         )
     )
@@ -111,6 +112,8 @@ def _metric(chosen: Mapping[str, Any], settings: Any) -> str:
 def _speedup(chosen: Mapping[str, Any], figures: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     """Over the job's own fp32 side by side, with its 95 % interval; across runtimes also over the fastest fp32."""
     value = chosen.get("speedup")
+    if chosen.get("simulated"):
+        return "none: simulated (fake quantization on fp32 kernels below 8 bits has no deployed speed)"
     if value is None:
         return MISSING
     low, high = figures.get("speedup_ci_low"), figures.get("speedup_ci_high")
@@ -133,5 +136,7 @@ def _p50(chosen: Mapping[str, Any]) -> str:
     p50, low, high = lat.get("p50_ms"), lat.get("ci_low_ms"), lat.get("ci_high_ms")
     if p50 is None:
         return MISSING
+    if chosen.get("simulated"):
+        return f"{sig(p50)} ms, simulated (fake quantization: not a deployed model's latency)"
     interval = f" (95 % interval {sig(low)}–{sig(high)} ms)" if low is not None and high is not None else ""
     return f"{sig(p50)} ms{interval} at batch size {esc(lat.get('batch_size'))}"

@@ -47,7 +47,8 @@ def figure_label(settings: Any) -> str:
 
 def sensitivity_chart(s: Sensitivity, view: TuneView, index: int) -> Chart:
     """One runtime's sensitivity: a bar per measured layer from the all-quantized recipe's figure to the figure
-    with that layer alone kept in floating point, most sensitive on top; the chosen recipe's fallback layers marked.
+    with that layer alone fallen back (kept in floating point; at int8 over a simulated base), most sensitive on top;
+    the chosen recipe's fallback layers marked.
 
     Args:
         s: the runtime's sensitivity (farm.report.tune_data).
@@ -67,7 +68,7 @@ def sensitivity_chart(s: Sensitivity, view: TuneView, index: int) -> Chart:
         svg = to_svg(fig, title, key)
     notes = [
         f"{s.runtime}: each bar runs from the all-quantized recipe's {view.settings.metric} ({s.recipe}, "
-        f"{s.base_split} split) to the {view.settings.metric} with that layer alone kept in floating point "
+        f"{s.base_split} split) to the {view.settings.metric} with that layer alone {s.kept()} "
         "(validation split): its length is what the layer loses when it is quantized. Most sensitive on top, in "
         "the order the search fell layers back.",
     ]
@@ -78,7 +79,7 @@ def sensitivity_chart(s: Sensitivity, view: TuneView, index: int) -> Chart:
         )
     if any(x.fallback for x in s.layers):
         who = "the answer" if view.answer.met else "the closest recipe (none meets the target)"
-        notes.append(f"Hatched bars: the layers {who} keeps in floating point.")
+        notes.append(f"Hatched bars: the layers {who} keeps {s.kept('in floating point')}.")
     if len(s.layers) > len(shown):
         notes.append(f"{len(s.layers) - len(shown)} less sensitive layer(s) are not drawn.")
     if s.unmeasured:
@@ -129,7 +130,7 @@ def _sensitivity_figure(s: Sensitivity, shown: Sequence[Any], view: TuneView) ->
     if shown_target:
         ax.axvline(target, color=_TARGET, linestyle="--", linewidth=1.0, zorder=3)
     ax.grid(axis="y", visible=False)
-    ax.set_xlabel(f"{figure_label(settings)}, one layer in floating point (validation split)")
+    ax.set_xlabel(f"{figure_label(settings)}, one layer {s.kept('in floating point')} (validation split)")
     if better_sign(settings) < 0:
         ax.invert_xaxis()
     ax.margins(x=0.1)  # room for the figures written beside the bars' ends
@@ -142,7 +143,8 @@ def _sensitivity_figure(s: Sensitivity, shown: Sequence[Any], view: TuneView) ->
         from matplotlib.patches import Patch
 
         who = "the answer" if view.answer.met else "the closest recipe"
-        handles.append(Patch(facecolor=_FALLBACK, hatch="//", edgecolor="white", label=f"kept in fp32 by {who}"))
+        kept = f"{s.kept('kept in fp32')} by {who}"
+        handles.append(Patch(facecolor=_FALLBACK, hatch="//", edgecolor="white", label=kept))
     legend(fig, handles)
     return fig
 
@@ -187,6 +189,11 @@ def trail_chart(view: TuneView) -> Chart:
     )
     if view.fp32 and not by_size:
         notes.append("Dotted vertical lines: the fastest fp32 of each runtime.")
+    if any(e.get("simulated") for e in points):
+        notes.append(
+            "Simulated points (below 8 bits, fake quantization): their size is a packed estimate (bits x weights / 8, "
+            "plus scales and zero points), not a file's; their metric is not a deployed model's."
+        )
     if drew_inf:
         notes.append("An infinite SQNR (outputs identical to fp32's) is drawn at the top edge.")
     return Chart("trail", title, svg, tuple(notes))

@@ -62,6 +62,8 @@ class Sensitivity:
         recipe: the all-quantized recipe the layers fell back from (its label).
         base: the target's figure of that recipe (``base_split``); None when it was not measured.
         base_split: "validation" when the sweep measured it there, else "test" (the split of the global recipe).
+        rung: what a fallen-back layer ran at: "fp32" (kept in floating point), or "int8" over a simulated base
+            (farm.jobs.tune_jobs.rung).
         layers: the measured layers, most sensitive first (farm.jobs.tune_stages.rank's order).
         unmeasured: layers whose sensitivity job did not succeed, in model order.
     """
@@ -72,6 +74,11 @@ class Sensitivity:
     base_split: str
     layers: list[LayerLoss] = field(default_factory=list)
     unmeasured: list[str] = field(default_factory=list)
+    rung: str = "fp32"
+
+    def kept(self, fp: str = "kept in floating point") -> str:
+        """How a fallen-back layer is put in words: ``fp`` ("kept in floating point"), or "at int8"."""
+        return fp if self.rung == "fp32" else f"at {self.rung}"
 
 
 @dataclass(frozen=True)
@@ -155,7 +162,9 @@ def _sensitivity(
         loss = math.nan if base is None else sign * (value - base) + 0.0  # + 0.0: no "-0" on the chart
         layers.append(LayerLoss(name, value, loss, name in fallback))
     label = f"{runtime} ({method})" if several else runtime
-    return Sensitivity(label, recipe, base, split, layers, [n for n in names if n not in values])
+    unmeasured = [n for n in names if n not in values]
+    rung = next((str(e["fallback_to"]) for e in probes if e.get("fallback_to")), "fp32")
+    return Sensitivity(label, recipe, base, split, layers, unmeasured, rung)
 
 
 def _granularity(jobs: Sequence[Any], ids: set[int]) -> str | None:

@@ -62,6 +62,7 @@ _FIGURES = (
     "speedup",
     "speedup_ci_low",
     "speedup_ci_high",
+    "simulated",
 )
 
 

@@ -93,3 +93,21 @@ def test_validation_jobs_are_timed_briefly_their_latency_ranks_nothing() -> None
     assert validation.spec.benchmark.warmup_s <= 0.02 < test.spec.benchmark.warmup_s
     # Not exclusive (pinned holds the lock shared): the test-split jobs' timing is what exclusivity protects.
     assert (validation.spec.benchmark.isolation, test.spec.benchmark.isolation) == ("pinned", "exclusive")
+
+
+def test_a_size_search_below_8_bits_runs_on_torch_alone_by_default() -> None:
+    """int4 is simulated in torch: the runtimes installed here that run int8 only are not asked unless named (and
+    then refused, by name)."""
+    size = TuneSettings("sqnr_db", min_metric=30.0, objective="size")
+    common: dict[str, Any] = {
+        "model": "farm:digits-cnn", "dataset": "sklearn:digits", "method": "static", "settings": size,
+        "batch_size": 1, "threads": 1, "bits": 4,
+    }  # fmt: skip
+    data = yaml.safe_load(tune_text(runtimes=(), **common))
+    assert data["methods"] == [{"static": {"bits": 4}}] and "runtime" not in data
+    planned = plan(data)
+    assert {j.spec.method.runtime or "torch" for j in planned.jobs if j.role != "stage"} == {"torch"}
+    named = yaml.safe_load(tune_text(runtimes=("onnxruntime",), **common))
+    with pytest.raises(ConfigError, match="runs int8 only"):
+        plan(named)
+    assert yaml.safe_load(tune_text(runtimes=(), **{**common, "bits": 8}))["methods"] == ["static"]

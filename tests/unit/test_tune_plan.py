@@ -704,3 +704,58 @@ def test_a_method_another_beats_on_both_counts_on_the_same_runtime_is_not_search
     assert sens and {j.spec.method.method for j in sens} == {"static"}
     later = [j for j in jobs if j.role == "trial" and j.spec.method.layers]
     assert {j.spec.method.method for j in later} == {"static"}
+
+
+SIZE = TuneSettings("sqnr_db", min_metric=40.0, objective="size")
+
+
+def simulated_sqnr(job: Any, base: float = 30.0) -> dict[str, Any]:
+    """A simulated int4 recipe: each layer raised to int8 gives back its GAIN x 3; smaller with fewer int8 layers."""
+    figures = sqnr_of(job, base=base, per_layer={n: 3 * g for n, g in GAIN.items()})
+    return {**figures, "simulated": True, "size_bytes": 100 + 50 * len(job.spec.method.layers), "speedup": None}
+
+
+def test_a_simulated_base_falls_its_layers_back_to_int8_not_to_floating_point() -> None:
+    """A size search at int4 (NNCF's 4/8-bit mixed precision): the layers it falls back go to int8, every layer at
+    int8 is a candidate of its own (unlike every layer in fp32, it may miss), and the answer says so."""
+    from farm.jobs.tune_plan import info
+
+    plan = plan_of(SIZE, bits=4)
+    assert {j.spec.method.bits for j in plan.jobs if j.role == "trial"} == {4}
+    jobs, ran = run_chain(plan, simulated_sqnr)
+    assert ran[-1] == "tune_answer"
+    raised = [j for j in jobs if j.role == "trial" and j.spec.method.layers]
+    assert raised and all(r.bits == 8 and not r.skip for j in raised for r in j.spec.method.layers)
+    sens = [j for j in raised if j.spec.split == "validation"]
+    assert sorted(j.spec.method.layers[0].name for j in sens) == sorted(n for n, _, _ in LAYERS)
+    ks = [len(j.spec.method.layers) for j in raised if j.spec.split == "test"]
+    assert ks[:4] == [1, 2, 4, 5]  # k = 5: every layer at int8
+    # 30 + 3 x (3.0 + 1.0) = 42 with conv2 and conv3 at int8 meets 40; 30 + 9 = 39 with conv2 alone does not.
+    answer = answer_for(jobs, simulated_sqnr)
+    assert answer.met and answer.chosen is not None
+    assert answer.chosen["fallback"] == ["conv2", "conv3"] and answer.chosen["fallback_to"] == "int8"
+    assert answer.chosen["simulated"] and "int8" in answer.chosen["recipe"]
+    as_job = as_input(next(j for j in raised if len(j.spec.method.layers) == 5), {}, 1)
+    assert (len(info(as_job)["fallback"]), info(as_job)["fallback_to"]) == (5, "int8")
+
+
+def test_a_simulated_search_that_misses_even_at_int8_everywhere_refines_nothing_past_it() -> None:
+    """Every layer at int8 missed too: nothing lies between it and a k that passed (there is none), so refine adds
+    no job, and the closest recipe is the answer, with its shortfall."""
+    jobs, ran = run_chain(plan_of(SIZE, bits=4), lambda j: simulated_sqnr(j, base=20.0))  # at most 20 + 14.4
+    tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
+    assert [len(j.spec.method.layers) for j in tested[:4]] == [1, 2, 4, 5]
+    assert all(len(j.spec.method.layers) == 5 for j in tested[4:])  # only the verify job of the closest follows
+    answer = answer_for(jobs, lambda j: simulated_sqnr(j, base=20.0))
+    assert not answer.met and answer.chosen is not None and len(answer.chosen["fallback"]) == 5
+
+
+def test_a_simulated_answer_claims_no_speed_over_fp32() -> None:
+    from farm.jobs.tune_answer import fallback_words, over_fp32
+
+    fp32 = {"runtime": "torch", "latency": {"p50_ms": 1.0}}
+    chosen = {"runtime": "torch", "speedup": None, "latency": {"p50_ms": 2.0}, "simulated": True}
+    assert over_fp32(chosen, fp32)["speedup"] is None
+    assert over_fp32({**chosen, "simulated": False}, fp32)["speedup"] == 0.5  # two jobs timed apart
+    assert fallback_words({"fallback_to": "int8"}) == "layers at int8"
+    assert fallback_words({"fallback_to": "fp32"}, short=True) == "layers in fp"

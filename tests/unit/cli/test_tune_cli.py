@@ -93,6 +93,23 @@ def test_an_encoder_tuned_on_its_embedding_searches_only_the_layers_that_feed_it
         (["--metric", "cosine", "--min-metric", "0.9", "--method", "static"], "at most once"),
         (["--metric", "cosine", "--min-metric", "0.9", "--method", "qat", "--runtime", "openvino"], "runs qat"),
         (["--metric", "cosine", "--min-metric", "0.9", "--trials", "-1"], "--trials"),
+        (["--metric", "sqnr_db", "--min-metric", "20", "--bits", "4"], "no deployed latency"),
+        (["--metric", "sqnr_db", "--min-metric", "20", "--bits", "9", "--objective", "size"], "--bits"),
+        (
+            [
+                "--metric",
+                "sqnr_db",
+                "--min-metric",
+                "20",
+                "--bits",
+                "4",
+                "--objective",
+                "size",
+                "--runtime",
+                "openvino",
+            ],
+            "runs int8 only",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(sweep_home: Path, args: list[str], message: str) -> None:
@@ -100,6 +117,48 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(sweep_home: Path, args:
     assert result.exit_code == 2, describe(result)
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert sweep_count(sweep_home) == (0, 0)
+
+
+def test_a_size_search_at_int4_raises_its_sensitive_layers_to_int8_and_the_rules_reproduce_it(
+    sweep_home: Path, tmp_path: Path
+) -> None:
+    """--bits 4 --objective size (NNCF's 4/8-bit mixed precision): every int4 global misses 25 dB (about 17); the
+    layers fall back to int8, never to fp32 (4x their int8 bytes); the answer is simulated (no speed claimed), its
+    size a packed estimate below the all-int8 candidate's, and its layer rules re-run as `farm quantize` give the
+    same SQNR."""
+    import yaml
+
+    result = farm(
+        "tune", *BASE, "--bits", "4", "--objective", "size", "--metric", "sqnr_db", "--min-metric", "25", "-j", "2",
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, describe(result)
+    data = json.loads(result.stdout)
+    chosen = data["chosen"]
+    assert chosen["sqnr_db"] >= 25 and chosen["fallback"] and chosen["fallback_to"] == "int8", chosen
+    assert chosen["simulated"] and chosen["speedup"] is None
+    assert all(o["speedup"] is None for o in chosen["over_fp32"])
+    raised = [e for e in data["trail"] if e["fallback"] and not e["fp32"]]
+    assert raised and all(e["fallback_to"] == "int8" and e["simulated"] for e in raised)
+    every = max(len(e["fallback"]) for e in raised)  # every layer at int8: a candidate of its own
+    assert any(len(e["fallback"]) == every and e["stage"] == "candidates" for e in raised)
+    biggest = max(e["size_bytes"] for e in raised if len(e["fallback"]) == every)
+    assert chosen["size_bytes"] <= biggest
+    query = farm("results", "query", "--tune", str(data["tune_id"]), "--format", "json")
+    row = next(r for r in json.loads(query.stdout) if r["job_id"] == chosen["job_id"])
+    params = row["params"] if isinstance(row["params"], dict) else json.loads(row["params"])
+    assert params["bits"] == 4 and all(r["bits"] == 8 and "skip" not in r for r in params["layers"])
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(params["layers"]))
+    again = farm(
+        "quantize", "--model", "farm:digits-cnn", "--method", "static", "--bits", "4", "--granularity",
+        params["granularity"], "--layers-file", str(rules), "--batch-size", "1", "--json", "--output",
+        str(tmp_path / "again"),
+    )  # fmt: skip
+    assert again.exit_code == 0, describe(again)
+    assert json.loads(again.stdout)["sqnr_db"] == chosen["sqnr_db"]
+    status = farm("tune", "status", str(data["tune_id"]))
+    assert "layers at int8" in status.stdout and "(sim)" in status.stdout, describe(status)
 
 
 def test_a_tune_of_two_methods_finds_the_faster_method_a_meeting_global_of_the_other_hides(sweep_home: Path) -> None:
