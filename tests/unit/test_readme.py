@@ -12,9 +12,12 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[2] / "README.md"
 _BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
 #: A command that creates a sweep in the local database (a spec run again resumes its sweep).
-_CREATES = re.compile(r"^farm (demo|sweep run (\S+))")
+_CREATES = re.compile(r"^farm (demo|sweep run (\S+)|tune --)")
 #: Where a command names a sweep by id.
-_USES = re.compile(r"farm sweep (?:status|cancel|retry|resume) (\d+)|--sweep (\d+)|farm report (\d+)")
+_USES = re.compile(
+    r"farm sweep (?:status|cancel|retry|resume) (\d+)|--sweep (\d+)|farm report (\d+)"
+    r"|farm tune status (\d+)|--tune (\d+)"
+)
 
 
 def commands() -> list[str]:
@@ -29,7 +32,7 @@ def test_every_sweep_id_the_readme_uses_names_a_sweep_its_commands_created() -> 
     used: list[tuple[int, str]] = []
     for line in commands():
         if m := _CREATES.match(line):
-            spec = "demo" if m.group(1) == "demo" else m.group(2)
+            spec = "demo" if m.group(1) == "demo" else "tune" if m.group(1).startswith("tune") else m.group(2)
             if spec not in created:
                 created.append(spec)
             continue
@@ -37,8 +40,8 @@ def test_every_sweep_id_the_readme_uses_names_a_sweep_its_commands_created() -> 
             sweep_id = int(next(g for g in m.groups() if g))
             assert sweep_id <= len(created), f"{line!r}: sweep {sweep_id} does not exist yet ({created})"
             used.append((sweep_id, created[sweep_id - 1]))
-    assert created[:2] == ["demo", "digits.yaml"]
-    assert used and all(spec == "digits.yaml" for _, spec in used), used
+    assert created[:3] == ["demo", "digits.yaml", "tune"]
+    assert used and {spec for _, spec in used} == {"digits.yaml", "tune"}, used
 
 
 def test_the_readme_names_the_analysis_commands_and_their_docs() -> None:
