@@ -40,7 +40,8 @@ TUNE_METRICS = [name for name in METRICS if name != "metric"]
     "--runtime",
     "runtimes",
     multiple=True,
-    help="Deploy runtime to search on (repeatable; default: torch and every CPU runtime installed).",
+    help="Deploy runtime to search on (repeatable; default: torch and every CPU runtime installed; torch alone with "
+    "--bits below 8).",
 )
 @click.option(
     "--bits",

@@ -46,7 +46,7 @@ def finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: floa
             f"[red]tune {tune_id}: no recipe meets {settings.target.describe()}[/]; the closest, "
             f"{escape(result.chosen['recipe'])} (job {result.chosen['job_id']}), falls short by {result.shortfall:.4g}"
         )
-        if any(e.get("fallback_to") not in (None, "fp32") for e in result.trail):
+        if result.chosen.get("simulated"):
             err.print(
                 "its layers fell back to int8 from a simulated base, never to floating point: a tune at bits 8 "
                 "keeps layers in floating point"
@@ -112,7 +112,8 @@ def print_trail(result: Any, settings: Any) -> None:
         c = result.chosen
         fallback = ", ".join(c["fallback"]) or "none"
         word = "chosen" if result.met else "closest (misses the target)"
-        size = "" if c.get("size_ratio") is None else f"size {cell(c['size_ratio'])} of fp32's, "
+        estimate = " (a packed estimate)" if c.get("simulated") else ""
+        size = "" if c.get("size_ratio") is None else f"size {cell(c['size_ratio'])} of fp32's{estimate}, "
         out.print(
             f"{word}: job {c['job_id']} [bold]{escape(c['recipe'])}[/] on {c['runtime']}, "
             f"{settings.metric} {metric_text(c[settings.metric], settings)}, {speedup_text(c)}, {size}"
@@ -121,7 +122,7 @@ def print_trail(result: Any, settings: Any) -> None:
         from farm.jobs.tune_answer import chosen_json
 
         others = [o for o in chosen_json(c, settings, result.trail)["over_fp32"] if o["runtime"] != c["runtime"]]
-        if others:
+        if others and not c.get("simulated"):
             out.print("over fp32 elsewhere: " + "; ".join(f"{o['runtime']} {times_text(o)}" for o in others))
 
 

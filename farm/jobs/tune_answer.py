@@ -92,7 +92,7 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "recipe": recipe_label(job.spec["method"]),
                 "fp32": what["method"] == "fp32",
                 # Fake quantization below 8 bits: its figures are not a deployed model's (no speedup, a size estimate).
-                "simulated": bool(f.get("simulated")),
+                "simulated": bool(f.get("simulated")) or what["simulated"],
                 "reference": job.role == "reference",
                 "split": what["split"],
                 "fallback": what["fallback"],
@@ -121,8 +121,8 @@ def fallback_words(entry: Mapping[str, Any], short: bool = False) -> str:
     """How an entry's fallen-back layers are named: "layers in fp32" ("in fp" where ``short``), or "layers at int8"
     (over a simulated base: farm.jobs.tune_jobs.rung)."""
     to = entry.get("fallback_to")
-    if to and to != "fp32":
-        return f"layers at {to}"
+    if to and to != "fp32" or entry.get("simulated"):
+        return f"layers at {to or 'int8'}"
     return "layers in fp" if short else "layers in fp32"
 
 

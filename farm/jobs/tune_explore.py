@@ -7,7 +7,8 @@ floating point than two others that would do: recipes no prefix reaches. The exp
 
 - **space**, per search line: each of the line's most sensitive layers (its ranking's first ``2k``, k the fewest
   layers a recipe of the line met the target with, at least :data:`MIN_SPACE`) is either quantized
-  (``int8``) or kept in floating point (``fp32``); the other layers stay quantized;
+  (``int8``) or kept in floating point (``fp32``); the other layers stay quantized (on a line whose base is
+  simulated below 8 bits, the two choices are the base's bits and int8: farm.jobs.tune_jobs.rung);
 - **objectives**: the line's score (the target's metric; maximised) and its latency p50 or size (minimised), with
   the target as a constraint (feasible where met): Optuna's TPE sampler, multivariate, multi-objective;
 - **trials**: every test-split recipe of the line so far (the base global recipe, the candidates, the

@@ -61,6 +61,12 @@ def rung(spec: JobSpec) -> str:
     return f"int{RUNG_BITS}" if spec.method.simulated else "fp32"
 
 
+def verify_room(spec: JobSpec) -> int:
+    """The room a line keeps for its verify job: none where its base is simulated (its latency is fake
+    quantization's, claimed nowhere, and timing it again changes no size), so its candidates are all screened."""
+    return 0 if spec.method.simulated else VERIFY
+
+
 def _longest_first(jobs: list[PlannedJob], inputs: Sequence[Any]) -> list[PlannedJob]:
     """``jobs`` with the slowest runtime's first (by the mean duration of the previous stage's jobs on each runtime;
     the order within a runtime kept): jobs are released, and a pool or a farm queue takes them, in this order, so a

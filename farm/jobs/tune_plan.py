@@ -143,7 +143,8 @@ def tune_text(
     target = (
         f"drop{settings.max_accuracy_drop:g}" if settings.max_accuracy_drop is not None else f"{settings.min_metric:g}"
     )
-    name = f"tune {model} {'+'.join(methods)} {settings.metric} {target} {settings.objective}"
+    low = f"@int{bits}" if bits not in (None, 8) else ""
+    name = f"tune {model} {'+'.join(methods)}{low} {settings.metric} {target} {settings.objective}"
     data: dict[str, Any] = {
         "name": name[:200],
         "models": [model],
@@ -281,6 +282,7 @@ def info(job: Any) -> dict[str, Any]:
     farm.jobs.tune_timing.SCREENING_ISOLATION)."""
     method = job.spec.get("method", {})
     rules = [r for r in method.get("layers", []) if r.get("skip") or r.get("bits") is not None]
+    bits = method.get("bits", 8)
     return {
         "runtime": method.get("runtime", "torch"),
         "split": job.spec.get("split", "test"),
@@ -288,6 +290,8 @@ def info(job: Any) -> dict[str, Any]:
         "granularity": method.get("granularity"),
         "fallback": [r["name"] for r in rules],
         "fallback_to": None if not rules else "fp32" if rules[0].get("skip") else f"int{rules[0]['bits']}",
+        # Below 8 bits static and qat are fake quantization (farm.quant.config's ``simulated``), whatever its state.
+        "simulated": method.get("method") in ("static", "qat") and isinstance(bits, int) and bits < 8,
         "isolation": (job.spec.get("benchmark") or {}).get("isolation", "exclusive"),
     }
 

@@ -88,12 +88,29 @@ def checked_spec(
                 "to search for; use bits 8, or --objective size",
                 source=source,
             )
+    low = [name for name, params in entries if _bits(params) < 8]
+    if low and len(low) < len(entries):  # a packed size estimate against files: not one answer's comparison
+        real = ", ".join(name for name, _ in entries if name not in low)
+        raise ConfigError(
+            f"methods: {', '.join(low)} below 8 bits is simulated and {real} is not: their sizes are a packed "
+            "estimate against a file's; tune them apart",
+            source=source,
+        )
     given = data.get("runtime")
     # Below 8 bits a method is simulated in torch (no other runtime has its kernels): torch alone by default.
     simulated = any(_bits(params) < 8 for _, params in entries)
     runtimes = list([given] if isinstance(given, str) else (given or default_runtimes(names, simulated)))
     problems = []
     for r in runtimes:
+        if simulated and r in RUNTIMES and r != DEFAULT_RUNTIME:  # the method's own check would drop its jobs there
+            problems.append(
+                Problem(
+                    "runtime",
+                    f"runtime {r} runs int8 only; below 8 bits {', '.join(low)} is "
+                    f"simulated with fake quantization in torch (use runtime {DEFAULT_RUNTIME})",
+                )
+            )
+            continue
         cant = [runtime_problems(r, name) for name in names]
         if all(cant):  # a runtime that runs none of the methods (one that runs some searches those)
             problems += cant[0] if len(names) == 1 or r not in RUNTIMES else [_runs_none(r, names)]
@@ -118,12 +135,10 @@ def checked_spec(
 
 
 def _bits(params: Mapping[str, Any]) -> int:
-    """A method entry's bit-width (8 where it names none, or none that reads as a number: the method's own checks
-    say what is wrong with it)."""
-    try:
-        return int(params.get("bits", 8))
-    except (TypeError, ValueError):
-        return 8
+    """A method entry's bit-width (8 where it names none, or one that is not an integer: the method's own checks say
+    what is wrong with it)."""
+    bits = params.get("bits", 8)
+    return bits if isinstance(bits, int) and not isinstance(bits, bool) else 8
 
 
 def _runs_none(runtime: str, names: Sequence[str]) -> Problem:

@@ -37,7 +37,7 @@ from farm.jobs.policy import SUCCEEDED
 from farm.jobs.stages import Stage, register
 from farm.jobs.tune_answer import choose, fp32_rivals, trail
 from farm.jobs.tune_explore import explore
-from farm.jobs.tune_jobs import VERIFY, carry, job, rung, then
+from farm.jobs.tune_jobs import VERIFY, carry, job, rung, then, verify_room
 from farm.jobs.tune_lines import (
     base_recipe,
     fanout,
@@ -183,13 +183,13 @@ def candidates(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         rankings[line] = ranking
         left = room_left(len(names), used[line], room)
         # Where a global meets the target (it may be the answer), the largest k gives way to its verify job.
-        keep = VERIFY if p.get("bar") else 0
+        keep = verify_room(spec) if p.get("bar") else 0
         # Every layer at int8 (over a simulated base) is a recipe of its own, which may miss; in floating point it is
         # fp32 itself, which meets any target.
         every = [len(names)] if rung(spec) != "fp32" else []
         ks = [*[2**e for e in range(len(names)) if 2**e < len(names)], *every][: max(left - keep, 0)]
         # Where they take the line's last jobs, nothing can verify them: they are timed as the answer is.
-        screen = left >= len(ks) + VERIFY
+        screen = left >= len(ks) + verify_room(spec)
         reference = p["references"]["test"]
         jobs += [job(stage, spec, tuple(ranking[:k]), "test", reference, rivals=None if screen else ()) for k in ks]
         used[line] += len(ks)
@@ -239,7 +239,7 @@ def refine(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         # layer at int8 is a candidate of its own: where it missed too, nothing lies between).
         k_pass = min(passing, default=n_layers + (rung(spec) != "fp32"))
         k_fail = max(k for k in failing if k < k_pass)
-        left = room_left(n_layers, used[line], room) - VERIFY
+        left = room_left(n_layers, used[line], room) - verify_room(spec)
         ranking = p["rankings"][line]
         ks = between(k_fail, k_pass, min(math.floor(math.log2(max(n_layers, 1))), max(left, 0)))
         jobs += [job(stage, spec, tuple(ranking[:k]), "test", p["references"]["test"]) for k in ks]
@@ -270,8 +270,9 @@ def verify(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     entries = trail(inputs, settings)
     pick, _ = choose([e for e in entries if screened(e)], settings)
     jobs: list[PlannedJob] = []
-    # A tune timed pinned or unisolated throughout: its screening figures are timed as its benchmark says.
-    if pick is not None and answer_isolation(p) not in (SCREENING_ISOLATION, "none"):
+    # A tune timed pinned or unisolated throughout: its screening figures are timed as its benchmark says. A
+    # simulated answer claims no latency (farm.jobs.tune_jobs.verify_room).
+    if pick is not None and answer_isolation(p) not in (SCREENING_ISOLATION, "none") and not pick["simulated"]:
         runtime = pick["runtime"]
         room = share_of(settings, int(p["spent"]) + 1, 1, 1)
         used = p["used"].get(line_of(runtime, pick["method"], methods_of(p)), stage1_jobs(runtime))

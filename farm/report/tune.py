@@ -77,7 +77,10 @@ def answer_block(view: TuneView, rows: Sequence[Mapping[str, Any]] = ()) -> str:
     facts.append(("p50", _p50(chosen)))
     size = chosen.get("size_bytes")
     ratio = chosen.get("size_ratio")
-    facts.append(("size", f"{human_bytes(size)} ({sig(ratio)} of fp32's)" if ratio is not None else human_bytes(size)))
+    size_text = f"{human_bytes(size)} ({sig(ratio)} of fp32's)" if ratio is not None else human_bytes(size)
+    if chosen.get("simulated"):
+        size_text += ", a packed estimate (simulated: bits x weights / 8 plus scales, not a file)"
+    facts.append(("size", size_text))
     fallback = chosen["fallback"]
     facts.append(
         (

@@ -69,7 +69,8 @@ def sensitivity_chart(s: Sensitivity, view: TuneView, index: int) -> Chart:
     notes = [
         f"{s.runtime}: each bar runs from the all-quantized recipe's {view.settings.metric} ({s.recipe}, "
         f"{s.base_split} split) to the {view.settings.metric} with that layer alone {s.kept()} "
-        "(validation split): its length is what the layer loses when it is quantized. Most sensitive on top, in "
+        f"(validation split): its length is what the layer loses when it is quantized"
+        f"{'' if s.rung == 'fp32' else ' at the base bit-width rather than ' + s.rung}. Most sensitive on top, in "
         "the order the search fell layers back.",
     ]
     if s.base_split != "validation":
@@ -143,7 +144,7 @@ def _sensitivity_figure(s: Sensitivity, shown: Sequence[Any], view: TuneView) ->
         from matplotlib.patches import Patch
 
         who = "the answer" if view.answer.met else "the closest recipe"
-        kept = f"{s.kept('kept in fp32')} by {who}"
+        kept = f"{s.kept('kept in fp32') if s.rung == 'fp32' else 'raised to ' + s.rung} by {who}"
         handles.append(Patch(facecolor=_FALLBACK, hatch="//", edgecolor="white", label=kept))
     legend(fig, handles)
     return fig
@@ -182,7 +183,7 @@ def trail_chart(view: TuneView) -> Chart:
         0,
         f"Each point is a trial on the test split: its {settings.metric} against its {axis}; colour is its stage, "
         "marker its runtime, filled when it meets the target. The ring marks the answer (the closest recipe when "
-        "none meets the target). Global int8 recipes, candidates and refinements are screened (timed pinned, beside "
+        "none meets the target). Global recipes, candidates and refinements are screened (timed pinned, beside "
         "each other; candidates that took their runtime's last jobs excepted); the verified point is the answer "
         "timed again as the tune's benchmark says. How each point was timed is its trail entry's isolation (farm "
         "tune status). Sensitivity jobs (the validation split) are in the chart above.",

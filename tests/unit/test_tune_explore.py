@@ -172,3 +172,11 @@ def test_every_stage_of_a_tune_is_found_by_name_in_a_fresh_process() -> None:
         code = f"from farm.jobs.stages import expander_named\nexpander_named({name!r})"
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (name, done.stderr)
+
+
+def test_explore_trials_over_a_simulated_base_raise_layers_to_int8() -> None:
+    settings = TuneSettings("sqnr_db", min_metric=40.5, objective="size", trials=4)
+    jobs, ran = run_chain(plan_of(settings, bits=4), lambda j: {**figures(j), "simulated": True})
+    explored = [j for j in jobs if _added(j) == "tune_explore" and j.role == "trial"]
+    assert "tune_explore" in ran and explored
+    assert all(r.bits == 8 and not r.skip for j in explored for r in j.spec.method.layers)

@@ -111,3 +111,18 @@ def test_a_size_search_below_8_bits_runs_on_torch_alone_by_default() -> None:
     with pytest.raises(ConfigError, match="runs int8 only"):
         plan(named)
     assert yaml.safe_load(tune_text(runtimes=(), **{**common, "bits": 8}))["methods"] == ["static"]
+    assert (
+        "@int4" in data["name"]
+        and "@int" not in yaml.safe_load(tune_text(runtimes=(), **{**common, "bits": 8}))["name"]
+    )
+
+
+def test_simulated_and_real_methods_in_one_size_search_are_refused() -> None:
+    """A packed estimate against a file's size is no comparison to choose by; bits that are no integer are the
+    method's own problem, not a simulated search's."""
+    size = {**spec()["tune"], "objective": "size"}
+    with pytest.raises(ConfigError, match="static below 8 bits is simulated and dynamic is not"):
+        plan(spec(methods=["dynamic", {"static": {"bits": 4}}], tune=size))
+    with pytest.raises(ConfigError, match="bits") as refused:
+        plan(spec(methods=[{"static": {"bits": "4"}}]))
+    assert "simulated" not in str(refused.value)

@@ -728,8 +728,10 @@ def test_a_simulated_base_falls_its_layers_back_to_int8_not_to_floating_point() 
     assert raised and all(r.bits == 8 and not r.skip for j in raised for r in j.spec.method.layers)
     sens = [j for j in raised if j.spec.split == "validation"]
     assert sorted(j.spec.method.layers[0].name for j in sens) == sorted(n for n, _, _ in LAYERS)
-    ks = [len(j.spec.method.layers) for j in raised if j.spec.split == "test"]
-    assert ks[:4] == [1, 2, 4, 5]  # k = 5: every layer at int8
+    tested = [j for j in raised if j.spec.split == "test"]
+    assert [len(j.spec.method.layers) for j in tested] == [1, 2, 4, 5]  # k = 5: every layer at int8
+    # Its latency is claimed nowhere: every candidate is screened, and no verify job times the answer again.
+    assert {j.spec.benchmark.isolation for j in tested} == {"pinned"} and "tune_verify" in ran
     # 30 + 3 x (3.0 + 1.0) = 42 with conv2 and conv3 at int8 meets 40; 30 + 9 = 39 with conv2 alone does not.
     answer = answer_for(jobs, simulated_sqnr)
     assert answer.met and answer.chosen is not None
@@ -741,13 +743,36 @@ def test_a_simulated_base_falls_its_layers_back_to_int8_not_to_floating_point() 
 
 def test_a_simulated_search_that_misses_even_at_int8_everywhere_refines_nothing_past_it() -> None:
     """Every layer at int8 missed too: nothing lies between it and a k that passed (there is none), so refine adds
-    no job, and the closest recipe is the answer, with its shortfall."""
+    no job, nothing is verified, and the closest recipe is the answer, with its shortfall."""
     jobs, ran = run_chain(plan_of(SIZE, bits=4), lambda j: simulated_sqnr(j, base=20.0))  # at most 20 + 14.4
     tested = [j for j in jobs if j.role == "trial" and j.spec.split == "test" and j.spec.method.layers]
-    assert [len(j.spec.method.layers) for j in tested[:4]] == [1, 2, 4, 5]
-    assert all(len(j.spec.method.layers) == 5 for j in tested[4:])  # only the verify job of the closest follows
+    assert [len(j.spec.method.layers) for j in tested] == [1, 2, 4, 5]
+    assert ran == ["tune_sensitivity", "tune_candidates", "tune_refine", "tune_verify", "tune_answer"]
     answer = answer_for(jobs, lambda j: simulated_sqnr(j, base=20.0))
     assert not answer.met and answer.chosen is not None and len(answer.chosen["fallback"]) == 5
+
+
+def test_a_simulated_line_spends_its_verify_room_on_refine_within_the_bound() -> None:
+    """16 layers at int4: every power of two and every layer at int8 (5 candidates), then as many refinements as a
+    real int8 line gets (the verify job's room is theirs), within layers + 2 log2(layers) + 4."""
+    flat16 = [(f"l{i}", "Linear", 100 + i) for i in range(16)]
+    tune_stages.list_layers = lambda spec: list(flat16)  # type: ignore[assignment]  # fixture restores it
+
+    def figures(j: Any) -> dict[str, Any]:  # k >= 10 at int8 meets 40 dB
+        return {**sqnr_of(j, base=37.0, per_layer={n: 0.31 for n, _, _ in flat16}), "simulated": True}
+
+    low, _ = run_chain(plan_of(SIZE, bits=4), figures)
+    real, _ = run_chain(plan_of(SIZE), lambda j: sqnr_of(j, per_layer={n: 0.31 for n, _, _ in flat16}))
+
+    def ks(jobs: list[Any]) -> list[int]:
+        return [len(j.spec.method.layers) for j in jobs if j.role == "trial" and j.spec.split == "test"]
+
+    assert ks(low)[:7] == [0, 0, 1, 2, 4, 8, 16] and len(ks(low)) == len(ks(real))
+    refined = ks(low)[7:]
+    assert len(refined) == 3 and all(8 < k < 16 for k in refined), ks(low)
+    trials = [j for j in low if j.role in ("trial", "reference")]
+    assert len(trials) <= budget_per_runtime(16)
+    assert {j.spec.benchmark.isolation for j in low if j.role == "trial" and j.spec.method.layers} == {"pinned"}
 
 
 def test_a_simulated_answer_claims_no_speed_over_fp32() -> None:

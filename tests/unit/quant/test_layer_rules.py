@@ -250,3 +250,15 @@ def test_a_spec_takes_one_rule_list_as_one_value_and_a_list_of_lists_as_an_axis(
     assert len(set(keys.values())) == 3  # the rules are part of the key
     with pytest.raises(ConfigError, match=r"layers\[0\].skp"):
         load_spec(head + "methods: [{dynamic: {layers: [{name: net.3, skp: true}]}}]\n")
+
+
+def test_a_long_rule_set_is_labelled_by_what_its_rules_do_and_a_digest() -> None:
+    from farm.quant.layers import LayerRule, rules_label
+
+    def label(**rule: Any) -> str:
+        return rules_label(tuple(LayerRule(name=f"l{i}", **rule) for i in range(5)))
+
+    assert label(skip=True).startswith("fp×5#")
+    assert label(bits=8).startswith("int8×5#")  # a tune's layers raised to int8 over a simulated base
+    assert label(bits=8, granularity="per_tensor").startswith("layers×5#")
+    assert label(bits=8) != rules_label(tuple(LayerRule(name=f"m{i}", bits=8) for i in range(5)))

@@ -98,11 +98,14 @@ def fabricated_tune(
     runtimes: Sequence[str] = ("torch",),
     methods: Sequence[str] = ("static",),
     trials: int | None = None,
+    bits: int | None = None,
 ) -> tuple[TuneSettings, list[InputJob]]:
-    """A finished tune of sqnr_db >= ``min_metric``: every stage run by the real expanders."""
-    settings = TuneSettings("sqnr_db", min_metric=min_metric, trials=trials)
+    """A finished tune of sqnr_db >= ``min_metric``: every stage run by the real expanders (``bits`` below 8: a size
+    search)."""
+    objective = "size" if bits is not None and bits < 8 else "latency"
+    settings = TuneSettings("sqnr_db", min_metric=min_metric, objective=objective, trials=trials)
     text = tune_text(model="farm:digits-cnn", dataset="sklearn:digits", method=list(methods),
-                     runtimes=list(runtimes), settings=settings, batch_size=1, threads=1)  # fmt: skip
+                     runtimes=list(runtimes), settings=settings, batch_size=1, threads=1, bits=bits)  # fmt: skip
     plan = plan_tune(text, yaml.safe_load(text), labelled=True)
     jobs = [as_input(j, n, None, figures) for n, j in enumerate(plan.jobs, 1)]
     by_key = {j.key: j for j in jobs}
@@ -205,6 +208,18 @@ def test_the_trail_marks_the_chosen_point_and_the_answer_names_it() -> None:
     assert f"{sig(1 / lat)}× over fp32 on torch (95 % interval {sig(0.95 / lat)}–{sig(1.05 / lat)}×)" in answer
     assert "layers in fp32conv2" in answer and "No recipe meets" not in answer
     assert page.section_ids[:4] == ["summary", "tune", "sensitivity", "trail"]
+
+
+def test_a_simulated_answer_is_labelled_raised_to_int8_and_claims_no_speed() -> None:
+    settings, jobs = fabricated_tune(figures=lambda j: {**figures_of(j), "simulated": j.role != "reference"}, bits=4)
+    result = answer_of(jobs, settings, "succeeded")
+    assert result.met and result.chosen is not None and result.chosen["fallback_to"] == "int8"
+    page = parse(report(settings, jobs))
+    answer = page.section_text["tune"]
+    assert "layers at int8conv2" in answer and "none: simulated" in answer and "a packed estimate" in answer
+    assert "× over fp32" not in answer
+    notes = " ".join(page.section_text["sensitivity"].split())
+    assert "alone at int8" in notes and "keeps at int8" in notes and "rather than int8" in notes
 
 
 def test_the_explore_stages_trials_are_drawn_on_the_trail_in_their_own_colour() -> None:
