@@ -1,6 +1,6 @@
 """`farm tune` against its targets (issue 14), each search run as a user runs it: `farm tune ... --json`.
 
-Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro,wall-encoder,explore] [--trials N]
+Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro,wall-encoder,explore,lowbit] [--trials N]
                            [--runtime torch --runtime onnxruntime ...] [--json out.json]
 
 - encoder / cnn: farm:tiny-encoder at dim 256, 4 layers (token ids, dynamic int8, cosine of the embedding) and
@@ -29,6 +29,10 @@ Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro,wall-encode
   the search meets the target, faster than the best fp32 on any runtime, each searched line within the bound; the
   two answers (dynamic alone, both methods) are printed. Then at a target between the best static and the best
   dynamic global (a dynamic global meets it): the answer is never slower than that global (and which method won).
+- lowbit (not in the default sections, under a minute): the cnn's size search at ``--bits 4`` on torch (simulated:
+  the layers it falls back are raised to int8, not kept in fp32), at a target halfway between its best int4 global
+  and the best int8 global: it meets the target, every fallen-back layer is at int8, and the answer is no larger
+  than its every-layer-at-int8 candidate (both packed estimates).
 - repro: the cnn search's chosen recipe re-run as a plain `farm quantize` with its layer rules: the metric is
   identical (exact float equality).
 Each search runs in its own FARM_HOME under a scratch directory (stage 1 of the real search reuses the global
@@ -317,6 +321,46 @@ def explore(b: Bench, case: str, found: dict[str, Any]) -> dict[str, Any]:
     return {**figures, "jobs": result["jobs"], "wall_s": wall_s}
 
 
+def lowbit(b: Bench, bits: int = 4) -> dict[str, Any]:
+    """The cnn's size search at ``bits`` (simulated, torch: its layers raised to int8, not kept in fp32), at a target
+    halfway between its best global and the best int8 global: it meets the target, every fallen-back layer is at
+    int8, and the answer is smaller than its every-layer-at-int8 candidate (the same packed estimate)."""
+    home = b.root / "lowbit"
+    metric = CASES["cnn"]["metric"]
+    low = ["--bits", str(bits), "--objective", "size", "--runtime", "torch"]
+    _, low_globals, _ = b.tune(home, "cnn", ["--min-metric", "-1"], "--good-enough", *low)
+    _, int8_globals, _ = b.tune(home, "cnn", ["--min-metric", "-1"], "--good-enough", "--objective", "size",
+                                "--runtime", "torch")  # fmt: skip
+    best_low = max(e[metric] for e in _globals(low_globals) if e.get(metric) is not None)
+    int8 = max((e for e in _globals(int8_globals) if e.get(metric) is not None), key=lambda e: e[metric])
+    goal = round((best_low + int8[metric]) / 2, 2)
+    b.say(
+        f"(lowbit) best int{bits} global {metric} {best_low:.2f}; best int8 global {int8['recipe']} "
+        f"{int8[metric]:.2f} at {int8['size_ratio']:.4f} of fp32's size (a file); target {metric} >= {goal}"
+    )
+    code, result, wall_s = b.tune(home, "cnn", ["--min-metric", str(goal)], *low)
+    chosen = result.get("chosen") or {}
+    raised = [e for e in result["trail"] if e["fallback"] and not e["fp32"]]
+    every = [
+        e
+        for e in raised
+        if e["stage"] == "candidates" and len(e["fallback"]) == max(len(r["fallback"]) for r in raised)
+    ]
+    b.say(f"(lowbit) answer {chosen.get('recipe')}: {metric} {chosen.get(metric)}, {len(chosen.get('fallback') or [])} "
+          f"layers at int8, {chosen.get('size_ratio')} of fp32's size (packed estimate), simulated "
+          f"{chosen.get('simulated')}; every layer at int8: {every[0][metric] if every else None} at "
+          f"{every[0]['size_ratio'] if every else None}; {result['jobs']} jobs, {wall_s:.0f} s")  # fmt: skip
+    b.target(f"(lowbit) the int{bits} size search meets the target", code == 0 and bool(result.get("met")),
+             f"exit {code}")  # fmt: skip
+    b.target("(lowbit) its layers fall back to int8, never to fp32",
+             bool(raised) and all(e.get("fallback_to") == "int8" for e in raised),
+             f"{len(raised)} recipes with layers raised")  # fmt: skip
+    smaller = bool(every) and chosen.get("size_bytes", math.inf) <= every[0]["size_bytes"]
+    b.target("(lowbit) the answer is no larger than every layer at int8", smaller,
+             f"{chosen.get('size_bytes')} vs {every[0]['size_bytes'] if every else None} bytes")  # fmt: skip
+    return {"bits": bits, "target": goal, "chosen": chosen, "jobs": result["jobs"], "wall_s": wall_s}
+
+
 def _answer(c: dict[str, Any]) -> str:
     return (
         f"{c.get('recipe')} on {c.get('runtime')}, cosine {c.get('cosine')}, {len(c.get('fallback') or [])} layers "
@@ -417,6 +461,8 @@ def main() -> None:
             b.figures["wall_encoder"] = wall(b, found["encoder"]["target"], "encoder")
         if "repro" in sections:
             b.figures["repro"] = repro(b, found["cnn"])
+        if "lowbit" in sections:
+            b.figures["lowbit"] = lowbit(b)
     misses = [t for t in b.targets if not t["pass"]]
     b.say(f"{len(b.targets) - len(misses)}/{len(b.targets)} targets met")
     if args.json:
