@@ -53,7 +53,8 @@ BATCH = 4
 MIN_SPACE = 4
 #: A layer's two choices in a recipe.
 INT8, FP32 = "int8", "fp32"
-#: The stage jobs after an explore stage (the budget keeps room for them): another explore stage, verify, answer.
+#: The stage jobs after an explore stage (the budget keeps room for them): another explore stage, verify, answer;
+#: the last batch of every line (or one the budget cuts short) is followed by verify and answer alone.
 _LATER = 3
 
 
@@ -66,7 +67,9 @@ def explore(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     state = dict(p.get("explore") or {})
     spaces: dict[str, list[str]] = dict(state.get("space") or {})
     asked: dict[str, int] = dict(state.get("asked") or {})
-    room = share_of(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER)
+    last = all(trials - asked.get(line, 0) <= BATCH for line in p["bases"])
+    room = share_of(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER - last)
+    capped = False  # the budget cut a batch short: no explore stage can follow (it would find no room)
     jobs: list[PlannedJob] = []
     for line, base_spec in p["bases"].items():
         spec = JobSpec.from_dict(base_spec)
@@ -74,15 +77,15 @@ def explore(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
         ranking = list(p["rankings"][line])
         space = spaces.setdefault(line, search_space(ranking, mine, settings))
         want = min(trials - asked.get(line, 0), BATCH)
-        if room is not None:
-            want = min(want, room - VERIFY)
+        if room is not None and room - VERIFY < want:
+            want, capped = room - VERIFY, True
         if want <= 0 or not space:
             continue
         found = ask(space, mine, settings, want, seed=_seed(spec.seed, line))
         jobs += [job(stage, spec, tuple(n for n in ranking if n in f), "test", p["references"]["test"]) for f in found]
         # A space with no new recipe left ends its line's search.
         asked[line] = asked.get(line, 0) + len(found) if len(found) == want else trials
-    more = bool(jobs) and any(asked.get(line, 0) < trials for line in p["bases"])
+    more = bool(jobs) and not capped and any(asked.get(line, 0) < trials for line in p["bases"])
     params = {**carry(p), "explore": {"space": spaces, "asked": asked}, "spent": int(p["spent"]) + 1 + len(jobs)}
     # The next stage reads every recipe so far (verify chooses among them all), not only this stage's.
     read = [i.key for i in inputs if i.role in ("trial", "reference")]
