@@ -182,11 +182,12 @@ def trail_chart(view: TuneView) -> Chart:
     notes.insert(
         0,
         f"Each point is a trial on the test split: its {settings.metric} against its {axis}; colour is its stage, "
-        "marker its runtime, filled when it meets the target. The ring marks the answer (the closest recipe when "
-        "none meets the target). Global recipes, candidates and refinements are screened (timed pinned, beside "
-        "each other; candidates that took their runtime's last jobs excepted); the verified point is the answer "
-        "timed again as the tune's benchmark says. How each point was timed is its trail entry's isolation (farm "
-        "tune status). Sensitivity jobs (the validation split) are in the chart above.",
+        "marker its runtime (and method, where the tune searched several), filled when it meets the target. The "
+        "ring marks the answer (the closest recipe when none meets the target). Global recipes, candidates and "
+        "refinements are screened (timed pinned, beside each other; candidates that took their runtime's last jobs "
+        "excepted); the verified point is the answer timed again as the tune's benchmark says. How each point was "
+        "timed is its trail entry's isolation (farm tune status). Sensitivity jobs (the validation split) are in "
+        "the chart above.",
     )
     if view.fp32 and not by_size:
         notes.append("Dotted vertical lines: the fastest fp32 of each runtime.")
@@ -229,11 +230,11 @@ def _trail_figure(view: TuneView, points: Sequence[Mapping[str, Any]], by_size: 
         return ceiling if math.isinf(e["value"]) else float(e["value"])
 
     fig, (ax,) = figure(1, panel_height=4.4)
-    runtimes = list(dict.fromkeys(e["runtime"] for e in points))
+    markers = _line_markers(points)
     for stage in TRAIL_STAGES:
         colour = _STAGE_COLOURS[stage]
-        for runtime in runtimes:
-            at = [e for e in points if e["stage"] == stage and e["runtime"] == runtime]
+        for line, marker in markers.items():
+            at = [e for e in points if e["stage"] == stage and _line(e, markers) == line]
             if not at:
                 continue
             xs = [float(_x(e, x_key) or 0.0) / scale for e in at]
@@ -256,7 +257,7 @@ def _trail_figure(view: TuneView, points: Sequence[Mapping[str, Any]], by_size: 
                     ax.scatter(
                         [x for x, _ in sub],
                         [y_of(e) for _, e in sub],
-                        marker=_marker(runtime),
+                        marker=marker,
                         s=34,
                         facecolors=colour if met else "none",
                         edgecolors=colour,
@@ -284,7 +285,7 @@ def _trail_figure(view: TuneView, points: Sequence[Mapping[str, Any]], by_size: 
     fig.suptitle(f"The search: {settings.metric} vs {'size' if by_size else 'latency'}, by stage")
     stages = [s for s in TRAIL_STAGES if any(e["stage"] == s for e in points)]
     handles = [line_handle(_STAGE_COLOURS[s], s, linestyle="none", marker="o") for s in stages]
-    handles += [marker_handle(_marker(r), r) for r in runtimes]
+    handles += [marker_handle(m, line) for line, m in markers.items()]
     handles += [line_handle(_TARGET, _target_text(settings, shown_target), linestyle="--"), *fp32_handles]
     legend(fig, handles)
     return fig, drew_inf
@@ -305,8 +306,24 @@ def _target_text(settings: Any, shown: bool) -> str:
     return f"target: {settings.target.describe()}" + ("" if shown else " (off the chart)")
 
 
-def _marker(runtime: str) -> str:
-    return RUNTIME_MARKERS.get(runtime, "o")
+#: The markers of a tune's search lines where it searched several methods (one per runtime and method).
+_LINE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _line_markers(points: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """A marker per search line drawn: per runtime (its usual one), or, where the tune searched several methods,
+    per runtime and method ("onnxruntime (static)"), so two methods on one runtime are told apart."""
+    several = len({e.get("method") for e in points}) > 1
+    lines = list(dict.fromkeys(f"{e['runtime']} ({e.get('method')})" if several else e["runtime"] for e in points))
+    if several:
+        return {line: _LINE_MARKERS[i % len(_LINE_MARKERS)] for i, line in enumerate(lines)}
+    return {line: RUNTIME_MARKERS.get(line, "o") for line in lines}
+
+
+def _line(e: Mapping[str, Any], markers: Mapping[str, str]) -> str:
+    """The key of ``e``'s line in ``markers``."""
+    both = f"{e['runtime']} ({e.get('method')})"
+    return both if both in markers else str(e["runtime"])
 
 
 def _mark_chosen(ax: Any, view: TuneView, x_key: str, scale: float, y_of: Any, middle: float) -> None:

@@ -151,6 +151,8 @@ def test_a_tune_of_two_methods_has_a_sensitivity_chart_per_method_each_from_its_
     assert not [x.name for x in by_line["torch (dynamic)"].layers if x.fallback]
     html = report(settings, jobs)
     assert "Layer sensitivity on torch (dynamic)" in html and "Layer sensitivity on torch (static)" in html
+    legend = parse(html).svg_text["trail"]  # the two methods' points on torch told apart by their markers
+    assert {"torch (dynamic)", "torch (static)"} <= set(legend) and "torch" not in legend
 
 
 def test_the_sensitivity_chart_has_one_bar_per_layer_sorted_by_loss_with_the_fallback_marked() -> None:
