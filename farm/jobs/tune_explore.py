@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from farm.errors import ConfigError
 from farm.jobs.contract import JobSpec
 from farm.jobs.stages import Stage
 from farm.jobs.tune_jobs import VERIFY, carry, job, then
@@ -120,7 +121,11 @@ def ask(
 ) -> list[frozenset[str]]:
     """Up to ``want`` sets of layers to keep in floating point that no recipe of the line tried: asked of a TPE
     sampler told every recipe in ``line_jobs`` whose layers in floating point lie in ``space``."""
-    import optuna
+    try:
+        import optuna
+    except ImportError as e:  # a farm worker installed without the engine extra: the stage fails saying so
+        why = "the explore stage (--trials) needs Optuna on the worker: pip install 'quantfarm[engine]'"
+        raise ConfigError(why) from e
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=2)

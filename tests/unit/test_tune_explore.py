@@ -181,3 +181,19 @@ def test_explore_trials_over_a_simulated_base_raise_layers_to_int8() -> None:
     explored = [j for j in jobs if _added(j) == "tune_explore" and j.role == "trial"]
     assert "tune_explore" in ran and explored
     assert all(r.bits == 8 and not r.skip for j in explored for r in j.spec.method.layers)
+
+
+def test_a_worker_without_optuna_fails_the_explore_stage_saying_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A farm worker installed without the engine extra: the stage job fails with the reason, not an import error."""
+    import builtins
+
+    real = builtins.__import__
+
+    def no_optuna(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "optuna":
+            raise ModuleNotFoundError("No module named 'optuna'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_optuna)
+    with pytest.raises(ConfigError, match="needs Optuna on the worker"):
+        run_chain(tune(trials=4), figures)
