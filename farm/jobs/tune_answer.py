@@ -120,9 +120,9 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
 def fallback_words(entry: Mapping[str, Any], short: bool = False) -> str:
     """How an entry's fallen-back layers are named: "layers in fp32" ("in fp" where ``short``), or "layers at int8"
     (over a simulated base: farm.jobs.tune_jobs.rung)."""
-    to = entry.get("fallback_to")
-    if to and to != "fp32" or entry.get("simulated"):
-        return f"layers at {to or 'int8'}"
+    to = entry.get("fallback_to") or ("int8" if entry.get("simulated") else "fp32")  # a global: its rung
+    if to != "fp32":
+        return f"layers at {to}"
     return "layers in fp" if short else "layers in fp32"
 
 

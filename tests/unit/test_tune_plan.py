@@ -784,3 +784,5 @@ def test_a_simulated_answer_claims_no_speed_over_fp32() -> None:
     assert over_fp32({**chosen, "simulated": False}, fp32)["speedup"] == 0.5  # two jobs timed apart
     assert fallback_words({"fallback_to": "int8"}) == "layers at int8"
     assert fallback_words({"fallback_to": "fp32"}, short=True) == "layers in fp"
+    assert fallback_words({"fallback_to": None, "simulated": True}) == "layers at int8"  # a simulated global
+    assert fallback_words({"fallback_to": "fp32", "simulated": True}) == "layers in fp32"  # a tune from before
