@@ -31,8 +31,8 @@ Run:  python bench/tune.py [--sections encoder,cnn,global,wall,repro,wall-encode
   dynamic global (a dynamic global meets it): the answer is never slower than that global (and which method won).
 - lowbit (not in the default sections, under a minute): the cnn's size search at ``--bits 4`` on torch (simulated:
   the layers it falls back are raised to int8, not kept in fp32), at a target halfway between its best int4 global
-  and the best int8 global: it meets the target, every fallen-back layer is at int8, and the answer is no larger
-  than its every-layer-at-int8 candidate (both packed estimates).
+  and the best int8 global: it meets the target, every fallen-back layer is at int8, and the answer is smaller
+  than its every-layer-at-int8 candidate (both packed estimates: some layers stayed at 4 bits).
 - repro: the cnn search's chosen recipe re-run as a plain `farm quantize` with its layer rules: the metric is
   identical (exact float equality).
 Each search runs in its own FARM_HOME under a scratch directory (stage 1 of the real search reuses the global
@@ -101,13 +101,17 @@ class Bench:
             raise SystemExit(f"farm {' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return proc.returncode, proc.stdout, wall
 
-    def tune(self, home: Path, case: str, target: list[str], *extra: str) -> tuple[int, dict[str, Any], float]:
+    def tune(
+        self, home: Path, case: str, target: list[str], *extra: str, runtimes: bool = True
+    ) -> tuple[int, dict[str, Any], float]:
+        """``farm tune`` of ``case`` at ``target`` with ``extra`` options (and the bench's ``--runtime``s unless
+        ``runtimes`` is False); (exit status, its JSON, wall seconds)."""
         c = CASES[case]
         argv = ["tune", "--model", c["model"], "--dataset", c["dataset"], "--method", c["method"]]
         argv += ["--metric", c["metric"], *target, "--batch-size", str(self.args.batch), "--json", *extra]
         if "output" in c:
             argv += ["--model-output", c["output"]]
-        for runtime in self.args.runtime or []:
+        for runtime in (self.args.runtime or []) if runtimes else []:
             argv += ["--runtime", runtime]
         code, out, wall = self.farm(home, *argv)
         return code, json.loads(out), wall
@@ -322,42 +326,43 @@ def explore(b: Bench, case: str, found: dict[str, Any]) -> dict[str, Any]:
 
 
 def lowbit(b: Bench, bits: int = 4) -> dict[str, Any]:
-    """The cnn's size search at ``bits`` (simulated, torch: its layers raised to int8, not kept in fp32), at a target
-    halfway between its best global and the best int8 global: it meets the target, every fallen-back layer is at
-    int8, and the answer is smaller than its every-layer-at-int8 candidate (the same packed estimate)."""
+    """The cnn's size search at ``bits`` (simulated, torch alone: its layers raised to int8, not kept in fp32), at a
+    target halfway between its best global and the best int8 global: it meets the target, every fallen-back layer is
+    at int8, and the answer is smaller than its every-layer-at-int8 candidate (both packed estimates): some layers
+    stayed at ``bits``."""
     home = b.root / "lowbit"
     metric = CASES["cnn"]["metric"]
     low = ["--bits", str(bits), "--objective", "size", "--runtime", "torch"]
-    _, low_globals, _ = b.tune(home, "cnn", ["--min-metric", "-1"], "--good-enough", *low)
-    _, int8_globals, _ = b.tune(home, "cnn", ["--min-metric", "-1"], "--good-enough", "--objective", "size",
-                                "--runtime", "torch")  # fmt: skip
+    stage1 = ["--min-metric", "-1"]
+    _, low_globals, _ = b.tune(home, "cnn", stage1, "--good-enough", *low, runtimes=False)
+    _, int8_globals, _ = b.tune(home, "cnn", stage1, "--good-enough", "--objective", "size", "--runtime", "torch",
+                                runtimes=False)  # fmt: skip
     best_low = max(e[metric] for e in _globals(low_globals) if e.get(metric) is not None)
     int8 = max((e for e in _globals(int8_globals) if e.get(metric) is not None), key=lambda e: e[metric])
     goal = round((best_low + int8[metric]) / 2, 2)
     b.say(
         f"(lowbit) best int{bits} global {metric} {best_low:.2f}; best int8 global {int8['recipe']} "
-        f"{int8[metric]:.2f} at {int8['size_ratio']:.4f} of fp32's size (a file); target {metric} >= {goal}"
+        f"{int8[metric]:.2f} at {int8.get('size_ratio')} of fp32's size (a file); target {metric} >= {goal}"
     )
-    code, result, wall_s = b.tune(home, "cnn", ["--min-metric", str(goal)], *low)
+    code, result, wall_s = b.tune(home, "cnn", ["--min-metric", str(goal)], *low, runtimes=False)
     chosen = result.get("chosen") or {}
     raised = [e for e in result["trail"] if e["fallback"] and not e["fp32"]]
-    every = [
-        e
-        for e in raised
-        if e["stage"] == "candidates" and len(e["fallback"]) == max(len(r["fallback"]) for r in raised)
-    ]
-    b.say(f"(lowbit) answer {chosen.get('recipe')}: {metric} {chosen.get(metric)}, {len(chosen.get('fallback') or [])} "
-          f"layers at int8, {chosen.get('size_ratio')} of fp32's size (packed estimate), simulated "
-          f"{chosen.get('simulated')}; every layer at int8: {every[0][metric] if every else None} at "
-          f"{every[0]['size_ratio'] if every else None}; {result['jobs']} jobs, {wall_s:.0f} s")  # fmt: skip
+    most = max((len(e["fallback"]) for e in raised), default=0)
+    every = next((e for e in raised if e["stage"] == "candidates" and len(e["fallback"]) == most), {})
+    b.say(
+        f"(lowbit) answer {chosen.get('recipe')}: {metric} {chosen.get(metric)}, {len(chosen.get('fallback') or [])} "
+        f"layers at int8, {chosen.get('size_ratio')} of fp32's size (packed estimate), simulated "
+        f"{chosen.get('simulated')}; every layer at int8: {every.get(metric)} at {every.get('size_ratio')}; "
+        f"{result['jobs']} jobs, {wall_s:.0f} s"
+    )
     b.target(f"(lowbit) the int{bits} size search meets the target", code == 0 and bool(result.get("met")),
              f"exit {code}")  # fmt: skip
     b.target("(lowbit) its layers fall back to int8, never to fp32",
              bool(raised) and all(e.get("fallback_to") == "int8" for e in raised),
              f"{len(raised)} recipes with layers raised")  # fmt: skip
-    smaller = bool(every) and chosen.get("size_bytes", math.inf) <= every[0]["size_bytes"]
-    b.target("(lowbit) the answer is no larger than every layer at int8", smaller,
-             f"{chosen.get('size_bytes')} vs {every[0]['size_bytes'] if every else None} bytes")  # fmt: skip
+    size, whole = chosen.get("size_bytes"), every.get("size_bytes")
+    b.target(f"(lowbit) the answer is smaller than every layer at int8 (some layers stay at int{bits})",
+             size is not None and whole is not None and size < whole, f"{size} vs {whole} bytes")  # fmt: skip
     return {"bits": bits, "target": goal, "chosen": chosen, "jobs": result["jobs"], "wall_s": wall_s}
 
 

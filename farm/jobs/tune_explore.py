@@ -34,14 +34,14 @@ The trials are beyond the per-line bound (``layers + 2*log2(layers) + 4``): ``--
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from farm.errors import ConfigError
 from farm.jobs.contract import JobSpec
 from farm.jobs.stages import Stage
-from farm.jobs.tune_jobs import VERIFY, carry, job, then
+from farm.jobs.tune_jobs import carry, job, then, verify_room
 from farm.jobs.tune_lines import healthy, runtime_of, score, share_of, speed
 from farm.jobs.tune_plan import TuneSettings, info
 from farm.metric_targets import meets, shortfall
@@ -55,7 +55,7 @@ MIN_SPACE = 4
 #: A layer's two choices in a recipe.
 INT8, FP32 = "int8", "fp32"
 #: The stage jobs after an explore stage (the budget keeps room for them): another explore stage, verify, answer;
-#: the last batch of every line (or one the budget cuts short) is followed by verify and answer alone.
+#: the last batch of every line still exploring is followed by verify and answer alone.
 _LATER = 3
 
 
@@ -68,29 +68,45 @@ def explore(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     state = dict(p.get("explore") or {})
     spaces: dict[str, list[str]] = dict(state.get("space") or {})
     asked: dict[str, int] = dict(state.get("asked") or {})
-    last = all(trials - asked.get(line, 0) <= BATCH for line in p["bases"])
-    room = share_of(settings, int(p["spent"]) + 1, len(p["bases"]), _LATER - last)
-    capped = False  # the budget cut a batch short: no explore stage can follow (it would find no room)
+    spent = int(p["spent"]) + 1
+    room = _room(settings, spent, p["bases"], asked, trials)
     jobs: list[PlannedJob] = []
     for line, base_spec in p["bases"].items():
+        if asked.get(line, 0) >= trials:
+            continue
         spec = JobSpec.from_dict(base_spec)
         mine = on_line(inputs, spec)
         ranking = list(p["rankings"][line])
         space = spaces.setdefault(line, search_space(ranking, mine, settings))
-        want = min(trials - asked.get(line, 0), BATCH)
-        if room is not None and room - VERIFY < want:
-            want, capped = room - VERIFY, True
+        want = min(trials - asked.get(line, 0), BATCH, BATCH if room is None else room)
         if want <= 0 or not space:
+            asked[line] = trials if not space else asked.get(line, 0)
             continue
         found = ask(space, mine, settings, want, seed=_seed(spec.seed, line))
         jobs += [job(stage, spec, tuple(n for n in ranking if n in f), "test", p["references"]["test"]) for f in found]
         # A space with no new recipe left ends its line's search.
         asked[line] = asked.get(line, 0) + len(found) if len(found) == want else trials
-    more = bool(jobs) and not capped and any(asked.get(line, 0) < trials for line in p["bases"])
+    # Another explore stage while a line has trials left and the budget leaves it room for one more of them.
+    left = {line: spec for line, spec in p["bases"].items() if asked.get(line, 0) < trials}
+    after = _room(settings, spent + len(jobs) + 1, left, asked, trials)  # + 1: that stage's own job
+    more = bool(jobs) and bool(left) and (after is None or after > 0)
     params = {**carry(p), "explore": {"space": spaces, "asked": asked}, "spent": int(p["spent"]) + 1 + len(jobs)}
     # The next stage reads every recipe so far (verify chooses among them all), not only this stage's.
     read = [i.key for i in inputs if i.role in ("trial", "reference")]
     return then(stage, jobs, inputs, "tune_explore" if more else "tune_verify", params, read)
+
+
+def _room(
+    settings: TuneSettings, spent: int, lines: Mapping[str, Any], asked: Mapping[str, int], trials: int
+) -> int | None:
+    """Each line's share of what ``--budget-jobs`` leaves an explore stage that starts once ``spent`` jobs are
+    counted (None: no budget): shared among the ``lines`` (line: base spec) still exploring, after the jobs to come
+    (the verify and answer stage jobs, the verify job, and another explore stage unless this is every line's last
+    batch)."""
+    last = all(trials - asked.get(line, 0) <= BATCH for line in lines)
+    # The verify job, once for the tune (none where every line is simulated: farm.jobs.tune_jobs.verify_room).
+    verify = max((verify_room(JobSpec.from_dict(spec)) for spec in lines.values()), default=0)
+    return share_of(settings, spent, len(lines), _LATER - last + verify)
 
 
 def on_line(inputs: Sequence[Any], base: JobSpec) -> list[Any]:

@@ -138,6 +138,8 @@ def _bits(params: Mapping[str, Any]) -> int:
     """A method entry's bit-width (8 where it names none, or one that is not an integer: the method's own checks say
     what is wrong with it)."""
     bits = params.get("bits", 8)
+    if isinstance(bits, float) and bits.is_integer():  # 4.0 is 4, as the method's own parameter check reads it
+        return int(bits)
     return bits if isinstance(bits, int) and not isinstance(bits, bool) else 8
 
 

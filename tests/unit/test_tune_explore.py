@@ -197,3 +197,29 @@ def test_a_worker_without_optuna_fails_the_explore_stage_saying_so(monkeypatch: 
     monkeypatch.setattr(builtins, "__import__", no_optuna)
     with pytest.raises(ConfigError, match="needs Optuna on the worker"):
         run_chain(tune(trials=4), figures)
+
+
+@pytest.mark.parametrize(("runtimes", "bits"), [(("torch", "onnxruntime"), None), (("torch",), 4)])
+def test_a_budget_never_overspent_and_the_unbounded_runs_total_allows_every_trial(
+    runtimes: tuple[str, ...], bits: int | None
+) -> None:
+    """Two lines sharing a budget, and a simulated line (no verify job to keep room for): no budget is overspent,
+    and a budget equal to the unbounded run's total asks every trial the unbounded run asked."""
+
+    def settings(budget: int | None) -> TuneSettings:
+        size = "size" if bits else "latency"
+        return TuneSettings("sqnr_db", min_metric=40.5, objective=size, budget_jobs=budget, trials=6)
+
+    def of(j: Any) -> dict[str, Any]:
+        return {**figures(j), "simulated": bool(bits)}
+
+    def chain(budget: int | None) -> list[Any]:
+        return run_chain(plan_of(settings(budget), runtimes=list(runtimes), bits=bits, max_time_s=0.2), of)[0]
+
+    unbounded = chain(None)
+    asked = len(fallbacks(unbounded, "tune_explore"))
+    assert asked > 0
+    for budget in range(len(unbounded) - 8, len(unbounded) + 1):
+        jobs = chain(budget)
+        assert len(jobs) <= budget, budget
+    assert len(fallbacks(chain(len(unbounded)), "tune_explore")) == asked

@@ -126,3 +126,5 @@ def test_simulated_and_real_methods_in_one_size_search_are_refused() -> None:
     with pytest.raises(ConfigError, match="bits") as refused:
         plan(spec(methods=[{"static": {"bits": "4"}}]))
     assert "simulated" not in str(refused.value)
+    with pytest.raises(ConfigError, match="no deployed latency"):  # 4.0 is 4 bits, as the method reads it
+        plan(spec(methods=[{"static": {"bits": 4.0}}]))
