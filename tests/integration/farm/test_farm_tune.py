@@ -49,3 +49,22 @@ def test_a_tune_submitted_to_the_farm_runs_every_stage_on_the_workers_and_ends_v
     stage_jobs = [j for j in farm.jobs(tune_id) if j["role"] == "stage"]
     assert stage_jobs and all(j["state"] == "succeeded" and j["attempts"] == 1 and j["worker"] for j in stage_jobs)
     assert any(j["spec"]["stage"] == "tune_explore" for j in stage_jobs)
+
+
+def test_an_int4_size_search_on_the_farm_raises_layers_to_int8_and_verifies_nothing(farm: Farm) -> None:
+    """``--bits 4 --objective size`` submitted: the workers raise the sensitive layers to int8 (never fp32), and no
+    verify job times a simulated answer whose latency nobody reads."""
+    worker = farm.start_worker("-Q", "cpu", "-c", "2")
+    farm.wait_ready(worker)
+    low = [a for a in TUNE if a not in ("--min-metric", "40")]
+    done = farm.cli(*low, "--bits", "4", "--objective", "size", "--min-metric", "20", "--submit", timeout_s=120)
+
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{farm.logs()}"
+    tune_id = int(done.stdout.split()[0])
+    assert farm.wait_sweep_done(tune_id, timeout_s=300) == "succeeded", farm.logs()
+    data: dict[str, Any] = json.loads(farm.cli("tune", "status", str(tune_id), "--json").stdout)
+    chosen = data["chosen"]
+    assert data["done"] and data["met"] and chosen["simulated"] and chosen["speedup"] is None, data
+    raised = [e for e in data["trail"] if e["fallback"]]
+    assert raised and all(e["fallback_to"] == "int8" for e in raised), raised
+    assert "verify" not in {e["stage"] for e in data["trail"]}
