@@ -25,15 +25,18 @@ VALIDATION_ISOLATION = "pinned"
 def validation_spec(spec: JobSpec) -> JobSpec:
     """``spec`` evaluated on the validation split, timed briefly (:data:`VALIDATION_TIME_S`) and not exclusively
     (:data:`VALIDATION_ISOLATION`, unless the spec asked for none)."""
-    b = spec.benchmark
-    bench = dataclasses.replace(
+    return dataclasses.replace(spec, split="validation", benchmark=_brief(spec.benchmark))
+
+
+def _brief(b: Any) -> Any:
+    """Benchmark settings ``b`` timed just enough to keep the usual figures, not exclusively."""
+    return dataclasses.replace(
         b,
         max_time_s=min(b.max_time_s, VALIDATION_TIME_S),
         warmup_s=min(b.warmup_s, VALIDATION_WARMUP_S),
         min_reps=min(b.min_reps, VALIDATION_MIN_REPS),
         isolation=b.isolation if b.isolation == "none" else VALIDATION_ISOLATION,
     )
-    return dataclasses.replace(spec, split="validation", benchmark=bench)
 
 
 #: Timing of a candidate (the candidates and refine stages: the test split, the base recipe with layers in floating
@@ -54,8 +57,12 @@ SCREENING_REL_TOL = MAX_CI_REL
 def screening_spec(spec: JobSpec) -> JobSpec:
     """``spec`` timed as a candidate is screened: pinned (:data:`SCREENING_ISOLATION`) and settled at
     :data:`SCREENING_REL_TOL` (or the spec's own, if looser) where the spec times exclusively; a spec timed pinned or
-    unisolated as it is (nothing will be verified: farm/jobs/tune_stages.py)."""
+    unisolated as it is (nothing will be verified: farm/jobs/tune_stages.py). A simulated recipe (below 8 bits) is
+    timed briefly, as a validation job is: fake quantization's latency ranks nothing (its search is by size) and is
+    claimed nowhere."""
     b = spec.benchmark
+    if spec.method.simulated:
+        return dataclasses.replace(spec, benchmark=_brief(b))
     if b.isolation != "exclusive":  # pinned or none throughout: these figures are the answer's, timed as asked
         return spec
     rel_tol = max(b.rel_tol, SCREENING_REL_TOL)
