@@ -107,7 +107,7 @@ def print_trail(result: Any, settings: Any) -> None:
     for why, ids in failed.items():
         out.print(f"[yellow]failed[/]: job {', '.join(ids)}: {escape(why)}")
     if result.chosen is not None:
-        from farm.jobs.tune_answer import fallback_words
+        from farm.jobs.tune_answer import chosen_json, fallback_words
 
         c = result.chosen
         fallback = ", ".join(c["fallback"]) or "none"
@@ -119,8 +119,6 @@ def print_trail(result: Any, settings: Any) -> None:
             f"{settings.metric} {metric_text(c[settings.metric], settings)}, {speedup_text(c)}, {size}"
             f"{fallback_words(c, short=True)}: {escape(fallback)}, timed {c.get('isolation')}"
         )
-        from farm.jobs.tune_answer import chosen_json
-
         others = [o for o in chosen_json(c, settings, result.trail)["over_fp32"] if o["runtime"] != c["runtime"]]
         if others and not c.get("simulated"):
             out.print("over fp32 elsewhere: " + "; ".join(f"{o['runtime']} {times_text(o)}" for o in others))

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from farm.errors import ConfigError, Problem
+from farm.quant.deploy import deploy_problems
 from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, runtime_problems, unavailable
 
 #: The methods a tune searches (layers fall back to floating point; the fp methods have nothing to fall back).
@@ -98,18 +99,16 @@ def checked_spec(
         )
     given = data.get("runtime")
     # Below 8 bits a method is simulated in torch (no other runtime has its kernels): torch alone by default.
-    simulated = any(_bits(params) < 8 for _, params in entries)
-    runtimes = list([given] if isinstance(given, str) else (given or default_runtimes(names, simulated)))
+    runtimes = list([given] if isinstance(given, str) else (given or default_runtimes(names, bool(low))))
     problems = []
     for r in runtimes:
-        if simulated and r in RUNTIMES and r != DEFAULT_RUNTIME:  # the method's own check would drop its jobs there
-            problems.append(
-                Problem(
-                    "runtime",
-                    f"runtime {r} runs int8 only; below 8 bits {', '.join(low)} is "
-                    f"simulated with fake quantization in torch (use runtime {DEFAULT_RUNTIME})",
-                )
-            )
+        if low and r in RUNTIMES and r != DEFAULT_RUNTIME:  # the method's own check would drop its jobs there
+            problems += [
+                Problem("runtime", p.message)
+                for name, params in entries
+                for p in deploy_problems(r, None, name, _bits(params))
+                if p.path == "bits"
+            ]
             continue
         cant = [runtime_problems(r, name) for name in names]
         if all(cant):  # a runtime that runs none of the methods (one that runs some searches those)

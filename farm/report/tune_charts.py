@@ -230,11 +230,12 @@ def _trail_figure(view: TuneView, points: Sequence[Mapping[str, Any]], by_size: 
         return ceiling if math.isinf(e["value"]) else float(e["value"])
 
     fig, (ax,) = figure(1, panel_height=4.4)
-    markers = _line_markers(points)
+    several = len({e.get("method") for e in points}) > 1
+    markers = _line_markers(points, several)
     for stage in TRAIL_STAGES:
         colour = _STAGE_COLOURS[stage]
         for line, marker in markers.items():
-            at = [e for e in points if e["stage"] == stage and _line(e, markers) == line]
+            at = [e for e in points if e["stage"] == stage and _line(e, several) == line]
             if not at:
                 continue
             xs = [float(_x(e, x_key) or 0.0) / scale for e in at]
@@ -310,20 +311,19 @@ def _target_text(settings: Any, shown: bool) -> str:
 _LINE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
-def _line_markers(points: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """A marker per search line drawn: per runtime (its usual one), or, where the tune searched several methods,
-    per runtime and method ("onnxruntime (static)"), so two methods on one runtime are told apart."""
-    several = len({e.get("method") for e in points}) > 1
-    lines = list(dict.fromkeys(f"{e['runtime']} ({e.get('method')})" if several else e["runtime"] for e in points))
+def _line_markers(points: Sequence[Mapping[str, Any]], several: bool) -> dict[str, str]:
+    """A marker per search line drawn (:func:`_line`): per runtime (its usual one), or, where the tune searched
+    ``several`` methods, per runtime and method, so two methods on one runtime are told apart."""
+    lines = list(dict.fromkeys(_line(e, several) for e in points))
     if several:
         return {line: _LINE_MARKERS[i % len(_LINE_MARKERS)] for i, line in enumerate(lines)}
     return {line: RUNTIME_MARKERS.get(line, "o") for line in lines}
 
 
-def _line(e: Mapping[str, Any], markers: Mapping[str, str]) -> str:
-    """The key of ``e``'s line in ``markers``."""
-    both = f"{e['runtime']} ({e.get('method')})"
-    return both if both in markers else str(e["runtime"])
+def _line(e: Mapping[str, Any], several: bool) -> str:
+    """``e``'s search line as the legend names it: its runtime, and its method where the tune searched ``several``
+    ("onnxruntime (static)", as the sensitivity charts' titles)."""
+    return f"{e['runtime']} ({e.get('method')})" if several else str(e["runtime"])
 
 
 def _mark_chosen(ax: Any, view: TuneView, x_key: str, scale: float, y_of: Any, middle: float) -> None:
