@@ -69,11 +69,10 @@ def explore(stage: Stage, inputs: Sequence[Any]) -> list[PlannedJob]:
     spaces: dict[str, list[str]] = dict(state.get("space") or {})
     asked: dict[str, int] = dict(state.get("asked") or {})
     spent = int(p["spent"]) + 1
-    room = _room(settings, spent, p["bases"], asked, trials)
+    exploring = {line: spec for line, spec in p["bases"].items() if asked.get(line, 0) < trials}
+    room = _room(settings, spent, exploring, asked, trials)
     jobs: list[PlannedJob] = []
-    for line, base_spec in p["bases"].items():
-        if asked.get(line, 0) >= trials:
-            continue
+    for line, base_spec in exploring.items():
         spec = JobSpec.from_dict(base_spec)
         mine = on_line(inputs, spec)
         ranking = list(p["rankings"][line])

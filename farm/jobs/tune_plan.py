@@ -20,6 +20,7 @@ the later stages are capped to it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from farm.errors import ConfigError, Problem
 from farm.jobs.tune_spec import TUNE_METHODS, checked_spec
 from farm.jobs.tune_timing import screening_spec
 from farm.metric_targets import METRICS, Target, make_target
+from farm.quant.config import METHODS
 from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, granularity_runs
 from farm.spec.plan import Plan, PlannedJob, job_key
 
@@ -287,13 +289,22 @@ def info(job: Any) -> dict[str, Any]:
         "runtime": method.get("runtime", "torch"),
         "split": job.spec.get("split", "test"),
         "method": method.get("method"),
-        "granularity": method.get("granularity"),
+        # A method's default granularity is left out of its stored spec (dynamic's per_tensor): read it back.
+        "granularity": method.get("granularity", _default_granularity(method.get("method"))),
         "fallback": [r["name"] for r in rules],
         "fallback_to": None if not rules else "fp32" if rules[0].get("skip") else f"int{rules[0]['bits']}",
         # Below 8 bits static and qat are fake quantization (farm.quant.config's ``simulated``), whatever its state.
         "simulated": method.get("method") in ("static", "qat") and isinstance(bits, int) and bits < 8,
         "isolation": (job.spec.get("benchmark") or {}).get("isolation", "exclusive"),
     }
+
+
+@functools.cache
+def _default_granularity(method: str | None) -> str | None:
+    """The granularity a method's config takes when its spec names none (None: the method has no such field)."""
+    cls = METHODS.get(method or "")
+    field = next((f for f in dataclasses.fields(cls) if f.name == "granularity"), None) if cls else None
+    return None if field is None else str(field.default)
 
 
 def _costliest_first(jobs: list[PlannedJob]) -> list[PlannedJob]:
