@@ -117,7 +117,8 @@ def print_trail(result: Any, settings: Any) -> None:
         out.print(
             f"{word}: job {c['job_id']} [bold]{escape(c['recipe'])}[/] on {c['runtime']}, "
             f"{settings.metric} {metric_text(c[settings.metric], settings)}, {speedup_text(c)}, {size}"
-            f"{fallback_words(c, short=True)}: {escape(fallback)}, timed {c.get('isolation')}"
+            f"{fallback_words(c, short=True)}: {escape(fallback)}"
+            + ("" if c.get("simulated") else f", timed {c.get('isolation')}")
         )
         others = [o for o in chosen_json(c, settings, result.trail)["over_fp32"] if o["runtime"] != c["runtime"]]
         if others and not c.get("simulated"):

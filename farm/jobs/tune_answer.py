@@ -82,6 +82,7 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
             continue
         what, f = info(job), job.figures
         value = figure(f, settings.target.column) if f else None
+        simulated = bool(f.get("simulated")) or what["simulated"]
         out.append(
             {
                 "job_id": job.id,
@@ -92,7 +93,7 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "recipe": recipe_label(job.spec["method"]),
                 "fp32": what["method"] == "fp32",
                 # Fake quantization below 8 bits: its figures are not a deployed model's (no speedup, a size estimate).
-                "simulated": bool(f.get("simulated")) or what["simulated"],
+                "simulated": simulated,
                 "reference": job.role == "reference",
                 "split": what["split"],
                 "fallback": what["fallback"],
@@ -109,7 +110,8 @@ def trail(jobs: Sequence[Any], settings: TuneSettings) -> list[dict[str, Any]]:
                 "rivals": _rivals(f),
                 "size_ratio": f.get("size_ratio"),
                 "size_bytes": f.get("size_bytes"),
-                "latency": _latency(f),
+                # A simulated recipe's timing is fake quantization's, no deployed model's: claimed nowhere.
+                "latency": None if simulated else _latency(f),
                 "artifact_uri": job.artifact_uri,
                 "error": (job.error or "").splitlines()[0][:200] if job.error else None,
             }

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from farm.errors import ConfigError, Problem
+from farm.quant.config import MIN_BITS
 from farm.quant.deploy import deploy_problems
 from farm.runtimes.registry import DEFAULT_RUNTIME, RUNTIMES, runtime_problems, unavailable
 
@@ -138,8 +139,9 @@ def _bits(params: Mapping[str, Any]) -> int:
     what is wrong with it)."""
     bits = params.get("bits", 8)
     if isinstance(bits, float) and bits.is_integer():  # 4.0 is 4, as the method's own parameter check reads it
-        return int(bits)
-    return bits if isinstance(bits, int) and not isinstance(bits, bool) else 8
+        bits = int(bits)
+    # Out of range (1, 0): the method's own parameter check refuses it, saying which bit-widths it takes.
+    return bits if isinstance(bits, int) and not isinstance(bits, bool) and bits >= MIN_BITS else 8
 
 
 def _runs_none(runtime: str, names: Sequence[str]) -> Problem:

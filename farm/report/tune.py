@@ -135,11 +135,11 @@ def _speedup(chosen: Mapping[str, Any], figures: Mapping[str, Any], rows: Sequen
 
 
 def _p50(chosen: Mapping[str, Any]) -> str:
+    if chosen.get("simulated"):
+        return "none claimed: simulated (fake quantization, not a deployed model)"
     lat = chosen.get("latency") or {}
     p50, low, high = lat.get("p50_ms"), lat.get("ci_low_ms"), lat.get("ci_high_ms")
     if p50 is None:
         return MISSING
-    if chosen.get("simulated"):
-        return f"{sig(p50)} ms, simulated (fake quantization: not a deployed model's latency)"
     interval = f" (95 % interval {sig(low)}–{sig(high)} ms)" if low is not None and high is not None else ""
     return f"{sig(p50)} ms{interval} at batch size {esc(lat.get('batch_size'))}"

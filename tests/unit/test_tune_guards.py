@@ -52,6 +52,14 @@ def test_a_latency_search_over_simulated_bits_is_refused() -> None:
         plan(spec(methods=[{"static": {"bits": 4}}]))
 
 
+@pytest.mark.parametrize("bits", [1, 0, -4])
+def test_bits_out_of_range_is_refused_for_its_range_not_sent_to_bits_8(bits: int) -> None:
+    """Not "use bits 8, or --objective size": following that advice would fail on the range next."""
+    with pytest.raises(ConfigError, match="bits: must be at least 2") as refused:
+        plan(spec(methods=[{"static": {"bits": bits}}]))
+    assert "simulated" not in str(refused.value)
+
+
 def entry(job_id: int, p50: float, half: float, *, fp32: bool) -> dict[str, Any]:
     lat = {"p50_ms": p50, "ci_low_ms": p50 - half, "ci_high_ms": p50 + half}
     return {"job_id": job_id, "fp32": fp32, "state": "succeeded", "split": "test", "latency": lat}

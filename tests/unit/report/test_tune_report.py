@@ -219,7 +219,7 @@ def test_a_simulated_answer_is_labelled_raised_to_int8_and_claims_no_speed() -> 
     page = parse(report(settings, jobs))
     answer = page.section_text["tune"]
     assert "layers at int8conv2" in answer and "none: simulated" in answer and "a packed estimate" in answer
-    assert "× over fp32" not in answer
+    assert "× over fp32" not in answer and "none claimed: simulated" in answer and " ms" not in answer
     notes = " ".join(page.section_text["sensitivity"].split())
     assert "alone at int8" in notes and "keeps at int8" in notes and "rather than int8" in notes
 
