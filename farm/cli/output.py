@@ -140,6 +140,22 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> Table:
     return table
 
 
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON that any parser reads: NaN and Infinity (an fp32 reference's SQNR against itself)
+    become null, as :func:`show_rows` writes them; anything else not JSON-native is written as its text."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, allow_nan=False, default=str)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()

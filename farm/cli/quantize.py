@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -14,6 +13,7 @@ from typing import Any
 
 import click
 
+from farm.cli.output import json_text
 from farm.cli.params import SEED, parse_model_output
 from farm.errors import ConfigError, Problem
 from farm.quant.bench_config import BenchmarkConfig
@@ -209,7 +209,7 @@ def quantize(
     )
     result = _run(spec, target, show_progress=not as_json)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json_text(result))
     else:
         from farm.cli.summary import print_trial
 

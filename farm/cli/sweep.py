@@ -7,7 +7,6 @@ base install.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -16,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from farm.cli import LazyGroup
+from farm.cli.output import json_text
 from farm.cli.params import ID, POSITIVE_COUNT, PROCESSES, QUEUE
 from farm.cli.render import cell, err, out
 
@@ -44,7 +44,7 @@ def plan(spec_path: str, force: bool, show_all: bool, as_json: bool) -> None:
             "notes": p.notes,
             "job_table": [{"key": j.key, "role": j.role, **j.columns(), "config": j.method.to_dict()} for j in p.jobs],
         }
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json_text(data))
         return
     trials = sum(1 for j in p.jobs if j.role == "trial")
     stages = len(p.jobs) - len(p.references) - trials  # no quantization: they add jobs from others' results
@@ -112,6 +112,17 @@ def run(spec_path: str, jobs: int | None, force: bool, wide: bool) -> None:
     from farm.settings import Settings
 
     err.print(f"database:  {db.redacted_url}\nartifacts: {Settings.from_env().artifacts_url}")
+    from farm.jobs.tune_answer import settings_from_text
+
+    settings = settings_from_text(p.text)
+    if settings is not None:  # a tune's spec: its answer (exit 1 where it misses its target), as `farm tune` ends
+        from farm.cli.tune_views import finish
+        from farm.jobs.tune_answer import answer_of
+        from farm.store.expansion import sweep_head, sweep_jobs
+
+        result = answer_of(sweep_jobs(db, sweep_id), settings, sweep_head(db, sweep_id).state)
+        finish(sweep_id, result, settings, False, None)
+        return
     if stats.failed:
         sys.exit(1)
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from farm.cli import LazyGroup
 from farm.cli.params import ID, POSITIVE_COUNT, PROCESSES, parse_model_output
 from farm.cli.render import err, out
-from farm.cli.tune_views import finish, state_of
+from farm.cli.tune_views import answer_text, finish, state_of
 from farm.errors import ConfigError
 from farm.metric_targets import METRICS
 
@@ -253,25 +253,27 @@ def status(tune_id: int, as_json: bool) -> None:
 @click.option("--limit", type=POSITIVE_COUNT, default=50, show_default=True)
 def list_tunes(limit: int) -> None:
     """List tunes (sweeps with a tune section), newest first."""
-    from farm.jobs.tune_answer import settings_from_text
+    from farm.jobs.tune_answer import answer_of, settings_from_text
     from farm.store.expansion import sweep_heads, sweep_jobs
     from farm.store.migrate import open_database
 
     db = open_database(read_only=True)
     table = Table(show_edge=False, header_style="bold")
-    for col in ("id", "name", "state", "target", "objective", "created"):
+    for col in ("id", "name", "state", "target", "answer", "objective", "created"):
         table.add_column(col)
     for head in sweep_heads(db, "tune:", limit):
         settings = settings_from_text(head.spec_text)
         if settings is None:
             continue
-        # A failed sweep may be a search that ended with its answer (its jobs read only then: no figures).
-        state = head.state if head.state != "failed" else state_of(head.state, sweep_jobs(db, head.id, figures=False))
+        jobs = sweep_jobs(db, head.id)
+        # A failed sweep may be a search that ended with its answer (a job failed, the search went on).
+        state = head.state if head.state != "failed" else state_of(head.state, jobs)
         table.add_row(
             str(head.id),
             escape(head.name),
             state,
             settings.target.describe(),
+            answer_text(answer_of(jobs, settings, head.state), settings),
             settings.objective,
             f"{head.created_at:%Y-%m-%d %H:%M}",
         )

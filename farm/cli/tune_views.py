@@ -3,7 +3,7 @@ why its failed jobs failed, and the exit status (1 when the answer misses the ta
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +12,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from farm.cli.output import json_text
 from farm.cli.render import cell, err, out
+
+#: The most jobs a budgeted search keeps for its stages still to come (explore, verify, answer and the verify job):
+#: a search that ran within this many of its budget ran up to it.
+_BUDGET_SLACK = 5
 
 
 def finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: float | None) -> None:
@@ -36,9 +41,19 @@ def finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: floa
             "jobs": result.jobs,
             "wall_s": None if wall_s is None else round(wall_s, 2),
         }
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json_text(data))
     else:
         print_trail(result, settings)
+    if not result.done:  # a search under way (farm tune status): nothing is final, nothing is missed yet
+        best = result.chosen
+        so_far = (
+            ""
+            if best is None
+            else f"; the best so far: {escape(best['recipe'])} (job {best['job_id']}), "
+            + ("meets the target" if result.met else f"short of the target by {result.shortfall:.4g}")
+        )
+        err.print(f"tune {tune_id}: still searching{so_far}")
+        return
     if result.chosen is None:
         err.print(f"tune {tune_id}: no recipe succeeded on the test split")
     elif not result.met:
@@ -46,13 +61,21 @@ def finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: floa
             f"[red]tune {tune_id}: no recipe meets {settings.target.describe()}[/]; the closest, "
             f"{escape(result.chosen['recipe'])} (job {result.chosen['job_id']}), falls short by {result.shortfall:.4g}"
         )
+        # The budget cut the search short (it ran up to it: what the stages keep for later stages is at most
+        # _BUDGET_SLACK jobs): never a silent "no".
+        if settings.budget_jobs is not None and result.jobs >= settings.budget_jobs - _BUDGET_SLACK:
+            err.print(
+                f"the search stopped at its budget ({result.jobs} of --budget-jobs {settings.budget_jobs}): a larger "
+                "budget, or none (each runtime's search then takes up to layers + 2·log2(layers) + 4 jobs), "
+                "may find one"
+            )
         if result.chosen.get("simulated"):
             err.print(
                 "its layers fell back to int8 from a simulated base, never to floating point: a tune at bits 8 "
                 "keeps layers in floating point"
             )
     else:
-        err.print(f"tune {tune_id}: `farm tune status {tune_id}`, `farm results query --tune {tune_id}`")
+        err.print(f"tune {tune_id}: `farm results query --tune {tune_id}`, `farm report {tune_id}`")
     if result.chosen is not None and result.fp32_faster is not None:
         from farm.jobs.tune_answer import over_fp32
 
@@ -67,7 +90,7 @@ def finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: floa
             f"[yellow]tune {tune_id}: {escape(f['recipe'])} (job {f['job_id']}, fp32 on {f['runtime']}) is faster than "
             f"the answer beyond the noise ({how}): no quantized recipe within the target beats plain fp32 there[/]"
         )
-    if result.done and not result.met:
+    if not result.met:
         sys.exit(1)
 
 
@@ -125,6 +148,17 @@ def print_trail(result: Any, settings: Any) -> None:
             out.print("over fp32 elsewhere: " + "; ".join(f"{o['runtime']} {times_text(o)}" for o in others))
 
 
+def answer_text(result: Any, settings: Any) -> str:
+    """A tune's answer in a word or two (`farm tune list`): whether it met its target, and by how much it fell short
+    where it did not; "searching" while it runs."""
+    if not result.done:
+        return "searching"
+    if result.chosen is None:
+        return "no recipe succeeded"
+    value = metric_text(result.chosen[settings.metric], settings)
+    return f"met ({value})" if result.met else f"missed by {result.shortfall:.4g} ({value})"
+
+
 def state_of(state: str, jobs: Sequence[Any]) -> str:
     """The tune's state, from its sweep's and its jobs' (farm.store.expansion.sweep_jobs): a search whose answer
     stage ran, with a recipe that succeeded, is done whatever jobs of it failed. The sweep's state says "failed"
@@ -141,11 +175,17 @@ def state_of(state: str, jobs: Sequence[Any]) -> str:
 
 def metric_text(value: Any, settings: Any) -> str:
     """The metric with a digit more than its target has: a cosine of 0.9999779 against a target of 0.999977 is
-    not "1" (4 significant digits at least)."""
-    if not isinstance(value, float) or settings.min_metric is None:
+    not "1" (4 significant digits at least); more where rounding would carry a miss up to the target (0.99989909
+    against 0.9999 is 0.99989909, not "0.9999")."""
+    if not isinstance(value, float) or settings.min_metric is None or not math.isfinite(value):
         return cell(value)
-    digits = len(f"{settings.min_metric:g}".lstrip("-0.").replace(".", "").split("e")[0])
-    return f"{value:.{max(4, digits + 1)}g}"
+    target = settings.min_metric
+    digits = max(4, len(f"{target:g}".lstrip("-0.").replace(".", "").split("e")[0]) + 1)
+    text = f"{value:.{digits}g}"
+    while digits < 17 and (float(text) >= target) != (value >= target):
+        digits += 1
+        text = f"{value:.{digits}g}"
+    return text
 
 
 def speedup_text(chosen: dict[str, Any]) -> str:

@@ -20,7 +20,8 @@ def test_a_local_tune_meets_the_target_through_its_stages(sweep_home: Path) -> N
     # SQNR >= 40 dB: every global int8 recipe misses it (about 37 dB), keeping a layer or two in fp32 meets it.
     result = farm("tune", *BASE, "--metric", "sqnr_db", "--min-metric", "40", "-j", "2", "--json")
     assert result.exit_code == 0, describe(result)
-    data = json.loads(result.stdout)
+    # Strict JSON (no Infinity: the fp32 reference's SQNR against itself is null), as any other language reads it.
+    data = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json"))
     chosen = data["chosen"]
     assert chosen["sqnr_db"] >= 40 and chosen["fallback"], data
     assert chosen["artifact_uri"] and chosen["speedup"] is not None
@@ -49,7 +50,7 @@ def test_a_local_tune_meets_the_target_through_its_stages(sweep_home: Path) -> N
     assert "timed" in header and "timed exclusive" in table.stdout, describe(table)  # test figures timed two ways
     assert "over fp32 on torch (side by side)" in table.stdout, describe(table)
     listed = farm("tune", "list")
-    assert str(data["tune_id"]) in listed.stdout and "sqnr_db >= 40" in listed.stdout
+    assert str(data["tune_id"]) in listed.stdout and "sqnr_db >= 40" in listed.stdout and "met (" in listed.stdout
     query = farm("results", "query", "--tune", str(data["tune_id"]), "--format", "json")
     assert query.exit_code == 0 and any(r["job_id"] == chosen["job_id"] for r in json.loads(query.stdout))
 
@@ -63,7 +64,9 @@ def test_a_target_no_recipe_meets_ends_with_the_closest_and_exit_1(sweep_home: P
     data = json.loads(result.stdout)
     assert not data["met"] and data["chosen"]["fallback"] == []
     assert 50 < data["shortfall"] < 100 and not math.isnan(data["shortfall"])
-    assert "falls short by" in result.stderr
+    assert "falls short by" in result.stderr and "stopped at its budget" in result.stderr
+    listed = farm("tune", "list")  # a missed target reads as missed, not "succeeded" alone
+    assert f"missed by {data['shortfall']:.4g}" in listed.stdout, listed.stdout
 
 
 def test_an_encoder_tuned_on_its_embedding_searches_only_the_layers_that_feed_it(sweep_home: Path) -> None:
@@ -247,6 +250,11 @@ def test_a_metric_prints_with_the_digits_that_tell_it_from_its_target() -> None:
     assert _metric(0.9999702, tight) == "0.9999702"  # a miss reads as one
     assert _metric(47.0808504, TuneSettings("sqnr_db", min_metric=46.63)) == "47.081"
     assert _metric(0.93, TuneSettings("accuracy", max_accuracy_drop=0.01)) == "0.93"
+    # Rounding must not carry a miss up to the target: 0.99989909 against 0.9999 is not "0.9999".
+    target = TuneSettings("cosine", min_metric=0.9999)
+    assert _metric(0.99989909, target) == "0.999899" and float(_metric(0.99989909, target)) < 0.9999
+    assert _metric(39.99996, TuneSettings("sqnr_db", min_metric=40.0)) == "39.99996"
+    assert _metric(float("inf"), target) == "inf"  # an fp32 reference's SQNR against itself
 
 
 def test_a_search_that_ended_with_its_answer_reads_done_whatever_jobs_of_it_failed() -> None:
@@ -265,3 +273,55 @@ def test_a_search_that_ended_with_its_answer_reads_done_whatever_jobs_of_it_fail
     assert state_of("failed", ended[:3]) == "failed"  # its answer stage never ran
     assert state_of("failed", [job("trial", "failed"), ended[3]]) == "failed"  # nothing succeeded
     assert state_of("running", ended) == "running"
+
+
+def test_a_search_under_way_reads_still_searching_not_failed_or_missed(capsys: pytest.CaptureFixture[str]) -> None:
+    """`farm tune status` of a submitted tune whose jobs are pending: not "no recipe succeeded", not "no recipe
+    meets" (nothing is final yet), exit 0; once done, a miss exits 1."""
+    from types import SimpleNamespace
+
+    from farm.cli.tune_views import finish
+    from farm.jobs.tune_plan import TuneSettings
+
+    settings = TuneSettings("sqnr_db", min_metric=40.0)
+    pending = SimpleNamespace(done=False, chosen=None, met=False, shortfall=None, trail=[], stages={}, jobs=0)
+    finish(7, pending, settings, as_json=False, wall_s=None)
+    said = capsys.readouterr().err
+    assert "still searching" in said and "no recipe" not in said
+    best = {"recipe": "static int8", "job_id": 3, "fallback": [], "runtime": "torch", "sqnr_db": 38.0}
+    best |= {"speedup": 2.0, "size_ratio": 0.3, "latency": None, "artifact_uri": None}
+    closest = SimpleNamespace(**{**vars(pending), "chosen": best, "shortfall": 2.0, "fp32_faster": None})
+    finish(7, closest, settings, as_json=True, wall_s=None)
+    said = capsys.readouterr().err
+    assert "the best so far: static int8 (job 3), short of the target by 2" in said and "no recipe meets" not in said
+    with pytest.raises(SystemExit) as ended:
+        finish(7, SimpleNamespace(**{**vars(closest), "done": True}), settings, as_json=True, wall_s=None)
+    assert ended.value.code == 1 and "no recipe meets" in capsys.readouterr().err
+    # A budget that may have cut the search short is named, never a silent "no recipe meets".
+    budgeted = TuneSettings("sqnr_db", min_metric=40.0, budget_jobs=8)
+    with pytest.raises(SystemExit):
+        finish(7, SimpleNamespace(**{**vars(closest), "done": True, "jobs": 8}), budgeted, as_json=True, wall_s=None)
+    assert "stopped at its budget (8 of --budget-jobs 8): a larger budget" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a budget the search stayed well within: not named
+        finish(
+            7,
+            SimpleNamespace(**{**vars(closest), "done": True, "jobs": 18}),
+            budgeted.__class__("sqnr_db", min_metric=40.0, budget_jobs=40),
+            as_json=True,
+            wall_s=None,
+        )
+    assert "budget" not in capsys.readouterr().err
+
+
+def test_a_tune_spec_run_as_a_sweep_ends_with_its_answer(sweep_home: Path, tmp_path: Path) -> None:
+    """`farm sweep run FILE` of a spec with a `tune:` section is the same search: it ends as `farm tune` does, with
+    the answer or the shortfall (exit 1), not a sweep's "every job succeeded" (exit 0)."""
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(
+        "name: tune digits\nmodels: [farm:digits-cnn]\nmethods: [static]\nruntime: [torch]\n"
+        "benchmark: {batch_size: [1], threads: 1, max_time_s: 0.2}\n"
+        "tune: {metric: sqnr_db, min_metric: 100, budget_jobs: 5}\n"
+    )
+    result = farm("sweep", "run", str(spec), "-j", "2")
+    assert result.exit_code == 1, describe(result)
+    assert "no recipe meets sqnr_db >= 100" in result.stderr and "falls short by" in result.stderr
