@@ -104,10 +104,10 @@ def run(spec_path: str, jobs: int | None, force: bool, wide: bool) -> None:
     """
     from farm.cli.local_run import run_plan
     from farm.jobs.sweeps import load_plan
-    from farm.spec.load import check_runtimes_available
+    from farm.spec.load import check_runs_here
 
     p = load_plan(spec_path, force)
-    check_runtimes_available(p, source=spec_path)
+    check_runs_here(p, source=spec_path)
     db, sweep_id, stats = run_plan(p, jobs, wide=wide)
     from farm.settings import Settings
 

@@ -97,6 +97,8 @@ def tune(ctx: click.Context, **options: Any) -> None:
         raise ConfigError("farm tune needs --model and --method (and a target: --min-metric or --max-accuracy-drop)")
     if options["submit"] and options["jobs"]:
         raise ConfigError("-j/--jobs runs the search here; --submit sends it to the farm: give one")
+    if options["dataset"] is None and not options["model"].startswith("farm:"):  # as farm quantize: no guess
+        raise ConfigError("--dataset is required for models other than the built-in farm: ones")
     plan = _plan(options)
     if options["submit"]:
         _submit(plan)
@@ -179,9 +181,9 @@ def _submit(plan: Any) -> None:
 def _run_here(plan: Any, o: dict[str, Any]) -> None:
     """Run the search with the local pool, a line per stage as it ends, then the answer."""
     from farm.cli.local_run import started_workers
-    from farm.spec.load import check_runtimes_available
+    from farm.spec.load import check_runs_here
 
-    check_runtimes_available(plan, source="farm tune")
+    check_runs_here(plan, source="farm tune")
     start = time.monotonic()
     with started_workers(plan, o["jobs"]) as (artifacts, starter):
         _run_started(plan, o, artifacts, starter, start)

@@ -118,17 +118,41 @@ def load_spec(
     return plan
 
 
-def check_runtimes_available(plan: Plan, *, source: str = "spec") -> None:
-    """Refuse a plan that runs here (``farm sweep run``) with a job on a runtime this machine lacks, before anything
-    is written. A farm submission is not checked here: its workers say which runtimes they serve.
+def check_runs_here(plan: Plan, *, source: str = "spec") -> None:
+    """Refuse a plan that runs here (``farm sweep run``, ``farm tune -j``) with a job this machine cannot start,
+    before anything is written: a runtime it lacks, a model file or image folder that does not exist, an entrypoint
+    outside FARM_ALLOWED_MODULES. A farm submission is not checked here: its workers say which runtimes they serve,
+    and their files and allowlist are their own.
 
     Raises:
-        ConfigError: one line per missing runtime, naming the extra that installs it.
+        ConfigError: one line per problem (a missing runtime names the extra that installs it).
     """
     needed = dict.fromkeys(j.spec.method.runtime for j in plan.jobs if j.role != "stage")
     problems = [Problem("runtime", why) for why in map(unavailable, needed) if why is not None]
     explores = any((getattr(j, "params", None) or {}).get("trials") for j in plan.jobs if j.role == "stage")
     if explores and importlib.util.find_spec("optuna") is None:
         problems.append(Problem("tune.trials", "the explore stage needs Optuna: pip install 'quantfarm[engine]'"))
+    refs = dict.fromkeys((j.spec.model, j.spec.dataset) for j in plan.jobs if j.role != "stage")
+    problems += dict.fromkeys(p for model, dataset in refs for p in _reference_problems(model, dataset))
     if problems:
         raise ConfigError(problems, source=source)
+
+
+def _reference_problems(model: str, dataset: str) -> list[Problem]:
+    """What keeps a job of ``model`` on ``dataset`` from loading here, found without loading anything (the loaders
+    in farm.zoo check the same, inside the job: after its sweep was written)."""
+    from farm.zoo.refs import check_entrypoint_allowed, parse_dataset_ref, parse_model_ref
+
+    model_ref, data_ref = parse_model_ref(model), parse_dataset_ref(dataset)
+    out = []
+    for path, ref in (("models", model_ref), ("dataset", data_ref)):
+        if ref.scheme == "entrypoint":
+            try:
+                check_entrypoint_allowed(ref)
+            except ConfigError as e:
+                out += [Problem(path, p.message) for p in e.problems]
+    if model_ref.scheme == "file" and not Path(model_ref.body).is_file():
+        out.append(Problem("models", f"model file {model_ref.body} does not exist"))
+    if data_ref.scheme == "imagefolder" and not Path(data_ref.body).expanduser().is_dir():
+        out.append(Problem("dataset", f"imagefolder path {data_ref.body} does not exist or is not a directory"))
+    return out

@@ -197,3 +197,14 @@ def test_good_queue_names_pass_the_one_rule() -> None:
         assert check_queue_name(name) == name
     with pytest.raises(ConfigError, match="'a b' is not a queue name"):
         Pools(cpu="a b")
+
+
+def test_a_local_sweep_of_a_model_file_that_does_not_exist_is_refused_before_writing(
+    sweep_home: Path, tmp_path: Path
+) -> None:
+    """Run here, a missing model file is bad input (one line, exit 2, nothing written), not a grid of failed jobs."""
+    spec = write_spec(
+        tmp_path, f"name: x\nmodels: ['{TOY_MLP}', 'file:/nonexistent/m.pt']\ndataset: '{TOY_DATA}'\nmethods: [fp32]\n"
+    )
+    assert_one_line(farm("sweep", "run", str(spec)), "model file /nonexistent/m.pt does not exist")
+    assert sweep_count(sweep_home) == (0, 0)

@@ -325,3 +325,23 @@ def test_a_tune_spec_run_as_a_sweep_ends_with_its_answer(sweep_home: Path, tmp_p
     result = farm("sweep", "run", str(spec), "-j", "2")
     assert result.exit_code == 1, describe(result)
     assert "no recipe meets sqnr_db >= 100" in result.stderr and "falls short by" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset", "message"),
+    [
+        ("file:/nonexistent/model.pt", "sklearn:digits", "model file /nonexistent/model.pt does not exist"),
+        ("entrypoint:os:system", "sklearn:digits", "entrypoint 'os:system' is not allowed"),
+        ("farm:digits-cnn", "imagefolder:/nonexistent", "imagefolder path /nonexistent does not exist"),
+        ("file:/nonexistent/model.pt", None, "--dataset is required"),  # as farm quantize: no default guessed
+    ],
+)
+def test_a_model_or_dataset_this_machine_cannot_load_is_refused_before_anything_is_written(
+    sweep_home: Path, model: str, dataset: str | None, message: str
+) -> None:
+    data = ["--dataset", dataset] if dataset else []
+    args = ["--method", "static", "--runtime", "torch", "--metric", "sqnr_db", "--min-metric", "30", "-j", "1"]
+    result = farm("tune", "--model", model, *data, *args)
+    assert result.exit_code == 2, describe(result)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sweep_count(sweep_home) == (0, 0)

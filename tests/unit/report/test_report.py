@@ -9,7 +9,10 @@ fails and its trials fail with it. The fixture gives the sweep a FARM_HOME of it
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,10 @@ from tests.unit.report.page import Page, external_urls, parse
 
 TOY_CNN = "entrypoint:tests.toys:tiny_cnn"
 EVIL = '<script>alert("x")</script>'
-EVIL_MODEL = f"file:/nonexistent/{EVIL}.pt"
+#: A model file that exists (a run here refuses a missing one before writing anything) but is no TorchScript: its
+#: jobs fail, and the error names its path, markup and all.
+EVIL_PATH = Path(tempfile.gettempdir()) / f"farm-report-{os.getpid()}" / f"{EVIL}.pt"
+EVIL_MODEL = f"file:{EVIL_PATH}"
 SWEEP_NAME = "report <b>test</b> & co"
 SPEC = f"""\
 name: '{SWEEP_NAME}'
@@ -41,7 +47,7 @@ include:
 exclude:
   - {{model: '{TOY_MLP}', method: static, observer: histogram}}
 benchmark: {{batch_size: [1, 4], max_time_s: 0.1, min_reps: 5, warmup_s: 0}}
-"""  # 3 references + 16 trials; the toys' 12 jobs run, the 7 of the missing file fail
+"""  # 3 references + 16 trials; the toys' 12 jobs run, the 7 of the unreadable file fail
 SECTIONS = ["summary", "latency", "size", "bits", "calibration", "batch", "results", "failed", "hardware"]
 
 
@@ -67,9 +73,11 @@ def swept(farm_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         mp.delenv("FARM_DATABASE_URL", raising=False)
         mp.delenv("FARM_ARTIFACTS_URL", raising=False)
         mp.setenv("FARM_ALLOWED_MODULES", "tests.toys")
+        EVIL_PATH.parent.mkdir(parents=True, exist_ok=True)
+        EVIL_PATH.write_bytes(b"not a TorchScript file")
         spec = write_spec(home.parent / "specs", SPEC)
         ran = farm("sweep", "run", str(spec), "--jobs", "2")
-        assert ran.exit_code == 1, describe(ran)  # the missing model's jobs failed
+        assert ran.exit_code == 1, describe(ran)  # the unreadable model's jobs failed
         report = home.parent / "out" / "report.html"
         report.parent.mkdir()
         written = farm("report", "1", "--output", str(report))
@@ -78,6 +86,7 @@ def swept(farm_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         rows = query("SELECT * FROM results_flat WHERE sweep_id = 1 ORDER BY job_id, batch_size")
         html = report.read_text(encoding="utf-8")
         yield Swept(home, report, html, parse(html), rows)
+    shutil.rmtree(EVIL_PATH.parents[1], ignore_errors=True)
 
 
 def _jobs(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -199,7 +208,7 @@ def test_failed_jobs_are_listed_with_their_errors(swept: Swept) -> None:
     assert len(failed) == 7
     for r in failed:
         assert r["error"] in text  # the parser unescaped it: the page shows it as text
-    assert f"model file /nonexistent/{EVIL}.pt does not exist" in text
+    assert f"model file {EVIL_PATH} is not a readable TorchScript file" in text
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from farm.quant.config import METHODS, config_from_dict, parse_method, resolve_d
 from farm.quant.recipe import recipe_label
 from farm.routing import Route, route
 from farm.runtimes import registry
-from farm.spec.load import check_runtimes_available, load_spec
+from farm.spec.load import check_runs_here, load_spec
 from farm.spec.plan import job_key
 from tests.sweeps import TOY_DATA, TOY_MLP, describe, farm, sweep_count, write_spec
 
@@ -301,12 +301,12 @@ def test_a_runtime_this_machine_lacks_is_refused_with_its_extra(monkeypatch: pyt
     present = {"torch", "onnx", "onnxruntime"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in present else None)
     with pytest.raises(ConfigError) as e:
-        check_runtimes_available(plan, source="rt.yaml")
+        check_runs_here(plan, source="rt.yaml")
     assert str(e.value) == (
         "rt.yaml: runtime: runtime openvino needs openvino, nncf, which this machine lacks: "
         "pip install 'quantfarm[openvino]'"
     )
-    check_runtimes_available(installed)  # torch and onnxruntime: both there
+    check_runs_here(installed)  # torch and onnxruntime: both there
 
 
 def test_a_worker_lists_the_runtimes_installed_on_its_machine(monkeypatch: pytest.MonkeyPatch) -> None:
