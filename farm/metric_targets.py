@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +123,12 @@ def _check_drop(drop: float) -> None:
 
 
 def check_target(
-    metric: str, min_metric: float | None, max_accuracy_drop: float | None, labelled: bool | None = None
+    metric: str,
+    min_metric: float | None,
+    max_accuracy_drop: float | None,
+    labelled: bool | None = None,
+    *,
+    offered: Sequence[str] = (),
 ) -> None:
     """Refuse a target that can't mean what the user wants, in one line.
 
@@ -132,6 +137,7 @@ def check_target(
         min_metric: the floor (``--min-metric``), or None.
         max_accuracy_drop: the accuracy budget (``--max-accuracy-drop``), or None.
         labelled: whether the dataset has labels; None when the caller can't know (rows of a finished sweep).
+        offered: the metrics the caller takes, where not every one (farm tune has no user metric function).
 
     Raises:
         ConfigError: an unknown metric; both or neither of the two targets; ``--max-accuracy-drop`` with a metric
@@ -142,7 +148,7 @@ def check_target(
     if info.labels and labelled is False:
         raise ConfigError(
             f"--metric {metric}: the dataset has no labels; optimise a label-free metric instead "
-            f"({', '.join(LABEL_FREE)}) with --min-metric"
+            f"({', '.join(m for m in LABEL_FREE if not offered or m in offered)}) with --min-metric"
         )
     if min_metric is not None and max_accuracy_drop is not None:
         raise ConfigError("--min-metric and --max-accuracy-drop: give one target, not both")

@@ -145,7 +145,7 @@ def _plan(o: dict[str, Any]) -> Any:
     if labelled is False:
         from farm.metric_targets import check_target
 
-        check_target(settings.metric, settings.min_metric, settings.max_accuracy_drop, labelled)
+        check_target(settings.metric, settings.min_metric, settings.max_accuracy_drop, labelled, offered=TUNE_METRICS)
     return plan
 
 

@@ -238,6 +238,7 @@ def test_trials_without_optuna_is_refused_before_anything_is_written(
 def test_accuracy_without_labels_is_refused(sweep_home: Path) -> None:
     result = farm("tune", "--model", "farm:tiny-encoder", "--method", "dynamic", "--max-accuracy-drop", "0.01")
     assert result.exit_code == 2 and "no labels" in result.stderr, describe(result)
+    assert "(agreement, cosine, sqnr_db)" in result.stderr  # the metrics a tune takes: no user metric function
     assert sweep_count(sweep_home) == (0, 0)
 
 
