@@ -45,6 +45,12 @@ def per_job(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def is_stage(row: dict[str, Any]) -> bool:
+    """Whether the row is a stage job's (a tune's search adding jobs): it measures nothing and is no configuration,
+    so it has no batch size, figures or machine fingerprint even when it succeeded."""
+    return row.get("method") == "stage"
+
+
 def measured(rows: Iterable[dict[str, Any]], *figures: str) -> list[dict[str, Any]]:
     """Succeeded rows that have every one of ``figures``."""
     return [r for r in rows if r.get("state") == "succeeded" and all(r.get(f) is not None for f in figures)]

@@ -67,19 +67,22 @@ def build_report(
             latency_vs_batch(rows),
         )
     }
+    best: str | None = None
+    tuned: dict[str, str] = {}
+    order: tuple[tuple[str, str], ...] = SECTIONS
+    if tune is not None:  # a tune's best configuration is its answer, never a plain sweep's accuracy rule
+        from farm.report.tune import TUNE_SECTIONS, tune_parts
+
+        best, tuned = tune_parts(tune)
+        order = (SECTIONS[0], *TUNE_SECTIONS, *SECTIONS[1:])
     bodies = {
-        "summary": summary(rows, sweep, generated_at, warnings or {}, machines(rows, fingerprints)),
+        "summary": summary(rows, sweep, generated_at, warnings or {}, machines(rows, fingerprints), best),
         **{key: chart_html(chart) for key, chart in charts.items()},
         "results": results_table(rows) if rows else '<p class="empty">none: the sweep has no jobs.</p>',
         "failed": failed_table(rows),
         "hardware": hardware(rows, fingerprints),
+        **tuned,
     }
-    order: tuple[tuple[str, str], ...] = SECTIONS
-    if tune is not None:
-        from farm.report.tune import TUNE_SECTIONS, tune_bodies
-
-        bodies.update(tune_bodies(tune, rows))
-        order = (SECTIONS[0], *TUNE_SECTIONS, *SECTIONS[1:])
     nav = "".join(f'<li><a href="#{key}">{heading}</a></li>' for key, heading in order)
     sections = "\n".join(f'<section id="{key}"><h2>{heading}</h2>\n{bodies[key]}\n</section>' for key, heading in order)
     title = f"QuantFarm report: {sweep.name} (sweep {sweep.id})"

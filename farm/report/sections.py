@@ -12,7 +12,7 @@ from typing import Any
 
 from farm.analysis import SIMPLICITY, best_configs, succeeded, unhealthy
 from farm.report.fmt import MISSING, esc, fixed, human_bytes, id_ranges, sig, when
-from farm.report.model import SweepInfo, config_label, per_job, runtime_of, spans_runtimes, state_counts
+from farm.report.model import SweepInfo, config_label, is_stage, per_job, runtime_of, spans_runtimes, state_counts
 
 #: The accuracy budget of the summary's best configurations: one point (compared with a little slack, as
 #: 0.98 - 0.97 is 0.010000000000000009 in floating point).
@@ -28,6 +28,7 @@ def summary(
     generated_at: datetime,
     warnings: Mapping[int, Sequence[str]],
     machines: int,
+    best: str | None = None,
 ) -> str:
     """The summary section's body.
 
@@ -37,6 +38,8 @@ def summary(
         generated_at: when the report was made.
         warnings: the engine's warnings per job id.
         machines: how many distinct machines the jobs ran on.
+        best: the markup of the best configuration where the sweep has its own answer (a tune's:
+            farm.report.tune.best_block); None: the lowest p50 within one point of accuracy, per model and batch.
 
     Returns:
         The markup.
@@ -56,12 +59,14 @@ def summary(
     return (
         f'<dl class="meta">{meta}</dl>\n'
         f'<h3>Jobs</h3>\n<ul class="counts"><li class="state total">{total} job(s)</li>{chips}</ul>\n'
-        f"<h3>Best configuration per model</h3>\n{_best(rows)}\n"
+        f"<h3>Best configuration per model</h3>\n{_best(rows) if best is None else best}\n"
         f"<h3>Notes</h3>\n{_notes(rows, warnings, machines)}"
     )
 
 
 def _best(rows: Sequence[dict[str, Any]]) -> str:
+    # A stage job (a tune's search adding jobs) succeeds with no batch size and nothing measured: no configuration.
+    rows = [r for r in rows if not is_stage(r)]
     choices = best_configs(rows, max_accuracy_drop=MAX_ACCURACY_DROP + _SLACK, by="latency_p50_ms")
     # best_configs orders groups as text (batch 128 before 8): models as the rows list them, batches by number.
     models = {m: i for i, m in enumerate(dict.fromkeys(r["model"] for r in rows))}
@@ -106,7 +111,7 @@ def _best(rows: Sequence[dict[str, Any]]) -> str:
             f"{tie}{f'<br><code>{esc(uri)}</code>' if uri else ''}</td>"
             + (f"<td class=t>{esc(runtime_of(row))}</td>" if by_runtime else "")
             + f"<td>{fixed(row.get('accuracy'))}</td><td>{fixed(row.get('accuracy_drop'), signed=True)}</td>"
-            f"<td>{_p50(row)}</td>"
+            f"<td>{p50_cell(row)}</td>"
             f"<td>{_speedup(row, by_runtime)}</td>"
             f'<td title="{esc(_exact_bytes(row.get("size_bytes")))}">{human_bytes(row.get("size_bytes"))}</td></tr>'
         )
@@ -138,7 +143,7 @@ def _speedup(row: dict[str, Any], by_runtime: bool) -> str:
     return MISSING if value is None else sig(value) + "×"
 
 
-def _p50(row: dict[str, Any]) -> str:
+def p50_cell(row: Mapping[str, Any]) -> str:
     """The median latency with its 95 % interval as ``±`` the wider half (the exact interval on hover)."""
     p50, low, high = row.get("latency_p50_ms"), row.get("latency_p50_ci_low_ms"), row.get("latency_p50_ci_high_ms")
     if p50 is None or low is None or high is None:
@@ -228,7 +233,8 @@ def hardware(rows: Sequence[dict[str, Any]], fingerprints: Mapping[int, Mapping[
     for job_id, fp in sorted(fingerprints.items()):
         if job_id in jobs:
             groups.setdefault(machine_key(fp), []).append(job_id)
-    without = sorted(set(jobs) - {j for ids in groups.values() for j in ids})
+    # Stage jobs (a tune's search adding jobs) run no model: no fingerprint to expect of them.
+    without = sorted(j for j in set(jobs) - {j for ids in groups.values() for j in ids} if not is_stage(jobs[j]))
     if not groups:
         return '<p class="empty">none: no job recorded a machine fingerprint (none succeeded).</p>'
     cards = [_card(fingerprints[ids[0]], ids, jobs) for ids in groups.values()]

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from farm.jobs.tune_answer import fallback_words
+from farm.jobs.tune_answer import fallback_words, over_fp32
 from farm.report.fmt import MISSING, esc, fixed, human_bytes, sig
+from farm.report.sections import p50_cell
 from farm.report.svg import chart_html
 from farm.report.tune_charts import sensitivity_chart, trail_chart
 from farm.report.tune_data import TuneInput, TuneView, tune_view
@@ -21,17 +22,26 @@ TUNE_SECTIONS = (
 )
 
 
-def tune_bodies(tune: TuneInput, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """The markup of each tune section, by anchor.
+def tune_parts(tune: TuneInput) -> tuple[str, dict[str, str]]:
+    """What a tune puts in its report: the summary's best configuration (:func:`best_block`) and the markup of each
+    tune section by anchor (:func:`tune_bodies`).
 
     Args:
         tune: the tune's settings, its sweep's jobs and the sweep's state.
-        rows: the sweep's rows of results_flat (the answer's speedup over the fastest fp32 of any runtime).
+    """
+    view = tune_view(tune)
+    return best_block(view), tune_bodies(view)
+
+
+def tune_bodies(view: TuneView) -> dict[str, str]:
+    """The markup of each tune section, by anchor.
+
+    Args:
+        view: the tune (farm.report.tune_data.tune_view: its answer, sensitivities and fp32s).
 
     Returns:
         {"tune": the answer block, "sensitivity": a chart per runtime, "trail": the trail chart}.
     """
-    view = tune_view(tune)
     charts = [sensitivity_chart(s, view, i) for i, s in enumerate(view.sensitivities)]
     if charts:
         sensitivity = "\n".join(chart_html(c) for c in charts)
@@ -43,16 +53,72 @@ def tune_bodies(tune: TuneInput, rows: Sequence[Mapping[str, Any]]) -> dict[str,
             else "the search has not reached its sensitivity stage yet"
         )
         sensitivity = f'<p class="empty">No sensitivity jobs: {why}.</p>'
-    return {"tune": answer_block(view, rows), "sensitivity": sensitivity, "trail": chart_html(trail_chart(view))}
+    return {"tune": answer_block(view), "sensitivity": sensitivity, "trail": chart_html(trail_chart(view))}
 
 
-def answer_block(view: TuneView, rows: Sequence[Mapping[str, Any]] = ()) -> str:
+def best_block(view: TuneView) -> str:
+    """The summary's best configuration on a tune's report: the tune's answer (farm.jobs.tune_answer, the one
+    ``farm tune status`` gives), judged by the tune's target and objective, never by a plain sweep's one-point
+    accuracy rule; where no recipe meets the target, the closest and how far it falls short.
+
+    Args:
+        view: the tune (farm.report.tune_data.tune_view).
+
+    Returns:
+        The markup.
+    """
+    settings, answer, chosen = view.settings, view.answer, view.answer.chosen
+    target = esc(settings.target.describe())
+    intro = (
+        "<p>This sweep is a tune (<code>farm tune</code>): its best configuration is the tune's answer, the "
+        f"{'smallest' if settings.objective == 'size' else 'fastest'} recipe on the test split that meets {target}, "
+        'chosen as <code>farm tune status</code> chooses it (see <a href="#tune">Tune: the answer</a>). The '
+        "one-point accuracy rule of a plain sweep does not apply.</p>"
+    )
+    if chosen is None:
+        yet = "" if answer.done else " yet"
+        return intro + f'<p class="empty">none: no recipe has succeeded on the test split{yet}.</p>'
+    verdict = ""
+    if not answer.met:
+        so_far = "" if answer.done else " so far"
+        verdict = (
+            f'<span class="miss">no recipe meets {target}{so_far}; the closest, short by '
+            f"{sig(answer.shortfall, 4)}: </span>"
+        )
+    figures = view.figures.get(chosen["job_id"], {})
+    layers = ", ".join(chosen["fallback"])
+    uri = chosen.get("artifact_uri")
+    lat = chosen.get("latency") or {}
+    p50 = {"latency_p50_ms": lat.get("p50_ms"), "latency_p50_ci_low_ms": lat.get("ci_low_ms"),
+           "latency_p50_ci_high_ms": lat.get("ci_high_ms")}  # fmt: skip
+    cells = (
+        ("model", esc(view.model or MISSING)),
+        ("batch", esc(MISSING if figures.get("batch_size") is None else figures["batch_size"])),
+        (
+            "recipe and artifact",
+            f"{verdict}<strong>{esc(chosen['recipe'])}</strong> <span class=muted>(job {chosen['job_id']})</span>"
+            + (f"<br><span class=muted>{fallback_words(chosen)}: {esc(layers)}</span>" if layers else "")
+            + (f"<br><code>{esc(uri)}</code>" if uri else ""),
+        ),
+        ("runtime", esc(chosen["runtime"])),
+        (esc(settings.metric), _metric(chosen, settings)),
+        ("p50 ms", "none: simulated" if chosen.get("simulated") else p50_cell(p50)),
+        ("speedup", _speedup(chosen, figures, view.answer.trail)),
+        ("size", human_bytes(chosen.get("size_bytes"))),
+    )
+    text = {"model", "recipe and artifact", "runtime", "speedup"}
+    head = "".join(f'<th scope="col"{" class=t" if h in text else ""}>{h}</th>' for h, _ in cells)
+    row = "".join(f"<td{' class=t' if h in text else ''}>{v}</td>" for h, v in cells)
+    table = f'<table class="best"><thead><tr>{head}</tr></thead><tbody><tr>{row}</tr></tbody></table>'
+    return f'{intro}\n<div class="table-wrap">{table}</div>{_fp32_faster(view)}'
+
+
+def answer_block(view: TuneView) -> str:
     """The answer: target, chosen recipe, its metric, speedup (with its interval), size ratio and fallback layers;
     or, when no recipe meets the target, the closest one and how far it falls short.
 
     Args:
         view: the tune (farm.report.tune_data.tune_view).
-        rows: the sweep's rows of results_flat (for the speedup over the fastest fp32 of any runtime).
 
     Returns:
         The markup.
@@ -73,7 +139,7 @@ def answer_block(view: TuneView, rows: Sequence[Mapping[str, Any]] = ()) -> str:
         (word, f"<strong>{esc(chosen['recipe'])}</strong> on {esc(chosen['runtime'])} (job {chosen['job_id']})")
     )
     facts.append((esc(settings.metric), _metric(chosen, settings)))
-    facts.append(("speedup", _speedup(chosen, view.figures.get(chosen["job_id"], {}), rows)))
+    facts.append(("speedup", _speedup(chosen, view.figures.get(chosen["job_id"], {}), answer.trail)))
     facts.append(("p50", _p50(chosen)))
     size = chosen.get("size_bytes")
     ratio = chosen.get("size_ratio")
@@ -97,7 +163,18 @@ def answer_block(view: TuneView, rows: Sequence[Mapping[str, Any]] = ()) -> str:
             f'\n<p class="miss">No recipe meets {esc(settings.target.describe())}{so_far}: the closest, '
             f"{esc(chosen['recipe'])} (job {chosen['job_id']}), falls short by {sig(answer.shortfall, 4)}.</p>"
         )
-    return html
+    return html + _fp32_faster(view)
+
+
+def _fp32_faster(view: TuneView) -> str:
+    """farm tune's warning where an fp32 is faster than the answer beyond the noise (farm.jobs.tune_answer)."""
+    f = view.answer.fp32_faster
+    if f is None or view.answer.chosen is None:
+        return ""
+    return (
+        f'\n<p class="miss">{esc(f["recipe"])} (job {f["job_id"]}, fp32 on {esc(f["runtime"])}) is faster than the '
+        "answer beyond the noise: no quantized recipe within the target beats plain fp32 there.</p>"
+    )
 
 
 def _meta(facts: Sequence[tuple[str, str]]) -> str:
@@ -112,7 +189,7 @@ def _metric(chosen: Mapping[str, Any], settings: Any) -> str:
     return text
 
 
-def _speedup(chosen: Mapping[str, Any], figures: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+def _speedup(chosen: Mapping[str, Any], figures: Mapping[str, Any], trail: Sequence[Mapping[str, Any]]) -> str:
     """Over the job's own fp32 side by side, with its 95 % interval; across runtimes also over the fastest fp32."""
     value = chosen.get("speedup")
     if chosen.get("simulated"):
@@ -127,11 +204,32 @@ def _speedup(chosen: Mapping[str, Any], figures: Mapping[str, Any], rows: Sequen
         ci = rival.get("speedup_ci")
         within = f" (95 % interval {sig(ci[0])}–{sig(ci[1])}×)" if ci else ""
         text += f"; {sig(rival['speedup'])}× over fp32 on {esc(rival['runtime'])}{within}, side by side"
-    row = next((r for r in rows if r.get("job_id") == chosen["job_id"]), None)
-    best = row.get("speedup_vs_best_fp32") if row else None
-    if best is not None and len({r.get("runtime") or "torch" for r in rows}) > 1:
-        text += f"; {sig(best)}× over the fastest fp32 of any runtime (its job timed apart)"
+    fp32 = [
+        e
+        for e in trail
+        if e["fp32"] and e["state"] == "succeeded" and e["split"] == "test" and (e.get("latency") or {}).get("p50_ms")
+    ]
+    if fp32 and len({e["runtime"] for e in trail}) > 1:
+        text += _over_fastest(chosen, min(fp32, key=lambda e: e["latency"]["p50_ms"]))
     return text
+
+
+def _over_fastest(chosen: Mapping[str, Any], fastest: Mapping[str, Any]) -> str:
+    """The answer's speedup over the fastest fp32 of any runtime, labelled by how it was timed: side by side (its
+    own runtime's fp32, or a rival's its verify job timed) with the 95 % interval, else the ratio of the two jobs'
+    p50s, timed apart (farm.jobs.tune_answer.over_fp32)."""
+    beside = over_fp32(chosen, fastest)
+    if beside["speedup"] is None:
+        return ""
+    whose = f"{esc(fastest['runtime'])}'s"
+    if not beside["side_by_side"]:
+        return (
+            f"; {sig(beside['speedup'])}× over the fastest fp32 of any runtime ({whose}, timed apart: the two jobs' "
+            "p50s divided, no interval)"
+        )
+    ci = beside.get("speedup_ci")
+    within = f", 95 % interval {sig(ci[0])}–{sig(ci[1])}×" if ci else ""
+    return f"; {sig(beside['speedup'])}× over the fastest fp32 of any runtime ({whose}, side by side{within})"
 
 
 def _p50(chosen: Mapping[str, Any]) -> str:

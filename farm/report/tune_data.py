@@ -92,6 +92,7 @@ class TuneView:
         fp32: per runtime, the figures of its fastest fp32 on the test split (the torch reference, the exported fp32
             elsewhere).
         figures: each job's figures by id (the chosen recipe's speedup interval).
+        model: the model searched (its reference), where a job names it.
     """
 
     settings: TuneSettings
@@ -99,6 +100,7 @@ class TuneView:
     sensitivities: list[Sensitivity]
     fp32: dict[str, Mapping[str, Any]]
     figures: dict[int, Mapping[str, Any]]
+    model: str | None = None
 
 
 def tune_view(tune: TuneInput) -> TuneView:
@@ -120,7 +122,8 @@ def tune_view(tune: TuneInput) -> TuneView:
         several = len({e["method"] for e in answer.trail if not e["fp32"]}) > 1  # the tune's methods, searched or not
         sensitivities.append(_sensitivity(tune.jobs, answer.trail, line, tune.settings, fallback, several))
     figures = {j.id: j.figures for j in tune.jobs if j.figures}
-    return TuneView(tune.settings, answer, sensitivities, _fp32(tune.jobs), figures)
+    model = next((str(j.spec["model"]) for j in tune.jobs if j.role != "stage" and j.spec.get("model")), None)
+    return TuneView(tune.settings, answer, sensitivities, _fp32(tune.jobs), figures, model)
 
 
 def better_sign(settings: TuneSettings) -> float:
