@@ -282,6 +282,7 @@ def test_an_unreachable_database_is_one_line_without_its_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FARM_DATABASE_URL", "postgresql+psycopg://farm:s3cret@127.0.0.1:1/farm")
+    monkeypatch.setenv("FARM_ALLOWED_MODULES", "tests.toys")  # the toy loads here: the database is what fails
     spec = write_spec(tmp_path, f"name: x\nmodels: ['{TOY_MLP}']\ndataset: '{TOY_DATA}'\nmethods: [fp32]\n")
     for args in (("sweep", "run", str(spec)), ("sweep", "list"), ("results", "query")):
         result = farm(*args)
