@@ -65,7 +65,7 @@ def finish(tune_id: int, result: Any, settings: Any, as_json: bool, wall_s: floa
         # _BUDGET_SLACK jobs): never a silent "no".
         if settings.budget_jobs is not None and result.jobs >= settings.budget_jobs - _BUDGET_SLACK:
             err.print(
-                f"the search stopped at its budget ({result.jobs} of --budget-jobs {settings.budget_jobs}): a larger "
+                f"the search ran up to its budget ({result.jobs} of --budget-jobs {settings.budget_jobs}): a larger "
                 "budget, or none (each runtime's search then takes up to layers + 2·log2(layers) + 4 jobs), "
                 "may find one"
             )

@@ -207,7 +207,11 @@ def _speedup(chosen: Mapping[str, Any], figures: Mapping[str, Any], trail: Seque
     fp32 = [
         e
         for e in trail
-        if e["fp32"] and e["state"] == "succeeded" and e["split"] == "test" and (e.get("latency") or {}).get("p50_ms")
+        if e["fp32"]
+        and e["state"] == "succeeded"
+        and e["split"] == "test"
+        and (e.get("latency") or {}).get("p50_ms")
+        and e.get("device") == chosen.get("device")  # a GPU's fp32 is no bar for a CPU answer, nor the reverse
     ]
     if fp32 and len({e["runtime"] for e in trail}) > 1:
         text += _over_fastest(chosen, min(fp32, key=lambda e: e["latency"]["p50_ms"]))

@@ -134,6 +134,8 @@ def check_runs_here(plan: Plan, *, source: str = "spec") -> None:
         problems.append(Problem("tune.trials", "the explore stage needs Optuna: pip install 'quantfarm[engine]'"))
     refs = dict.fromkeys((j.spec.model, j.spec.dataset) for j in plan.jobs if j.role != "stage")
     problems += dict.fromkeys(p for model, dataset in refs for p in _reference_problems(model, dataset))
+    metrics = dict.fromkeys(j.spec.metric for j in plan.jobs if j.role != "stage" and j.spec.metric)
+    problems += [p for metric in metrics for p in _metric_problems(metric)]
     if problems:
         raise ConfigError(problems, source=source)
 
@@ -156,3 +158,15 @@ def _reference_problems(model: str, dataset: str) -> list[Problem]:
     if data_ref.scheme == "imagefolder" and not Path(data_ref.body).expanduser().is_dir():
         out.append(Problem("dataset", f"imagefolder path {data_ref.body} does not exist or is not a directory"))
     return out
+
+
+def _metric_problems(metric: str) -> list[Problem]:
+    """A user metric function (``entrypoint:pkg.module:function``) outside FARM_ALLOWED_MODULES, as every job of it
+    would fail to load it."""
+    from farm.zoo.refs import Ref, check_entrypoint_allowed
+
+    try:
+        check_entrypoint_allowed(Ref("metric", "entrypoint", metric.removeprefix("entrypoint:")))
+    except ConfigError as e:
+        return [Problem("metric", p.message) for p in e.problems]
+    return []

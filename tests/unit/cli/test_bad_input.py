@@ -208,3 +208,14 @@ def test_a_local_sweep_of_a_model_file_that_does_not_exist_is_refused_before_wri
     )
     assert_one_line(farm("sweep", "run", str(spec)), "model file /nonexistent/m.pt does not exist")
     assert sweep_count(sweep_home) == (0, 0)
+
+
+def test_a_local_sweep_of_a_metric_function_outside_the_allowlist_is_refused_before_writing(
+    sweep_home: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(
+        tmp_path,
+        f"name: x\nmodels: ['{TOY_MLP}']\ndataset: '{TOY_DATA}'\nmethods: [fp32]\nmetric: 'entrypoint:os.path:join'\n",
+    )
+    assert_one_line(farm("sweep", "run", str(spec)), "entrypoint 'os.path:join' is not allowed")
+    assert sweep_count(sweep_home) == (0, 0)

@@ -64,7 +64,7 @@ def test_a_target_no_recipe_meets_ends_with_the_closest_and_exit_1(sweep_home: P
     data = json.loads(result.stdout)
     assert not data["met"] and data["chosen"]["fallback"] == []
     assert 50 < data["shortfall"] < 100 and not math.isnan(data["shortfall"])
-    assert "falls short by" in result.stderr and "stopped at its budget" in result.stderr
+    assert "falls short by" in result.stderr and "ran up to its budget" in result.stderr
     listed = farm("tune", "list")  # a missed target reads as missed, not "succeeded" alone
     assert f"missed by {data['shortfall']:.4g}" in listed.stdout, listed.stdout
 
@@ -302,7 +302,7 @@ def test_a_search_under_way_reads_still_searching_not_failed_or_missed(capsys: p
     budgeted = TuneSettings("sqnr_db", min_metric=40.0, budget_jobs=8)
     with pytest.raises(SystemExit):
         finish(7, SimpleNamespace(**{**vars(closest), "done": True, "jobs": 8}), budgeted, as_json=True, wall_s=None)
-    assert "stopped at its budget (8 of --budget-jobs 8): a larger budget" in capsys.readouterr().err
+    assert "ran up to its budget (8 of --budget-jobs 8): a larger budget" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a budget the search stayed well within: not named
         finish(
             7,

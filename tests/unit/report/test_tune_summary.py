@@ -169,6 +169,17 @@ def test_the_speedup_over_another_runtimes_fastest_fp32_says_how_it_was_timed(ri
         assert "side by side, 95 %" not in text.split("over the fastest fp32")[1]
 
 
+def test_the_fastest_fp32_of_any_runtime_is_one_on_the_answers_device() -> None:
+    """torch's fp32 (1.0 ms) ran on a GPU: no bar for onnxruntime's CPU answer, whose fastest fp32 is then its own
+    runtime's (1.2 ms), side by side."""
+    settings, jobs = fabricated_tune(runtimes=("torch", "onnxruntime"))
+    slow = dict(latency_p50_ms=1.2, latency_p50_ci_low_ms=1.15, latency_p50_ci_high_ms=1.25)
+    jobs = with_figures(jobs, is_fp32_on("onnxruntime"), **slow)
+    jobs = [dataclasses.replace(j, device="cuda:0") if is_fp32_on("torch")(j) else j for j in jobs]
+    text = parse(page_of(settings, jobs, rows_of(jobs))).section_text["tune"]
+    assert "over the fastest fp32 of any runtime (onnxruntime's, side by side" in text and "(torch's" not in text
+
+
 def test_an_fp32_faster_than_the_answer_is_said_in_the_summary_and_the_answer() -> None:
     settings, jobs = fabricated_tune(runtimes=("torch", "onnxruntime"))
     fast = dict(latency_p50_ms=0.1, latency_p50_ci_low_ms=0.09, latency_p50_ci_high_ms=0.11)
