@@ -254,7 +254,7 @@ def fp32_faster(
     if chosen is None or settings.objective != "latency":
         return None
     faster = []
-    for e in _fp32s(entries):
+    for e in fp32_entries(entries):
         beside = over_fp32(chosen, e)
         ci = beside.get("speedup_ci") if beside["side_by_side"] else None
         if ci is not None and ci[1] < 1 or ci is None and _objective(e, settings)[2] < _objective(chosen, settings)[1]:
@@ -287,7 +287,7 @@ def fp32_rivals(entries: Sequence[Mapping[str, Any]], runtime: str, device: str)
     (``benchmark.rivals``), so that "faster than fp32 on any runtime" rests on one process's timing, not on jobs
     timed minutes apart. An fp32 that ran on another device (TensorRT's on the GPU beside a CPU answer) is none:
     the answer's process could not time it where it ran."""
-    fp32 = [e for e in _fp32s(entries) if e.get("device", device) == device]
+    fp32 = [e for e in fp32_entries(entries) if e.get("device", device) == device]
     if not fp32:
         return ()
     fastest = min(fp32, key=lambda e: e["latency"]["p50_ms"])["latency"]
@@ -296,7 +296,7 @@ def fp32_rivals(entries: Sequence[Mapping[str, Any]], runtime: str, device: str)
     return tuple(sorted(r for r, end in low.items() if r != runtime and end <= reach))
 
 
-def _fp32s(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def fp32_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The succeeded test-split fp32 entries with a latency (one per runtime: exports and the torch reference)."""
     return [
         e
@@ -320,7 +320,7 @@ def chosen_json(
         **({"accuracy_drop": chosen["accuracy_drop"]} if settings.metric == "accuracy" else {}),
         "speedup": chosen["speedup"],
         "speedup_ci": chosen.get("speedup_ci"),
-        "over_fp32": [over_fp32(chosen, e) for e in _fp32s(entries)],
+        "over_fp32": [over_fp32(chosen, e) for e in fp32_entries(entries)],
         "size_ratio": chosen["size_ratio"],
         "size_bytes": chosen.get("size_bytes"),
         "simulated": bool(chosen.get("simulated")),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from farm.jobs.tune_answer import fallback_words, over_fp32
+from farm.jobs.tune_answer import fallback_words, fp32_entries, over_fp32
 from farm.report.fmt import MISSING, esc, fixed, human_bytes, sig
 from farm.report.sections import p50_cell
 from farm.report.svg import chart_html
@@ -204,15 +204,8 @@ def _speedup(chosen: Mapping[str, Any], figures: Mapping[str, Any], trail: Seque
         ci = rival.get("speedup_ci")
         within = f" (95 % interval {sig(ci[0])}–{sig(ci[1])}×)" if ci else ""
         text += f"; {sig(rival['speedup'])}× over fp32 on {esc(rival['runtime'])}{within}, side by side"
-    fp32 = [
-        e
-        for e in trail
-        if e["fp32"]
-        and e["state"] == "succeeded"
-        and e["split"] == "test"
-        and (e.get("latency") or {}).get("p50_ms")
-        and e.get("device") == chosen.get("device")  # a GPU's fp32 is no bar for a CPU answer, nor the reverse
-    ]
+    # A GPU's fp32 is no bar for a CPU answer, nor the reverse.
+    fp32 = [e for e in fp32_entries(trail) if e.get("device") == chosen.get("device")]
     if fp32 and len({e["runtime"] for e in trail}) > 1:
         text += _over_fastest(chosen, min(fp32, key=lambda e: e["latency"]["p50_ms"]))
     return text
